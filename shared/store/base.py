@@ -1,0 +1,236 @@
+"""The Store contract: one async interface, two implementations (SQLite, PostgreSQL).
+
+Rules every implementation keeps (the contract tests in tests/store/ check them on both):
+- Every write and its change-log row commit in one transaction; the change log's `seq` grows
+  strictly and has no gaps visible to readers in commit order.
+- After a commit, subscribers are woken (in-process for SQLite, NOTIFY for PostgreSQL). A wake-up
+  carries no data: subscribers read the log from their last seq, so a lost wake-up or a lost
+  connection never loses a change.
+- Lookups that find nothing return None; writes that break a rule raise a StoreError subclass with
+  a message fit for a user (the CLI prints it as is).
+- Returned records are shared.model dataclasses; times are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from trioscale.shared.model import (
+    ApiKey,
+    Change,
+    DerpRelay,
+    Node,
+    PendingRegistration,
+    Policy,
+    PreAuthKey,
+    Share,
+    User,
+)
+
+#: the most pending interactive registrations kept; the oldest go first
+MAX_PENDING_REGISTRATIONS = 1024
+
+
+class StoreError(Exception):
+    """A write broke a rule of the data (not a bug, not an outage)."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A unique name, key or address is taken, or a record is still in use."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer trioscale than this one."""
+
+
+class Store(abc.ABC):
+    """Async persistence for the tailnet. Open with `await Store.open(...)`, close with `aclose()`."""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    # -- users ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_user(self, name: str, display_name: str = "", email: str = "") -> User:
+        """Conflict if the name is taken."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: int) -> User | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_name(self, name: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]: ...
+
+    @abc.abstractmethod
+    async def rename_user(self, user_id: int, new_name: str) -> User:
+        """NotFound, or Conflict if the new name is taken."""
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: int) -> None:
+        """NotFound, or Conflict while the user still owns nodes. Removes the user's keys and shares."""
+
+    # -- nodes ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_node(self, node: Node) -> Node:
+        """Insert `node` (its `id` is ignored; the store assigns one). Conflict if the machine key,
+        node key, given_name, ipv4 or ipv6 is taken. If `node.auth_key_id` names a single-use key,
+        that key is marked used in the same transaction."""
+
+    @abc.abstractmethod
+    async def get_node(self, node_id: int) -> Node | None: ...
+
+    @abc.abstractmethod
+    async def get_node_by_machine_key(self, machine_key: bytes) -> Node | None: ...
+
+    @abc.abstractmethod
+    async def get_node_by_node_key(self, node_key: bytes) -> Node | None: ...
+
+    @abc.abstractmethod
+    async def list_nodes(self, user_id: int | None = None) -> list[Node]: ...
+
+    @abc.abstractmethod
+    async def update_node(self, node_id: int, **fields: Any) -> Node:
+        """Set the named fields (names of Node attributes other than id/machine_key). NotFound,
+        Conflict as for create. The change's data lists the changed field names. A no-op update
+        (values equal to the stored ones) writes nothing and records no change."""
+
+    @abc.abstractmethod
+    async def delete_node(self, node_id: int) -> None:
+        """NotFound if absent. Frees its addresses and name; removes its shares."""
+
+    # -- pre-auth keys -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_preauth_key(
+        self,
+        user_id: int,
+        prefix: str,
+        key_hash: bytes,
+        *,
+        reusable: bool = False,
+        ephemeral: bool = False,
+        tags: Sequence[str] = (),
+        expiration: datetime | None = None,
+    ) -> PreAuthKey: ...
+
+    @abc.abstractmethod
+    async def get_preauth_key(self, key_id: int) -> PreAuthKey | None: ...
+
+    @abc.abstractmethod
+    async def get_preauth_key_by_prefix(self, prefix: str) -> PreAuthKey | None: ...
+
+    @abc.abstractmethod
+    async def list_preauth_keys(self, user_id: int | None = None) -> list[PreAuthKey]: ...
+
+    @abc.abstractmethod
+    async def expire_preauth_key(self, key_id: int, now: datetime) -> PreAuthKey:
+        """Set the expiration to `now` (if it is later or unset). NotFound."""
+
+    @abc.abstractmethod
+    async def delete_preauth_key(self, key_id: int) -> None: ...
+
+    # -- API keys ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_api_key(
+        self, prefix: str, key_hash: bytes, expiration: datetime | None = None
+    ) -> ApiKey: ...
+
+    @abc.abstractmethod
+    async def get_api_key_by_prefix(self, prefix: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]: ...
+
+    @abc.abstractmethod
+    async def expire_api_key(self, key_id: int, now: datetime) -> ApiKey: ...
+
+    @abc.abstractmethod
+    async def delete_api_key(self, key_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def touch_api_key(self, key_id: int, now: datetime) -> None:
+        """Record last use; records no change-log row."""
+
+    # -- policy (versioned) --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_policy(self) -> Policy | None:
+        """The newest version, or None if none was ever set."""
+
+    @abc.abstractmethod
+    async def set_policy(self, text: str) -> Policy:
+        """Store a new version (previous versions stay for history)."""
+
+    # -- pending interactive registrations (bounded) -------------------------------------------
+    @abc.abstractmethod
+    async def put_pending_registration(self, reg: PendingRegistration) -> PendingRegistration:
+        """Insert or replace by id. Keeps at most MAX_PENDING_REGISTRATIONS, dropping the oldest."""
+
+    @abc.abstractmethod
+    async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None: ...
+
+    @abc.abstractmethod
+    async def complete_pending_registration(
+        self, reg_id: str, node_id: int, user_id: int
+    ) -> PendingRegistration:
+        """Mark approved (sets node_id and user_id). NotFound."""
+
+    @abc.abstractmethod
+    async def delete_pending_registration(self, reg_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_pending_registrations_before(self, before: datetime) -> int:
+        """Drop registrations created before `before`; returns how many."""
+
+    # -- DERP relays (self-registered, heartbeat) ----------------------------------------------
+    @abc.abstractmethod
+    async def upsert_relay(self, relay: DerpRelay) -> DerpRelay:
+        """Key: (region_id, name). Records a change only when something other than
+        heartbeat_at changed, or the relay is new."""
+
+    @abc.abstractmethod
+    async def list_relays(self) -> list[DerpRelay]: ...
+
+    @abc.abstractmethod
+    async def delete_relay(self, region_id: int, name: str) -> None: ...
+
+    # -- sharing between users -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_share(self, node_id: int, user_id: int) -> Share:
+        """NotFound for an unknown node or user; Conflict if already shared or the user owns it."""
+
+    @abc.abstractmethod
+    async def remove_share(self, node_id: int, user_id: int) -> None:
+        """NotFound if not shared."""
+
+    @abc.abstractmethod
+    async def list_shares(self, node_id: int | None = None) -> list[Share]: ...
+
+    # -- change log ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def latest_seq(self) -> int:
+        """The seq of the newest change, 0 if none."""
+
+    @abc.abstractmethod
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        """Changes with seq > `seq`, oldest first, at most `limit`."""
+
+    @abc.abstractmethod
+    def subscribe(self, since: int | None = None) -> "AsyncIterator[Change]":
+        """An async context manager yielding an async iterator over every change after `since`
+        (default: the newest seq at subscription time), in order, forever. It waits on the
+        wake-up, then reads the log; if the wake-up channel breaks (PostgreSQL connection lost) it
+        reconnects and catches up from the log, so a subscriber never misses or repeats a change.
+
+            async with store.subscribe() as changes:
+                async for change in changes: ...
+        """
