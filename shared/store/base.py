@@ -51,6 +51,13 @@ class SchemaTooNew(StoreError):
     """The database was migrated by a newer trioscale than this one."""
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached (an outage, not a rule violation; deliberately not a
+    StoreError). Raised instead of driver exceptions so callers never need to know the driver.
+    A write that fails this way did not commit, except when the connection broke during COMMIT
+    itself; the message says so then."""
+
+
 class Store(abc.ABC):
     """Async persistence for the tailnet. Open with `await Store.open(...)`, close with `aclose()`."""
 
@@ -137,7 +144,8 @@ class Store(abc.ABC):
         """Set the expiration to `now` (if it is later or unset). NotFound."""
 
     @abc.abstractmethod
-    async def delete_preauth_key(self, key_id: int) -> None: ...
+    async def delete_preauth_key(self, key_id: int) -> None:
+        """NotFound if absent."""
 
     # -- API keys ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -155,11 +163,12 @@ class Store(abc.ABC):
     async def expire_api_key(self, key_id: int, now: datetime) -> ApiKey: ...
 
     @abc.abstractmethod
-    async def delete_api_key(self, key_id: int) -> None: ...
+    async def delete_api_key(self, key_id: int) -> None:
+        """NotFound if absent."""
 
     @abc.abstractmethod
     async def touch_api_key(self, key_id: int, now: datetime) -> None:
-        """Record last use; records no change-log row."""
+        """Record last use; records no change-log row. An absent key is ignored."""
 
     # -- policy (versioned) --------------------------------------------------------------------
     @abc.abstractmethod
@@ -185,7 +194,9 @@ class Store(abc.ABC):
         """Mark approved (sets node_id and user_id). NotFound."""
 
     @abc.abstractmethod
-    async def delete_pending_registration(self, reg_id: str) -> None: ...
+    async def delete_pending_registration(self, reg_id: str) -> None:
+        """Idempotent: deleting an absent (expired, dropped) registration is not an error and
+        records no change."""
 
     @abc.abstractmethod
     async def delete_pending_registrations_before(self, before: datetime) -> int:
@@ -201,7 +212,8 @@ class Store(abc.ABC):
     async def list_relays(self) -> list[DerpRelay]: ...
 
     @abc.abstractmethod
-    async def delete_relay(self, region_id: int, name: str) -> None: ...
+    async def delete_relay(self, region_id: int, name: str) -> None:
+        """NotFound if absent."""
 
     # -- sharing between users -----------------------------------------------------------------
     @abc.abstractmethod
