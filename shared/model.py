@@ -135,6 +135,10 @@ class DerpRelay:
     derp_port: int = 443
     stun_port: int = 3478
     heartbeat_at: datetime = field(default_factory=utcnow)
+    # How clients check the relay's certificate: "sha256-raw:<hex>" pins a self-signed one;
+    # insecure_for_tests skips the check (TLS is kept). Both are published in the DERP map.
+    cert_name: str = ""
+    insecure_for_tests: bool = False
 
 
 @dataclass(frozen=True, slots=True)

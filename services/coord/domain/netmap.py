@@ -1,0 +1,234 @@
+"""Building each node's network map, and what each node must be told when something changes.
+
+`Tailnet` is the coordinator's in-memory picture of the tailnet (users, nodes, who is online, the
+DERP map and DNS config). It is plain data and pure functions: the service feeds it records from the
+store's change log and asks it for full maps and per-viewer deltas. A viewer's map session keeps the
+set of peer ids it has been sent (`sent`), because the client's map is an upsert/remove log: a peer
+must be added with PeersChanged before it can be patched, and removed with PeersRemoved.
+
+Visibility: `Tailnet.visibility` decides which peers a node may see. Until the policy engine
+lands it is "every other node with a disco key" (Tailscale's default policy allows all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from trioscale.shared.model import Node, User
+
+from . import tailcfg
+
+#: node fields a peer can be told about with a PeersChangedPatch instead of the full node
+PATCHABLE_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "last_seen", "node_key", "expiry"})
+#: node fields that only the node itself reports; a change to them is not news to the node
+SELF_REPORTED_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "hostinfo", "last_seen"})
+
+
+@dataclass
+class Settings:
+    base_domain: str
+    domain: str = ""  # MapResponse.Domain: the tailnet's display name
+    dns_config: dict[str, Any] | None = None
+    derp_map: dict[str, Any] = field(default_factory=lambda: {"Regions": {}})
+    disable_log_tail: bool = True
+
+
+Visibility = Callable[[Node, Node], bool]
+
+
+def default_visibility(viewer: Node, peer: Node) -> bool:
+    return True
+
+
+@dataclass
+class Tailnet:
+    settings: Settings
+    nodes: dict[int, Node] = field(default_factory=dict)
+    users: dict[int, User] = field(default_factory=dict)
+    online: set[int] = field(default_factory=set)
+    visibility: Visibility = default_visibility
+
+    # -- queries -------------------------------------------------------------------------------
+    def announceable(self, node: Node) -> bool:
+        """Clients ignore peers without a disco key, so a node is announced once it has one."""
+        return node.disco_key is not None
+
+    def can_see(self, viewer: Node, peer: Node) -> bool:
+        return peer.id != viewer.id and self.announceable(peer) and self.visibility(viewer, peer)
+
+    def visible_peers(self, viewer: Node) -> list[Node]:
+        return sorted((p for p in self.nodes.values() if self.can_see(viewer, p)), key=lambda n: n.id)
+
+    def peer_json(self, peer: Node, now: datetime) -> dict[str, Any]:
+        return tailcfg.node_json(
+            peer,
+            base_domain=self.settings.base_domain,
+            now=now,
+            online=peer.id in self.online,
+            is_self=False,
+        )
+
+    def self_json(self, node: Node, now: datetime) -> dict[str, Any]:
+        return tailcfg.node_json(
+            node,
+            base_domain=self.settings.base_domain,
+            now=now,
+            online=True,
+            is_self=True,
+            cap_map=tailcfg.self_cap_map(),
+        )
+
+    def user_profiles(self, nodes: Iterable[Node]) -> list[dict[str, Any]]:
+        seen: dict[int, dict[str, Any]] = {}
+        for node in nodes:
+            if node.tags:
+                seen[tailcfg.TAGGED_DEVICES_USER_ID] = tailcfg.TAGGED_DEVICES_PROFILE
+            elif node.user_id in self.users and node.user_id not in seen:
+                seen[node.user_id] = tailcfg.user_profile(self.users[node.user_id])
+        return [seen[k] for k in sorted(seen)]
+
+    def packet_filter(self, viewer: Node) -> list[dict[str, Any]]:
+        return tailcfg.FILTER_ALLOW_ALL
+
+    def full_map(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], set[int]]:
+        """The first message of a map stream, and the peer ids it announces."""
+        peers = self.visible_peers(viewer)
+        msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
+        if peers:
+            msg["Peers"] = [self.peer_json(p, now) for p in peers]
+        msg["DERPMap"] = self.settings.derp_map
+        if self.settings.dns_config is not None:
+            msg["DNSConfig"] = self.settings.dns_config
+        if self.settings.domain:
+            msg["Domain"] = self.settings.domain
+        msg["PacketFilter"] = self.packet_filter(viewer)
+        msg["UserProfiles"] = self.user_profiles([viewer, *peers])
+        msg["ControlTime"] = tailcfg.format_time(now)
+        if self.settings.disable_log_tail:
+            msg["Debug"] = {"DisableLogTail": True}
+        return msg, {p.id for p in peers}
+
+    # -- deltas --------------------------------------------------------------------------------
+    def peer_delta(
+        self,
+        viewer: Node,
+        sent: set[int],
+        old: Node | None,
+        new: Node | None,
+        changed: frozenset[str],
+        now: datetime,
+    ) -> "Delta | None":
+        """What `viewer` (which has been sent `sent`) must be told after a peer went from `old` to
+        `new` (None = absent). Updates `sent`. `changed` names the node fields that changed."""
+        subject = new or old
+        assert subject is not None
+        if subject.id == viewer.id:
+            return None
+        visible = new is not None and self.can_see(viewer, new)
+        was_sent = subject.id in sent
+        if visible and not was_sent:
+            sent.add(subject.id)
+            return Delta("changed", subject.id)
+        if visible and was_sent:
+            assert new is not None
+            if old is not None and changed and changed <= PATCHABLE_FIELDS and old.disco_key is not None:
+                return Delta("patch", subject.id)
+            if not changed:
+                return None
+            return Delta("changed", subject.id)
+        if was_sent:
+            sent.discard(subject.id)
+            return Delta("removed", subject.id)
+        return None
+
+    def self_changed(self, changed: frozenset[str]) -> bool:
+        return bool(changed - SELF_REPORTED_FIELDS)
+
+    def encode_delta(self, delta: "Delta", changed: frozenset[str], now: datetime) -> dict[str, Any]:
+        """The MapResponse body for a delta; the same for every viewer it applies to."""
+        if delta.kind == "removed":
+            return {"PeersRemoved": [delta.node_id]}
+        node = self.nodes[delta.node_id]
+        if delta.kind == "patch":
+            return {"PeersChangedPatch": [self.patch_json(node, changed)]}
+        msg: dict[str, Any] = {"PeersChanged": [self.peer_json(node, now)]}
+        profiles = self.user_profiles([node])
+        if profiles:
+            msg["UserProfiles"] = profiles
+        return msg
+
+    def patch_json(self, node: Node, changed: Iterable[str]) -> dict[str, Any]:
+        patch: dict[str, Any] = {"NodeID": node.id}
+        changed = set(changed)
+        if "endpoints" in changed:
+            patch["Endpoints"] = list(node.endpoints)
+        if "home_derp" in changed and node.home_derp:
+            patch["DERPRegion"] = node.home_derp
+        if "disco_key" in changed and node.disco_key:
+            patch["DiscoKey"] = tailcfg.keys.DISCO.format(node.disco_key)
+        if "node_key" in changed:
+            patch["Key"] = tailcfg.keys.NODE.format(node.node_key)
+        if "expiry" in changed:
+            patch["KeyExpiry"] = tailcfg.format_time(node.expiry)
+        if "last_seen" in changed and node.last_seen is not None and node.id not in self.online:
+            patch["LastSeen"] = tailcfg.format_time(node.last_seen)
+        return patch
+
+    def online_patch(self, node_id: int, online: bool, last_seen: datetime | None) -> dict[str, Any]:
+        patch: dict[str, Any] = {"NodeID": node_id, "Online": online}
+        if not online and last_seen is not None:
+            patch["LastSeen"] = tailcfg.format_time(last_seen)
+        return {"PeersChangedPatch": [patch]}
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    kind: str  # "changed" | "patch" | "removed"
+    node_id: int
+
+
+def changed_fields(old: Node | None, new: Node | None, hint: Iterable[str] = ()) -> frozenset[str]:
+    """The node fields that differ between two versions (the change log's hint is a lower bound)."""
+    if old is None or new is None:
+        return frozenset(hint) | frozenset({"*"})
+    diff = {name for name in Node.__slots__ if getattr(old, name) != getattr(new, name)}
+    return frozenset(diff)
+
+
+def dns_config(
+    *,
+    magic_dns: bool,
+    base_domain: str,
+    search_domains: Iterable[str] = (),
+    nameservers: Iterable[str] = (),
+    override_local_dns: bool = False,
+    split: Mapping[str, Iterable[str]] | None = None,
+    extra_records: Iterable[Mapping[str, str]] = (),
+    reverse_zones: Iterable[str] = (),
+) -> dict[str, Any]:
+    """tailcfg.DNSConfig from the `dns:` configuration (Headscale's mapping, protocol doc §6.2)."""
+    cfg: dict[str, Any] = {}
+    resolvers = [{"Addr": a} for a in nameservers]
+    if resolvers:
+        cfg["Resolvers" if override_local_dns else "FallbackResolvers"] = resolvers
+    routes: dict[str, Any] = {}
+    for suffix, addrs in (split or {}).items():
+        routes[suffix] = [{"Addr": a} for a in addrs]
+    if magic_dns:
+        for zone in reverse_zones:
+            routes[zone] = None
+    if routes:
+        cfg["Routes"] = routes
+    domains = ([base_domain] if base_domain else []) + [d for d in search_domains if d != base_domain]
+    if domains:
+        cfg["Domains"] = domains
+    cfg["Proxied"] = bool(magic_dns)
+    records = [
+        {"Name": r["name"], "Type": r.get("type", "A"), "Value": r["value"]} for r in extra_records
+    ]
+    if records:
+        cfg["ExtraRecords"] = records
+    return cfg

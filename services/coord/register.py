@@ -1,0 +1,318 @@
+"""/machine/register: pre-auth keys, interactive login, restarts, key rotation, logout.
+
+The decisions follow Tailscale's client (protocol-control.md §3.1, §6): every answer is HTTP 200
+with a RegisterResponse, failures in its `Error` field so the user sees them. A restarting client
+sends its auth key again, so a node already known by node key + machine key is recognised before the
+key is judged. Store access happens here; the rules about names and addresses live in domain/.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets as _secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from trioscale.shared import secrets
+from trioscale.shared.model import Node, PendingRegistration, User
+from trioscale.shared.proto import keys
+from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
+
+from .domain import ipalloc, names, tailcfg
+
+log = logging.getLogger("trioscale.coord.register")
+
+#: how long an interactive login waits for an admin before the client gets a fresh AuthURL
+PENDING_LIFETIME = timedelta(minutes=15)
+REGISTRATION_ID_PREFIX = "tsreg-"
+_MAX_CREATE_TRIES = 8
+
+
+class RegisterError(Exception):
+    """A refusal the client shows to its user (RegisterResponse.Error)."""
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    version: int
+    node_key: bytes
+    old_node_key: bytes | None
+    auth_key: str | None
+    expiry: datetime | None
+    followup: str
+    hostinfo: dict[str, Any]
+    ephemeral: bool
+
+    @classmethod
+    def from_json(cls, body: Any) -> "RegisterRequest":
+        if not isinstance(body, dict):
+            raise ValueError("register request must be a JSON object")
+        node_key = keys.NODE.from_json(body.get("NodeKey"))
+        if node_key is None:
+            raise ValueError("register request has no NodeKey")
+        auth = body.get("Auth") or {}
+        if not isinstance(auth, dict):
+            raise ValueError("Auth must be an object")
+        auth_key = auth.get("AuthKey") or None
+        if auth_key is not None and not isinstance(auth_key, str):
+            raise ValueError("Auth.AuthKey must be a string")
+        hostinfo = body.get("Hostinfo") or {}
+        if not isinstance(hostinfo, dict):
+            raise ValueError("Hostinfo must be an object")
+        followup = body.get("Followup") or ""
+        if not isinstance(followup, str):
+            raise ValueError("Followup must be a string")
+        return cls(
+            version=int(body.get("Version") or 0),
+            node_key=node_key,
+            old_node_key=keys.NODE.from_json(body.get("OldNodeKey")),
+            auth_key=auth_key,
+            expiry=tailcfg.parse_time(body.get("Expiry")),
+            followup=followup,
+            hostinfo=hostinfo,
+            ephemeral=bool(body.get("Ephemeral")),
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What registration needs from configuration."""
+
+    server_url: str
+    prefix_v4: str | None
+    prefix_v6: str | None
+    allocation: str = "sequential"
+    node_expiry: timedelta | None = None
+
+
+def success(node: Node, user: User | None) -> dict[str, Any]:
+    owner = None if node.tags else user
+    user_json, login_json = tailcfg.register_user(owner)
+    return {
+        "User": user_json,
+        "Login": login_json,
+        "NodeKeyExpired": False,
+        "MachineAuthorized": True,
+        "AuthURL": "",
+    }
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"Error": message}
+
+
+def new_registration_id() -> str:
+    return REGISTRATION_ID_PREFIX + _secrets.token_hex(12)
+
+
+def registration_id_from_url(url: str) -> str | None:
+    marker = "/register/"
+    if marker not in url:
+        return None
+    reg_id = url.rsplit(marker, 1)[1].split("?", 1)[0].strip("/")
+    return reg_id or None
+
+
+async def _taken(store: Store) -> tuple[set[str], set[str]]:
+    nodes = await store.list_nodes()
+    return {a for n in nodes for a in (n.ipv4, n.ipv6) if a}, {n.given_name for n in nodes}
+
+
+async def create_or_update_node(
+    store: Store,
+    policy: Policy,
+    *,
+    machine_key: bytes,
+    node_key: bytes,
+    user: User,
+    hostinfo: dict[str, Any],
+    now: datetime,
+    ephemeral: bool = False,
+    tags: tuple[str, ...] = (),
+    auth_key_id: int | None = None,
+    register_method: str,
+) -> Node:
+    """Register a machine: update its node if the machine is known, else create one with fresh
+    addresses and a unique name. Retries when a concurrent registration took the same address."""
+    expiry = None if tags or policy.node_expiry is None else now + policy.node_expiry
+    existing = await store.get_node_by_machine_key(machine_key)
+    if existing is not None:
+        fields: dict[str, Any] = dict(node_key=node_key, expiry=expiry, user_id=user.id,
+                                      register_method=register_method)
+        if hostinfo:
+            fields["hostinfo"] = _keep_netinfo(existing.hostinfo, hostinfo)
+        if tags:
+            fields["tags"] = tags
+        if auth_key_id is not None:
+            fields["auth_key_id"] = auth_key_id
+        return await store.update_node(existing.id, **fields)
+    base = names.sanitize_label(str(hostinfo.get("Hostname") or ""))
+    last_error: StoreError | None = None
+    for _ in range(_MAX_CREATE_TRIES):
+        taken_addrs, taken_names = await _taken(store)
+        node = Node(
+            id=0,
+            machine_key=machine_key,
+            node_key=node_key,
+            user_id=user.id,
+            hostname=str(hostinfo.get("Hostname") or ""),
+            given_name=names.unique_label(base, taken_names),
+            ipv4=ipalloc.allocate(policy.prefix_v4, taken_addrs, strategy=policy.allocation)
+            if policy.prefix_v4 else None,
+            ipv6=ipalloc.allocate(policy.prefix_v6, taken_addrs, strategy=policy.allocation)
+            if policy.prefix_v6 else None,
+            hostinfo=hostinfo,
+            tags=tags,
+            ephemeral=ephemeral,
+            auth_key_id=auth_key_id,
+            expiry=expiry,
+            created_at=now,
+            register_method=register_method,
+        )
+        try:
+            return await store.create_node(node)
+        except Conflict as exc:  # a concurrent registration won the address or name: try again
+            last_error = exc
+    raise RegisterError(f"could not register node: {last_error}")
+
+
+def _keep_netinfo(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    if "NetInfo" not in new and "NetInfo" in old:
+        return {**new, "NetInfo": old["NetInfo"]}
+    return new
+
+
+async def check_auth_key(store: Store, text: str, now: datetime):
+    """The PreAuthKey for `text` if it may register a new node, else RegisterError."""
+    try:
+        kind, prefix, secret = secrets.split_key(text)
+    except ValueError:
+        raise RegisterError("invalid authkey") from None
+    if kind != "auth":
+        raise RegisterError("invalid authkey")
+    key = await store.get_preauth_key_by_prefix(prefix)
+    if key is None or not secrets.verify(secret, key.key_hash):
+        raise RegisterError("invalid authkey")
+    if key.is_expired(now):
+        raise RegisterError("authkey expired")
+    if key.used and not key.reusable:
+        raise RegisterError("authkey already used")
+    return key
+
+
+async def complete_registration(
+    store: Store, reg_id: str, user: User, now: datetime, policy: Policy
+) -> Node:
+    """Approve a pending interactive login for `user` (the CLI's `nodes register`)."""
+    reg = await store.get_pending_registration(reg_id)
+    if reg is None or reg.created_at + PENDING_LIFETIME <= now:
+        raise NotFound(f'registration "{reg_id}" not found or expired')
+    if reg.node_id is not None:
+        raise Conflict(f'registration "{reg_id}" was already approved')
+    node = await create_or_update_node(
+        store,
+        policy,
+        machine_key=reg.machine_key,
+        node_key=reg.node_key,
+        user=user,
+        hostinfo=reg.hostinfo,
+        now=now,
+        register_method="cli",
+    )
+    await store.complete_pending_registration(reg_id, node.id, user.id)
+    return node
+
+
+async def handle(
+    store: Store,
+    policy: Policy,
+    req: RegisterRequest,
+    machine_key: bytes,
+    now: datetime,
+    wait_for_approval,
+) -> dict[str, Any]:
+    """Answer one RegisterRequest. `wait_for_approval(reg_id, deadline)` waits until the pending
+    registration `reg_id` is completed (True) or the deadline passes (False)."""
+    try:
+        return await _handle(store, policy, req, machine_key, now, wait_for_approval)
+    except RegisterError as exc:
+        return error(str(exc))
+    except StoreError as exc:
+        return error(str(exc))
+
+
+async def _handle(store, policy, req, machine_key, now, wait_for_approval) -> dict[str, Any]:
+    node = await store.get_node_by_node_key(req.node_key)
+    if node is not None and not hmac.compare_digest(node.machine_key, machine_key):
+        raise RegisterError("node key is registered to another machine")
+
+    # Logout: an expiry in the past. Checked first: the client may still send its auth key.
+    if req.expiry is not None and req.expiry <= now:
+        if node is not None:
+            if node.ephemeral:
+                await store.delete_node(node.id)
+            else:
+                await store.update_node(node.id, expiry=now)
+        return {"NodeKeyExpired": False, "MachineAuthorized": False, "AuthURL": ""}
+
+    # A known node (restart, refresh): answer without judging the auth key again.
+    if node is not None:
+        if node.is_expired(now):
+            if req.auth_key is None and not req.followup:
+                return {"NodeKeyExpired": True, "MachineAuthorized": False, "AuthURL": ""}
+        else:
+            return success(node, await store.get_user(node.user_id))
+
+    # Key rotation from a node this machine owns: the new key still needs authentication below.
+    if req.old_node_key is not None and node is None:
+        old = await store.get_node_by_node_key(req.old_node_key)
+        if old is not None and not hmac.compare_digest(old.machine_key, machine_key):
+            raise RegisterError("old node key is registered to another machine")
+
+    if req.auth_key is not None:
+        key = await check_auth_key(store, req.auth_key, now)
+        user = await store.get_user(key.user_id)
+        if user is None:
+            raise RegisterError("authkey's user no longer exists")
+        node = await create_or_update_node(
+            store,
+            policy,
+            machine_key=machine_key,
+            node_key=req.node_key,
+            user=user,
+            hostinfo=req.hostinfo,
+            now=now,
+            ephemeral=key.ephemeral,
+            tags=tuple(key.tags),
+            auth_key_id=key.id,
+            register_method="authkey",
+        )
+        return success(node, user)
+
+    if req.followup:
+        reg_id = registration_id_from_url(req.followup)
+        reg = await store.get_pending_registration(reg_id) if reg_id else None
+        if reg is not None and hmac.compare_digest(reg.machine_key, machine_key):
+            deadline = reg.created_at + PENDING_LIFETIME
+            if await wait_for_approval(reg.id, deadline):
+                done = await store.get_pending_registration(reg.id)
+                if done is not None and done.node_id is not None:
+                    approved = await store.get_node(done.node_id)
+                    await store.delete_pending_registration(reg.id)
+                    if approved is not None:
+                        return success(approved, await store.get_user(approved.user_id))
+            await store.delete_pending_registration(reg.id)
+        # unknown, expired or foreign: start over with a fresh URL below
+
+    reg = PendingRegistration(
+        id=new_registration_id(),
+        machine_key=machine_key,
+        node_key=req.node_key,
+        hostinfo=req.hostinfo,
+        expiry=req.expiry,
+        created_at=now,
+    )
+    await store.put_pending_registration(reg)
+    return {"AuthURL": f"{policy.server_url.rstrip('/')}/register/{reg.id}"}
