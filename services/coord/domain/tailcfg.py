@@ -47,8 +47,8 @@ def parse_time(text: str | None) -> datetime | None:
     cleaned = text.replace("Z", "+00:00")
     if "." in cleaned:
         head, _, tail = cleaned.partition(".")
-        digits = "".join(ch for ch in tail if ch.isdigit())
-        zone = tail[len(digits):]
+        end = next((i for i, ch in enumerate(tail) if not ch.isdigit()), len(tail))
+        digits, zone = tail[:end], tail[end:]
         cleaned = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     parsed = datetime.fromisoformat(cleaned)
     if parsed.tzinfo is None:

@@ -1,0 +1,331 @@
+"""The coordinator's engine: follow the store's change log, keep the Tailnet current, fan out deltas.
+
+One task (`follow`) applies changes in sequence order. Applying a change is: fetch the current
+record, swap it into the in-memory Tailnet, then (synchronously, with no await in between) work out
+each map session's delta and queue it. A new map session builds its first map and registers itself
+in one synchronous step too, so every change is either in a session's first map or in its deltas,
+never both and never neither.
+
+A delta is encoded once (JSON once; zstd once for the sessions that asked for it) and shared by all
+its receivers. Each session has a bounded queue; a session that falls too far behind is closed, and
+its client reconnects and gets a fresh full map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import trio
+
+from trioscale.shared.model import Change, Node, utcnow
+from trioscale.shared.proto import mapframe
+from trioscale.shared.store.base import Store
+
+from .domain.netmap import Delta, Settings, Tailnet, changed_fields
+from .domain import tailcfg
+
+log = logging.getLogger("trioscale.coord")
+
+#: messages a session may have queued before it is considered stuck and closed
+SESSION_QUEUE_LIMIT = 512
+KEEPALIVE_BASE = 50.0
+KEEPALIVE_JITTER = 9.0
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Encoded:
+    """One MapResponse, encoded lazily per compression and shared by every receiver."""
+
+    __slots__ = ("obj", "_json", "_frames")
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+        self._json: bytes | None = None
+        self._frames: dict[str | None, bytes] = {}
+
+    def frame(self, compress: str | None) -> bytes:
+        frame = self._frames.get(compress)
+        if frame is None:
+            if self._json is None:
+                self._json = dumps(self.obj)
+            frame = self._frames[compress] = mapframe.encode_frame(self._json, compress)
+        return frame
+
+
+class MapSession:
+    """One streaming /machine/map response."""
+
+    def __init__(self, node_id: int, compress: str | None) -> None:
+        self.node_id = node_id
+        self.compress = compress
+        self.sent: set[int] = set()
+        self.queue: deque[Encoded] = deque()
+        self.wakeup = trio.Event()
+        self.closed = False
+        self.close_reason = ""
+
+    def push(self, message: Encoded) -> None:
+        if self.closed:
+            return
+        if len(self.queue) >= SESSION_QUEUE_LIMIT:
+            self.close("fell behind")
+            return
+        self.queue.append(message)
+        self.wakeup.set()
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self.wakeup.set()
+
+    async def next_messages(self, timeout: float) -> list[Encoded]:
+        """Queued messages; empty after `timeout` seconds of silence (time for a keepalive)."""
+        if not self.queue and not self.closed:
+            with trio.move_on_after(timeout):
+                await self.wakeup.wait()
+        self.wakeup = trio.Event()
+        out = list(self.queue)
+        self.queue.clear()
+        return out
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        build_derp_map: Callable[[list], dict[str, Any]],
+        ephemeral_timeout: timedelta = timedelta(seconds=120),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.tailnet = Tailnet(settings)
+        self.build_derp_map = build_derp_map
+        self.ephemeral_timeout = ephemeral_timeout
+        self.now = clock
+        self.sessions: dict[int, set[MapSession]] = {}
+        self.seq = 0
+        self._seq_changed = trio.Event()
+        self._registration_done: dict[str, trio.Event] = {}
+        self._relays: list = []
+        self._nursery: trio.Nursery | None = None
+        self._gc_scopes: dict[int, trio.CancelScope] = {}
+
+    # -- loading and following -----------------------------------------------------------------
+    async def load(self) -> None:
+        """Read the whole tailnet once; later changes come from the log after `self.seq`."""
+        self.seq = await self.store.latest_seq()
+        self.tailnet.users = {u.id: u for u in await self.store.list_users()}
+        self.tailnet.nodes = {n.id: n for n in await self.store.list_nodes()}
+        self._relays = await self.store.list_relays()
+        self.tailnet.settings.derp_map = self.build_derp_map(self._relays)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await self.load()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for node in self.tailnet.nodes.values():
+                if node.ephemeral:
+                    self._schedule_ephemeral_gc(node.id)
+            async with self.store.subscribe(since=self.seq) as changes:
+                task_status.started()
+                async for change in changes:
+                    try:
+                        await self.apply(change)
+                    except Exception:  # one bad change must not stop the coordinator
+                        log.exception("applying change %s (%s) failed", change.seq, change.kind)
+                    self.seq = change.seq
+                    self._seq_changed.set()
+                    self._seq_changed = trio.Event()
+
+    async def wait_seq(self, seq: int) -> None:
+        """Wait until changes up to `seq` are applied (read-your-writes for request handlers)."""
+        while self.seq < seq:
+            await self._seq_changed.wait()
+
+    async def caught_up(self) -> None:
+        await self.wait_seq(await self.store.latest_seq())
+
+    async def apply(self, change: Change) -> None:
+        kind, data = change.kind, change.data
+        if kind in ("node.created", "node.updated"):
+            new = await self.store.get_node(data["id"])
+            old = self.tailnet.nodes.get(data["id"])
+            if new is None:
+                self._node_gone(data["id"])
+            else:
+                self.tailnet.nodes[new.id] = new
+                self._node_changed(old, new, changed_fields(old, new, data.get("fields", ())))
+        elif kind == "node.deleted":
+            self._node_gone(data["id"])
+        elif kind in ("user.created", "user.updated"):
+            user = await self.store.get_user(data["id"])
+            if user is not None:
+                self.tailnet.users[user.id] = user
+                if kind == "user.updated":
+                    self._broadcast(Encoded({"UserProfiles": [tailcfg.user_profile(user)]}))
+        elif kind == "user.deleted":
+            self.tailnet.users.pop(data["id"], None)
+        elif kind in ("relay.updated", "relay.deleted"):
+            self._relays = await self.store.list_relays()
+            derp_map = self.build_derp_map(self._relays)
+            if derp_map != self.tailnet.settings.derp_map:
+                self.tailnet.settings.derp_map = derp_map
+                self._broadcast(Encoded({"DERPMap": derp_map}))
+        elif kind == "registration.completed":
+            event = self._registration_done.get(data.get("id"))
+            if event is not None:
+                event.set()
+
+    def set_dns_config(self, dns_config: dict[str, Any] | None) -> None:
+        if dns_config != self.tailnet.settings.dns_config:
+            self.tailnet.settings.dns_config = dns_config
+            self._broadcast(Encoded({"DNSConfig": dns_config}))
+
+    # -- fan-out (synchronous: no await between reading state and queueing) ---------------------
+    def _broadcast(self, message: Encoded) -> None:
+        for sessions in self.sessions.values():
+            for session in sessions:
+                session.push(message)
+
+    def _node_changed(self, old: Node | None, new: Node, changed: frozenset[str]) -> None:
+        if not changed:
+            return
+        now = self.now()
+        if old is not None and old.ephemeral != new.ephemeral and new.ephemeral:
+            self._schedule_ephemeral_gc(new.id)
+        cache: dict[str, Encoded] = {}
+        for viewer_id, sessions in self.sessions.items():
+            viewer = self.tailnet.nodes.get(viewer_id)
+            if viewer is None:
+                continue
+            if viewer_id == new.id:
+                if self.tailnet.self_changed(changed):
+                    message = Encoded({"Node": self.tailnet.self_json(new, now)})
+                    for session in sessions:
+                        session.push(message)
+                continue
+            for session in sessions:
+                delta = self.tailnet.peer_delta(viewer, session.sent, old, new, changed, now)
+                if delta is not None:
+                    session.push(self._encode(delta, changed, now, cache))
+
+    def _encode(self, delta: Delta, changed: frozenset[str], now, cache: dict[str, Encoded]) -> Encoded:
+        message = cache.get(delta.kind)
+        if message is None:
+            message = cache[delta.kind] = Encoded(self.tailnet.encode_delta(delta, changed, now))
+        return message
+
+    def _node_gone(self, node_id: int) -> None:
+        old = self.tailnet.nodes.pop(node_id, None)
+        self.tailnet.online.discard(node_id)
+        scope = self._gc_scopes.pop(node_id, None)
+        if scope is not None:
+            scope.cancel()
+        for session in self.sessions.pop(node_id, set()):
+            session.close("node deleted")
+        if old is None:
+            return
+        removed = Encoded({"PeersRemoved": [node_id]})
+        for sessions in self.sessions.values():
+            for session in sessions:
+                if node_id in session.sent:
+                    session.sent.discard(node_id)
+                    session.push(removed)
+
+    def _set_online(self, node_id: int, online: bool, last_seen: datetime | None = None) -> None:
+        if online == (node_id in self.tailnet.online):
+            return
+        if online:
+            self.tailnet.online.add(node_id)
+        else:
+            self.tailnet.online.discard(node_id)
+        patch = Encoded(self.tailnet.online_patch(node_id, online, last_seen))
+        for viewer_id, sessions in self.sessions.items():
+            for session in sessions:
+                if node_id in session.sent:
+                    session.push(patch)
+
+    # -- map sessions --------------------------------------------------------------------------
+    def open_session(self, node_id: int, compress: str | None) -> tuple[MapSession, Encoded]:
+        """Register a session and build its first map in one step (see the module docstring)."""
+        node = self.tailnet.nodes[node_id]
+        session = MapSession(node_id, compress)
+        first, sent = self.tailnet.full_map(node, self.now())
+        session.sent = sent
+        self.sessions.setdefault(node_id, set()).add(session)
+        scope = self._gc_scopes.pop(node_id, None)
+        if scope is not None:
+            scope.cancel()
+        self._set_online(node_id, True)
+        return session, Encoded(first)
+
+    async def close_session(self, session: MapSession) -> None:
+        sessions = self.sessions.get(session.node_id)
+        if sessions is None:
+            return
+        sessions.discard(session)
+        if sessions:
+            return
+        del self.sessions[session.node_id]
+        node = self.tailnet.nodes.get(session.node_id)
+        if node is None:
+            return
+        now = self.now()
+        self._set_online(session.node_id, False, now)
+        with trio.CancelScope(shield=True):
+            try:
+                await self.store.update_node(node.id, last_seen=now)
+            except Exception as exc:  # the node may be gone already
+                log.debug("recording last_seen of node %s: %s", node.id, exc)
+        if node.ephemeral:
+            self._schedule_ephemeral_gc(node.id)
+
+    def _schedule_ephemeral_gc(self, node_id: int) -> None:
+        if self._nursery is None or node_id in self.sessions or node_id in self._gc_scopes:
+            return
+        scope = trio.CancelScope()
+        self._gc_scopes[node_id] = scope
+        self._nursery.start_soon(self._ephemeral_gc, node_id, scope)
+
+    async def _ephemeral_gc(self, node_id: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(self.ephemeral_timeout.total_seconds())
+            if node_id not in self.sessions and self._gc_scopes.get(node_id) is scope:
+                log.info("removing ephemeral node %s after %s offline", node_id, self.ephemeral_timeout)
+                try:
+                    await self.store.delete_node(node_id)
+                except Exception as exc:
+                    log.debug("ephemeral node %s: %s", node_id, exc)
+        if self._gc_scopes.get(node_id) is scope:
+            del self._gc_scopes[node_id]
+
+    def keepalive_interval(self) -> float:
+        return KEEPALIVE_BASE + random.random() * KEEPALIVE_JITTER
+
+    # -- interactive registration --------------------------------------------------------------
+    async def wait_for_approval(self, reg_id: str, deadline: datetime) -> bool:
+        event = self._registration_done.setdefault(reg_id, trio.Event())
+        try:
+            reg = await self.store.get_pending_registration(reg_id)
+            if reg is not None and reg.node_id is not None:
+                return True
+            seconds = (deadline - self.now()).total_seconds()
+            with trio.move_on_after(max(seconds, 0)):
+                await event.wait()
+                await self.caught_up()
+                return True
+            return False
+        finally:
+            if self._registration_done.get(reg_id) is event:
+                del self._registration_done[reg_id]

@@ -1,0 +1,217 @@
+"""Requests over the Noise channel (/machine/*) and the plain-HTTP pages of the control port.
+
+Every Noise request names a NodeKey; it is checked against the machine key the Noise handshake
+proved, so one machine can never speak for another's node.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+from typing import Any
+
+import trio
+
+from trioscale.shared.model import Node
+from trioscale.shared.proto import keys, mapframe
+
+from . import register
+from .coordinator import Coordinator, Encoded
+
+log = logging.getLogger("trioscale.coord.handlers")
+
+#: the oldest client we talk to: Tailscale v1.80 (the same floor Headscale keeps)
+MIN_CAPABILITY_VERSION = 113
+#: /machine/* paths the clients may call that we do not serve (yet): answered 501, never a hang
+NOT_IMPLEMENTED = (
+    "/machine/set-dns",
+    "/machine/update-health",
+    "/machine/id-token",
+    "/machine/feature/query",
+    "/machine/audit-log",
+    "/machine/set-device-attr",
+    "/machine/c2n",
+    "/machine/whoami",
+    "/machine/ssh/action/",
+    "/machine/webclient/",
+)
+#: Hostinfo.NetInfo fields that change on every re-STUN and mean nothing to peers
+_NETINFO_NOISE = ("DERPLatency",)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(400, f"request body is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest(400, "request body must be a JSON object")
+    return obj
+
+
+def _check_version(obj: dict[str, Any]) -> int:
+    version = obj.get("Version")
+    if not isinstance(version, int) or version < MIN_CAPABILITY_VERSION:
+        raise BadRequest(
+            400,
+            f"unsupported client version {version!r}: trioscale needs capability version "
+            f">= {MIN_CAPABILITY_VERSION} (Tailscale v1.80 or newer)",
+        )
+    return version
+
+
+def quiet_hostinfo(hostinfo: dict[str, Any]) -> dict[str, Any]:
+    netinfo = hostinfo.get("NetInfo")
+    if isinstance(netinfo, dict) and any(k in netinfo for k in _NETINFO_NOISE):
+        hostinfo = {**hostinfo, "NetInfo": {k: v for k, v in netinfo.items() if k not in _NETINFO_NOISE}}
+    return hostinfo
+
+
+def map_request_updates(node: Node, req: dict[str, Any]) -> dict[str, Any]:
+    """Node fields a MapRequest changes (only those that differ)."""
+    updates: dict[str, Any] = {}
+    try:
+        disco = keys.DISCO.from_json(req.get("DiscoKey"))
+    except keys.KeyFormatError as exc:
+        raise BadRequest(400, f"bad DiscoKey: {exc}") from None
+    if disco is not None and disco != node.disco_key:
+        updates["disco_key"] = disco
+    endpoints = req.get("Endpoints")
+    if isinstance(endpoints, list):
+        eps = tuple(str(e) for e in endpoints if isinstance(e, str))[:64]
+        if eps != node.endpoints:
+            updates["endpoints"] = eps
+    hostinfo = req.get("Hostinfo")
+    if isinstance(hostinfo, dict) and hostinfo:
+        if "NetInfo" not in hostinfo and "NetInfo" in node.hostinfo:
+            hostinfo = {**hostinfo, "NetInfo": node.hostinfo["NetInfo"]}
+        hostinfo = quiet_hostinfo(hostinfo)
+        if hostinfo != node.hostinfo:
+            updates["hostinfo"] = hostinfo
+            if hostinfo.get("Hostname") and hostinfo.get("Hostname") != node.hostname:
+                updates["hostname"] = str(hostinfo["Hostname"])[:255]
+        netinfo = hostinfo.get("NetInfo")
+        if isinstance(netinfo, dict):
+            preferred = netinfo.get("PreferredDERP")
+            if isinstance(preferred, int) and preferred > 0 and preferred != node.home_derp:
+                updates["home_derp"] = preferred
+    return updates
+
+
+class ControlHandlers:
+    """The coordinator's request handlers, plugged into the control transport."""
+
+    def __init__(self, coordinator: Coordinator, policy: register.Policy) -> None:
+        self.coord = coordinator
+        self.store = coordinator.store
+        self.policy = policy
+
+    # -- Noise (HTTP/2) requests -----------------------------------------------------------------
+    async def noise(self, request, response) -> None:
+        try:
+            if request.path == "/machine/register" and request.method == "POST":
+                await self.register(request, response)
+            elif request.path == "/machine/map" and request.method == "POST":
+                await self.map(request, response)
+            elif request.path.startswith(NOT_IMPLEMENTED):
+                await response.send(501, b"not implemented\n", [("content-type", "text/plain")])
+            else:
+                await response.send(404, b"not found\n", [("content-type", "text/plain")])
+        except BadRequest as exc:
+            await response.send(exc.status, (str(exc) + "\n").encode(), [("content-type", "text/plain")])
+
+    async def register(self, request, response) -> None:
+        body = _json_body(request.body)
+        _check_version(body)
+        try:
+            req = register.RegisterRequest.from_json(body)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(400, f"bad register request: {exc}") from None
+        result = await register.handle(
+            self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval
+        )
+        await response.send(200, json.dumps(result).encode(), [("content-type", "application/json")])
+
+    async def _node_for(self, body: dict[str, Any], machine_key: bytes) -> Node:
+        try:
+            node_key = keys.NODE.from_json(body.get("NodeKey"))
+        except keys.KeyFormatError as exc:
+            raise BadRequest(400, f"bad NodeKey: {exc}") from None
+        if node_key is None:
+            raise BadRequest(400, "request has no NodeKey")
+        node = await self.store.get_node_by_node_key(node_key)
+        if node is None or not hmac.compare_digest(node.machine_key, machine_key):
+            raise BadRequest(404, "node not found")
+        return node
+
+    async def map(self, request, response) -> None:
+        body = _json_body(request.body)
+        _check_version(body)
+        node = await self._node_for(body, request.machine_key)
+        compress = "zstd" if body.get("Compress") == "zstd" else None
+        updates = map_request_updates(node, body)
+        if updates:
+            node = await self.store.update_node(node.id, **updates)
+        await self.coord.caught_up()
+        if node.id not in self.coord.tailnet.nodes:
+            raise BadRequest(404, "node not found")
+        if not body.get("Stream"):
+            if body.get("OmitPeers"):
+                await response.send(200, b"", [])
+                return
+            first, _ = self.coord.tailnet.full_map(self.coord.tailnet.nodes[node.id], self.coord.now())
+            await response.send(200, Encoded(first).frame(compress), [("content-type", "application/json")])
+            return
+        await self.stream(node.id, compress, response)
+
+    async def stream(self, node_id: int, compress: str | None, response) -> None:
+        session, first = self.coord.open_session(node_id, compress)
+        keepalive = mapframe.keepalive(compress)
+        try:
+            await response.start(200, [("content-type", "application/json")])
+            await response.write(first.frame(compress))
+            while True:
+                messages = await session.next_messages(self.coord.keepalive_interval())
+                if session.closed:
+                    log.debug("map session of node %s closed: %s", node_id, session.close_reason)
+                    break
+                if messages:
+                    await response.write(b"".join(m.frame(compress) for m in messages))
+                else:
+                    await response.write(keepalive)
+            with trio.move_on_after(5):
+                await response.end()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.coord.close_session(session)
+
+    # -- plain HTTP on the control port ----------------------------------------------------------
+    async def http(self, method: str, path: str, headers, body: bytes):
+        path_only = path.split("?", 1)[0]
+        if path_only == "/health" and method in ("GET", "HEAD"):
+            return 200, [("content-type", "application/json")], b'{"status":"pass"}\n'
+        if path_only.startswith("/register/") and method == "GET":
+            reg_id = path_only[len("/register/"):]
+            return 200, [("content-type", "text/html; charset=utf-8")], register_page(reg_id)
+        if path_only == "/" and method == "GET":
+            return 200, [("content-type", "text/plain")], b"trioscale control server\n"
+        return 404, [("content-type", "text/plain")], b"not found\n"
+
+
+def register_page(reg_id: str) -> bytes:
+    safe = html.escape(reg_id)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>trioscale: approve this machine</title>"
+        "</head><body><h1>Machine registration</h1>"
+        "<p>An administrator approves this machine by running, on the server:</p>"
+        f"<pre>trioscale nodes register --user USERNAME --key {safe}</pre>"
+        "<p>Replace USERNAME with the user the machine will belong to.</p></body></html>\n"
+    ).encode()
