@@ -1,0 +1,223 @@
+"""The SQLite store: stdlib sqlite3 in WAL mode, one connection, all work in a worker thread.
+
+Every operation is one `trio.to_thread.run_sync` call holding `self._lock`, so the single
+connection is only ever used by one thread at a time and a write plus its change rows commit in one
+transaction (BEGIN IMMEDIATE ... COMMIT). Subscribers wait on an in-process trio.Event that is
+replaced and set after every commit that recorded a change, then read the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trioscale.shared.model import Change, utcnow
+from trioscale.shared.store.base import Conflict, StoreUnavailable
+from trioscale.shared.store.codec import (
+    All,
+    Emit,
+    Exec,
+    One,
+    OpsStore,
+    check_kind,
+    json_text,
+    pack_data,
+    time_text,
+)
+from trioscale.shared.store.migrations import SQLITE_MIGRATIONS, UNIQUE_MESSAGES, check_version
+
+#: changes read from the log per query by subscribers
+BATCH = 500
+
+
+def _enc(v: Any) -> Any:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, datetime):
+        return time_text(v)
+    if isinstance(v, (tuple, list, dict)):
+        return json_text(list(v) if isinstance(v, tuple) else v)
+    return v
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[list[str]] = SQLITE_MIGRATIONS) -> int:
+    """Bring the schema up to date; returns the version. SchemaTooNew if the file is newer."""
+    check_version(schema_version(conn), len(migrations))
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = schema_version(conn)
+            check_version(version, len(migrations))
+            if version == len(migrations):
+                conn.execute("COMMIT")
+                return version
+            for stmt in migrations[version]:
+                conn.execute(stmt)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _conflict_from(e: sqlite3.IntegrityError) -> Conflict:
+    msg = str(e)
+    if "UNIQUE constraint failed:" in msg:
+        cols = msg.split(":", 1)[1].strip().split(",")
+        return Conflict(UNIQUE_MESSAGES.get(cols[0].strip(), "the record conflicts with an existing one"))
+    if "FOREIGN KEY" in msg:
+        return Conflict("the record is still referenced by others, or refers to one that does not exist")
+    return Conflict("the change breaks a rule of the data")
+
+
+class SqliteStore(OpsStore):
+    def __init__(self, conn: sqlite3.Connection, *, max_pending_registrations: int | None = None) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+        self.max_pending_registrations = max_pending_registrations
+
+    @classmethod
+    async def open(
+        cls, path: str | Path = ":memory:", *, max_pending_registrations: int | None = None
+    ) -> "SqliteStore":
+        conn = await trio.to_thread.run_sync(_connect, str(path))
+        return cls(conn, max_pending_registrations=max_pending_registrations)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await trio.to_thread.run_sync(conn.close)
+        self._notify()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def _notify(self) -> None:
+        old, self._wake = self._wake, trio.Event()
+        old.set()
+
+    # -- running operations ------------------------------------------------------------------------
+    def _drive(self, gen, write: bool) -> tuple[Any, int]:
+        """In the worker thread: run the operation generator, in one transaction if `write`."""
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the store is closed")
+        emitted = 0
+        if write:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                req = next(gen)
+                while True:
+                    if isinstance(req, Emit):
+                        cur = conn.execute(
+                            "INSERT INTO changes (kind, data, at) VALUES (?, ?, ?) RETURNING seq",
+                            (check_kind(req.kind), pack_data(req.data), time_text(utcnow())),
+                        )
+                        res = cur.fetchall()[0][0]
+                        emitted += 1
+                    else:
+                        rows = conn.execute(req.sql, tuple(_enc(a) for a in req.args)).fetchall()
+                        if isinstance(req, One):
+                            res = rows[0] if rows else None
+                        elif isinstance(req, All):
+                            res = rows
+                        else:
+                            assert isinstance(req, Exec)
+                            res = None
+                    req = gen.send(res)
+            except StopIteration as stop:
+                result = stop.value
+            if write:
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            gen.close()
+        return result, emitted
+
+    async def _run(self, gen, write: bool) -> Any:
+        async with self._lock:
+            try:
+                result, emitted = await trio.to_thread.run_sync(self._drive, gen, write)
+            except sqlite3.IntegrityError as e:
+                raise _conflict_from(e) from None
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"sqlite: {e}") from e
+        if emitted:
+            self._notify()
+        return result
+
+    async def _read(self, gen) -> Any:
+        return await self._run(gen, False)
+
+    async def _write(self, gen) -> Any:
+        return await self._run(gen, True)
+
+    # -- subscriptions -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def subscribe(self, since: int | None = None) -> AsyncIterator["SqliteChanges"]:
+        if since is None:
+            since = await self.latest_seq()
+        yield SqliteChanges(self, since)
+
+
+class SqliteChanges:
+    """Every change after `last_seq`, in order, forever (ends only when the store is closed)."""
+
+    def __init__(self, store: SqliteStore, since: int) -> None:
+        self._store = store
+        self.last_seq = since
+        self._buf: collections.deque[Change] = collections.deque()
+
+    def __aiter__(self) -> "SqliteChanges":
+        return self
+
+    async def __anext__(self) -> Change:
+        store = self._store
+        while not self._buf:
+            if store.closed:
+                raise StopAsyncIteration
+            wake = store._wake  # taken before reading, so a commit after the read still wakes us
+            self._buf.extend(await store.changes_since(self.last_seq, BATCH))
+            if not self._buf:
+                await wake.wait()
+        change = self._buf.popleft()
+        self.last_seq = change.seq
+        return change
