@@ -1,0 +1,812 @@
+"""The control listener: HTTP/1.1 (h11) → ``/ts2021`` upgrade → Noise → HTTP/2 (h2), as a Trio adapter.
+
+ASGI servers cannot hand an upgraded connection over, so this module is its own small server.  The
+protocol work is done by sans-IO pieces (``h11``, ``h2``, :mod:`trioscale.shared.proto.noise`); this
+module only moves bytes, runs tasks and enforces limits and timeouts.
+
+Public API
+----------
+
+``await serve_control(listeners_or_addr, server_private_key, noise_handler, http_handler=None, *,
+config=None, task_status=trio.TASK_STATUS_IGNORED)``
+
+* ``listeners_or_addr``: a list of Trio listeners (or one), a ``(host, port)`` tuple or a ``"host:port"``
+  string (``port`` may be 0).  Calls ``task_status.started("host:port")`` with the first bound address
+  (``[v6]:port`` for IPv6), then serves until cancelled.  Every connection runs in its own task; a bad
+  connection is closed (logged at debug) and never affects the listener.
+* ``server_private_key``: the 32-byte Noise static private key (see ``keys.load_or_create_private_key``).
+* ``http_handler(method, path, headers, body) -> (status, headers, body)`` (async) serves every plain
+  HTTP/1.1 request other than ``/key`` and ``/ts2021``: ``path`` is the request target including any
+  query string, ``headers`` a ``dict`` with lower-case names (repeated headers joined by ``", "``), the
+  returned headers a list of ``(name, value)`` pairs or a dict, the body ``bytes`` (or ``str``, sent as
+  UTF-8).  ``None`` → everything else is 404.  An exception gives a 500.
+* ``noise_handler(request: ControlRequest, response: ControlResponse)`` (async) serves each HTTP/2
+  request made inside the Noise channel, in its own task, once the whole request body has arrived.
+  ``request.machine_key`` is the peer identity authenticated by the handshake.  The handler answers
+  with ``await response.send(status, body, headers)`` or streams with ``start`` / ``write`` / ``end``.
+  ``write`` waits for HTTP/2 flow control.  If the client resets the stream (RST_STREAM, e.g. CANCEL)
+  the handler task is cancelled and later writes raise :class:`StreamGone`; when the connection
+  closes all its handlers are cancelled.  A handler that raises gets a 500 if nothing was sent yet
+  (and the error is logged); a handler that returns without finishing its response has it ended.
+* ``config``: a :class:`TransportConfig` (limits and timeouts).
+
+Plain HTTP served here: ``GET /key?v=<capver>`` → ``{"legacyPublicKey": "mkey:00…", "publicKey":
+"mkey:<hex>"}``; a missing ``v`` or one below ``config.min_capability_version`` (113) is refused with
+400 and a text message (the Tailscale client then reports the status and body and retries later).
+``/ts2021`` with ``Upgrade: tailscale-control-protocol`` and ``X-Tailscale-Handshake`` → ``101``, the
+Noise response, the early payload (``nodeKeyChallenge``) and the HTTP/2 server preface, in that order and
+without waiting for the client.  Keep-alive is honoured for plain requests, as is ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+import trio
+
+from trioscale.shared.proto import keys, noise
+
+__all__ = [
+    "ControlRequest",
+    "ControlResponse",
+    "StreamGone",
+    "TransportConfig",
+    "NoiseHandler",
+    "HttpHandler",
+    "serve_control",
+    "format_address",
+    "UPGRADE_PROTOCOL",
+]
+
+log = logging.getLogger("trioscale.coord.transport")
+
+UPGRADE_PROTOCOL = "tailscale-control-protocol"
+HANDSHAKE_HEADER = "x-tailscale-handshake"
+_RECV_SIZE = 65536
+
+
+class StreamGone(Exception):
+    """The HTTP/2 stream (or its whole connection) is gone; nothing more can be sent on it."""
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """One complete HTTP/2 request received inside the Noise channel."""
+
+    machine_key: bytes  #: client machine public key, authenticated by the Noise handshake
+    protocol_version: int  #: capability version from the Noise initiation
+    method: str
+    path: str  #: ``:path`` as sent (may include a query string)
+    headers: dict[str, str]  #: regular headers, lower-case names, repeated ones joined with ", "
+    body: bytes
+    stream_id: int = 0
+    #: private half of the connection's early-payload ``nodeKeyChallenge`` (None if none was sent)
+    challenge_private_key: bytes | None = field(default=None, repr=False)
+
+
+NoiseHandler = Callable[[ControlRequest, "ControlResponse"], Awaitable[None]]
+HttpHandler = Callable[
+    [str, str, dict[str, str], bytes],
+    Awaitable[tuple[int, Sequence[tuple[str, str]] | Mapping[str, str], bytes | str]],
+]
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Limits and timeouts of the control listener (seconds, bytes)."""
+
+    min_capability_version: int = 113
+    max_header_bytes: int = 16 * 1024  #: HTTP/1.1 request line + headers
+    max_http_body: int = 1 << 20  #: plain HTTP/1.1 request body
+    max_request_body: int = 1 << 20  #: HTTP/2 request body inside Noise
+    max_concurrent_streams: int = 250
+    max_header_list_size: int = 64 * 1024  #: HTTP/2 decoded header list
+    stream_receive_window: int = 1 << 20
+    request_timeout: float = 30.0  #: to receive one whole HTTP/1.1 request (incl. keep-alive idle)
+    h2_preface_timeout: float = 10.0  #: after the 101, for the client's HTTP/2 preface
+    h2_idle_timeout: float = 300.0  #: close an HTTP/2 connection with no open stream after this
+    send_timeout: float = 60.0  #: any single socket write
+    send_early_payload: bool = True
+
+
+# --- addresses -----------------------------------------------------------------------------------
+
+
+def format_address(sockaddr: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address tuple."""
+    host, port = sockaddr[0], sockaddr[1]
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def _parse_addr(addr: str | tuple[str | None, int]) -> tuple[str | None, int]:
+    if isinstance(addr, tuple):
+        return addr[0] or None, int(addr[1])
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address {addr!r} is not host:port")
+    host = host.strip("[]")
+    return host or None, int(port)
+
+
+async def _open_listeners(listeners_or_addr: Any) -> list[trio.abc.Listener[Any]]:
+    if isinstance(listeners_or_addr, (str, tuple)):
+        host, port = _parse_addr(listeners_or_addr)
+        return list(await trio.open_tcp_listeners(port, host=host))
+    if isinstance(listeners_or_addr, trio.abc.Listener):
+        return [listeners_or_addr]
+    return list(listeners_or_addr)
+
+
+def _listener_address(listener: Any) -> str:
+    sock = getattr(listener, "socket", None)
+    if sock is not None:
+        return format_address(sock.getsockname())
+    return repr(listener)
+
+
+async def serve_control(
+    listeners_or_addr: Any,
+    server_private_key: bytes,
+    noise_handler: NoiseHandler,
+    http_handler: HttpHandler | None = None,
+    *,
+    config: TransportConfig | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the control protocol on ``listeners_or_addr`` until cancelled (see the module docstring)."""
+    cfg = config or TransportConfig()
+    server = _ControlServer(server_private_key, noise_handler, http_handler, cfg)
+    listeners = await _open_listeners(listeners_or_addr)
+    addresses = [_listener_address(lst) for lst in listeners]
+    for a in addresses:
+        log.info("control listener on %s", a)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, server.handle_connection, listeners)
+        task_status.started(addresses[0] if addresses else "")
+
+
+# --- per-connection ------------------------------------------------------------------------------
+
+
+class _Close(Exception):
+    """Internal: stop serving this connection (reason in args, logged at debug)."""
+
+
+class _ControlServer:
+    def __init__(
+        self,
+        server_private_key: bytes,
+        noise_handler: NoiseHandler,
+        http_handler: HttpHandler | None,
+        cfg: TransportConfig,
+    ) -> None:
+        self.private_key = bytes(server_private_key)
+        self.public_key = keys.public_key(self.private_key)
+        self.noise_handler = noise_handler
+        self.http_handler = http_handler
+        self.cfg = cfg
+        self.key_body = json.dumps(
+            {"legacyPublicKey": keys.MACHINE.zero(), "publicKey": keys.MACHINE.format(self.public_key)},
+            separators=(",", ":"),
+        ).encode()
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        peer = "?"
+        try:
+            sock = getattr(stream, "socket", None)
+            if sock is not None:
+                peer = format_address(sock.getpeername())
+        except OSError:
+            pass
+        try:
+            await _Http1Connection(self, stream, peer).run()
+        except _Close as exc:
+            log.debug("%s: closing: %s", peer, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+            log.debug("%s: connection lost: %r", peer, exc)
+        except Exception:  # never let one connection take the listener down
+            log.exception("%s: unexpected error in control connection", peer)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+def _headers_dict(items: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in items:
+        n = name.decode("latin-1") if isinstance(name, bytes) else name
+        v = value.decode("latin-1") if isinstance(value, bytes) else value
+        n = n.lower()
+        out[n] = f"{out[n]}, {v}" if n in out else v
+    return out
+
+
+class _Http1Connection:
+    def __init__(self, server: _ControlServer, stream: trio.abc.Stream, peer: str) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.stream = stream
+        self.peer = peer
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
+
+    async def _send(self, *events: Any) -> None:
+        data = b"".join(self.conn.send(ev) or b"" for ev in events)
+        with trio.fail_after(self.cfg.send_timeout):
+            await self.stream.send_all(data)
+
+    async def _next_event(self) -> Any:
+        while True:
+            ev = self.conn.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            if self.conn.they_are_waiting_for_100_continue:
+                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            data = await self.stream.receive_some(_RECV_SIZE)
+            self.conn.receive_data(data)
+
+    async def _read_request(self) -> tuple[h11.Request, bytes] | None:
+        ev = await self._next_event()
+        if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
+            return None
+        if not isinstance(ev, h11.Request):
+            raise _Close(f"unexpected {type(ev).__name__}")
+        request = ev
+        body = bytearray()
+        while True:
+            ev = await self._next_event()
+            if isinstance(ev, h11.Data):
+                body += ev.data
+                if len(body) > self.cfg.max_http_body:
+                    await self._simple(413, "request body too large\n", close=True)
+                    raise _Close("request body too large")
+            elif isinstance(ev, h11.EndOfMessage):
+                return request, bytes(body)
+            else:
+                raise _Close(f"unexpected {type(ev).__name__} in request body")
+
+    async def _simple(self, status: int, text: str, *, close: bool = False) -> None:
+        await self._respond(status, [("Content-Type", "text/plain; charset=utf-8")], text.encode(), close=close)
+
+    async def _respond(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]] | Mapping[str, str],
+        body: bytes,
+        *,
+        head: bool = False,
+        close: bool = False,
+    ) -> None:
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        items = [(k, v) for k, v in items if k.lower() not in ("content-length", "connection", "transfer-encoding")]
+        items.append(("Content-Length", str(len(body))))
+        if close:
+            items.append(("Connection", "close"))
+        events: list[Any] = [h11.Response(status_code=status, headers=items)]
+        if body and not head:
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+        await self._send(*events)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                with trio.fail_after(self.cfg.request_timeout):
+                    got = await self._read_request()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                try:
+                    await self._simple(status, "bad request\n", close=True)
+                except (h11.LocalProtocolError, _Close):
+                    pass
+                raise _Close(f"bad HTTP/1.1 request: {exc}") from None
+            except trio.TooSlowError:
+                raise _Close("timed out waiting for a request") from None
+            if got is None:
+                return
+            request, body = got
+            upgraded = await self._dispatch(request, body)
+            if upgraded:
+                return
+            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _dispatch(self, request: h11.Request, body: bytes) -> bool:
+        method = request.method.decode("ascii", "replace").upper()
+        target = request.target.decode("ascii", "replace")
+        path, _, query = target.partition("?")
+        headers = _headers_dict(request.headers)
+        if path == "/ts2021":
+            return await self._upgrade(headers)
+        if path == "/key":
+            await self._serve_key(method, query)
+            return False
+        if self.server.http_handler is None:
+            await self._simple(404, "not found\n")
+            return False
+        try:
+            status, rheaders, rbody = await self.server.http_handler(method, target, headers, body)
+            if isinstance(rbody, str):
+                rbody = rbody.encode("utf-8")
+        except Exception:
+            log.exception("%s: http_handler failed for %s %s", self.peer, method, path)
+            await self._simple(500, "internal error\n")
+            return False
+        await self._respond(int(status), rheaders, bytes(rbody), head=method == "HEAD")
+        return False
+
+    async def _serve_key(self, method: str, query: str) -> None:
+        if method not in ("GET", "HEAD"):
+            await self._simple(405, "method not allowed\n")
+            return
+        values = urllib.parse.parse_qs(query).get("v")
+        if not values:
+            await self._simple(400, "capability version must be set (v=N)\n")
+            return
+        try:
+            version = int(values[0])
+        except ValueError:
+            await self._simple(400, "capability version must be an integer\n")
+            return
+        minimum = self.cfg.min_capability_version
+        if version < minimum:
+            await self._simple(
+                400,
+                f"unsupported client version: capability version {version} is older than the minimum "
+                f"{minimum}; please update Tailscale\n",
+            )
+            return
+        await self._respond(200, [("Content-Type", "application/json")], self.server.key_body, head=method == "HEAD")
+
+    async def _upgrade(self, headers: dict[str, str]) -> bool:
+        upgrade = headers.get("upgrade", "").strip().lower()
+        if not upgrade:
+            await self._simple(400, "missing next protocol\n")
+            return False
+        if upgrade != UPGRADE_PROTOCOL:
+            await self._simple(400, f"unsupported protocol switch {upgrade!r}\n")
+            return False
+        b64 = headers.get(HANDSHAKE_HEADER)
+        if b64 is None:
+            await self._simple(400, "no tailscale handshake header\n")
+            return False
+        try:
+            initiation = base64.b64decode(b64.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            await self._simple(400, "invalid tailscale handshake header\n")
+            return False
+
+        # h11 only lets us switch when the client asked for it and finished its request.
+        if self.conn.they_are_waiting_for_100_continue or self.conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            await self._simple(400, "bad upgrade request\n", close=True)
+            raise _Close("upgrade request in wrong state")
+        switching = self.conn.send(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[("Upgrade", UPGRADE_PROTOCOL), ("Connection", "upgrade")],
+                reason=b"Switching Protocols",
+            )
+        )
+        pending, _closed = self.conn.trailing_data
+
+        try:
+            version = noise.parse_initiation_version(initiation)
+            if version < self.cfg.min_capability_version:
+                raise noise.RemoteProtocolError(
+                    f"unsupported client version {version} (minimum {self.cfg.min_capability_version})"
+                )
+            hs = noise.respond(initiation, self.server.private_key)
+        except noise.RemoteProtocolError as exc:
+            with trio.fail_after(self.cfg.send_timeout):
+                await self.stream.send_all(switching + noise.error_frame(str(exc)))
+            raise _Close(f"noise handshake failed: {exc}") from None
+
+        challenge_priv: bytes | None = None
+        early = b""
+        if self.cfg.send_early_payload:
+            challenge_priv = keys.generate_private_key()
+            early = noise.encode_early_payload(keys.public_key(challenge_priv))
+        session = _H2Session(self.server, self.stream, self.peer, hs, challenge_priv)
+        await session.run(switching + hs.response, early, bytes(pending))
+        return True
+
+
+# --- HTTP/2 over Noise ---------------------------------------------------------------------------
+
+
+class _Stream:
+    __slots__ = ("id", "method", "path", "headers", "body", "scope", "gone", "window", "response", "dispatched")
+
+    def __init__(self, stream_id: int, method: str, path: str, headers: dict[str, str]) -> None:
+        self.id = stream_id
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = bytearray()
+        self.scope = trio.CancelScope()
+        self.gone = False
+        self.window = trio.Event()
+        self.response: ControlResponse | None = None
+        self.dispatched = False
+
+
+class ControlResponse:
+    """The handler's side of one HTTP/2 stream.  Methods raise :class:`StreamGone` once it is gone."""
+
+    def __init__(self, session: _H2Session, stream: _Stream) -> None:
+        self._session = session
+        self._stream = stream
+        self.started = False
+        self.ended = False
+        self.status: int | None = None
+
+    @property
+    def stream_id(self) -> int:
+        return self._stream.id
+
+    async def start(self, status: int, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Send the response headers (no content-length is added: the body may be streamed)."""
+        if self.started:
+            raise RuntimeError("response already started")
+        hdrs = [(":status", str(int(status)))]
+        hdrs += [(k.lower(), str(v)) for k, v in headers if k.lower() not in ("connection", "transfer-encoding")]
+        self.started = True
+        self.status = int(status)
+        await self._session._send_headers(self._stream, hdrs)
+
+    async def write(self, data: bytes) -> None:
+        """Send body bytes, waiting for the client's flow-control window as needed."""
+        if not self.started:
+            raise RuntimeError("call start() before write()")
+        if self.ended:
+            raise RuntimeError("response already ended")
+        if data:
+            await self._session._send_data(self._stream, data, end=False)
+
+    async def end(self, data: bytes = b"") -> None:
+        """Send the last body bytes (optional) and end the stream."""
+        if not self.started:
+            raise RuntimeError("call start() before end()")
+        if self.ended:
+            raise RuntimeError("response already ended")
+        self.ended = True
+        await self._session._send_data(self._stream, data, end=True)
+
+    async def send(
+        self, status: int, body: bytes | str = b"", headers: Sequence[tuple[str, str]] | Mapping[str, str] = ()
+    ) -> None:
+        """A complete response with a content-length."""
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        items = [(k, v) for k, v in items if k.lower() != "content-length"]
+        items.append(("content-length", str(len(body))))
+        await self.start(status, items)
+        await self.end(body)
+
+
+class _H2Session:
+    def __init__(
+        self,
+        server: _ControlServer,
+        stream: trio.abc.Stream,
+        peer: str,
+        hs: noise.Handshake,
+        challenge_private_key: bytes | None,
+    ) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.stream = stream
+        self.peer = peer
+        self.noise = hs.connection
+        self.machine_key = hs.machine_key
+        self.version = hs.version
+        self.challenge_private_key = challenge_private_key
+        self.lock = trio.Lock()
+        self.streams: dict[int, _Stream] = {}
+        self.closed = False
+        self.got_preface = False
+        self.read_scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+        cfg = self.cfg
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=True)
+        )
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: cfg.stream_receive_window,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
+            },
+        )
+
+    # -- sending (always under self.lock) --
+
+    async def _flush_locked(self) -> None:
+        data = self.h2.data_to_send()
+        if not data or self.closed:
+            return
+        records = self.noise.encrypt(data)
+        try:
+            # A cancelled partial write would corrupt the record stream for everyone: shield it and
+            # bound it with the send timeout instead.
+            with trio.CancelScope(shield=True):
+                with trio.fail_after(self.cfg.send_timeout):
+                    await self.stream.send_all(records)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+            self._fail(f"send failed: {exc!r}")
+            raise StreamGone("connection lost") from None
+
+    def _fail(self, reason: str) -> None:
+        if not self.closed:
+            log.debug("%s: closing HTTP/2 session: %s", self.peer, reason)
+        self.closed = True
+        for st in self.streams.values():
+            st.gone = True
+            st.window.set()
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    async def _send_headers(self, st: _Stream, headers: list[tuple[str, str]]) -> None:
+        async with self.lock:
+            if st.gone or self.closed:
+                raise StreamGone(f"stream {st.id} is gone")
+            try:
+                self.h2.send_headers(st.id, headers)
+            except h2.exceptions.ProtocolError as exc:
+                st.gone = True
+                raise StreamGone(f"stream {st.id}: {exc}") from None
+            await self._flush_locked()
+
+    async def _send_data(self, st: _Stream, data: bytes, *, end: bool) -> None:
+        view = memoryview(data)
+        pos = 0
+        while True:
+            async with self.lock:
+                if st.gone or self.closed:
+                    raise StreamGone(f"stream {st.id} is gone")
+                try:
+                    while pos < len(view):
+                        window = min(self.h2.local_flow_control_window(st.id), self.h2.max_outbound_frame_size)
+                        if window <= 0:
+                            break
+                        n = min(window, len(view) - pos)
+                        last = pos + n == len(view)
+                        self.h2.send_data(st.id, bytes(view[pos : pos + n]), end_stream=end and last)
+                        pos += n
+                    if pos == len(view) and end and not view:
+                        self.h2.end_stream(st.id)
+                except h2.exceptions.ProtocolError as exc:
+                    st.gone = True
+                    raise StreamGone(f"stream {st.id}: {exc}") from None
+                await self._flush_locked()
+                if pos == len(view):
+                    return
+                st.window = trio.Event()
+                waiter = st.window
+            await waiter.wait()
+
+    # -- receiving --
+
+    async def run(self, prefix: bytes, early: bytes, pending: bytes) -> None:
+        """``prefix``: raw bytes to send first (101 + Noise response); ``early``: early payload plaintext;
+        ``pending``: bytes the client sent after its upgrade request (already part of the Noise stream)."""
+        self.h2.initiate_connection()
+        extra = self.cfg.stream_receive_window - 65535
+        if extra > 0:
+            self.h2.increment_flow_control_window(extra)
+        first = prefix + self.noise.encrypt(early + self.h2.data_to_send())
+        with trio.fail_after(self.cfg.send_timeout):
+            await self.stream.send_all(first)
+        self.preface_deadline = trio.current_time() + self.cfg.h2_preface_timeout
+        reason = "client closed the connection"
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    if pending:
+                        await self._receive(pending)
+                    await self._read_loop()
+                except _Close as exc:  # keep it out of the nursery's ExceptionGroup
+                    reason = str(exc)
+                except StreamGone as exc:
+                    reason = str(exc)
+                finally:
+                    self._fail(reason)
+                    # Wake any shielded writer blocked on the socket so teardown is prompt.
+                    await trio.aclose_forcefully(self.stream)
+        finally:
+            self.closed = True
+
+    def _idle_deadline(self) -> float:
+        if not self.got_preface:
+            return self.preface_deadline
+        if self.streams:
+            return math.inf
+        return trio.current_time() + self.cfg.h2_idle_timeout
+
+    async def _read_loop(self) -> None:
+        while not self.closed:
+            with trio.CancelScope(deadline=self._idle_deadline()) as scope:
+                self.read_scope = scope
+                data = await self.stream.receive_some(_RECV_SIZE)
+            self.read_scope = None
+            if scope.cancelled_caught:
+                if not self.got_preface:
+                    raise _Close("no HTTP/2 preface in time")
+                if not self.streams:
+                    await self._goaway()
+                    raise _Close("idle HTTP/2 connection")
+                continue
+            if not data:
+                return
+            await self._receive(data)
+
+    async def _goaway(self) -> None:
+        async with self.lock:
+            try:
+                self.h2.close_connection()
+                await self._flush_locked()
+            except (h2.exceptions.ProtocolError, StreamGone):
+                pass
+
+    async def _receive(self, data: bytes) -> None:
+        try:
+            chunks = self.noise.receive_data(data)
+        except noise.RemoteProtocolError as exc:
+            raise _Close(f"noise: {exc}") from None
+        for chunk in chunks:
+            async with self.lock:
+                try:
+                    events = self.h2.receive_data(chunk)
+                except h2.exceptions.ProtocolError as exc:
+                    try:
+                        await self._flush_locked()  # h2 queued a GOAWAY
+                    except StreamGone:
+                        pass
+                    raise _Close(f"h2: {exc!r}") from None
+                for ev in events:
+                    self._on_event(ev)
+                await self._flush_locked()
+            if self.closed:
+                raise _Close("connection terminated")
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, h2.events.RemoteSettingsChanged):
+            self.got_preface = True
+            for st in self.streams.values():
+                st.window.set()
+        elif isinstance(ev, h2.events.RequestReceived):
+            self._on_request(ev)
+        elif isinstance(ev, h2.events.DataReceived):
+            if ev.flow_controlled_length:
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            st = self.streams.get(ev.stream_id)
+            if st is not None and not st.dispatched:
+                st.body += ev.data
+                if len(st.body) > self.cfg.max_request_body:
+                    self._refuse(st, 413)
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self.streams.get(ev.stream_id)
+            if st is not None and not st.dispatched:
+                self._dispatch(st)
+        elif isinstance(ev, h2.events.StreamReset):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.gone = True
+                st.window.set()
+                st.scope.cancel()
+                if not st.dispatched:
+                    del self.streams[st.id]
+        elif isinstance(ev, h2.events.WindowUpdated):
+            if ev.stream_id == 0:
+                for st in self.streams.values():
+                    st.window.set()
+            else:
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st.window.set()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._fail(f"client sent GOAWAY ({ev.error_code!r})")
+
+    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+        method = path = ""
+        regular: list[tuple[str, str]] = []
+        for name, value in ev.headers:
+            if name == ":method":
+                method = value
+            elif name == ":path":
+                path = value
+            elif not name.startswith(":"):
+                regular.append((name, value))
+        st = _Stream(ev.stream_id, method, path, _headers_dict(regular))
+        self.streams[st.id] = st
+        if self.read_scope is not None:
+            self.read_scope.deadline = math.inf
+
+    def _refuse(self, st: _Stream, status: int) -> None:
+        del self.streams[st.id]
+        st.gone = True
+        try:
+            self.h2.send_headers(st.id, [(":status", str(status)), ("content-length", "0")], end_stream=True)
+            self.h2.reset_stream(st.id, h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    def _dispatch(self, st: _Stream) -> None:
+        st.dispatched = True
+        request = ControlRequest(
+            machine_key=self.machine_key,
+            protocol_version=self.version,
+            method=st.method,
+            path=st.path,
+            headers=st.headers,
+            body=bytes(st.body),
+            stream_id=st.id,
+            challenge_private_key=self.challenge_private_key,
+        )
+        st.body = bytearray()
+        st.response = ControlResponse(self, st)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._run_handler, st, request)
+
+    async def _run_handler(self, st: _Stream, request: ControlRequest) -> None:
+        resp = st.response
+        assert resp is not None
+        try:
+            with st.scope:
+                try:
+                    await self.server.noise_handler(request, resp)
+                    if not resp.started:
+                        log.error("%s: handler for %s %s returned without a response", self.peer, st.method, st.path)
+                        await resp.send(500, b"handler sent no response\n")
+                    elif not resp.ended:
+                        await resp.end()
+                except StreamGone:
+                    log.debug("%s: stream %d gone during %s", self.peer, st.id, st.path)
+                except Exception:
+                    if st.gone or self.closed:
+                        log.debug("%s: handler for %s failed after stream loss", self.peer, st.path, exc_info=True)
+                    else:
+                        log.exception("%s: handler for %s %s failed", self.peer, st.method, st.path)
+                        await self._answer_failure(st, resp)
+        finally:
+            self.streams.pop(st.id, None)
+            if not self.streams and self.read_scope is not None and self.got_preface:
+                self.read_scope.deadline = trio.current_time() + self.cfg.h2_idle_timeout
+
+    async def _answer_failure(self, st: _Stream, resp: ControlResponse) -> None:
+        try:
+            if not resp.started:
+                await resp.send(500, b"internal error\n", [("content-type", "text/plain; charset=utf-8")])
+                return
+            async with self.lock:
+                if not st.gone and not self.closed:
+                    st.gone = True
+                    try:
+                        self.h2.reset_stream(st.id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    except h2.exceptions.ProtocolError:
+                        pass
+                    await self._flush_locked()
+        except StreamGone:
+            pass

@@ -1,0 +1,574 @@
+"""A Trio client for the TS2021 control protocol, for our tests and load tools (not for production nodes).
+
+* :func:`http_request` — one plain HTTP/1.1 request (h11) on a fresh TCP connection.
+* :func:`fetch_server_key` — ``GET /key?v=N`` → the server's Noise public key.
+* :func:`open_noise_client` — async context manager: ``/ts2021`` upgrade, Noise initiator, early payload,
+  HTTP/2 client (h2) over Noise records.  The yielded :class:`NoiseClient` multiplexes any number of
+  concurrent requests on the one connection:
+
+  - ``await client.request(method, path, body, headers)`` → :class:`Response`
+  - ``await client.post_json(path, obj)`` → :class:`Response` (``.json()`` parses the body)
+  - ``async with client.stream(method, path, body) as s:`` → :class:`ResponseStream` (``async for chunk
+    in s``; leaving the block early resets the stream with CANCEL)
+  - ``async with client.map_stream(map_request) as maps:`` → ``async for msg in maps`` yields decoded
+    MapResponse dicts (framing per :mod:`trioscale.shared.proto.mapframe`).
+
+Everything lives in per-instance state and tasks, so a load tool can run thousands of clients in one
+process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+import trio
+
+from trioscale.shared.proto import keys, mapframe, noise
+
+__all__ = [
+    "DEFAULT_VERSION",
+    "ControlClientError",
+    "StreamReset",
+    "Response",
+    "ResponseStream",
+    "MapStream",
+    "NoiseClient",
+    "http_request",
+    "fetch_server_key",
+    "open_noise_client",
+]
+
+DEFAULT_VERSION = 130
+_RECV_SIZE = 65536
+_END = object()
+
+
+class ControlClientError(Exception):
+    """The server or the connection failed (HTTP status, protocol error, connection lost)."""
+
+
+class StreamReset(ControlClientError):
+    """The server reset the stream."""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _hdict(items: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in items:
+        k = (k.decode("latin-1") if isinstance(k, bytes) else k).lower()
+        v = v.decode("latin-1") if isinstance(v, bytes) else v
+        out[k] = f"{out[k]}, {v}" if k in out else v
+    return out
+
+
+def _host_header(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _h11_next(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(_RECV_SIZE))
+            continue
+        return ev
+
+
+async def http_request(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    timeout: float = 10.0,
+) -> Response:
+    """One HTTP/1.1 request on a new connection (``Connection: close``)."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            conn = h11.Connection(h11.CLIENT)
+            hdrs = [("Host", _host_header(host, port)), ("Connection", "close")]
+            hdrs += list(headers)
+            if body or method.upper() in ("POST", "PUT", "PATCH"):
+                hdrs.append(("Content-Length", str(len(body))))
+            out = conn.send(h11.Request(method=method, target=target, headers=hdrs))
+            if body:
+                out += conn.send(h11.Data(data=body))
+            out += conn.send(h11.EndOfMessage())
+            await stream.send_all(out)
+            ev = await _h11_next(conn, stream)
+            if not isinstance(ev, h11.Response):
+                raise ControlClientError(f"unexpected {ev!r}")
+            data = bytearray()
+            while True:
+                e = await _h11_next(conn, stream)
+                if isinstance(e, h11.Data):
+                    data += e.data
+                elif isinstance(e, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+            return Response(ev.status_code, _hdict(ev.headers), bytes(data))
+
+
+async def fetch_server_key(host: str, port: int, version: int = DEFAULT_VERSION, *, timeout: float = 10.0) -> bytes:
+    """``GET /key?v=<version>`` → the server's Noise public key (32 raw bytes)."""
+    resp = await http_request(host, port, "GET", f"/key?v={version}", timeout=timeout)
+    if resp.status != 200:
+        raise ControlClientError(f"/key: HTTP {resp.status}: {resp.body[:200]!r}")
+    try:
+        key = keys.MACHINE.from_json(resp.json().get("publicKey"))
+    except (ValueError, AttributeError) as exc:
+        raise ControlClientError(f"/key: bad response: {exc}") from None
+    if key is None:
+        raise ControlClientError("/key: server has no noise key")
+    return key
+
+
+class _ClientStream:
+    __slots__ = ("id", "send", "recv", "headers_ready", "status", "headers", "window", "closed", "error")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.send, self.recv = trio.open_memory_channel[Any](math.inf)
+        self.headers_ready = trio.Event()
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.window = trio.Event()
+        self.closed = False  # no more data will arrive
+        self.error: Exception | None = None
+
+
+class ResponseStream:
+    """A response whose body is consumed incrementally; iterate for body chunks."""
+
+    def __init__(self, client: NoiseClient, st: _ClientStream) -> None:
+        self._client = client
+        self._st = st
+        self.status = st.status
+        self.headers = st.headers
+        self.finished = False
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._st.recv.receive()
+        if item is _END:
+            self.finished = True
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
+            self.finished = True
+            raise item
+        data, flow = item
+        await self._client._ack(self._st.id, flow)
+        return data
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    async def aclose(self) -> None:
+        """Cancel the stream (RST_STREAM CANCEL) unless it has already finished."""
+        if not self.finished:
+            self.finished = True
+            await self._client._reset(self._st.id)
+
+
+class MapStream:
+    """Iterates decoded MapResponse messages of a ``/machine/map`` response."""
+
+    def __init__(self, body: ResponseStream, compress: str | None, max_frame_size: int) -> None:
+        self.response = body
+        self._decoder = mapframe.MapStreamDecoder(compress, max_frame_size=max_frame_size)
+        self._ready: list[Any] = []
+
+    def __aiter__(self) -> MapStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._ready:
+            try:
+                chunk = await self.response.__anext__()
+            except StopAsyncIteration:
+                if self._decoder.buffered:
+                    raise ControlClientError("map stream ended inside a message") from None
+                raise
+            self._ready.extend(self._decoder.receive_messages(chunk))
+        return self._ready.pop(0)
+
+
+class NoiseClient:
+    """One TS2021 connection.  Create with :func:`open_noise_client`."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        handshake: noise.Handshake,
+        machine_private_key: bytes,
+        initial_window_size: int,
+    ) -> None:
+        self._stream = stream
+        self._noise = handshake.connection
+        self.handshake = handshake
+        self.version = handshake.version
+        self.server_public_key = handshake.peer_static
+        self.machine_private_key = machine_private_key
+        self.machine_key = keys.public_key(machine_private_key)
+        self.early_payload: dict[str, Any] | None = None
+        self.challenge_public_key: bytes | None = None
+        self._early: noise.EarlyPayloadParser | None = noise.EarlyPayloadParser()
+        self._early_done = trio.Event()
+        self._lock = trio.Lock()
+        self._streams: dict[int, _ClientStream] = {}
+        self._closed: Exception | None = None
+        self._conn_window = trio.Event()
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+            },
+        )
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(1 << 30)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    # -- plumbing --
+
+    async def _flush_locked(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self._closed is None:
+            records = self._noise.encrypt(data)
+            try:
+                with trio.CancelScope(shield=True):
+                    with trio.fail_after(30):
+                        await self._stream.send_all(records)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+                self._shutdown(ControlClientError(f"connection lost: {exc!r}"))
+                raise self._closed from None  # type: ignore[misc]
+
+    def _shutdown(self, exc: Exception) -> None:
+        if self._closed is None:
+            self._closed = exc
+        for st in self._streams.values():
+            if not st.closed:
+                st.closed = True
+                st.send.send_nowait(exc)
+            st.headers_ready.set()
+            st.window.set()
+        self._early_done.set()
+
+    async def _process(self, data: bytes) -> None:
+        for chunk in self._noise.receive_data(data):
+            if self._early is not None:
+                if not self._early.receive_data(chunk):
+                    continue
+                self.early_payload = self._early.payload
+                self.challenge_public_key = self._early.challenge_public_key
+                chunk = self._early.rest
+                self._early = None
+                self._early_done.set()
+                if not chunk:
+                    continue
+            async with self._lock:
+                events = self._h2.receive_data(chunk)
+                for ev in events:
+                    self._on_event(ev)
+                await self._flush_locked()
+
+    async def _reader(self, initial: bytes = b"") -> None:
+        try:
+            if initial:
+                await self._process(initial)
+            while True:
+                data = await self._stream.receive_some(_RECV_SIZE)
+                if not data:
+                    raise ControlClientError("server closed the connection")
+                await self._process(data)
+        except (noise.NoiseError, h2.exceptions.ProtocolError) as exc:
+            self._shutdown(ControlClientError(f"protocol error: {exc!r}"))
+        except ControlClientError as exc:
+            self._shutdown(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._shutdown(ControlClientError(f"connection lost: {exc!r}"))
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, h2.events.ResponseReceived):
+            st = self._streams.get(ev.stream_id)
+            if st is not None:
+                h = dict(ev.headers)
+                st.status = int(h.get(":status", "0"))
+                st.headers = _hdict((k, v) for k, v in ev.headers if not k.startswith(":"))
+                st.headers_ready.set()
+        elif isinstance(ev, h2.events.DataReceived):
+            st = self._streams.get(ev.stream_id)
+            if st is None or st.closed:
+                if ev.flow_controlled_length:
+                    self._h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            else:
+                st.send.send_nowait((ev.data, ev.flow_controlled_length))
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self._streams.get(ev.stream_id)
+            if st is not None and not st.closed:
+                st.closed = True
+                st.send.send_nowait(_END)
+                st.headers_ready.set()
+        elif isinstance(ev, h2.events.StreamReset):
+            st = self._streams.get(ev.stream_id)
+            if st is not None:
+                if not st.closed:
+                    st.closed = True
+                    st.send.send_nowait(StreamReset(f"stream {ev.stream_id} reset: {ev.error_code!r}"))
+                st.headers_ready.set()
+                st.window.set()
+        elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            for st in self._streams.values():
+                st.window.set()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._shutdown(ControlClientError(f"server sent GOAWAY ({ev.error_code!r})"))
+
+    async def _ack(self, stream_id: int, flow: int) -> None:
+        if not flow:
+            return
+        async with self._lock:
+            if self._closed is not None:
+                return
+            try:
+                self._h2.acknowledge_received_data(flow, stream_id)
+            except h2.exceptions.ProtocolError:
+                return
+            await self._flush_locked()
+
+    async def _reset(self, stream_id: int) -> None:
+        async with self._lock:
+            st = self._streams.pop(stream_id, None)
+            if st is not None:
+                st.closed = True
+            if self._closed is not None:
+                return
+            try:
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                return
+            await self._flush_locked()
+
+    async def _open(self, method: str, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> _ClientStream:
+        await self._early_done.wait()
+        async with self._lock:
+            if self._closed is not None:
+                raise self._closed
+            sid = self._h2.get_next_available_stream_id()
+            st = _ClientStream(sid)
+            self._streams[sid] = st
+            hdrs = [(":method", method), (":scheme", "http"), (":authority", "unused"), (":path", path)]
+            hdrs += [(k.lower(), v) for k, v in headers]
+            if body:
+                hdrs.append(("content-length", str(len(body))))
+            self._h2.send_headers(sid, hdrs, end_stream=not body)
+            await self._flush_locked()
+        view = memoryview(body)
+        pos = 0
+        while pos < len(view):
+            async with self._lock:
+                if self._closed is not None:
+                    raise self._closed
+                if st.closed:
+                    break  # server answered (or reset) early
+                while pos < len(view):
+                    n = min(self._h2.local_flow_control_window(sid), self._h2.max_outbound_frame_size, len(view) - pos)
+                    if n <= 0:
+                        break
+                    self._h2.send_data(sid, bytes(view[pos : pos + n]), end_stream=pos + n == len(view))
+                    pos += n
+                await self._flush_locked()
+                if pos < len(view):
+                    st.window = trio.Event()
+                    waiter = st.window
+            if pos < len(view):
+                await waiter.wait()
+        return st
+
+    # -- public API --
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> AsyncIterator[ResponseStream]:
+        """Send a request; yield once the response headers arrived.  Leaving early cancels the stream."""
+        st = await self._open(method, path, body, headers)
+        rs: ResponseStream | None = None
+        try:
+            await st.headers_ready.wait()
+            if st.status == 0:
+                item = st.recv.receive_nowait() if st.closed else None
+                raise item if isinstance(item, Exception) else ControlClientError("no response headers")
+            rs = ResponseStream(self, st)
+            yield rs
+        finally:
+            with trio.CancelScope(shield=True):
+                if rs is None or not rs.finished:
+                    await self._reset(st.id)
+                else:
+                    self._streams.pop(st.id, None)
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> Response:
+        """A request whose whole response body is read."""
+        async with self.stream(method, path, body, headers) as rs:
+            data = await rs.read_all()
+            return Response(rs.status, rs.headers, data)
+
+    async def post_json(self, path: str, obj: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return await self.request("POST", path, body, headers)
+
+    @asynccontextmanager
+    async def map_stream(
+        self,
+        map_request: Mapping[str, Any],
+        *,
+        path: str = "/machine/map",
+        max_frame_size: int = mapframe.MAX_FRAME_SIZE,
+    ) -> AsyncIterator[MapStream]:
+        """POST a MapRequest and iterate its decoded MapResponse messages.
+
+        The compression follows ``map_request["Compress"]``.  A non-200 status raises
+        :class:`ControlClientError` with the body text.
+        """
+        body = json.dumps(dict(map_request), separators=(",", ":")).encode()
+        async with self.stream("POST", path, body) as rs:
+            if rs.status != 200:
+                text = await rs.read_all()
+                raise ControlClientError(f"map: HTTP {rs.status}: {text[:200]!r}")
+            yield MapStream(rs, map_request.get("Compress") or None, max_frame_size)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._closed is None:
+                try:
+                    self._h2.close_connection()
+                    await self._flush_locked()
+                except (h2.exceptions.ProtocolError, ControlClientError):
+                    pass
+            self._shutdown(ControlClientError("client closed"))
+        await trio.aclose_forcefully(self._stream)
+
+
+async def _read_exactly(stream: trio.abc.Stream, buf: bytearray, n: int) -> bytes:
+    while len(buf) < n:
+        data = await stream.receive_some(_RECV_SIZE)
+        if not data:
+            raise ControlClientError("connection closed during handshake")
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+@asynccontextmanager
+async def open_noise_client(
+    host: str,
+    port: int,
+    *,
+    machine_private_key: bytes | None = None,
+    version: int = DEFAULT_VERSION,
+    server_public_key: bytes | None = None,
+    initial_window_size: int = 4 << 20,
+    timeout: float = 10.0,
+    path: str = "/ts2021",
+) -> AsyncIterator[NoiseClient]:
+    """Connect, upgrade, handshake and start HTTP/2; yield a :class:`NoiseClient`; close on exit.
+
+    ``server_public_key`` defaults to the one fetched from ``/key``.  ``timeout`` bounds the whole setup.
+    """
+    machine_private_key = machine_private_key or keys.generate_private_key()
+    with trio.fail_after(timeout):
+        if server_public_key is None:
+            server_public_key = await fetch_server_key(host, port, version)
+        init = noise.Initiator(server_public_key, machine_private_key, version)
+        stream = await trio.open_tcp_stream(host, port)
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            req = h11.Request(
+                method="POST",
+                target=path,
+                headers=[
+                    ("Host", _host_header(host, port)),
+                    ("Upgrade", "tailscale-control-protocol"),
+                    ("Connection", "upgrade"),
+                    ("X-Tailscale-Handshake", base64.b64encode(init.initiation).decode()),
+                    ("Content-Length", "0"),
+                ],
+            )
+            await stream.send_all(conn.send(req) + conn.send(h11.EndOfMessage()))
+            ev = await _h11_next(conn, stream)
+            if not isinstance(ev, (h11.InformationalResponse, h11.Response)) or ev.status_code != 101:
+                status = getattr(ev, "status_code", ev)
+                raise ControlClientError(f"upgrade refused: {status}")
+            if _hdict(ev.headers).get("upgrade") != "tailscale-control-protocol":
+                raise ControlClientError("upgrade: wrong Upgrade header in 101")
+            rest, _ = conn.trailing_data
+            buf = bytearray(rest)
+            header = await _read_exactly(stream, buf, 3)
+            try:
+                body = await _read_exactly(stream, buf, noise.Initiator.reply_length(header))
+                hs = init.receive_response(header + body)
+            except noise.NoiseError as exc:
+                raise ControlClientError(f"handshake: {exc}") from None
+            client = NoiseClient(stream, hs, machine_private_key, initial_window_size)
+            await stream.send_all(client._noise.encrypt(client._h2.data_to_send()))
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    # Exceptions from the caller's block are re-raised after the nursery, not wrapped in a group.
+    body_exc: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        # Bytes that arrived together with the handshake reply are already Noise records.
+        nursery.start_soon(client._reader, bytes(buf))
+        try:
+            # The server speaks first (early payload and/or SETTINGS): wait for it so that
+            # early_payload / challenge_public_key are known when the caller gets the client.
+            with trio.fail_after(timeout):
+                await client._early_done.wait()
+            if client._closed is not None:
+                raise client._closed
+            yield client
+        except BaseException as exc:
+            body_exc = exc
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+            nursery.cancel_scope.cancel()
+    if body_exc is not None:
+        raise body_exc
