@@ -1,0 +1,682 @@
+"""The admin API: REST under /api/v1, shaped like Headscale's.
+
+Served by hypercorn (trio worker) on
+- the unix socket `config.unix_socket` (local and trusted: no authentication; the socket file's mode
+  is `config.unix_socket_permission`), and
+- when `config.admin.listen_addr` is set, TCP, where EVERY request (unknown paths too) needs
+  `Authorization: Bearer tskey-api-…` naming a known, unexpired API key. Any doubt -> 401.
+
+Bodies and answers are JSON; errors are `{"error": "..."}` with a 4xx status (503 when the database
+is unreachable). Secrets are never logged: the access log is off and keys are masked.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import socket
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from trioscale.config import parse_duration, split_hostport
+from trioscale.context import ServiceContext
+from trioscale.services.coord.domain.names import InvalidName, validate_label
+from trioscale.services.coord.registration import complete_registration
+from trioscale.shared import secrets as keys
+from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, User, utcnow
+from trioscale.shared.store.base import Conflict, NotFound, StoreError, StoreUnavailable
+
+__all__ = [
+    "create_admin_app",
+    "serve_admin",
+    "BadRequest",
+    "DEFAULT_PREAUTH_EXPIRATION",
+    "DEFAULT_API_KEY_EXPIRATION",
+    "validate_tag",
+    "validate_user_name",
+]
+
+DEFAULT_PREAUTH_EXPIRATION = timedelta(hours=1)
+DEFAULT_API_KEY_EXPIRATION = timedelta(days=90)
+MAX_BODY = 64 * 1024
+
+_TAG = re.compile(r"^tag:[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
+_REG_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class BadRequest(Exception):
+    """Input the API refuses (400); the message is shown to the user."""
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def validate_tag(tag: Any) -> str:
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise BadRequest(
+            f"invalid tag {tag!r}: tags look like tag:name (a letter, then letters, digits, - or _)"
+        )
+    return tag
+
+
+def validate_user_name(name: Any) -> str:
+    if not isinstance(name, str) or not _USER_NAME.match(name):
+        raise BadRequest(
+            f"invalid user name {name!r}: use 1-63 letters, digits and . _ @ + - (starting with a letter or digit)"
+        )
+    if name.isdigit():
+        raise BadRequest(f"invalid user name {name!r}: a name cannot be all digits (those are ids)")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON shapes
+
+
+def _ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def user_json(u: User) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "name": u.name,
+        "display_name": u.display_name,
+        "email": u.email,
+        "created_at": _ts(u.created_at),
+    }
+
+
+def preauth_json(k: PreAuthKey, users: dict[int, User], now: datetime) -> dict[str, Any]:
+    u = users.get(k.user_id)
+    return {
+        "id": k.id,
+        "prefix": k.prefix,
+        "user": {"id": k.user_id, "name": u.name if u else ""},
+        "reusable": k.reusable,
+        "ephemeral": k.ephemeral,
+        "used": k.used,
+        "expired": k.is_expired(now),
+        "acl_tags": list(k.tags),
+        "expiration": _ts(k.expiration),
+        "created_at": _ts(k.created_at),
+    }
+
+
+def apikey_json(k: ApiKey, now: datetime) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "prefix": k.prefix,
+        "expired": k.is_expired(now),
+        "expiration": _ts(k.expiration),
+        "created_at": _ts(k.created_at),
+        "last_seen": _ts(k.last_seen),
+    }
+
+
+def node_json(n: Node, users: dict[int, User], now: datetime) -> dict[str, Any]:
+    u = users.get(n.user_id)
+    return {
+        "id": n.id,
+        "name": n.hostname,
+        "given_name": n.given_name,
+        "user": {"id": n.user_id, "name": u.name if u else ""},
+        "ip_addresses": [a for a in (n.ipv4, n.ipv6) if a],
+        "machine_key": "mkey:" + n.machine_key.hex(),
+        "node_key": "nodekey:" + n.node_key.hex(),
+        "disco_key": ("discokey:" + n.disco_key.hex()) if n.disco_key else "",
+        "tags": list(n.tags),
+        "approved_routes": list(n.approved_routes),
+        "ephemeral": n.ephemeral,
+        "register_method": n.register_method,
+        "expiry": _ts(n.expiry),
+        "expired": n.is_expired(now),
+        "created_at": _ts(n.created_at),
+        "last_seen": _ts(n.last_seen),
+    }
+
+
+def registration_json(r: PendingRegistration) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "hostname": str((r.hostinfo or {}).get("Hostname", "")),
+        "node_id": r.node_id or None,
+        "user_id": r.user_id,
+        "created_at": _ts(r.created_at),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# input helpers
+
+
+async def _body() -> dict[str, Any]:
+    raw = await request.get_data(as_text=False)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def _bool(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
+def _str(data: dict[str, Any], name: str, default: str = "") -> str:
+    value = data.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _int_id(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise BadRequest(f"invalid {what} id {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise BadRequest(f"invalid {what} id {value!r} (expected a number)")
+
+
+def parse_expiration(value: Any, default: timedelta, now: datetime) -> datetime:
+    """A duration ('30m', '24h', '90d', seconds) from now, or an RFC 3339 time in the future."""
+    if value is None or value == "":
+        return now + default
+    if isinstance(value, str) and "T" in value:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"invalid expiration {value!r}") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        if when <= now:
+            raise BadRequest(f"expiration {value!r} is in the past")
+        return when
+    try:
+        delta = parse_duration(value)
+    except ValueError:
+        raise BadRequest(
+            f"invalid expiration {value!r}: use a duration like 30m, 24h or 90d, or an RFC 3339 time"
+        ) from None
+    if delta <= timedelta(0):
+        raise BadRequest(f"invalid expiration {value!r}: must be longer than zero")
+    if delta > timedelta(days=3650):
+        raise BadRequest(f"invalid expiration {value!r}: at most 10 years")
+    return now + delta
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> QuartTrio:
+    """The admin API app. `require_auth=False` only for the trusted unix socket."""
+    app = QuartTrio("trioscale.admin", static_folder=None, template_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = ctx.store
+    log = ctx.log.getChild("admin")
+
+    def err(status: int, message: str) -> Response:
+        resp = jsonify({"error": message})
+        resp.status_code = status
+        return resp
+
+    @app.before_request
+    async def authenticate() -> Response | None:
+        if not require_auth:
+            return None
+        try:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized()
+            kind, prefix, secret = keys.split_key(token.strip())
+            if kind != keys.KIND_API:
+                raise Unauthorized()
+            key = await store.get_api_key_by_prefix(prefix)
+            if key is None or not keys.verify(secret, key.key_hash):
+                raise Unauthorized()
+            now = utcnow()
+            if key.is_expired(now):
+                raise Unauthorized()
+            try:
+                await store.touch_api_key(key.id, now)
+            except Exception:
+                pass
+            return None
+        except Exception:  # fail closed, whatever went wrong
+            resp = err(401, "unauthorized: a valid API key is required (Authorization: Bearer tskey-api-…)")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+
+    @app.errorhandler(BadRequest)
+    async def _bad(exc: BadRequest) -> Response:
+        return err(400, str(exc))
+
+    @app.errorhandler(InvalidName)
+    async def _badname(exc: InvalidName) -> Response:
+        return err(400, str(exc))
+
+    @app.errorhandler(NotFound)
+    async def _nf(exc: NotFound) -> Response:
+        return err(404, str(exc) or "not found")
+
+    @app.errorhandler(Conflict)
+    async def _conflict(exc: Conflict) -> Response:
+        return err(409, str(exc) or "conflict")
+
+    @app.errorhandler(StoreError)
+    async def _store(exc: StoreError) -> Response:
+        return err(400, str(exc) or "refused by the database")
+
+    @app.errorhandler(StoreUnavailable)
+    async def _unavailable(exc: StoreUnavailable) -> Response:
+        log.warning("database unavailable: %s", exc)
+        return err(503, "the database is unavailable")
+
+    @app.errorhandler(HTTPException)
+    async def _http(exc: HTTPException) -> Response:
+        return err(exc.code or 500, (exc.description or exc.name or "error").split("\n")[0])
+
+    @app.errorhandler(Exception)
+    async def _other(exc: Exception) -> Response:
+        log.error("admin API internal error on %s %s", request.method, request.path, exc_info=exc)
+        return err(500, "internal error (see the server log)")
+
+    # -- lookups -------------------------------------------------------------------------------
+    async def find_user(ref: Any) -> User:
+        """A user by name, or by id when the reference is a number (names are never all digits)."""
+        if isinstance(ref, bool) or ref is None or ref == "":
+            raise BadRequest("a user is required")
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            user = await store.get_user(int(ref))
+        elif isinstance(ref, str):
+            user = await store.get_user_by_name(ref)
+        else:
+            raise BadRequest(f"invalid user {ref!r}")
+        if user is None:
+            raise NotFound(f"user {ref!r} not found")
+        return user
+
+    async def users_by_id() -> dict[int, User]:
+        return {u.id: u for u in await store.list_users()}
+
+    async def find_node(ref: str) -> Node:
+        node = await store.get_node(_int_id(ref, "node"))
+        if node is None:
+            raise NotFound(f"node {ref} not found")
+        return node
+
+    # -- health --------------------------------------------------------------------------------
+    @app.get("/api/v1/health")
+    async def health() -> Any:
+        await store.latest_seq()
+        return {"status": "ok", "database_connectivity": True}
+
+    # -- users ---------------------------------------------------------------------------------
+    @app.get("/api/v1/user")
+    async def list_users() -> Any:
+        users = await store.list_users()
+        name = request.args.get("name")
+        if name:
+            users = [u for u in users if u.name == name]
+        uid = request.args.get("id")
+        if uid:
+            users = [u for u in users if str(u.id) == uid]
+        return {"users": [user_json(u) for u in users]}
+
+    @app.post("/api/v1/user")
+    async def create_user() -> Any:
+        data = await _body()
+        name = validate_user_name(data.get("name"))
+        display = _str(data, "display_name")
+        email = _str(data, "email")
+        if len(display) > 256 or len(email) > 256:
+            raise BadRequest("display_name and email are limited to 256 characters")
+        if email and "@" not in email:
+            raise BadRequest(f"invalid email {email!r}")
+        if await store.get_user_by_name(name) is not None:
+            raise Conflict(f"user {name!r} already exists")
+        user = await store.create_user(name, display_name=display, email=email)
+        log.info("user created: %s (id %d)", user.name, user.id)
+        return {"user": user_json(user)}, 201
+
+    @app.post("/api/v1/user/<ref>/rename/<new_name>")
+    async def rename_user(ref: str, new_name: str) -> Any:
+        user = await find_user(ref)
+        validate_user_name(new_name)
+        other = await store.get_user_by_name(new_name)
+        if other is not None and other.id != user.id:
+            raise Conflict(f"user {new_name!r} already exists")
+        renamed = await store.rename_user(user.id, new_name)
+        log.info("user renamed: %s -> %s", user.name, renamed.name)
+        return {"user": user_json(renamed)}
+
+    @app.delete("/api/v1/user/<ref>")
+    async def delete_user(ref: str) -> Any:
+        user = await find_user(ref)
+        if await store.list_nodes(user.id):
+            raise Conflict(f"user {user.name!r} still owns nodes; delete them first")
+        await store.delete_user(user.id)
+        log.info("user deleted: %s", user.name)
+        return {}
+
+    # -- pre-auth keys -------------------------------------------------------------------------
+    @app.get("/api/v1/preauthkey")
+    async def list_preauth_keys() -> Any:
+        ref = request.args.get("user")
+        user_id = (await find_user(ref)).id if ref else None
+        now = utcnow()
+        users = await users_by_id()
+        pks = await store.list_preauth_keys(user_id)
+        return {"pre_auth_keys": [preauth_json(k, users, now) for k in pks]}
+
+    @app.post("/api/v1/preauthkey")
+    async def create_preauth_key() -> Any:
+        data = await _body()
+        user = await find_user(data.get("user"))
+        reusable = _bool(data, "reusable")
+        ephemeral = _bool(data, "ephemeral")
+        tags_in = data.get("acl_tags", data.get("tags", [])) or []
+        if isinstance(tags_in, str):
+            tags_in = [t.strip() for t in tags_in.split(",") if t.strip()]
+        if not isinstance(tags_in, list):
+            raise BadRequest("acl_tags must be a list of tag:name strings")
+        tags = tuple(dict.fromkeys(validate_tag(t) for t in tags_in))
+        now = utcnow()
+        expiration = parse_expiration(data.get("expiration"), DEFAULT_PREAUTH_EXPIRATION, now)
+        new = keys.generate_preauth_key()
+        pk = await store.create_preauth_key(
+            user.id,
+            new.prefix,
+            new.key_hash,
+            reusable=reusable,
+            ephemeral=ephemeral,
+            tags=tags,
+            expiration=expiration,
+        )
+        log.info("pre-auth key created: id %d prefix %s for user %s", pk.id, pk.prefix, user.name)
+        body = preauth_json(pk, {user.id: user}, now)
+        body["key"] = new.text
+        return {"pre_auth_key": body}, 201
+
+    @app.post("/api/v1/preauthkey/expire")
+    async def expire_preauth_key() -> Any:
+        data = await _body()
+        if data.get("id") is not None:
+            pk = await store.get_preauth_key(_int_id(data["id"], "pre-auth key"))
+            what = f"id {data['id']}"
+        elif data.get("prefix") or data.get("key"):
+            text = str(data.get("prefix") or data.get("key"))
+            prefix = keys.split_key(text)[1] if text.startswith("tskey-") else text
+            pk = await store.get_preauth_key_by_prefix(prefix)
+            what = f"prefix {prefix}"
+        else:
+            raise BadRequest("give the pre-auth key's id")
+        if pk is None:
+            raise NotFound(f"pre-auth key {what} not found")
+        now = utcnow()
+        pk = await store.expire_preauth_key(pk.id, now)
+        log.info("pre-auth key expired: id %d", pk.id)
+        return {"pre_auth_key": preauth_json(pk, await users_by_id(), now)}
+
+    # -- API keys ------------------------------------------------------------------------------
+    @app.get("/api/v1/apikey")
+    async def list_api_keys() -> Any:
+        now = utcnow()
+        return {"api_keys": [apikey_json(k, now) for k in await store.list_api_keys()]}
+
+    @app.post("/api/v1/apikey")
+    async def create_api_key() -> Any:
+        data = await _body()
+        now = utcnow()
+        expiration = parse_expiration(data.get("expiration"), DEFAULT_API_KEY_EXPIRATION, now)
+        new = keys.generate_api_key()
+        ak = await store.create_api_key(new.prefix, new.key_hash, expiration)
+        log.info("API key created: id %d prefix %s", ak.id, ak.prefix)
+        body = apikey_json(ak, now)
+        body["key"] = new.text
+        return {"api_key": body}, 201
+
+    @app.post("/api/v1/apikey/expire")
+    async def expire_api_key() -> Any:
+        data = await _body()
+        if data.get("id") is not None:
+            key_id = _int_id(data["id"], "API key")
+            found = [k for k in await store.list_api_keys() if k.id == key_id]
+            ak = found[0] if found else None
+            what = f"id {key_id}"
+        elif data.get("prefix"):
+            text = _str(data, "prefix")
+            prefix = keys.split_key(text)[1] if text.startswith("tskey-") else text
+            ak = await store.get_api_key_by_prefix(prefix)
+            what = f"prefix {prefix}"
+        else:
+            raise BadRequest("give the API key's prefix or id")
+        if ak is None:
+            raise NotFound(f"API key {what} not found")
+        now = utcnow()
+        ak = await store.expire_api_key(ak.id, now)
+        log.info("API key expired: id %d prefix %s", ak.id, ak.prefix)
+        return {"api_key": apikey_json(ak, now)}
+
+    # -- nodes ---------------------------------------------------------------------------------
+    @app.get("/api/v1/node")
+    async def list_nodes() -> Any:
+        ref = request.args.get("user")
+        user_id = (await find_user(ref)).id if ref else None
+        now = utcnow()
+        users = await users_by_id()
+        return {"nodes": [node_json(n, users, now) for n in await store.list_nodes(user_id)]}
+
+    @app.get("/api/v1/node/<ref>")
+    async def get_node(ref: str) -> Any:
+        node = await find_node(ref)
+        return {"node": node_json(node, await users_by_id(), utcnow())}
+
+    @app.delete("/api/v1/node/<ref>")
+    async def delete_node(ref: str) -> Any:
+        node = await find_node(ref)
+        await store.delete_node(node.id)
+        log.info("node deleted: %s (id %d)", node.given_name, node.id)
+        return {}
+
+    @app.post("/api/v1/node/<ref>/expire")
+    async def expire_node(ref: str) -> Any:
+        node = await find_node(ref)
+        now = utcnow()
+        data = await _body()
+        when = now
+        if data.get("expiry"):
+            try:
+                when = datetime.fromisoformat(str(data["expiry"]).replace("Z", "+00:00"))
+            except ValueError:
+                raise BadRequest(f"invalid expiry {data['expiry']!r} (expected an RFC 3339 time)") from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+        node = await store.update_node(node.id, expiry=when)
+        log.info("node expired: %s (id %d)", node.given_name, node.id)
+        return {"node": node_json(node, await users_by_id(), now)}
+
+    @app.post("/api/v1/node/<ref>/rename/<new_name>")
+    async def rename_node(ref: str, new_name: str) -> Any:
+        node = await find_node(ref)
+        validate_label(new_name)
+        if new_name != node.given_name:
+            for other in await store.list_nodes():
+                if other.given_name == new_name and other.id != node.id:
+                    raise Conflict(f"node name {new_name!r} is taken")
+            node = await store.update_node(node.id, given_name=new_name)
+        log.info("node renamed: id %d -> %s", node.id, node.given_name)
+        return {"node": node_json(node, await users_by_id(), utcnow())}
+
+    @app.post("/api/v1/node/register")
+    async def register_node() -> Any:
+        data = await _body()
+        user_ref = request.args.get("user") or data.get("user")
+        reg_id = request.args.get("key") or data.get("key")
+        if not reg_id:
+            raise BadRequest("a registration id (key) is required")
+        if not isinstance(reg_id, str) or not _REG_ID.match(reg_id):
+            raise BadRequest(f"invalid registration id {reg_id!r}")
+        user = await find_user(user_ref)
+        reg = await complete_registration(store, reg_id, user, utcnow())
+        out: dict[str, Any] = {"registration": registration_json(reg)}
+        if reg.node_id:
+            node = await store.get_node(reg.node_id)
+            if node is not None:
+                out["node"] = node_json(node, await users_by_id(), utcnow())
+        log.info("registration %s completed for user %s", reg.id, user.name)
+        return out
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# serving
+
+
+def _bind_unix(path: Path, mode: int) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise RuntimeError(f"another server is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_tcp(addr: str) -> tuple[socket.socket, str]:
+    host, port = split_hostport(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise RuntimeError(f"admin.listen_addr {addr}: address already in use") from None
+        raise RuntimeError(f"admin.listen_addr {addr}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    real = sock.getsockname()
+    shown = f"[{real[0]}]:{real[1]}" if family == socket.AF_INET6 else f"{real[0]}:{real[1]}"
+    return sock, shown
+
+
+def _hypercorn_config(log: logging.Logger) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.accesslog = None  # request lines and headers never reach a log
+    hc.errorlog = log
+    hc.include_server_header = False
+    hc.graceful_timeout = 2.0
+    hc.keep_alive_timeout = 30
+    return hc
+
+
+async def _serve_app(
+    app: QuartTrio,
+    sock: socket.socket,
+    log: logging.Logger,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    hc = _hypercorn_config(log)
+    await worker_serve(
+        wrap_app(app, hc.wsgi_max_body_size, None),
+        hc,
+        sockets=Sockets([], [sock], []),
+        task_status=task_status,
+    )
+
+
+async def serve_admin(
+    ctx: ServiceContext, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the admin API on the unix socket (+ TCP with API keys when admin.listen_addr is set).
+
+    Reports {"admin_unix": path, "admin_tcp": "host:port"?}. Removes the socket file on the way out.
+    """
+    cfg = ctx.config
+    log = ctx.log.getChild("admin")
+    http_log = logging.getLogger("trioscale.admin.http")
+    path = Path(cfg.unix_socket)
+    unix_sock = _bind_unix(path, cfg.unix_socket_mode)
+    inode = os.stat(path).st_ino
+    addresses: dict[str, str] = {"admin_unix": str(path)}
+    tcp_sock = None
+    try:
+        if cfg.admin.listen_addr:
+            tcp_sock, shown = _bind_tcp(cfg.admin.listen_addr)
+            addresses["admin_tcp"] = shown
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_serve_app, create_admin_app(ctx, require_auth=False), unix_sock, http_log)
+            log.info("admin API (local, no auth) on unix socket %s", path)
+            if tcp_sock is not None:
+                await nursery.start(_serve_app, create_admin_app(ctx, require_auth=True), tcp_sock, http_log)
+                log.info("admin API (API keys required) on http://%s", addresses["admin_tcp"])
+            task_status.started(addresses)
+    finally:
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except OSError:
+            pass
+        unix_sock.close()
+        if tcp_sock is not None:
+            tcp_sock.close()
+

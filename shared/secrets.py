@@ -1,0 +1,121 @@
+"""Pre-auth keys and API keys: `tskey-auth-<prefix>-<secret>` and `tskey-api-<prefix>-<secret>`.
+
+The prefix (12 url-safe characters, no dash) identifies the key and is stored in clear; the secret
+(43 url-safe characters, 32 random bytes) is only ever stored as its SHA-256 (`hash_secret`) and
+compared in constant time (`verify`). The full key is shown once, at creation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from typing import NamedTuple
+
+__all__ = [
+    "KIND_AUTH",
+    "KIND_API",
+    "KeyFormatError",
+    "NewKey",
+    "generate_key",
+    "generate_preauth_key",
+    "generate_api_key",
+    "hash_secret",
+    "split_key",
+    "verify",
+    "mask",
+    "KEY_PATTERN",
+]
+
+KIND_AUTH = "auth"
+KIND_API = "api"
+_KINDS = (KIND_AUTH, KIND_API)
+
+PREFIX_LEN = 12
+SECRET_BYTES = 32
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9]{%d}$" % PREFIX_LEN)
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43,}$")
+
+#: matches anything that looks like a key (for log masking); group 1 is the part safe to show
+KEY_PATTERN = re.compile(r"(tskey-(?:auth|api)-[A-Za-z0-9]*)(-[A-Za-z0-9_-]+)?")
+
+
+class KeyFormatError(ValueError):
+    """The text is not a well-formed key; the message says what is wrong (never echoes the secret)."""
+
+
+class NewKey(NamedTuple):
+    kind: str
+    prefix: str
+    secret: str
+    key_hash: bytes
+
+    @property
+    def text(self) -> str:
+        return f"tskey-{self.kind}-{self.prefix}-{self.secret}"
+
+
+def _new_prefix() -> str:
+    # no '-' or '_' so the key splits unambiguously at the dashes
+    return "".join(secrets.choice(_ALPHABET) for _ in range(PREFIX_LEN))
+
+
+def _new_secret() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii").rstrip("=")
+
+
+def generate_key(kind: str) -> NewKey:
+    if kind not in _KINDS:
+        raise ValueError(f"unknown key kind {kind!r}")
+    secret = _new_secret()
+    return NewKey(kind, _new_prefix(), secret, hash_secret(secret))
+
+
+def generate_preauth_key() -> NewKey:
+    return generate_key(KIND_AUTH)
+
+
+def generate_api_key() -> NewKey:
+    return generate_key(KIND_API)
+
+
+def hash_secret(secret: str | bytes) -> bytes:
+    """SHA-256 of the secret half (the secret has 256 bits of entropy, so no salt or stretching)."""
+    data = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hashlib.sha256(data).digest()
+
+
+def split_key(text: str) -> tuple[str, str, str]:
+    """'tskey-<kind>-<prefix>-<secret>' -> (kind, prefix, secret). KeyFormatError if malformed."""
+    if not isinstance(text, str):
+        raise KeyFormatError("a key must be text")
+    text = text.strip()
+    if not text.startswith("tskey-"):
+        raise KeyFormatError("not a trioscale key (expected tskey-auth-… or tskey-api-…)")
+    parts = text.split("-", 3)
+    if len(parts) != 4:
+        raise KeyFormatError("malformed key (expected tskey-<kind>-<prefix>-<secret>)")
+    _, kind, prefix, secret = parts
+    if kind not in _KINDS:
+        raise KeyFormatError(f"unknown key kind {kind!r} (expected auth or api)")
+    if not _PREFIX_RE.match(prefix):
+        raise KeyFormatError(f"malformed key prefix (expected {PREFIX_LEN} letters or digits)")
+    if not _SECRET_RE.match(secret):
+        raise KeyFormatError("malformed key secret")
+    return kind, prefix, secret
+
+
+def verify(secret: str | bytes, key_hash: bytes) -> bool:
+    """Constant-time check that `secret` hashes to `key_hash`."""
+    try:
+        return hmac.compare_digest(hash_secret(secret), bytes(key_hash))
+    except (TypeError, ValueError):
+        return False
+
+
+def mask(text: str) -> str:
+    """Replace the secret part of every key-looking substring with '****'."""
+    return KEY_PATTERN.sub(lambda m: m.group(1) + ("-****" if m.group(2) else ""), text)

@@ -1,0 +1,200 @@
+"""Process runners: `trioscale serve` (everything) and `trioscale coord|derp|stun|dns` (one each).
+
+Services start in a fixed order inside one nursery, each with `await nursery.start(serve, ctx)`:
+stun, derp (so the relay registers with its real ports), coord (+ the admin API), dns. SIGINT and
+SIGTERM cancel the nursery; that is a clean shutdown (exit status 0).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from trioscale.config import Config, split_hostport
+from trioscale.context import ServiceContext
+
+__all__ = ["run_services", "serve_services", "SERVICE_ORDER", "next_steps_text", "serve_health"]
+
+SERVICE_ORDER = ("stun", "derp", "coord", "dns")
+
+log = logging.getLogger("trioscale")
+
+
+def _load_service(name: str) -> Callable[..., Awaitable[None]] | None:
+    module_name = f"trioscale.services.{name}.service"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name in (module_name, f"trioscale.services.{name}"):
+            return None
+        raise
+    return getattr(module, "serve")
+
+
+def next_steps_text(config: Config, addresses: dict[str, Any]) -> str:
+    prog = "trioscale" if not config.source else f"trioscale -c {config.source}"
+    lines = [
+        "",
+        f"trioscale is running. Control server URL: {config.server_url}",
+        "",
+        "Next steps:",
+        "  1. create a user:",
+        f"       {prog} users create alice",
+        "  2. create a pre-auth key for it:",
+        f"       {prog} preauthkeys create --user alice",
+        "  3. point a Tailscale client at this server:",
+        f"       tailscale up --login-server {config.server_url} --authkey <key from step 2>",
+        "",
+        "Listening: " + ", ".join(f"{k}={v}" for k, v in addresses.items()),
+        "Stop with Ctrl-C.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def serve_health(
+    addr: str, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A tiny HTTP server answering `200 ok` on any GET (for standalone stun/dns processes)."""
+    host, port = split_hostport(addr)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    sockname = listeners[0].socket.getsockname()
+    shown = f"{sockname[0]}:{sockname[1]}"
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(5):
+                data = b""
+                while b"\r\n\r\n" not in data and len(data) < 8192:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                path = data.split(b" ", 2)[1] if data.count(b" ") >= 2 else b"/"
+                if path.split(b"?")[0] in (b"/health", b"/healthz", b"/"):
+                    status, body = b"200 OK", b'{"status":"ok"}\n'
+                else:
+                    status, body = b"404 Not Found", b'{"error":"not found"}\n'
+                await stream.send_all(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        log.info("health endpoint on http://%s/health", shown)
+        task_status.started({"health": shown})
+
+
+async def serve_services(
+    names: Sequence[str],
+    config: Config,
+    *,
+    print_next_steps: bool | None = None,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Open the store, start `names` in SERVICE_ORDER, run until cancelled."""
+    from trioscale.shared.store import open_store
+
+    wanted = [n for n in SERVICE_ORDER if n in names]
+    unknown = set(names) - set(SERVICE_ORDER)
+    if unknown:
+        raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
+    if print_next_steps is None:
+        print_next_steps = "coord" in wanted
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_store(config) as store:
+        ctx = ServiceContext(config=config, store=store, log=logging.getLogger("trioscale"))
+        addresses: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            for name in wanted:
+                if name == "derp" and not config.derp.server.enabled:
+                    log.info("embedded DERP relay disabled (derp.server.enabled: false)")
+                    continue
+                serve_fn = _load_service(name)
+                if serve_fn is None:
+                    log.warning("service %s is not available in this build; skipping it", name)
+                else:
+                    _merge(addresses, name, await nursery.start(serve_fn, ctx))
+                if name == "coord":
+                    from trioscale.services.coord.admin import serve_admin
+
+                    _merge(addresses, "admin", await nursery.start(serve_admin, ctx))
+            if "coord" not in wanted and set(wanted) & {"stun", "dns"} and config.health_listen_addr:
+                _merge(addresses, "health", await nursery.start(serve_health, config.health_listen_addr))
+            for key, value in addresses.items():
+                log.info("listening: %s = %s", key, value)
+            ctx.registry.setdefault("addresses", addresses)
+            if print_next_steps:
+                sys.stdout.write(next_steps_text(config, addresses))
+                sys.stdout.flush()
+            task_status.started(addresses)
+
+
+def _merge(into: dict[str, Any], name: str, got: Any) -> None:
+    if isinstance(got, dict):
+        for k, v in got.items():
+            into[k if k not in into else f"{name}.{k}"] = v
+    elif got is not None:
+        into[name] = got
+
+
+async def _main(names: Sequence[str], config: Config) -> None:
+    async with trio.open_nursery() as nursery:
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(on_signals)
+        await nursery.start(serve_services, names, config)
+
+
+def run_services(names: Sequence[str], config: Config) -> int:
+    """Run services until SIGINT/SIGTERM; returns the process exit status (0 = clean)."""
+    try:
+        trio.run(_main, list(names), config)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - report, don't dump a traceback at the user
+        if isinstance(exc, SystemExit):
+            raise
+        errors = _leaves(exc)
+        for err in errors:
+            log.error("fatal: %s", err, exc_info=err if log.isEnabledFor(logging.DEBUG) else None)
+        first = errors[0] if errors else exc
+        sys.stderr.write(f"Error: {_describe(first)}\n")
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for e in exc.exceptions:
+            out += _leaves(e)
+        return out
+    return [exc]
+
+
+def _describe(exc: BaseException) -> str:
+    from trioscale.shared.secrets import mask
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    return mask(" ".join(text.split()))
