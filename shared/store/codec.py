@@ -836,8 +836,9 @@ def op_changes_since(seq: int, limit: int):
 
 
 # =================================================================================================
-# The Store methods on top of the operations: a store implementation provides `_read(gen)` and
-# `_write(gen)` (run the generator, the latter in one write transaction) plus open/close/subscribe.
+# The Store methods on top of the operations: a store implementation provides `_read(op, *args)`
+# and `_write(op, *args)` (run the generator `op(*args)`, the latter in one write transaction) plus
+# open/close/subscribe.
 # =================================================================================================
 
 
@@ -847,10 +848,12 @@ class OpsStore(Store):
     max_pending_registrations: int | None = None
 
     @abc.abstractmethod
-    async def _read(self, gen) -> Any: ...
+    async def _read(self, op, *args: Any) -> Any:
+        """Run the operation generator `op(*args)` (a store may call `op` again to retry)."""
 
     @abc.abstractmethod
-    async def _write(self, gen) -> Any: ...
+    async def _write(self, op, *args: Any) -> Any:
+        """Run `op(*args)` in one write transaction, with its change rows."""
 
     def _pending_limit(self) -> int:
         if self.max_pending_registrations is not None:
@@ -861,44 +864,44 @@ class OpsStore(Store):
 
     # users
     async def create_user(self, name: str, display_name: str = "", email: str = "") -> User:
-        return await self._write(op_create_user(name, display_name, email, utcnow()))
+        return await self._write(op_create_user, name, display_name, email, utcnow())
 
     async def get_user(self, user_id: int) -> User | None:
-        return await self._read(op_get_user(user_id))
+        return await self._read(op_get_user, user_id)
 
     async def get_user_by_name(self, name: str) -> User | None:
-        return await self._read(op_get_user_by_name(name))
+        return await self._read(op_get_user_by_name, name)
 
     async def list_users(self) -> list[User]:
-        return await self._read(op_list_users())
+        return await self._read(op_list_users)
 
     async def rename_user(self, user_id: int, new_name: str) -> User:
-        return await self._write(op_rename_user(user_id, new_name))
+        return await self._write(op_rename_user, user_id, new_name)
 
     async def delete_user(self, user_id: int) -> None:
-        await self._write(op_delete_user(user_id))
+        await self._write(op_delete_user, user_id)
 
     # nodes
     async def create_node(self, node: Node) -> Node:
-        return await self._write(op_create_node(node, utcnow()))
+        return await self._write(op_create_node, node, utcnow())
 
     async def get_node(self, node_id: int) -> Node | None:
-        return await self._read(op_get_node(node_id))
+        return await self._read(op_get_node, node_id)
 
     async def get_node_by_machine_key(self, machine_key: bytes) -> Node | None:
-        return await self._read(op_get_node_by("machine_key", machine_key))
+        return await self._read(op_get_node_by, "machine_key", machine_key)
 
     async def get_node_by_node_key(self, node_key: bytes) -> Node | None:
-        return await self._read(op_get_node_by("node_key", node_key))
+        return await self._read(op_get_node_by, "node_key", node_key)
 
     async def list_nodes(self, user_id: int | None = None) -> list[Node]:
-        return await self._read(op_list_nodes(user_id))
+        return await self._read(op_list_nodes, user_id)
 
     async def update_node(self, node_id: int, **fields: Any) -> Node:
-        return await self._write(op_update_node(node_id, fields))
+        return await self._write(op_update_node, node_id, fields)
 
     async def delete_node(self, node_id: int) -> None:
-        await self._write(op_delete_node(node_id))
+        await self._write(op_delete_node, node_id)
 
     # pre-auth keys
     async def create_preauth_key(
@@ -913,89 +916,89 @@ class OpsStore(Store):
         expiration: datetime | None = None,
     ) -> PreAuthKey:
         return await self._write(
-            op_create_preauth_key(user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, utcnow())
+            op_create_preauth_key, user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, utcnow()
         )
 
     async def get_preauth_key(self, key_id: int) -> PreAuthKey | None:
-        return await self._read(op_get_preauth_key(key_id))
+        return await self._read(op_get_preauth_key, key_id)
 
     async def get_preauth_key_by_prefix(self, prefix: str) -> PreAuthKey | None:
-        return await self._read(op_get_preauth_key_by_prefix(prefix))
+        return await self._read(op_get_preauth_key_by_prefix, prefix)
 
     async def list_preauth_keys(self, user_id: int | None = None) -> list[PreAuthKey]:
-        return await self._read(op_list_preauth_keys(user_id))
+        return await self._read(op_list_preauth_keys, user_id)
 
     async def expire_preauth_key(self, key_id: int, now: datetime) -> PreAuthKey:
-        return await self._write(op_expire_preauth_key(key_id, utc(now)))
+        return await self._write(op_expire_preauth_key, key_id, utc(now))
 
     async def delete_preauth_key(self, key_id: int) -> None:
-        await self._write(op_delete_preauth_key(key_id))
+        await self._write(op_delete_preauth_key, key_id)
 
     # API keys
     async def create_api_key(self, prefix: str, key_hash: bytes, expiration: datetime | None = None) -> ApiKey:
-        return await self._write(op_create_api_key(prefix, key_hash, expiration, utcnow()))
+        return await self._write(op_create_api_key, prefix, key_hash, expiration, utcnow())
 
     async def get_api_key_by_prefix(self, prefix: str) -> ApiKey | None:
-        return await self._read(op_get_api_key_by_prefix(prefix))
+        return await self._read(op_get_api_key_by_prefix, prefix)
 
     async def list_api_keys(self) -> list[ApiKey]:
-        return await self._read(op_list_api_keys())
+        return await self._read(op_list_api_keys)
 
     async def expire_api_key(self, key_id: int, now: datetime) -> ApiKey:
-        return await self._write(op_expire_api_key(key_id, utc(now)))
+        return await self._write(op_expire_api_key, key_id, utc(now))
 
     async def delete_api_key(self, key_id: int) -> None:
-        await self._write(op_delete_api_key(key_id))
+        await self._write(op_delete_api_key, key_id)
 
     async def touch_api_key(self, key_id: int, now: datetime) -> None:
-        await self._write(op_touch_api_key(key_id, utc(now)))
+        await self._write(op_touch_api_key, key_id, utc(now))
 
     # policy
     async def get_policy(self) -> Policy | None:
-        return await self._read(op_get_policy())
+        return await self._read(op_get_policy)
 
     async def set_policy(self, text: str) -> Policy:
-        return await self._write(op_set_policy(text, utcnow()))
+        return await self._write(op_set_policy, text, utcnow())
 
     # pending registrations
     async def put_pending_registration(self, reg: PendingRegistration) -> PendingRegistration:
-        return await self._write(op_put_pending_registration(reg, self._pending_limit()))
+        return await self._write(op_put_pending_registration, reg, self._pending_limit())
 
     async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None:
-        return await self._read(op_get_pending_registration(reg_id))
+        return await self._read(op_get_pending_registration, reg_id)
 
     async def complete_pending_registration(self, reg_id: str, node_id: int, user_id: int) -> PendingRegistration:
-        return await self._write(op_complete_pending_registration(reg_id, node_id, user_id))
+        return await self._write(op_complete_pending_registration, reg_id, node_id, user_id)
 
     async def delete_pending_registration(self, reg_id: str) -> None:
-        await self._write(op_delete_pending_registration(reg_id))
+        await self._write(op_delete_pending_registration, reg_id)
 
     async def delete_pending_registrations_before(self, before: datetime) -> int:
-        return await self._write(op_delete_pending_registrations_before(before))
+        return await self._write(op_delete_pending_registrations_before, before)
 
     # relays
     async def upsert_relay(self, relay: DerpRelay) -> DerpRelay:
-        return await self._write(op_upsert_relay(relay))
+        return await self._write(op_upsert_relay, relay)
 
     async def list_relays(self) -> list[DerpRelay]:
-        return await self._read(op_list_relays())
+        return await self._read(op_list_relays)
 
     async def delete_relay(self, region_id: int, name: str) -> None:
-        await self._write(op_delete_relay(region_id, name))
+        await self._write(op_delete_relay, region_id, name)
 
     # shares
     async def add_share(self, node_id: int, user_id: int) -> Share:
-        return await self._write(op_add_share(node_id, user_id, utcnow()))
+        return await self._write(op_add_share, node_id, user_id, utcnow())
 
     async def remove_share(self, node_id: int, user_id: int) -> None:
-        await self._write(op_remove_share(node_id, user_id))
+        await self._write(op_remove_share, node_id, user_id)
 
     async def list_shares(self, node_id: int | None = None) -> list[Share]:
-        return await self._read(op_list_shares(node_id))
+        return await self._read(op_list_shares, node_id)
 
     # change log
     async def latest_seq(self) -> int:
-        return await self._read(op_latest_seq())
+        return await self._read(op_latest_seq)
 
     async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
-        return await self._read(op_changes_since(seq, limit))
+        return await self._read(op_changes_since, seq, limit)

@@ -131,11 +131,12 @@ class SqliteStore(OpsStore):
         old.set()
 
     # -- running operations ------------------------------------------------------------------------
-    def _drive(self, gen, write: bool) -> tuple[Any, int]:
+    def _drive(self, write: bool, op, args: tuple) -> tuple[Any, int]:
         """In the worker thread: run the operation generator, in one transaction if `write`."""
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("the store is closed")
+        gen = op(*args)
         emitted = 0
         if write:
             conn.execute("BEGIN IMMEDIATE")
@@ -172,10 +173,10 @@ class SqliteStore(OpsStore):
             gen.close()
         return result, emitted
 
-    async def _run(self, gen, write: bool) -> Any:
+    async def _run(self, write: bool, op, args: tuple) -> Any:
         async with self._lock:
             try:
-                result, emitted = await trio.to_thread.run_sync(self._drive, gen, write)
+                result, emitted = await trio.to_thread.run_sync(self._drive, write, op, args)
             except sqlite3.IntegrityError as e:
                 raise _conflict_from(e) from None
             except sqlite3.OperationalError as e:
@@ -184,11 +185,11 @@ class SqliteStore(OpsStore):
             self._notify()
         return result
 
-    async def _read(self, gen) -> Any:
-        return await self._run(gen, False)
+    async def _read(self, op, *args: Any) -> Any:
+        return await self._run(False, op, args)
 
-    async def _write(self, gen) -> Any:
-        return await self._run(gen, True)
+    async def _write(self, op, *args: Any) -> Any:
+        return await self._run(True, op, args)
 
     # -- subscriptions -----------------------------------------------------------------------------
     @asynccontextmanager

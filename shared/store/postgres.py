@@ -1,0 +1,411 @@
+"""The PostgreSQL store: asyncpg inside trio-asyncio. The only module of trioscale that knows asyncio.
+
+Everything asyncio happens in the `_aio_*` coroutines below; the Trio side calls each through one
+`trio_asyncio.aio_as_trio` bridge call per logical operation. A trio-asyncio loop must be running
+(`shared.store.open_store` opens one when needed); the store remembers the loop it was opened in.
+
+Writes: one transaction that first takes a transaction-level advisory lock (so all writers are
+serialised and a change's seq, allocated as max(seq)+1, is in commit order with no holes), runs the
+operation, appends its change rows and calls pg_notify('trioscale_changes', <last seq>) before
+COMMIT. Reads run without a transaction.
+
+Subscribers share one LISTEN connection per store. A notification, or the loss of that connection,
+sets an in-process trio.Event; subscribers then (re)connect the listener if needed and read the log
+from their last seq, so nothing is missed or repeated whatever happens to the connection. A slow
+safety poll (`poll_interval`) covers a connection that dies silently.
+
+Connection failures surface as StoreUnavailable (never as asyncpg exceptions). An operation whose
+connection broke before COMMIT was sent is retried for up to `retry_for` seconds (nothing was
+applied, so retrying is safe); one that broke during COMMIT is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from trioscale.shared.model import Change, utcnow
+from trioscale.shared.store.base import Conflict, StoreError, StoreUnavailable
+from trioscale.shared.store.codec import All, Emit, Exec, One, OpsStore, check_kind, pack_data
+from trioscale.shared.store.migrations import POSTGRES_MIGRATIONS, UNIQUE_MESSAGES, check_version
+
+log = logging.getLogger("trioscale.store.postgres")
+
+CHANNEL = "trioscale_changes"
+#: pg_advisory_xact_lock keys: every write transaction / schema migration
+WRITE_LOCK = 0x74726F7363616C01
+MIGRATE_LOCK = 0x74726F7363616C02
+#: changes read from the log per query by subscribers
+BATCH = 500
+
+
+def _placeholders(sql: str) -> str:
+    """`?` -> `$1, $2, ...` (the operations never put a `?` inside a string literal)."""
+    parts = sql.split("?")
+    out = [parts[0]]
+    for i, part in enumerate(parts[1:], 1):
+        out.append(f"${i}")
+        out.append(part)
+    return "".join(out)
+
+
+def _enc(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    if isinstance(e, (OSError, asyncio.TimeoutError, ConnectionError)):
+        return True
+    if isinstance(
+        e,
+        (
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
+            asyncpg.CrashShutdownError,
+            asyncpg.TooManyConnectionsError,
+        ),
+    ):
+        return True
+    # "connection is closed", "pool is closing" etc.; DataError and friends are ValueErrors
+    return isinstance(e, asyncpg.InterfaceError) and not isinstance(e, ValueError)
+
+
+def _conflict_from(e: asyncpg.IntegrityConstraintViolationError) -> Conflict:
+    if isinstance(e, asyncpg.UniqueViolationError):
+        msg = UNIQUE_MESSAGES.get(e.constraint_name or "", "the record conflicts with an existing one")
+        return Conflict(msg)
+    if isinstance(e, asyncpg.ForeignKeyViolationError):
+        return Conflict("the record is still referenced by others, or refers to one that does not exist")
+    return Conflict("the change breaks a rule of the data")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ, encoder=lambda v: json.dumps(v, separators=(",", ":")), decoder=json.loads, schema="pg_catalog"
+        )
+
+
+# -- asyncio side --------------------------------------------------------------------------------
+
+
+async def _aio_migrate(conn: asyncpg.Connection, migrations: list[list[str]]) -> int:
+    while True:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+            version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+            check_version(version, len(migrations))
+            if version == len(migrations):
+                return version
+            for stmt in migrations[version]:
+                await conn.execute(stmt)
+            await conn.execute("DELETE FROM schema_version")
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
+
+
+async def _aio_open_pool(connect: dict, min_size: int, max_size: int, migrations) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(**connect, min_size=min_size, max_size=max_size, init=_init_connection)
+    try:
+        async with pool.acquire() as conn:
+            await _aio_migrate(conn, migrations)
+    except BaseException:
+        pool.terminate()
+        raise
+    return pool
+
+
+async def _aio_drive(conn: asyncpg.Connection, gen) -> tuple[Any, int]:
+    """Run an operation generator on `conn`; returns (result, seq of the last change or 0)."""
+    last = 0
+    try:
+        req = next(gen)
+        while True:
+            if isinstance(req, Emit):
+                last = await conn.fetchval(
+                    "INSERT INTO changes (seq, kind, data, at)"
+                    " SELECT coalesce(max(seq), 0) + 1, $1, $2, $3 FROM changes RETURNING seq",
+                    check_kind(req.kind),
+                    pack_data(req.data),
+                    utcnow(),
+                )
+                res = last
+            elif isinstance(req, One):
+                res = await conn.fetchrow(_placeholders(req.sql), *map(_enc, req.args))
+            elif isinstance(req, All):
+                res = await conn.fetch(_placeholders(req.sql), *map(_enc, req.args))
+            else:
+                assert isinstance(req, Exec)
+                await conn.execute(_placeholders(req.sql), *map(_enc, req.args))
+                res = None
+            req = gen.send(res)
+    except StopIteration as stop:
+        return stop.value, last
+    finally:
+        gen.close()
+
+
+class PostgresStore(OpsStore):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connect: dict,
+        loop: Any,
+        *,
+        max_pending_registrations: int | None = None,
+        poll_interval: float = 5.0,
+        retry_for: float = 10.0,
+    ) -> None:
+        self._pool = pool
+        self._connect = connect
+        self._loop = loop
+        self.max_pending_registrations = max_pending_registrations
+        self.poll_interval = poll_interval
+        self.retry_for = retry_for
+        self._closed = False
+        self._wake = trio.Event()
+        self._listen_conn: asyncpg.Connection | None = None
+        self._listen_lock = trio.Lock()
+        #: how many times the LISTEN connection was (re)established (for tests and metrics)
+        self.listener_connects = 0
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
+        ssl: Any = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        max_pending_registrations: int | None = None,
+        poll_interval: float = 5.0,
+        retry_for: float = 10.0,
+        migrations: list[list[str]] | None = None,
+    ) -> "PostgresStore":
+        """Connect (a DSN and/or keyword parameters, as asyncpg takes them) and migrate. Needs a
+        running trio-asyncio loop: use `shared.store.open_store`, or `async with trio_asyncio.open_loop()`."""
+        loop = trio_asyncio.current_loop.get()
+        if loop is None:
+            raise RuntimeError(
+                "PostgresStore needs a trio-asyncio loop: open it with shared.store.open_store(), "
+                "or inside `async with trio_asyncio.open_loop():`"
+            )
+        connect = {"dsn": dsn, "host": host, "port": port, "user": user, "password": password, "database": database}
+        connect = {k: v for k, v in connect.items() if v is not None}
+        if ssl is not None and ssl != "":
+            connect["ssl"] = ssl
+        migrations = POSTGRES_MIGRATIONS if migrations is None else migrations
+        try:
+            pool = await trio_asyncio.aio_as_trio(_aio_open_pool, loop=loop)(connect, min_size, max_size, migrations)
+        except StoreError:
+            raise
+        except Exception as e:
+            if _is_connection_error(e):
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {e}") from e
+            raise
+        return cls(
+            pool,
+            connect,
+            loop,
+            max_pending_registrations=max_pending_registrations,
+            poll_interval=poll_interval,
+            retry_for=retry_for,
+        )
+
+    def _aio(self, fn):
+        return trio_asyncio.aio_as_trio(fn, loop=self._loop)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        listen, self._listen_conn = self._listen_conn, None
+        with trio.CancelScope(shield=True):
+            await self._aio(self._aio_close)(listen)
+        self._notify()
+
+    async def _aio_close(self, listen: asyncpg.Connection | None) -> None:
+        if listen is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listen.close(), 5)
+        try:
+            await asyncio.wait_for(self._pool.close(), 5)
+        except Exception:
+            self._pool.terminate()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- running operations ------------------------------------------------------------------------
+    async def _aio_run(self, write: bool, op, args: tuple, state: dict) -> Any:
+        gen = op(*args)
+        async with self._pool.acquire() as conn:
+            if not write:
+                result, _ = await _aio_drive(conn, gen)
+                return result
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                result, last = await _aio_drive(conn, gen)
+                if last:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last))
+                state["committing"] = True
+                await tr.commit()
+            except BaseException:
+                if not state.get("committing"):
+                    with contextlib.suppress(Exception):
+                        await tr.rollback()
+                raise
+            return result
+
+    async def _run(self, write: bool, op, args: tuple) -> Any:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        deadline = trio.current_time() + self.retry_for
+        delay = 0.05
+        while True:
+            state: dict = {}
+            try:
+                return await self._aio(self._aio_run)(write, op, args, state)
+            except StoreError:
+                raise
+            except asyncpg.IntegrityConstraintViolationError as e:
+                raise _conflict_from(e) from None
+            except Exception as e:
+                if not _is_connection_error(e):
+                    raise
+                if state.get("committing"):
+                    raise StoreUnavailable(
+                        f"lost the PostgreSQL connection while committing (the write may or may not "
+                        f"have been applied): {e}"
+                    ) from e
+                if self._closed or trio.current_time() + delay > deadline:
+                    raise StoreUnavailable(f"PostgreSQL is unavailable: {e}") from e
+                log.warning("PostgreSQL connection problem (%s); retrying in %.2fs", e, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _read(self, op, *args: Any) -> Any:
+        return await self._run(False, op, args)
+
+    async def _write(self, op, *args: Any) -> Any:
+        return await self._run(True, op, args)
+
+    # -- LISTEN connection and wake-ups ------------------------------------------------------------
+    def _notify(self) -> None:
+        old, self._wake = self._wake, trio.Event()
+        old.set()
+
+    def _on_notification(self, conn, pid, channel, payload) -> None:
+        # called by asyncpg in the (trio-asyncio) loop, i.e. in the Trio thread
+        self._notify()
+
+    def _on_termination(self, conn) -> None:
+        if self._listen_conn is conn:
+            self._listen_conn = None
+        self._notify()
+
+    async def _aio_listen(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(**self._connect)
+        try:
+            await conn.add_listener(CHANNEL, self._on_notification)
+            conn.add_termination_listener(self._on_termination)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    def _listener_ok(self) -> bool:
+        return self._listen_conn is not None and not self._listen_conn.is_closed()
+
+    async def _ensure_listener(self) -> None:
+        """Make sure the LISTEN connection is up (one task connects, the others wait for it)."""
+        if self._listener_ok():
+            return
+        async with self._listen_lock:
+            if self._listener_ok() or self._closed:
+                return
+            try:
+                conn = await self._aio(self._aio_listen)()
+            except Exception as e:
+                if _is_connection_error(e):
+                    raise StoreUnavailable(f"cannot LISTEN on PostgreSQL: {e}") from e
+                raise
+            if self._closed:
+                await self._aio(conn.close)()
+                return
+            self._listen_conn = conn
+            self.listener_connects += 1
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The server pid of the LISTEN connection, if connected."""
+        conn = self._listen_conn
+        return conn.get_server_pid() if conn is not None and not conn.is_closed() else None
+
+    # -- subscriptions -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def subscribe(self, since: int | None = None) -> AsyncIterator["PostgresChanges"]:
+        if since is None:
+            since = await self.latest_seq()
+        yield PostgresChanges(self, since)
+
+
+class PostgresChanges:
+    """Every change after `last_seq`, in order, forever (ends only when the store is closed).
+
+    Outages do not end it: it waits (with backoff) until PostgreSQL is back and catches up from
+    the log."""
+
+    def __init__(self, store: PostgresStore, since: int) -> None:
+        self._store = store
+        self.last_seq = since
+        self._buf: collections.deque[Change] = collections.deque()
+        self._backoff = 0.05
+
+    def __aiter__(self) -> "PostgresChanges":
+        return self
+
+    async def __anext__(self) -> Change:
+        store = self._store
+        while not self._buf:
+            if store.closed:
+                raise StopAsyncIteration
+            try:
+                # LISTEN must be active before we read, and the event taken before the read: then
+                # any commit after the read wakes us (or the connection's loss does)
+                await store._ensure_listener()
+                wake = store._wake
+                self._buf.extend(await store.changes_since(self.last_seq, BATCH))
+            except StoreUnavailable as e:
+                if store.closed:
+                    raise StopAsyncIteration from None
+                log.warning("change subscription: %s; retrying in %.2fs", e, self._backoff)
+                await trio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 5.0)
+                continue
+            self._backoff = 0.05
+            if not self._buf:
+                with trio.move_on_after(store.poll_interval):
+                    await wake.wait()
+        change = self._buf.popleft()
+        self.last_seq = change.seq
+        return change
