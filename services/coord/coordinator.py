@@ -148,6 +148,11 @@ class Coordinator:
                     self._seq_changed.set()
                     self._seq_changed = trio.Event()
 
+    def taken(self) -> tuple[set[str], set[str]]:
+        """Addresses and names in use, as far as this coordinator knows (for allocation)."""
+        nodes = self.tailnet.nodes.values()
+        return {a for n in nodes for a in (n.ipv4, n.ipv6) if a}, {n.given_name for n in nodes}
+
     async def wait_seq(self, seq: int) -> None:
         """Wait until changes up to `seq` are applied (read-your-writes for request handlers)."""
         while self.seq < seq:

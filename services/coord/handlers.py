@@ -136,7 +136,8 @@ class ControlHandlers:
         except (ValueError, TypeError) as exc:
             raise BadRequest(400, f"bad register request: {exc}") from None
         result = await register.handle(
-            self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval
+            self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval,
+            self.coord.taken,
         )
         await response.send(200, json.dumps(result).encode(), [("content-type", "application/json")])
 

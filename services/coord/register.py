@@ -13,6 +13,7 @@ import logging
 import secrets as _secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from trioscale.shared import secrets
@@ -133,9 +134,12 @@ async def create_or_update_node(
     tags: tuple[str, ...] = (),
     auth_key_id: int | None = None,
     register_method: str,
+    taken: Callable[[], tuple[set[str], set[str]]] | None = None,
 ) -> Node:
     """Register a machine: update its node if the machine is known, else create one with fresh
-    addresses and a unique name. Retries when a concurrent registration took the same address."""
+    addresses and a unique name. `taken` may give the addresses and names in use from memory (the
+    coordinator's view, which can lag); when a concurrent registration won an address the retry
+    reads them from the store."""
     expiry = None if tags or policy.node_expiry is None else now + policy.node_expiry
     existing = await store.get_node_by_machine_key(machine_key)
     if existing is not None:
@@ -150,8 +154,8 @@ async def create_or_update_node(
         return await store.update_node(existing.id, **fields)
     base = names.sanitize_label(str(hostinfo.get("Hostname") or ""))
     last_error: StoreError | None = None
-    for _ in range(_MAX_CREATE_TRIES):
-        taken_addrs, taken_names = await _taken(store)
+    for attempt in range(_MAX_CREATE_TRIES):
+        taken_addrs, taken_names = taken() if taken is not None and attempt == 0 else await _taken(store)
         node = Node(
             id=0,
             machine_key=machine_key,
@@ -232,18 +236,19 @@ async def handle(
     machine_key: bytes,
     now: datetime,
     wait_for_approval,
+    taken: Callable[[], tuple[set[str], set[str]]] | None = None,
 ) -> dict[str, Any]:
     """Answer one RegisterRequest. `wait_for_approval(reg_id, deadline)` waits until the pending
     registration `reg_id` is completed (True) or the deadline passes (False)."""
     try:
-        return await _handle(store, policy, req, machine_key, now, wait_for_approval)
+        return await _handle(store, policy, req, machine_key, now, wait_for_approval, taken)
     except RegisterError as exc:
         return error(str(exc))
     except StoreError as exc:
         return error(str(exc))
 
 
-async def _handle(store, policy, req, machine_key, now, wait_for_approval) -> dict[str, Any]:
+async def _handle(store, policy, req, machine_key, now, wait_for_approval, taken) -> dict[str, Any]:
     node = await store.get_node_by_node_key(req.node_key)
     if node is not None and not hmac.compare_digest(node.machine_key, machine_key):
         raise RegisterError("node key is registered to another machine")
@@ -288,6 +293,7 @@ async def _handle(store, policy, req, machine_key, now, wait_for_approval) -> di
             tags=tuple(key.tags),
             auth_key_id=key.id,
             register_method="authkey",
+            taken=taken,
         )
         return success(node, user)
 

@@ -1,0 +1,102 @@
+"""Our own Noise client against the real control listener on loopback: register, map stream, deltas.
+
+This is the path the load tools use (issue: "our own Noise client interoperates with our server").
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import trio
+
+from trioscale.services.coord import register
+from trioscale.services.coord.coordinator import Coordinator
+from trioscale.services.coord.domain import tailcfg
+from trioscale.services.coord.domain.netmap import Settings
+from trioscale.services.coord.handlers import ControlHandlers
+from trioscale.services.coord.transport import serve_control
+from trioscale.shared import secrets
+from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.proto import keys
+from trioscale.shared.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def control(nursery):
+    store = await SqliteStore.open(":memory:")
+    coord = Coordinator(store, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r),
+                        ephemeral_timeout=timedelta(seconds=60))
+    await nursery.start(coord.run)
+    policy = register.Policy(server_url="http://127.0.0.1", prefix_v4="100.64.0.0/10", prefix_v6="fd7a:115c:a1e0::/48")
+    handlers = ControlHandlers(coord, policy)
+    addr = await nursery.start(serve_control, "127.0.0.1:0", keys.generate_private_key(), handlers.noise, handlers.http)
+    host, port = addr.rsplit(":", 1)
+    user = await store.create_user("alice")
+    key = secrets.generate_preauth_key()
+    await store.create_preauth_key(user.id, key.prefix, key.key_hash, reusable=True)
+    yield store, host, int(port), key.text
+    await store.aclose()
+
+
+class SimNode:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.node_key = keys.generate_private_key()
+        self.disco_key = keys.generate_private_key()
+
+    def register_body(self, authkey):
+        return {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
+                "Auth": {"AuthKey": authkey}, "Hostinfo": {"Hostname": self.name}}
+
+    def map_body(self, **extra):
+        body = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
+                "DiscoKey": keys.DISCO.format(keys.public_key(self.disco_key)), "Stream": True,
+                "Compress": "zstd", "KeepAlive": True, "Hostinfo": {"Hostname": self.name}}
+        body.update(extra)
+        return body
+
+
+async def test_two_sim_nodes_see_each_other_over_noise(control):
+    store, host, port, authkey = control
+    a, b = SimNode("alpha"), SimNode("beta")
+    async with open_noise_client(host, port) as ca, open_noise_client(host, port) as cb:
+        ra = await ca.post_json("/machine/register", a.register_body(authkey))
+        assert ra.status == 200 and ra.json()["MachineAuthorized"] is True
+        rb = await cb.post_json("/machine/register", b.register_body(authkey))
+        assert rb.json()["MachineAuthorized"] is True
+        async with ca.map_stream(a.map_body()) as maps_a:
+            first = await maps_a.__anext__()
+            assert first["Node"]["Name"] == "alpha.ts.test."
+            async with cb.map_stream(b.map_body()) as maps_b:
+                first_b = await maps_b.__anext__()
+                assert [p["Name"] for p in first_b["Peers"]] == ["alpha.ts.test."]
+                with trio.fail_after(5):
+                    async for msg in maps_a:
+                        if "PeersChanged" in msg:
+                            assert msg["PeersChanged"][0]["Name"] == "beta.ts.test."
+                            break
+                # a lite update on the same connection as b's open stream
+                lite = await cb.post_json("/machine/map", b.map_body(Stream=False, OmitPeers=True,
+                                                                     Endpoints=["127.0.0.1:5555"]))
+                assert lite.status == 200
+                with trio.fail_after(5):
+                    async for msg in maps_a:
+                        patches = msg.get("PeersChangedPatch") or msg.get("PeersChanged") or []
+                        if any(p.get("Endpoints") == ["127.0.0.1:5555"] for p in patches):
+                            break
+        # a's stream is closed: b's peer goes offline
+        node_a = await store.get_node_by_node_key(keys.public_key(a.node_key))
+        with trio.fail_after(5):
+            while (await store.get_node(node_a.id)).last_seen is None:
+                await trio.sleep(0.02)
+
+
+async def test_map_request_for_someone_elses_node_is_refused(control):
+    store, host, port, authkey = control
+    a = SimNode("alpha")
+    async with open_noise_client(host, port) as ca:
+        assert (await ca.post_json("/machine/register", a.register_body(authkey))).json()["MachineAuthorized"]
+    async with open_noise_client(host, port) as intruder:  # another machine key
+        resp = await intruder.post_json("/machine/map", a.map_body(Stream=False, OmitPeers=True))
+        assert resp.status == 404
