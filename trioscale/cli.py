@@ -69,10 +69,27 @@ class State:
         return AdminClient(socket_path=str(self.config().unix_socket))
 
 
-def output_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def _set_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        st = ctx.find_object(State)
+        if st is not None:
+            st.config_path = value
+            st._config = None
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """-c/--config on a subcommand too (Headscale's flag is global: `trioscale configtest -c FILE`)."""
     return click.option(
+        "-c", "--config", type=str, default=None, expose_value=False, is_eager=True,
+        callback=_set_config, metavar="FILE", help="configuration file",
+    )(f)
+
+
+def output_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
         "-o", "--output", type=click.Choice(OUTPUTS), default=None, help="table (default) or json"
     )(f)
+    return config_option(f)
 
 
 def _state() -> State:
@@ -496,30 +513,35 @@ def _run(names: list[str]) -> None:
 
 
 @cli.command("serve")
+@config_option
 def serve() -> None:
     """Run everything in one process: STUN, DERP, coordinator (+ admin API), DNS."""
     _run(["stun", "derp", "coord", "dns"])
 
 
 @cli.command("coord")
+@config_option
 def coord() -> None:
     """Run the coordinator and the admin API only."""
     _run(["coord"])
 
 
 @cli.command("derp")
+@config_option
 def derp() -> None:
     """Run the DERP relay only."""
     _run(["derp"])
 
 
 @cli.command("stun")
+@config_option
 def stun() -> None:
     """Run the STUN responder only."""
     _run(["stun"])
 
 
 @cli.command("dns")
+@config_option
 def dns() -> None:
     """Run the DNS server only."""
     _run(["dns"])

@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException
 
 from trioscale.config import parse_duration, split_hostport
 from trioscale.context import ServiceContext
+from trioscale.services.coord.adminclient import short_unix_path
 from trioscale.services.coord.domain.names import InvalidName, validate_label
 from trioscale.services.coord.registration import complete_registration
 from trioscale.shared import secrets as keys
@@ -136,6 +137,7 @@ def node_json(n: Node, users: dict[int, User], now: datetime) -> dict[str, Any]:
     return {
         "id": n.id,
         "name": n.hostname,
+        "hostname": n.hostname,
         "given_name": n.given_name,
         "user": {"id": n.user_id, "name": u.name if u else ""},
         "ip_addresses": [a for a in (n.ipv4, n.ipv6) if a],
@@ -577,7 +579,8 @@ def _bind_unix(path: Path, mode: int) -> socket.socket:
             raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(path))
+            with short_unix_path(path) as p:
+                probe.connect(p)
         except OSError:
             os.unlink(path)  # stale: nobody listens
         else:
@@ -587,7 +590,8 @@ def _bind_unix(path: Path, mode: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)
     try:
-        sock.bind(str(path))
+        with short_unix_path(path) as p:
+            sock.bind(p)
     except OSError:
         sock.close()
         raise

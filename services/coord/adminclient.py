@@ -5,8 +5,10 @@ Standard library only (http.client), so the CLI starts fast and needs no event l
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import socket
 import ssl
 from typing import Any
@@ -28,6 +30,26 @@ class ConnectError(Exception):
     """The server could not be reached."""
 
 
+#: longest unix socket path we hand to bind/connect directly (sun_path is 108 bytes on Linux)
+MAX_UNIX_PATH = 100
+
+
+@contextlib.contextmanager
+def short_unix_path(path: str | os.PathLike[str]):
+    """Yield a path usable with bind()/connect() for `path`, however long: a path longer than
+    sun_path is reached through /proc/self/fd/<dir-fd>/<name> (Linux)."""
+    path = os.fspath(path)
+    if len(path.encode()) <= MAX_UNIX_PATH or not os.path.isdir("/proc/self/fd"):
+        yield path
+        return
+    folder, name = os.path.split(path)
+    fd = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0))
+    try:
+        yield f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
@@ -37,7 +59,8 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self._unix_path)
+            with short_unix_path(self._unix_path) as p:
+                sock.connect(p)
         except OSError:
             sock.close()
             raise

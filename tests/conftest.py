@@ -1,0 +1,37 @@
+"""Fixtures shared by the whole suite (keep this small; layer-specific ones live next to their tests).
+
+- `trioscale_server`: a factory that starts a real `trioscale serve` subprocess with a temp data dir
+  and every listen address on a free port; each is stopped by PID (SIGTERM) at teardown, and a
+  non-zero exit status fails the test.
+- `free_port` and the rest: see tests/util.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from util import TrioscaleServer, free_ports_config  # noqa: E402
+
+
+@pytest.fixture
+def trioscale_server(tmp_path: Path) -> Iterator[Callable[..., TrioscaleServer]]:
+    """`start(**config_overrides) -> TrioscaleServer` (started, ready)."""
+    started: list[TrioscaleServer] = []
+
+    def start(*, command: tuple[str, ...] = ("serve",), **overrides: Any) -> TrioscaleServer:
+        workdir = tmp_path / f"server{len(started)}"
+        server = TrioscaleServer(workdir, free_ports_config(workdir / "data", **overrides), command=command)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        code = server.stop()
+        assert code == 0, f"trioscale exited with {code}:\n{server.stderr()[-4000:]}"

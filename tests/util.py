@@ -1,0 +1,193 @@
+"""Small helpers shared by the test suite: free ports, and a real `trioscale serve` subprocess.
+
+    from util import free_port, TrioscaleServer     # tests/ is on sys.path (rootdir conftest)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: how to run the CLI (works without the console script on PATH)
+TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
+READY_TEXT = "trioscale is running"
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port the OS says is free right now (TCP by default; socket.SOCK_DGRAM for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    return free_port(socket.SOCK_DGRAM, host)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not ready yet
+            last = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def free_ports_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A config dict with every listen address on 127.0.0.1:<free port> and `data_dir`."""
+    control = free_port()
+    cfg: dict[str, Any] = {
+        "server_url": f"http://127.0.0.1:{control}",
+        "listen_addr": f"127.0.0.1:{control}",
+        "data_dir": str(data_dir),
+        "admin": {"listen_addr": f"127.0.0.1:{free_port()}"},
+        "derp": {
+            "server": {
+                "listen_addr": f"127.0.0.1:{free_port()}",
+                "stun_listen_addr": f"127.0.0.1:{free_udp_port()}",
+            }
+        },
+        "dns": {"listen_addr": f"127.0.0.1:{free_udp_port()}"},
+        "log": {"level": "debug"},
+    }
+    return deep_merge(cfg, overrides)
+
+
+class TrioscaleServer:
+    """`trioscale [-c FILE] <command>` as a subprocess with captured stdout/stderr; stopped by PID."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        command: Sequence[str] = ("serve",),
+        env: Mapping[str, str] | None = None,
+        use_config_file: bool = True,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = dict(config) if config is not None else free_ports_config(self.workdir / "data")
+        self.config_path: Path | None = None
+        if use_config_file:
+            self.config_path = self.workdir / "trioscale.yaml"
+            self.config_path.write_text(yaml.safe_dump(self.config))
+        self.command = list(command)
+        self.env = dict(os.environ)
+        for name in [n for n in self.env if n.startswith("TRIOSCALE_")]:
+            del self.env[name]
+        self.env.update(env or {})
+        self.stdout_path = self.workdir / "stdout.txt"
+        self.stderr_path = self.workdir / "stderr.txt"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config["data_dir"])
+
+    @property
+    def admin_url(self) -> str:
+        return "http://" + self.config["admin"]["listen_addr"]
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "db.sqlite"
+
+    def _base_args(self) -> list[str]:
+        return [*TRIOSCALE, *(["-c", str(self.config_path)] if self.config_path else [])]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> "TrioscaleServer":
+        out = open(self.stdout_path, "ab")
+        err = open(self.stderr_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [*self._base_args(), *self.command],
+                stdout=out,
+                stderr=err,
+                cwd=self.workdir,
+                env=self.env,
+            )
+        finally:
+            out.close()
+            err.close()
+        wait_for(self._ready, timeout, f"`trioscale {' '.join(self.command)}` to start")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"trioscale exited early with {self.proc.returncode}:\n{self.stdout()}\n{self.stderr()}"
+            )
+        return READY_TEXT in self.stdout()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM by PID, wait; SIGKILL if it hangs. Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    # -- CLI -------------------------------------------------------------------------------------
+    def cli(self, *args: str, env: Mapping[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = dict(self.env)
+        full_env.update(env or {})
+        return subprocess.run(
+            [*self._base_args(), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.workdir,
+            env=full_env,
+            input=input,
+        )
+
+    def cli_ok(self, *args: str) -> str:
+        proc = self.cli(*args)
+        if proc.returncode != 0:
+            raise AssertionError(f"trioscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc.stdout
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli_ok(*args, "-o", "json"))
