@@ -267,6 +267,15 @@ class _Http1Connection:
         if not isinstance(ev, h11.Request):
             raise _Close(f"unexpected {type(ev).__name__}")
         request = ev
+        # h11 bounds only *incomplete* heads; a big head arriving in one read must be caught here.
+        head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        if head_size > self.cfg.max_header_bytes:
+            await self._simple(431, "request header fields too large\n", close=True)
+            raise _Close("request head too large")
+        for name, value in request.headers:
+            if name == b"content-length" and int(value) > self.cfg.max_http_body:
+                await self._simple(413, "request body too large\n", close=True)
+                raise _Close("declared request body too large")
         body = bytearray()
         while True:
             ev = await self._next_event()
