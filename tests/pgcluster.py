@@ -4,6 +4,8 @@
         pg.dsn                      # postgresql://postgres@127.0.0.1:PORT/trioscale
         pg.host, pg.port, pg.user, pg.database, pg.socket_dir
         pg.dsn_for("other_db")
+        pg.create_database("t1"); pg.drop_database("t1")
+        pg.sql("SELECT 1")          # psql over the unix socket, returns the output
         pg.restart()                # stop + start on the same port and data directory
 
 The newest server found under /usr/lib/postgresql/*/bin is used (PG_BINDIR overrides). PostgreSQL
@@ -212,6 +214,36 @@ class PgCluster:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"postgres did not become ready in {timeout}s:\n{self.server_log()}")
+
+    def sql(self, query: str, database: str | None = None) -> str:
+        """Run `query` with psql over the unix socket (as the superuser); returns its output
+        (unaligned, tuples only). Handy for admin statements in tests without a driver."""
+        proc = self._run_as(
+            [
+                str(self.bindir / "psql"),
+                "-h", str(self.socket_dir),
+                "-p", str(self.port),
+                "-U", self.user,
+                "-d", database or self.database,
+                "-v", "ON_ERROR_STOP=1",
+                "-X", "-q", "-A", "-t",
+                "-c", query,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"psql failed: {err.decode(errors='replace').strip()}")
+        return out.decode().strip()
+
+    def create_database(self, name: str) -> str:
+        """Create database `name`; returns its DSN."""
+        self.sql(f'CREATE DATABASE "{name}"', database="postgres")
+        return self.dsn_for(name)
+
+    def drop_database(self, name: str) -> None:
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
 
     def server_log(self) -> str:
         try:
