@@ -12,7 +12,7 @@ never deal with asyncio. The store is closed on exit.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,9 @@ async def open_sqlite(path: str | Path = ":memory:", **kw: Any) -> AsyncIterator
 @asynccontextmanager
 async def open_postgres(dsn: str | None = None, **kw: Any) -> AsyncIterator[Store]:
     """`kw` as PostgresStore.open takes them (host, port, user, password, database, ssl, ...)."""
-    import trio_asyncio
+    from trioscale.shared.store.postgres import PostgresStore, asyncio_loop
 
-    from trioscale.shared.store.postgres import PostgresStore
-
-    async with AsyncExitStack() as stack:
-        if trio_asyncio.current_loop.get() is None:
-            await stack.enter_async_context(trio_asyncio.open_loop())
+    async with asyncio_loop():
         store = await PostgresStore.open(dsn, **kw)
         try:
             yield store

@@ -156,6 +156,37 @@ async def _aio_drive(conn: asyncpg.Connection, gen) -> tuple[Any, int]:
         gen.close()
 
 
+def _single_leaf(eg: BaseExceptionGroup) -> BaseException | None:
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(eg)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+@asynccontextmanager
+async def asyncio_loop() -> AsyncIterator[None]:
+    """Run the body inside a trio-asyncio loop, opening one only if none is running. An exception
+    from the body comes out as itself, not wrapped in the loop nursery's ExceptionGroup."""
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    try:
+        async with trio_asyncio.open_loop():
+            yield
+    except BaseExceptionGroup as eg:
+        leaf = _single_leaf(eg)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
 class PostgresStore(OpsStore):
     def __init__(
         self,

@@ -47,7 +47,7 @@ def _enc(v: Any) -> Any:
     return v
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, migrations: list[list[str]] = SQLITE_MIGRATIONS) -> sqlite3.Connection:
     if path != ":memory:" and not path.startswith("file:"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -56,7 +56,7 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        migrate(conn)
+        migrate(conn, migrations)
     except BaseException:
         conn.close()
         raise
@@ -110,9 +110,16 @@ class SqliteStore(OpsStore):
 
     @classmethod
     async def open(
-        cls, path: str | Path = ":memory:", *, max_pending_registrations: int | None = None
+        cls,
+        path: str | Path = ":memory:",
+        *,
+        max_pending_registrations: int | None = None,
+        migrations: list[list[str]] | None = None,
     ) -> "SqliteStore":
-        conn = await trio.to_thread.run_sync(_connect, str(path))
+        """Open (creating it if needed) and migrate the database file at `path`; ":memory:" for a
+        private in-memory database. SchemaTooNew if the file was migrated by a newer trioscale."""
+        migrations = SQLITE_MIGRATIONS if migrations is None else migrations
+        conn = await trio.to_thread.run_sync(_connect, str(path), migrations)
         return cls(conn, max_pending_registrations=max_pending_registrations)
 
     async def aclose(self) -> None:

@@ -55,14 +55,10 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def open(self, **kw):
-        import trio_asyncio
-
-        from trioscale.shared.store.postgres import PostgresStore
+        from trioscale.shared.store.postgres import PostgresStore, asyncio_loop
 
         kw.setdefault("poll_interval", 30.0)  # the tests must pass on NOTIFY alone
-        async with AsyncExitStack() as stack:
-            if trio_asyncio.current_loop.get() is None:
-                await stack.enter_async_context(trio_asyncio.open_loop())
+        async with asyncio_loop():
             store = await PostgresStore.open(self.dsn, **kw)
             try:
                 yield store
@@ -93,11 +89,11 @@ def backend(request, tmp_path):
 @pytest.fixture
 async def store(backend):
     """A freshly opened store on an empty database (SQLite file or a new PostgreSQL database)."""
-    import trio_asyncio
-
     async with AsyncExitStack() as stack:
         if backend.name == "postgres":
-            # the loop lives for the whole test (pytest-trio shares contextvars with the test)
-            await stack.enter_async_context(trio_asyncio.open_loop())
-        s = await stack.enter_async_context(backend.open())
-        yield s
+            from trioscale.shared.store.postgres import asyncio_loop
+
+            # the loop lives for the whole test (pytest-trio shares contextvars with the test), so
+            # the test can open more stores on the same database
+            await stack.enter_async_context(asyncio_loop())
+        yield await stack.enter_async_context(backend.open())
