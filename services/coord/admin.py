@@ -132,9 +132,10 @@ def apikey_json(k: ApiKey, now: datetime) -> dict[str, Any]:
     }
 
 
-def node_json(n: Node, users: dict[int, User], now: datetime) -> dict[str, Any]:
+def node_json(n: Node, users: dict[int, User], now: datetime, online: bool | None = None) -> dict[str, Any]:
     u = users.get(n.user_id)
     return {
+        "online": online,
         "id": n.id,
         "name": n.hostname,
         "hostname": n.hostname,
@@ -241,6 +242,12 @@ def parse_expiration(value: Any, default: timedelta, now: datetime) -> datetime:
 
 def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> QuartTrio:
     """The admin API app. `require_auth=False` only for the trusted unix socket."""
+
+    def is_online(node_id: int) -> bool | None:
+        """Whether a map session of this process serves the node (None: no coordinator here)."""
+        coord = ctx.registry.get("coord")
+        return None if coord is None else node_id in coord.tailnet.online
+
     app = QuartTrio("trioscale.admin", static_folder=None, template_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["JSON_SORT_KEYS"] = False
@@ -308,6 +315,10 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
 
     @app.errorhandler(HTTPException)
     async def _http(exc: HTTPException) -> Response:
+        if exc.code == 404:
+            return err(404, f"no such API endpoint: {request.method} {request.path}")
+        if exc.code == 405:
+            return err(405, f"method {request.method} not allowed on {request.path}")
         return err(exc.code or 500, (exc.description or exc.name or "error").split("\n")[0])
 
     @app.errorhandler(Exception)
@@ -373,7 +384,7 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         log.info("user created: %s (id %d)", user.name, user.id)
         return {"user": user_json(user)}, 201
 
-    @app.post("/api/v1/user/<ref>/rename/<new_name>")
+    @app.post("/api/v1/user/<ref>/rename/<path:new_name>")
     async def rename_user(ref: str, new_name: str) -> Any:
         user = await find_user(ref)
         validate_user_name(new_name)
@@ -499,12 +510,12 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         user_id = (await find_user(ref)).id if ref else None
         now = utcnow()
         users = await users_by_id()
-        return {"nodes": [node_json(n, users, now) for n in await store.list_nodes(user_id)]}
+        return {"nodes": [node_json(n, users, now, is_online(n.id)) for n in await store.list_nodes(user_id)]}
 
     @app.get("/api/v1/node/<ref>")
     async def get_node(ref: str) -> Any:
         node = await find_node(ref)
-        return {"node": node_json(node, await users_by_id(), utcnow())}
+        return {"node": node_json(node, await users_by_id(), utcnow(), is_online(node.id))}
 
     @app.delete("/api/v1/node/<ref>")
     async def delete_node(ref: str) -> Any:
@@ -530,7 +541,7 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         log.info("node expired: %s (id %d)", node.given_name, node.id)
         return {"node": node_json(node, await users_by_id(), now)}
 
-    @app.post("/api/v1/node/<ref>/rename/<new_name>")
+    @app.post("/api/v1/node/<ref>/rename/<path:new_name>")
     async def rename_node(ref: str, new_name: str) -> Any:
         node = await find_node(ref)
         validate_label(new_name)
@@ -552,13 +563,14 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         if not isinstance(reg_id, str) or not _REG_ID.match(reg_id):
             raise BadRequest(f"invalid registration id {reg_id!r}")
         user = await find_user(user_ref)
-        reg = await complete_registration(store, reg_id, user, utcnow())
-        out: dict[str, Any] = {"registration": registration_json(reg)}
-        if reg.node_id:
-            node = await store.get_node(reg.node_id)
-            if node is not None:
-                out["node"] = node_json(node, await users_by_id(), utcnow())
-        log.info("registration %s completed for user %s", reg.id, user.name)
+        result = await complete_registration(store, reg_id, user, utcnow(), config=ctx.config)
+        out: dict[str, Any] = {}
+        if isinstance(result, Node):
+            out["node"] = node_json(result, await users_by_id(), utcnow())
+            out["registration"] = {"id": reg_id, "node_id": result.id, "user_id": user.id}
+        else:
+            out["registration"] = registration_json(result)
+        log.info("registration %s completed for user %s", reg_id, user.name)
         return out
 
     return app
