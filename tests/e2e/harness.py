@@ -229,7 +229,7 @@ class Caddy:
         return self.proc is not None and self.proc.poll() is None
 
 
-def web_caddyfile(hostname: str = "web") -> str:
+def web_caddyfile(hostname: str = "web", ephemeral: bool = False) -> str:
     """A node that serves `hello` on tailnet port 80 only (no host listener)."""
     return f"""
     {{
@@ -241,7 +241,7 @@ def web_caddyfile(hostname: str = "web") -> str:
             control_url {{env.CONTROL_URL}}
             auth_key {{env.TS_AUTHKEY}}
             state_dir {{env.STATE_DIR}}
-            ephemeral {{env.TS_EPHEMERAL}}
+            ephemeral {"true" if ephemeral else "false"}
             {hostname} {{
                 hostname {hostname}
             }}

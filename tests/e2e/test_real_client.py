@@ -37,7 +37,7 @@ def caddies():
 
 def start_caddy(caddies: list, srv: Trioscale, name: str, caddyfile: str, authkey: str | None = "",
                 **env: str) -> Caddy:
-    environment = {"CONTROL_URL": srv.server_url, "TS_EPHEMERAL": env.pop("TS_EPHEMERAL", "false"), **env}
+    environment = {"CONTROL_URL": srv.server_url, **env}
     if authkey is not None:
         environment["TS_AUTHKEY"] = authkey
     caddy = Caddy(srv.workdir, name, caddyfile, environment).start()
@@ -176,7 +176,7 @@ def test_f_ephemeral_node_removed_after_inactivity(tmp_path, caddies):
     try:
         srv.create_user("alice")
         key = srv.create_key("alice", "--ephemeral")
-        web = start_caddy(caddies, srv, "web", web_caddyfile("web"), key)
+        web = start_caddy(caddies, srv, "web", web_caddyfile("web", ephemeral=True), key)
         wait_for(lambda: node_online(srv, "web"), JOIN_TIMEOUT, "the ephemeral node online")
         assert srv.node_named("web")["ephemeral"] is True
         web.stop()
