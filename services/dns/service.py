@@ -1,0 +1,466 @@
+"""The DNS server's Trio adapter: UDP and TCP on ``ctx.config.dns.listen_addr``.
+
+Binds both transports on the same port (a configured port 0 picks one free for both), loads every
+node from the store, then follows the store's change log (no polling) so a node added anywhere
+resolves at once. Watches ``dns.extra_records_path`` (a cheap stat every couple of seconds; the
+file is re-read and re-parsed only when its mtime/size/inode change, and applied only when its
+content hash changes). Forwards names outside its zones to ``dns.nameservers.global`` over UDP
+when any are configured.
+
+Registers ``ctx.registry["dns"]`` (a :class:`DnsService`: ``.stats`` counters, ``.zone``,
+``.address``, ``.port``) and makes sure ``ctx.registry["dns_txt"]`` (the shared TXT table, see
+``txt.py``) exists. Reports ``{"dns": "host:port"}``. Cancel = clean shutdown.
+
+Safety: per-source token buckets (default 100 q/s, burst 200; a UDP source over its rate gets no
+answer, a TCP one gets REFUSED), at most 128 TCP connections, 10 s idle timeout per connection,
+bounded reads, at most 256 forwards in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trioscale.config import split_hostport
+
+from .ratelimit import RateLimiter
+from .resolver import DnsStats, Forward, Resolver, parse_upstreams
+from .txt import TxtRecords, txt_records_in
+from .zone import Zone, parse_extra_records
+
+__all__ = ["serve", "DnsService", "DnsOptions"]
+
+#: node fields the zone depends on; other node updates (endpoints, last_seen, ...) are skipped
+_DNS_FIELDS = frozenset({"given_name", "ipv4", "ipv6"})
+_UDP_RECV = 4096
+#: largest extra_records file read
+_MAX_RECORDS_FILE = 4 * 1024 * 1024
+
+
+@dataclass
+class DnsOptions:
+    """Tunables (no configuration keys yet; `serve(..., options=)` for tests and tools)."""
+
+    rate: float = 100.0
+    burst: float = 200.0
+    max_sources: int = 10_000
+    max_tcp_connections: int = 128
+    tcp_idle_timeout: float = 10.0
+    tcp_write_timeout: float = 10.0
+    forward_timeout: float = 2.0
+    max_forwards: int = 256
+    watch_interval: float = 2.0
+    max_udp_size: int = 4096
+    ttl: int = 60
+
+
+@dataclass
+class DnsService:
+    """What the running DNS service shares through ``ctx.registry["dns"]``."""
+
+    zone: Zone
+    resolver: Resolver
+    txt: TxtRecords
+    stats: DnsStats
+    options: DnsOptions
+    address: str = ""
+    port: int = 0
+    #: seq of the last store change applied
+    seq: int = 0
+    tcp_active: int = 0
+    forwards_active: int = 0
+    extra_records_problems: list[str] = field(default_factory=list)
+
+
+# -- binding ---------------------------------------------------------------------------------
+
+
+async def _resolve_host(host: str) -> tuple[int, str]:
+    if host in ("", "*"):
+        host = "0.0.0.0"
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), host
+    except ValueError:
+        infos = await trio.socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        return family, sockaddr[0]
+
+
+async def _bind_pair(host: str, port: int) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """A UDP and a TCP (listening) socket on the same port; port 0 → one free for both."""
+    family, addr = await _resolve_host(host)
+    attempts = 1 if port else 64
+    last_exc: OSError | None = None
+    for _ in range(attempts):
+        udp = trio.socket.socket(family, socket.SOCK_DGRAM)
+        tcp = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_INET6:
+                only = 0 if addr == "::" else 1
+                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, only)
+                tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, only)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await udp.bind((addr, port))
+            chosen = udp.getsockname()[1]
+            await tcp.bind((addr, chosen))
+            tcp.listen(128)
+            return udp, tcp
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            if port or exc.errno != errno.EADDRINUSE:
+                raise
+            last_exc = exc
+    assert last_exc is not None
+    raise last_exc
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- store follower --------------------------------------------------------------------------
+
+
+async def _load_all(store: Any, zone: Zone) -> int:
+    """Load every node (the seq is taken first, so nothing committed meanwhile is missed)."""
+    seq = await store.latest_seq()
+    nodes = await store.list_nodes()
+    keep = {n.id for n in nodes}
+    for node_id in zone.node_ids():
+        if node_id not in keep:
+            zone.remove_node(node_id)
+    for node in nodes:
+        zone.upsert_node(node)
+    zone.bump(seq)
+    return seq
+
+
+async def _apply(store: Any, zone: Zone, change: Any) -> None:
+    kind = change.kind
+    if kind in ("node.created", "node.updated"):
+        data = change.data or {}
+        node_id = data.get("id")
+        fields = data.get("fields")
+        if node_id is None:
+            return
+        if kind == "node.updated" and fields is not None and not _DNS_FIELDS.intersection(fields):
+            return
+        node = await store.get_node(node_id)
+        if node is None:
+            zone.remove_node(node_id)
+        else:
+            zone.upsert_node(node)
+        zone.bump(change.seq)
+    elif kind == "node.deleted":
+        node_id = (change.data or {}).get("id")
+        if node_id is not None:
+            zone.remove_node(node_id)
+            zone.bump(change.seq)
+
+
+async def _follow_store(ctx: Any, svc: DnsService) -> None:
+    """Apply node changes as they commit; on a failure, wait, reload everything, resubscribe."""
+    while True:
+        try:
+            async with ctx.store.subscribe(since=svc.seq) as changes:
+                async for change in changes:
+                    await _apply(ctx.store, svc.zone, change)
+                    svc.seq = change.seq
+        except Exception as exc:  # the store raised: keep serving the data we have
+            ctx.log.warning("dns: store change feed failed (%s); reloading", exc)
+            await trio.sleep(1)
+            try:
+                svc.seq = await _load_all(ctx.store, svc.zone)
+            except Exception as exc2:
+                ctx.log.warning("dns: reloading nodes failed (%s); retrying", exc2)
+
+
+# -- extra records file ----------------------------------------------------------------------
+
+
+class _RecordsFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp: tuple[int, int, int] | None = None
+        self.digest: bytes | None = None
+        self.missing_logged = False
+
+    async def check(self, ctx: Any, svc: DnsService) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            if not self.missing_logged:
+                ctx.log.warning("dns: extra_records_path %s: %s (keeping the records loaded before)", self.path, exc.strerror)
+                self.missing_logged = True
+            self.stamp = None
+            return
+        self.missing_logged = False
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
+        if st.st_size > _MAX_RECORDS_FILE:
+            ctx.log.warning("dns: extra_records_path %s is larger than %d bytes; ignored", self.path, _MAX_RECORDS_FILE)
+            return
+        try:
+            data = await trio.to_thread.run_sync(self.path.read_bytes)
+        except OSError as exc:
+            ctx.log.warning("dns: cannot read extra_records_path %s: %s", self.path, exc)
+            self.stamp = None
+            return
+        digest = hashlib.sha256(data).digest()
+        if digest == self.digest:
+            return
+        try:
+            good, problems = parse_extra_records(data)
+        except ValueError as exc:
+            ctx.log.warning("dns: extra_records_path %s: %s (keeping the records loaded before)", self.path, exc)
+            return
+        self.digest = digest
+        for p in problems:
+            ctx.log.warning("dns: extra_records_path %s: %s (skipped)", self.path, p)
+        svc.extra_records_problems = problems
+        svc.zone.set_source("file", good)
+        svc.zone.bump()
+        ctx.log.info("dns: loaded %d extra record(s) from %s", len(good), self.path)
+
+
+async def _housekeeping(ctx: Any, svc: DnsService, records_file: _RecordsFile | None) -> None:
+    while True:
+        await trio.sleep(svc.options.watch_interval)
+        svc.txt.purge(time.time())
+        if records_file is not None:
+            await records_file.check(ctx, svc)
+
+
+# -- forwarding ------------------------------------------------------------------------------
+
+
+async def _udp_exchange(host: str, port: int, fwd: Forward) -> bytes | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            await sock.connect((host, port))
+            await sock.send(fwd.query)
+            while True:
+                data = await sock.recv(65535)
+                if fwd.matches(data):
+                    return data
+        except OSError:
+            return None
+
+
+async def _read_exact(stream: trio.abc.ReceiveStream, n: int, buf: bytearray) -> bytes | None:
+    while len(buf) < n:
+        chunk = await stream.receive_some(max(n - len(buf), 4096))
+        if not chunk:
+            return None
+        buf += chunk
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+async def _tcp_exchange(host: str, port: int, fwd: Forward) -> bytes | None:
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError:
+        return None
+    async with stream:
+        try:
+            await stream.send_all(struct.pack("!H", len(fwd.query)) + fwd.query)
+            buf = bytearray()
+            head = await _read_exact(stream, 2, buf)
+            if head is None:
+                return None
+            data = await _read_exact(stream, struct.unpack("!H", head)[0], buf)
+        except (OSError, trio.BrokenResourceError):
+            return None
+    return data if data is not None and fwd.matches(data) else None
+
+
+async def _forward(svc: DnsService, fwd: Forward) -> bytes:
+    """Ask the upstreams in order; the client's reply (SERVFAIL if none answered)."""
+    timeout = svc.options.forward_timeout
+    reply = None
+    for host, port in fwd.upstreams:
+        with trio.move_on_after(timeout):
+            reply = await _udp_exchange(host, port, fwd)
+        if reply is not None:
+            break
+    if reply is not None and fwd.transport == "tcp" and reply[2] & 0x02:
+        # truncated upstream answer and the client can take it all: ask again over TCP
+        with trio.move_on_after(timeout):
+            full = await _tcp_exchange(host, port, fwd)
+            if full is not None:
+                reply = full
+    return svc.resolver.forward_reply(fwd, reply)
+
+
+# -- listeners -------------------------------------------------------------------------------
+
+
+async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: trio.Nursery) -> None:
+    handle = svc.resolver.handle
+    stats = svc.stats
+
+    async def forward_and_reply(fwd: Forward, addr: Any) -> None:
+        try:
+            out = await _forward(svc, fwd)
+            try:
+                await sock.sendto(out, addr)
+            except OSError:
+                pass
+        finally:
+            svc.forwards_active -= 1
+
+    while True:
+        try:
+            data, addr = await sock.recvfrom(_UDP_RECV)
+        except OSError:  # e.g. an ICMP error reported on the socket
+            continue
+        result = handle(data, source=addr, now=time.time(), transport="udp")
+        if result is None:
+            continue
+        if isinstance(result, Forward):
+            if svc.forwards_active >= svc.options.max_forwards:
+                result = svc.resolver.forward_reply(result, None)
+            else:
+                svc.forwards_active += 1
+                nursery.start_soon(forward_and_reply, result, addr)
+                continue
+        try:
+            await sock.sendto(result, addr)
+        except OSError:
+            stats.dropped += 1
+
+
+def _tcp_handler(svc: DnsService) -> Any:
+    opts = svc.options
+    stats = svc.stats
+
+    async def handle_conn(stream: trio.SocketStream) -> None:
+        if svc.tcp_active >= opts.max_tcp_connections:
+            stats.tcp_rejected += 1
+            await trio.aclose_forcefully(stream)
+            return
+        svc.tcp_active += 1
+        stats.tcp_connections += 1
+        try:
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:
+                return
+            buf = bytearray()
+            while True:
+                msg = None
+                with trio.move_on_after(opts.tcp_idle_timeout):
+                    head = await _read_exact(stream, 2, buf)
+                    if head is not None:
+                        msg = await _read_exact(stream, struct.unpack("!H", head)[0], buf)
+                if msg is None:
+                    return  # idle, closed, or cut in the middle of a message
+                result = svc.resolver.handle(msg, source=peer, now=time.time(), transport="tcp")
+                if result is None:
+                    continue
+                if isinstance(result, Forward):
+                    if svc.forwards_active >= opts.max_forwards:
+                        result = svc.resolver.forward_reply(result, None)
+                    else:
+                        svc.forwards_active += 1
+                        try:
+                            result = await _forward(svc, result)
+                        finally:
+                            svc.forwards_active -= 1
+                with trio.move_on_after(opts.tcp_write_timeout) as cs:
+                    await stream.send_all(struct.pack("!H", len(result)) + result)
+                if cs.cancelled_caught:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            svc.tcp_active -= 1
+            await trio.aclose_forcefully(stream)
+
+    return handle_conn
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+async def serve(
+    ctx: Any,
+    *,
+    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
+    options: DnsOptions | None = None,
+) -> None:
+    opts = options or DnsOptions()
+    cfg = ctx.config.dns
+    host, port = split_hostport(cfg.listen_addr)
+    udp_sock, tcp_sock = await _bind_pair(host, port)
+    with udp_sock, tcp_sock:
+        bound_host, bound_port = udp_sock.getsockname()[:2]
+        shown = _show(host or bound_host, bound_port)
+
+        ns_addresses: list[str] = []
+        try:
+            ip = ipaddress.ip_address(bound_host)
+            if not ip.is_unspecified:
+                ns_addresses.append(str(ip))
+        except ValueError:
+            pass
+        txt = txt_records_in(ctx.registry)
+        zone = Zone(
+            cfg.base_domain,
+            (ctx.config.prefixes.v4, ctx.config.prefixes.v6),
+            txt=txt,
+            ttl=opts.ttl,
+            ns_addresses=ns_addresses,
+        )
+        for problem in zone.set_extra_records(cfg.extra_records, "config"):
+            ctx.log.warning("dns: extra_records: %s (skipped)", problem)
+        upstreams, problems = parse_upstreams(cfg.nameservers.global_)
+        for problem in problems:
+            ctx.log.warning("dns: %s; not used for forwarding", problem)
+        stats = DnsStats()
+        resolver = Resolver(
+            zone,
+            upstreams=upstreams,
+            rate_limiter=RateLimiter(opts.rate, opts.burst, opts.max_sources),
+            stats=stats,
+            max_udp_size=opts.max_udp_size,
+        )
+        svc = DnsService(zone=zone, resolver=resolver, txt=txt, stats=stats, options=opts, address=shown, port=bound_port)
+        svc.seq = await _load_all(ctx.store, zone)
+        records_file = None
+        if cfg.extra_records_path is not None:
+            records_file = _RecordsFile(Path(cfg.extra_records_path))
+            await records_file.check(ctx, svc)
+        ctx.registry["dns"] = svc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_follow_store, ctx, svc)
+            nursery.start_soon(_housekeeping, ctx, svc, records_file)
+            nursery.start_soon(_serve_udp, udp_sock, svc, nursery)
+            listener = trio.SocketListener(tcp_sock)
+            nursery.start_soon(trio.serve_listeners, _tcp_handler(svc), [listener])
+            ctx.log.info(
+                "DNS listening on %s (udp+tcp) for %s and %d reverse zone(s)%s",
+                shown,
+                zone.base_domain,
+                len(zone.apexes) - 1,
+                f", forwarding to {', '.join(_show(h, p) for h, p in upstreams)}" if upstreams else "",
+            )
+            task_status.started({"dns": shown})

@@ -1,0 +1,131 @@
+"""TXT records set by the coordinator (ACME DNS-01 through ``/machine/set-dns``), pure data.
+
+One ``TxtRecords`` object is shared in the process as ``ctx.registry["dns_txt"]``; whichever service
+starts first creates it with :func:`txt_records_in` (the DNS service does so if it is missing). The
+coordinator calls ``set(name, values, expires_at)`` and ``clear(name)``; the DNS zone reads it on
+every TXT query. Values expire (default: 10 minutes after they were set), so a forgotten
+challenge never lingers.
+
+Limitation: this lives in one process. When the coordinator and the DNS server run as separate
+processes (``trioscale coord`` + ``trioscale dns``), TXT values set in one are not seen by the
+other; that needs a store table with change events (later).
+
+Times are wall-clock seconds since the epoch (``time.time()``) or aware datetimes; ``now`` is an
+argument wherever the answer depends on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, MutableMapping
+from datetime import datetime
+from typing import Any
+
+__all__ = ["TxtRecords", "txt_records_in", "DEFAULT_TXT_TTL", "normalize_name"]
+
+#: how long a TXT value lives when the caller gives no expiry (seconds)
+DEFAULT_TXT_TTL = 600.0
+#: bounds, so a misbehaving caller cannot grow the table without limit
+MAX_NAMES = 10_000
+MAX_VALUES = 16
+MAX_VALUE_BYTES = 255  # one DNS character-string; ACME tokens are 43 characters
+
+
+def normalize_name(name: str) -> str:
+    """Lower case, no trailing dot: the form every table in the DNS service is keyed by."""
+    return name.strip().rstrip(".").lower()
+
+
+def _as_epoch(value: float | datetime) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("expires_at must be timezone-aware")
+        return value.timestamp()
+    return float(value)
+
+
+class TxtRecords:
+    """name → (values, expires_at). Not a cache of the store: the only copy (see module doc)."""
+
+    def __init__(self, *, default_ttl: float = DEFAULT_TXT_TTL, max_names: int = MAX_NAMES) -> None:
+        self.default_ttl = default_ttl
+        self.max_names = max_names
+        self._entries: dict[str, tuple[tuple[str, ...], float]] = {}
+        #: grows on every change; the zone adds it into the SOA serial
+        self.version = 0
+
+    def set(
+        self,
+        name: str,
+        values: Iterable[str],
+        expires_at: float | datetime | None = None,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Replace the TXT values of `name` (an FQDN such as ``_acme-challenge.host.<base_domain>``).
+
+        `expires_at` (epoch seconds or an aware datetime) defaults to `now` + ``default_ttl``. An
+        empty `values` is the same as :meth:`clear`. ValueError for values that cannot be served
+        (more than 16, longer than 255 bytes, not text) or when the table is full.
+        """
+        key = normalize_name(name)
+        if not key:
+            raise ValueError("TXT record name is empty")
+        vals = tuple(values)
+        if not vals:
+            self.clear(name)
+            return
+        if len(vals) > MAX_VALUES:
+            raise ValueError(f"at most {MAX_VALUES} TXT values per name, got {len(vals)}")
+        for v in vals:
+            if not isinstance(v, str):
+                raise ValueError(f"TXT values must be strings, got {v!r}")
+            if len(v.encode("utf-8")) > MAX_VALUE_BYTES:
+                raise ValueError(f"TXT value longer than {MAX_VALUE_BYTES} bytes")
+        now = time.time() if now is None else now
+        expiry = now + self.default_ttl if expires_at is None else _as_epoch(expires_at)
+        if key not in self._entries and len(self._entries) >= self.max_names:
+            self.purge(now)
+            if len(self._entries) >= self.max_names:
+                raise ValueError(f"too many TXT records (limit {self.max_names})")
+        self._entries[key] = (vals, expiry)
+        self.version += 1
+
+    def clear(self, name: str) -> None:
+        """Remove every TXT value of `name`; absent names are fine."""
+        if self._entries.pop(normalize_name(name), None) is not None:
+            self.version += 1
+
+    def get(self, name: str, now: float) -> tuple[str, ...]:
+        """The live values of `name` (already normalised), () if none or expired."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return ()
+        if entry[1] <= now:
+            del self._entries[name]
+            self.version += 1
+            return ()
+        return entry[0]
+
+    def purge(self, now: float) -> int:
+        """Drop expired entries; returns how many."""
+        dead = [k for k, (_, exp) in self._entries.items() if exp <= now]
+        for k in dead:
+            del self._entries[k]
+        if dead:
+            self.version += 1
+        return len(dead)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def txt_records_in(registry: MutableMapping[str, Any]) -> TxtRecords:
+    """The process's shared TXT table, created on first use: ``registry["dns_txt"]``."""
+    obj = registry.get("dns_txt")
+    if obj is None:
+        obj = registry["dns_txt"] = TxtRecords()
+    return obj
