@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -237,7 +237,7 @@ class Store(abc.ABC):
         """Changes with seq > `seq`, oldest first, at most `limit`."""
 
     @abc.abstractmethod
-    def subscribe(self, since: int | None = None) -> "AsyncIterator[Change]":
+    def subscribe(self, since: int | None = None) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
         """An async context manager yielding an async iterator over every change after `since`
         (default: the newest seq at subscription time), in order, forever. It waits on the
         wake-up, then reads the log; if the wake-up channel breaks (PostgreSQL connection lost) it

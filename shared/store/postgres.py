@@ -208,6 +208,8 @@ class PostgresStore(OpsStore):
         self._wake = trio.Event()
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lock = trio.Lock()
+        self._last_poll = -1e9
+        self._polled_seq: int | None = None
         #: how many times the LISTEN connection was (re)established (for tests and metrics)
         self.listener_connects = 0
 
@@ -345,6 +347,18 @@ class PostgresStore(OpsStore):
         old, self._wake = self._wake, trio.Event()
         old.set()
 
+    async def _poll_external(self) -> None:
+        """Safety net for a LISTEN connection that died silently: wake subscribers if the log grew.
+        Rate-limited store-wide to one query per poll_interval."""
+        now = trio.current_time()
+        if now - self._last_poll < self.poll_interval or self._closed:
+            return
+        self._last_poll = now
+        seq = await self.latest_seq()
+        if seq != self._polled_seq:
+            self._polled_seq = seq
+            self._notify()
+
     def _on_notification(self, conn, pid, channel, payload) -> None:
         # called by asyncpg in the (trio-asyncio) loop, i.e. in the Trio thread
         self._notify()
@@ -434,9 +448,14 @@ class PostgresChanges:
                 self._backoff = min(self._backoff * 2, 5.0)
                 continue
             self._backoff = 0.05
-            if not self._buf:
-                with trio.move_on_after(store.poll_interval):
-                    await wake.wait()
+            try:
+                while not self._buf and not wake.is_set():
+                    with trio.move_on_after(store.poll_interval):
+                        await wake.wait()
+                    if not wake.is_set():
+                        await store._poll_external()
+            except StoreUnavailable:
+                pass  # the next round reconnects, with backoff
         change = self._buf.popleft()
         self.last_seq = change.seq
         return change

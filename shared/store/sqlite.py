@@ -102,11 +102,22 @@ def _conflict_from(e: sqlite3.IntegrityError) -> Conflict:
 
 
 class SqliteStore(OpsStore):
-    def __init__(self, conn: sqlite3.Connection, *, max_pending_registrations: int | None = None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        max_pending_registrations: int | None = None,
+        poll_interval: float = 2.0,
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self.max_pending_registrations = max_pending_registrations
+        #: how often idle subscribers check for commits by other processes (e.g. the CLI) on the
+        #: same file; one query per interval for all subscribers together
+        self.poll_interval = poll_interval
+        self._last_poll = -1e9
+        self._polled_seq: int | None = None
 
     @classmethod
     async def open(
@@ -115,12 +126,13 @@ class SqliteStore(OpsStore):
         *,
         max_pending_registrations: int | None = None,
         migrations: list[list[str]] | None = None,
+        poll_interval: float = 2.0,
     ) -> "SqliteStore":
         """Open (creating it if needed) and migrate the database file at `path`; ":memory:" for a
         private in-memory database. SchemaTooNew if the file was migrated by a newer trioscale."""
         migrations = SQLITE_MIGRATIONS if migrations is None else migrations
         conn = await trio.to_thread.run_sync(_connect, str(path), migrations)
-        return cls(conn, max_pending_registrations=max_pending_registrations)
+        return cls(conn, max_pending_registrations=max_pending_registrations, poll_interval=poll_interval)
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -136,6 +148,18 @@ class SqliteStore(OpsStore):
     def _notify(self) -> None:
         old, self._wake = self._wake, trio.Event()
         old.set()
+
+    async def _poll_external(self) -> None:
+        """Wake subscribers if the log grew behind our back (another process wrote to the file).
+        Rate-limited store-wide to one query per poll_interval."""
+        now = trio.current_time()
+        if now - self._last_poll < self.poll_interval or self.closed:
+            return
+        self._last_poll = now
+        seq = await self.latest_seq()
+        if seq != self._polled_seq:
+            self._polled_seq = seq
+            self._notify()
 
     # -- running operations ------------------------------------------------------------------------
     def _drive(self, write: bool, op, args: tuple) -> tuple[Any, int]:
@@ -187,7 +211,9 @@ class SqliteStore(OpsStore):
             except sqlite3.IntegrityError as e:
                 raise _conflict_from(e) from None
             except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"sqlite: {e}") from e
+                if any(w in str(e) for w in ("locked", "busy", "disk", "unable to open", "readonly", "full")):
+                    raise StoreUnavailable(f"sqlite: {e}") from e
+                raise
         if emitted:
             self._notify()
         return result
@@ -224,8 +250,11 @@ class SqliteChanges:
                 raise StopAsyncIteration
             wake = store._wake  # taken before reading, so a commit after the read still wakes us
             self._buf.extend(await store.changes_since(self.last_seq, BATCH))
-            if not self._buf:
-                await wake.wait()
+            while not self._buf and not wake.is_set():
+                with trio.move_on_after(store.poll_interval):
+                    await wake.wait()
+                if not wake.is_set():
+                    await store._poll_external()
         change = self._buf.popleft()
         self.last_seq = change.seq
         return change

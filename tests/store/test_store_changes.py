@@ -136,3 +136,18 @@ async def test_subscription_ends_when_store_closes(backend):
                 await store.aclose()
                 with trio.fail_after(5):
                     await done.wait()
+
+
+async def test_writes_by_another_store_on_the_same_database(backend):
+    """Another process (say the CLI) writes to the same database: subscribers see its changes
+    (PostgreSQL: NOTIFY; SQLite: the store-wide poll of the log)."""
+    async with backend.open(poll_interval=0.05) as store, backend.open() as other:
+        got = []
+        with trio.fail_after(10):
+            async with store.subscribe() as changes:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(collect, changes, 3, got)
+                    await trio.sleep(0.1)
+                    for name in ("a", "b", "c"):
+                        await other.create_user(name)
+        assert [(c.seq, c.data["name"]) for c in got] == [(1, "a"), (2, "b"), (3, "c")]
