@@ -138,7 +138,10 @@ async def serve_services(
             ctx.registry.setdefault("addresses", addresses)
             if print_next_steps:
                 sys.stdout.write(next_steps_text(config, addresses))
-                sys.stdout.flush()
+            else:
+                listening = ", ".join(f"{k}={v}" for k, v in addresses.items())
+                sys.stdout.write(f"trioscale is running ({', '.join(wanted)}): {listening}\n")
+            sys.stdout.flush()
             task_status.started(addresses)
 
 
