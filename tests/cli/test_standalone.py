@@ -93,3 +93,9 @@ def test_logs_mask_secrets() -> None:
         assert secret not in text
         assert f"tskey-api-{key.split('-')[2]}-****" in text
     setup_logging("info", "text")
+
+
+def test_trioscale_server_fixture(trioscale_server) -> None:
+    srv = trioscale_server(dns={"base_domain": "fixture.test"})
+    assert srv.config["dns"]["base_domain"] == "fixture.test"
+    assert srv.cli_json("users", "create", "yara")["name"] == "yara"
