@@ -237,7 +237,7 @@ class Resolver:
         if has_edns and (opts[0].ttl >> 16) & 0xFF != 0:
             reply = self._reply(req, 0)
             reply.add_ar(EDNS0(udp_len=EDNS_ADVERTISED, ext_rcode=BADVERS >> 4))
-            return self._count(reply.pack(), BADVERS)
+            return self._count(bytes(reply.pack()), BADVERS)
 
         q = req.questions[0]
         if q.qtype == _QTYPE_OPT:
@@ -288,7 +288,7 @@ class Resolver:
     ) -> bytes:
         if has_edns:
             reply.add_ar(EDNS0(udp_len=EDNS_ADVERTISED))
-        wire = reply.pack()
+        wire = bytes(reply.pack())
         if transport == "udp" and len(wire) > max_size:
             self.stats.truncated += 1
             wire = self._truncated(req, struct.unpack_from("!H", wire, 2)[0] | 0x0200, has_edns)
@@ -300,7 +300,7 @@ class Resolver:
         out = DNSRecord(DNSHeader(id=req.header.id, bitmap=flags & 0xFFFF), questions=list(req.questions))
         if has_edns:
             out.add_ar(EDNS0(udp_len=EDNS_ADVERTISED))
-        return out.pack()
+        return bytes(out.pack())
 
     @staticmethod
     def _rr(rec: Record, owner: DNSLabel | None) -> RR:

@@ -408,6 +408,10 @@ async def serve(
 ) -> None:
     opts = options or DnsOptions()
     cfg = ctx.config.dns
+    if not cfg.listen_addr:
+        ctx.log.info("DNS server disabled (dns.listen_addr is empty)")
+        task_status.started({})
+        await trio.sleep_forever()
     host, port = split_hostport(cfg.listen_addr)
     udp_sock, tcp_sock = await _bind_pair(host, port)
     with udp_sock, tcp_sock:

@@ -1,0 +1,333 @@
+"""The running DNS service on loopback, asked by a real client library (dnspython, from threads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.reversename
+import pytest
+import trio
+from dnslib import RR, DNSRecord
+
+from trioscale.config import config_from_dict
+from trioscale.context import ServiceContext
+from trioscale.services.dns.service import DnsOptions, serve
+from trioscale.shared.model import Node
+from trioscale.shared.store.sqlite import SqliteStore
+
+BASE = "tailnet.internal"
+_count = 0
+
+
+def make_node(given_name: str, ipv4: str | None, ipv6: str | None = None, *, user_id: int) -> Node:
+    global _count
+    _count += 1
+    i = _count
+    return Node(
+        id=0,
+        machine_key=b"m" + i.to_bytes(31, "big"),
+        node_key=b"n" + i.to_bytes(31, "big"),
+        user_id=user_id,
+        hostname=given_name,
+        given_name=given_name,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        register_method="cli",
+    )
+
+
+FAST = DnsOptions(watch_interval=0.05)
+
+
+@asynccontextmanager
+async def running(dns_cfg: dict[str, Any] | None = None, options: DnsOptions = FAST, nodes=()) -> AsyncIterator[tuple[ServiceContext, str, int]]:
+    cfg = config_from_dict({"dns": {"base_domain": BASE, "listen_addr": "127.0.0.1:0", **(dns_cfg or {})}})
+    store = await SqliteStore.open(":memory:")
+    try:
+        user = await store.create_user("alice")
+        for n in nodes:
+            await store.create_node(n.replace(user_id=user.id))
+        ctx = ServiceContext(config=cfg, store=store)
+        ctx.registry["user_id"] = user.id
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(lambda task_status: serve(ctx, task_status=task_status, options=options))
+            host, port = addrs["dns"].rsplit(":", 1)
+            yield ctx, host, int(port)
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+
+
+async def udp(host: str, port: int, name: str, rdtype: str = "A", *, timeout: float = 2.0, **kw: Any) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)
+    return await trio.to_thread.run_sync(lambda: dns.query.udp(q, host, port=port, timeout=timeout))
+
+
+async def tcp(host: str, port: int, name: str, rdtype: str = "A", **kw: Any) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)
+    return await trio.to_thread.run_sync(lambda: dns.query.tcp(q, host, port=port, timeout=2.0))
+
+
+def addrs(msg: dns.message.Message) -> list[str]:
+    return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
+
+
+NODES = [
+    make_node("alpha", "100.64.0.1", "fd7a:115c:a1e0::1", user_id=0),
+    make_node("v4only", "100.64.0.2", None, user_id=0),
+]
+EXTRA = [{"name": f"many.{BASE}", "type": "A", "value": f"100.64.1.{i}"} for i in range(60)] + [
+    {"name": f"grafana.{BASE}", "type": "AAAA", "value": "fd7a:115c:a1e0::50"}
+]
+
+
+async def test_every_record_kind_over_udp_and_tcp():
+    async with running({"extra_records": EXTRA}, nodes=NODES) as (ctx, host, port):
+        r = await udp(host, port, f"Alpha.{BASE}", "A")
+        assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
+        assert addrs(r) == ["100.64.0.1"]
+        assert addrs(await udp(host, port, f"alpha.{BASE}", "AAAA")) == ["fd7a:115c:a1e0::1"]
+        assert addrs(await tcp(host, port, f"alpha.{BASE}", "AAAA")) == ["fd7a:115c:a1e0::1"]
+        assert addrs(await udp(host, port, f"grafana.{BASE}", "AAAA")) == ["fd7a:115c:a1e0::50"]
+        soa = await udp(host, port, BASE, "SOA")
+        assert soa.answer[0].rdtype == dns.rdatatype.SOA and soa.answer[0][0].mname.to_text() == f"ns.{BASE}."
+        ns = await udp(host, port, BASE, "NS")
+        assert addrs(ns) == [f"ns.{BASE}."]
+        assert addrs(await udp(host, port, f"ns.{BASE}", "A")) == ["127.0.0.1"]
+        # TXT set through the shared table
+        ctx.registry["dns_txt"].set(f"_acme-challenge.alpha.{BASE}", ["tok-1"])
+        txt = await udp(host, port, f"_acme-challenge.alpha.{BASE}", "TXT")
+        assert addrs(txt) == ['"tok-1"']
+        ctx.registry["dns_txt"].clear(f"_acme-challenge.alpha.{BASE}")
+        gone = await udp(host, port, f"_acme-challenge.alpha.{BASE}", "TXT")
+        assert gone.rcode() == dns.rcode.NXDOMAIN
+        stats = ctx.registry["dns"].stats
+        assert stats.queries >= 9 and stats.rcodes["NOERROR"] >= 8
+
+
+async def test_reverse_lookups():
+    async with running(nodes=NODES) as (ctx, host, port):
+        r = await udp(host, port, dns.reversename.from_address("100.64.0.1").to_text(), "PTR")
+        assert addrs(r) == [f"alpha.{BASE}."]
+        r = await udp(host, port, dns.reversename.from_address("fd7a:115c:a1e0::1").to_text(), "PTR")
+        assert addrs(r) == [f"alpha.{BASE}."]
+        r = await udp(host, port, dns.reversename.from_address("100.64.7.7").to_text(), "PTR")
+        assert r.rcode() == dns.rcode.NXDOMAIN and r.authority[0].rdtype == dns.rdatatype.SOA
+        assert r.authority[0].name.to_text() == "64.100.in-addr.arpa."
+
+
+async def test_nxdomain_nodata_refused():
+    async with running(nodes=NODES) as (ctx, host, port):
+        nodata = await udp(host, port, f"v4only.{BASE}", "AAAA")
+        assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+        assert nodata.authority[0].rdtype == dns.rdatatype.SOA
+        nx = await udp(host, port, f"nobody.{BASE}", "A")
+        assert nx.rcode() == dns.rcode.NXDOMAIN and nx.authority[0].rdtype == dns.rdatatype.SOA
+        refused = await udp(host, port, "example.com", "A")
+        assert refused.rcode() == dns.rcode.REFUSED
+        assert ctx.registry["dns"].stats.rcodes["REFUSED"] == 1
+
+
+async def test_truncation_then_tcp_gets_everything():
+    async with running({"extra_records": EXTRA}) as (ctx, host, port):
+        q = dns.message.make_query(f"many.{BASE}", "A")  # no EDNS: 512 bytes
+        r = await trio.to_thread.run_sync(lambda: dns.query.udp(q, host, port=port, timeout=2, ignore_trailing=True))
+        assert r.flags & dns.flags.TC and not r.answer
+        r, used_tcp = await trio.to_thread.run_sync(
+            lambda: dns.query.udp_with_fallback(q, host, port=port, timeout=2)
+        )
+        assert used_tcp and len(addrs(r)) == 60
+        # with a big enough EDNS buffer it fits in one datagram
+        r = await udp(host, port, f"many.{BASE}", "A", use_edns=0, payload=4096)
+        assert not r.flags & dns.flags.TC and len(addrs(r)) == 60
+        assert ctx.registry["dns"].stats.truncated >= 2
+
+
+async def test_node_added_through_the_store_resolves_within_a_second():
+    async with running() as (ctx, host, port):
+        assert (await udp(host, port, f"newbie.{BASE}")).rcode() == dns.rcode.NXDOMAIN
+        uid = ctx.registry["user_id"]
+        t0 = time.monotonic()
+        node = await ctx.store.create_node(make_node("newbie", "100.64.0.77", "fd7a:115c:a1e0::77", user_id=uid))
+        while True:
+            r = await udp(host, port, f"newbie.{BASE}")
+            if r.answer:
+                break
+            assert time.monotonic() - t0 < 1.0, "node did not resolve within 1 s"
+            await trio.sleep(0.02)
+        assert addrs(r) == ["100.64.0.77"]
+        assert time.monotonic() - t0 < 1.0
+        # rename, then delete: both seen without a restart
+        await ctx.store.update_node(node.id, given_name="renamed")
+        await wait_until(lambda: "renamed.tailnet.internal" in ctx.registry["dns"].zone)
+        assert addrs(await udp(host, port, f"renamed.{BASE}")) == ["100.64.0.77"]
+        assert (await udp(host, port, f"newbie.{BASE}")).rcode() == dns.rcode.NXDOMAIN
+        await ctx.store.delete_node(node.id)
+        await wait_until(lambda: "renamed.tailnet.internal" not in ctx.registry["dns"].zone)
+        assert (await udp(host, port, f"renamed.{BASE}")).rcode() == dns.rcode.NXDOMAIN
+        assert ctx.registry["dns"].seq == await ctx.store.latest_seq()
+
+
+async def wait_until(cond, timeout: float = 1.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.01)
+
+
+async def test_extra_records_file_is_watched(tmp_path):
+    path = tmp_path / "extra.json"
+    path.write_text(json.dumps([{"name": f"db.{BASE}", "type": "A", "value": "100.64.5.5"}]))
+    async with running({"extra_records_path": str(path)}) as (ctx, host, port):
+        assert addrs(await udp(host, port, f"db.{BASE}")) == ["100.64.5.5"]
+        path.write_text(json.dumps([{"name": f"db.{BASE}", "type": "A", "value": "100.64.5.6"},
+                                    {"name": f"cache.{BASE}", "type": "A", "value": "100.64.5.7"}]))
+        os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        await wait_until(lambda: "cache.tailnet.internal" in ctx.registry["dns"].zone, 2.0)
+        assert addrs(await udp(host, port, f"db.{BASE}")) == ["100.64.5.6"]
+        # a broken file keeps the records loaded before
+        path.write_text("[{")
+        os.utime(path, ns=(time.time_ns() + 2 * 10**9, time.time_ns() + 2 * 10**9))
+        await trio.sleep(0.3)
+        assert addrs(await udp(host, port, f"cache.{BASE}")) == ["100.64.5.7"]
+
+
+async def fake_upstream(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A tiny upstream answering every A query with 192.0.2.99 (and 40 records for big.example)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        task_status.started(sock.getsockname()[1])
+        while True:
+            data, addr = await sock.recvfrom(4096)
+            q = DNSRecord.parse(data)
+            a = q.reply()
+            name = str(q.q.qname)
+            count = 40 if name.startswith("big.") else 1
+            for i in range(count):
+                a.add_answer(*RR.fromZone(f"{name} 300 IN A 192.0.2.{99 + i}"))
+            await sock.sendto(a.pack(), addr)
+
+
+async def test_forwarding_to_upstreams_and_servfail(nursery):
+    up_port = await nursery.start(fake_upstream)
+    async with running({"nameservers": {"global": [f"127.0.0.1:{up_port}"]}}, nodes=NODES) as (ctx, host, port):
+        r = await udp(host, port, "example.com", "A")
+        assert r.rcode() == dns.rcode.NOERROR and addrs(r) == ["192.0.2.99"] and r.flags & dns.flags.RA
+        assert addrs(await udp(host, port, f"alpha.{BASE}")) == ["100.64.0.1"]  # ours: not forwarded
+        q = dns.message.make_query("big.example.com", "A")
+        r, used_tcp = await trio.to_thread.run_sync(lambda: dns.query.udp_with_fallback(q, host, port=port, timeout=3))
+        assert used_tcp and len(r.answer[0]) == 40
+        assert ctx.registry["dns"].stats.forwarded >= 3
+    # an upstream that does not answer → SERVFAIL
+    dead = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await dead.bind(("127.0.0.1", 0))
+    with dead:
+        dead_port = dead.getsockname()[1]
+        opts = DnsOptions(forward_timeout=0.2)
+        async with running({"nameservers": {"global": [f"127.0.0.1:{dead_port}"]}}, options=opts) as (ctx, host, port):
+            r = await udp(host, port, "example.com", "A")
+            assert r.rcode() == dns.rcode.SERVFAIL
+            assert ctx.registry["dns"].stats.forward_failures == 1
+
+
+async def test_rate_limit_and_malformed_on_the_wire():
+    async with running(options=DnsOptions(rate=1, burst=5), nodes=NODES) as (ctx, host, port):
+        answered = 0
+        for _ in range(8):
+            try:
+                await udp(host, port, f"alpha.{BASE}", timeout=0.2)
+                answered += 1
+            except dns.exception.Timeout:
+                pass
+        assert answered <= 6 and ctx.registry["dns"].stats.rate_limited >= 2
+    async with running() as (ctx, host, port):
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.connect((host, port))
+            await sock.send(b"\x00\x07")  # runt: dropped
+            await sock.send(struct.pack("!HHHHHH", 4321, 0x0100, 1, 0, 0, 0) + b"\x3fxx")
+            with trio.fail_after(2):
+                reply = await sock.recv(512)
+            assert reply[:2] == struct.pack("!H", 4321) and reply[3] & 0xF == dns.rcode.FORMERR
+        stats = ctx.registry["dns"].stats
+        await wait_until(lambda: stats.dropped == 1)
+        # still serving
+        assert (await udp(host, port, f"x.{BASE}")).rcode() == dns.rcode.NXDOMAIN
+
+
+async def test_tcp_connection_bound_and_idle_timeout():
+    opts = DnsOptions(max_tcp_connections=2, tcp_idle_timeout=0.3)
+    async with running(options=opts, nodes=NODES) as (ctx, host, port):
+        s1 = await trio.open_tcp_stream(host, port)
+        s2 = await trio.open_tcp_stream(host, port)
+        await wait_until(lambda: ctx.registry["dns"].tcp_active == 2)
+        s3 = await trio.open_tcp_stream(host, port)
+        with trio.fail_after(1):
+            assert await s3.receive_some(10) == b""  # refused: closed at once
+        assert ctx.registry["dns"].stats.tcp_rejected == 1
+        # a pipelined query on a held connection is answered
+        q = dns.message.make_query(f"alpha.{BASE}", "A").to_wire()
+        await s1.send_all(struct.pack("!H", len(q)) + q + struct.pack("!H", len(q)) + q)
+        got = b""
+        with trio.fail_after(1):
+            while len(got) < 4:
+                got += await s1.receive_some(4096)
+        # idle connections are closed after the timeout
+        with trio.fail_after(2):
+            while await s2.receive_some(4096):
+                pass
+            while await s1.receive_some(4096):
+                pass
+        await wait_until(lambda: ctx.registry["dns"].tcp_active == 0)
+        for s in (s1, s2, s3):
+            await s.aclose()
+
+
+async def test_port_zero_is_usable_for_udp_and_tcp_and_shutdown_is_clean():
+    async with running(nodes=NODES) as (ctx, host, port):
+        assert port != 0 and ctx.registry["dns"].port == port
+        assert addrs(await udp(host, port, f"alpha.{BASE}")) == ["100.64.0.1"]
+        assert addrs(await tcp(host, port, f"alpha.{BASE}")) == ["100.64.0.1"]
+    # after cancel both ports are free again
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", port))
+    s.close()
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("127.0.0.1", port))
+    t.close()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0"])
+async def test_registry_objects(listen):
+    async with running({"listen_addr": listen}) as (ctx, host, port):
+        svc = ctx.registry["dns"]
+        assert svc.address == f"127.0.0.1:{port}"
+        assert ctx.registry["dns_txt"] is svc.txt is svc.zone.txt
+        assert set(svc.stats.as_dict()) >= {"queries", "rcodes", "rate_limited"}
+
+
+async def test_empty_listen_addr_disables_the_server():
+    cfg = config_from_dict({"dns": {"listen_addr": ""}})
+    store = await SqliteStore.open(":memory:")
+    try:
+        ctx = ServiceContext(config=cfg, store=store)
+        async with trio.open_nursery() as nursery:
+            assert await nursery.start(serve, ctx) == {}
+            assert "dns" not in ctx.registry
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
