@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL cluster for tests.
 
-    with pg_cluster() as pg:        # or: pg = PgCluster(); pg.start(); ...; pg.stop()
+    with pg_cluster() as pg:        # (from pgcluster import pg_cluster) or: pg = PgCluster(); pg.start(); ...; pg.stop()
         pg.dsn                      # postgresql://postgres@127.0.0.1:PORT/trioscale
         pg.host, pg.port, pg.user, pg.database, pg.socket_dir
         pg.dsn_for("other_db")

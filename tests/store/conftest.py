@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # so `tests.pgcluster` imports however pytest was started
-    sys.path.insert(0, _ROOT)
+# tests/ (pgcluster, pgfixtures; tests/conftest.py adds it too) and tests/store (storehelpers)
+for _dir in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
-from tests.pgfixtures import pg_cluster  # noqa: E402,F401  (the session cluster fixture)
+from pgfixtures import pg_cluster  # noqa: E402,F401  (the session cluster fixture)
 
 _db_numbers = itertools.count(1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.store.helpers import registration, relay
+from storehelpers import registration, relay
 
 
 async def collect(changes, n, into):

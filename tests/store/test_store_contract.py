@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import msgpack
 import pytest
 
-from tests.store.helpers import T0, key, node, registration, relay
+from storehelpers import T0, key, node, registration, relay
 from trioscale.shared.model import CHANGE_KINDS, Change
 from trioscale.shared.store import base
 from trioscale.shared.store.base import Conflict, NotFound
