@@ -1,0 +1,629 @@
+"""Compiling a parsed policy against the tailnet: packet filters, peer visibility, routes, caps.
+
+Shape of the work (10,000 nodes in mind):
+
+* `Tailnet` keeps the nodes and the indexes every selector is answered from (tag → nodes,
+  user → untagged nodes, tagged / untagged sets, effective routes, HA primaries). It is updated per
+  node with `set_node` / `remove_node`; nothing is rebuilt from scratch when one node changes.
+* `CompiledPolicy` holds the policy's rules in normalised form and, lazily, each rule's resolved
+  source set (node ids + SrcIPs strings) and destination set. These caches are dropped when a node
+  changes (cheap: they are recomputed from the indexes on the next query, one rule at a time).
+* Per-node answers (packet filter, peers, SSH policy, caps) are computed on demand and cached per
+  node until the next change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PolicyError
+from .model import (
+    ALL_PORTS,
+    EXIT_ROUTES,
+    Alias,
+    IPNetwork,
+    IPSpec,
+    NodeInfo,
+    ParsedPolicy,
+    Rule,
+    UserInfo,
+)
+from .parse import parse_policy
+
+#: how Tailscale writes "every tailnet address" in SrcIPs (the CGNAT range without the
+#: 100.115.92.0/23 block it reserves, and the tailnet ULA)
+TAILNET_SRC = ("100.64.0.0-100.115.91.255", "100.115.94.0-100.127.255.255", "fd7a:115c:a1e0::/48")
+TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
+TAILNET_V6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
+
+ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
+
+
+def _host_text(net: IPNetwork) -> str:
+    """A prefix the way Tailscale writes it in SrcIPs / DstPorts: bare address for a single host."""
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def _internet_prefixes() -> tuple[IPNetwork, ...]:
+    """Everything but private, CGNAT, link-local, multicast and the tailnet's own ranges."""
+    v4_excl = [
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.168.0.0/16", "224.0.0.0/3",
+    ]
+    v6_excl = ["fc00::/7", "fe80::/10", "ff00::/8", "::/3", "4000::/2", "8000::/1"]
+    out: list[IPNetwork] = []
+    for universe, excl in (("0.0.0.0/0", v4_excl), ("::/0", v6_excl)):
+        nets = [ipaddress.ip_network(universe)]
+        for e in excl:
+            en = ipaddress.ip_network(e)
+            nxt = []
+            for n in nets:
+                if n.overlaps(en):
+                    if en.subnet_of(n):
+                        nxt.extend(n.address_exclude(en))
+                    # n inside en: dropped
+                else:
+                    nxt.append(n)
+            nets = nxt
+        out.extend(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+INTERNET = _internet_prefixes()
+
+
+class Policy:
+    """A parsed, validated policy. `Policy.parse(text)` raises PolicyError(message, line, column)."""
+
+    def __init__(self, parsed: ParsedPolicy, text: str | None = None) -> None:
+        self.parsed = parsed
+        self.text = text
+
+    @classmethod
+    def parse(cls, text: str | bytes | dict[str, Any]) -> "Policy":
+        return cls(parse_policy(text), text if isinstance(text, str) else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tailnet's indexes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _NodeState:
+    info: NodeInfo
+    addrs: tuple[IPNetwork, ...]  # /32 and /128
+    routes: tuple[IPNetwork, ...]  # effective (advertised and approved) routes, exit routes included
+    exit: bool  # both exit routes effective
+
+
+class Tailnet:
+    """Users and nodes with the indexes selectors are resolved from; updated per node."""
+
+    def __init__(self, users: Iterable[UserInfo] = (), nodes: Iterable[NodeInfo] = ()) -> None:
+        self.users: dict[int, UserInfo] = {}
+        self.login: dict[str, int] = {}
+        self.nodes: dict[int, _NodeState] = {}
+        self.by_tag: dict[str, set[int]] = {}
+        self.by_user: dict[int, set[int]] = {}
+        self.tagged: set[int] = set()
+        self.untagged: set[int] = set()
+        self.route_owners: dict[IPNetwork, set[int]] = {}
+        self.approve = None  # callable(NodeInfo, network) -> bool, set by the compiled policy
+        for u in users:
+            self.set_user(u)
+        for n in nodes:
+            self.set_node(n)
+
+    def set_user(self, user: UserInfo) -> None:
+        self.users[user.id] = user
+        for name in user.login_names():
+            self.login[name.lower()] = user.id
+        self.login.setdefault(user.name.lower(), user.id)
+
+    def user_id_for(self, token: str) -> int | None:
+        t = token.lower()
+        if t in self.login:
+            return self.login[t]
+        return None
+
+    def _routes_of(self, info: NodeInfo) -> tuple[IPNetwork, ...]:
+        approved = set()
+        for r in info.approved_routes:
+            try:
+                approved.add(ipaddress.ip_network(r, strict=False))
+            except ValueError:
+                continue
+        out = []
+        for r in info.routable_ips:
+            try:
+                net = ipaddress.ip_network(r, strict=False)
+            except ValueError:
+                continue
+            if net in approved or (self.approve is not None and self.approve(info, net)):
+                out.append(net)
+        return tuple(out)
+
+    def set_node(self, info: NodeInfo) -> None:
+        if info.id in self.nodes:
+            self.remove_node(info.id)
+        addrs = []
+        for a in (info.ipv4, info.ipv6):
+            if a:
+                addrs.append(ipaddress.ip_network(a))
+        routes = self._routes_of(info)
+        exit_ = all(e in routes for e in EXIT_ROUTES)
+        st = _NodeState(info, tuple(addrs), routes, exit_)
+        self.nodes[info.id] = st
+        if info.tags:
+            self.tagged.add(info.id)
+            for t in info.tags:
+                self.by_tag.setdefault(t, set()).add(info.id)
+        else:
+            self.untagged.add(info.id)
+            if info.user_id is not None:
+                self.by_user.setdefault(info.user_id, set()).add(info.id)
+        for r in routes:
+            self.route_owners.setdefault(r, set()).add(info.id)
+
+    def remove_node(self, node_id: int) -> None:
+        st = self.nodes.pop(node_id, None)
+        if st is None:
+            return
+        info = st.info
+        self.tagged.discard(node_id)
+        self.untagged.discard(node_id)
+        for t in info.tags:
+            self.by_tag.get(t, set()).discard(node_id)
+        if info.user_id is not None:
+            self.by_user.get(info.user_id, set()).discard(node_id)
+        for r in st.routes:
+            owners = self.route_owners.get(r)
+            if owners is not None:
+                owners.discard(node_id)
+                if not owners:
+                    del self.route_owners[r]
+
+    def refresh_routes(self) -> None:
+        """Recompute effective routes of every node (after the auto-approvers changed)."""
+        for st in list(self.nodes.values()):
+            self.set_node(st.info)
+
+    # -- routes ------------------------------------------------------------------------------
+    def primary_of(self, route: IPNetwork) -> int | None:
+        owners = self.route_owners.get(route)
+        if not owners:
+            return None
+        return min(owners, key=lambda i: (not self.nodes[i].info.online, i))
+
+    def primary_routes(self, node_id: int) -> list[IPNetwork]:
+        st = self.nodes[node_id]
+        return [r for r in st.routes if r not in EXIT_ROUTES and self.primary_of(r) == node_id]
+
+    def subnet_routes(self) -> list[IPNetwork]:
+        return sorted((r for r in self.route_owners if r not in EXIT_ROUTES),
+                      key=lambda n: (n.version, n.network_address, n.prefixlen))
+
+
+# ---------------------------------------------------------------------------------------------
+# resolved selectors
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sel:
+    """A resolved set of selectors (one side of a rule)."""
+
+    nodes: set[int] = field(default_factory=set)
+    prefixes: list[IPNetwork] = field(default_factory=list)
+    wildcard: bool = False
+    internet: bool = False
+    self_: bool = False
+
+
+@dataclass
+class _RuleCache:
+    src: _Sel
+    src_nodes: set[int]
+    src_ips: list[str]
+    dst_nodes: set[int]
+    self_dst: bool
+
+
+def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.overlaps(b)
+
+
+class CompiledPolicy:
+    """The policy applied to a tailnet. All node ids are the tailnet's ids."""
+
+    def __init__(self, policy: Policy | None, tailnet: Tailnet) -> None:
+        self.policy = policy
+        self.p: ParsedPolicy | None = policy.parsed if policy is not None else None
+        self.net = tailnet
+        tailnet.approve = self._auto_approves if self.p is not None else None
+        tailnet.refresh_routes()
+        self._rules: list[Rule] = list(self.p.rules) if self.p is not None else []
+        self._rule_cache: list[_RuleCache | None] = [None] * len(self._rules)
+        self._node_cache: dict[tuple[str, int], Any] = {}
+
+    # -- updates -----------------------------------------------------------------------------
+    def set_node(self, info: NodeInfo) -> None:
+        """A node joined or changed: update the indexes and drop derived caches."""
+        self.net.set_node(info)
+        self._invalidate()
+
+    def remove_node(self, node_id: int) -> None:
+        self.net.remove_node(node_id)
+        self._invalidate()
+
+    def set_user(self, user: UserInfo) -> None:
+        self.net.set_user(user)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._rule_cache = [None] * len(self._rules)
+        self._node_cache.clear()
+
+    # -- selectors ---------------------------------------------------------------------------
+    def user_nodes(self, token: str) -> set[int]:
+        uid = self.net.user_id_for(token)
+        if uid is None:
+            return set()
+        return self.net.by_user.get(uid, set())
+
+    def resolve(self, aliases: Iterable[Alias]) -> _Sel:
+        sel = _Sel()
+        net = self.net
+        p = self.p
+        for a in aliases:
+            k = a.kind
+            if k == "wildcard":
+                sel.wildcard = True
+            elif k == "tag":
+                sel.nodes |= net.by_tag.get(a.value, set())
+            elif k == "user":
+                sel.nodes |= self.user_nodes(a.value)
+            elif k == "group":
+                for m in (p.groups.get(a.value, []) if p else []):
+                    sel.nodes |= self.user_nodes(m)
+            elif k == "host":
+                sel.prefixes.append(p.hosts[a.value])  # type: ignore[union-attr]
+            elif k == "prefix":
+                sel.prefixes.append(ipaddress.ip_network(a.value))
+            elif k == "autogroup":
+                v = a.value
+                if v == "member":
+                    sel.nodes |= net.untagged
+                elif v == "tagged":
+                    sel.nodes |= net.tagged
+                elif v == "self":
+                    sel.self_ = True
+                elif v == "internet":
+                    sel.internet = True
+                elif v == "danger-all":
+                    sel.wildcard = True
+                elif v in ("admin", "owner", "it-admin", "network-admin", "billing-admin", "auditor"):
+                    for uid, user in net.users.items():
+                        if v in getattr(user, "roles", ()):
+                            sel.nodes |= net.by_user.get(uid, set())
+        return sel
+
+    def _sel_nodes(self, sel: _Sel) -> set[int]:
+        """Nodes a selection covers: members, nodes whose address or approved route lies in a
+        prefix, exit nodes for autogroup:internet."""
+        net = self.net
+        if sel.wildcard:
+            return set(net.nodes)
+        out = set(sel.nodes)
+        if sel.prefixes:
+            for nid, st in net.nodes.items():
+                if nid in out:
+                    continue
+                for pfx in sel.prefixes:
+                    if any(_overlaps(pfx, a) for a in st.addrs) or any(
+                        _overlaps(pfx, r) for r in st.routes
+                    ):
+                        out.add(nid)
+                        break
+        if sel.internet:
+            out |= {nid for nid, st in net.nodes.items() if st.exit}
+        return out
+
+    def _src_ips(self, sel: _Sel) -> list[str]:
+        out: set[str] = set()
+        net = self.net
+        if sel.wildcard:
+            out.update(TAILNET_SRC)
+            out.update(str(r) for r in net.subnet_routes())
+        for nid in sel.nodes:
+            for a in net.nodes[nid].addrs:
+                out.add(str(a.network_address))
+        for pfx in sel.prefixes:
+            out.add(_host_text(pfx))
+        return sorted(out)
+
+    def _rule(self, i: int) -> _RuleCache:
+        rc = self._rule_cache[i]
+        if rc is None:
+            rule = self._rules[i]
+            src = self.resolve(rule.srcs)
+            dst = self.resolve(a for a, _ in rule.dsts)
+            rc = _RuleCache(
+                src=src,
+                src_nodes=self._sel_nodes(src),
+                src_ips=self._src_ips(src),
+                dst_nodes=self._sel_nodes(dst),
+                self_dst=dst.self_,
+            )
+            self._rule_cache[i] = rc
+        return rc
+
+    def _auto_approves(self, info: NodeInfo, route: IPNetwork) -> bool:
+        p = self.p
+        if p is None:
+            return False
+        if route in EXIT_ROUTES:
+            return self._alias_has_node(p.auto_exit, info)
+        for pfx, approvers in p.auto_routes.items():
+            if pfx in EXIT_ROUTES:
+                continue
+            if route.version == pfx.version and route.subnet_of(pfx):  # type: ignore[arg-type]
+                if self._alias_has_node(approvers, info):
+                    return True
+        return False
+
+    def _alias_has_node(self, aliases: Iterable[Alias], info: NodeInfo) -> bool:
+        p = self.p
+        for a in aliases:
+            if a.kind == "tag" and a.value in info.tags:
+                return True
+            if info.tags:
+                continue
+            if a.kind == "user" and self.net.user_id_for(a.value) == info.user_id:
+                return True
+            if a.kind == "group" and p is not None:
+                if any(self.net.user_id_for(m) == info.user_id for m in p.groups.get(a.value, [])):
+                    return True
+            if a.kind == "autogroup" and a.value == "member":
+                return True
+        return False
+
+    # -- per-node answers --------------------------------------------------------------------
+    def _dst_entries(self, alias: Alias, st: _NodeState) -> list[str]:
+        """The DstPorts IPs `alias` contributes to node `st`'s filter."""
+        k = alias.kind
+        if k == "wildcard" or (k == "autogroup" and alias.value == "danger-all"):
+            return ["*"]
+        nid = st.info.id
+        if k in ("tag", "user", "group") or (k == "autogroup" and alias.value in (
+            "member", "tagged", "admin", "owner", "it-admin", "network-admin", "billing-admin", "auditor"
+        )):
+            if nid in self.resolve([alias]).nodes:
+                return [str(a.network_address) for a in st.addrs]
+            return []
+        if k in ("host", "prefix"):
+            pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
+            if any(_overlaps(pfx, a) for a in st.addrs) or any(_overlaps(pfx, r) for r in st.routes):
+                return [_host_text(pfx)]
+            return []
+        if k == "autogroup" and alias.value == "internet":
+            if st.exit:
+                return [str(n) for n in INTERNET]
+            return []
+        return []
+
+    def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
+        """tailcfg.FilterRule list for `node_id` (inbound rules: what may reach it)."""
+        if self.p is None:
+            return [dict(r) for r in ALLOW_ALL_FILTER]
+        key = ("filter", node_id)
+        cached = self._node_cache.get(key)
+        if cached is not None:
+            return cached
+        st = self.net.nodes[node_id]
+        out: list[dict[str, Any]] = []
+        for i, rule in enumerate(self._rules):
+            rc = self._rule(i)
+            # group DstPorts by protocol set; autogroup:self dsts get their own SrcIPs
+            normal: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+            selfish: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+            cap_dst = False
+            cap_self = False
+            for alias, specs in rule.dsts:
+                if alias.kind == "autogroup" and alias.value == "self":
+                    if st.info.is_tagged:
+                        continue
+                    ips = [str(a.network_address) for a in st.addrs]
+                    bucket = selfish
+                    cap_self = True
+                else:
+                    ips = self._dst_entries(alias, st)
+                    bucket = normal
+                    if ips:
+                        cap_dst = True
+                if not ips or not specs:
+                    continue
+                for spec in specs:
+                    lst = bucket.setdefault(spec.protos, [])
+                    for ip in ips:
+                        for pr in spec.ports:
+                            entry = {"IP": ip, "Ports": pr.json()}
+                            if entry not in lst:
+                                lst.append(entry)
+            if normal and rc.src_ips:
+                for protos, dports in normal.items():
+                    out.append(self._filter_rule(rc.src_ips, dports, protos))
+            if selfish:
+                src_ips = self._self_src_ips(rc, st)
+                if src_ips:
+                    for protos, dports in selfish.items():
+                        out.append(self._filter_rule(src_ips, dports, protos))
+            if rule.app:
+                if cap_dst and rc.src_ips:
+                    out.extend(self._cap_rules(rule.app, rc.src_ips, st))
+                if cap_self:
+                    src_ips = self._self_src_ips(rc, st)
+                    if src_ips:
+                        out.extend(self._cap_rules(rule.app, src_ips, st))
+        out = _merge_rules(out)
+        self._node_cache[key] = out
+        return out
+
+    def _cap_rules(self, app: dict[str, list[Any]], src_ips: list[str], st: _NodeState) -> list[dict[str, Any]]:
+        dsts = [str(a) for a in st.addrs]
+        rules = [{"SrcIPs": list(src_ips), "CapGrant": [{"Dsts": dsts, "CapMap": {k: v for k, v in app.items()}}]}]
+        return rules
+
+    def _self_src_ips(self, rc: _RuleCache, st: _NodeState) -> list[str]:
+        uid = st.info.user_id
+        same = self.net.by_user.get(uid, set()) if uid is not None else set()
+        ips = []
+        for nid in sorted(same & rc.src_nodes):
+            ips.extend(str(a.network_address) for a in self.net.nodes[nid].addrs)
+        return sorted(ips)
+
+    @staticmethod
+    def _filter_rule(src_ips: list[str], dports: list[dict[str, Any]], protos: tuple[int, ...]) -> dict[str, Any]:
+        r: dict[str, Any] = {"SrcIPs": list(src_ips), "DstPorts": dports}
+        if protos:
+            r["IPProto"] = list(protos)
+        return r
+
+    # -- visibility --------------------------------------------------------------------------
+    def visible_peers(self, node_id: int) -> set[int]:
+        """Ids of the peers `node_id` may see: traffic is allowed in either direction."""
+        net = self.net
+        if self.p is None:
+            return set(net.nodes) - {node_id}
+        key = ("peers", node_id)
+        cached = self._node_cache.get(key)
+        if cached is not None:
+            return cached
+        st = net.nodes[node_id]
+        out: set[int] = set()
+        for i, rule in enumerate(self._rules):
+            rc = self._rule(i)
+            if node_id in rc.src_nodes:
+                out |= rc.dst_nodes
+                if rc.self_dst and not st.info.is_tagged and st.info.user_id is not None:
+                    out |= net.by_user.get(st.info.user_id, set())
+            if node_id in rc.dst_nodes:
+                out |= rc.src_nodes
+            if rc.self_dst and not st.info.is_tagged and st.info.user_id is not None:
+                out |= net.by_user.get(st.info.user_id, set()) & rc.src_nodes
+        out.discard(node_id)
+        self._node_cache[key] = out
+        return out
+
+    def can_see(self, viewer_id: int, peer_id: int) -> bool:
+        return peer_id in self.visible_peers(viewer_id)
+
+    # -- routes ------------------------------------------------------------------------------
+    def primary_routes(self, node_id: int) -> list[str]:
+        return [str(r) for r in self.net.primary_routes(node_id)]
+
+    def reachable_routes(self, viewer_id: int, peer_id: int) -> list[IPNetwork]:
+        """The peer's routes (primary subnet routes, exit routes) that the policy lets
+        `viewer_id` send traffic to."""
+        st = self.net.nodes[peer_id]
+        candidates = list(self.net.primary_routes(peer_id))
+        if st.exit:
+            candidates += list(EXIT_ROUTES)
+        if not candidates:
+            return []
+        if self.p is None:
+            return candidates
+        out = []
+        for route in candidates:
+            if self._viewer_reaches(viewer_id, route):
+                out.append(route)
+        return out
+
+    def _viewer_reaches(self, viewer_id: int, route: IPNetwork) -> bool:
+        is_exit = route in EXIT_ROUTES
+        for i, rule in enumerate(self._rules):
+            rc = self._rule(i)
+            if viewer_id in rc.dst_nodes or (rc.self_dst and viewer_id in self.net.untagged):
+                # return traffic: sources behind the route may reach the viewer
+                if rc.src.wildcard and not is_exit:
+                    return True
+                if any(_overlaps(pfx, route) for pfx in rc.src.prefixes):
+                    return True
+            if viewer_id not in rc.src_nodes:
+                continue
+            for alias, _specs in rule.dsts:
+                k = alias.kind
+                if k == "wildcard" or (k == "autogroup" and alias.value == "danger-all"):
+                    return True
+                if k == "autogroup" and alias.value == "internet" and is_exit:
+                    return True
+                if k in ("host", "prefix"):
+                    pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
+                    if _overlaps(pfx, route):
+                        return True
+        return False
+
+    def peer_primary_routes(self, viewer_id: int, peer_id: int) -> list[str]:
+        """PrimaryRoutes of the peer as `viewer_id` is told them."""
+        return [str(r) for r in self.reachable_routes(viewer_id, peer_id) if r not in EXIT_ROUTES]
+
+    def allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
+        """The peer's AllowedIPs as `viewer_id` is told them: addresses, plus the primary subnet
+        routes and exit routes the viewer may use."""
+        st = self.net.nodes[peer_id]
+        return [str(a) for a in st.addrs] + [str(r) for r in self.reachable_routes(viewer_id, peer_id)]
+
+    def self_allowed_ips(self, node_id: int) -> list[str]:
+        st = self.net.nodes[node_id]
+        return [str(a) for a in st.addrs] + [str(r) for r in st.routes]
+
+    def effective_routes(self, node_id: int) -> list[str]:
+        """Advertised routes that are approved (by an admin or by autoApprovers)."""
+        return [str(r) for r in self.net.nodes[node_id].routes]
+
+    def is_exit_node(self, node_id: int) -> bool:
+        return self.net.nodes[node_id].exit
+
+
+def _merge_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tailscale sends one FilterRule per distinct (SrcIPs, IPProto): later rules with the same
+    sources and protocols have their DstPorts appended to the first one."""
+    out: list[dict[str, Any]] = []
+    index: dict[tuple[tuple[str, ...], tuple[int, ...]], dict[str, Any]] = {}
+    for r in rules:
+        if "DstPorts" not in r:
+            out.append(r)
+            continue
+        k = (tuple(sorted(r["SrcIPs"])), tuple(r.get("IPProto") or ()))
+        first = index.get(k)
+        if first is None:
+            index[k] = r
+            out.append(r)
+        else:
+            first["DstPorts"] = first["DstPorts"] + r["DstPorts"]
+    return out
+
+
+def compile_policy(
+    policy: Policy | None, users: Iterable[UserInfo], nodes: Iterable[NodeInfo]
+) -> CompiledPolicy:
+    """Apply `policy` (None = no policy: allow all) to the tailnet."""
+    return CompiledPolicy(policy, Tailnet(users, nodes))
+
+
+__all__ = ["Policy", "PolicyError", "CompiledPolicy", "Tailnet", "compile_policy"]
+
+
+def _ssh_policy_stub(self: CompiledPolicy, node_id: int) -> dict[str, Any]:
+    return {"rules": []}
+
+
+CompiledPolicy.ssh_policy = _ssh_policy_stub  # type: ignore[attr-defined]
+CompiledPolicy.cap_map = lambda self, node_id: {}  # type: ignore[attr-defined]
+CompiledPolicy.peer_cap_map = lambda self, viewer, peer: ({"suggest-exit-node": None} if self.net.nodes[peer].exit else None)  # type: ignore[attr-defined]
