@@ -1,0 +1,597 @@
+"""The DERP relay service: TLS listener, HTTP front (h11), `/derp` upgrade, relay loop.
+
+    async def serve(ctx, *, task_status=trio.TASK_STATUS_IGNORED, ...)
+
+binds ``ctx.config.derp.server.listen_addr`` (TLS), registers itself in the store as a
+`DerpRelay` (heartbeat every 10 s, removed on shutdown), exposes its `DerpServer` (counters in
+``.stats``) as ``ctx.registry["derp"]`` and reports ``{"derp": "host:port"}``.
+
+Every connection's task runs in a shielded cancel scope of its own, so that a shutdown (cancel
+of `serve`) can first queue Restarting to every client, let the writers flush for a moment, and
+only then close the connections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import h11
+import trio
+
+from trioscale.shared import tlsutil
+from trioscale.shared.model import DerpRelay, utcnow
+from trioscale.shared.proto import derp as proto
+from trioscale.shared.proto.derp import RemoteProtocolError
+
+from .server import Client, ConnectionClosed, DerpServer
+from .stats import DerpStats
+from .verify import ClientVerifier
+
+__all__ = ["serve", "split_host_port", "DerpService"]
+
+RECV_SIZE = 1 << 18
+HTTP_TIMEOUT = 30.0
+_CHALLENGE_OK = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+_WILDCARDS = {"", "0.0.0.0", "::", "*"}
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """``"host:port"`` / ``"[v6]:port"`` / ``":port"`` → (host, port)."""
+    addr = addr.strip()
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad address {addr!r}: expected [host]:port")
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError(f"bad address {addr!r}: expected host:port")
+        if ":" in host:
+            raise ValueError(f"bad address {addr!r}: put IPv6 addresses in brackets")
+    try:
+        portnum = int(port)
+    except ValueError:
+        raise ValueError(f"bad port in {addr!r}") from None
+    if not 0 <= portnum <= 65535:
+        raise ValueError(f"port out of range in {addr!r}")
+    return host, portnum
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ip_version(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.SocketListener:
+    """One TCP listener; ``::`` is dual-stack, ``0.0.0.0``/empty is IPv4 only."""
+    if host in ("", "*"):
+        host = "0.0.0.0"
+    if _ip_version(host) is None:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, sockaddr = infos[0]
+        host = sockaddr[0]
+    family = socket.AF_INET6 if _ip_version(host) == 6 else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+class _WebSocketStream:
+    """DERP over WebSocket: binary messages carry an unframed DERP byte stream."""
+
+    def __init__(self, stream: trio.abc.Stream, leftover: bytes):
+        from wsproto.connection import Connection, ConnectionType
+
+        self._stream = stream
+        self._ws = Connection(ConnectionType.SERVER)
+        if leftover:
+            self._ws.receive_data(leftover)
+        self._lock = trio.Lock()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+        while True:
+            out: list[bytes] = []
+            for ev in self._ws.events():
+                if isinstance(ev, BytesMessage):
+                    out.append(bytes(ev.data))
+                elif isinstance(ev, TextMessage):
+                    raise trio.BrokenResourceError("text message on a DERP WebSocket")
+                elif isinstance(ev, Ping):
+                    await self._send(self._ws.send(ev.response()))
+                elif isinstance(ev, CloseConnection):
+                    try:
+                        await self._send(self._ws.send(ev.response()))
+                    except Exception:
+                        pass
+                    return b""
+            if out:
+                return b"".join(out)
+            data = await self._stream.receive_some(max_bytes)
+            if not data:
+                return b""
+            self._ws.receive_data(data)
+
+    async def _send(self, data: bytes) -> None:
+        async with self._lock:
+            await self._stream.send_all(data)
+
+    async def send_all(self, data: bytes) -> None:
+        from wsproto.events import Message
+
+        await self._send(self._ws.send(Message(data=data)))
+
+
+class DerpService:
+    """Everything one running relay needs; `serve()` builds one and runs it."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        *,
+        private_key: bytes,
+        ssl_context: ssl.SSLContext,
+        keepalive_interval: float,
+        keepalive_jitter: float,
+        queue_depth: int,
+        write_timeout: float | None,
+        handshake_timeout: float,
+        mesh_key: bytes | None,
+        verify_clients: bool,
+    ):
+        self.ctx = ctx
+        self.log: logging.Logger = ctx.log.getChild("derp") if hasattr(ctx.log, "getChild") else ctx.log
+        self.server = DerpServer(private_key, stats=DerpStats(), queue_depth=queue_depth)
+        self.stats = self.server.stats
+        self.ssl_context = ssl_context
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_jitter = keepalive_jitter
+        self.write_timeout = write_timeout
+        self.handshake_timeout = handshake_timeout
+        self.mesh_key = mesh_key
+        self.verifier = ClientVerifier(ctx.store) if verify_clients else None
+        self._scopes: set[trio.CancelScope] = set()
+        # filled in by serve() once bound
+        self.port: int = 0
+        self.address: str = ""
+        self.cert_name: str = ""
+        self.relay: DerpRelay | None = None
+
+    # -- connections ---------------------------------------------------------------------------------
+    async def handle_tcp(self, tcp: trio.SocketStream) -> None:
+        if self.server.closing:
+            await trio.aclose_forcefully(tcp)
+            return
+        with trio.CancelScope(shield=True) as scope:
+            self._scopes.add(scope)
+            stream: trio.abc.Stream = tcp
+            try:
+                try:
+                    peer = tcp.socket.getpeername()
+                except OSError:
+                    return
+                self.stats.accepts += 1
+                ssl_stream = trio.SSLStream(tcp, self.ssl_context, server_side=True, https_compatible=True)
+                stream = ssl_stream
+                try:
+                    with trio.fail_after(self.handshake_timeout):
+                        await ssl_stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
+                    self.stats.tls_errors += 1
+                    return
+                await self._http(ssl_stream, (str(peer[0]), int(peer[1])), scope)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError):
+                pass
+            except (h11.ProtocolError, RemoteProtocolError, ConnectionClosed) as exc:
+                self.log.debug("derp connection from %s closed: %s", tcp.socket, exc)
+            except Exception:
+                self.log.exception("derp connection handler failed")
+            finally:
+                self._scopes.discard(scope)
+                await trio.aclose_forcefully(stream)
+
+    async def _http(self, stream: trio.SSLStream, peer: tuple[str, int], scope: trio.CancelScope) -> None:
+        h = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        while True:
+            req = await self._next_event(h, stream)
+            if req is None or type(req) is h11.ConnectionClosed:
+                return
+            if type(req) is not h11.Request:
+                return
+            self.stats.http_requests += 1
+            path = req.target.split(b"?", 1)[0]
+            headers = {k: v for k, v in req.headers}  # h11 lowercases names
+            if path == b"/derp":
+                upgrade = headers.get(b"upgrade", b"").strip().lower()
+                if upgrade == b"websocket":
+                    protos = [p.strip().lower() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
+                    if b"derp" in protos and b"sec-websocket-key" in headers:
+                        await self._websocket(h, stream, req, headers, peer, scope)
+                        return
+                if upgrade in (b"derp", b"websocket"):
+                    leftover = h.trailing_data[0]
+                    fast = headers.get(b"derp-fast-start", b"").strip() == b"1"
+                    prefix = b"" if fast else self._switching_protocols()
+                    await self._derp_session(stream, leftover, prefix, peer, b"ideal-node" in headers, scope)
+                    return
+                await self._respond(
+                    h,
+                    stream,
+                    req,
+                    426,
+                    b"DERP requires connection upgrade\n",
+                    [(b"content-type", b"text/plain; charset=utf-8")],
+                )
+            elif path in (b"/derp/probe", b"/derp/latency-check"):
+                if req.method in (b"GET", b"HEAD"):
+                    await self._respond(h, stream, req, 200, b"", [(b"access-control-allow-origin", b"*")])
+                else:
+                    await self._respond(h, stream, req, 405, b"bogus probe method\n", [])
+            elif path == b"/generate_204":
+                extra = [(b"cache-control", b"no-cache, no-store, must-revalidate, no-transform, max-age=0")]
+                challenge = headers.get(b"x-tailscale-challenge")
+                if challenge is not None and len(challenge) <= 64 and _CHALLENGE_OK.issuperset(challenge):
+                    extra.append((b"x-tailscale-response", b"response " + challenge))
+                await self._respond(h, stream, req, 204, b"", extra)
+            elif path == b"/health":
+                await self._respond(h, stream, req, 200, b"ok\n", [(b"content-type", b"text/plain")])
+            elif path == b"/robots.txt":
+                await self._respond(h, stream, req, 200, b"User-agent: *\nDisallow: /\n", [(b"content-type", b"text/plain")])
+            elif path == b"/debug/stats" and _is_loopback(peer[0]):
+                body = json.dumps(self.stats_dict()).encode()
+                await self._respond(h, stream, req, 200, body, [(b"content-type", b"application/json")])
+            elif path == b"/":
+                await self._respond(h, stream, req, 200, b"trioscale DERP relay\n", [(b"content-type", b"text/plain")])
+            else:
+                await self._respond(h, stream, req, 404, b"not found\n", [(b"content-type", b"text/plain")])
+            # finish reading the request, then maybe serve another on this connection
+            while True:
+                ev = await self._next_event(h, stream)
+                if ev is None or type(ev) in (h11.EndOfMessage, h11.ConnectionClosed):
+                    break
+            if h.our_state is h11.DONE and h.their_state is h11.DONE:
+                h.start_next_cycle()
+            else:
+                return
+
+    async def _next_event(self, h: h11.Connection, stream: trio.abc.Stream) -> Any:
+        while True:
+            ev = h.next_event()
+            if ev is h11.NEED_DATA:
+                with trio.fail_after(HTTP_TIMEOUT):
+                    data = await stream.receive_some(RECV_SIZE)
+                h.receive_data(data)
+                continue
+            if ev is h11.PAUSED:
+                return None
+            return ev
+
+    async def _respond(self, h, stream, req, status: int, body: bytes, headers: list) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        out = h.send(h11.Response(status_code=status, headers=headers))
+        if body and req.method != b"HEAD":
+            out += h.send(h11.Data(data=body))
+        out += h.send(h11.EndOfMessage())
+        await stream.send_all(out)
+
+    def _switching_protocols(self) -> bytes:
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: DERP\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Derp-Version: 2\r\n"
+            b"Derp-Public-Key: " + self.server.public_key.hex().encode() + b"\r\n\r\n"
+        )
+
+    async def _websocket(self, h, stream, req, headers, peer, scope) -> None:
+        from wsproto.utilities import generate_accept_token
+
+        leftover = h.trailing_data[0]
+        accept = generate_accept_token(headers[b"sec-websocket-key"].strip())
+        response = (
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+            b"Sec-WebSocket-Protocol: derp\r\n\r\n"
+        )
+        await stream.send_all(response)
+        ws = _WebSocketStream(stream, leftover)
+        await self._derp_session(ws, b"", b"", peer, b"ideal-node" in headers, scope)
+
+    async def _derp_session(self, stream, leftover: bytes, prefix: bytes, peer, not_ideal: bool, scope) -> None:
+        server = self.server
+        stats = self.stats
+        conn = proto.DerpServerConnection(server.private_key)
+        await stream.send_all(prefix + conn.server_key_frame())
+        events: list = []
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                if leftover:
+                    events = conn.receive_data(leftover)
+                while not events:
+                    data = await stream.receive_some(RECV_SIZE)
+                    if not data:
+                        return
+                    events = conn.receive_data(data)
+            info = events[0]
+            if type(info) is not proto.ClientInfo:
+                raise RemoteProtocolError("expected ClientInfo")
+            is_mesh = self.mesh_key is not None and info.mesh_key is not None and _consteq(info.mesh_key, self.mesh_key)
+            node_id = None
+            if not is_mesh and self.verifier is not None:
+                node_id = await self.verifier.node_id_for(info.key)
+                if node_id is None:
+                    stats.clients_rejected += 1
+                    self.log.info("derp: refused unknown node key %s from %s", info.key.hex()[:16], peer[0])
+                    return
+        except RemoteProtocolError as exc:
+            stats.protocol_errors += 1
+            self.log.debug("derp handshake from %s failed: %s", peer[0], exc)
+            return
+        client = Client(server, info.key, stream, info=info, peer=peer, is_mesh=is_mesh, not_ideal=not_ideal, node_id=node_id)
+        client.scope = scope
+        server.register(client)
+        try:
+            client.send_frame(conn.accept())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_writer, client, nursery.cancel_scope)
+                if self.keepalive_interval:
+                    nursery.start_soon(client.keepalive, self.keepalive_interval, self.keepalive_jitter)
+                try:
+                    await client.reader(conn, events[1:], RECV_SIZE)
+                except RemoteProtocolError as exc:
+                    stats.protocol_errors += 1
+                    self.log.debug("derp client %s protocol error: %s", info.key.hex()[:16], exc)
+                except ConnectionClosed as exc:
+                    self.log.debug("derp client %s closed: %s", info.key.hex()[:16], exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            server.unregister(client)
+
+    async def _run_writer(self, client: Client, conn_scope: trio.CancelScope) -> None:
+        try:
+            await client.writer(self.write_timeout)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn_scope.cancel()
+
+    # -- store integration -------------------------------------------------------------------------
+    async def follow_changes(self) -> None:
+        """Keep the admission cache honest and drop deleted nodes' connections."""
+        store = self.ctx.store
+        while True:
+            try:
+                async with store.subscribe() as changes:
+                    async for change in changes:
+                        await self._on_change(change)
+            except trio.Cancelled:
+                raise
+            except Exception:
+                self.log.warning("derp: change subscription failed; retrying", exc_info=True)
+                await trio.sleep(1.0)
+
+    async def _on_change(self, change: Any) -> None:
+        verifier = self.verifier
+        kind = change.kind
+        data = change.data or {}
+        if kind == "node.created":
+            if verifier is not None:
+                verifier.evict_unknown()
+            return
+        if kind not in ("node.deleted", "node.updated"):
+            return
+        node_id = data.get("id")
+        if verifier is not None and node_id is not None:
+            verifier.evict_node(node_id)
+        if verifier is None or node_id is None:
+            return
+        affected = [c for c in self.server.clients() if c.node_id == node_id]
+        if kind == "node.deleted":
+            for c in affected:
+                self.log.info("derp: closing connection of deleted node %s", node_id)
+                c.close()
+            return
+        fields = data.get("fields")
+        if fields is not None and "node_key" not in fields:
+            return
+        for c in affected:
+            try:
+                node = await self.ctx.store.get_node_by_node_key(c.key)
+            except Exception:
+                self.log.warning("derp: store lookup failed", exc_info=True)
+                continue
+            if node is None or node.id != node_id:
+                c.close()
+
+    def stats_dict(self) -> dict[str, Any]:
+        d = self.stats.as_dict()
+        if self.verifier is not None:
+            d["verify_cache"] = {"size": len(self.verifier), "hits": self.verifier.hits, "misses": self.verifier.misses}
+        return d
+
+    async def close_all(self, grace: float) -> None:
+        await self.server.shutdown(grace)
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
+def _consteq(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def _parse_mesh_key(value: Any) -> bytes | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (bytes, bytearray)) and len(value) == 32:
+        return bytes(value)
+    text = str(value).strip()
+    if len(text) != 64:
+        raise ValueError("derp mesh key must be 64 hex characters")
+    return bytes.fromhex(text)
+
+
+def _load_tls(cfg: Any, data_dir: Path, names: list[str]) -> tuple[ssl.SSLContext, str]:
+    """SSLContext and the DERP map CertName ("sha256-raw:<hex>" for our self-signed cert)."""
+    cert_path = getattr(cfg, "tls_cert_path", None)
+    key_path = getattr(cfg, "tls_key_path", None)
+    if cert_path and key_path:
+        return tlsutil.server_context(cert_path, key_path), ""
+    cert_path = Path(data_dir) / "derp_tls_cert.pem"
+    key_path = Path(data_dir) / "derp_tls_key.pem"
+    tlsutil.ensure_self_signed(cert_path, key_path, names)
+    return tlsutil.server_context(cert_path, key_path), "sha256-raw:" + tlsutil.cert_sha256(cert_path.read_bytes())
+
+
+def _load_private_key(path: Path) -> bytes:
+    from trioscale.shared.proto import keys
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return keys.load_or_create_private_key(path)
+
+
+async def serve(
+    ctx: Any,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    keepalive_interval: float = proto.KEEPALIVE_INTERVAL,
+    keepalive_jitter: float = 5.0,
+    queue_depth: int = 32,
+    write_timeout: float | None = 2.0,
+    handshake_timeout: float = 10.0,
+    heartbeat_interval: float = 10.0,
+    shutdown_grace: float = 1.0,
+) -> None:
+    """Run the DERP relay until cancelled (see the module docstring)."""
+    cfg = ctx.config.derp.server
+    host, port = split_host_port(cfg.listen_addr)
+    data_dir = Path(ctx.config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    private_key = await trio.to_thread.run_sync(_load_private_key, Path(cfg.private_key_path))
+    publish_host = getattr(cfg, "hostname", "") or (host if host not in _WILDCARDS else socket.gethostname())
+    names = [publish_host, "localhost", "127.0.0.1", "::1"]
+    if host not in _WILDCARDS:
+        names.append(host)
+    for extra in (getattr(cfg, "ipv4", ""), getattr(cfg, "ipv6", "")):
+        if extra and _ip_version(extra):
+            names.append(extra)
+    ssl_context, cert_name = await trio.to_thread.run_sync(_load_tls, cfg, data_dir, names)
+
+    svc = DerpService(
+        ctx,
+        private_key=private_key,
+        ssl_context=ssl_context,
+        keepalive_interval=keepalive_interval,
+        keepalive_jitter=keepalive_jitter,
+        queue_depth=queue_depth,
+        write_timeout=write_timeout,
+        handshake_timeout=handshake_timeout,
+        mesh_key=_parse_mesh_key(getattr(cfg, "mesh_key", None)),
+        verify_clients=bool(getattr(cfg, "verify_clients", True)),
+    )
+    listener = await open_listener(host, port)
+    bound_host, bound_port = listener.socket.getsockname()[:2]
+    address = join_host_port(host or bound_host, bound_port)
+    svc.port = bound_port
+    svc.address = address
+    svc.cert_name = cert_name
+    ctx.registry["derp"] = svc
+    svc.log.info("DERP relay listening on %s (TLS), server key %s", address, svc.server.public_key.hex())
+
+    ipv4 = getattr(cfg, "ipv4", "") or (publish_host if _ip_version(publish_host) == 4 else "")
+    ipv6 = getattr(cfg, "ipv6", "") or (publish_host if _ip_version(publish_host) == 6 else "")
+    region_id = int(getattr(cfg, "region_id", 999))
+    relay = DerpRelay(
+        region_id=region_id,
+        name=getattr(cfg, "name", "") or f"{region_id}-{publish_host}-{bound_port}",
+        host=publish_host,
+        region_code=getattr(cfg, "region_code", "") or "",
+        region_name=getattr(cfg, "region_name", "") or "",
+        ipv4=ipv4,
+        ipv6=ipv6,
+        derp_port=bound_port,
+        stun_port=_stun_port(ctx, cfg),
+        cert_name=cert_name,
+        insecure_for_tests=bool(getattr(cfg, "insecure_for_tests", False)),
+    )
+    svc.relay = relay
+
+    async with trio.open_nursery() as nursery:
+        try:
+            nursery.start_soon(trio.serve_listeners, svc.handle_tcp, [listener])
+            if svc.verifier is not None:
+                nursery.start_soon(svc.follow_changes)
+            await _upsert_relay(ctx, svc, relay)
+            nursery.start_soon(_heartbeat, ctx, svc, relay, cfg, heartbeat_interval)
+            task_status.started({"derp": address})
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await svc.close_all(shutdown_grace)
+                with trio.move_on_after(2.0):
+                    try:
+                        await ctx.store.delete_relay(relay.region_id, relay.name)
+                    except Exception:
+                        svc.log.warning("derp: could not delete relay row", exc_info=True)
+                svc.log.info("DERP relay on %s stopped", address)
+
+
+def _stun_port(ctx: Any, cfg: Any) -> int:
+    stun = ctx.registry.get("stun")
+    port = getattr(stun, "port", None)
+    if port:
+        return int(port)
+    try:
+        return split_host_port(cfg.stun_listen_addr)[1] or 3478
+    except (AttributeError, ValueError):
+        return 3478
+
+
+async def _upsert_relay(ctx: Any, svc: DerpService, relay: DerpRelay) -> None:
+    try:
+        await ctx.store.upsert_relay(relay)
+    except Exception:
+        svc.log.warning("derp: relay heartbeat to the store failed", exc_info=True)
+
+
+async def _heartbeat(ctx: Any, svc: DerpService, relay: DerpRelay, cfg: Any, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        relay = replace(relay, stun_port=_stun_port(ctx, cfg), heartbeat_at=utcnow())
+        svc.relay = relay
+        await _upsert_relay(ctx, svc, relay)

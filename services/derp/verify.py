@@ -1,0 +1,68 @@
+"""Client admission: only node keys the store knows may use the relay.
+
+Answers are cached in a small LRU. A known key is cached until a change event says otherwise
+(node deleted, or its node key changed); an unknown key is cached briefly (`negative_ttl`) and
+every such entry is dropped when any node is created, so a node that just registered is not kept
+out by a stale "unknown".
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+
+class ClientVerifier:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        max_entries: int = 4096,
+        negative_ttl: float = 2.0,
+        clock: Callable[[], float] = trio.current_time,
+    ):
+        self._store = store
+        self._max = max_entries
+        self._negative_ttl = negative_ttl
+        self._clock = clock
+        # key → node id (known) or -expiry time (unknown, negative entry: stored as (None, until))
+        self._cache: OrderedDict[bytes, tuple[int | None, float]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    async def node_id_for(self, key: bytes) -> int | None:
+        """The id of the node owning `key`, or None if the store does not know the key."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            node_id, until = entry
+            if node_id is not None or until > self._clock():
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return node_id
+            del self._cache[key]
+        self.misses += 1
+        node = await self._store.get_node_by_node_key(key)
+        node_id = None if node is None else node.id
+        until = 0.0 if node_id is not None else self._clock() + self._negative_ttl
+        self._cache[key] = (node_id, until)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return node_id
+
+    def evict_node(self, node_id: int) -> None:
+        for k in [k for k, (nid, _) in self._cache.items() if nid == node_id]:
+            del self._cache[k]
+
+    def evict_key(self, key: bytes) -> None:
+        self._cache.pop(key, None)
+
+    def evict_unknown(self) -> None:
+        for k in [k for k, (nid, _) in self._cache.items() if nid is None]:
+            del self._cache[k]
+
+    def __len__(self) -> int:
+        return len(self._cache)
