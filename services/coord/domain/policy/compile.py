@@ -246,9 +246,16 @@ class CompiledPolicy:
         self.policy = policy
         self.p: ParsedPolicy | None = policy.parsed if policy is not None else None
         self.net = tailnet
-        tailnet.approve = self._auto_approves if self.p is not None else None
+        tailnet.approve = self._auto_approves
         tailnet.refresh_routes()
-        self._rules: list[Rule] = list(self.p.rules) if self.p is not None else []
+        if self.p is None:
+            self.p = parse_policy({})
+        self._rules: list[Rule] = list(self.p.rules)
+        if not self.p.has_acls and not self.p.has_grants:
+            # Tailscale's default policy: everything may reach everything
+            self._rules.append(
+                Rule(srcs=(Alias("wildcard", "*", "*"),), dsts=((Alias("wildcard", "*", "*"), (IPSpec((), ALL_PORTS),)),))
+            )
         self._rule_cache: list[_RuleCache | None] = [None] * len(self._rules)
         self._node_cache: dict[tuple[str, int], Any] = {}
 
@@ -420,8 +427,6 @@ class CompiledPolicy:
 
     def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
         """tailcfg.FilterRule list for `node_id` (inbound rules: what may reach it)."""
-        if self.p is None:
-            return [dict(r) for r in ALLOW_ALL_FILTER]
         key = ("filter", node_id)
         cached = self._node_cache.get(key)
         if cached is not None:
@@ -499,8 +504,6 @@ class CompiledPolicy:
     def visible_peers(self, node_id: int) -> set[int]:
         """Ids of the peers `node_id` may see: traffic is allowed in either direction."""
         net = self.net
-        if self.p is None:
-            return set(net.nodes) - {node_id}
         key = ("peers", node_id)
         cached = self._node_cache.get(key)
         if cached is not None:
@@ -537,8 +540,6 @@ class CompiledPolicy:
             candidates += list(EXIT_ROUTES)
         if not candidates:
             return []
-        if self.p is None:
-            return candidates
         out = []
         for route in candidates:
             if self._viewer_reaches(viewer_id, route):
@@ -620,10 +621,13 @@ def compile_policy(
 __all__ = ["Policy", "PolicyError", "CompiledPolicy", "Tailnet", "compile_policy"]
 
 
-def _ssh_policy_stub(self: CompiledPolicy, node_id: int) -> dict[str, Any]:
-    return {"rules": []}
+
+def _ssh_policy(self: CompiledPolicy, node_id: int, control_url: str = "https://unused") -> dict[str, Any]:
+    from .ssh import ssh_policy
+
+    return ssh_policy(self, node_id, control_url)
 
 
-CompiledPolicy.ssh_policy = _ssh_policy_stub  # type: ignore[attr-defined]
+CompiledPolicy.ssh_policy = _ssh_policy  # type: ignore[attr-defined]
 CompiledPolicy.cap_map = lambda self, node_id: {}  # type: ignore[attr-defined]
 CompiledPolicy.peer_cap_map = lambda self, viewer, peer: ({"suggest-exit-node": None} if self.net.nodes[peer].exit else None)  # type: ignore[attr-defined]
