@@ -471,12 +471,13 @@ class FrameDecoder:
 
     A frame longer than ``max_frame_len`` raises RemoteProtocolError, unless ``skip_unknown`` is
     set and its type is not in ``known``: then its payload is discarded as it streams past,
-    without being buffered, and ``(type, length)`` is appended to ``skipped``.
+    without being buffered, and ``(type, length)`` (an int in place of the payload) is returned
+    in its place among the frames.
     Partial frames are kept as a list of chunks and joined once complete, so a large frame
     arriving in many small reads costs one copy.
     """
 
-    __slots__ = ("_parts", "_have", "_need", "_skip", "max_frame_len", "skip_unknown", "_known", "skipped")
+    __slots__ = ("_parts", "_have", "_need", "_skip", "max_frame_len", "skip_unknown", "_known")
 
     def __init__(self, max_frame_len: int = MAX_FRAME_LEN, *, skip_unknown: bool = False, known=frozenset()):
         self._parts: list[bytes] = []
@@ -486,9 +487,8 @@ class FrameDecoder:
         self.max_frame_len = max_frame_len
         self.skip_unknown = skip_unknown
         self._known = known
-        self.skipped: list[tuple[int, int]] = []
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes) -> list[tuple[int, Any]]:
         """Add bytes; return every complete frame they finish."""
         if self._skip:
             if len(data) <= self._skip:
@@ -516,7 +516,7 @@ class FrameDecoder:
             t, n = _unpack_hdr(buf, off)
             if n > maxlen:
                 if self.skip_unknown and t not in self._known:
-                    self.skipped.append((t, n))
+                    append((t, n))
                     avail = end - off - 5
                     if avail >= n:
                         off += 5 + n
@@ -704,9 +704,6 @@ class DerpServerConnection:
         """Feed bytes from the client; returns the events they complete, in order."""
         frames = self._decoder.feed(data)
         events: list[Event] = []
-        if self._decoder.skipped:
-            events.extend(UnknownFrame(t, n) for t, n in self._decoder.skipped)
-            self._decoder.skipped.clear()
         if not frames:
             return events
         append = events.append
@@ -723,6 +720,9 @@ class DerpServerConnection:
                 if n < KEY_LEN or n > MAXP:
                     raise RemoteProtocolError(f"SendPacket of {n} bytes (must be 32..{MAXP})")
                 append(SendPacket(payload[:KEY_LEN], payload[KEY_LEN:]))
+                continue
+            if type(payload) is int:  # an oversized unknown frame, skipped
+                append(UnknownFrame(t, payload))
                 continue
             if t == FrameType.PING:
                 n = len(payload)
