@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnslib import AAAA, NS, PTR, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord, EDNS0
+from dnslib import DNSHeader, DNSRecord
 
 from .ratelimit import RateLimiter
 from .zone import NXDOMAIN, Record, Zone
@@ -39,6 +40,7 @@ NOERROR, FORMERR, SERVFAIL, RC_NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
 
 _TYPE_NAMES = {1: "A", 2: "NS", 6: "SOA", 12: "PTR", 16: "TXT", 28: "AAAA", 255: "ANY"}
+_TYPE_CODES = {v: k for k, v in _TYPE_NAMES.items()}
 _QTYPE_OPT = 41
 _ZONE_TRANSFERS = {251, 252}  # IXFR, AXFR
 _CLASS_IN, _CLASS_ANY = 1, 255
@@ -100,7 +102,7 @@ def parse_upstreams(entries: Iterable[str]) -> tuple[list[tuple[str, int]], list
     return out, problems
 
 
-def _name_key(labels: tuple[bytes, ...]) -> str:
+def _name_key(labels: Iterable[bytes]) -> str:
     parts = []
     for label in labels:
         text = label.lower().decode("latin-1")
@@ -116,6 +118,111 @@ def _header_only(qid: int, flags: int, rcode: int) -> bytes:
     return struct.pack("!HHHHHH", qid, out_flags, 0, 0, 0, 0)
 
 
+def _opt(ext_rcode: int = 0) -> bytes:
+    """Our OPT pseudo-record: root owner, advertised payload size, version 0, no options."""
+    return b"\x00" + struct.pack("!HHIH", _QTYPE_OPT, EDNS_ADVERTISED, ext_rcode << 24, 0)
+
+
+_NAME_CACHE: dict[str, bytes] = {}
+
+
+def _encode_name(name: str) -> bytes:
+    """Wire form of a normalised name (no compression). Cached: zone names repeat."""
+    wire = _NAME_CACHE.get(name)
+    if wire is None:
+        out = bytearray()
+        for label in name.split(".") if name else ():
+            raw = label.encode("latin-1", "replace")[:63]
+            out.append(len(raw))
+            out += raw
+        out.append(0)
+        wire = bytes(out)
+        if len(_NAME_CACHE) < 100_000:
+            _NAME_CACHE[name] = wire
+    return wire
+
+
+@dataclass(slots=True)
+class _Query:
+    """What the core needs of a query, however it was parsed."""
+
+    qid: int
+    flags: int
+    question: bytes  # the question section as sent (case kept), for echoing
+    labels: list[bytes]
+    qtype: int
+    qclass: int
+    has_edns: bool
+    udp_len: int
+    edns_version: int
+
+
+def _parse_fast(data: bytes, qid: int, flags: int) -> _Query | None:
+    """The common shape — one question, no answer/authority, at most an OPT — without dnslib.
+    None for anything else (the dnslib path then decides)."""
+    qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+    if qd != 1 or an or ns or ar > 1:
+        return None
+    pos = 12
+    end = len(data)
+    labels = []
+    while True:
+        if pos >= end:
+            return None
+        n = data[pos]
+        if n == 0:
+            pos += 1
+            break
+        if n > 63 or pos + 1 + n > end:
+            return None  # compression pointer or broken: leave it to dnslib
+        labels.append(data[pos + 1 : pos + 1 + n])
+        pos += 1 + n
+    if pos + 4 > end or pos - 12 > 255:
+        return None
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    question = data[12 : pos + 4]
+    pos += 4
+    has_edns, udp_len, version = False, 0, 0
+    if ar:
+        # root owner, TYPE OPT, CLASS = payload size, TTL = ext-rcode/version/flags, RDLEN, options
+        if pos + 11 > end or data[pos] != 0:
+            return None
+        rtype, udp_len, ttl, rdlen = struct.unpack_from("!HHIH", data, pos + 1)
+        if rtype != _QTYPE_OPT or pos + 11 + rdlen != end:
+            return None
+        has_edns, version = True, (ttl >> 16) & 0xFF
+    elif pos != end:
+        return None
+    return _Query(qid, flags, bytes(question), labels, qtype, qclass, has_edns, udp_len, version)
+
+
+def _parse_slow(data: bytes, qid: int, flags: int) -> _Query | int:
+    """Anything else, through dnslib: a _Query, or the rcode to refuse it with."""
+    try:
+        req = DNSRecord.parse(data)
+    except Exception:
+        return FORMERR
+    if len(req.questions) != 1 or req.rr or req.auth:
+        return FORMERR
+    opts = [rr for rr in req.ar if rr.rtype == _QTYPE_OPT]
+    if len(opts) > 1:
+        return FORMERR
+    q = req.questions[0]
+    question = bytes(DNSRecord(DNSHeader(id=0), questions=[q]).pack())[12:]
+    has_edns = bool(opts)
+    return _Query(
+        qid,
+        flags,
+        question,
+        list(q.qname.label),
+        q.qtype,
+        q.qclass,
+        has_edns,
+        opts[0].rclass if has_edns else 0,
+        (opts[0].ttl >> 16) & 0xFF if has_edns else 0,
+    )
+
+
 @dataclass
 class Forward:
     """A query to pass upstream. `query` carries `upstream_id`, not the client's id."""
@@ -123,10 +230,8 @@ class Forward:
     query: bytes
     upstream_id: int
     client_id: int
-    qname: str
-    qtype: int
-    qclass: int
-    request: DNSRecord
+    client_flags: int
+    question: bytes
     transport: str
     max_size: int
     has_edns: bool
@@ -134,19 +239,13 @@ class Forward:
 
     def matches(self, reply: bytes) -> bool:
         """Is `reply` the answer to this query (id, QR bit and question all match)?"""
-        if len(reply) < 12:
+        if len(reply) < 12 + len(self.question):
             return False
-        rid, flags = struct.unpack_from("!HH", reply)
-        if rid != self.upstream_id or not flags & 0x8000:
+        rid, flags, qd = struct.unpack_from("!HHH", reply)
+        if rid != self.upstream_id or not flags & 0x8000 or qd != 1:
             return False
-        try:
-            msg = DNSRecord.parse(reply)
-        except Exception:
-            return False
-        if len(msg.questions) != 1:
-            return False
-        q = msg.questions[0]
-        return q.qtype == self.qtype and q.qclass == self.qclass and _name_key(q.qname.label) == self.qname
+        # length bytes of labels are < 64, so lower() only folds the letters of the names
+        return reply[12 : 12 + len(self.question)].lower() == self.question.lower()
 
 
 class Resolver:
@@ -200,12 +299,14 @@ class Resolver:
         if it does not fit the client's UDP size), or SERVFAIL when `reply` is None."""
         if reply is None or len(reply) < 12:
             self.stats.forward_failures += 1
-            return self._finish(self._reply(fwd.request, SERVFAIL, ra=True), fwd.request, fwd.transport, fwd.max_size, fwd.has_edns, SERVFAIL)
+            out = self._build(fwd.client_id, fwd.client_flags, SERVFAIL, fwd.question, aa=False, ra=True,
+                              has_edns=fwd.has_edns)
+            return self._count(out, SERVFAIL)
         out = struct.pack("!H", fwd.client_id) + reply[2:]
         rcode = reply[3] & 0xF
         if fwd.transport == "udp" and len(out) > fwd.max_size:
             self.stats.truncated += 1
-            out = self._truncated(fwd.request, struct.unpack_from("!H", reply, 2)[0] | 0x0200, fwd.has_edns)
+            out = self._truncated(out, fwd.question, fwd.has_edns)
         return self._count(out, rcode)
 
     # -- internals ----------------------------------------------------------------------------
@@ -214,39 +315,31 @@ class Resolver:
         return reply
 
     def _handle(self, data: bytes, qid: int, flags: int, now: float, transport: str) -> bytes | Forward:
-        try:
-            req = DNSRecord.parse(data)
-        except Exception:
-            return self._count(_header_only(qid, flags, FORMERR), FORMERR)
         opcode = (flags >> 11) & 0xF
         if opcode != 0:
             return self._count(_header_only(qid, flags, NOTIMP), NOTIMP)
-        if len(req.questions) != 1 or req.rr or req.auth:
-            return self._count(_header_only(qid, flags, FORMERR), FORMERR)
-
-        opts = [rr for rr in req.ar if rr.rtype == _QTYPE_OPT]
-        if len(opts) > 1:
-            return self._count(_header_only(qid, flags, FORMERR), FORMERR)
-        has_edns = bool(opts)
+        q = _parse_fast(data, qid, flags)
+        if q is None:
+            parsed = _parse_slow(data, qid, flags)
+            if isinstance(parsed, int):
+                return self._count(_header_only(qid, flags, parsed), parsed)
+            q = parsed
         if transport != "udp":
             max_size = 65535
-        elif has_edns:
-            max_size = min(max(opts[0].rclass, MIN_UDP_SIZE), self.max_udp_size)
+        elif q.has_edns:
+            max_size = min(max(q.udp_len, MIN_UDP_SIZE), self.max_udp_size)
         else:
             max_size = MIN_UDP_SIZE
-        if has_edns and (opts[0].ttl >> 16) & 0xFF != 0:
-            reply = self._reply(req, 0)
-            reply.add_ar(EDNS0(udp_len=EDNS_ADVERTISED, ext_rcode=BADVERS >> 4))
-            return self._count(bytes(reply.pack()), BADVERS)
-
-        q = req.questions[0]
+        if q.has_edns and q.edns_version != 0:
+            out = self._build(qid, flags, 0, q.question, aa=False, ra=False, has_edns=True, ext_rcode=BADVERS >> 4)
+            return self._count(out, BADVERS)
         if q.qtype == _QTYPE_OPT:
             return self._count(_header_only(qid, flags, FORMERR), FORMERR)
         ra = bool(self.upstreams)
         if q.qclass not in (_CLASS_IN, _CLASS_ANY) or q.qtype in _ZONE_TRANSFERS:
-            return self._finish(self._reply(req, REFUSED, ra=ra), req, transport, max_size, has_edns, REFUSED)
+            return self._finish(q, REFUSED, (), (), False, ra, transport, max_size)
 
-        name = _name_key(q.qname.label)
+        name = _name_key(q.labels)
         rtype = _TYPE_NAMES.get(q.qtype) or f"TYPE{q.qtype}"
         result = self.zone.lookup(name, rtype, now)
         if result is None:
@@ -254,72 +347,90 @@ class Resolver:
                 self.stats.forwarded += 1
                 upstream_id = self._random_id() & 0xFFFF
                 return Forward(
-                    query=struct.pack("!H", upstream_id) + data[2:],
+                    query=struct.pack("!H", upstream_id) + bytes(data[2:]),
                     upstream_id=upstream_id,
                     client_id=qid,
-                    qname=name,
-                    qtype=q.qtype,
-                    qclass=q.qclass,
-                    request=req,
+                    client_flags=flags,
+                    question=q.question,
                     transport=transport,
                     max_size=max_size,
-                    has_edns=has_edns,
+                    has_edns=q.has_edns,
                     upstreams=self.upstreams,
                 )
-            return self._finish(self._reply(req, REFUSED, ra=ra), req, transport, max_size, has_edns, REFUSED)
-
+            return self._finish(q, REFUSED, (), (), False, ra, transport, max_size)
         rcode = RC_NXDOMAIN if result.rcode == NXDOMAIN else NOERROR
-        reply = self._reply(req, rcode, aa=True, ra=ra)
-        asked = q.qname
-        for rec in result.answers:
-            reply.add_answer(self._rr(rec, asked if rec.name == name else None))
-        for rec in result.authority:
-            reply.add_auth(self._rr(rec, None))
-        return self._finish(reply, req, transport, max_size, has_edns, rcode)
-
-    @staticmethod
-    def _reply(req: DNSRecord, rcode: int, *, aa: bool = False, ra: bool = False) -> DNSRecord:
-        h = req.header
-        header = DNSHeader(id=h.id, qr=1, aa=int(aa), rd=h.rd, ra=int(ra), cd=h.cd, rcode=rcode)
-        return DNSRecord(header, questions=list(req.questions))
+        answers = [self._rr(rec, rec.name == name) for rec in result.answers]
+        authority = [self._rr(rec, False) for rec in result.authority]
+        return self._finish(q, rcode, answers, authority, True, ra, transport, max_size)
 
     def _finish(
-        self, reply: DNSRecord, req: DNSRecord, transport: str, max_size: int, has_edns: bool, rcode: int
+        self,
+        q: _Query,
+        rcode: int,
+        answers: Iterable[bytes],
+        authority: Iterable[bytes],
+        aa: bool,
+        ra: bool,
+        transport: str,
+        max_size: int,
     ) -> bytes:
-        if has_edns:
-            reply.add_ar(EDNS0(udp_len=EDNS_ADVERTISED))
-        wire = bytes(reply.pack())
+        wire = self._build(q.qid, q.flags, rcode, q.question, answers, authority, aa=aa, ra=ra, has_edns=q.has_edns)
         if transport == "udp" and len(wire) > max_size:
             self.stats.truncated += 1
-            wire = self._truncated(req, struct.unpack_from("!H", wire, 2)[0] | 0x0200, has_edns)
+            wire = self._truncated(wire, q.question, q.has_edns)
         return self._count(wire, rcode)
 
     @staticmethod
-    def _truncated(req: DNSRecord, flags: int, has_edns: bool) -> bytes:
-        """Header (with TC) + question (+ OPT): what fits in any UDP reply."""
-        out = DNSRecord(DNSHeader(id=req.header.id, bitmap=flags & 0xFFFF), questions=list(req.questions))
+    def _build(
+        qid: int,
+        flags: int,
+        rcode: int,
+        question: bytes,
+        answers: Iterable[bytes] = (),
+        authority: Iterable[bytes] = (),
+        *,
+        aa: bool,
+        ra: bool,
+        has_edns: bool,
+        ext_rcode: int = 0,
+    ) -> bytes:
+        answers = list(answers)
+        authority = list(authority)
+        # QR, opcode/RD/CD copied, AA and RA ours, AD never
+        out_flags = 0x8000 | (flags & 0x7900) | (flags & 0x0010) | (rcode & 0xF)
+        if aa:
+            out_flags |= 0x0400
+        if ra:
+            out_flags |= 0x0080
+        header = struct.pack("!HHHHHH", qid, out_flags, 1, len(answers), len(authority), 1 if has_edns else 0)
+        parts = [header, question, *answers, *authority]
         if has_edns:
-            out.add_ar(EDNS0(udp_len=EDNS_ADVERTISED))
-        return bytes(out.pack())
+            parts.append(_opt(ext_rcode))
+        return b"".join(parts)
 
     @staticmethod
-    def _rr(rec: Record, owner: DNSLabel | None) -> RR:
-        rname = owner if owner is not None else DNSLabel(rec.name)
+    def _truncated(reply: bytes, question: bytes, has_edns: bool) -> bytes:
+        """`reply`'s header with TC set and only the question (+ OPT): fits any UDP reply."""
+        qid, flags = struct.unpack_from("!HH", reply)
+        header = struct.pack("!HHHHHH", qid, flags | 0x0200, 1, 0, 0, 1 if has_edns else 0)
+        return header + question + (_opt() if has_edns else b"")
+
+    @staticmethod
+    def _rr(rec: Record, owner_is_qname: bool) -> bytes:
+        # the owner: a pointer to the question's name (offset 12), so the answer keeps its case
+        owner = b"\xc0\x0c" if owner_is_qname else _encode_name(rec.name)
         t = rec.rtype
         if t == "A":
-            rdata: Any = A(rec.value)
+            rdata = socket.inet_pton(socket.AF_INET, rec.value)
         elif t == "AAAA":
-            rdata = AAAA(rec.value)
-        elif t == "PTR":
-            rdata = PTR(rec.value + ".")
-        elif t == "NS":
-            rdata = NS(rec.value + ".")
+            rdata = socket.inet_pton(socket.AF_INET6, rec.value)
+        elif t in ("PTR", "NS"):
+            rdata = _encode_name(rec.value)
         elif t == "TXT":
-            rdata = TXT([v.encode("utf-8") for v in rec.value])
+            rdata = b"".join(bytes([len(raw)]) + raw for raw in (v.encode("utf-8")[:255] for v in rec.value))
         elif t == "SOA":
-            mname, rname_, serial, refresh, retry, expire, minimum = rec.value
-            rdata = SOA(mname + ".", rname_ + ".", (serial, refresh, retry, expire, minimum))
+            mname, rname, serial, refresh, retry, expire, minimum = rec.value
+            rdata = _encode_name(mname) + _encode_name(rname) + struct.pack("!IIIII", serial, refresh, retry, expire, minimum)
         else:  # pragma: no cover - the zone makes no other types
             raise ValueError(t)
-        return RR(rname, getattr(QTYPE, t), ttl=rec.ttl, rdata=rdata)
-
+        return owner + struct.pack("!HHIH", _TYPE_CODES[t], _CLASS_IN, rec.ttl, len(rdata)) + rdata

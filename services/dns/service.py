@@ -43,6 +43,8 @@ __all__ = ["serve", "DnsService", "DnsOptions"]
 #: node fields the zone depends on; other node updates (endpoints, last_seen, ...) are skipped
 _DNS_FIELDS = frozenset({"given_name", "ipv4", "ipv6"})
 _UDP_RECV = 4096
+#: datagrams handled between two Trio checkpoints
+_UDP_BATCH = 64
 #: largest extra_records file read
 _MAX_RECORDS_FILE = 4 * 1024 * 1024
 
@@ -326,25 +328,38 @@ async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: tri
         finally:
             svc.forwards_active -= 1
 
-    while True:
-        try:
-            data, addr = await sock.recvfrom(_UDP_RECV)
-        except OSError:  # e.g. an ICMP error reported on the socket
-            continue
-        result = handle(data, source=addr, now=time.time(), transport="udp")
-        if result is None:
-            continue
-        if isinstance(result, Forward):
-            if svc.forwards_active >= svc.options.max_forwards:
-                result = svc.resolver.forward_reply(result, None)
-            else:
-                svc.forwards_active += 1
-                nursery.start_soon(forward_and_reply, result, addr)
-                continue
-        try:
-            await sock.sendto(result, addr)
-        except OSError:
-            stats.dropped += 1
+    # The socket is read without a Trio checkpoint per datagram: wait until readable, then drain
+    # up to a batch with plain non-blocking calls (several times faster than await recvfrom).
+    raw = socket.socket(fileno=sock.fileno(), family=sock.family, type=sock.type, proto=sock.proto)
+    raw.setblocking(False)
+    recvfrom, sendto = raw.recvfrom, raw.sendto
+    try:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(_UDP_BATCH):
+                try:
+                    data, addr = recvfrom(_UDP_RECV)
+                except BlockingIOError:
+                    break
+                except OSError:  # e.g. an ICMP error reported on the socket
+                    continue
+                result = handle(data, source=addr, now=time.time(), transport="udp")
+                if result is None:
+                    continue
+                if isinstance(result, Forward):
+                    if svc.forwards_active >= svc.options.max_forwards:
+                        result = svc.resolver.forward_reply(result, None)
+                    else:
+                        svc.forwards_active += 1
+                        nursery.start_soon(forward_and_reply, result, addr)
+                        continue
+                try:
+                    sendto(result, addr)
+                except OSError:  # send buffer full (BlockingIOError) or unreachable: UDP may drop
+                    stats.dropped += 1
+            await trio.lowlevel.checkpoint()
+    finally:
+        raw.detach()
 
 
 def _tcp_handler(svc: DnsService) -> Any:
