@@ -39,6 +39,12 @@ TAILNET_SRC = ("100.64.0.0-100.115.91.255", "100.115.94.0-100.127.255.255", "fd7
 TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
 TAILNET_V6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
 
+#: app capabilities that give the other side a companion capability (the peer relays / shares)
+COMPANION_CAPS = {
+    "tailscale.com/cap/relay": "tailscale.com/cap/relay-target",
+    "tailscale.com/cap/drive": "tailscale.com/cap/drive-sharer",
+}
+
 ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
 
 
@@ -233,6 +239,7 @@ class _RuleCache:
     src_ips: list[str]
     dst_nodes: set[int]
     self_dst: bool
+    dst_ips: list[str]
 
 
 def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
@@ -367,6 +374,7 @@ class CompiledPolicy:
                 src_ips=self._src_ips(src),
                 dst_nodes=self._sel_nodes(dst),
                 self_dst=dst.self_,
+                dst_ips=self._src_ips(dst),
             )
             self._rule_cache[i] = rc
         return rc
@@ -469,6 +477,10 @@ class CompiledPolicy:
                 if src_ips:
                     for protos, dports in selfish.items():
                         out.append(self._filter_rule(src_ips, dports, protos))
+            if rule.app and node_id in rc.src_nodes:
+                companions = {COMPANION_CAPS[k]: None for k in rule.app if k in COMPANION_CAPS}
+                if companions:
+                    out.extend(self._cap_rules(companions, rc.dst_ips, st))
             if rule.app:
                 if cap_dst and rc.src_ips:
                     out.extend(self._cap_rules(rule.app, rc.src_ips, st))
@@ -578,7 +590,10 @@ class CompiledPolicy:
         """The peer's AllowedIPs as `viewer_id` is told them: addresses, plus the primary subnet
         routes and exit routes the viewer may use."""
         st = self.net.nodes[peer_id]
-        return [str(a) for a in st.addrs] + [str(r) for r in self.reachable_routes(viewer_id, peer_id)]
+        addrs = st.addrs
+        if "disable-ipv4" in self.cap_map(peer_id):
+            addrs = tuple(a for a in addrs if a.version == 6)
+        return [str(a) for a in addrs] + [str(r) for r in self.reachable_routes(viewer_id, peer_id)]
 
     def self_allowed_ips(self, node_id: int) -> list[str]:
         st = self.net.nodes[node_id]
@@ -629,5 +644,59 @@ def _ssh_policy(self: CompiledPolicy, node_id: int, control_url: str = "https://
 
 
 CompiledPolicy.ssh_policy = _ssh_policy  # type: ignore[attr-defined]
-CompiledPolicy.cap_map = lambda self, node_id: {}  # type: ignore[attr-defined]
-CompiledPolicy.peer_cap_map = lambda self, viewer, peer: ({"suggest-exit-node": None} if self.net.nodes[peer].exit else None)  # type: ignore[attr-defined]
+
+
+def _cap_map(self: CompiledPolicy, node_id: int) -> dict[str, Any]:
+    """The node's own CapMap from `nodeAttrs` (and top-level randomizeClientPort).
+
+    Attributes are capability names with a null value; `app` entries carry their values; `funnel`
+    also grants the funnel ports capability Tailscale pairs with it. Tailnet-state capabilities
+    (is-admin, file-sharing, ...) are the coordinator's business, not the policy's.
+    """
+    key = ("caps", node_id)
+    cached = self._node_cache.get(key)
+    if cached is not None:
+        return cached
+    p = self.p
+    caps: dict[str, Any] = {}
+    st = self.net.nodes[node_id]
+    if p.randomize_client_port:
+        caps["randomize-client-port"] = None
+    for attr in p.node_attrs:
+        if not self._targets_node(attr.targets, st):
+            continue
+        for a in attr.attrs:
+            caps[a] = None
+            if a == "funnel":
+                caps["https://tailscale.com/cap/funnel-ports?ports=443,8443,10000"] = None
+                caps["https://tailscale.com/cap/warn-funnel-no-https"] = None
+        for k, v in (attr.app or {}).items():
+            caps.setdefault(k, [])
+            if caps[k] is None:
+                caps[k] = []
+            caps[k] = list(caps[k]) + list(v or [])
+    self._node_cache[key] = caps
+    return caps
+
+
+def _targets_node(self: CompiledPolicy, targets: Any, st: _NodeState) -> bool:
+    for a in targets:
+        if a.kind == "wildcard":
+            return True
+        if a.kind in ("host", "prefix"):
+            pfx = self.p.hosts[a.value] if a.kind == "host" else ipaddress.ip_network(a.value)
+            if any(_overlaps(pfx, ad) for ad in st.addrs):
+                return True
+        elif st.info.id in self.resolve([a]).nodes:
+            return True
+    return False
+
+
+def _peer_cap_map(self: CompiledPolicy, viewer_id: int, peer_id: int) -> dict[str, Any] | None:
+    """CapMap of a peer as others see it: approved exit nodes are suggested as exit nodes."""
+    return {"suggest-exit-node": None} if self.net.nodes[peer_id].exit else None
+
+
+CompiledPolicy.cap_map = _cap_map  # type: ignore[attr-defined]
+CompiledPolicy._targets_node = _targets_node  # type: ignore[attr-defined]
+CompiledPolicy.peer_cap_map = _peer_cap_map  # type: ignore[attr-defined]

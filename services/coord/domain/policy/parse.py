@@ -241,13 +241,13 @@ class _Parser:
         self.check_self(srcs, [a for a, _ in dsts])
         return Rule(srcs=srcs, dsts=tuple(dsts), origin="acl")
 
-    def check_self(self, srcs: tuple[Alias, ...], dsts: list[Alias]) -> None:
+    def check_self(self, srcs: tuple[Alias, ...], dsts: list[Alias], wildcard_ok: bool = True) -> None:
         if any(s.kind == "autogroup" and s.value == "self" for s in srcs):
             raise _err('"autogroup:self" not valid on the src side of a rule')
         if any(d.kind == "autogroup" and d.value == "self" for d in dsts):
             for s in srcs:
                 ok = s.kind in ("user", "group") or (s.kind == "autogroup" and s.value == "member") \
-                    or s.kind == "wildcard"
+                    or (s.kind == "wildcard" and wildcard_ok)
                 if not ok:
                     raise _err("autogroup:self can only be used with users, groups, or supported autogroups")
 
@@ -260,10 +260,7 @@ class _Parser:
         if sep:
             protos = parse_proto(proto_s)
             return IPSpec(protos, parse_ports(port_s))
-        if text.isdigit() or "-" in text or "," in text:
-            return IPSpec((), parse_ports(text))
-        protos = parse_proto(text)
-        return IPSpec(protos, ALL_PORTS)
+        return IPSpec((), parse_ports(text))
 
     def grant(self, grant: Any) -> Rule:
         if not isinstance(grant, dict):
@@ -297,7 +294,7 @@ class _Parser:
             if v not in self.p.tag_owners:
                 raise _err(f'tag "{v}" not found')
             via.append(v)
-        self.check_self(srcs, dst_aliases)
+        self.check_self(srcs, dst_aliases, wildcard_ok=False)
         return Rule(
             srcs=srcs,
             dsts=tuple((a, specs) for a in dst_aliases),

@@ -1,0 +1,116 @@
+"""The policy engine against Tailscale's own compiler (the shared conformance corpus).
+
+One test per case (parametrised, so every failure is visible by id) and one test per category
+that computes the category's pass rate, prints the table and asserts the category's floor: 100 %
+where that is the target, else the rate reached when the floor was last raised, so a regression
+fails. Cases listed in KNOWN_FAILURES are xfail (strict: a fixed case must be removed from the
+list). The comparison is defined in tests/policy/conformance.py; docs/policy-conformance.md has the
+table and every remaining failure with its reason.
+
+The corpus lives outside the repository (../shared/conformance/policy from the repo root); when it
+is absent every test here is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from trioscale.debug_policy import run_case
+
+
+def _load_helper():
+    spec = importlib.util.spec_from_file_location(
+        "trioscale_policy_conformance", Path(__file__).with_name("conformance.py")
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+compare_case = _load_helper().compare_case
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CORPUS = REPO_ROOT.parent / "shared" / "conformance" / "policy"
+CATEGORIES = ("acl", "grant", "routes", "ssh", "sshtest", "policytest", "nodeattrs")
+
+#: minimum passing cases per category (total in brackets)
+FLOORS = {
+    "acl": 164,  # of 165: acl-k03 contradicts acl-ah01 (see docs)
+    "routes": 103,
+    "policytest": 45,
+    "sshtest": 30,
+    "grant": 175,
+    "ssh": 51,
+    "nodeattrs": 38,
+}
+
+KNOWN_FAILURES_FILE = Path(__file__).with_name("known_failures.json")
+KNOWN_FAILURES: dict[str, str] = (
+    json.loads(KNOWN_FAILURES_FILE.read_text()) if KNOWN_FAILURES_FILE.exists() else {}
+)
+
+
+def _cases() -> list[Path]:
+    if not CORPUS.is_dir():
+        return []
+    return sorted(CORPUS.glob("*/*.json"))
+
+
+CASES = _cases()
+needs_corpus = pytest.mark.skipif(
+    not CASES, reason=f"policy conformance corpus not found at {CORPUS} (it is optional)"
+)
+
+
+def _check(path: Path) -> list[str]:
+    case = json.loads(path.read_text())
+    return compare_case(case, run_case(path))
+
+
+@needs_corpus
+@pytest.mark.parametrize("path", CASES or [None], ids=[p.stem for p in CASES] or ["no-corpus"])
+def test_case(path: Path) -> None:
+    problems = _check(path)
+    if path.stem in KNOWN_FAILURES:
+        if problems:
+            pytest.xfail(KNOWN_FAILURES[path.stem])
+        pytest.fail(f"{path.stem} passes now: remove it from known_failures.json")
+    assert not problems, "\n".join(problems)
+
+
+_RATES: dict[str, tuple[int, int]] = {}
+
+
+def _rate(category: str) -> tuple[int, int]:
+    if category not in _RATES:
+        paths = [p for p in CASES if p.parent.name == category]
+        passed = sum(1 for p in paths if not _check(p))
+        _RATES[category] = (passed, len(paths))
+    return _RATES[category]
+
+
+@needs_corpus
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_category_pass_rate(category: str, capsys: pytest.CaptureFixture[str]) -> None:
+    passed, total = _rate(category)
+    with capsys.disabled():
+        print(f"\npolicy conformance {category:11} {passed:4}/{total:<4} {100.0 * passed / max(total, 1):5.1f} %")
+    assert passed >= FLOORS[category], f"{category}: {passed}/{total} passing, floor is {FLOORS[category]}"
+
+
+def pass_rate_table() -> str:
+    """The markdown table docs/policy-conformance.md shows."""
+    rows = ["| category | passed | total | rate |", "|---|---:|---:|---:|"]
+    totals = defaultdict(int)
+    for c in CATEGORIES:
+        passed, total = _rate(c)
+        totals["p"] += passed
+        totals["t"] += total
+        rows.append(f"| {c} | {passed} | {total} | {100.0 * passed / max(total, 1):.1f} % |")
+    rows.append(f"| **all** | {totals['p']} | {totals['t']} | {100.0 * totals['p'] / max(totals['t'], 1):.1f} % |")
+    return "\n".join(rows)
