@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from trioscale.services.dns.ratelimit import RateLimiter, source_key
 from trioscale.services.dns.resolver import Forward, Resolver, parse_upstreams
@@ -225,7 +225,7 @@ def test_forwarding_decision_and_reply(zone):
     assert r.header.ra == 1 and r.header.aa == 1
     # an upstream answer: must match id and question
     up = DNSRecord.parse(fwd.query).reply()
-    up.add_answer(*__import__("dnslib").RR.fromZone("example.com. 300 IN A 192.0.2.80"))
+    up.add_answer(*RR.fromZone("example.com. 300 IN A 192.0.2.80"))
     assert fwd.matches(up.pack())
     wrong = DNSRecord.parse(up.pack())
     wrong.header.id = 1
@@ -246,7 +246,7 @@ def test_forward_reply_truncates_for_small_clients(zone):
     fwd = res.handle(query("big.example.com", qid=5), source=SRC, now=0)
     up = DNSRecord.parse(fwd.query).reply()
     for i in range(60):
-        up.add_answer(*__import__("dnslib").RR.fromZone(f"big.example.com. 300 IN A 192.0.2.{i}"))
+        up.add_answer(*RR.fromZone(f"big.example.com. 300 IN A 192.0.2.{i}"))
     out = DNSRecord.parse(res.forward_reply(fwd, up.pack()))
     assert out.header.tc == 1 and out.rr == [] and out.header.id == 5
 
