@@ -106,6 +106,8 @@ class _NodeState:
     addrs: tuple[IPNetwork, ...]  # /32 and /128
     routes: tuple[IPNetwork, ...]  # effective (advertised and approved) routes, exit routes included
     exit: bool  # both exit routes effective
+    ips: tuple[str, ...] = ()  # the addresses as text, bare ("100.64.0.1")
+    cidrs: tuple[str, ...] = ()  # the addresses as text, with length ("100.64.0.1/32")
 
 
 class Tailnet:
@@ -164,7 +166,10 @@ class Tailnet:
                 addrs.append(ipaddress.ip_network(a))
         routes = self._routes_of(info)
         exit_ = all(e in routes for e in EXIT_ROUTES)
-        st = _NodeState(info, tuple(addrs), routes, exit_)
+        st = _NodeState(
+            info, tuple(addrs), routes, exit_,
+            tuple(str(a.network_address) for a in addrs), tuple(str(a) for a in addrs),
+        )
         self.nodes[info.id] = st
         if info.tags:
             self.tagged.add(info.id)
@@ -196,9 +201,10 @@ class Tailnet:
                     del self.route_owners[r]
 
     def refresh_routes(self) -> None:
-        """Recompute effective routes of every node (after the auto-approvers changed)."""
+        """Recompute effective routes of the nodes that advertise any (auto-approvers changed)."""
         for st in list(self.nodes.values()):
-            self.set_node(st.info)
+            if st.info.routable_ips or st.routes:
+                self.set_node(st.info)
 
     # -- routes ------------------------------------------------------------------------------
     def primary_of(self, route: IPNetwork) -> int | None:
@@ -265,8 +271,13 @@ class CompiledPolicy:
             )
         self._rule_cache: list[_RuleCache | None] = [None] * len(self._rules)
         self._node_cache: dict[tuple[str, int], Any] = {}
+        self._alias_cache: dict[Alias, set[int]] = {}
 
     # -- updates -----------------------------------------------------------------------------
+    def with_policy(self, policy: Policy | None) -> "CompiledPolicy":
+        """The same tailnet (indexes kept) under another policy: what a policy change costs."""
+        return CompiledPolicy(policy, self.net)
+
     def set_node(self, info: NodeInfo) -> None:
         """A node joined or changed: update the indexes and drop derived caches."""
         self.net.set_node(info)
@@ -283,6 +294,15 @@ class CompiledPolicy:
     def _invalidate(self) -> None:
         self._rule_cache = [None] * len(self._rules)
         self._node_cache.clear()
+        self._alias_cache.clear()
+
+    def alias_nodes(self, alias: Alias) -> set[int]:
+        """Nodes one selector covers (cached until the next change)."""
+        got = self._alias_cache.get(alias)
+        if got is None:
+            got = self._sel_nodes(self.resolve([alias]))
+            self._alias_cache[alias] = got
+        return got
 
     # -- selectors ---------------------------------------------------------------------------
     def user_nodes(self, token: str) -> set[int]:
@@ -356,8 +376,7 @@ class CompiledPolicy:
             out.update(TAILNET_SRC)
             out.update(str(r) for r in net.subnet_routes())
         for nid in sel.nodes:
-            for a in net.nodes[nid].addrs:
-                out.add(str(a.network_address))
+            out.update(net.nodes[nid].ips)
         for pfx in sel.prefixes:
             out.add(_host_text(pfx))
         return sorted(out)
@@ -419,8 +438,8 @@ class CompiledPolicy:
         if k in ("tag", "user", "group") or (k == "autogroup" and alias.value in (
             "member", "tagged", "admin", "owner", "it-admin", "network-admin", "billing-admin", "auditor"
         )):
-            if nid in self.resolve([alias]).nodes:
-                return [str(a.network_address) for a in st.addrs]
+            if nid in self.alias_nodes(alias):
+                return list(st.ips)
             return []
         if k in ("host", "prefix"):
             pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
@@ -452,7 +471,7 @@ class CompiledPolicy:
                 if alias.kind == "autogroup" and alias.value == "self":
                     if st.info.is_tagged:
                         continue
-                    ips = [str(a.network_address) for a in st.addrs]
+                    ips = list(st.ips)
                     bucket = selfish
                     cap_self = True
                 else:
@@ -493,17 +512,23 @@ class CompiledPolicy:
         return out
 
     def _cap_rules(self, app: dict[str, list[Any]], src_ips: list[str], st: _NodeState) -> list[dict[str, Any]]:
-        dsts = [str(a) for a in st.addrs]
+        dsts = list(st.cidrs)
         rules = [{"SrcIPs": list(src_ips), "CapGrant": [{"Dsts": dsts, "CapMap": {k: v for k, v in app.items()}}]}]
         return rules
 
     def _self_src_ips(self, rc: _RuleCache, st: _NodeState) -> list[str]:
         uid = st.info.user_id
+        key = ("self", id(rc), uid)
+        cached = self._node_cache.get(key)  # type: ignore[call-overload]
+        if cached is not None:
+            return cached
         same = self.net.by_user.get(uid, set()) if uid is not None else set()
-        ips = []
-        for nid in sorted(same & rc.src_nodes):
-            ips.extend(str(a.network_address) for a in self.net.nodes[nid].addrs)
-        return sorted(ips)
+        ips: list[str] = []
+        for nid in same & rc.src_nodes:
+            ips.extend(self.net.nodes[nid].ips)
+        ips.sort()
+        self._node_cache[key] = ips  # type: ignore[index]
+        return ips
 
     @staticmethod
     def _filter_rule(src_ips: list[str], dports: list[dict[str, Any]], protos: tuple[int, ...]) -> dict[str, Any]:
@@ -597,7 +622,7 @@ class CompiledPolicy:
 
     def self_allowed_ips(self, node_id: int) -> list[str]:
         st = self.net.nodes[node_id]
-        return [str(a) for a in st.addrs] + [str(r) for r in st.routes]
+        return list(st.cidrs) + [str(r) for r in st.routes]
 
     def effective_routes(self, node_id: int) -> list[str]:
         """Advertised routes that are approved (by an admin or by autoApprovers)."""
@@ -687,7 +712,7 @@ def _targets_node(self: CompiledPolicy, targets: Any, st: _NodeState) -> bool:
             pfx = self.p.hosts[a.value] if a.kind == "host" else ipaddress.ip_network(a.value)
             if any(_overlaps(pfx, ad) for ad in st.addrs):
                 return True
-        elif st.info.id in self.resolve([a]).nodes:
+        elif st.info.id in self.alias_nodes(a):
             return True
     return False
 

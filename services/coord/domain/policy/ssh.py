@@ -52,13 +52,13 @@ def ssh_policy(c: "CompiledPolicy", node_id: int, control_url: str = "https://un
         return {"rules": rules}
     st = c.net.nodes[node_id]
     for rule in p.ssh:
-        src_nodes = c._sel_nodes(c.resolve(rule.srcs))
+        src_nodes = set().union(*(c.alias_nodes(a) for a in rule.srcs))
         principals_nodes: set[int] = set()
         for a in rule.dsts:
             if a.kind == "autogroup" and a.value == "self":
                 if not st.info.tags and st.info.user_id is not None:
                     principals_nodes |= src_nodes & c.net.by_user.get(st.info.user_id, set())
-            elif a.kind == "wildcard" or node_id in c._sel_nodes(c.resolve([a])):
+            elif a.kind == "wildcard" or node_id in c.alias_nodes(a):
                 principals_nodes |= src_nodes
         if not principals_nodes:
             continue
@@ -69,7 +69,7 @@ def ssh_policy(c: "CompiledPolicy", node_id: int, control_url: str = "https://un
         def mk(nodes: list[int], ssh_users: dict[str, str]) -> dict[str, Any]:
             r: dict[str, Any] = {
                 "principals": [
-                    {"nodeIP": str(a.network_address)} for nid in nodes for a in c.net.nodes[nid].addrs
+                    {"nodeIP": ip} for nid in nodes for ip in c.net.nodes[nid].ips
                 ],
                 "sshUsers": ssh_users,
                 "action": dict(action),
