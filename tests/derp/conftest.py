@@ -1,141 +1,23 @@
-"""Helpers for the DERP relay tests: a stand-in config and store, and a relay runner."""
+"""Fixtures for the DERP relay tests (helpers live in derphelpers.py)."""
 
 from __future__ import annotations
 
-import itertools
-import logging
-import types
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
+import sys
+from pathlib import Path
+
 import pytest
-import trio
-from nacl.public import PrivateKey
 
-from trioscale.shared.model import Change
+sys.path.insert(0, str(Path(__file__).parent))
 
-
-def new_key() -> bytes:
-    return bytes(PrivateKey.generate())
-
-
-def public(priv: bytes) -> bytes:
-    return bytes(PrivateKey(priv).public_key)
-
-
-class FakeStore:
-    """The few Store methods the relay uses, in memory."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[bytes, Any] = {}
-        self.relays: dict[tuple[int, str], Any] = {}
-        self.lookups = 0
-        self.upserts = 0
-        self._subs: list[trio.MemorySendChannel] = []
-        self._seq = itertools.count(1)
-        self._ids = itertools.count(1)
-
-    def add_node(self, node_key: bytes) -> Any:
-        node = types.SimpleNamespace(id=next(self._ids), node_key=node_key)
-        self.nodes[node_key] = node
-        return node
-
-    async def get_node_by_node_key(self, key: bytes) -> Any:
-        self.lookups += 1
-        await trio.lowlevel.checkpoint()
-        return self.nodes.get(key)
-
-    async def upsert_relay(self, relay: Any) -> Any:
-        self.upserts += 1
-        self.relays[(relay.region_id, relay.name)] = relay
-        return relay
-
-    async def delete_relay(self, region_id: int, name: str) -> None:
-        self.relays.pop((region_id, name), None)
-
-    @asynccontextmanager
-    async def subscribe(self, since: int | None = None):
-        send, receive = trio.open_memory_channel[Change](100)
-        self._subs.append(send)
-        try:
-            yield receive
-        finally:
-            self._subs.remove(send)
-
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
-        change = Change(seq=next(self._seq), kind=kind, data=data)
-        for s in list(self._subs):
-            await s.send(change)
-
-
-def make_ctx(tmp_path: Path, *, verify: bool = True, store: FakeStore | None = None, **overrides: Any) -> Any:
-    server = types.SimpleNamespace(
-        enabled=True,
-        region_id=999,
-        region_code="test",
-        region_name="Test",
-        listen_addr="127.0.0.1:0",
-        stun_listen_addr="127.0.0.1:0",
-        private_key_path=tmp_path / "derp_server.key",
-        verify_clients=verify,
-        tls_cert_path=None,
-        tls_key_path=None,
-        hostname="127.0.0.1",
-        ipv4="",
-        ipv6="",
-    )
-    for k, v in overrides.items():
-        setattr(server, k, v)
-    config = types.SimpleNamespace(data_dir=tmp_path / "data", derp=types.SimpleNamespace(server=server))
-    return types.SimpleNamespace(
-        config=config, store=store or FakeStore(), log=logging.getLogger("test.derp"), registry={}
-    )
-
-
-class RunningRelay:
-    ctx: Any
-    svc: Any
-    port: int
-    scope: trio.CancelScope
-    addresses: dict[str, str]
-
-    @property
-    def store(self) -> FakeStore:
-        return self.ctx.store
-
-    @property
-    def stats(self) -> Any:
-        return self.svc.stats
-
-    def stop(self) -> None:
-        self.scope.cancel()
-
-
-async def start_relay(nursery: trio.Nursery, tmp_path: Path, *, verify: bool = True, ctx: Any = None,
-                      **serve_kwargs: Any) -> RunningRelay:
-    from trioscale.services.derp.service import serve
-
-    relay = RunningRelay()
-    relay.ctx = ctx or make_ctx(tmp_path, verify=verify)
-    relay.done = trio.Event()
-
-    async def runner(task_status=trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with trio.CancelScope() as cs:
-                relay.scope = cs
-                await serve(relay.ctx, task_status=task_status, **serve_kwargs)
-        finally:
-            relay.done.set()
-
-    relay.addresses = await nursery.start(runner)
-    relay.svc = relay.ctx.registry["derp"]
-    relay.port = relay.svc.port
-    return relay
+from derphelpers import RunningRelay, start_relay  # noqa: E402
 
 
 @pytest.fixture
 def relay_factory(nursery, tmp_path):
+    """`await relay_factory(verify=..., **serve_kwargs) -> RunningRelay` (stopped with the test)."""
+
     async def factory(**kwargs: Any) -> RunningRelay:
         return await start_relay(nursery, tmp_path, **kwargs)
 
