@@ -10,6 +10,7 @@ import zlib
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -159,4 +160,5 @@ async def test_service_answers_on_loopback(nursery, listen, client_host):
         got = stun.parse_binding_response(data)
         assert got == stun.BindingResponse(b"A" * 12, client_host, sock.getsockname()[1])
         assert len(data) == (32 if family == socket.AF_INET else 44)
+    await trio.testing.wait_all_tasks_blocked()  # the responder counts after its send returns
     assert svc.stats.requests == 1 and svc.stats.ignored == 1 and svc.stats.responses == 1
