@@ -1,8 +1,9 @@
 """`trioscale debug policy-case FILE -o json`: run one policy conformance case through the engine.
 
-`run_case(path)` returns what the engine computes, in the shape of the case's `expect` (per node:
+`run_case(path)` returns what the engine computes, in the shape of the case's `expect` (hostname →
 packet_filter_rules, peers, ssh_policy, self_cap_map, self_allowed_ips, self_primary_routes) plus
-`"accepted"` and `"error"`. `python -m trioscale.debug_policy FILE` prints it as JSON.
+two top-level keys, `"accepted"` (bool) and `"error"` (the rejection reason or None). When the
+policy is rejected only those two keys are present. `python -m trioscale.debug_policy FILE` prints it as JSON.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def run_case(path: str | Path) -> dict[str, Any]:
     case = json.loads(Path(path).read_text())
     users, nodes, names = build_tailnet(case)
     text = case["policy"]
-    out: dict[str, Any] = {"id": case.get("id"), "accepted": True, "error": None, "nodes": {}}
+    out: dict[str, Any] = {"accepted": True, "error": None}
     try:
         policy = Policy.parse(text)
         compiled = compile_policy(policy, users, nodes)
@@ -90,7 +91,7 @@ def run_case(path: str | Path) -> dict[str, Any]:
                     "CapMap": compiled.peer_cap_map(nid, pid),
                 }
             )
-        out["nodes"][names[nid]] = {
+        out[names[nid]] = {
             "packet_filter_rules": compiled.packet_filter(nid),
             "peers": peers,
             "ssh_policy": compiled.ssh_policy(nid),

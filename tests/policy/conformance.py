@@ -114,7 +114,7 @@ def compare_case(case: dict[str, Any], result: dict[str, Any]) -> list[str]:
         return [f"Tailscale accepted the policy but the engine rejected it: {result['error']}"]
     problems = []
     for name, want in sorted(case["expect"].items()):
-        got = result["nodes"].get(name)
+        got = result.get(name)
         if got is None:
             problems.append(f"{name}: node missing from the engine's output")
             continue

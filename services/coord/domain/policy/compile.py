@@ -624,6 +624,26 @@ class CompiledPolicy:
         st = self.net.nodes[node_id]
         return list(st.cidrs) + [str(r) for r in st.routes]
 
+    def auto_approved_routes(self, info: NodeInfo) -> list[str]:
+        """The node's advertised routes that autoApprovers approve (subnet routes under
+        `autoApprovers.routes`, exit routes under `autoApprovers.exitNode`). 0.0.0.0/0 and ::/0
+        are approved together. The coordinator calls this when a node (re)advertises routes and
+        persists the result in the node's approved routes, as Tailscale does."""
+        out: list[str] = []
+        exit_ok = False
+        for r in info.routable_ips:
+            try:
+                net = ipaddress.ip_network(r, strict=False)
+            except ValueError:
+                continue
+            if net in EXIT_ROUTES:
+                exit_ok = exit_ok or self._auto_approves(info, net)
+            elif self._auto_approves(info, net):
+                out.append(str(net))
+        if exit_ok:
+            out += [str(e) for e in EXIT_ROUTES]
+        return out
+
     def effective_routes(self, node_id: int) -> list[str]:
         """Advertised routes that are approved (by an admin or by autoApprovers)."""
         return [str(r) for r in self.net.nodes[node_id].routes]
