@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Map fan-out: N simulated nodes hold map streams; one node changes its endpoints; how long until
+every other node has the delta?
+
+Run by hand (not a test). It starts `trioscale serve` (SQLite, the embedded default) in a temp
+directory on free loopback ports, or uses --control URLs of running coordinators (several URLs
+spread the nodes over replicas: then pass --authkey too). The simulated nodes are our own Noise
+client (shared/noiseclient.py), all in this process.
+
+    .venv/bin/python benchmarks/map_fanout.py --nodes 100 1000 --rounds 5
+
+Output: per N, setup time and the p50/p99/max latency from the lite update being sent to each
+peer decoding the PeersChangedPatch, over all rounds; `--json-out FILE` appends a record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import trio
+import yaml
+
+from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.proto import keys
+
+TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cfg = {
+            "server_url": self.url,
+            "listen_addr": f"127.0.0.1:{port}",
+            "data_dir": str(workdir / "data"),
+            "derp": {"server": {"listen_addr": f"127.0.0.1:{free_port()}", "stun_listen_addr": f"127.0.0.1:{free_port()}"}},
+            "dns": {"listen_addr": f"127.0.0.1:{free_port()}"},
+            "log": {"level": "warning"},
+        }
+        self.config = workdir / "trioscale.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.proc = subprocess.Popen([*TRIOSCALE, "--config", str(self.config), "serve"],
+                                     stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"trioscale did not start; see {workdir / 'serve.log'}")
+                time.sleep(0.1)
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run([*TRIOSCALE, "--config", str(self.config), *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class SimNode:
+    def __init__(self, index: int, control: tuple[str, int]) -> None:
+        self.index = index
+        self.control = control
+        self.node_key = keys.generate_private_key()
+        self.disco = keys.public_key(keys.generate_private_key())
+        self.first = trio.Event()
+        self.expect: str | None = None
+        self.got: dict[str, float] = {}
+        self.waiters: dict[str, trio.Event] = {}
+
+    def body(self, **extra):
+        b = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
+             "DiscoKey": keys.DISCO.format(self.disco), "Stream": True, "Compress": "zstd",
+             "KeepAlive": True, "Hostinfo": {"Hostname": f"sim{self.index}"}}
+        b.update(extra)
+        return b
+
+    async def run(self, authkey: str, ready: trio.CapacityLimiter, task_status=trio.TASK_STATUS_IGNORED):
+        host, port = self.control
+        async with ready:
+            client_cm = open_noise_client(host, port, timeout=60)
+            client = await client_cm.__aenter__()
+        try:
+            reg = await client.post_json("/machine/register", {
+                "Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
+                "Auth": {"AuthKey": authkey}, "Hostinfo": {"Hostname": f"sim{self.index}"}})
+            if reg.json().get("Error"):
+                raise SystemExit(f"register failed: {reg.json()['Error']}")
+            self.client = client
+            async with client.map_stream(self.body()) as maps:
+                async for msg in maps:
+                    if not self.first.is_set():
+                        self.first.set()
+                        task_status.started()
+                    now = time.monotonic()
+                    for patch in (msg.get("PeersChangedPatch") or []) + (msg.get("PeersChanged") or []):
+                        for ep in patch.get("Endpoints") or ():
+                            ev = self.waiters.get(ep)
+                            if ev is not None and ep not in self.got:
+                                self.got[ep] = now
+                                ev.set()
+        finally:
+            await client_cm.__aexit__(None, None, None)
+
+
+async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str, server_pid: int | None) -> dict:
+    nodes = [SimNode(i, controls[i % len(controls)]) for i in range(n)]
+    limiter = trio.CapacityLimiter(64)
+    result: dict = {"nodes": n, "controls": len(controls)}
+    async with trio.open_nursery() as nursery:
+        t0 = time.monotonic()
+        for node in nodes:
+            await nursery.start(node.run, authkey, limiter)
+        result["setup_s"] = round(time.monotonic() - t0, 2)
+        await trio.sleep(2)  # let the join announcements drain
+        latencies: list[float] = []
+        mover = nodes[0]
+        for r in range(rounds):
+            endpoint = f"127.0.0.{r + 10}:{40000 + r}"
+            events = []
+            for peer in nodes[1:]:
+                ev = trio.Event()
+                peer.waiters[endpoint] = ev
+                events.append(ev)
+            sent = time.monotonic()
+            resp = await mover.client.post_json("/machine/map", mover.body(Stream=False, OmitPeers=True,
+                                                                            Endpoints=[endpoint]))
+            assert resp.status == 200, resp.status
+            with trio.fail_after(60):
+                for ev in events:
+                    await ev.wait()
+            latencies.extend(peer.got[endpoint] - sent for peer in nodes[1:])
+            await trio.sleep(0.5)
+        latencies.sort()
+        result.update({
+            "rounds": rounds,
+            "p50_ms": round(1000 * statistics.median(latencies), 1),
+            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+            "max_ms": round(1000 * latencies[-1], 1),
+        })
+        if server_pid:
+            result["server_rss_mib"] = round(rss_mib(server_pid), 1)
+        result["client_rss_mib"] = round(rss_mib(os.getpid()), 1)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--control", action="append", help="URL of a running coordinator (repeatable)")
+    ap.add_argument("--authkey", help="reusable pre-auth key (with --control)")
+    ap.add_argument("--json-out")
+    args = ap.parse_args()
+    for n in args.nodes:
+        server = None
+        tmp = tempfile.TemporaryDirectory()
+        try:
+            if args.control:
+                urls, authkey = args.control, args.authkey
+            else:
+                server = Server(Path(tmp.name))
+                server.cli("users", "create", "bench")
+                authkey = json.loads(server.cli("preauthkeys", "create", "--user", "bench", "--reusable",
+                                                "-o", "json"))["key"]
+                urls = [server.url]
+            controls = []
+            for url in urls:
+                hostport = url.split("://", 1)[1].rstrip("/")
+                host, port = hostport.rsplit(":", 1)
+                controls.append((host, int(port)))
+            res = trio.run(bench, n, args.rounds, controls, authkey, server.pid() if server else None)
+            res["date"] = time.strftime("%Y-%m-%d")
+            res["cpus"] = os.cpu_count()
+            print(json.dumps(res))
+            if args.json_out:
+                with open(args.json_out, "a") as f:
+                    f.write(json.dumps(res) + "\n")
+        finally:
+            if server:
+                server.stop()
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
