@@ -123,6 +123,8 @@ class Tailnet:
         self.untagged: set[int] = set()
         self.route_owners: dict[IPNetwork, set[int]] = {}
         self.approve = None  # callable(NodeInfo, network) -> bool, set by the compiled policy
+        #: HA primaries chosen by the caller (route -> node id); None = lowest online id wins
+        self.primaries: dict[IPNetwork, int] | None = None
         for u in users:
             self.set_user(u)
         for n in nodes:
@@ -211,6 +213,10 @@ class Tailnet:
         owners = self.route_owners.get(route)
         if not owners:
             return None
+        if self.primaries is not None:
+            chosen = self.primaries.get(route)
+            if chosen in owners:
+                return chosen
         return min(owners, key=lambda i: (not self.nodes[i].info.online, i))
 
     def primary_routes(self, node_id: int) -> list[IPNetwork]:
@@ -538,31 +544,73 @@ class CompiledPolicy:
         return r
 
     # -- visibility --------------------------------------------------------------------------
+    def visibility_class(self, node_id: int) -> tuple:
+        """A key shared by nodes that see the same peers (up to themselves): the rules the node
+        is a source / destination of, and its user when an autogroup:self rule applies."""
+        key = ("vclass", node_id)
+        cached = self._node_cache.get(key)
+        if cached is not None:
+            return cached
+        st = self.net.nodes[node_id]
+        srcs: list[int] = []
+        dsts: list[int] = []
+        has_self = False
+        for i in range(len(self._rules)):
+            rc = self._rule(i)
+            if node_id in rc.src_nodes:
+                srcs.append(i)
+            if node_id in rc.dst_nodes:
+                dsts.append(i)
+            has_self = has_self or rc.self_dst
+        uid = st.info.user_id if has_self and not st.info.is_tagged else None
+        out = (tuple(srcs), tuple(dsts), uid)
+        self._node_cache[key] = out
+        return out
+
+    def class_peers(self, vclass: tuple) -> frozenset[int]:
+        """The peers (and possibly the node itself) a visibility class sees; shared, do not modify."""
+        key = ("cpeers", vclass)
+        cached = self._node_cache.get(key)  # type: ignore[call-overload]
+        if cached is not None:
+            return cached
+        net = self.net
+        srcs, dsts, uid = vclass
+        same = net.by_user.get(uid, set()) if uid is not None else set()
+        out: set[int] = set()
+        for i in srcs:
+            rc = self._rule(i)
+            out |= rc.dst_nodes
+            if rc.self_dst and same:
+                out |= same
+        for i in dsts:
+            out |= self._rule(i).src_nodes
+        if same:
+            for i in range(len(self._rules)):
+                rc = self._rule(i)
+                if rc.self_dst:
+                    out |= same & rc.src_nodes
+        frozen = frozenset(out)
+        self._node_cache[key] = frozen  # type: ignore[index]
+        return frozen
+
     def visible_peers(self, node_id: int) -> set[int]:
         """Ids of the peers `node_id` may see: traffic is allowed in either direction."""
-        net = self.net
         key = ("peers", node_id)
         cached = self._node_cache.get(key)
         if cached is not None:
             return cached
-        st = net.nodes[node_id]
-        out: set[int] = set()
-        for i, rule in enumerate(self._rules):
-            rc = self._rule(i)
-            if node_id in rc.src_nodes:
-                out |= rc.dst_nodes
-                if rc.self_dst and not st.info.is_tagged and st.info.user_id is not None:
-                    out |= net.by_user.get(st.info.user_id, set())
-            if node_id in rc.dst_nodes:
-                out |= rc.src_nodes
-            if rc.self_dst and not st.info.is_tagged and st.info.user_id is not None:
-                out |= net.by_user.get(st.info.user_id, set()) & rc.src_nodes
+        out = set(self.class_peers(self.visibility_class(node_id)))
         out.discard(node_id)
         self._node_cache[key] = out
         return out
 
     def can_see(self, viewer_id: int, peer_id: int) -> bool:
-        return peer_id in self.visible_peers(viewer_id)
+        if viewer_id == peer_id:
+            return False
+        cached = self._node_cache.get(("peers", viewer_id))
+        if cached is not None:
+            return peer_id in cached
+        return peer_id in self.class_peers(self.visibility_class(viewer_id))
 
     # -- routes ------------------------------------------------------------------------------
     def primary_routes(self, node_id: int) -> list[str]:
