@@ -151,6 +151,17 @@ class Share:
 
 
 @dataclass(frozen=True, slots=True)
+class Presence:
+    """Coordinator replica `replica_id` holds a map session of node `node_id` until `lease_expires`
+    (renewed by the replica's heartbeat; a row whose lease ran out is reaped by any live replica).
+    A node is online while it has at least one row."""
+
+    node_id: int
+    replica_id: str
+    lease_expires: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """One row of the change log: what changed, in the order it was committed.
 
@@ -186,5 +197,7 @@ CHANGE_KINDS = frozenset(
         "relay.deleted",
         "share.created",
         "share.deleted",
+        "presence.online",  # data: {"node_id", "replica_id"}: the node's first presence row
+        "presence.offline",  # data: {"node_id", "replica_id", "last_seen" (ISO text), "reason"}
     }
 )

@@ -26,6 +26,7 @@ from trioscale.shared.model import (
     Node,
     PendingRegistration,
     Policy,
+    Presence,
     PreAuthKey,
     Share,
     User,
@@ -226,6 +227,40 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_shares(self, node_id: int | None = None) -> list[Share]: ...
+
+    # -- presence of map sessions (per coordinator replica, with leases) ------------------------
+    # A node is online while at least one presence row names it. Changes are recorded only on
+    # transitions: "presence.online" when a node's first row appears, "presence.offline" (which
+    # also sets the node's last_seen) when its last row goes. Renewing a lease records nothing.
+    @abc.abstractmethod
+    async def update_presence(
+        self,
+        replica_id: str,
+        add: Sequence[int] = (),
+        remove: Sequence[int] = (),
+        *,
+        lease_expires: datetime,
+        now: datetime | None = None,
+    ) -> None:
+        """Replica `replica_id` now holds sessions of the nodes in `add` (insert, or renew to
+        `lease_expires`) and no longer of those in `remove`. Unknown rows in `remove` are ignored."""
+
+    @abc.abstractmethod
+    async def renew_presence(
+        self, replica_id: str, node_ids: Sequence[int], *, lease_expires: datetime, now: datetime | None = None
+    ) -> None:
+        """The heartbeat: replica `replica_id` holds exactly `node_ids`. Renews its rows to
+        `lease_expires`, inserts missing ones (e.g. reaped while it was cut off) and deletes the
+        rest; `[]` removes all of the replica's rows (clean shutdown)."""
+
+    @abc.abstractmethod
+    async def reap_presence(self, now: datetime) -> list[int]:
+        """Delete every row whose lease ended before `now` (a dead replica's); returns the ids of
+        the nodes that went offline."""
+
+    @abc.abstractmethod
+    async def list_presence(self) -> list[Presence]:
+        """Every row, by node id then replica id."""
 
     # -- change log ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -26,6 +26,7 @@ from trioscale.shared.model import (
     Node,
     PendingRegistration,
     Policy,
+    Presence,
     PreAuthKey,
     Share,
     User,
@@ -525,6 +526,7 @@ def op_delete_node(node_id: int):
     for s in (yield All("SELECT user_id FROM shares WHERE node_id = ? ORDER BY user_id", node.id)):
         yield Exec("DELETE FROM shares WHERE node_id = ? AND user_id = ?", node.id, s["user_id"])
         yield Emit("share.deleted", {"node_id": node.id, "user_id": int(s["user_id"])})
+    yield Exec("DELETE FROM presence WHERE node_id = ?", node.id)  # node.deleted implies offline
     yield Exec("DELETE FROM nodes WHERE id = ?", node.id)
     yield Emit(
         "node.deleted",
@@ -822,6 +824,94 @@ def op_list_shares(node_id: int | None):
     return [share_from_row(r) for r in rows]
 
 
+# -- presence ------------------------------------------------------------------------------------
+#
+# A node is online while it has at least one presence row. Changes are recorded only on the
+# transitions (first row inserted: presence.online; last row deleted: presence.offline), never for
+# a lease renewal, so heartbeats cost no change-log rows.
+
+
+def presence_from_row(r: Mapping[str, Any]) -> Presence:
+    return Presence(
+        node_id=int(r["node_id"]), replica_id=r["replica_id"], lease_expires=read_time(r["lease_expires"])
+    )
+
+
+def _presence_add(replica_id: str, node_id: int, lease_expires: datetime):
+    node_id = int(node_id)
+    mine = yield One("SELECT node_id FROM presence WHERE node_id = ? AND replica_id = ?", node_id, replica_id)
+    if mine is not None:
+        yield Exec(
+            "UPDATE presence SET lease_expires = ? WHERE node_id = ? AND replica_id = ?",
+            lease_expires,
+            node_id,
+            replica_id,
+        )
+        return False
+    others = yield One("SELECT count(*) AS n FROM presence WHERE node_id = ?", node_id)
+    yield Exec(
+        "INSERT INTO presence (node_id, replica_id, lease_expires) VALUES (?, ?, ?)", node_id, replica_id, lease_expires
+    )
+    if int(others["n"]):
+        return False
+    yield Emit("presence.online", {"node_id": node_id, "replica_id": replica_id})
+    return True
+
+
+def _presence_remove(replica_id: str, node_id: int, now: datetime, reason: str):
+    node_id = int(node_id)
+    r = yield One(
+        "DELETE FROM presence WHERE node_id = ? AND replica_id = ? RETURNING node_id", node_id, replica_id
+    )
+    if r is None:
+        return False
+    left = yield One("SELECT count(*) AS n FROM presence WHERE node_id = ?", node_id)
+    if int(left["n"]):
+        return False
+    yield Exec("UPDATE nodes SET last_seen = ? WHERE id = ?", now, node_id)
+    yield Emit(
+        "presence.offline",
+        {"node_id": node_id, "replica_id": replica_id, "last_seen": time_text(now), "reason": reason},
+    )
+    return True
+
+
+def op_update_presence(replica_id: str, add: Sequence[int], remove: Sequence[int], lease_expires: datetime, now: datetime):
+    lease_expires, now = utc(lease_expires), utc(now)
+    for node_id in add:
+        yield from _presence_add(replica_id, node_id, lease_expires)
+    for node_id in remove:
+        yield from _presence_remove(replica_id, node_id, now, "closed")
+
+
+def op_renew_presence(replica_id: str, node_ids: Sequence[int], lease_expires: datetime, now: datetime):
+    lease_expires, now = utc(lease_expires), utc(now)
+    yield Exec("UPDATE presence SET lease_expires = ? WHERE replica_id = ?", lease_expires, replica_id)
+    have = {int(r["node_id"]) for r in (yield All("SELECT node_id FROM presence WHERE replica_id = ?", replica_id))}
+    want = {int(n) for n in node_ids}
+    for node_id in sorted(want - have):
+        yield from _presence_add(replica_id, node_id, lease_expires)
+    for node_id in sorted(have - want):
+        yield from _presence_remove(replica_id, node_id, now, "closed")
+
+
+def op_reap_presence(now: datetime):
+    now = utc(now)
+    rows = yield All(
+        "SELECT node_id, replica_id FROM presence WHERE lease_expires < ? ORDER BY node_id, replica_id", now
+    )
+    offline: list[int] = []
+    for r in rows:
+        if (yield from _presence_remove(r["replica_id"], int(r["node_id"]), now, "expired")):
+            offline.append(int(r["node_id"]))
+    return offline
+
+
+def op_list_presence():
+    rows = yield All("SELECT * FROM presence ORDER BY node_id, replica_id")
+    return [presence_from_row(r) for r in rows]
+
+
 # -- change log ----------------------------------------------------------------------------------
 
 
@@ -995,6 +1085,29 @@ class OpsStore(Store):
 
     async def list_shares(self, node_id: int | None = None) -> list[Share]:
         return await self._read(op_list_shares, node_id)
+
+    # presence
+    async def update_presence(
+        self,
+        replica_id: str,
+        add: Sequence[int] = (),
+        remove: Sequence[int] = (),
+        *,
+        lease_expires: datetime,
+        now: datetime | None = None,
+    ) -> None:
+        await self._write(op_update_presence, replica_id, tuple(add), tuple(remove), lease_expires, now or utcnow())
+
+    async def renew_presence(
+        self, replica_id: str, node_ids: Sequence[int], *, lease_expires: datetime, now: datetime | None = None
+    ) -> None:
+        await self._write(op_renew_presence, replica_id, tuple(node_ids), lease_expires, now or utcnow())
+
+    async def reap_presence(self, now: datetime) -> list[int]:
+        return await self._write(op_reap_presence, now)
+
+    async def list_presence(self) -> list[Presence]:
+        return await self._read(op_list_presence)
 
     # change log
     async def latest_seq(self) -> int:

@@ -109,6 +109,17 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             data BLOB NOT NULL,
             at TEXT NOT NULL
         )""",
+     ],
+    # 2: presence of map sessions per coordinator replica (heartbeat leases)
+    [
+        """CREATE TABLE presence (
+            node_id INTEGER NOT NULL,
+            replica_id TEXT NOT NULL,
+            lease_expires TEXT NOT NULL,
+            PRIMARY KEY (node_id, replica_id)
+        )""",
+        "CREATE INDEX presence_replica ON presence (replica_id)",
+        "CREATE INDEX presence_lease ON presence (lease_expires)",
     ],
 ]
 
@@ -213,6 +224,17 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             data bytea NOT NULL,
             at timestamptz NOT NULL
         )""",
+     ],
+    # 2: presence of map sessions per coordinator replica (heartbeat leases)
+    [
+        """CREATE TABLE presence (
+            node_id bigint NOT NULL,
+            replica_id text NOT NULL,
+            lease_expires timestamptz NOT NULL,
+            PRIMARY KEY (node_id, replica_id)
+        )""",
+        "CREATE INDEX presence_replica ON presence (replica_id)",
+        "CREATE INDEX presence_lease ON presence (lease_expires)",
     ],
 ]
 
