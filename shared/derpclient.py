@@ -24,7 +24,7 @@ import trio
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.tlsutil import client_context
 
-__all__ = ["DerpClient", "DerpHandshakeError", "connect_derp", "open_derp_client"]
+__all__ = ["DerpClient", "DerpHandshakeError", "connect_derp", "derp_upgrade", "open_derp_client"]
 
 
 class DerpHandshakeError(Exception):
@@ -134,50 +134,73 @@ async def connect_derp(
                 ctx = ssl_context or client_context(verify=verify)
                 stream = trio.SSLStream(tcp, ctx, server_hostname=server_hostname or host, https_compatible=True)
                 await stream.do_handshake()
-            conn = proto.DerpClientConnection(private_key, server_public_key=fast_start_key)
-            hdrs = {"Host": server_hostname or host, "Connection": "Upgrade", "Upgrade": "DERP"}
-            if fast_start_key:
-                hdrs["Derp-Fast-Start"] = "1"
-            hdrs.update(headers or {})
-            req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
-            out = req.encode()
-            if fast_start_key:
-                out += conn.client_info(client_info)
-            await stream.send_all(out)
-            buf = b""
-            if not fast_start_key:
-                while b"\r\n\r\n" not in buf:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise DerpHandshakeError("relay closed the connection before answering the upgrade")
-                    buf += data
-                    if len(buf) > 65536:
-                        raise DerpHandshakeError("HTTP response headers too long")
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                status_line = head.split(b"\r\n", 1)[0]
-                parts = status_line.split(b" ", 2)
-                if len(parts) < 2 or parts[1] != b"101":
-                    raise DerpHandshakeError(f"upgrade refused: {status_line.decode(errors='replace')}")
-            pending: list = []
-            while conn.state is not conn.ESTABLISHED:
-                events = conn.receive_data(buf) if buf else []
-                buf = b""
-                for ev in events:
-                    if type(ev) is proto.ServerKey and conn.state is conn.SEND_CLIENT_INFO:
-                        await stream.send_all(conn.client_info(client_info))
-                    elif type(ev) in (proto.ServerKey, proto.ServerInfo):
-                        pass
-                    else:
-                        pending.append(ev)
-                if conn.state is conn.ESTABLISHED:
-                    break
-                buf = await stream.receive_some(65536)
-                if not buf:
-                    raise DerpHandshakeError("relay closed the connection during the DERP handshake")
-            return DerpClient(stream, conn, pending)
+            return await derp_upgrade(
+                stream,
+                private_key,
+                host=server_hostname or host,
+                path=path,
+                client_info=client_info,
+                headers=headers,
+                fast_start_key=fast_start_key,
+            )
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
+
+
+async def derp_upgrade(
+    stream: trio.abc.Stream,
+    private_key: bytes,
+    *,
+    host: str,
+    path: str = "/derp",
+    client_info: proto.ClientInfo | None = None,
+    headers: dict[str, str] | None = None,
+    fast_start_key: bytes | None = None,
+) -> DerpClient:
+    """HTTP upgrade and DERP handshake on an open (TLS) stream; the caller bounds the time and
+    closes the stream on failure."""
+    conn = proto.DerpClientConnection(private_key, server_public_key=fast_start_key)
+    hdrs = {"Host": host, "Connection": "Upgrade", "Upgrade": "DERP"}
+    if fast_start_key:
+        hdrs["Derp-Fast-Start"] = "1"
+    hdrs.update(headers or {})
+    req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    out = req.encode()
+    if fast_start_key:
+        out += conn.client_info(client_info)
+    await stream.send_all(out)
+    buf = b""
+    if not fast_start_key:
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise DerpHandshakeError("relay closed the connection before answering the upgrade")
+            buf += data
+            if len(buf) > 65536:
+                raise DerpHandshakeError("HTTP response headers too long")
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or parts[1] != b"101":
+            raise DerpHandshakeError(f"upgrade refused: {status_line.decode(errors='replace')}")
+    pending: list = []
+    while conn.state is not conn.ESTABLISHED:
+        events = conn.receive_data(buf) if buf else []
+        buf = b""
+        for ev in events:
+            if type(ev) is proto.ServerKey and conn.state is conn.SEND_CLIENT_INFO:
+                await stream.send_all(conn.client_info(client_info))
+            elif type(ev) in (proto.ServerKey, proto.ServerInfo):
+                pass
+            else:
+                pending.append(ev)
+        if conn.state is conn.ESTABLISHED:
+            break
+        buf = await stream.receive_some(65536)
+        if not buf:
+            raise DerpHandshakeError("relay closed the connection during the DERP handshake")
+    return DerpClient(stream, conn, pending)
 
 
 @asynccontextmanager

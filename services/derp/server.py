@@ -47,6 +47,8 @@ log = logging.getLogger("trioscale.derp")
 
 _pack_hdr = proto._pack_hdr
 _RECV = proto.FrameType.RECV_PACKET
+_SEND = proto.FrameType.SEND_PACKET
+_FWD = proto.FrameType.FORWARD_PACKET
 _KEEPALIVE_FRAME = proto.encode(KeepAlive())
 _DISCO_MIN = proto.DISCO_MIN_LEN
 
@@ -256,26 +258,50 @@ class Client:
     async def reader(self, conn: proto.DerpServerConnection, pending: list, recv_size: int = 1 << 18) -> None:
         """Read and act on frames until EOF. Raises RemoteProtocolError / ConnectionClosed."""
         server = self.server
-        st = server.stats
         stream = self.stream
         route = server.route
         me = self.key
         active = server._active
-        receive = conn.receive_data
-        events = pending
+        control = self._control
+        for ev in pending:  # whatever came with ClientInfo (fast start)
+            if type(ev) is SendPacket:
+                route(self, ev.dst, ev.packet)
+            else:
+                control(ev)
+        if pending and active.get(me) is not self and not self.closed:
+            server._make_active(self)
+        feed = conn.receive_frames
+        decode = conn.decode_frame
+        receive = stream.receive_some
+        SEND, FWD = _SEND, _FWD
+        MINP, MAXP = KEY_LEN, KEY_LEN + proto.MAX_PACKET_SIZE
+        MINF, MAXF = 2 * KEY_LEN, 2 * KEY_LEN + proto.MAX_PACKET_SIZE
+        mesh = self.is_mesh
+        route_fwd = server.route_forwarded
         while True:
-            if events:
-                for ev in events:
-                    if type(ev) is SendPacket:
-                        route(self, ev.dst, ev.packet)
-                    else:
-                        self._control(ev)
-                if active.get(me) is not self and not self.closed:
-                    server._make_active(self)  # the last writer among duplicates is active
-            data = await stream.receive_some(recv_size)
+            data = await receive(recv_size)
             if not data:
                 return
-            events = receive(data)
+            frames = feed(data)
+            if not frames:
+                continue
+            for t, payload in frames:
+                if t == SEND:
+                    n = len(payload)
+                    if n < MINP or n > MAXP:
+                        raise RemoteProtocolError(f"SendPacket of {n} bytes (must be {MINP}..{MAXP})")
+                    route(self, payload[:KEY_LEN], payload[KEY_LEN:])
+                elif t == FWD and mesh and type(payload) is not int:
+                    n = len(payload)
+                    if n < MINF or n > MAXF:
+                        raise RemoteProtocolError(f"ForwardPacket of {n} bytes (must be {MINF}..{MAXF})")
+                    route_fwd(self, payload[:KEY_LEN], payload[KEY_LEN : 2 * KEY_LEN], payload[2 * KEY_LEN :])
+                else:
+                    ev = decode(t, payload)
+                    if ev is not None:
+                        control(ev)
+            if active.get(me) is not self and not self.closed:
+                server._make_active(self)  # the last writer among duplicates is active
 
     def _control(self, ev: Any) -> None:
         server = self.server

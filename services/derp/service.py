@@ -30,6 +30,8 @@ from trioscale.shared.model import DerpRelay, utcnow
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import RemoteProtocolError
 
+from .mesh import Mesh
+from .rawstream import RawStream, accept_loop, listen_socket
 from .server import Client, ConnectionClosed, DerpServer
 from .stats import DerpStats
 from .verify import ClientVerifier
@@ -75,8 +77,9 @@ def _ip_version(host: str) -> int | None:
         return None
 
 
-async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.SocketListener:
-    """One TCP listener; ``::`` is dual-stack, ``0.0.0.0``/empty is IPv4 only."""
+async def open_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
+    """One listening TCP socket (non-blocking); ``::`` is dual-stack, ``0.0.0.0``/empty is IPv4
+    only. `reuse_port` lets several relay processes share the port (SO_REUSEPORT)."""
     if host in ("", "*"):
         host = "0.0.0.0"
     if _ip_version(host) is None:
@@ -84,17 +87,7 @@ async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.So
         family, _, _, _, sockaddr = infos[0]
         host = sockaddr[0]
     family = socket.AF_INET6 if _ip_version(host) == 6 else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
-        await sock.bind((host, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
+    return listen_socket(host, port, family, reuse_port=reuse_port, backlog=backlog)
 
 
 class _WebSocketStream:
@@ -178,41 +171,36 @@ class DerpService:
         self.address: str = ""
         self.cert_name: str = ""
         self.relay: DerpRelay | None = None
+        self.mesh: Mesh | None = None
 
     # -- connections ---------------------------------------------------------------------------------
-    async def handle_tcp(self, tcp: trio.SocketStream) -> None:
+    async def handle_tcp(self, sock: socket.socket, peer: Any) -> None:
         if self.server.closing:
-            await trio.aclose_forcefully(tcp)
+            sock.close()
             return
         with trio.CancelScope(shield=True) as scope:
             self._scopes.add(scope)
-            stream: trio.abc.Stream = tcp
+            stream = RawStream(sock, self.ssl_context, server_side=True)
             try:
-                try:
-                    peer = tcp.socket.getpeername()
-                except OSError:
-                    return
                 self.stats.accepts += 1
-                ssl_stream = trio.SSLStream(tcp, self.ssl_context, server_side=True, https_compatible=True)
-                stream = ssl_stream
                 try:
                     with trio.fail_after(self.handshake_timeout):
-                        await ssl_stream.do_handshake()
+                        await stream.do_handshake()
                 except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
                     self.stats.tls_errors += 1
                     return
-                await self._http(ssl_stream, (str(peer[0]), int(peer[1])), scope)
+                await self._http(stream, (str(peer[0]), int(peer[1])), scope)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError):
                 pass
             except (h11.ProtocolError, RemoteProtocolError, ConnectionClosed) as exc:
-                self.log.debug("derp connection from %s closed: %s", tcp.socket, exc)
+                self.log.debug("derp connection from %s closed: %s", peer, exc)
             except Exception:
                 self.log.exception("derp connection handler failed")
             finally:
                 self._scopes.discard(scope)
-                await trio.aclose_forcefully(stream)
+                stream.close()
 
-    async def _http(self, stream: trio.SSLStream, peer: tuple[str, int], scope: trio.CancelScope) -> None:
+    async def _http(self, stream: trio.abc.Stream, peer: tuple[str, int], scope: trio.CancelScope) -> None:
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         while True:
             req = await self._next_event(h, stream)
@@ -494,10 +482,14 @@ async def serve(
     queue_depth: int = 32,
     write_timeout: float | None = 2.0,
     handshake_timeout: float = 10.0,
-    heartbeat_interval: float = 10.0,
+    heartbeat_interval: float | None = None,  # default: derp.server.heartbeat_interval (10 s)
     shutdown_grace: float = 1.0,
+    reuse_port: bool | None = None,
 ) -> None:
-    """Run the DERP relay until cancelled (see the module docstring)."""
+    """Run the DERP relay until cancelled (see the module docstring). `reuse_port` (default:
+    config ``derp.server.reuse_port``, off) binds with SO_REUSEPORT so that several relay
+    processes of one host share the port; give each its own ``private_key_path`` and a common
+    ``mesh_key`` so that they mesh like the relays of a region."""
     cfg = ctx.config.derp.server
     host, port = split_host_port(cfg.listen_addr)
     data_dir = Path(ctx.config.data_dir)
@@ -524,8 +516,10 @@ async def serve(
         mesh_key=_parse_mesh_key(getattr(cfg, "mesh_key", None)),
         verify_clients=bool(getattr(cfg, "verify_clients", True)),
     )
-    listener = await open_listener(host, port)
-    bound_host, bound_port = listener.socket.getsockname()[:2]
+    if reuse_port is None:
+        reuse_port = bool(getattr(cfg, "reuse_port", False))
+    listener = await open_listener(host, port, reuse_port=reuse_port)
+    bound_host, bound_port = listener.getsockname()[:2]
     address = join_host_port(host or bound_host, bound_port)
     svc.port = bound_port
     svc.address = address
@@ -536,9 +530,12 @@ async def serve(
     ipv4 = getattr(cfg, "ipv4", "") or (publish_host if _ip_version(publish_host) == 4 else "")
     ipv6 = getattr(cfg, "ipv6", "") or (publish_host if _ip_version(publish_host) == 6 else "")
     region_id = int(getattr(cfg, "region_id", 999))
+    name = getattr(cfg, "name", "") or f"{region_id}-{publish_host}-{bound_port}"
+    if reuse_port:  # several processes share host:port: tell their rows apart by server key
+        name += "-" + svc.server.public_key.hex()[:8]
     relay = DerpRelay(
         region_id=region_id,
-        name=getattr(cfg, "name", "") or f"{region_id}-{publish_host}-{bound_port}",
+        name=name,
         host=publish_host,
         region_code=getattr(cfg, "region_code", "") or "",
         region_name=getattr(cfg, "region_name", "") or "",
@@ -553,15 +550,30 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         try:
-            nursery.start_soon(trio.serve_listeners, svc.handle_tcp, [listener])
+            nursery.start_soon(accept_loop, listener, svc.handle_tcp, nursery)
             if svc.verifier is not None:
                 nursery.start_soon(svc.follow_changes)
             await _upsert_relay(ctx, svc, relay)
+            if heartbeat_interval is None:
+                beat = getattr(cfg, "heartbeat_interval", None)
+                heartbeat_interval = beat.total_seconds() if beat is not None else 10.0
             nursery.start_soon(_heartbeat, ctx, svc, relay, cfg, heartbeat_interval)
+            if svc.mesh_key is not None:
+                svc.mesh = Mesh(
+                    svc.server,
+                    svc.mesh_key,
+                    own=relay,
+                    store=ctx.store,
+                    relay_timeout=_relay_timeout(ctx, heartbeat_interval),
+                    resync_interval=max(1.0, min(heartbeat_interval, 10.0)),
+                )
+                await nursery.start(svc.mesh.run)
             task_status.started({"derp": address})
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
+                if svc.mesh is not None:
+                    svc.mesh.close()
                 await svc.close_all(shutdown_grace)
                 with trio.move_on_after(2.0):
                     try:
@@ -569,6 +581,16 @@ async def serve(
                     except Exception:
                         svc.log.warning("derp: could not delete relay row", exc_info=True)
                 svc.log.info("DERP relay on %s stopped", address)
+
+
+def _relay_timeout(ctx: Any, heartbeat_interval: float) -> float:
+    """Rows older than this are dead relays (``derp.relay_timeout``, else 3 heartbeats + 5 s)."""
+    value = getattr(getattr(ctx.config, "derp", None), "relay_timeout", None)
+    if value is not None:
+        seconds = value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+        if seconds > 0:
+            return seconds
+    return 3 * heartbeat_interval + 5.0
 
 
 def _stun_port(ctx: Any, cfg: Any) -> int:

@@ -714,6 +714,7 @@ class DerpServerConnection:
             i = 1
         SEND = FrameType.SEND_PACKET
         MAXP = MAX_PACKET_SIZE + KEY_LEN
+        decode = self.decode_frame
         for t, payload in frames[i:] if i else frames:
             if t == SEND:  # hot path, validated inline
                 n = len(payload)
@@ -721,23 +722,40 @@ class DerpServerConnection:
                     raise RemoteProtocolError(f"SendPacket of {n} bytes (must be 32..{MAXP})")
                 append(SendPacket(payload[:KEY_LEN], payload[KEY_LEN:]))
                 continue
-            if type(payload) is int:  # an oversized unknown frame, skipped
-                append(UnknownFrame(t, payload))
-                continue
-            if t == FrameType.PING:
-                n = len(payload)
-                if not PING_LEN <= n <= MAX_PING_LEN:
-                    raise RemoteProtocolError(f"Ping of {n} bytes (must be {PING_LEN}..{MAX_PING_LEN})")
-            elif t == FrameType.PONG:
-                if len(payload) < PING_LEN:
-                    continue
-            elif t not in _SERVER_RECEIVES or t == FrameType.CLIENT_INFO:
-                append(UnknownFrame(t, len(payload), payload))
-                continue
-            ev = decode_frame(t, payload)
+            ev = decode(t, payload)
             if ev is not None:
                 append(ev)
         return events
+
+    def receive_frames(self, data: bytes) -> list[tuple[int, Any]]:
+        """The relay's fast path once the handshake is done: raw ``(type, payload)`` frames.
+
+        The caller handles SendPacket itself (payload = 32-byte destination key + packet; it
+        must check ``32 <= len(payload) <= 32 + MAX_PACKET_SIZE``) and passes every other frame
+        to `decode_frame`, which validates it like `receive_data` does."""
+        if self.state is self.AWAIT_CLIENT_INFO:
+            raise LocalProtocolError("receive_frames() before ClientInfo")
+        return self._decoder.feed(data)
+
+    def decode_frame(self, t: int, payload: Any) -> Event | None:
+        """One post-handshake client frame (not SendPacket's fast path) → event or None."""
+        if type(payload) is int:  # an oversized unknown frame, skipped
+            return UnknownFrame(t, payload)
+        if t == FrameType.SEND_PACKET:
+            n = len(payload)
+            if n < KEY_LEN or n > MAX_PACKET_SIZE + KEY_LEN:
+                raise RemoteProtocolError(f"SendPacket of {n} bytes (must be 32..{MAX_PACKET_SIZE + KEY_LEN})")
+            return SendPacket(payload[:KEY_LEN], payload[KEY_LEN:])
+        if t == FrameType.PING:
+            n = len(payload)
+            if not PING_LEN <= n <= MAX_PING_LEN:
+                raise RemoteProtocolError(f"Ping of {n} bytes (must be {PING_LEN}..{MAX_PING_LEN})")
+        elif t == FrameType.PONG:
+            if len(payload) < PING_LEN:
+                return None
+        elif t not in _SERVER_RECEIVES or t == FrameType.CLIENT_INFO:
+            return UnknownFrame(t, len(payload), payload)
+        return decode_frame(t, payload)
 
     def _client_info(self, t: int, payload: bytes) -> ClientInfo:
         if t != FrameType.CLIENT_INFO:

@@ -49,10 +49,19 @@ class FakeStore:
     async def upsert_relay(self, relay: Any) -> Any:
         self.upserts += 1
         self.relays[(relay.region_id, relay.name)] = relay
+        await self.emit("relay.updated", {"region_id": relay.region_id, "name": relay.name})
         return relay
 
     async def delete_relay(self, region_id: int, name: str) -> None:
-        self.relays.pop((region_id, name), None)
+        if self.relays.pop((region_id, name), None) is not None:
+            await self.emit("relay.deleted", {"region_id": region_id, "name": name})
+
+    async def list_relays(self) -> list[Any]:
+        await trio.lowlevel.checkpoint()
+        return list(self.relays.values())
+
+    async def latest_seq(self) -> int:
+        return 0
 
     @asynccontextmanager
     async def subscribe(self, since: int | None = None):
@@ -66,7 +75,12 @@ class FakeStore:
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
         change = Change(seq=next(self._seq), kind=kind, data=data)
         for s in list(self._subs):
-            await s.send(change)
+            try:
+                s.send_nowait(change)
+            except trio.WouldBlock:  # a slow subscriber must not block writers
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
 
 def make_ctx(tmp_path: Path, *, verify: bool = True, store: FakeStore | None = None, **overrides: Any) -> Any:

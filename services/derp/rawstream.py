@@ -1,0 +1,340 @@
+"""A lean Trio stream over a non-blocking stdlib socket, with TLS through memory BIOs.
+
+The relay moves many small batches of frames; with `trio.SSLStream` over `trio.SocketStream`
+each batch pays for several layers (conflict detectors, locks, the retry machine, the socket
+wrapper's helper). `RawStream` does the same work directly:
+
+* ``receive_some`` decrypts every TLS record already received (up to ``max_bytes``) before it
+  asks the kernel for more, and reads up to 256 KiB of ciphertext per ``recv``;
+* ``send_all`` encrypts the whole buffer at once and hands the ciphertext to the kernel in as
+  few ``send`` calls as it takes, waiting with ``trio.lowlevel.wait_writable`` only when the
+  socket buffer is full;
+* each call is one Trio checkpoint (a cancel point that also lets other tasks run).
+
+A clean TLS close, a ragged EOF (TCP FIN without close_notify, as browsers and Go clients may
+do) and a plain TCP EOF all read as ``b""``. Socket and TLS failures raise
+`trio.BrokenResourceError`. One sender and one receiver at a time (like every Trio stream).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+from typing import Any
+
+import trio
+
+__all__ = ["RawStream", "accept_loop", "listen_socket", "open_tcp_raw"]
+
+_RECV = 1 << 18
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+_checkpoint = trio.lowlevel.checkpoint
+
+
+class RawStream(trio.abc.Stream):
+    """A stream owning `sock` (non-blocking); TLS when `ssl_context` is given."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ):
+        sock.setblocking(False)
+        self.socket = sock
+        self._closed = False
+        self._eof = False
+        self._sending = False
+        self._receiving = False
+        if ssl_context is not None:
+            self._in = ssl.MemoryBIO()
+            self._out = ssl.MemoryBIO()
+            self._tls: ssl.SSLObject | None = ssl_context.wrap_bio(
+                self._in, self._out, server_side=server_side, server_hostname=server_hostname
+            )
+        else:
+            self._tls = None
+
+    # -- raw socket helpers ----------------------------------------------------------------------
+    async def _send_raw(self, data: bytes | memoryview) -> bool:
+        """Write all of `data`; True if it had to wait (so a checkpoint already happened)."""
+        sock = self.socket
+        n = len(data)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        if sent == n:
+            return False
+        view = memoryview(data)
+        while sent < n:
+            await _wait_writable(sock)
+            try:
+                sent += sock.send(view[sent:])
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+        return True
+
+    async def _recv_raw(self, n: int) -> bytes:
+        sock = self.socket
+        while True:
+            try:
+                return sock.recv(n)
+            except (BlockingIOError, InterruptedError):
+                await _wait_readable(sock)
+            except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                    return b""
+                raise trio.BrokenResourceError(exc) from exc
+
+    async def _flush(self) -> bool:
+        out = self._out.read()
+        if out:
+            return await self._send_raw(out)
+        return False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+
+    # -- TLS handshake -----------------------------------------------------------------------------
+    async def do_handshake(self) -> None:
+        self._check_open()
+        tls = self._tls
+        if tls is None:
+            return
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                data = await self._recv_raw(_RECV)
+                if not data:
+                    raise trio.BrokenResourceError("EOF during the TLS handshake")
+                self._in.write(data)
+            except ssl.SSLError as exc:
+                try:
+                    await self._flush()  # the alert, if any
+                except trio.BrokenResourceError:
+                    pass
+                raise trio.BrokenResourceError(exc) from exc
+        await self._flush()
+        await _checkpoint()
+
+    # -- Stream API --------------------------------------------------------------------------------
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check_open()
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            n = max_bytes or _RECV
+            tls = self._tls
+            if tls is None:
+                if self._eof:
+                    await _checkpoint()
+                    return b""
+                sock = self.socket
+                try:
+                    data = sock.recv(n)
+                except (BlockingIOError, InterruptedError):
+                    data = await self._recv_raw(n)  # waiting is the checkpoint
+                    if not data:
+                        self._eof = True
+                    return data
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                        raise trio.BrokenResourceError(exc) from exc
+                    data = b""
+                if not data:
+                    self._eof = True
+                await _checkpoint()
+                return data
+            return await self._receive_tls(tls, n)
+        finally:
+            self._receiving = False
+
+    async def _receive_tls(self, tls: ssl.SSLObject, n: int) -> bytes:
+        read = tls.read
+        waited = False
+        while True:
+            parts: list[bytes] = []
+            have = 0
+            eof = self._eof
+            try:
+                while have < n:
+                    chunk = read(n - have)  # at most one TLS record
+                    if not chunk:
+                        eof = True
+                        break
+                    parts.append(chunk)
+                    have += len(chunk)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                eof = True
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            if self._out.pending:  # e.g. a KeyUpdate answer
+                if await self._flush():
+                    waited = True
+            if parts:
+                if not waited:
+                    await _checkpoint()
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if eof:
+                self._eof = True
+                if not waited:
+                    await _checkpoint()
+                return b""
+            sock = self.socket
+            try:
+                data = sock.recv(_RECV)
+            except (BlockingIOError, InterruptedError):
+                data = await self._recv_raw(_RECV)
+                waited = True
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                    raise trio.BrokenResourceError(exc) from exc
+                data = b""
+            if data:
+                self._in.write(data)
+            else:
+                self._in.write_eof()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            tls = self._tls
+            if tls is not None:
+                try:
+                    tls.write(data)
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(exc) from exc
+                waited = await self._flush()
+            else:
+                waited = await self._send_raw(data) if data else False
+            if not waited:
+                await _checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await _wait_writable(self.socket)
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        sock = self.socket
+        if self._tls is not None:
+            try:  # best effort close_notify, never waiting
+                self._tls.unwrap()
+            except (ssl.SSLError, ValueError, OSError):
+                pass
+            try:
+                out = self._out.read()
+                if out:
+                    sock.send(out)
+            except OSError:
+                pass
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def getpeername(self) -> Any:
+        return self.socket.getpeername()
+
+
+def listen_socket(host: str, port: int, family: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (SO_REUSEPORT when asked, to share a port)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def accept_loop(sock: socket.socket, handler: Any, nursery: trio.Nursery) -> None:
+    """Accept connections forever, starting ``handler(conn, peer)`` for each (conn non-blocking,
+    TCP_NODELAY). Closes `sock` when cancelled."""
+    try:
+        while True:
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                await _wait_readable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    await trio.sleep(0.1)  # out of descriptors: back off, let connections end
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            conn.setblocking(False)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            nursery.start_soon(handler, conn, peer)
+            await _checkpoint()
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
+async def open_tcp_raw(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket (TCP_NODELAY) to host:port, first address that works."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no address for {host}")
+    last: Exception | None = None
+    for family, type_, proto_, _, sockaddr in infos:
+        sock = socket.socket(family, type_, proto_)
+        sock.setblocking(False)
+        try:
+            try:
+                sock.connect(sockaddr)
+            except (BlockingIOError, InterruptedError):
+                await _wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"connect to {sockaddr}: {os.strerror(err)}")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except BaseException as exc:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last = exc
+    raise last or OSError(f"cannot connect to {host}:{port}")
