@@ -149,6 +149,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         for node in nodes:
             await nursery.start(node.run, authkey, limiter)
         result["setup_s"] = round(time.monotonic() - t0, 2)
+        print(f"setup of {n} nodes took {result['setup_s']} s; server pid {server_pid}", file=sys.stderr, flush=True)
         await trio.sleep(2)  # let the join announcements drain
         latencies: list[float] = []
         mover = nodes[0]

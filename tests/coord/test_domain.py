@@ -195,3 +195,18 @@ def test_dns_config_mapping():
     assert cfg["Resolvers"] == [{"Addr": "1.1.1.1"}]
     assert cfg["Routes"]["64.100.in-addr.arpa"] is None
     assert cfg["ExtraRecords"][0]["Value"] == "100.64.0.9"
+
+
+# -- peer sets -----------------------------------------------------------------------------------
+@given(st.lists(st.tuples(st.booleans(), st.integers(min_value=0, max_value=5000)), max_size=200))
+def test_peerset_behaves_like_a_set(ops):
+    from trioscale.services.coord.domain.peerset import PeerSet
+
+    ps, ref = PeerSet(), set()
+    for add, value in ops:
+        (ps.add if add else ps.discard)(value)
+        (ref.add if add else ref.discard)(value)
+        assert (value in ps) == (value in ref)
+    assert set(ps) == ref and len(ps) == len(ref)
+    assert set(ps - {1, 2}) == ref - {1, 2}
+    assert -1 not in ps and "x" not in ps

@@ -1,0 +1,60 @@
+"""A compact set of node ids: what one map session has announced to its client.
+
+Every session keeps one, and a tailnet of N nodes has up to N sessions, so a plain `set` would cost
+O(N²) memory (about 2.6 GB at 10,000 nodes). Node ids are small dense integers from the store, so a
+bitmap costs N/8 bytes per session instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, MutableSet
+
+
+class PeerSet(MutableSet[int]):
+    __slots__ = ("_bits", "_len")
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._bits = bytearray()
+        self._len = 0
+        for i in ids:
+            self.add(i)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[int]) -> "PeerSet":
+        return cls(it)
+
+    def __contains__(self, node_id: object) -> bool:
+        if not isinstance(node_id, int) or node_id < 0:
+            return False
+        byte = node_id >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (node_id & 7)))
+
+    def add(self, node_id: int) -> None:
+        if node_id < 0:
+            raise ValueError("node ids are not negative")
+        byte = node_id >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + len(self._bits) // 4))
+        mask = 1 << (node_id & 7)
+        if not self._bits[byte] & mask:
+            self._bits[byte] |= mask
+            self._len += 1
+
+    def discard(self, node_id: int) -> None:
+        if node_id in self:
+            self._bits[node_id >> 3] &= ~(1 << (node_id & 7)) & 0xFF
+            self._len -= 1
+
+    def __iter__(self) -> Iterator[int]:
+        for byte_index, byte in enumerate(self._bits):
+            if byte:
+                base = byte_index << 3
+                for bit in range(8):
+                    if byte & (1 << bit):
+                        yield base + bit
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return f"PeerSet({sorted(self)!r})"
