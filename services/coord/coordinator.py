@@ -193,9 +193,20 @@ class Coordinator:
                 event.set()
 
     def set_dns_config(self, dns_config: dict[str, Any] | None) -> None:
+        """Replace the tailnet's DNSConfig and send it to every session. A client replaces its whole
+        DNSConfig, so each node gets its own copy with its CertDomains (one encoding per node;
+        DNS changes are rare)."""
         if dns_config != self.tailnet.settings.dns_config:
             self.tailnet.settings.dns_config = dns_config
-            self._broadcast(Encoded({"DNSConfig": dns_config}))
+            if dns_config is None:
+                return
+            for node_id, sessions in self.sessions.items():
+                node = self.tailnet.nodes.get(node_id)
+                if node is None:
+                    continue
+                message = Encoded({"DNSConfig": self.tailnet.dns_config_for(node)})
+                for session in sessions:
+                    session.push(message)
 
     # -- fan-out (synchronous: no await between reading state and queueing) ---------------------
     def _broadcast(self, message: Encoded) -> None:
@@ -216,7 +227,12 @@ class Coordinator:
                 continue
             if viewer_id == new.id:
                 if self.tailnet.self_changed(changed):
-                    message = Encoded({"Node": self.tailnet.self_json(new, now)})
+                    body = {"Node": self.tailnet.self_json(new, now)}
+                    if "given_name" in changed and old is not None:
+                        dns = self.tailnet.dns_config_for(new)  # its CertDomains follow its name
+                        if dns is not None:
+                            body["DNSConfig"] = dns
+                    message = Encoded(body)
                     for session in sessions:
                         session.push(message)
                 continue

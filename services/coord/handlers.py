@@ -14,10 +14,11 @@ from typing import Any
 
 import trio
 
+from trioscale.services.dns.txt import TxtRecords
 from trioscale.shared.model import Node
 from trioscale.shared.proto import keys, mapframe
 
-from . import register
+from . import register, setdns
 from .coordinator import Coordinator, Encoded
 
 log = logging.getLogger("trioscale.coord.handlers")
@@ -26,7 +27,6 @@ log = logging.getLogger("trioscale.coord.handlers")
 MIN_CAPABILITY_VERSION = 113
 #: /machine/* paths the clients may call that we do not serve (yet): answered 501, never a hang
 NOT_IMPLEMENTED = (
-    "/machine/set-dns",
     "/machine/update-health",
     "/machine/id-token",
     "/machine/feature/query",
@@ -109,10 +109,12 @@ def map_request_updates(node: Node, req: dict[str, Any]) -> dict[str, Any]:
 class ControlHandlers:
     """The coordinator's request handlers, plugged into the control transport."""
 
-    def __init__(self, coordinator: Coordinator, policy: register.Policy) -> None:
+    def __init__(self, coordinator: Coordinator, policy: register.Policy, txt: TxtRecords | None = None) -> None:
         self.coord = coordinator
         self.store = coordinator.store
         self.policy = policy
+        #: the process's ACME TXT table (ctx.registry["dns_txt"]), written by /machine/set-dns
+        self.txt = txt if txt is not None else TxtRecords()
 
     # -- Noise (HTTP/2) requests -----------------------------------------------------------------
     async def noise(self, request, response) -> None:
@@ -121,6 +123,8 @@ class ControlHandlers:
                 await self.register(request, response)
             elif request.path == "/machine/map" and request.method == "POST":
                 await self.map(request, response)
+            elif request.path == "/machine/set-dns" and request.method == "POST":
+                await self.set_dns(request, response)
             elif request.path.startswith(NOT_IMPLEMENTED):
                 await response.send(501, b"not implemented\n", [("content-type", "text/plain")])
             else:
@@ -140,6 +144,18 @@ class ControlHandlers:
             self.coord.taken,
         )
         await response.send(200, json.dumps(result).encode(), [("content-type", "application/json")])
+
+    async def set_dns(self, request, response) -> None:
+        """ACME DNS-01 for `tailscale cert`: the node's own _acme-challenge TXT record (setdns.py)."""
+        body = _json_body(request.body)
+        _check_version(body)
+        node = await self._node_for(body, request.machine_key)
+        try:
+            await setdns.apply(self.coord, self.txt, node, body)
+        except setdns.Refused as exc:
+            log.info("set-dns from node %s refused: %s", node.id, exc)
+            raise BadRequest(exc.status, str(exc)) from None
+        await response.send(200, b"{}", [("content-type", "application/json")])
 
     async def _node_for(self, body: dict[str, Any], machine_key: bytes) -> Node:
         try:
@@ -179,6 +195,7 @@ class ControlHandlers:
         try:
             await response.start(200, [("content-type", "application/json")])
             await response.write(first.frame(compress))
+            del first  # the first map is the largest message; don't hold it for the session's life
             while True:
                 messages = await session.next_messages(self.coord.keepalive_interval())
                 if session.closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -12,12 +13,14 @@ from urllib.parse import urlparse
 import trio
 
 from trioscale.context import ServiceContext
+from trioscale.services.dns.txt import txt_records_in
 from trioscale.shared.proto import keys
 
 from . import register
 from .coordinator import Coordinator
 from .domain import tailcfg
 from .domain.netmap import Settings, dns_config
+from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .transport import serve_control
 
@@ -47,25 +50,29 @@ def static_regions(config) -> list[dict[str, Any]]:
     return regions
 
 
-def settings_from_config(config) -> Settings:
+def dns_config_from(config, file_records: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    """The tailnet-wide DNSConfig: the `dns:` keys plus the records read from extra_records_path."""
     zones: list[str] = []
     for prefix in (config.prefixes.v4, config.prefixes.v6):
         if prefix:
             zones.extend(reverse_zones(prefix))
-    dns = dns_config(
+    return dns_config(
         magic_dns=config.dns.magic_dns,
         base_domain=config.dns.base_domain,
         search_domains=config.dns.search_domains,
         nameservers=config.dns.nameservers.global_,
         override_local_dns=config.dns.override_local_dns,
         split={k: list(v) for k, v in config.dns.nameservers.split.items()},
-        extra_records=config.dns.extra_records,
+        extra_records=[*config.dns.extra_records, *file_records],
         reverse_zones=zones,
     )
+
+
+def settings_from_config(config, file_records: Sequence[dict[str, str]] = ()) -> Settings:
     return Settings(
         base_domain=config.dns.base_domain,
         domain=urlparse(config.server_url).hostname or "",
-        dns_config=dns,
+        dns_config=dns_config_from(config, file_records),
     )
 
 
@@ -83,16 +90,19 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
     config = ctx.config
     noise_key = keys.load_or_create_private_key(config.noise.private_key_path)
     regions = static_regions(config)
+    dns_watch = DnsConfigWatcher(config, dns_config_from)
+    dns_watch.load_records()
     coordinator = Coordinator(
         ctx.store,
-        settings_from_config(config),
+        settings_from_config(config, dns_watch.records),
         build_derp_map=lambda relays: tailcfg.derp_map(relays, regions),
         ephemeral_timeout=config.node.ephemeral.inactivity_timeout,
     )
-    handlers = ControlHandlers(coordinator, registration_policy(config))
+    handlers = ControlHandlers(coordinator, registration_policy(config), txt_records_in(ctx.registry))
     ctx.registry["coord"] = coordinator
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
+        await nursery.start(dns_watch.run, coordinator.set_dns_config)
         address = await nursery.start(serve_control, config.listen_addr, noise_key, handlers.noise, handlers.http)
         log.info("control listening on %s (server_url %s)", address, config.server_url)
         task_status.started({"control": address})

@@ -180,6 +180,8 @@ async def _follow_store(ctx: Any, svc: DnsService) -> None:
                 async for change in changes:
                     await _apply(ctx.store, svc.zone, change)
                     svc.seq = change.seq
+            # the feed ended without an error (the store is closing): resubscribe, but not in a busy loop
+            await trio.sleep(0.5)
         except Exception as exc:  # the store raised: keep serving the data we have
             ctx.log.warning("dns: store change feed failed (%s); reloading", exc)
             await trio.sleep(1)

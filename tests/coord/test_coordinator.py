@@ -184,7 +184,8 @@ async def test_bad_keys_and_foreign_node_keys(env):
     assert resp.status == 404
     old = await call(handlers, m, "/machine/map", m.map_body(stream=False, Version=100))
     assert old.status == 400
-    assert (await call(handlers, m, "/machine/set-dns", {})).status == 501
+    assert (await call(handlers, m, "/machine/id-token", {})).status == 501
+    assert (await call(handlers, m, "/machine/set-dns", {})).status == 400
     assert (await call(handlers, m, "/machine/nope", {})).status == 404
     bad = FakeResponse()
     await handlers.noise(ControlRequest(m.machine_key, 130, "POST", "/machine/map", {}, b"{not json"), bad)

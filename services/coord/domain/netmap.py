@@ -19,7 +19,7 @@ from typing import Any
 
 from trioscale.shared.model import Node, User
 
-from . import tailcfg
+from . import dnsconfig, tailcfg
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
 PATCHABLE_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "last_seen", "node_key", "expiry"})
@@ -90,6 +90,10 @@ class Tailnet:
                 seen[node.user_id] = tailcfg.user_profile(self.users[node.user_id])
         return [seen[k] for k in sorted(seen)]
 
+    def dns_config_for(self, node: Node) -> dict[str, Any] | None:
+        """The DNSConfig `node` is sent: the shared one plus its own CertDomains (dnsconfig.py)."""
+        return dnsconfig.for_node(self.settings.dns_config, node.given_name, self.settings.base_domain)
+
     def packet_filter(self, viewer: Node) -> list[dict[str, Any]]:
         return tailcfg.FILTER_ALLOW_ALL
 
@@ -100,8 +104,9 @@ class Tailnet:
         if peers:
             msg["Peers"] = [self.peer_json(p, now) for p in peers]
         msg["DERPMap"] = self.settings.derp_map
-        if self.settings.dns_config is not None:
-            msg["DNSConfig"] = self.settings.dns_config
+        dns = self.dns_config_for(viewer)
+        if dns is not None:
+            msg["DNSConfig"] = dns
         if self.settings.domain:
             msg["Domain"] = self.settings.domain
         msg["PacketFilter"] = self.packet_filter(viewer)
@@ -211,12 +216,12 @@ def dns_config(
 ) -> dict[str, Any]:
     """tailcfg.DNSConfig from the `dns:` configuration (Headscale's mapping, protocol doc §6.2)."""
     cfg: dict[str, Any] = {}
-    resolvers = [{"Addr": a} for a in nameservers]
+    resolvers = dnsconfig.resolvers(nameservers)
     if resolvers:
         cfg["Resolvers" if override_local_dns else "FallbackResolvers"] = resolvers
     routes: dict[str, Any] = {}
     for suffix, addrs in (split or {}).items():
-        routes[suffix] = [{"Addr": a} for a in addrs]
+        routes[suffix.strip().strip(".")] = dnsconfig.resolvers(addrs)
     if magic_dns:
         for zone in reverse_zones:
             routes[zone] = None
@@ -226,9 +231,7 @@ def dns_config(
     if domains:
         cfg["Domains"] = domains
     cfg["Proxied"] = bool(magic_dns)
-    records = [
-        {"Name": r["name"], "Type": r.get("type", "A"), "Value": r["value"]} for r in extra_records
-    ]
+    records = [r for r in (dnsconfig.extra_record(rec) for rec in extra_records) if r is not None]
     if records:
         cfg["ExtraRecords"] = records
     return cfg
