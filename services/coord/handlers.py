@@ -52,6 +52,8 @@ def _json_body(body: bytes) -> dict[str, Any]:
         obj = json.loads(body or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(400, f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(400, "request body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest(400, "request body must be a JSON object")
     return obj
