@@ -28,6 +28,8 @@ from trioscale.shared.proto import mapframe
 from trioscale.shared.store.base import Store
 
 from .domain.netmap import Delta, Settings, Tailnet, changed_fields
+from .policyfanout import PolicyFanout
+from .policyhost import PolicyHost
 from .domain import tailcfg
 
 log = logging.getLogger("trioscale.coord")
@@ -98,7 +100,7 @@ class MapSession:
         return out
 
 
-class Coordinator:
+class Coordinator(PolicyFanout):
     def __init__(
         self,
         store: Store,
@@ -107,9 +109,17 @@ class Coordinator:
         build_derp_map: Callable[[list], dict[str, Any]],
         ephemeral_timeout: timedelta = timedelta(seconds=120),
         clock: Callable[[], datetime] = utcnow,
+        policy_mode: str = "database",
+        policy_path: str | None = None,
     ) -> None:
         self.store = store
         self.tailnet = Tailnet(settings)
+        #: the live policy (policyhost.py); its fan-out is in policyfanout.py, its sources in policysource.py
+        self.policy = PolicyHost(online=lambda: self.tailnet.online)
+        self.policy_mode = policy_mode
+        self.policy_path = policy_path
+        self.tailnet.policy = self.policy
+        self.tailnet.visibility = self.policy.can_see
         self.build_derp_map = build_derp_map
         self.ephemeral_timeout = ephemeral_timeout
         self.now = clock
@@ -129,6 +139,7 @@ class Coordinator:
         self.tailnet.nodes = {n.id: n for n in await self.store.list_nodes()}
         self._relays = await self.store.list_relays()
         self.tailnet.settings.derp_map = self.build_derp_map(self._relays)
+        await self._load_policy()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await self.load()
@@ -171,16 +182,25 @@ class Coordinator:
             else:
                 self.tailnet.nodes[new.id] = new
                 self._node_changed(old, new, changed_fields(old, new, data.get("fields", ())))
+                await self._policy_node_followup(old, new)
         elif kind == "node.deleted":
             self._node_gone(data["id"])
         elif kind in ("user.created", "user.updated"):
             user = await self.store.get_user(data["id"])
             if user is not None:
                 self.tailnet.users[user.id] = user
+                self._policy_users_changed(user)
                 if kind == "user.updated":
                     self._broadcast(Encoded({"UserProfiles": [tailcfg.user_profile(user)]}))
         elif kind == "user.deleted":
             self.tailnet.users.pop(data["id"], None)
+            self._policy_users_changed(data["id"], deleted=True)
+        elif kind == "policy.set":
+            from . import policysource
+
+            await policysource.on_policy_set(self)
+        elif kind in ("share.created", "share.deleted"):
+            self._policy_share(int(data["node_id"]), int(data["user_id"]), kind == "share.created")
         elif kind in ("relay.updated", "relay.deleted"):
             self._relays = await self.store.list_relays()
             derp_map = self.build_derp_map(self._relays)
@@ -217,6 +237,7 @@ class Coordinator:
     def _node_changed(self, old: Node | None, new: Node, changed: frozenset[str]) -> None:
         if not changed:
             return
+        policy_changed, routers_moved = self._policy_node_set(new)
         now = self.now()
         if old is not None and old.ephemeral != new.ephemeral and new.ephemeral:
             self._schedule_ephemeral_gc(new.id)
@@ -239,17 +260,31 @@ class Coordinator:
             for session in sessions:
                 delta = self.tailnet.peer_delta(viewer, session.sent, old, new, changed, now)
                 if delta is not None:
-                    session.push(self._encode(delta, changed, now, cache))
+                    session.push(self._encode(delta, changed, now, cache, viewer_id, session))
+        if policy_changed:
+            self._policy_after_node(new.id, routers_moved, now)
 
-    def _encode(self, delta: Delta, changed: frozenset[str], now, cache: dict[str, Encoded]) -> Encoded:
-        message = cache.get(delta.kind)
+    def _encode(self, delta: Delta, changed: frozenset[str], now, cache: dict, viewer_id: int | None = None,
+                session: MapSession | None = None) -> Encoded:
+        view = None
+        if delta.kind == "changed" and viewer_id is not None:
+            view = self.tailnet.peer_view(viewer_id, self.tailnet.nodes[delta.node_id])
+            views = getattr(session, "views", None)
+            if views is not None:
+                if view is None:
+                    views.pop(delta.node_id, None)
+                else:
+                    views[delta.node_id] = view
+        key = (delta.kind, view)
+        message = cache.get(key)
         if message is None:
-            message = cache[delta.kind] = Encoded(self.tailnet.encode_delta(delta, changed, now))
+            message = cache[key] = Encoded(self.tailnet.encode_delta(delta, changed, now, view))
         return message
 
     def _node_gone(self, node_id: int) -> None:
         old = self.tailnet.nodes.pop(node_id, None)
         self.tailnet.online.discard(node_id)
+        self._policy_node_gone(node_id)
         scope = self._gc_scopes.pop(node_id, None)
         if scope is not None:
             scope.cancel()
@@ -276,6 +311,7 @@ class Coordinator:
             for session in sessions:
                 if node_id in session.sent:
                     session.push(patch)
+        self._policy_online_changed()  # HA routes: a router going offline hands over its prefixes
 
     # -- map sessions --------------------------------------------------------------------------
     def open_session(self, node_id: int, compress: str | None) -> tuple[MapSession, Encoded]:
@@ -284,6 +320,7 @@ class Coordinator:
         session = MapSession(node_id, compress)
         first, sent = self.tailnet.full_map(node, self.now())
         session.sent = sent
+        self._remember_first_map(session, first)
         self.sessions.setdefault(node_id, set()).add(session)
         scope = self._gc_scopes.pop(node_id, None)
         if scope is not None:

@@ -6,8 +6,10 @@ store's change log and asks it for full maps and per-viewer deltas. A viewer's m
 set of peer ids it has been sent (`sent`), because the client's map is an upsert/remove log: a peer
 must be added with PeersChanged before it can be patched, and removed with PeersRemoved.
 
-Visibility: `Tailnet.visibility` decides which peers a node may see. Until the policy engine
-lands it is "every other node with a disco key" (Tailscale's default policy allows all).
+Visibility: `Tailnet.visibility` decides which peers a node may see; the coordinator plugs in the
+live policy (`Tailnet.policy`, services/coord/policyhost.py), which also gives each viewer its
+PacketFilter, SSHPolicy, CapMap and the AllowedIPs / PrimaryRoutes of peers with routes. Without a
+policy object every other node with a disco key is visible and the filter allows all.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Tailnet:
     users: dict[int, User] = field(default_factory=dict)
     online: set[int] = field(default_factory=set)
     visibility: Visibility = default_visibility
+    #: the live policy (services/coord/policyhost.PolicyHost); None = allow all, no routes
+    policy: Any = None
 
     # -- queries -------------------------------------------------------------------------------
     def announceable(self, node: Node) -> bool:
@@ -62,24 +66,51 @@ class Tailnet:
     def visible_peers(self, viewer: Node) -> list[Node]:
         return sorted((p for p in self.nodes.values() if self.can_see(viewer, p)), key=lambda n: n.id)
 
-    def peer_json(self, peer: Node, now: datetime) -> dict[str, Any]:
+    def peer_view(self, viewer_id: int | None, peer: Node) -> Any:
+        """What `viewer_id` is told about `peer` beyond the plain node (AllowedIPs, PrimaryRoutes,
+        CapMap from the policy); None for the common case. Equal views give equal peer JSON."""
+        if self.policy is None or viewer_id is None:
+            return None
+        return self.policy.peer_view(viewer_id, peer.id)
+
+    def peer_json(self, peer: Node, now: datetime, viewer_id: int | None = None, view: Any = False) -> dict[str, Any]:
+        if view is False:
+            view = self.peer_view(viewer_id, peer)
+        extra: dict[str, Any] = {}
+        if view is not None:
+            allowed, primary, caps = view
+            extra = {"allowed_ips": list(allowed), "primary_routes": list(primary)}
+            if caps:
+                extra["cap_map"] = {k: [] for k in caps}
         return tailcfg.node_json(
             peer,
             base_domain=self.settings.base_domain,
             now=now,
             online=peer.id in self.online,
             is_self=False,
+            **extra,
         )
 
     def self_json(self, node: Node, now: datetime) -> dict[str, Any]:
+        if self.policy is None:
+            cap_map, allowed, primary = tailcfg.self_cap_map(), None, []
+        else:
+            cap_map = self.policy.self_cap_map(node.id)
+            allowed, primary = self.policy.self_view(node.id)
         return tailcfg.node_json(
             node,
             base_domain=self.settings.base_domain,
             now=now,
             online=True,
             is_self=True,
-            cap_map=tailcfg.self_cap_map(),
+            cap_map=cap_map,
+            allowed_ips=allowed,
+            primary_routes=primary,
         )
+
+    def ssh_policy(self, viewer: Node) -> dict[str, Any] | None:
+        """The viewer's SSHPolicy, None when the policy has no `ssh` rules (nothing is sent)."""
+        return None if self.policy is None else self.policy.ssh_policy(viewer.id)
 
     def user_profiles(self, nodes: Iterable[Node]) -> list[dict[str, Any]]:
         seen: dict[int, dict[str, Any]] = {}
@@ -95,14 +126,17 @@ class Tailnet:
         return dnsconfig.for_node(self.settings.dns_config, node.given_name, self.settings.base_domain)
 
     def packet_filter(self, viewer: Node) -> list[dict[str, Any]]:
-        return tailcfg.FILTER_ALLOW_ALL
+        """The viewer's PacketFilter ([] = deny all inbound, sent as such)."""
+        if self.policy is None:
+            return tailcfg.FILTER_ALLOW_ALL
+        return self.policy.packet_filter(viewer.id)
 
     def full_map(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], set[int]]:
         """The first message of a map stream, and the peer ids it announces."""
         peers = self.visible_peers(viewer)
         msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
         if peers:
-            msg["Peers"] = [self.peer_json(p, now) for p in peers]
+            msg["Peers"] = [self.peer_json(p, now, viewer.id) for p in peers]
         msg["DERPMap"] = self.settings.derp_map
         dns = self.dns_config_for(viewer)
         if dns is not None:
@@ -110,6 +144,9 @@ class Tailnet:
         if self.settings.domain:
             msg["Domain"] = self.settings.domain
         msg["PacketFilter"] = self.packet_filter(viewer)
+        ssh = self.ssh_policy(viewer)
+        if ssh is not None:
+            msg["SSHPolicy"] = ssh
         msg["UserProfiles"] = self.user_profiles([viewer, *peers])
         msg["ControlTime"] = tailcfg.format_time(now)
         if self.settings.disable_log_tail:
@@ -152,14 +189,15 @@ class Tailnet:
     def self_changed(self, changed: frozenset[str]) -> bool:
         return bool(changed - SELF_REPORTED_FIELDS)
 
-    def encode_delta(self, delta: "Delta", changed: frozenset[str], now: datetime) -> dict[str, Any]:
-        """The MapResponse body for a delta; the same for every viewer it applies to."""
+    def encode_delta(self, delta: "Delta", changed: frozenset[str], now: datetime, view: Any = None) -> dict[str, Any]:
+        """The MapResponse body for a delta; the same for every viewer with the same `view` of the
+        peer (Tailnet.peer_view)."""
         if delta.kind == "removed":
             return {"PeersRemoved": [delta.node_id]}
         node = self.nodes[delta.node_id]
         if delta.kind == "patch":
             return {"PeersChangedPatch": [self.patch_json(node, changed)]}
-        msg: dict[str, Any] = {"PeersChanged": [self.peer_json(node, now)]}
+        msg: dict[str, Any] = {"PeersChanged": [self.peer_json(node, now, view=view)]}
         profiles = self.user_profiles([node])
         if profiles:
             msg["UserProfiles"] = profiles

@@ -1,0 +1,372 @@
+"""Telling map sessions what a policy, share, tag, route or online change means for them.
+
+A mixin of `Coordinator` (it uses `self.tailnet`, `self.sessions`, `self.policy`, `self.now`), kept
+apart from the coordinator's own fan-out. Everything here is synchronous: state is read and messages
+queued with no await in between, like the rest of the fan-out.
+
+Per session the coordinator remembers what it last told the client, besides the peers it sent
+(`session.sent`): the PacketFilter (`session.filter`), the SSHPolicy (`session.ssh`) and, for peers
+whose picture depends on the viewer (routers), that picture (`session.views`). An update sends only
+what differs; `PacketFilter: []` (deny all inbound) is sent as such, an unchanged filter not at all.
+Identical messages are encoded once and shared.
+
+A policy change diffs *visibility classes* (nodes with the same rule memberships see the same peers,
+`CompiledPolicy.visibility_class`): the old and new peer sets are compared once per pair of classes,
+and each session only looks at the peers that entered or left its class's set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from trioscale.shared.model import Node
+
+log = logging.getLogger("trioscale.coord.policy")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=False)
+
+
+def _fkey(keys: dict[int, tuple[Any, str]], filt: Any) -> str:
+    """The filter's JSON text as a dedup key, computed once per filter object (objects are kept
+    alive in `keys`, so an id is never reused while the dict lives)."""
+    ent = keys.get(id(filt))
+    if ent is not None and ent[0] is filt:
+        return ent[1]
+    key = _dumps(filt)
+    keys[id(filt)] = (filt, key)
+    return key
+
+
+class PolicyFanout:
+    # -- session state -----------------------------------------------------------------------------
+    def _remember_first_map(self, session, first: dict[str, Any]) -> None:
+        """Record what a session's first map told the client (filter, SSH policy, router views)."""
+        session.filter = first.get("PacketFilter")
+        session.ssh = first.get("SSHPolicy")
+        session.self_node = first.get("Node")
+        session.views = {}
+        routers = self._routers()
+        if routers:
+            vid = session.node_id
+            for pid in routers & session.sent:
+                view = self.tailnet.peer_view(vid, self.tailnet.nodes[pid])
+                if view is not None:
+                    session.views[pid] = view
+
+    def _routers(self) -> set[int]:
+        net = self.policy.compiled.net
+        out: set[int] = set()
+        for ids in net.route_owners.values():
+            out |= ids
+        return out
+
+    # -- building one session's update -------------------------------------------------------------
+    def _session_update(
+        self,
+        session,
+        viewer: Node,
+        filt: list | None,
+        filt_key: str | None,
+        ssh: dict | None,
+        ssh_key: str | None,
+        added: list[int],
+        removed: list[int],
+        view_peers: set[int],
+        now: datetime,
+        cache: dict,
+    ) -> None:
+        """Queue one message with whatever of (filter, ssh, removed, added/changed peers) differs
+        from what `session` was told. `view_peers`: peers whose viewer-specific picture may have
+        changed (compared with session.views)."""
+        tailnet = self.tailnet
+        vid = viewer.id
+        send_filter = filt is not None and filt != getattr(session, "filter", None)
+        send_ssh = ssh is not None and ssh != getattr(session, "ssh", None)
+        views = getattr(session, "views", None)
+        if views is None:
+            views = session.views = {}
+        changed: list[tuple[int, Any]] = []
+        for pid in added:
+            session.sent.add(pid)
+            view = tailnet.peer_view(vid, tailnet.nodes[pid])
+            changed.append((pid, view))
+        for pid in removed:
+            session.sent.discard(pid)
+            views.pop(pid, None)
+        for pid in view_peers:
+            if pid in session.sent and pid not in added:
+                view = tailnet.peer_view(vid, tailnet.nodes[pid])
+                if view != views.get(pid):
+                    changed.append((pid, view))
+        for pid, view in changed:
+            if view is None:
+                views.pop(pid, None)
+            else:
+                views[pid] = view
+        if not (send_filter or send_ssh or changed or removed):
+            return
+        if send_filter:
+            session.filter = filt
+        if send_ssh:
+            session.ssh = ssh
+        changed.sort(key=lambda x: x[0])
+        key = (
+            filt_key if send_filter else None,
+            ssh_key if send_ssh else None,
+            tuple(sorted(removed)),
+            tuple(changed),
+        )
+        message = cache.get(key)
+        if message is None:
+            body: dict[str, Any] = {}
+            if changed:
+                nodes = [tailnet.nodes[pid] for pid, _ in changed]
+                body["PeersChanged"] = [tailnet.peer_json(n, now, view=v) for n, (_, v) in zip(nodes, changed)]
+                profiles = tailnet.user_profiles(nodes)
+                if profiles:
+                    body["UserProfiles"] = profiles
+            if removed:
+                body["PeersRemoved"] = sorted(removed)
+            if send_filter:
+                body["PacketFilter"] = filt
+            if send_ssh:
+                body["SSHPolicy"] = ssh
+            message = cache[key] = self._encoded(body)
+        session.push(message)
+
+    def _encoded(self, body: dict[str, Any]):
+        from .coordinator import Encoded
+
+        return Encoded(body)
+
+    # -- full resync of some viewers (their visibility may have changed wholesale) -------------------
+    def _policy_resync(self, viewer_ids=None, now: datetime | None = None) -> None:
+        now = now or self.now()
+        tailnet = self.tailnet
+        policy = self.policy
+        routers = self._routers()
+        cache: dict = {}
+        fkeys: dict[int, tuple[Any, str]] = {}
+        for vid, sessions in list(self.sessions.items()):
+            if viewer_ids is not None and vid not in viewer_ids:
+                continue
+            viewer = tailnet.nodes.get(vid)
+            if viewer is None or not sessions:
+                continue
+            visible = policy.visible_ids(vid)
+            filt = tailnet.packet_filter(viewer)
+            fkey = _fkey(fkeys, filt)
+            ssh = tailnet.ssh_policy(viewer)
+            skey = _dumps(ssh) if ssh is not None else None
+            for session in sessions:
+                removed = [p for p in session.sent if p not in visible or p == vid]
+                added = [
+                    p for p in visible
+                    if p != vid and p not in session.sent and p in tailnet.nodes
+                    and tailnet.announceable(tailnet.nodes[p])
+                ]
+                self._session_update(session, viewer, filt, fkey, ssh, skey, added, removed,
+                                     routers & session.sent, now, cache)
+
+    # -- a policy change ---------------------------------------------------------------------------
+    def _policy_swap(self, policy, text: str | None, version: int | None) -> None:
+        """Install a new (already validated) policy and tell every session what changed for it."""
+        now = self.now()
+        host = self.policy
+        old = host.compiled
+        old_class: dict[int, tuple] = {}
+        old_sets: dict[tuple, frozenset] = {}
+        for vid in self.sessions:
+            if host.known(vid):
+                k = old.visibility_class(vid)
+                old_class[vid] = k
+                if k not in old_sets:
+                    old_sets[k] = old.class_peers(k)
+        old_routers = self._routers()
+        host.set_policy(policy, text, version)
+        new = host.compiled
+        routers = self._routers() | old_routers
+        tailnet = self.tailnet
+        pair_cache: dict[tuple, tuple[frozenset, frozenset]] = {}
+        cache: dict = {}
+        fkeys: dict[int, tuple[Any, str]] = {}
+        for vid, sessions in list(self.sessions.items()):
+            viewer = tailnet.nodes.get(vid)
+            if viewer is None or not sessions or not host.known(vid):
+                continue
+            nk = new.visibility_class(vid)
+            ok = old_class.get(vid)
+            if ok is None:
+                self._policy_resync({vid}, now)
+                continue
+            pair = (ok, nk)
+            delta = pair_cache.get(pair)
+            if delta is None:
+                a, b = old_sets[ok], new.class_peers(nk)
+                delta = pair_cache[pair] = (frozenset(), frozenset()) if a is b or a == b else (b - a, a - b)
+            add_c, rem_c = delta
+            filt = tailnet.packet_filter(viewer)
+            fkey = _fkey(fkeys, filt)
+            ssh = tailnet.ssh_policy(viewer)
+            skey = _dumps(ssh) if ssh is not None else None
+            for session in sessions:
+                removed = [p for p in rem_c if p in session.sent and not host._shared(vid, p)]
+                added = [
+                    p for p in add_c
+                    if p != vid and p not in session.sent and p in tailnet.nodes
+                    and tailnet.announceable(tailnet.nodes[p])
+                ]
+                self._session_update(session, viewer, filt, fkey, ssh, skey, added, removed,
+                                     routers & session.sent, now, cache)
+            # the node's own picture (CapMap from nodeAttrs, its routes) may have changed too
+            self._push_self_if_changed(vid, viewer, now)
+
+    def _push_self_if_changed(self, vid: int, viewer: Node, now: datetime) -> None:
+        body = self.tailnet.self_json(viewer, now)
+        for session in self.sessions.get(vid, ()):
+            if getattr(session, "self_node", None) != body:
+                session.self_node = body
+                session.push(self._encoded({"Node": body}))
+
+    # -- after a node changed in a way the policy looks at ------------------------------------------
+    def _policy_refresh_others(self, skip: int | None, routers_changed: set[int], now: datetime) -> None:
+        """Filters and SSH policies of every other session (a node joining a group changes the
+        SrcIPs of others' filters), plus views of routers whose primary routes moved."""
+        tailnet = self.tailnet
+        cache: dict = {}
+        fkeys: dict[int, tuple[Any, str]] = {}
+        for vid, sessions in list(self.sessions.items()):
+            if vid == skip:
+                continue
+            viewer = tailnet.nodes.get(vid)
+            if viewer is None or not sessions or not self.policy.known(vid):
+                continue
+            filt = tailnet.packet_filter(viewer)
+            ssh = tailnet.ssh_policy(viewer)
+            for session in sessions:
+                view_peers = routers_changed & session.sent
+                if filt == getattr(session, "filter", None) and ssh == getattr(session, "ssh", None) \
+                        and not view_peers:
+                    continue
+                fkey = _fkey(fkeys, filt)
+                skey = _dumps(ssh) if ssh is not None else None
+                self._session_update(session, viewer, filt, fkey, ssh, skey, [], [], view_peers, now, cache)
+            if vid in routers_changed:
+                self._push_self_if_changed(vid, viewer, now)
+
+    def _routers_moved(self, routers_changed: set[int]) -> None:
+        """HA failover: tell viewers of the routers whose primary routes changed."""
+        if routers_changed:
+            self._policy_refresh_others(None, routers_changed, self.now())
+
+    # -- hooks the coordinator calls ---------------------------------------------------------------
+    def _policy_node_set(self, new: Node) -> tuple[bool, set[int]]:
+        """A node's new version: (whether the policy's picture changed, routers whose primaries moved)."""
+        if not self.policy.set_node(new):
+            return False, set()
+        return True, self.policy.elect()
+
+    def _policy_after_node(self, node_id: int, routers_changed: set[int], now: datetime) -> None:
+        """After the usual per-peer deltas of a node change the policy looks at: the node's own
+        sessions are resynced (what it may see can change wholesale, e.g. when it is tagged), the
+        others get their new filters / SSH policies / router views."""
+        self._policy_resync({node_id}, now)
+        node = self.tailnet.nodes.get(node_id)
+        if node is not None:
+            self._push_self_if_changed(node_id, node, now)
+        self._policy_refresh_others(node_id, routers_changed, now)
+
+    def _policy_node_gone(self, node_id: int) -> None:
+        if self.policy.remove_node(node_id):
+            for sessions in self.sessions.values():
+                for session in sessions:
+                    views = getattr(session, "views", None)
+                    if views:
+                        views.pop(node_id, None)
+            self._policy_refresh_others(None, self.policy.elect(), self.now())
+
+    def _policy_online_changed(self) -> None:
+        if self.policy.primaries or self.policy.compiled.net.route_owners:
+            self._routers_moved(self.policy.elect())
+
+    def _policy_users_changed(self, user, deleted: bool = False) -> None:
+        if deleted:
+            self.policy.remove_user(user)
+            return
+        if self.policy.set_user(user):
+            # login names changed: every selector naming the user may now match differently
+            self._policy_resync(None)
+
+    def _policy_share(self, node_id: int, user_id: int, added: bool) -> None:
+        if added:
+            self.policy.add_share(node_id, user_id)
+        else:
+            self.policy.remove_share(node_id, user_id)
+        affected = {node_id} | set(self.policy.compiled.net.by_user.get(user_id, ()))
+        self._policy_resync(affected)
+
+    # -- loading and changing the policy ---------------------------------------------------------
+    async def _load_policy(self) -> None:
+        """Read the policy (file or database), the shares, and compile against the tailnet."""
+        from . import policysource
+
+        policy, text, version = await policysource.initial_policy(self)
+        shares = await self.store.list_shares()
+        self.policy.load(self.tailnet.users.values(), self.tailnet.nodes.values(), shares, policy, text, version)
+
+    def install_policy(self, policy, text: str | None, version: int | None = None) -> None:
+        """Swap in a validated policy (None = no policy: allow all) and tell every session."""
+        self._policy_swap(policy, text, version)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._persist_all_auto_approvals)
+
+    async def _persist_all_auto_approvals(self) -> None:
+        for node in list(self.tailnet.nodes.values()):
+            if node.hostinfo.get("RoutableIPs"):
+                await self._persist_auto_approvals(node)
+
+    async def _persist_auto_approvals(self, node: Node) -> None:
+        """Routes autoApprovers approve are recorded as approved (as Tailscale does: an approval
+        outlives the policy rule that made it)."""
+        from .domain.routes import normalize_routes
+
+        approved = self.policy.auto_approved(node)
+        if not approved:
+            return
+        want = normalize_routes((*node.approved_routes, *approved))
+        if set(want) != set(node.approved_routes):
+            try:
+                await self.store.update_node(node.id, approved_routes=want)
+                log.info("node %s: routes %s approved by autoApprovers", node.id,
+                         ",".join(sorted(set(want) - set(node.approved_routes))))
+            except Exception as exc:  # the node may be gone
+                log.debug("recording auto-approved routes of node %s: %s", node.id, exc)
+
+    async def _policy_node_followup(self, old: Node | None, new: Node) -> None:
+        """Store writes a node change may call for: tags it asked for (Hostinfo.RequestTags,
+        checked against tagOwners) and routes autoApprovers approve."""
+        requested = new.hostinfo.get("RequestTags") if isinstance(new.hostinfo, dict) else None
+        old_requested = old.hostinfo.get("RequestTags") if old is not None and isinstance(old.hostinfo, dict) else None
+        if requested and isinstance(requested, list) and requested != old_requested:
+            tags = tuple(sorted({str(t) for t in requested}))
+            if set(tags) != set(new.tags):
+                bad = self.policy.tags_not_permitted(new.user_id, tags, new.tags)
+                if bad:
+                    log.warning("node %s (%s) asked for tags %s; not permitted by tagOwners: %s",
+                                new.id, new.given_name, ",".join(tags), ",".join(bad))
+                else:
+                    try:
+                        await self.store.update_node(new.id, tags=tags, expiry=None)
+                        log.info("node %s (%s) tagged %s (requested)", new.id, new.given_name, ",".join(tags))
+                    except Exception as exc:
+                        log.debug("tagging node %s: %s", new.id, exc)
+                    return  # the tag change comes back through the log; approvals follow then
+        if new.hostinfo.get("RoutableIPs") if isinstance(new.hostinfo, dict) else None:
+            if old is None or old.hostinfo.get("RoutableIPs") != new.hostinfo.get("RoutableIPs") \
+                    or old.tags != new.tags or old.user_id != new.user_id:
+                await self._persist_auto_approvals(new)
