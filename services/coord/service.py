@@ -97,11 +97,17 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
         settings_from_config(config, dns_watch.records),
         build_derp_map=lambda relays: tailcfg.derp_map(relays, regions),
         ephemeral_timeout=config.node.ephemeral.inactivity_timeout,
+        policy_mode=config.policy.mode,
+        policy_path=str(config.policy.path) if config.policy.path else None,
     )
     handlers = ControlHandlers(coordinator, registration_policy(config), txt_records_in(ctx.registry))
     ctx.registry["coord"] = coordinator
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
+        if config.policy.mode == "file":
+            from .policysource import watch_policy_file
+
+            await nursery.start(watch_policy_file, coordinator)
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
         address = await nursery.start(serve_control, config.listen_addr, noise_key, handlers.noise, handlers.http)
         log.info("control listening on %s (server_url %s)", address, config.server_url)
