@@ -550,6 +550,10 @@ def dns() -> None:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
+from trioscale.cli_policy import register as _register_policy_commands  # noqa: E402
+
+_register_policy_commands(cli, nodes)
+
 cli.aliases = {"user": "users", "node": "nodes", "preauthkey": "preauthkeys", "authkey": "preauthkeys",
                "pre": "preauthkeys", "apikey": "apikeys", "api": "apikeys"}
 

@@ -573,6 +573,12 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         log.info("registration %s completed for user %s", reg_id, user.name)
         return out
 
+    from .admin_policy import register_policy_routes
+
+    register_policy_routes(
+        app, ctx, BadRequest=BadRequest, find_node=find_node, find_user=find_user, users_by_id=users_by_id,
+        node_json=node_json, validate_tag=validate_tag, ts=_ts, utcnow=utcnow, is_online=is_online,
+    )
     return app
 
 
