@@ -5,12 +5,12 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test postgres clean-venv
+.PHONY: run test postgres pebble clean-venv
 
 run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
-test: postgres $(STAMP)
+test: postgres pebble $(STAMP)
 	$(VENV)/bin/pytest
 
 # The virtualenv is (re)built only when the packaging files change.
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml setup.py
 postgres:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y postgresql; \
+	fi
+
+# `tailscale cert` end to end (tests/e2e/test_dns_e2e.py) uses Debian's pebble ACME test server.
+pebble:
+	@if ! command -v pebble >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y pebble; \
 	fi
 
 clean-venv:

@@ -1,0 +1,337 @@
+"""MagicDNS and `tailscale cert` with real Tailscale clients (tsnet v1.90.9 inside Caddy).
+
+Each test runs in its own private network namespace (conftest.py), so every name a client cannot
+resolve from its netmap fails at once instead of leaving the machine.
+
+- The client node reaches "web" by its MagicDNS FQDN, and a name from `dns.extra_records_path`,
+  written while both nodes are connected, resolves inside the tailnet to its configured address.
+- `tailscale cert` end to end and offline: Debian's `pebble` ACME server validates DNS-01 by asking
+  our DNS service; node "web" gets a certificate for its own name through /machine/set-dns
+  (Caddy's `get_certificate tailscale`), and the client node's HTTPS request to that name over the
+  tailnet succeeds, trusting only pebble's CA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from e2e.harness import Caddy, Trioscale, free_port, http_get, stop_process, wait_for, web_caddyfile
+
+pytestmark = pytest.mark.realclient
+
+JOIN_TIMEOUT = 60
+
+
+@pytest.fixture
+def caddies():
+    started: list[Caddy] = []
+    yield started
+    for caddy in started:
+        caddy.stop()
+
+
+def start_caddy(caddies: list, srv: Trioscale, name: str, caddyfile: str, key: str, **env: str) -> Caddy:
+    caddy = Caddy(srv.workdir, name, caddyfile, {"CONTROL_URL": srv.server_url, "TS_AUTHKEY": key, **env}).start()
+    caddies.append(caddy)
+    return caddy
+
+
+def proxy_caddyfile(hostname: str, routes: dict[int, str]) -> str:
+    """Node `hostname`; each local port proxies to its upstream URL across the tailnet."""
+    sites = "\n".join(
+        f"""
+    :{port} {{
+        bind 127.0.0.1
+        reverse_proxy {upstream} {{
+            transport tailscale {hostname}
+        }}
+    }}"""
+        for port, upstream in routes.items()
+    )
+    return f"""
+    {{
+        admin off
+        log {{
+            level DEBUG
+        }}
+        tailscale {{
+            control_url {{env.CONTROL_URL}}
+            auth_key {{env.TS_AUTHKEY}}
+            state_dir {{env.STATE_DIR}}
+            ephemeral false
+            {hostname} {{
+                hostname {hostname}
+            }}
+        }}
+    }}
+    :81 {{
+        bind tailscale/{hostname}
+        respond "{hostname}-up"
+    }}
+    {sites}
+    """
+
+
+def node_online(srv: Trioscale, name: str) -> dict | None:
+    node = srv.node_named(name)
+    return node if node and node.get("online") else None
+
+
+def diagnostics(*parts) -> str:
+    out = []
+    for p in parts:
+        if isinstance(p, Trioscale):
+            out.append(f"--- trioscale log ---\n{p.log()[-6000:]}")
+        elif isinstance(p, Caddy):
+            out.append(f"--- {p.dir.name} log ---\n{p.log()[-8000:]}")
+        elif isinstance(p, Path) and p.exists():
+            out.append(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}")
+    return "\n".join(out)
+
+
+def wait_body(port: int, want: str, timeout: float = JOIN_TIMEOUT, scheme: str = "http") -> str:
+    def attempt():
+        status, body = http_get(f"{scheme}://127.0.0.1:{port}/", timeout=10)
+        return body if status == 200 and body == want else None
+
+    return wait_for(attempt, timeout, f"{want!r} on 127.0.0.1:{port}", interval=0.5)
+
+
+# -- MagicDNS names and extra records ---------------------------------------------------------------
+
+
+def test_a_magicdns_fqdn_and_a_watched_extra_record(tmp_path, caddies):
+    records = tmp_path / "extra-records.json"
+    records.write_text("[]")
+    srv = Trioscale(tmp_path, dns={"extra_records_path": str(records)}).start()
+    try:
+        srv.create_user("alice")
+        key = srv.create_key("alice", "--reusable")
+        fqdn_port, extra_port = free_port(), free_port()
+        web = start_caddy(caddies, srv, "web", web_caddyfile("web"), key)
+        client = start_caddy(caddies, srv, "client", proxy_caddyfile("client", {
+            fqdn_port: "http://web.e2e.test:80",
+            extra_port: "http://app.e2e.test:80",
+        }), key)
+        try:
+            web_node = wait_for(lambda: node_online(srv, "web"), JOIN_TIMEOUT, "web online")
+            wait_for(lambda: node_online(srv, "client"), JOIN_TIMEOUT, "client online")
+            # 1. the MagicDNS FQDN of a peer
+            assert wait_body(fqdn_port, "hello") == "hello"
+            # 2. an extra record written while both nodes are connected: pushed, then dialable
+            status, _ = http_get(f"http://127.0.0.1:{extra_port}/", timeout=10)
+            assert status != 200  # app.e2e.test does not exist yet
+            web_ip = next(a for a in web_node["ip_addresses"] if ipaddress.ip_address(a).version == 4)
+            tmp = records.with_suffix(".tmp")
+            tmp.write_text(json.dumps([{"name": "app.e2e.test", "type": "A", "value": web_ip}]))
+            os.replace(tmp, records)
+            assert wait_body(extra_port, "hello", timeout=20) == "hello"
+            # the client's netmap carries the record (TS_DEBUG_MAP is off: the proxied hello is the proof)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnostics(srv, web, client)}") from None
+        finally:
+            for c in caddies:
+                c.stop()
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.log()[-4000:]
+
+
+# -- tailscale cert through /machine/set-dns, validated by pebble against our DNS ------------------
+
+
+def _write_tls_pair(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1/localhost signed by it (pebble's listener)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trioscale test pebble listener CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = directory / "listener-ca.pem", directory / "listener.pem", directory / "listener.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
+
+
+class Pebble:
+    """Debian's pebble ACME test server, validating DNS-01 against `dns_server` only."""
+
+    def __init__(self, workdir: Path, dns_server: str) -> None:
+        self.dir = workdir / "pebble"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.listener_ca, cert, key = _write_tls_pair(self.dir)
+        self.port, self.mgmt_port = free_port(), free_port()
+        config = {"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
+            "certificate": str(cert), "privateKey": str(key),
+            # HTTP-01 / TLS-ALPN-01 ports: nothing listens there, so only DNS-01 can succeed
+            "httpPort": free_port(), "tlsPort": free_port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        }}
+        self.config = self.dir / "pebble-config.json"
+        self.config.write_text(json.dumps(config))
+        self.log_path = self.dir / "pebble.log"
+        self.dns_server = dns_server
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def start(self) -> "Pebble":
+        self._log = open(self.log_path, "ab")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        self.proc = subprocess.Popen(["pebble", "-config", str(self.config), "-dnsserver", self.dns_server],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        wait_for(lambda: self._get(f"https://127.0.0.1:{self.mgmt_port}/roots/0"), 20, "pebble to answer")
+        return self
+
+    def _context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.listener_ca))
+
+    def _get(self, url: str) -> bytes:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"pebble exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+        with urllib.request.urlopen(url, timeout=5, context=self._context()) as resp:
+            return resp.read()
+
+    def issuing_chain(self) -> bytes:
+        """Pebble's root and intermediate (made fresh at each start), PEM."""
+        return self._get(f"https://127.0.0.1:{self.mgmt_port}/roots/0") + self._get(
+            f"https://127.0.0.1:{self.mgmt_port}/intermediates/0")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def https_web_caddyfile(hostname: str) -> str:
+    return f"""
+    {{
+        admin off
+        log {{
+            level DEBUG
+        }}
+        tailscale {{
+            control_url {{env.CONTROL_URL}}
+            auth_key {{env.TS_AUTHKEY}}
+            state_dir {{env.STATE_DIR}}
+            ephemeral false
+            {hostname} {{
+                hostname {hostname}
+            }}
+        }}
+    }}
+    :80 {{
+        bind tailscale/{hostname}
+        respond "hello"
+    }}
+    :443 {{
+        bind tailscale/{hostname}
+        tls {{
+            get_certificate tailscale
+        }}
+        respond "hello over tls"
+    }}
+    """
+
+
+@pytest.fixture
+def pebble_binary():
+    if shutil.which("pebble") is None:
+        pytest.skip("Debian's pebble ACME test server is not installed (apt-get install -y pebble; `make test` does it)")
+
+
+def test_b_tailscale_cert_via_set_dns_validated_by_pebble_against_our_dns(tmp_path, caddies, pebble_binary):
+    # Caddy's `get_certificate tailscale` only asks tsnet for names ending in .ts.net (caddytls
+    # certmanagers.go), so this tailnet's base_domain ends in .ts.net; nothing leaves the namespace.
+    base = "e2e.ts.net"
+    srv = Trioscale(tmp_path, dns={"base_domain": base}).start()
+    pebble = None
+    try:
+        pebble = Pebble(tmp_path, f"127.0.0.1:{srv.dns_port}").start()
+        bundle = tmp_path / "trust.pem"
+        bundle.write_bytes(pebble.listener_ca.read_bytes() + pebble.issuing_chain())
+        env = {"TS_DEBUG_ACME_DIRECTORY_URL": pebble.directory_url, "SSL_CERT_FILE": str(bundle), "TS_DEBUG_ACME": "1"}
+        srv.create_user("alice")
+        key = srv.create_key("alice", "--reusable")
+        port = free_port()
+        web = start_caddy(caddies, srv, "web", https_web_caddyfile("web"), key, **env)
+        client = start_caddy(caddies, srv, "client", proxy_caddyfile("client", {port: f"https://web.{base}"}), key, **env)
+        try:
+            wait_for(lambda: node_online(srv, "web") and node_online(srv, "client"), JOIN_TIMEOUT, "both nodes online")
+            assert wait_body(port, "hello over tls", timeout=90) == "hello over tls"
+            # the certificate came from pebble through set-dns, for web's own name only
+            log = srv.log()
+            assert "set TXT _acme-challenge.web.e2e.ts.net" in log
+            assert "did SetDNS" in web.log() and "got cert" in web.log()
+            pebble_log = pebble.log_path.read_text()
+            assert "web.e2e.ts.net" in pebble_log
+            # the certificate tsnet stored is pebble's, for web's own name
+            from cryptography import x509
+
+            crts = list(web.dir.rglob(f"web.{base}.crt"))
+            assert crts, list(web.dir.rglob("*"))
+            chain = x509.load_pem_x509_certificates(crts[0].read_bytes())
+            intermediate = x509.load_pem_x509_certificates(pebble.issuing_chain())[-1]
+            assert chain[0].issuer == intermediate.subject
+            sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert sans.get_values_for_type(x509.DNSName) == [f"web.{base}"]
+            # a client that does not trust pebble's CA refuses the same server: the TLS check is real
+            other_port = free_port()
+            untrusting = start_caddy(caddies, srv, "client2", proxy_caddyfile("client2", {other_port: f"https://web.{base}"}),
+                                     key, **{**env, "SSL_CERT_FILE": str(pebble.listener_ca)})
+            wait_for(lambda: node_online(srv, "client2"), JOIN_TIMEOUT, "client2 online")
+            assert http_get(f"http://127.0.0.1:{other_port}/", timeout=10)[0] == 502
+            wait_for(lambda: "certificate signed by unknown authority" in untrusting.log(), 10,
+                     "client2 to refuse the certificate")
+            assert wait_body(port, "hello over tls") == "hello over tls"  # the trusting client still works
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnostics(srv, web, client, pebble.log_path)}") from None
+        finally:
+            for c in caddies:
+                c.stop()
+    finally:
+        if pebble is not None:
+            pebble.stop()
+        code = srv.stop()
+    assert code == 0, srv.log()[-4000:]
