@@ -2,7 +2,7 @@
 
 Binds both transports on the same port (a configured port 0 picks one free for both), loads every
 node from the store, then follows the store's change log (no polling) so a node added anywhere
-resolves at once. Watches ``dns.extra_records_path`` (a cheap stat every couple of seconds; the
+resolves at once. Watches ``dns.extra_records_path`` (a cheap stat every half second; the
 file is re-read and re-parsed only when its mtime/size/inode change, and applied only when its
 content hash changes). Forwards names outside its zones to ``dns.nameservers.global`` over UDP
 when any are configured.
@@ -61,7 +61,7 @@ class DnsOptions:
     tcp_write_timeout: float = 10.0
     forward_timeout: float = 2.0
     max_forwards: int = 256
-    watch_interval: float = 2.0
+    watch_interval: float = 0.5
     max_udp_size: int = 4096
     ttl: int = 60
 
