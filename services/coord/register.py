@@ -53,16 +53,22 @@ class RegisterRequest:
         node_key = keys.NODE.from_json(body.get("NodeKey"))
         if node_key is None:
             raise ValueError("register request has no NodeKey")
-        auth = body.get("Auth") or {}
+        # JSON null means absent (as Go decodes it); any other wrong type is an error, never
+        # "absent" (an empty list for Auth must not start an interactive login).
+        auth = body.get("Auth")
+        auth = {} if auth is None else auth
         if not isinstance(auth, dict):
             raise ValueError("Auth must be an object")
-        auth_key = auth.get("AuthKey") or None
+        auth_key = auth.get("AuthKey")
         if auth_key is not None and not isinstance(auth_key, str):
             raise ValueError("Auth.AuthKey must be a string")
-        hostinfo = body.get("Hostinfo") or {}
+        auth_key = auth_key or None
+        hostinfo = body.get("Hostinfo")
+        hostinfo = {} if hostinfo is None else hostinfo
         if not isinstance(hostinfo, dict):
             raise ValueError("Hostinfo must be an object")
-        followup = body.get("Followup") or ""
+        followup = body.get("Followup")
+        followup = "" if followup is None else followup
         if not isinstance(followup, str):
             raise ValueError("Followup must be a string")
         return cls(
