@@ -107,6 +107,7 @@ class DerpServerConfig:
     ipv6: str = ""
     insecure_for_tests: bool = True  # default: True only when the certificate is self-signed
     mesh_key: str = ""
+    heartbeat_interval: timedelta = timedelta(seconds=10)  # how often the relay refreshes its store row
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class DerpConfig:
     server: DerpServerConfig = field(default_factory=DerpServerConfig)
     regions: tuple[dict[str, Any], ...] = ()  # static extra regions, DERPMap JSON shape
     paths: tuple[Path, ...] = ()  # files holding DERP maps
+    relay_timeout: timedelta = timedelta(seconds=30)  # relays silent for longer leave the DERP map
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,14 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class PresenceConfig:
+    """Map sessions a coordinator replica holds are recorded in the store with a lease."""
+
+    lease: timedelta = timedelta(seconds=30)  # a dead replica's nodes go offline after this
+    heartbeat: timedelta = timedelta(seconds=10)  # how often a replica renews its leases
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # "text" | "json"
@@ -173,6 +183,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: the file this was read from (None = embedded defaults); not a key
     source: Path | None = field(default=None, compare=False)
@@ -227,8 +238,10 @@ _KINDS: dict[str, str] = {
     "derp.server.ipv6": "str",
     "derp.server.insecure_for_tests": "optbool",
     "derp.server.mesh_key": "str",
+    "derp.server.heartbeat_interval": "duration",
     "derp.regions": "dictlist",
     "derp.paths": "pathlist",
+    "derp.relay_timeout": "duration",
     "dns.magic_dns": "bool",
     "dns.base_domain": "str",
     "dns.override_local_dns": "bool",
@@ -242,6 +255,8 @@ _KINDS: dict[str, str] = {
     "policy.path": "optpath",
     "node.expiry": "optduration",
     "node.ephemeral.inactivity_timeout": "duration",
+    "presence.lease": "duration",
+    "presence.heartbeat": "duration",
     "log.level": "str",
     "log.format": "str",
 }
@@ -615,6 +630,7 @@ _SUBRECORDS: dict[str, type] = {
     "policy": PolicyConfig,
     "node": NodeConfig,
     "node.ephemeral": EphemeralConfig,
+    "presence": PresenceConfig,
     "log": LogConfig,
 }
 
@@ -749,6 +765,17 @@ def _validate(v: dict[str, Any], label: str) -> None:
     timeout = get("node.ephemeral.inactivity_timeout")
     if timeout < timedelta(seconds=1):
         fail("node.ephemeral.inactivity_timeout", "must be at least 1s")
+
+    lease, heartbeat = get("presence.lease"), get("presence.heartbeat")
+    if heartbeat < timedelta(milliseconds=100):
+        fail("presence.heartbeat", "must be at least 100ms")
+    if lease <= heartbeat:
+        fail("presence.lease", f"must be longer than presence.heartbeat ({heartbeat.total_seconds():g}s)")
+    relay_beat = get("derp.server.heartbeat_interval")
+    if relay_beat < timedelta(milliseconds=100):
+        fail("derp.server.heartbeat_interval", "must be at least 100ms")
+    if get("derp.relay_timeout") <= relay_beat:
+        fail("derp.relay_timeout", "must be longer than derp.server.heartbeat_interval")
 
 
 _DEFAULTS_CACHE: dict[str, Any] = {}

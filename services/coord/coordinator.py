@@ -25,12 +25,13 @@ import trio
 
 from trioscale.shared.model import Change, Node, utcnow
 from trioscale.shared.proto import mapframe
-from trioscale.shared.store.base import Store
+from trioscale.shared.store.base import NotFound, Store, StoreUnavailable
 
 from .domain.netmap import Delta, Settings, Tailnet, changed_fields
 from .policyfanout import PolicyFanout
 from .policyhost import PolicyHost
 from .domain import tailcfg
+from .presence import PresenceTracker
 
 log = logging.getLogger("trioscale.coord")
 
@@ -108,6 +109,8 @@ class Coordinator(PolicyFanout):
         *,
         build_derp_map: Callable[[list], dict[str, Any]],
         ephemeral_timeout: timedelta = timedelta(seconds=120),
+        presence: PresenceTracker | None = None,
+        relay_timeout: timedelta | None = None,
         clock: Callable[[], datetime] = utcnow,
         policy_mode: str = "database",
         policy_path: str | None = None,
@@ -130,6 +133,10 @@ class Coordinator(PolicyFanout):
         self._relays: list = []
         self._nursery: trio.Nursery | None = None
         self._gc_scopes: dict[int, trio.CancelScope] = {}
+        #: this replica's map sessions in the store; online state comes from presence changes
+        self.presence = presence if presence is not None else PresenceTracker(store, clock=clock)
+        #: relays whose heartbeat is older than this are dropped from the store (None: never)
+        self.relay_timeout = relay_timeout
 
     # -- loading and following -----------------------------------------------------------------
     async def load(self) -> None:
@@ -137,6 +144,7 @@ class Coordinator(PolicyFanout):
         self.seq = await self.store.latest_seq()
         self.tailnet.users = {u.id: u for u in await self.store.list_users()}
         self.tailnet.nodes = {n.id: n for n in await self.store.list_nodes()}
+        self.tailnet.online = {p.node_id for p in await self.store.list_presence() if p.node_id in self.tailnet.nodes}
         self._relays = await self.store.list_relays()
         self.tailnet.settings.derp_map = self.build_derp_map(self._relays)
         await self._load_policy()
@@ -148,16 +156,53 @@ class Coordinator(PolicyFanout):
             for node in self.tailnet.nodes.values():
                 if node.ephemeral:
                     self._schedule_ephemeral_gc(node.id)
+            await nursery.start(self.presence.run)
+            if self.relay_timeout is not None:
+                nursery.start_soon(self._expire_relays, self.relay_timeout)
             async with self.store.subscribe(since=self.seq) as changes:
                 task_status.started()
                 async for change in changes:
-                    try:
-                        await self.apply(change)
-                    except Exception:  # one bad change must not stop the coordinator
-                        log.exception("applying change %s (%s) failed", change.seq, change.kind)
+                    await self._apply_retrying(change)
                     self.seq = change.seq
                     self._seq_changed.set()
                     self._seq_changed = trio.Event()
+
+    async def _apply_retrying(self, change: Change) -> None:
+        """Apply one change; while the store is unavailable, retry it (never skip it: the change
+        would be lost for this replica's clients). Any other error skips the one bad change."""
+        delay = 0.05
+        while True:
+            try:
+                await self.apply(change)
+                return
+            except (StoreUnavailable, OSError) as exc:
+                log.warning("applying change %s (%s): store unavailable (%s); retrying in %.2fs",
+                            change.seq, change.kind, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception:  # one bad change must not stop the coordinator
+                log.exception("applying change %s (%s) failed", change.seq, change.kind)
+                return
+
+    async def _expire_relays(self, timeout: timedelta) -> None:
+        """Drop relays whose heartbeat is older than `timeout` from the store (every replica does
+        it; the first one wins). The "relay.deleted" change takes them out of every DERP map; a
+        relay that is alive after all re-registers with its next heartbeat."""
+        interval = min(max(timeout.total_seconds() / 4, 0.2), 5.0)
+        while True:
+            try:
+                cutoff = self.now() - timeout
+                for relay in await self.store.list_relays():
+                    if relay.heartbeat_at < cutoff:
+                        log.info("relay %s (region %s) missed its heartbeat since %s; removing it",
+                                 relay.name, relay.region_id, relay.heartbeat_at.isoformat())
+                        try:
+                            await self.store.delete_relay(relay.region_id, relay.name)
+                        except NotFound:
+                            pass
+            except (StoreUnavailable, OSError) as exc:
+                log.warning("relay expiry: store unavailable (%s)", exc)
+            await trio.sleep(interval)
 
     def taken(self) -> tuple[set[str], set[str]]:
         """Addresses and names in use, as far as this coordinator knows (for allocation)."""
@@ -207,6 +252,15 @@ class Coordinator(PolicyFanout):
             if derp_map != self.tailnet.settings.derp_map:
                 self.tailnet.settings.derp_map = derp_map
                 self._broadcast(Encoded({"DERPMap": derp_map}))
+        elif kind == "presence.online":
+            node_id = int(data["node_id"])
+            if node_id in self.tailnet.nodes:
+                scope = self._gc_scopes.pop(node_id, None)
+                if scope is not None:
+                    scope.cancel()
+                self._set_online(node_id, True)
+        elif kind == "presence.offline":
+            self._presence_offline(int(data["node_id"]), data)
         elif kind == "registration.completed":
             event = self._registration_done.get(data.get("id"))
             if event is not None:
@@ -289,6 +343,7 @@ class Coordinator(PolicyFanout):
         if scope is not None:
             scope.cancel()
         for session in self.sessions.pop(node_id, set()):
+            self.presence.closed(node_id)
             session.close("node deleted")
         if old is None:
             return
@@ -298,6 +353,22 @@ class Coordinator(PolicyFanout):
                 if node_id in session.sent:
                     session.sent.discard(node_id)
                     session.push(removed)
+
+    def _presence_offline(self, node_id: int, data: dict[str, Any]) -> None:
+        if self.presence.holds(node_id):
+            # we still serve it (our row was reaped while we could not renew it): it stays online
+            if data.get("replica_id") == self.presence.replica_id:
+                self.presence.lost(node_id)
+            return
+        node = self.tailnet.nodes.get(node_id)
+        if node is None:
+            return
+        last_seen = tailcfg.parse_time(data.get("last_seen")) if data.get("last_seen") else None
+        if last_seen is not None:
+            node = self.tailnet.nodes[node_id] = node.replace(last_seen=last_seen)
+        self._set_online(node_id, False, last_seen)
+        if node.ephemeral:
+            self._schedule_ephemeral_gc(node_id)
 
     def _set_online(self, node_id: int, online: bool, last_seen: datetime | None = None) -> None:
         if online == (node_id in self.tailnet.online):
@@ -325,6 +396,7 @@ class Coordinator(PolicyFanout):
         scope = self._gc_scopes.pop(node_id, None)
         if scope is not None:
             scope.cancel()
+        self.presence.opened(node_id)
         self._set_online(node_id, True)
         return session, Encoded(first)
 
@@ -332,25 +404,36 @@ class Coordinator(PolicyFanout):
         sessions = self.sessions.get(session.node_id)
         if sessions is None:
             return
+        if session not in sessions:
+            return
         sessions.discard(session)
+        self.presence.closed(session.node_id)
         if sessions:
             return
         del self.sessions[session.node_id]
         node = self.tailnet.nodes.get(session.node_id)
         if node is None:
             return
-        now = self.now()
-        self._set_online(session.node_id, False, now)
-        with trio.CancelScope(shield=True):
-            try:
-                await self.store.update_node(node.id, last_seen=now)
-            except Exception as exc:  # the node may be gone already
-                log.debug("recording last_seen of node %s: %s", node.id, exc)
+        if session.node_id not in self.presence.written and not self.presence.holds(session.node_id):
+            # its presence never reached the store, so no "presence.offline" will come: say it
+            # here (otherwise that change, which also records last_seen, takes it offline)
+            now = self.now()
+            self._set_online(session.node_id, False, now)
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.store.update_node(node.id, last_seen=now)
+                except Exception as exc:  # the node may be gone already
+                    log.debug("recording last_seen of node %s: %s", node.id, exc)
         if node.ephemeral:
             self._schedule_ephemeral_gc(node.id)
 
     def _schedule_ephemeral_gc(self, node_id: int) -> None:
-        if self._nursery is None or node_id in self.sessions or node_id in self._gc_scopes:
+        if (
+            self._nursery is None
+            or node_id in self.sessions
+            or node_id in self.tailnet.online  # served by another replica
+            or node_id in self._gc_scopes
+        ):
             return
         scope = trio.CancelScope()
         self._gc_scopes[node_id] = scope
@@ -359,7 +442,11 @@ class Coordinator(PolicyFanout):
     async def _ephemeral_gc(self, node_id: int, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(self.ephemeral_timeout.total_seconds())
-            if node_id not in self.sessions and self._gc_scopes.get(node_id) is scope:
+            if (
+                node_id not in self.sessions
+                and node_id not in self.tailnet.online
+                and self._gc_scopes.get(node_id) is scope
+            ):
                 log.info("removing ephemeral node %s after %s offline", node_id, self.ephemeral_timeout)
                 try:
                     await self.store.delete_node(node_id)

@@ -22,6 +22,7 @@ from .domain import tailcfg
 from .domain.netmap import Settings, dns_config
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
+from .presence import PresenceTracker
 from .transport import serve_control
 
 log = logging.getLogger("trioscale.coord")
@@ -99,7 +100,11 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
         ephemeral_timeout=config.node.ephemeral.inactivity_timeout,
         policy_mode=config.policy.mode,
         policy_path=str(config.policy.path) if config.policy.path else None,
+        presence=PresenceTracker(ctx.store, lease=config.presence.lease, heartbeat=config.presence.heartbeat),
+        relay_timeout=config.derp.relay_timeout,
     )
+    log.info("coordinator replica %s (presence lease %ss)", coordinator.presence.replica_id,
+             config.presence.lease.total_seconds())
     handlers = ControlHandlers(coordinator, registration_policy(config), txt_records_in(ctx.registry))
     ctx.registry["coord"] = coordinator
     async with trio.open_nursery() as nursery:

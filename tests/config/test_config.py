@@ -190,6 +190,8 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "derp.server.ipv6": "2001:db8::1",
         "derp.server.insecure_for_tests": "false",
         "derp.server.mesh_key": "mk",
+        "derp.server.heartbeat_interval": "3s",
+        "derp.relay_timeout": "1m",
         "derp.regions": '[{"RegionID": 7, "Nodes": []}]',
         "derp.paths": "a.json,b.json",
         "dns.magic_dns": "false",
@@ -205,6 +207,8 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "policy.path": str(tmp_path / "p.hujson"),
         "node.expiry": "7d",
         "node.ephemeral.inactivity_timeout": "10m",
+        "presence.lease": "2m",
+        "presence.heartbeat": "20s",
         "log.level": "warning",
         "log.format": "json",
     }
@@ -349,3 +353,13 @@ def test_configtest_bad(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     proc = _configtest("configtest", cwd=tmp_path, env={"TRIOSCALE_NODE_EXPIRY": "forever"})
     assert proc.returncode == 1 and "TRIOSCALE_NODE_EXPIRY" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_presence_and_relay_timeouts() -> None:
+    cfg = config_from_dict({"presence": {"lease": "6s", "heartbeat": "2s"}, "derp": {"relay_timeout": "5s", "server": {"heartbeat_interval": "1s"}}})
+    assert cfg.presence.lease == timedelta(seconds=6) and cfg.presence.heartbeat == timedelta(seconds=2)
+    assert cfg.derp.relay_timeout == timedelta(seconds=5)
+    with pytest.raises(ConfigError, match="presence.lease"):
+        config_from_dict({"presence": {"lease": "5s", "heartbeat": "5s"}})
+    with pytest.raises(ConfigError, match="derp.relay_timeout"):
+        config_from_dict({"derp": {"relay_timeout": "5s", "server": {"heartbeat_interval": "10s"}}})
