@@ -199,5 +199,6 @@ CHANGE_KINDS = frozenset(
         "share.deleted",
         "presence.online",  # data: {"node_id", "replica_id"}: the node's first presence row
         "presence.offline",  # data: {"node_id", "replica_id", "last_seen" (ISO text), "reason"}
+        "dnstxt.set",  # data: {"name"}: TXT values (ACME DNS-01 via /machine/set-dns) set or cleared
     }
 )

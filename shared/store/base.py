@@ -262,6 +262,25 @@ class Store(abc.ABC):
     async def list_presence(self) -> list[Presence]:
         """Every row, by node id then replica id."""
 
+    # -- TXT records for ACME DNS-01 (/machine/set-dns) ---------------------------------------------
+    # `name` is lower case without a trailing dot. Each set or clear records a "dnstxt.set" change
+    # {"name"}, so DNS servers in other processes follow it.
+    @abc.abstractmethod
+    async def set_dns_txt(self, name: str, values: Sequence[str], expires_at: datetime) -> None:
+        """Replace the TXT values of `name` (no values = remove it)."""
+
+    @abc.abstractmethod
+    async def get_dns_txt(self, name: str, now: datetime) -> tuple[str, ...]:
+        """The live values of `name`; () if none or expired."""
+
+    @abc.abstractmethod
+    async def list_dns_txt(self, now: datetime) -> list[tuple[str, tuple[str, ...], datetime]]:
+        """Every live (name, values, expires_at), by name."""
+
+    @abc.abstractmethod
+    async def purge_dns_txt(self, now: datetime) -> int:
+        """Delete expired TXT records (no change rows: readers drop expired values themselves)."""
+
     # -- change log ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def latest_seq(self) -> int:

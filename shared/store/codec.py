@@ -912,6 +912,41 @@ def op_list_presence():
     return [presence_from_row(r) for r in rows]
 
 
+# -- TXT records (ACME DNS-01 through /machine/set-dns) ------------------------------------------
+
+
+def _txt_name(name: str) -> str:
+    key = str(name).strip().rstrip(".").lower()
+    if not key:
+        raise ValueError("TXT record name is empty")
+    return key
+
+
+def op_set_dns_txt(name: str, values: Sequence[str], expires_at: datetime):
+    key, vals = _txt_name(name), str_tuple(values)
+    if vals:
+        yield Exec("DELETE FROM dns_txt WHERE name = ?", key)
+        yield Exec("INSERT INTO dns_txt (name, vals, expires_at) VALUES (?, ?, ?)", key, vals, utc(expires_at))
+    else:
+        yield Exec("DELETE FROM dns_txt WHERE name = ?", key)
+    yield Emit("dnstxt.set", {"name": key})
+
+
+def op_get_dns_txt(name: str, now: datetime):
+    r = yield One("SELECT vals FROM dns_txt WHERE name = ? AND expires_at > ?", _txt_name(name), utc(now))
+    return () if r is None else read_tuple(r["vals"])
+
+
+def op_list_dns_txt(now: datetime):
+    rows = yield All("SELECT * FROM dns_txt WHERE expires_at > ? ORDER BY name", utc(now))
+    return [(r["name"], read_tuple(r["vals"]), read_time(r["expires_at"])) for r in rows]
+
+
+def op_purge_dns_txt(now: datetime):
+    rows = yield All("DELETE FROM dns_txt WHERE expires_at <= ? RETURNING name", utc(now))
+    return len(rows)
+
+
 # -- change log ----------------------------------------------------------------------------------
 
 
@@ -1110,6 +1145,19 @@ class OpsStore(Store):
         return await self._read(op_list_presence)
 
     # change log
+    # TXT records
+    async def set_dns_txt(self, name: str, values: Sequence[str], expires_at: datetime) -> None:
+        await self._write(op_set_dns_txt, name, values, expires_at)
+
+    async def get_dns_txt(self, name: str, now: datetime) -> tuple[str, ...]:
+        return await self._read(op_get_dns_txt, name, now)
+
+    async def list_dns_txt(self, now: datetime) -> list[tuple[str, tuple[str, ...], datetime]]:
+        return await self._read(op_list_dns_txt, now)
+
+    async def purge_dns_txt(self, now: datetime) -> int:
+        return await self._write(op_purge_dns_txt, now)
+
     async def latest_seq(self) -> int:
         return await self._read(op_latest_seq)
 

@@ -121,6 +121,15 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX presence_replica ON presence (replica_id)",
         "CREATE INDEX presence_lease ON presence (lease_expires)",
     ],
+    # 3: TXT records set by nodes through /machine/set-dns (ACME DNS-01), for DNS servers anywhere
+    [
+        """CREATE TABLE dns_txt (
+            name TEXT PRIMARY KEY,
+            vals TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX dns_txt_expires ON dns_txt (expires_at)",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: list[list[str]] = [
@@ -235,6 +244,15 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX presence_replica ON presence (replica_id)",
         "CREATE INDEX presence_lease ON presence (lease_expires)",
+    ],
+    # 3: TXT records set by nodes through /machine/set-dns (ACME DNS-01), for DNS servers anywhere
+    [
+        """CREATE TABLE dns_txt (
+            name text PRIMARY KEY,
+            vals text[] NOT NULL,
+            expires_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX dns_txt_expires ON dns_txt (expires_at)",
     ],
 ]
 

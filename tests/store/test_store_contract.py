@@ -563,6 +563,7 @@ async def test_every_change_kind_is_known(store):
     await store.delete_relay(900, "r1")
     await store.update_presence("replica", add=[n.id], lease_expires=T0)
     await store.update_presence("replica", remove=[n.id], lease_expires=T0)
+    await store.set_dns_txt("_acme-challenge.x.ts.test", ["v"], T0)
     await store.delete_node(n.id)
     await store.rename_user(v.id, "robert")
     await store.delete_user(v.id)
