@@ -132,11 +132,14 @@ class Client:
     # -- producers (never block) ---------------------------------------------------------------
     def enqueue_packet(self, src: bytes, packet: bytes) -> None:
         q = self.disco if packet.startswith(DISCO_MAGIC) else self.data
-        if len(q) == q.maxlen:
-            st = self.server.stats
-            st.packets_dropped += 1
-            st.bytes_dropped += len(q[0][1])
-            st.drop_queue_head += 1
+        n = len(q)
+        if n >= q.maxlen - 1:
+            if n == q.maxlen:
+                st = self.server.stats
+                st.packets_dropped += 1
+                st.bytes_dropped += len(q[0][1])
+                st.drop_queue_head += 1
+            self.server.pressure = self  # the sender's reader yields so that our writer can drain
         q.append((src, packet))
         t = self._parked
         if t is not None:
@@ -291,17 +294,36 @@ class Client:
                     if n < MINP or n > MAXP:
                         raise RemoteProtocolError(f"SendPacket of {n} bytes (must be {MINP}..{MAXP})")
                     route(self, payload[:KEY_LEN], payload[KEY_LEN:])
+                    if server.pressure is not None:
+                        await self._relieve(server)
                 elif t == FWD and mesh and type(payload) is not int:
                     n = len(payload)
                     if n < MINF or n > MAXF:
                         raise RemoteProtocolError(f"ForwardPacket of {n} bytes (must be {MINF}..{MAXF})")
                     route_fwd(self, payload[:KEY_LEN], payload[KEY_LEN : 2 * KEY_LEN], payload[2 * KEY_LEN :])
+                    if server.pressure is not None:
+                        await self._relieve(server)
                 else:
                     ev = decode(t, payload)
                     if ev is not None:
                         control(ev)
             if active.get(me) is not self and not self.closed:
                 server._make_active(self)  # the last writer among duplicates is active
+
+    async def _relieve(self, server: "DerpServer") -> None:
+        """A destination's queue is nearly full. One read can carry hundreds of packets (after a
+        stall, or from a fast sender), more than a queue holds, and the destination's writer only
+        runs when this task yields: so yield (a few times at most) to let it drain, instead of
+        dropping packets that a writer with a free socket could have sent. A destination whose
+        socket is full stays full and loses its oldest packets, as before."""
+        dest = server.pressure
+        server.pressure = None
+        half = server.queue_depth // 2
+        for _ in range(4):
+            await trio.lowlevel.checkpoint()
+            if dest.closed or (len(dest.data) <= half and len(dest.disco) <= half):
+                break
+        server.pressure = None
 
     def _control(self, ev: Any) -> None:
         server = self.server
@@ -356,6 +378,7 @@ class DerpServer:
         self._gone_subs: dict[bytes, set[Client]] = {}  # key → clients that received from it
         self._watchers: list[Client] = []
         self.closing = False
+        self.pressure: Client | None = None  # a queue that is (nearly) full, set by enqueue_packet
 
     # -- lookups ---------------------------------------------------------------------------------
     def where(self, key: bytes) -> Client | Forwarder | None:

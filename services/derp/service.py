@@ -374,6 +374,8 @@ class DerpService:
         while True:
             try:
                 async with store.subscribe() as changes:
+                    if self.verifier is not None:
+                        self.verifier.clear()  # events before this subscription are not replayed
                     async for change in changes:
                         await self._on_change(change)
             except trio.Cancelled:

