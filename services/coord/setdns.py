@@ -85,10 +85,13 @@ def check(body: dict[str, Any], node: Node, base_domain: str, now: datetime) -> 
     return wanted, value
 
 
-def publish(txt: TxtRecords, name: str, value: str, *, now: float | None = None) -> tuple[str, ...]:
-    """Add `value` to the live values of `name` (newest last, bounded); returns the new values."""
+def publish(
+    txt: TxtRecords, name: str, value: str, *, now: float | None = None, existing: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    """Add `value` to the live values of `name` (newest last, bounded); returns the new values.
+    `existing` (e.g. from the store) replaces what the in-process table holds."""
     now = time.time() if now is None else now
-    values = [v for v in txt.get(name, now) if v != value]
+    values = [v for v in (txt.get(name, now) if existing is None else existing) if v != value]
     values.append(value)
     values = values[-MAX_VALUES_PER_NAME:]
     txt.set(name, values, now + TXT_TTL, now=now)
@@ -100,9 +103,14 @@ async def apply(coord: Any, txt: TxtRecords, node: Node, body: dict[str, Any]) -
     now = coord.now()
     name, value = check(body, node, coord.tailnet.settings.base_domain, now)
     wall = time.time()
-    values = publish(txt, name, value, now=wall)
     store = coord.store
-    if hasattr(store, "set_dns_txt"):
-        expires = datetime.fromtimestamp(wall + TXT_TTL, tz=timezone.utc)
-        await store.set_dns_txt(name, values, expires)
+    if not hasattr(store, "set_dns_txt"):
+        values = publish(txt, name, value, now=wall)
+    else:
+        # the store is the shared copy (DNS servers in other processes follow its change log)
+        at = datetime.fromtimestamp(wall, tz=timezone.utc)
+        await store.purge_dns_txt(at)
+        got = await store.get_dns_txt(name, at)
+        values = publish(txt, name, value, now=wall, existing=() if got is None else got[0])
+        await store.set_dns_txt(name, values, datetime.fromtimestamp(wall + TXT_TTL, tz=timezone.utc))
     log.info("node %s (%s) set TXT %s (%d value(s))", node.id, node.given_name, name, len(values))

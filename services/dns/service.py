@@ -26,6 +26,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,9 @@ async def _load_all(store: Any, zone: Zone) -> int:
             zone.remove_node(node_id)
     for node in nodes:
         zone.upsert_node(node)
+    if hasattr(store, "list_dns_txt"):
+        for name, values, expires_at in await store.list_dns_txt(datetime.now(timezone.utc)):
+            zone.txt.set(name, values, expires_at)
     zone.bump(seq)
     return seq
 
@@ -170,6 +174,15 @@ async def _apply(store: Any, zone: Zone, change: Any) -> None:
         if node_id is not None:
             zone.remove_node(node_id)
             zone.bump(change.seq)
+    elif kind == "dnstxt.set":
+        # ACME challenge values set through /machine/set-dns, possibly by a coordinator elsewhere
+        name = (change.data or {}).get("name")
+        if name:
+            got = await store.get_dns_txt(name, datetime.now(timezone.utc))
+            if got is None:
+                zone.txt.clear(name)
+            else:
+                zone.txt.set(name, got[0], got[1])
 
 
 async def _follow_store(ctx: Any, svc: DnsService) -> None:

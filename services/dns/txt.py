@@ -6,9 +6,11 @@ coordinator calls ``set(name, values, expires_at)`` and ``clear(name)``; the DNS
 every TXT query. Values expire (default: 10 minutes after they were set), so a forgotten
 challenge never lingers.
 
-Limitation: this lives in one process. When the coordinator and the DNS server run as separate
-processes (``trioscale coord`` + ``trioscale dns``), TXT values set in one are not seen by the
-other; that needs a store table with change events (later).
+Across processes: the coordinator also writes every value to the store's ``dns_txt`` table
+(``Store.set_dns_txt``, change kind ``dnstxt.set``); every DNS service loads that table at start and
+follows its changes, so ``trioscale coord`` + ``trioscale dns`` as separate processes (or replicas
+on PostgreSQL) serve the same values. In one process the table here is written directly as well,
+so a value is served before set-dns answers.
 
 Times are wall-clock seconds since the epoch (``time.time()``) or aware datetimes; ``now`` is an
 argument wherever the answer depends on it.

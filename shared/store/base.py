@@ -270,8 +270,8 @@ class Store(abc.ABC):
         """Replace the TXT values of `name` (no values = remove it)."""
 
     @abc.abstractmethod
-    async def get_dns_txt(self, name: str, now: datetime) -> tuple[str, ...]:
-        """The live values of `name`; () if none or expired."""
+    async def get_dns_txt(self, name: str, now: datetime) -> tuple[tuple[str, ...], datetime] | None:
+        """(values, expires_at) of `name`; None if it has none or they expired."""
 
     @abc.abstractmethod
     async def list_dns_txt(self, now: datetime) -> list[tuple[str, tuple[str, ...], datetime]]:

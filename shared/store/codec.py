@@ -933,8 +933,8 @@ def op_set_dns_txt(name: str, values: Sequence[str], expires_at: datetime):
 
 
 def op_get_dns_txt(name: str, now: datetime):
-    r = yield One("SELECT vals FROM dns_txt WHERE name = ? AND expires_at > ?", _txt_name(name), utc(now))
-    return () if r is None else read_tuple(r["vals"])
+    r = yield One("SELECT * FROM dns_txt WHERE name = ? AND expires_at > ?", _txt_name(name), utc(now))
+    return None if r is None else (read_tuple(r["vals"]), read_time(r["expires_at"]))
 
 
 def op_list_dns_txt(now: datetime):
@@ -1149,7 +1149,7 @@ class OpsStore(Store):
     async def set_dns_txt(self, name: str, values: Sequence[str], expires_at: datetime) -> None:
         await self._write(op_set_dns_txt, name, values, expires_at)
 
-    async def get_dns_txt(self, name: str, now: datetime) -> tuple[str, ...]:
+    async def get_dns_txt(self, name: str, now: datetime) -> tuple[tuple[str, ...], datetime] | None:
         return await self._read(op_get_dns_txt, name, now)
 
     async def list_dns_txt(self, now: datetime) -> list[tuple[str, tuple[str, ...], datetime]]:
