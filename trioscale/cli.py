@@ -552,7 +552,7 @@ def dns() -> None:
 
 from trioscale.cli_policy import register as _register_policy_commands  # noqa: E402
 
-_register_policy_commands(cli, nodes)
+_register_policy_commands(cli, nodes, globals())
 
 cli.aliases = {"user": "users", "node": "nodes", "preauthkey": "preauthkeys", "authkey": "preauthkeys",
                "pre": "preauthkeys", "apikey": "apikeys", "api": "apikeys"}

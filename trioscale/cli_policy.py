@@ -11,8 +11,11 @@ from typing import Any
 import click
 
 
-def register(cli: click.Group, nodes: click.Group) -> None:
-    from trioscale.cli import AliasGroup, CLIError, _fmt, _user_ref, call, emit_json, emit_table, output_option
+def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
+    """`ns`: trioscale.cli's namespace (passed in, not imported: under `python -m trioscale.cli` that
+    module is __main__, and a second import would have its own State class)."""
+    AliasGroup, CLIError, _fmt, _user_ref = ns["AliasGroup"], ns["CLIError"], ns["_fmt"], ns["_user_ref"]
+    call, emit_json, emit_table, output_option = ns["call"], ns["emit_json"], ns["emit_table"], ns["output_option"]
 
     def read_file(path: str) -> str:
         try:

@@ -45,8 +45,10 @@ def register_policy_routes(app, ctx, *, BadRequest, find_node, find_user, users_
 
     async def body_text(data: dict[str, Any]) -> str:
         text = data.get("policy")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
             raise BadRequest("give the policy text in \"policy\"")
+        if not text.strip():
+            raise BadRequest("invalid policy: the policy is empty")
         return text
 
     async def check(text: str):
