@@ -4,7 +4,8 @@ Binds both transports on the same port (a configured port 0 picks one free for b
 node from the store, then follows the store's change log (no polling) so a node added anywhere
 resolves at once. Watches ``dns.extra_records_path`` (a cheap stat every half second; the
 file is re-read and re-parsed only when its mtime/size/inode change, and applied only when its
-content hash changes). Forwards names outside its zones to ``dns.nameservers.global`` over UDP
+content hash changes), and the configuration file (``dns.extra_records`` and
+``dns.extra_records_path`` apply live). Forwards names outside its zones to ``dns.nameservers.global`` over UDP
 when any are configured.
 
 Registers ``ctx.registry["dns"]`` (a :class:`DnsService`: ``.stats`` counters, ``.zone``,
@@ -254,10 +255,60 @@ class _RecordsFile:
         ctx.log.info("dns: loaded %d extra record(s) from %s", len(good), self.path)
 
 
+class _ConfigFile:
+    """The configuration file, re-read when it changes: ``dns.extra_records`` and
+    ``dns.extra_records_path`` apply live (the coordinator pushes the matching DNSConfig)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.path: Path | None = ctx.config.source
+        self.dns = ctx.config.dns
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def check(self, ctx: Any, svc: DnsService, records_file: _RecordsFile | None) -> _RecordsFile | None:
+        """Returns the records file to watch from now on."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self.stamp:
+            return records_file
+        self.stamp = stamp
+        from trioscale.config import ConfigError, load_config
+
+        try:
+            new = (await trio.to_thread.run_sync(load_config, self.path)).dns
+        except (ConfigError, OSError) as exc:
+            ctx.log.warning("dns: configuration %s changed but cannot be used (%s)", self.path, exc)
+            return records_file
+        if new.extra_records != self.dns.extra_records:
+            for problem in svc.zone.set_extra_records(new.extra_records, "config"):
+                ctx.log.warning("dns: extra_records: %s (skipped)", problem)
+            svc.zone.bump()
+            ctx.log.info("dns: extra_records reloaded from %s", self.path)
+        if new.extra_records_path != self.dns.extra_records_path:
+            if new.extra_records_path is None:
+                svc.zone.set_source("file", [])
+                svc.zone.bump()
+                records_file = None
+            else:
+                records_file = _RecordsFile(Path(new.extra_records_path))
+                await records_file.check(ctx, svc)
+        self.dns = new
+        return records_file
+
+
 async def _housekeeping(ctx: Any, svc: DnsService, records_file: _RecordsFile | None) -> None:
+    config_file = _ConfigFile(ctx)
     while True:
         await trio.sleep(svc.options.watch_interval)
         svc.txt.purge(time.time())
+        records_file = await config_file.check(ctx, svc, records_file)
         if records_file is not None:
             await records_file.check(ctx, svc)
 

@@ -1,6 +1,6 @@
 """`trioscale serve` as a subprocess: nodes added, renamed and deleted through the CLI/API resolve (or
-stop resolving) within 1 s with no restart; extra-records file and config edits reach a connected
-node's map stream and the DNS service within 1 s; /machine/set-dns over Noise is served as TXT.
+stop resolving) within 1 s with no restart; extra-records file and config-file edits reach a
+connected node's map stream and the DNS service within 1 s; /machine/set-dns over Noise is served as TXT.
 
 The map-stream client is our own Noise client (shared/noiseclient.py); DNS queries use dnspython.
 """
@@ -123,12 +123,15 @@ async def test_names_follow_the_api_within_a_second_and_set_dns_is_served(triosc
             # 5. a configuration edit (search domains, resolvers) is pushed within 1 s, no restart
             doc = yaml.safe_load(srv.config_path.read_text())
             doc["dns"].update({"search_domains": ["corp.example"], "nameservers": {"global": ["9.9.9.9"]},
-                               "override_local_dns": True})
+                               "override_local_dns": True,
+                               "extra_records": [{"name": "inline.ts.test", "type": "A", "value": "100.64.0.10"}]})
             start = time.monotonic()
             replace_file(srv.config_path, yaml.safe_dump(doc))
             pushed = await next_dns_config(1)
             assert time.monotonic() - start < 1
             assert pushed["Domains"] == [BASE, "corp.example"] and pushed["Resolvers"] == [{"Addr": "9.9.9.9"}]
+            assert [r["Name"] for r in pushed["ExtraRecords"]] == ["inline.ts.test", "grafana.ts.test"]
+            await within(1, "inline.ts.test A", lambda: answers(query(dns_port, "inline.ts.test")) == ["100.64.0.10"])
 
             # 6. set-dns: alpha's own challenge is served as TXT; beta's name is refused and not served
             ok = await ca.post_json("/machine/set-dns", alpha.set_dns_body("_acme-challenge.alpha.ts.test", "token-a"))
