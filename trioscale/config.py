@@ -746,6 +746,8 @@ def _validate(v: dict[str, Any], label: str) -> None:
             fail("dns.nameservers.split", f"not a domain name: {d!r}")
         if not servers:
             fail("dns.nameservers.split", f"domain {d!r} has no nameservers")
+    if get("dns.override_local_dns") and not get("dns.nameservers.global"):
+        fail("dns.override_local_dns", "is true but dns.nameservers.global is empty: clients would have no resolver")
     for i, rec in enumerate(get("dns.extra_records")):
         missing = [k for k in ("name", "type", "value") if not isinstance(rec.get(k), str) or not rec.get(k)]
         if missing:

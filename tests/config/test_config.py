@@ -363,3 +363,11 @@ def test_presence_and_relay_timeouts() -> None:
         config_from_dict({"presence": {"lease": "5s", "heartbeat": "5s"}})
     with pytest.raises(ConfigError, match="derp.relay_timeout"):
         config_from_dict({"derp": {"relay_timeout": "5s", "server": {"heartbeat_interval": "10s"}}})
+
+
+def test_override_local_dns_needs_global_nameservers():
+    # Headscale's rule: overriding the clients' DNS with nothing would leave them without a resolver
+    with pytest.raises(ConfigError, match="dns.override_local_dns"):
+        config_from_dict({"dns": {"override_local_dns": True}})
+    cfg = config_from_dict({"dns": {"override_local_dns": True, "nameservers": {"global": ["9.9.9.9"]}}})
+    assert cfg.dns.nameservers.global_ == ("9.9.9.9",)
