@@ -27,6 +27,7 @@ from trioscale.shared.model import Change, Node, utcnow
 from trioscale.shared.proto import mapframe
 from trioscale.shared.store.base import NotFound, Store, StoreUnavailable
 
+from .domain.peerset import PeerSet
 from .domain.netmap import Delta, Settings, Tailnet, changed_fields
 from .policyfanout import PolicyFanout
 from .policyhost import PolicyHost
@@ -60,6 +61,7 @@ class Encoded:
         if frame is None:
             if self._json is None:
                 self._json = dumps(self.obj)
+                self.obj = None  # a full map's dicts are large; the JSON is all we need now
             frame = self._frames[compress] = mapframe.encode_frame(self._json, compress)
         return frame
 
@@ -70,15 +72,26 @@ class MapSession:
     def __init__(self, node_id: int, compress: str | None) -> None:
         self.node_id = node_id
         self.compress = compress
-        self.sent: set[int] = set()
+        self.sent: PeerSet = PeerSet()
         self.queue: deque[Encoded] = deque()
         self.wakeup = trio.Event()
         self.closed = False
         self.close_reason = ""
+        #: set once the first map is out: deltas may then be written straight from the fan-out
+        self.response: Any = None
+        #: the session's own task is writing (or about to): deltas queue behind it, in order
+        self.writing = False
+
+    def attach(self, response: Any) -> None:
+        self.response = response
 
     def push(self, message: Encoded) -> None:
         if self.closed:
             return
+        if self.response is not None and not self.writing and not self.queue:
+            # Fast path: written in the fan-out itself, no task switch for this session.
+            if self.response.write_nowait(message.frame(self.compress)):
+                return
         if len(self.queue) >= SESSION_QUEUE_LIMIT:
             self.close("fell behind")
             return
@@ -98,6 +111,7 @@ class MapSession:
         self.wakeup = trio.Event()
         out = list(self.queue)
         self.queue.clear()
+        self.writing = True  # until the caller has written these (or a keepalive): see push()
         return out
 
 
@@ -133,6 +147,9 @@ class Coordinator(PolicyFanout):
         self._relays: list = []
         self._nursery: trio.Nursery | None = None
         self._gc_scopes: dict[int, trio.CancelScope] = {}
+        #: registration allocates addresses and names one at a time in this process (register.py)
+        self.allocation_lock = trio.Lock()
+        self._allocated: dict[int, Node] = {}
         #: this replica's map sessions in the store; online state comes from presence changes
         self.presence = presence if presence is not None else PresenceTracker(store, clock=clock)
         #: relays whose heartbeat is older than this are dropped from the store (None: never)
@@ -206,8 +223,14 @@ class Coordinator(PolicyFanout):
 
     def taken(self) -> tuple[set[str], set[str]]:
         """Addresses and names in use, as far as this coordinator knows (for allocation)."""
-        nodes = self.tailnet.nodes.values()
+        for node_id in [i for i in self._allocated if i in self.tailnet.nodes]:
+            del self._allocated[node_id]  # applied from the log by now
+        nodes = [*self.tailnet.nodes.values(), *self._allocated.values()]
         return {a for n in nodes for a in (n.ipv4, n.ipv6) if a}, {n.given_name for n in nodes}
+
+    def record_allocation(self, node: Node) -> None:
+        """A node this process just created (its change may not be applied yet)."""
+        self._allocated[node.id] = node
 
     async def wait_seq(self, seq: int) -> None:
         """Wait until changes up to `seq` are applied (read-your-writes for request handlers)."""
@@ -390,7 +413,7 @@ class Coordinator(PolicyFanout):
         node = self.tailnet.nodes[node_id]
         session = MapSession(node_id, compress)
         first, sent = self.tailnet.full_map(node, self.now())
-        session.sent = sent
+        session.sent = PeerSet(sent)
         self._remember_first_map(session, first)
         self.sessions.setdefault(node_id, set()).add(session)
         scope = self._gc_scopes.pop(node_id, None)

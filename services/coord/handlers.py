@@ -143,7 +143,7 @@ class ControlHandlers:
             raise BadRequest(400, f"bad register request: {exc}") from None
         result = await register.handle(
             self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval,
-            self.coord.taken,
+            self.coord,
         )
         await response.send(200, json.dumps(result).encode(), [("content-type", "application/json")])
 
@@ -198,15 +198,19 @@ class ControlHandlers:
             await response.start(200, [("content-type", "application/json")])
             await response.write(first.frame(compress))
             del first  # the first map is the largest message; don't hold it for the session's life
+            session.attach(response)
             while True:
                 messages = await session.next_messages(self.coord.keepalive_interval())
                 if session.closed:
                     log.debug("map session of node %s closed: %s", node_id, session.close_reason)
                     break
-                if messages:
-                    await response.write(b"".join(m.frame(compress) for m in messages))
-                else:
-                    await response.write(keepalive)
+                try:
+                    if messages:
+                        await response.write(b"".join(m.frame(compress) for m in messages))
+                    else:
+                        await response.write(keepalive)
+                finally:
+                    session.writing = False
             with trio.move_on_after(5):
                 await response.end()
         finally:

@@ -13,8 +13,8 @@ import logging
 import secrets as _secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from typing import Any, Protocol
 
 from trioscale.shared import secrets
 from trioscale.shared.model import Node, PendingRegistration, User
@@ -29,6 +29,16 @@ log = logging.getLogger("trioscale.coord.register")
 PENDING_LIFETIME = timedelta(minutes=15)
 REGISTRATION_ID_PREFIX = "tsreg-"
 _MAX_CREATE_TRIES = 8
+
+
+class Allocations(Protocol):
+    """What registration needs from the coordinator to hand out addresses and names."""
+
+    allocation_lock: Any  # an async context manager (a trio.Lock)
+
+    def taken(self) -> tuple[set[str], set[str]]: ...
+
+    def record_allocation(self, node: Node) -> None: ...
 
 
 class RegisterError(Exception):
@@ -140,12 +150,12 @@ async def create_or_update_node(
     tags: tuple[str, ...] = (),
     auth_key_id: int | None = None,
     register_method: str,
-    taken: Callable[[], tuple[set[str], set[str]]] | None = None,
+    allocations: "Allocations | None" = None,
 ) -> Node:
     """Register a machine: update its node if the machine is known, else create one with fresh
-    addresses and a unique name. `taken` may give the addresses and names in use from memory (the
-    coordinator's view, which can lag); when a concurrent registration won an address the retry
-    reads them from the store."""
+    addresses and a unique name. `allocations` (the coordinator) serialises allocation in this
+    process and knows the addresses and names in use from memory; when another process won an
+    address the retry reads them from the store."""
     expiry = None if tags or policy.node_expiry is None else now + policy.node_expiry
     existing = await store.get_node_by_machine_key(machine_key)
     if existing is not None:
@@ -159,9 +169,20 @@ async def create_or_update_node(
             fields["auth_key_id"] = auth_key_id
         return await store.update_node(existing.id, **fields)
     base = names.sanitize_label(str(hostinfo.get("Hostname") or ""))
+    async with allocations.allocation_lock if allocations is not None else contextlib.nullcontext():
+        return await _create(store, policy, base, allocations, machine_key=machine_key, node_key=node_key,
+                             user=user, hostinfo=hostinfo, tags=tags, ephemeral=ephemeral,
+                             auth_key_id=auth_key_id, expiry=expiry, now=now, register_method=register_method)
+
+
+async def _create(store, policy, base, allocations, *, machine_key, node_key, user, hostinfo, tags, ephemeral,
+                  auth_key_id, expiry, now, register_method) -> Node:
     last_error: StoreError | None = None
     for attempt in range(_MAX_CREATE_TRIES):
-        taken_addrs, taken_names = taken() if taken is not None and attempt == 0 else await _taken(store)
+        if allocations is not None and attempt == 0:
+            taken_addrs, taken_names = allocations.taken()
+        else:
+            taken_addrs, taken_names = await _taken(store)
         node = Node(
             id=0,
             machine_key=machine_key,
@@ -182,9 +203,13 @@ async def create_or_update_node(
             register_method=register_method,
         )
         try:
-            return await store.create_node(node)
-        except Conflict as exc:  # a concurrent registration won the address or name: try again
+            created = await store.create_node(node)
+        except Conflict as exc:  # another process won the address or name: try again
             last_error = exc
+            continue
+        if allocations is not None:
+            allocations.record_allocation(created)
+        return created
     raise RegisterError(f"could not register node: {last_error}")
 
 
@@ -242,19 +267,19 @@ async def handle(
     machine_key: bytes,
     now: datetime,
     wait_for_approval,
-    taken: Callable[[], tuple[set[str], set[str]]] | None = None,
+    allocations: "Allocations | None" = None,
 ) -> dict[str, Any]:
     """Answer one RegisterRequest. `wait_for_approval(reg_id, deadline)` waits until the pending
     registration `reg_id` is completed (True) or the deadline passes (False)."""
     try:
-        return await _handle(store, policy, req, machine_key, now, wait_for_approval, taken)
+        return await _handle(store, policy, req, machine_key, now, wait_for_approval, allocations)
     except RegisterError as exc:
         return error(str(exc))
     except StoreError as exc:
         return error(str(exc))
 
 
-async def _handle(store, policy, req, machine_key, now, wait_for_approval, taken) -> dict[str, Any]:
+async def _handle(store, policy, req, machine_key, now, wait_for_approval, allocations) -> dict[str, Any]:
     node = await store.get_node_by_node_key(req.node_key)
     if node is not None and not hmac.compare_digest(node.machine_key, machine_key):
         raise RegisterError("node key is registered to another machine")
@@ -299,7 +324,7 @@ async def _handle(store, policy, req, machine_key, now, wait_for_approval, taken
             tags=tuple(key.tags),
             auth_key_id=key.id,
             register_method="authkey",
-            taken=taken,
+            allocations=allocations,
         )
         return success(node, user)
 

@@ -38,6 +38,11 @@ class FakeResponse:
         self.chunks.append(data)
         self.arrived.set()
 
+    def write_nowait(self, data):
+        self.chunks.append(data)
+        self.arrived.set()
+        return True
+
     async def end(self, data=b""):
         if data:
             self.chunks.append(data)

@@ -158,9 +158,11 @@ async def test_policy_change_reaches_connected_nodes_within_a_second(env):
                      and "100.64.0.3" in src_ips(filter_of(web)), what="bob allowed to web")
     assert trio.current_time() - start < DEADLINE
     assert set(peers_of(b)) == {web_id}  # b1 sees web only, not a1
-    # the message web got carries the new filter and b1 as a changed peer, in one frame
-    last = [m for m in web.messages() if "PacketFilter" in m][-1]
-    assert [p["ID"] for p in last.get("PeersChanged", [])] == [b_id]
+    # web got the new filter, then b1 as a changed peer (filter first: it never lags the peers)
+    msgs = web.messages()
+    i_filter = max(i for i, m in enumerate(msgs) if "PacketFilter" in m)
+    i_peer = max(i for i, m in enumerate(msgs) if any(p["ID"] == b_id for p in m.get("PeersChanged", [])))
+    assert i_filter < i_peer and [p["ID"] for p in msgs[i_peer]["PeersChanged"]] == [b_id]
 
     # back: b1 is removed from web's map and web from b1's; b1's filter stays deny-all
     await env.set_policy(WEB_FOR_GROUP_X)
@@ -187,6 +189,8 @@ async def test_identical_messages_are_encoded_once(env):
         await env.join(f"b{i}", "bob")
     sessions = [s for sid in sorted(env.coord.sessions) for s in env.coord.sessions[sid]]
     await eventually(lambda: all(len(s.sent) == 2 for s in sessions))
+    for s in sessions:  # queue instead of writing at once, so the test can look at the messages
+        s.response = None
     # a policy change that alters the filter the same way for everyone, and nobody's peers
     env.coord.install_policy(Policy.parse('{"acls": [{"action": "accept", "src": ["bob@"], "dst": ["*:22,80"]}]}'), None)
     queued = [s.queue[-1] for s in sessions]

@@ -380,6 +380,35 @@ async def test_long_streamed_response_respects_flow_control(server):
     assert received == chunk * count
 
 
+async def test_write_nowait_keeps_order_with_backlog_and_async_writes(server):
+    """The synchronous fast path: whatever the socket does not take at once goes out first, in
+    order, before any later write; when it cannot write (window, busy) it says so."""
+    chunks = [bytes([i % 251]) * (4096 + i) for i in range(300)]  # ~1.3 MB: the socket fills up
+    used = {"nowait": 0, "async": 0}
+
+    async def mixed(req, resp):
+        await resp.start(200, [])
+        for i, chunk in enumerate(chunks):
+            if i % 7 != 3 and resp.write_nowait(chunk):
+                used["nowait"] += 1
+            else:
+                used["async"] += 1
+                await resp.write(chunk)
+        await resp.end()
+
+    server.routes.routes["/machine/mixed"] = mixed
+    async with client(server, initial_window_size=1 << 22) as c:
+        with trio.fail_after(20):
+            async with c.stream("GET", "/machine/mixed") as rs:
+                received = bytearray()
+                async for part in rs:
+                    received += part
+                    if len(received) < 200_000:
+                        await trio.sleep(0.01)  # slow at first, so sends are only partly taken
+    assert received == b"".join(chunks)
+    assert used["nowait"] > 0 and used["async"] > 0
+
+
 async def test_map_stream_messages(server):
     async def map_handler(req, resp):
         mreq = json.loads(req.body)

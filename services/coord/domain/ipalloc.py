@@ -7,6 +7,7 @@ address of the prefix, 100.100.100.100/24 (quad-100, the client's own resolver a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random as _random
 from collections.abc import Collection
@@ -18,6 +19,14 @@ _RESERVED_NETS = (
     ipaddress.ip_network("100.115.92.0/23"),
 )
 _RESERVED_ADDRS = frozenset({ipaddress.ip_address("fd7a:115c:a1e0::53")})
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _as_int(text: str, version: int) -> int | None:
+    """An address string as an int, if it is of `version` (cached: allocation sees the same
+    addresses over and over)."""
+    addr = ipaddress.ip_address(text)
+    return int(addr) if addr.version == version else None
 
 
 class PrefixExhausted(Exception):
@@ -48,19 +57,18 @@ def allocate(
     allocates.
     """
     network = ipaddress.ip_network(prefix)
-    used = {ipaddress.ip_address(a) for a in taken}
-    if strategy == "random":
-        rng = rng or _random.SystemRandom()
-        first = int(network.network_address) + 1
-        last = int(network.broadcast_address) - 1
-        for _ in range(max_random_tries):
-            candidate = ipaddress.ip_address(rng.randint(first, last))
-            if candidate not in used and not is_reserved(candidate, network):
-                return str(candidate)
     start = int(network.network_address) + 1
     end = int(network.broadcast_address)
+    used = {v for v in (_as_int(a, network.version) for a in taken) if v is not None}
+    if strategy == "random":
+        rng = rng or _random.SystemRandom()
+        for _ in range(max_random_tries):
+            value = rng.randint(start, end - 1)
+            candidate = ipaddress.ip_address(value)
+            if value not in used and not is_reserved(candidate, network):
+                return str(candidate)
     # Walk past the used block quickly: sorted used addresses inside the prefix tell where gaps are.
-    inside = sorted(int(a) for a in used if a.version == network.version and a in network)
+    inside = sorted(v for v in used if start <= v < end)
     value = start
     i = 0
     while value < end:
