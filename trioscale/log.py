@@ -70,4 +70,8 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # hypercorn's access log would print request lines (and we never want header dumps)
     logging.getLogger("hypercorn.access").disabled = True
+    # The HTTP/2 and HPACK libraries log every frame and header at DEBUG: too much to read, and
+    # headers are nobody's business in our logs. Our own debug logging stays.
+    for noisy in ("hpack", "h2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return logging.getLogger("trioscale")
