@@ -19,8 +19,9 @@ What it does, all inside ``unshare --net`` (only 127.0.0.1 of a namespace nobody
   ``--validate`` (exact bytes and source keys), then for each pair count:
   - paced runs on a rising ladder of total rates, relays alternating at every step
     (A B A B: each relay twice per rate); a run passes when the relay delivered >= 99 % of what
-    was sent and the senders achieved >= 97 % of the target rate (a relay that pushes back on
-    its senders does not pass by sending less). A relay's "loss-free" figure is the received
+    was sent and the senders achieved >= 90 % of the target rate (a relay that pushes back on
+    its senders does not pass by sending less; 90 % and not 100 % because the generator itself
+    slips on a busy 2-core machine, for every relay alike). A relay's "loss-free" figure is the received
     packets/s of the highest rate at which both of its runs passed; it leaves the ladder after
     a rate where both failed;
   - flood runs (no pacing), alternating, twice each.
@@ -49,6 +50,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BENCH = (REPO / ".." / "shared" / "bench" / "derp_bench.py").resolve()
 NETNS_ENV = "DERP_COMPARE_IN_NETNS"
+#: a paced run counts only if the senders got at least this share of the target rate out: below
+#: it the relay (or a busy machine) held them back and the run says nothing about loss
+SENT_SHARE = 0.90
 
 LADDERS = {
     1: [10000, 20000, 25000, 30000, 35000, 40000, 50000],
@@ -243,7 +247,7 @@ def bench(python: str, relay: Relay, pairs: int, rate: float, seconds: float, js
 def passes(rec: dict, rate: float) -> bool:
     if rec.get("failed") or rec.get("badlen") or rec.get("src_bad") or rec.get("conn_errors"):
         return False
-    return rec["ratio"] >= 0.99 and rec["sent_pps"] >= 0.97 * rate
+    return rec["ratio"] >= 0.99 and rec["sent_pps"] >= SENT_SHARE * rate
 
 
 def compare(a: argparse.Namespace) -> int:

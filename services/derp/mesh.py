@@ -84,14 +84,20 @@ class MeshLink:
     # -- Forwarder -----------------------------------------------------------------------------
     def forward(self, src: bytes, dst: bytes, packet: bytes) -> None:
         q = self.queue
-        if len(q) >= self.queue_depth:
-            _, _, old = q.popleft()
-            self.mesh.server.stats.drop("queue_head", len(old))
+        n = len(q)
+        if n >= self.queue_depth - 1:
+            if n >= self.queue_depth:
+                _, _, old = q.popleft()
+                self.mesh.server.stats.drop("queue_head", len(old))
+            self.mesh.server.pressure = self  # the sending reader yields to our writer (see Client)
         q.append((src, dst, packet))
         t = self._parked
         if t is not None:
             self._parked = None
             trio.lowlevel.reschedule(t)
+
+    def eased(self) -> bool:
+        return not self.connected or len(self.queue) <= self.queue_depth // 2
 
     def _abort(self, _raise_cancel: Any) -> Any:
         self._parked = None

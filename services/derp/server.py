@@ -58,6 +58,8 @@ class Forwarder(Protocol):
 
     def forward(self, src: bytes, dst: bytes, packet: bytes) -> None: ...
 
+    def eased(self) -> bool: ...
+
 
 class ConnectionClosed(Exception):
     """Raised inside a connection's tasks to end it (policy, not an error of the relay)."""
@@ -167,6 +169,11 @@ class Client:
         self.closed = True
         if self.scope is not None:
             self.scope.cancel()
+
+    def eased(self) -> bool:
+        """Queues at most half full again (or the connection is gone)."""
+        half = self.server.queue_depth // 2
+        return self.closed or (len(self.data) <= half and len(self.disco) <= half)
 
     @property
     def idle(self) -> bool:
@@ -318,10 +325,9 @@ class Client:
         socket is full stays full and loses its oldest packets, as before."""
         dest = server.pressure
         server.pressure = None
-        half = server.queue_depth // 2
         for _ in range(4):
             await trio.lowlevel.checkpoint()
-            if dest.closed or (len(dest.data) <= half and len(dest.disco) <= half):
+            if dest.eased():
                 break
         server.pressure = None
 
@@ -378,7 +384,7 @@ class DerpServer:
         self._gone_subs: dict[bytes, set[Client]] = {}  # key → clients that received from it
         self._watchers: list[Client] = []
         self.closing = False
-        self.pressure: Client | None = None  # a queue that is (nearly) full, set by enqueue_packet
+        self.pressure: Client | Forwarder | None = None  # a (nearly) full queue, set when enqueuing
 
     # -- lookups ---------------------------------------------------------------------------------
     def where(self, key: bytes) -> Client | Forwarder | None:

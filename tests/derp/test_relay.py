@@ -477,3 +477,29 @@ async def test_queue_drops_oldest_and_writer_batches():
     events = conn.receive_data(stream.writes[0])
     assert events == [d.RecvPacket(src_key, disco)] + [d.RecvPacket(src_key, b"p%d" % i) for i in range(6, 10)]
     assert server.stats.packets_relayed == 5
+
+
+async def test_receiver_that_never_reads_does_not_stall_its_sender(relay_factory):
+    """A reader yields when a destination queue fills (so a writer with room can drain it), but
+    a destination whose socket is full loses its oldest packets: the sender goes on, and its
+    packets to other receivers arrive."""
+    relay = await relay_factory(verify=False)
+    s, slow, fast = new_key(), new_key(), new_key()
+    cs = await connect_derp("127.0.0.1", relay.port, s)
+    c_slow = await connect_derp("127.0.0.1", relay.port, slow)  # never reads
+    async with open_derp_client("127.0.0.1", relay.port, fast) as c_fast:
+        try:
+            await trio.sleep(0.1)
+            frame = d.encode(d.SendPacket(public(slow), b"\x04" + os.urandom(1199)))
+            with trio.fail_after(10):
+                for _ in range(40):  # 8000 packets, ~10 MB: far more than socket buffers hold
+                    await cs.send_raw(frame * 200)
+                for i in range(50):
+                    await cs.send(public(fast), b"fast %d" % i)
+                for i in range(50):
+                    ev = await c_fast.recv_packet()
+                    assert ev.packet == b"fast %d" % i
+            assert relay.stats.drop_queue_head > 0
+        finally:
+            await cs.aclose()
+            await c_slow.aclose()
