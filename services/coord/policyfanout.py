@@ -28,7 +28,18 @@ log = logging.getLogger("trioscale.coord.policy")
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=False)
+    """JSON text as the coordinator writes it (compact, UTF-8 kept)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encoded_json(text: str):
+    """A coordinator `Encoded` message from JSON text we already have (the filter's text doubles as
+    its dedup key, so it is not serialised twice)."""
+    from .coordinator import Encoded
+
+    message = Encoded(None)  # type: ignore[arg-type]
+    message._json = text.encode()
+    return message
 
 
 def _fkey(keys: dict[int, tuple[Any, str]], filt: Any) -> str:
@@ -71,7 +82,7 @@ class PolicyFanout:
         session,
         viewer: Node,
         filt: list | None,
-        filt_key: str | None,
+        fkeys: dict,
         ssh: dict | None,
         ssh_key: str | None,
         added: list[int],
@@ -90,54 +101,82 @@ class PolicyFanout:
         views = getattr(session, "views", None)
         if views is None:
             views = session.views = {}
-        changed: list[tuple[int, Any]] = []
-        for pid in added:
-            session.sent.add(pid)
-            view = tailnet.peer_view(vid, tailnet.nodes[pid])
-            changed.append((pid, view))
+        sent = session.sent
+        routers = self._routers() if view_peers or added else set()
+        changed = sorted(added)
+        for pid in changed:
+            sent.add(pid)
         for pid in removed:
-            session.sent.discard(pid)
+            sent.discard(pid)
             views.pop(pid, None)
-        for pid in view_peers:
-            if pid in session.sent and pid not in added:
-                view = tailnet.peer_view(vid, tailnet.nodes[pid])
-                if view != views.get(pid):
-                    changed.append((pid, view))
-        for pid, view in changed:
+        # viewer-specific pictures (routers only): of added routers, and of known routers that moved
+        changed_views: dict[int, Any] = {}
+        for pid in changed:
+            if pid in routers:
+                changed_views[pid] = tailnet.peer_view(vid, tailnet.nodes[pid])
+        if view_peers:
+            added_set = set(changed)
+            extra = []
+            for pid in view_peers:
+                if pid in sent and pid not in added_set:
+                    view = tailnet.peer_view(vid, tailnet.nodes[pid])
+                    if view != views.get(pid):
+                        changed_views[pid] = view
+                        extra.append(pid)
+            if extra:
+                changed = sorted(changed + extra)
+        for pid, view in changed_views.items():
             if view is None:
                 views.pop(pid, None)
             else:
                 views[pid] = view
         if not (send_filter or send_ssh or changed or removed):
             return
-        if send_filter:
-            session.filter = filt
-        if send_ssh:
-            session.ssh = ssh
-        changed.sort(key=lambda x: x[0])
-        key = (
-            filt_key if send_filter else None,
-            ssh_key if send_ssh else None,
-            tuple(sorted(removed)),
-            tuple(changed),
-        )
-        message = cache.get(key)
-        if message is None:
-            body: dict[str, Any] = {}
-            if changed:
-                nodes = [tailnet.nodes[pid] for pid, _ in changed]
-                body["PeersChanged"] = [tailnet.peer_json(n, now, view=v) for n, (_, v) in zip(nodes, changed)]
-                profiles = tailnet.user_profiles(nodes)
-                if profiles:
-                    body["UserProfiles"] = profiles
-            if removed:
-                body["PeersRemoved"] = sorted(removed)
+        # Two messages, each shared by every session that needs the same one: the filter part
+        # first (a viewer-specific filter then does not make the peer part viewer-specific too),
+        # then the peer part.
+        if send_filter or send_ssh:
+            filt_key = _fkey(fkeys, filt) if send_filter else None
+            if send_ssh and ssh_key is None:
+                ssh_key = _dumps(ssh)
             if send_filter:
-                body["PacketFilter"] = filt
+                session.filter = filt
             if send_ssh:
-                body["SSHPolicy"] = ssh
-            message = cache[key] = self._encoded(body)
-        session.push(message)
+                session.ssh = ssh
+            key = ("filter", filt_key if send_filter else None, ssh_key if send_ssh else None)
+            message = cache.get(key)
+            if message is None:
+                parts = []
+                if send_filter:
+                    parts.append('"PacketFilter":' + filt_key)  # type: ignore[operator]
+                if send_ssh:
+                    parts.append('"SSHPolicy":' + ssh_key)  # type: ignore[operator]
+                message = cache[key] = _encoded_json("{" + ",".join(parts) + "}")
+            session.push(message)
+        if changed or removed:
+            key = ("peers", tuple(sorted(removed)), tuple(changed),
+                   tuple(sorted(changed_views.items())) if changed_views else ())
+            message = cache.get(key)
+            if message is None:
+                body: dict[str, Any] = {}
+                if changed:
+                    nodes = [tailnet.nodes[pid] for pid in changed]
+                    body["PeersChanged"] = [self._peer_json_cached(cache, n, changed_views.get(n.id), now)
+                                            for n in nodes]
+                    profiles = tailnet.user_profiles(nodes)
+                    if profiles:
+                        body["UserProfiles"] = profiles
+                if removed:
+                    body["PeersRemoved"] = sorted(removed)
+                message = cache[key] = self._encoded(body)
+            session.push(message)
+
+    def _peer_json_cached(self, cache: dict, node: Node, view: Any, now: datetime) -> dict[str, Any]:
+        key = ("peer", node.id, view)
+        out = cache.get(key)
+        if out is None:
+            out = cache[key] = self.tailnet.peer_json(node, now, view=view)
+        return out
 
     def _encoded(self, body: dict[str, Any]):
         from .coordinator import Encoded
@@ -160,9 +199,8 @@ class PolicyFanout:
                 continue
             visible = policy.visible_ids(vid)
             filt = tailnet.packet_filter(viewer)
-            fkey = _fkey(fkeys, filt)
             ssh = tailnet.ssh_policy(viewer)
-            skey = _dumps(ssh) if ssh is not None else None
+            skey = None
             for session in sessions:
                 removed = [p for p in session.sent if p not in visible or p == vid]
                 added = [
@@ -170,7 +208,7 @@ class PolicyFanout:
                     if p != vid and p not in session.sent and p in tailnet.nodes
                     and tailnet.announceable(tailnet.nodes[p])
                 ]
-                self._session_update(session, viewer, filt, fkey, ssh, skey, added, removed,
+                self._session_update(session, viewer, filt, fkeys, ssh, skey, added, removed,
                                      routers & session.sent, now, cache)
 
     # -- a policy change ---------------------------------------------------------------------------
@@ -208,20 +246,21 @@ class PolicyFanout:
             delta = pair_cache.get(pair)
             if delta is None:
                 a, b = old_sets[ok], new.class_peers(nk)
-                delta = pair_cache[pair] = (frozenset(), frozenset()) if a is b or a == b else (b - a, a - b)
+                if a is b or a == b:
+                    delta = pair_cache[pair] = ((), frozenset())
+                else:
+                    nodes = tailnet.nodes
+                    add_list = tuple(p for p in sorted(b - a) if p in nodes and tailnet.announceable(nodes[p]))
+                    delta = pair_cache[pair] = (add_list, a - b)
             add_c, rem_c = delta
             filt = tailnet.packet_filter(viewer)
-            fkey = _fkey(fkeys, filt)
             ssh = tailnet.ssh_policy(viewer)
-            skey = _dumps(ssh) if ssh is not None else None
+            skey = None
             for session in sessions:
-                removed = [p for p in rem_c if p in session.sent and not host._shared(vid, p)]
-                added = [
-                    p for p in add_c
-                    if p != vid and p not in session.sent and p in tailnet.nodes
-                    and tailnet.announceable(tailnet.nodes[p])
-                ]
-                self._session_update(session, viewer, filt, fkey, ssh, skey, added, removed,
+                sent = session.sent
+                removed = [p for p in rem_c if p in sent and not host._shared(vid, p)]
+                added = [p for p in add_c if p != vid and p not in sent]
+                self._session_update(session, viewer, filt, fkeys, ssh, skey, added, removed,
                                      routers & session.sent, now, cache)
             # the node's own picture (CapMap from nodeAttrs, its routes) may have changed too
             self._push_self_if_changed(vid, viewer, now)
@@ -253,9 +292,7 @@ class PolicyFanout:
                 if filt == getattr(session, "filter", None) and ssh == getattr(session, "ssh", None) \
                         and not view_peers:
                     continue
-                fkey = _fkey(fkeys, filt)
-                skey = _dumps(ssh) if ssh is not None else None
-                self._session_update(session, viewer, filt, fkey, ssh, skey, [], [], view_peers, now, cache)
+                self._session_update(session, viewer, filt, fkeys, ssh, None, [], [], view_peers, now, cache)
             if vid in routers_changed:
                 self._push_self_if_changed(vid, viewer, now)
 

@@ -41,10 +41,14 @@ class _Src:
 
 
 def _node_by_ip(c: "CompiledPolicy", ip: Any) -> int | None:
-    for nid, st in c.net.nodes.items():
-        if any(a.network_address == ip for a in st.addrs):
-            return nid
-    return None
+    index = c._node_cache.get(("ip-index", 0))
+    if index is None:  # address -> node, built once per tailnet state (dropped with the caches)
+        index = {}
+        for nid, st in c.net.nodes.items():
+            for a in st.addrs:
+                index.setdefault(a.network_address, nid)
+        c._node_cache[("ip-index", 0)] = index
+    return index.get(ip)
 
 
 def _resolve_src(c: "CompiledPolicy", text: Any) -> _Src:
