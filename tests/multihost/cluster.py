@@ -6,7 +6,7 @@
     r1a r1b `trioscale derp` + `trioscale stun`, region 1 (mesh key shared)
     r2      `trioscale derp` + `trioscale stun`, region 2
     r3      empty; a test starts a relay of region 3 there
-    c1 c2   real clients (caddy with tsnet)
+    c1 c2   real clients (caddy with tsnet)      c3 c4  real clients forced through DERP (mesh test)
     tester  the test process's own sockets (sim Noise clients) go here (Lab.inside("tester"))
 
 Every service shares the one PostgreSQL database. Clients use http://<lb>:8080 as control URL.
@@ -169,7 +169,8 @@ class Cluster:
         cfg = self.base_config(name)
         cfg["derp"]["server"].update({
             "region_id": region, "region_code": f"mh{region}", "region_name": f"multihost region {region}",
-            "listen_addr": f"{ip}:{DERP_PORT}", "stun_listen_addr": f"{ip}:{STUN_PORT}", "hostname": ip,
+            # all addresses, so /debug/stats answers on 127.0.0.1 inside the host; published as `ip`
+            "listen_addr": f"0.0.0.0:{DERP_PORT}", "stun_listen_addr": f"{ip}:{STUN_PORT}", "hostname": ip,
             "mesh_key": self.mesh_key,
         })
         if command == "stun":
@@ -185,7 +186,7 @@ class Cluster:
     def build(self) -> "Cluster":
         from pgcluster import PgCluster
 
-        for host in ("pg", "coordA", "coordB", "lb", "r1a", "r1b", "r2", "r3", "c1", "c2", "tester"):
+        for host in ("pg", "coordA", "coordB", "lb", "r1a", "r1b", "r2", "r3", "c1", "c2", "c3", "c4", "tester"):
             self.lab.add_host(host)
         class LabPg(PgCluster):
             def _start_server(self) -> None:  # trust the lab subnet, not only loopback
@@ -250,6 +251,16 @@ class Cluster:
                     return resp.status, resp.read().decode(errors="replace")
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.read().decode(errors="replace")
+
+    def derp_stats(self, host: str) -> dict:
+        import ssl
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with self.lab.inside(host):
+            with urllib.request.urlopen(f"https://127.0.0.1:{DERP_PORT}/debug/stats", timeout=3, context=ctx) as r:
+                return json.loads(r.read())
 
     def diagnostics(self) -> str:
         parts = []

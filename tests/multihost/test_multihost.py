@@ -253,3 +253,46 @@ async def test_relay_in_a_new_region_joins_the_map_within_2s_and_leaves_after_it
           f"(relay_timeout {RELAY_TIMEOUT}s)")
     assert joined < 2.0
     assert RELAY_TIMEOUT - HEARTBEAT - 0.5 <= left <= RELAY_TIMEOUT + 2.5
+
+
+# -- the mesh: clients homed on the two relays of region 1 -----------------------------------------
+
+
+def test_forced_derp_clients_on_the_two_relays_of_region_1_cross_the_mesh(cluster, authkey):
+    """c3 and c4 reach only region 1 (region 2 blackholed); c4 cannot reach r1a, so c3 is homed
+    on r1a and c4 on r1b. With TS_DEBUG_ALWAYS_USE_DERP=1 every packet goes through the relays,
+    so `hello` from web2 (c3) at client2 (c4) must cross the r1a <-> r1b mesh."""
+    lab = cluster.lab
+    for host in ("c3", "c4"):
+        lab.run(host, "ip", "route", "add", "blackhole", f"{lab.ip('r2')}/32")
+    lab.run("c4", "ip", "route", "add", "blackhole", f"{lab.ip('r1a')}/32")
+    fwd = lambda: sum(cluster.derp_stats(h).get("packets_forwarded_out", 0) for h in ("r1a", "r1b"))  # noqa: E731
+    before = fwd()
+    env = {"CONTROL_URL": cluster.control_url, "TS_AUTHKEY": authkey, "TS_DEBUG_ALWAYS_USE_DERP": "1"}
+    web = Caddy(cluster.workdir, "web2", web_caddyfile("web2"), env)
+    client = Caddy(cluster.workdir, "client2", client_caddyfile("client2", target="web2:80", local_port=18081), env)
+    try:
+        with lab.inside("c3"):
+            web.start()
+        with lab.inside("c4"):
+            client.start()
+
+        def attempt():
+            status, body = cluster.http_get("c4", "http://127.0.0.1:18081/", timeout=5)
+            return body if status == 200 and body == "hello" else None
+
+        try:
+            assert wait_for(attempt, JOIN_TIMEOUT, "hello from web2 (c3) at client2 (c4) through DERP", 0.5) == "hello"
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diag(cluster, web, client)}") from None
+        assert "now using" not in web.log() + client.log()  # no direct path: DERP only
+        stats = {h: cluster.derp_stats(h) for h in ("r1a", "r1b")}
+        forwarded = fwd() - before
+        print(f"mesh: {forwarded} packets forwarded between r1a and r1b; "
+              + "; ".join(f"{h}: clients {s.get('clients', s.get('current_clients'))}, "
+                          f"fwd out {s.get('packets_forwarded_out')}, fwd in {s.get('packets_forwarded_in')}"
+                          for h, s in stats.items()))
+        assert forwarded > 0, stats
+    finally:
+        web.stop()
+        client.stop()
