@@ -51,6 +51,9 @@ class RawStream(trio.abc.Stream):
         self._eof = False
         self._sending = False
         self._receiving = False
+        self._drained = False  # the last read emptied the socket: wait before the next recv
+        self._rbuf: bytearray | None = None
+        self._rview: memoryview | None = None
         if ssl_context is not None:
             self._in = ssl.MemoryBIO()
             self._out = ssl.MemoryBIO()
@@ -197,18 +200,30 @@ class RawStream(trio.abc.Stream):
                 if not waited:
                     await _checkpoint()
                 return b""
+            # Ciphertext goes through one reusable buffer (no 256 KiB allocation per read). When
+            # the last read left the socket empty, wait for readiness first instead of paying
+            # for a recv that fails with EAGAIN.
             sock = self.socket
-            try:
-                data = sock.recv(_RECV)
-            except (BlockingIOError, InterruptedError):
-                data = await self._recv_raw(_RECV)
-                waited = True
-            except OSError as exc:
-                if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
-                    raise trio.BrokenResourceError(exc) from exc
-                data = b""
-            if data:
-                self._in.write(data)
+            buf = self._rbuf
+            if buf is None:
+                buf = self._rbuf = bytearray(_RECV)
+                self._rview = memoryview(buf)
+            got = -1
+            while got < 0:
+                if self._drained:
+                    await _wait_readable(sock)
+                    waited = True
+                try:
+                    got = sock.recv_into(buf, _RECV)
+                except (BlockingIOError, InterruptedError):
+                    self._drained = True
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                        raise trio.BrokenResourceError(exc) from exc
+                    got = 0
+            self._drained = 0 < got < _RECV
+            if got:
+                self._in.write(self._rview[:got])
             else:
                 self._in.write_eof()
 
