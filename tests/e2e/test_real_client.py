@@ -183,3 +183,33 @@ def test_f_ephemeral_node_removed_after_inactivity(tmp_path, caddies):
         wait_for(lambda: srv.node_named("web") is None, 15, "the ephemeral node to be removed")
     finally:
         assert srv.stop() == 0
+
+
+def test_restart_with_a_used_single_use_key_keeps_the_node(server, caddies):
+    """A restarting client sends its (now used) auth key again: it is recognised, not locked out."""
+    server.create_user("alice")
+    single = server.create_key("alice")
+    reusable = server.create_key("alice", "--reusable")
+    web = start_caddy(caddies, server, "web", web_caddyfile("web"), single)
+    wait_for(lambda: node_online(server, "web"), JOIN_TIMEOUT, "web online")
+    web_id = server.node_named("web")["id"]
+    web.stop()
+    wait_for(lambda: not node_online(server, "web"), 15, "web offline after stop")
+    web = start_caddy(caddies, server, "web-again", web_caddyfile("web"), single,
+                      STATE_DIR=str(web.dir / "state"))
+    wait_for(lambda: node_online(server, "web"), JOIN_TIMEOUT, "web online again with its used key")
+    assert server.node_named("web")["id"] == web_id
+    assert "already used" not in web.log()
+    start_caddy(caddies, server, "client", client_caddyfile("client"), reusable)
+    assert wait_hello() == "hello"
+
+
+def test_cli_expire_logs_the_client_out(server, caddies):
+    server.create_user("alice")
+    key = server.create_key("alice", "--reusable")
+    web, client = two_nodes(server, caddies, key)
+    assert wait_hello() == "hello"
+    client_id = server.node_named("client")["id"]
+    server.cli("nodes", "expire", "--identifier", str(client_id))
+    wait_for(lambda: "NeedsLogin" in client.log(), 10, "the expired client to need a login")
+    assert server.node_named("client")["expired"] is True
