@@ -1,0 +1,252 @@
+"""Access control with unmodified Tailscale clients (tsnet v1.90.9 inside Caddy): a policy decides
+who gets `hello` from node "web", a new policy applies live, a subnet route approved by
+autoApprovers reaches a peer's netmap as a primary route, a shared node is reachable by another
+user until it is unshared, and invalid policies change nothing for connected clients.
+
+Each test runs in its own private network namespace (conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from e2e.harness import Caddy, Trioscale, client_caddyfile, http_get, wait_for, web_caddyfile
+
+pytestmark = pytest.mark.realclient
+
+JOIN_TIMEOUT = 60
+#: the issue's promise: after `trioscale policy set`, the newly allowed client gets `hello` within 2 s
+LIVE_DEADLINE = 2.0
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    srv = Trioscale(tmp_path)
+    srv.start()
+    yield srv
+    code = srv.stop()
+    assert code == 0, f"trioscale did not exit cleanly ({code}):\n{srv.log()[-4000:]}"
+
+
+@pytest.fixture
+def caddies():
+    started: list[Caddy] = []
+    yield started
+    for caddy in started:
+        caddy.stop()
+
+
+def start_caddy(caddies: list, srv: Trioscale, name: str, caddyfile: str, authkey: str, **env: str) -> Caddy:
+    caddy = Caddy(srv.workdir, name, caddyfile, {"CONTROL_URL": srv.server_url, "TS_AUTHKEY": authkey, **env}).start()
+    caddies.append(caddy)
+    return caddy
+
+
+def node_online(srv: Trioscale, name: str) -> bool:
+    node = srv.node_named(name)
+    return bool(node and node.get("online"))
+
+
+def diagnostics(srv: Trioscale, *caddies: Caddy) -> str:
+    parts = [f"--- trioscale log ---\n{srv.log()[-6000:]}"]
+    for c in caddies:
+        parts.append(f"--- {c.dir.name} log ---\n{c.log()[-4000:]}")
+    return "\n".join(parts)
+
+
+def get(port: int, timeout: float = 1.0) -> tuple[int, str]:
+    try:
+        return http_get(f"http://127.0.0.1:{port}/", timeout=timeout)
+    except Exception as exc:  # connection reset, timeout: no answer
+        return 0, str(exc)
+
+
+def wait_hello(port: int, timeout: float, srv: Trioscale, *caddies: Caddy) -> float:
+    """Seconds until `hello` arrives through the proxy on `port`."""
+    start = time.monotonic()
+    try:
+        wait_for(lambda: get(port, timeout=min(1.0, timeout)) == (200, "hello"), timeout,
+                 f"hello on port {port}", interval=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(srv, *caddies)}") from None
+    return time.monotonic() - start
+
+
+def assert_no_connection(port: int, seconds: float = 3.0) -> None:
+    """Over `seconds`, every request through the proxy fails (caddy answers 502: no way to web)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status, body = get(port, timeout=1.5)
+        assert (status, body) != (200, "hello"), f"port {port} reached web"
+        time.sleep(0.2)
+
+
+def set_policy(srv: Trioscale, text: str, name: str = "policy.hujson") -> None:
+    path = srv.workdir / name
+    path.write_text(text)
+    srv.cli("policy", "set", "-f", str(path))
+
+
+GROUP_X_ONLY = """{
+  // only group:x may reach web on port 80
+  "groups": {"group:x": ["alice@"]},
+  "tagOwners": {"tag:web": ["alice@"]},
+  "acls": [{"action": "accept", "src": ["group:x"], "dst": ["tag:web:80"]}],
+}"""
+GROUP_X_BOTH = GROUP_X_ONLY.replace('["alice@"]}', '["alice@", "bob@"]}', 1)
+
+
+def test_policy_allows_group_x_then_both_live_and_invalid_policies_change_nothing(server, caddies):
+    assert GROUP_X_BOTH != GROUP_X_ONLY
+    server.create_user("alice")
+    server.create_user("bob")
+    set_policy(server, GROUP_X_ONLY)
+    web_key = server.create_key("alice", "--tags", "tag:web")
+    web = start_caddy(caddies, server, "web", web_caddyfile("web"), web_key)
+    ca = start_caddy(caddies, server, "ca", client_caddyfile("ca", local_port=18080), server.create_key("alice"))
+    cb = start_caddy(caddies, server, "cb", client_caddyfile("cb", local_port=18081), server.create_key("bob"))
+    try:
+        wait_for(lambda: all(node_online(server, n) for n in ("web", "ca", "cb")), JOIN_TIMEOUT, "three nodes online")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, web, ca, cb)}") from None
+    assert server.node_named("web")["tags"] == ["tag:web"]
+
+    wait_hello(18080, JOIN_TIMEOUT, server, web, ca, cb)  # alice (group:x): hello
+    assert_no_connection(18081)  # bob: no connection
+
+    set_policy(server, GROUP_X_BOTH)
+    took = wait_hello(18081, LIVE_DEADLINE, server, web, ca, cb)
+    print(f"bob's client got hello {took:.2f}s after `policy set`")
+    assert get(18080) == (200, "hello")
+
+    # invalid policies: refused with the reason, nothing changes for connected clients
+    version = server.cli_json("policy", "get")["version"]
+    invalid = {
+        "syntax": ('{\n  "acls": [\n    {"action": "accept",, "src": ["*"], "dst": ["*:*"]},\n  ],\n}',
+                   ["line 3"]),
+        "unknown group": ('{"acls": [{"action": "accept", "src": ["group:nope"], "dst": ["*:*"]}]}',
+                          ["group not found", "group:nope"]),
+        "tag not owned": ('{"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:web:80"]}]}',
+                          ["tag not found", "tag:web"]),
+        "failing test": (GROUP_X_BOTH.replace('"acls"', '"tests": [{"src": "bob@", "deny": ["tag:web:80"]}],\n  "acls"'),
+                         ["test(s) failed", "tests[0]"]),
+    }
+    for what, (text, words) in invalid.items():
+        path = server.workdir / f"bad-{what.replace(' ', '-')}.hujson"
+        path.write_text(text)
+        proc = server.cli("policy", "set", "-f", str(path), check=False)
+        assert proc.returncode != 0, (what, proc.stdout)
+        message = proc.stderr.strip()
+        assert message.startswith("Error: ") and len(message.splitlines()) == 1, message
+        for w in words:
+            assert w.lower() in message.lower(), (what, message)
+    assert server.cli_json("policy", "get")["version"] == version
+    for _ in range(5):
+        assert get(18080) == (200, "hello") and get(18081) == (200, "hello")
+        time.sleep(0.2)
+
+
+ROUTES = """{
+  "tagOwners": {"tag:router": ["alice@"]},
+  "autoApprovers": {"routes": {"10.99.0.0/24": ["tag:router"]}},
+  "acls": [{"action": "accept", "src": ["alice@"], "dst": ["10.99.0.0/24:*", "tag:router:*", "alice@:*"]}],
+}"""
+
+
+def register_router(srv: Trioscale, authkey: str, routes: list[str]) -> None:
+    """A node from our own Noise client that advertises `routes` (tsnet in Caddy cannot)."""
+    from trioscale.shared.noiseclient import open_noise_client
+    from trioscale.shared.proto import keys
+
+    host, port = srv.server_url.rsplit("//", 1)[1].rsplit(":", 1)
+    node_key = keys.public_key(keys.generate_private_key())
+    disco = keys.public_key(keys.generate_private_key())
+    hostinfo = {"Hostname": "router", "RoutableIPs": routes}
+
+    async def go() -> None:
+        async with open_noise_client(host, int(port)) as client:
+            resp = await client.post_json("/machine/register", {
+                "Version": 130, "NodeKey": keys.NODE.format(node_key), "Hostinfo": hostinfo,
+                "Auth": {"AuthKey": authkey}})
+            assert resp.status == 200 and resp.json().get("MachineAuthorized"), resp.json()
+            resp = await client.post_json("/machine/map", {
+                "Version": 130, "NodeKey": keys.NODE.format(node_key), "DiscoKey": keys.DISCO.format(disco),
+                "Stream": False, "OmitPeers": True, "Hostinfo": hostinfo,
+                "Endpoints": ["127.0.0.1:41641"]})
+            assert resp.status == 200, resp
+
+    trio.run(go)
+
+
+def test_subnet_route_approved_by_auto_approvers_is_a_primary_route_in_the_peer_netmap(server, caddies):
+    server.create_user("alice")
+    set_policy(server, ROUTES)
+    client = start_caddy(caddies, server, "ca", client_caddyfile("ca", local_port=18080), server.create_key("alice"),
+                         TS_DEBUG_MAP="1")
+    wait_for(lambda: node_online(server, "ca"), JOIN_TIMEOUT, "client online")
+    register_router(server, server.create_key("alice", "--tags", "tag:router"), ["10.99.0.0/24"])
+    router = server.node_named("router")
+    assert router and router["tags"] == ["tag:router"]
+
+    routes = wait_for(lambda: (r := server.cli_json("nodes", "list-routes", "-i", str(router["id"]))[0])
+                      ["primary_routes"] == ["10.99.0.0/24"] and r, 10, "route approved and primary")
+    assert routes["approved_routes"] == ["10.99.0.0/24"]  # recorded by autoApprovers
+
+    def peer_has_primary_route() -> bool:
+        return any(peer.get("Name", "").startswith("router.") and "10.99.0.0/24" in (peer.get("PrimaryRoutes") or [])
+                   and "10.99.0.0/24" in peer.get("AllowedIPs", [])
+                   for peer in netmap_peers(client.log()))
+
+    try:
+        wait_for(peer_has_primary_route, 15, "the router's primary route in the client's netmap")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, client)}") from None
+
+
+def netmap_peers(log: str) -> list[dict]:
+    """Peers in the MapResponses a client logged with TS_DEBUG_MAP=1 (each dump is one JSON log
+    line whose message is "MapResponse: " followed by the indented JSON)."""
+    peers: list[dict] = []
+    for line in log.splitlines():
+        if "MapResponse: " not in line:
+            continue
+        try:
+            msg = json.loads(line).get("msg", "")
+            resp = json.loads(msg.split("MapResponse: ", 1)[1])
+        except (ValueError, IndexError, AttributeError):
+            continue
+        peers.extend(resp.get("Peers") or [])
+        peers.extend(resp.get("PeersChanged") or [])
+    return peers
+
+
+SELF_ONLY = """{
+  // everyone reaches only their own devices
+  "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}],
+}"""
+
+
+def test_shared_node_reachable_by_the_other_user_until_unshared(server, caddies):
+    server.create_user("alice")
+    server.create_user("bob")
+    set_policy(server, SELF_ONLY)
+    web = start_caddy(caddies, server, "web", web_caddyfile("web"), server.create_key("alice"))
+    cb = start_caddy(caddies, server, "cb", client_caddyfile("cb", local_port=18081), server.create_key("bob"))
+    try:
+        wait_for(lambda: node_online(server, "web") and node_online(server, "cb"), JOIN_TIMEOUT, "nodes online")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, web, cb)}") from None
+    web_id = server.node_named("web")["id"]
+    assert_no_connection(18081)
+
+    server.cli("nodes", "share", "--identifier", str(web_id), "--user", "bob")
+    took = wait_hello(18081, 10, server, web, cb)
+    print(f"shared: hello after {took:.2f}s")
+
+    server.cli("nodes", "unshare", "--identifier", str(web_id), "--user", "bob")
+    wait_for(lambda: get(18081, timeout=1.0) != (200, "hello"), 5, "web unreachable after unshare")
+    assert_no_connection(18081)
