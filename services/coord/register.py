@@ -183,6 +183,9 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
             taken_addrs, taken_names = allocations.taken()
         else:
             taken_addrs, taken_names = await _taken(store)
+        # after two lost races (other replicas registering at the same time all pick the same lowest
+        # free address) spread out: random addresses cannot collide over and over
+        strategy = policy.allocation if attempt < 2 else "random"
         node = Node(
             id=0,
             machine_key=machine_key,
@@ -190,9 +193,9 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
             user_id=user.id,
             hostname=str(hostinfo.get("Hostname") or ""),
             given_name=names.unique_label(base, taken_names),
-            ipv4=ipalloc.allocate(policy.prefix_v4, taken_addrs, strategy=policy.allocation)
+            ipv4=ipalloc.allocate(policy.prefix_v4, taken_addrs, strategy=strategy)
             if policy.prefix_v4 else None,
-            ipv6=ipalloc.allocate(policy.prefix_v6, taken_addrs, strategy=policy.allocation)
+            ipv6=ipalloc.allocate(policy.prefix_v6, taken_addrs, strategy=strategy)
             if policy.prefix_v6 else None,
             hostinfo=hostinfo,
             tags=tags,
