@@ -335,9 +335,11 @@ class PolicyFanout:
         if deleted:
             self.policy.remove_user(user)
             return
-        if self.policy.set_user(user):
-            # login names changed: every selector naming the user may now match differently
+        if self.policy.set_user(user) and self.policy.compiled.net.by_user.get(user.id):
+            # a user with nodes was renamed: selectors naming it may now match its nodes
+            # differently, for them and for everyone who sees them (rare: a full resync)
             self._policy_resync(None)
+            self._policy_refresh_others(None, set(), self.now())
 
     def _policy_share(self, node_id: int, user_id: int, added: bool) -> None:
         if added:

@@ -384,3 +384,21 @@ async def test_invalid_policies_are_refused_with_the_reason(env):
         with pytest.raises(PolicyError) as exc:
             parse_and_check(text, users, nodes)
         assert reason in str(exc.value), (text, str(exc.value))
+
+
+async def test_renaming_a_user_changes_what_selectors_naming_it_match(env):
+    await env.set_policy(WEB_FOR_GROUP_X)
+    web_m, web = await env.join("web", "alice", ("tag:web",))
+    a_m, a = await env.join("a1", "alice")
+    a_id = await env.node_id(a_m)
+    await eventually(lambda: a_id in peers_of(web))
+    n = len(env.coord.sessions)
+    alice = await env.store.get_user_by_name("alice")
+    await env.store.rename_user(alice.id, "alicia")  # "alice@" in group:x no longer names her
+    await eventually(lambda: a_id not in peers_of(web) and filter_of(web) == [], what="renamed user loses access")
+    assert len(env.coord.sessions) == n
+    # creating a user (no nodes yet) costs no resync and changes nothing
+    before = len(web.messages())
+    await env.store.create_user("alice")
+    await trio.sleep(0.2)
+    assert len(web.messages()) == before

@@ -131,6 +131,9 @@ class Tailnet:
             self.set_node(n)
 
     def set_user(self, user: UserInfo) -> None:
+        if user.id in self.users:  # renamed: its old spellings no longer name it
+            for name in [k for k, v in self.login.items() if v == user.id]:
+                del self.login[name]
         self.users[user.id] = user
         for name in user.login_names():
             self.login[name.lower()] = user.id
