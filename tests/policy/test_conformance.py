@@ -42,7 +42,7 @@ CATEGORIES = ("acl", "grant", "routes", "ssh", "sshtest", "policytest", "nodeatt
 FLOORS = {
     "acl": 164,  # of 165: acl-k03 contradicts acl-ah01 (see docs)
     "routes": 103,
-    "policytest": 45,
+    "policytest": 46,
     "sshtest": 30,
     "grant": 189,
     "ssh": 65,

@@ -272,10 +272,19 @@ class CompiledPolicy:
         tailnet.refresh_routes()
         if self.p is None:
             self.p = parse_policy({})
-        self._rules: list[Rule] = list(self.p.rules)
+        #: the rules as written, for the policy's `tests` (tests.py)
+        self._test_rules: list[Rule] = list(self.p.rules)
+        self._rules: list[Rule] = []
+        for r in self.p.rules:
+            kept = _without_bare_v6_grant_dsts(r)
+            if kept is r or kept.dsts or kept.app:
+                self._rules.append(kept)
         if not self.p.has_acls and not self.p.has_grants:
             # Tailscale's default policy: everything may reach everything
             self._rules.append(
+                Rule(srcs=(Alias("wildcard", "*", "*"),), dsts=((Alias("wildcard", "*", "*"), (IPSpec((), ALL_PORTS),)),))
+            )
+            self._test_rules.append(
                 Rule(srcs=(Alias("wildcard", "*", "*"),), dsts=((Alias("wildcard", "*", "*"), (IPSpec((), ALL_PORTS),)),))
             )
         self._rule_cache: list[_RuleCache | None] = [None] * len(self._rules)
@@ -701,6 +710,23 @@ class CompiledPolicy:
 
     def is_exit_node(self, node_id: int) -> bool:
         return self.net.nodes[node_id].exit
+
+
+def _without_bare_v6_grant_dsts(rule: Rule) -> Rule:
+    """Tailscale delivers nothing for a grant destination written as a bare IPv6 address
+    (`fd7a:115c:a1e0::10`, no brackets, no length): no filter on the node with that address and no
+    visibility, although the policy's `tests` still see the grant (corpus case
+    policytest-allpass-grants-only-tag-src-ipv6-literal-dst; a bare IPv4 address does reach the node).
+    The engine does the same: such destinations are dropped from the compiled rule."""
+    if rule.origin != "grant":
+        return rule
+    kept = tuple(
+        (a, specs) for a, specs in rule.dsts
+        if not (a.kind == "prefix" and ":" in a.text and "/" not in a.text and not a.text.startswith("["))
+    )
+    if len(kept) == len(rule.dsts):
+        return rule
+    return Rule(srcs=rule.srcs, dsts=kept, app=rule.app, via=rule.via, origin=rule.origin)
 
 
 def _merge_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -208,7 +208,7 @@ def _dst_matches(c: "CompiledPolicy", src: _Src, alias: Alias, ip: Any) -> bool:
 
 
 def _allowed(c: "CompiledPolicy", src: _Src, ip: Any, port: int, proto: int) -> bool:
-    for rule in c._rules:
+    for rule in c._test_rules:
         if not _src_matches(c, src, rule.srcs):
             continue
         for alias, specs in rule.dsts:
