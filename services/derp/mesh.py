@@ -80,6 +80,8 @@ class MeshLink:
         self.scope = trio.CancelScope()
         self.forwarded = 0
         self.connects = 0
+        self.nwrites = 0  # see Client.nwrites / stuck_at
+        self.stuck_at = -1
 
     # -- Forwarder -----------------------------------------------------------------------------
     def forward(self, src: bytes, dst: bytes, packet: bytes) -> None:
@@ -124,6 +126,7 @@ class MeshLink:
                 append(pkt)
                 n += 1
             await client.send_raw(b"".join(parts))  # its lock: the reader may answer a Ping
+            self.nwrites += 1
             self.forwarded += n
             st.mesh_packets_sent += n
 

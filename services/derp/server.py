@@ -89,6 +89,8 @@ class Client:
         "_pg_tokens",
         "_pg_at",
         "closed",
+        "nwrites",
+        "stuck_at",
     )
 
     def __init__(
@@ -130,6 +132,8 @@ class Client:
         self._pg_tokens = 3.0
         self._pg_at = 0.0
         self.closed = False
+        self.nwrites = 0  # writes completed (the reader's pressure relief watches it)
+        self.stuck_at = -1  # nwrites when a relief made no progress: don't yield again until it moves
 
     # -- producers (never block) ---------------------------------------------------------------
     def enqueue_packet(self, src: bytes, packet: bytes) -> None:
@@ -252,6 +256,7 @@ class Client:
                 st.drop("write_error", nbytes, npkts)
                 raise ConnectionClosed("write timed out")
             st.writes += 1
+            self.nwrites += 1
             st.frames_written += nframes + npkts
             st.packets_relayed += npkts
             st.bytes_relayed += nbytes
@@ -325,10 +330,16 @@ class Client:
         socket is full stays full and loses its oldest packets, as before."""
         dest = server.pressure
         server.pressure = None
+        if dest.stuck_at == dest.nwrites:
+            return  # its writer has not finished a write since we last waited in vain: drop
+        before = dest.nwrites
         for _ in range(4):
             await trio.lowlevel.checkpoint()
             if dest.eased():
                 break
+        else:
+            if dest.nwrites == before:
+                dest.stuck_at = before  # a slow socket: further packets drop without waiting
         server.pressure = None
 
     def _control(self, ev: Any) -> None:
