@@ -77,6 +77,12 @@ class MapSession:
         self.wakeup = trio.Event()
         self.closed = False
         self.close_reason = ""
+        #: what the client was last told by the policy fan-out (policyfanout.py): its PacketFilter,
+        #: SSHPolicy, own Node, and the viewer-specific pictures of routers it sees
+        self.filter: Any = None
+        self.ssh: Any = None
+        self.self_node: Any = None
+        self.views: dict[int, Any] = {}
         #: set once the first map is out: deltas may then be written straight from the fan-out
         self.response: Any = None
         #: the session's own task is writing (or about to): deltas queue behind it, in order
