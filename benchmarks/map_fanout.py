@@ -179,7 +179,10 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             with trio.fail_after(60):
                 for ev in events:
                     await ev.wait()
-            latencies.extend(peer.got[endpoint] - sent for peer in nodes[1:])
+            lat = [(peer.got[endpoint] - sent, peer.index) for peer in nodes[1:]]
+            late = sorted(lat, reverse=True)[:5]
+            print(f"round {r}: slowest {[(round(t, 3), i) for t, i in late]}", file=sys.stderr, flush=True)
+            latencies.extend(t for t, _ in lat)
             await trio.sleep(0.5)
         latencies.sort()
         result.update({

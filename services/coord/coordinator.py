@@ -38,6 +38,8 @@ log = logging.getLogger("trioscale.coord")
 
 #: messages a session may have queued before it is considered stuck and closed
 SESSION_QUEUE_LIMIT = 512
+#: sessions the flusher writes between two yields to the scheduler
+FLUSH_YIELD_EVERY = 256
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 
@@ -83,26 +85,41 @@ class MapSession:
         self.ssh: Any = None
         self.self_node: Any = None
         self.views: dict[int, Any] = {}
-        #: set once the first map is out: deltas may then be written straight from the fan-out
+        #: set once the first map is out: queued deltas may then be written by the flusher
         self.response: Any = None
         #: the session's own task is writing (or about to): deltas queue behind it, in order
         self.writing = False
+        #: the coordinator's flusher (see Coordinator._flush_dirty), once attached
+        self.mark_dirty: Callable[["MapSession"], None] | None = None
 
-    def attach(self, response: Any) -> None:
+    def attach(self, response: Any, mark_dirty: Callable[["MapSession"], None] | None = None) -> None:
         self.response = response
+        self.mark_dirty = mark_dirty
 
     def push(self, message: Encoded) -> None:
         if self.closed:
             return
-        if self.response is not None and not self.writing and not self.queue:
-            # Fast path: written in the fan-out itself, no task switch for this session.
-            if self.response.write_nowait(message.frame(self.compress)):
-                return
         if len(self.queue) >= SESSION_QUEUE_LIMIT:
             self.close("fell behind")
             return
         self.queue.append(message)
-        self.wakeup.set()
+        if self.mark_dirty is not None and not self.writing:
+            self.mark_dirty(self)
+        else:
+            self.wakeup.set()
+
+    def flush_nowait(self) -> None:
+        """Write what is queued at once if the connection can take it (one send for all of it);
+        else leave it to the session's own task."""
+        if self.closed or self.writing or not self.queue or self.response is None:
+            if self.queue or self.closed:
+                self.wakeup.set()
+            return
+        data = b"".join(m.frame(self.compress) for m in self.queue)
+        if self.response.write_nowait(data):
+            self.queue.clear()
+        else:
+            self.wakeup.set()
 
     def close(self, reason: str) -> None:
         self.closed = True
@@ -155,6 +172,8 @@ class Coordinator(PolicyFanout):
         self._gc_scopes: dict[int, trio.CancelScope] = {}
         #: registration allocates addresses and names one at a time in this process (register.py)
         self.allocation_lock = trio.Lock()
+        self._dirty: dict[MapSession, None] = {}
+        self._dirty_wakeup = trio.Event()
         self._allocated: dict[int, Node] = {}
         #: this replica's map sessions in the store; online state comes from presence changes
         self.presence = presence if presence is not None else PresenceTracker(store, clock=clock)
@@ -180,6 +199,7 @@ class Coordinator(PolicyFanout):
                 if node.ephemeral:
                     self._schedule_ephemeral_gc(node.id)
             await nursery.start(self.presence.run)
+            nursery.start_soon(self._flush_dirty)
             if self.relay_timeout is not None:
                 nursery.start_soon(self._expire_relays, self.relay_timeout)
             async with self.store.subscribe(since=self.seq) as changes:
@@ -189,6 +209,25 @@ class Coordinator(PolicyFanout):
                     self.seq = change.seq
                     self._seq_changed.set()
                     self._seq_changed = trio.Event()
+
+    def mark_dirty(self, session: MapSession) -> None:
+        self._dirty[session] = None
+        self._dirty_wakeup.set()
+
+    async def _flush_dirty(self) -> None:
+        """Write the sessions that have deltas queued, in passes. One pass costs one send per
+        session, however many changes were applied since the last: when changes come faster than
+        a pass takes (thousands of nodes reconnecting), they are batched by themselves, and
+        latency stays one pass when they come slowly."""
+        while True:
+            await self._dirty_wakeup.wait()
+            self._dirty_wakeup = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for i, session in enumerate(dirty):
+                session.flush_nowait()
+                if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
+                    await trio.sleep(0)  # let requests and the follower run during a long pass
+            await trio.sleep(0)
 
     async def _apply_retrying(self, change: Change) -> None:
         """Apply one change; while the store is unavailable, retry it (never skip it: the change

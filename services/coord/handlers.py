@@ -198,7 +198,7 @@ class ControlHandlers:
             await response.start(200, [("content-type", "application/json")])
             await response.write(first.frame(compress))
             del first  # the first map is the largest message; don't hold it for the session's life
-            session.attach(response)
+            session.attach(response, self.coord.mark_dirty)
             while True:
                 messages = await session.next_messages(self.coord.keepalive_interval())
                 if session.closed:
