@@ -230,7 +230,8 @@ class PolicyFanout:
         new = host.compiled
         routers = self._routers() | old_routers
         tailnet = self.tailnet
-        pair_cache: dict[tuple, tuple[frozenset, frozenset]] = {}
+        pair_cache: dict[tuple, tuple[tuple, frozenset]] = {}
+        add_set: dict[tuple, frozenset] = {}
         cache: dict = {}
         fkeys: dict[int, tuple[Any, str]] = {}
         for vid, sessions in list(self.sessions.items()):
@@ -252,6 +253,7 @@ class PolicyFanout:
                     nodes = tailnet.nodes
                     add_list = tuple(p for p in sorted(b - a) if p in nodes and tailnet.announceable(nodes[p]))
                     delta = pair_cache[pair] = (add_list, a - b)
+                    add_set[pair] = frozenset(add_list)
             add_c, rem_c = delta
             filt = tailnet.packet_filter(viewer)
             ssh = tailnet.ssh_policy(viewer)
@@ -259,7 +261,9 @@ class PolicyFanout:
             for session in sessions:
                 sent = session.sent
                 removed = [p for p in rem_c if p in sent and not host._shared(vid, p)]
-                added = [p for p in add_c if p != vid and p not in sent]
+                # peers that entered the class's set were not visible before, so they are not in
+                # `sent` (a shared one might be: announcing it again is a harmless upsert)
+                added = [p for p in add_c if p != vid] if vid in add_set.get(pair, ()) else list(add_c)
                 self._session_update(session, viewer, filt, fkeys, ssh, skey, added, removed,
                                      routers & session.sent, now, cache)
             # the node's own picture (CapMap from nodeAttrs, its routes) may have changed too
