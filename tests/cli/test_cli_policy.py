@@ -189,6 +189,26 @@ def test_file_mode_refuses_policy_set(tmp_path: Path) -> None:
         srv.cli_ok("users", "create", "alice")
         srv.cli_ok("users", "create", "bob")
         assert srv.cli_json("policy", "check", "-f", str(policy)) == {"ok": True}
+        # SIGHUP re-reads the file (the server keeps running); an edit applies; a bad edit is logged
+        import signal
+        import time
+
+        srv.proc.send_signal(signal.SIGHUP)
+        changed = GOOD.replace('"tag:web:80", "web-vip:80"', '"tag:web:80,443", "web-vip:80"')
+        policy.write_text(changed)
+        for _ in range(50):
+            if srv.cli_json("policy", "get")["policy"] == changed and "SIGHUP: reloading" in srv.stderr():
+                break
+            time.sleep(0.1)
+        assert srv.cli_json("policy", "get")["policy"] == changed
+        assert "SIGHUP: reloading the policy file" in srv.stderr()
+        policy.write_text('{"acls": [}')
+        for _ in range(50):
+            if "is invalid, keeping the previous policy" in srv.stderr():
+                break
+            time.sleep(0.1)
+        assert "is invalid, keeping the previous policy: line 1, column 11" in srv.stderr()
+        assert srv.cli_json("policy", "get")["policy"] == changed
     finally:
         assert srv.stop() == 0, srv.stderr()[-3000:]
 
