@@ -250,3 +250,25 @@ def test_shared_node_reachable_by_the_other_user_until_unshared(server, caddies)
     server.cli("nodes", "unshare", "--identifier", str(web_id), "--user", "bob")
     wait_for(lambda: get(18081, timeout=1.0) != (200, "hello"), 5, "web unreachable after unshare")
     assert_no_connection(18081)
+
+
+def tagged_web_caddyfile(hostname: str, tags: str) -> str:
+    """Like harness.web_caddyfile, with `tags` (the client's --advertise-tags, Hostinfo.RequestTags)."""
+    return web_caddyfile(hostname).replace(f"hostname {hostname}", f"hostname {hostname}\n                tags {tags}", 1)
+
+
+def test_advertised_tags_are_applied_when_tag_owners_permit(server, caddies):
+    server.create_user("alice")
+    server.create_user("bob")
+    set_policy(server, GROUP_X_ONLY)  # tag:web is owned by alice
+    ok = start_caddy(caddies, server, "web", tagged_web_caddyfile("web", "tag:web"), server.create_key("alice"))
+    bad = start_caddy(caddies, server, "web2", tagged_web_caddyfile("web2", "tag:web"), server.create_key("bob"))
+    try:
+        wait_for(lambda: node_online(server, "web") and node_online(server, "web2"), JOIN_TIMEOUT, "nodes online")
+        web = wait_for(lambda: (n := server.node_named("web"))["tags"] == ["tag:web"] and n, 5, "web tagged")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, ok, bad)}") from None
+    assert web["expiry"] is None  # a tagged node does not expire
+    time.sleep(0.5)
+    assert server.node_named("web2")["tags"] == []  # bob does not own tag:web
+    assert "not permitted by tagOwners" in server.log()
