@@ -277,13 +277,19 @@ class PolicyFanout:
                 session.push(self._encoded({"Node": body}))
 
     # -- after a node changed in a way the policy looks at ------------------------------------------
-    def _policy_refresh_others(self, skip: int | None, routers_changed: set[int], now: datetime) -> None:
+    def _policy_refresh_others(self, skip: int | None, routers_changed: set[int], now: datetime,
+                               only: set[int] | None = None) -> None:
         """Filters and SSH policies of every other session (a node joining a group changes the
-        SrcIPs of others' filters), plus views of routers whose primary routes moved."""
+        SrcIPs of others' filters), plus views of routers whose primary routes moved. `only`: the
+        nodes whose filters can have changed (None = everyone)."""
         tailnet = self.tailnet
         cache: dict = {}
         fkeys: dict[int, tuple[Any, str]] = {}
-        for vid, sessions in list(self.sessions.items()):
+        if only is not None:
+            items = [(vid, self.sessions[vid]) for vid in only if vid in self.sessions]
+        else:
+            items = list(self.sessions.items())
+        for vid, sessions in items:
             if vid == skip:
                 continue
             viewer = tailnet.nodes.get(vid)
@@ -307,10 +313,49 @@ class PolicyFanout:
 
     # -- hooks the coordinator calls ---------------------------------------------------------------
     def _policy_node_set(self, new: Node) -> tuple[bool, set[int]]:
-        """A node's new version: (whether the policy's picture changed, routers whose primaries moved)."""
-        if not self.policy.set_node(new):
+        """A node's new version: (whether the policy's picture changed, routers whose primaries moved).
+        Also works out whose filters the change can touch (`_policy_audience`, used right after)."""
+        host = self.policy
+        old_info = host.infos.get(new.id)
+        old_cls = host.compiled.visibility_class(new.id) if host.known(new.id) else ((), (), None)
+        if not host.set_node(new):
             return False, set()
-        return True, self.policy.elect()
+        routers = host.elect()
+        self._policy_audience = None if routers else self._filter_audience(
+            old_info, host.infos.get(new.id), old_cls, host.compiled.visibility_class(new.id))
+        return True, routers
+
+    def _filter_audience(self, old_info, new_info, old_cls: tuple, new_cls: tuple) -> set[int] | None:
+        """The nodes whose PacketFilter can change when one node goes from `old_info` to `new_info`
+        (None = anyone's). A node's addresses appear in others' filters only as a source: in the
+        filters of the destinations of the rules it is a source of (for autogroup:self rules, its
+        user's devices), and, for app grants it is a destination of, in the companion-capability
+        rules of their sources. Route changes (every `*` source lists the subnet routes) and SSH
+        rules (principals) reach further: then everyone is looked at."""
+        c = self.policy.compiled
+        if c.p is not None and c.p.ssh:
+            return None
+        if old_info is not None and new_info is not None and (
+            old_info.routable_ips != new_info.routable_ips or old_info.approved_routes != new_info.approved_routes
+        ):
+            return None
+        by_user = c.net.by_user
+        users = {i.user_id for i in (old_info, new_info) if i is not None and i.user_id is not None}
+        out: set[int] = set()
+        for i in set(old_cls[0]) | set(new_cls[0]):
+            if i >= len(c._rules):
+                return None
+            rc = c._rule(i)
+            out |= rc.dst_nodes
+            if rc.self_dst:
+                for uid in users:
+                    out |= by_user.get(uid, set())
+        for i in set(old_cls[1]) | set(new_cls[1]):
+            if i >= len(c._rules):
+                return None
+            if c._rules[i].app:
+                out |= c._rule(i).src_nodes
+        return out
 
     def _policy_after_node(self, node_id: int, routers_changed: set[int], now: datetime) -> None:
         """After the usual per-peer deltas of a node change the policy looks at: the node's own
@@ -320,7 +365,8 @@ class PolicyFanout:
         node = self.tailnet.nodes.get(node_id)
         if node is not None:
             self._push_self_if_changed(node_id, node, now)
-        self._policy_refresh_others(node_id, routers_changed, now)
+        self._policy_refresh_others(node_id, routers_changed, now, only=getattr(self, "_policy_audience", None))
+        self._policy_audience = None
 
     def _policy_node_gone(self, node_id: int) -> None:
         if self.policy.remove_node(node_id):

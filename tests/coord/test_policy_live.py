@@ -402,3 +402,116 @@ async def test_renaming_a_user_changes_what_selectors_naming_it_match(env):
     await env.store.create_user("alice")
     await trio.sleep(0.2)
     assert len(web.messages()) == before
+
+
+# -- consistency: after any node change, every session holds exactly what a fresh map would say ---
+
+CONSISTENCY_POLICIES = [
+    None,
+    '{"acls": []}',
+    """{"groups": {"group:a": ["u0@", "u1@"]}, "tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},
+        "acls": [{"action": "accept", "src": ["group:a"], "dst": ["tag:web:80"]},
+                 {"action": "accept", "src": ["tag:web"], "dst": ["tag:db:5432"]},
+                 {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}""",
+    """{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},
+        "grants": [{"src": ["u2@"], "dst": ["tag:db"], "ip": ["tcp:22"]},
+                   {"src": ["autogroup:member"], "dst": ["tag:web"], "app": {"tailscale.com/cap/relay": [{}]}}]}""",
+]
+
+
+def _fake_coordinator(nodes, users, text):
+    from trioscale.services.coord.coordinator import MapSession
+    from trioscale.services.coord.domain.peerset import PeerSet
+    from trioscale.services.coord.domain.policy import Policy
+
+    coord = Coordinator(None, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r))  # type: ignore[arg-type]
+    coord.tailnet.users = {u.id: u for u in users}
+    coord.tailnet.nodes = {n.id: n for n in nodes}
+    coord.policy.load(users, nodes, [], Policy.parse(text) if text else None, text, None)
+    now = coord.now()
+    for n in nodes:
+        session = MapSession(n.id, None)
+        first, sent = coord.tailnet.full_map(n, now)
+        session.sent = PeerSet(sent)
+        coord._remember_first_map(session, first)
+        coord.sessions[n.id] = {session}
+    return coord
+
+
+def _assert_consistent(coord, what):
+    tailnet = coord.tailnet
+    for vid, sessions in coord.sessions.items():
+        viewer = tailnet.nodes[vid]
+        for s in sessions:
+            want_sent = {p.id for p in tailnet.visible_peers(viewer)}
+            assert set(s.sent) == want_sent, (what, vid, set(s.sent) ^ want_sent)
+            assert s.filter == tailnet.packet_filter(viewer), (what, vid)
+
+
+@pytest.mark.parametrize("text", CONSISTENCY_POLICIES, ids=["none", "deny", "acls", "grants"])
+def test_sessions_stay_consistent_through_node_changes(text):
+    import random
+
+    from trioscale.shared.model import Node, User
+
+    rng = random.Random(7)
+    users = [User(id=i + 1, name=f"u{i}") for i in range(4)]
+    tag_sets = [(), (), ("tag:web",), ("tag:db",)]
+
+    def node(i, user, tags):
+        return Node(id=i, machine_key=bytes([i]) * 32, node_key=bytes([i + 100]) * 32, user_id=user,
+                    hostname=f"n{i}", given_name=f"n{i}", ipv4=f"100.64.0.{i}", ipv6=f"fd7a:115c:a1e0::{i:x}",
+                    disco_key=bytes([i + 50]) * 32, tags=tags)
+
+    nodes = [node(i, rng.randrange(1, 5), rng.choice(tag_sets)) for i in range(1, 16)]
+    coord = _fake_coordinator(nodes, users, text)
+    _assert_consistent(coord, "start")
+    next_id = 16
+    for step in range(40):
+        kind = rng.choice(["tag", "user", "new", "untag"])
+        if kind == "new":
+            new = node(next_id, rng.randrange(1, 5), rng.choice(tag_sets))
+            next_id += 1
+            old = None
+        else:
+            old = coord.tailnet.nodes[rng.choice(sorted(coord.tailnet.nodes))]
+            if kind == "tag":
+                new = old.replace(tags=rng.choice(tag_sets[2:]))
+            elif kind == "untag":
+                new = old.replace(tags=())
+            else:
+                new = old.replace(user_id=rng.randrange(1, 5))
+        coord.tailnet.nodes[new.id] = new
+        from trioscale.services.coord.domain.netmap import changed_fields
+
+        coord._node_changed(old, new, changed_fields(old, new))
+        if old is None:  # a new node connects too
+            from trioscale.services.coord.coordinator import MapSession
+            from trioscale.services.coord.domain.peerset import PeerSet
+
+            session = MapSession(new.id, None)
+            first, sent = coord.tailnet.full_map(new, coord.now())
+            session.sent = PeerSet(sent)
+            coord._remember_first_map(session, first)
+            coord.sessions[new.id] = {session}
+        _assert_consistent(coord, f"step {step}: {kind} node {new.id}")
+
+
+def test_sessions_stay_consistent_through_policy_changes():
+    import itertools
+    import random
+
+    from trioscale.services.coord.domain.policy import Policy
+    from trioscale.shared.model import Node, User
+
+    rng = random.Random(11)
+    users = [User(id=i + 1, name=f"u{i}") for i in range(4)]
+    tag_sets = [(), (), ("tag:web",), ("tag:db",)]
+    nodes = [Node(id=i, machine_key=bytes([i]) * 32, node_key=bytes([i + 100]) * 32, user_id=rng.randrange(1, 5),
+                  hostname=f"n{i}", given_name=f"n{i}", ipv4=f"100.64.0.{i}", ipv6=f"fd7a:115c:a1e0::{i:x}",
+                  disco_key=bytes([i + 50]) * 32, tags=rng.choice(tag_sets)) for i in range(1, 21)]
+    coord = _fake_coordinator(nodes, users, None)
+    for a, b in itertools.permutations(CONSISTENCY_POLICIES, 2):
+        for text in (a, b):
+            coord.install_policy(Policy.parse(text) if text else None, text)
+            _assert_consistent(coord, f"policy {text!r}")
