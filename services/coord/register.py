@@ -263,6 +263,20 @@ async def complete_registration(
     return node
 
 
+def _check_requested_tags(coordinator, user: User, key_tags, hostinfo: dict[str, Any]) -> None:
+    """`tailscale up --advertise-tags` (Hostinfo.RequestTags) with an untagged key: the user must own
+    every tag under the policy's tagOwners (policyhost.PolicyHost.tags_not_permitted), else the
+    registration is refused with Tailscale's wording. Permitted tags are applied by the
+    coordinator once the node exists (policyfanout._policy_node_followup)."""
+    requested = hostinfo.get("RequestTags") if isinstance(hostinfo, dict) else None
+    policy = getattr(coordinator, "policy", None)
+    if not requested or key_tags or policy is None or not isinstance(requested, list):
+        return
+    bad = policy.tags_not_permitted(user.id, [str(t) for t in requested])
+    if bad:
+        raise RegisterError(f"requested tags [{', '.join(bad)}] are invalid or not permitted")
+
+
 async def handle(
     store: Store,
     policy: Policy,
@@ -315,6 +329,7 @@ async def _handle(store, policy, req, machine_key, now, wait_for_approval, alloc
         user = await store.get_user(key.user_id)
         if user is None:
             raise RegisterError("authkey's user no longer exists")
+        _check_requested_tags(allocations, user, key.tags, req.hostinfo)
         node = await create_or_update_node(
             store,
             policy,

@@ -232,19 +232,25 @@ async def test_tagging_a_node_changes_owner_expiry_and_visibility(env):
 async def test_requested_tags_checked_against_tag_owners(env):
     await env.set_policy(WEB_FOR_GROUP_X)
     ok_m, _ = await env.join("web", "alice", RequestTags=["tag:web"])
-    bad_m, _ = await env.join("other", "bob", RequestTags=["tag:web"])
-    ok_id, bad_id = await env.node_id(ok_m), await env.node_id(bad_m)
-
-    async def tags(i):
-        return (await env.store.get_node(i)).tags
-
+    ok_id = await env.node_id(ok_m)
     with trio.fail_after(2):
-        while await tags(ok_id) != ("tag:web",):
+        while (await env.store.get_node(ok_id)).tags != ("tag:web",):
             await trio.sleep(0.02)
-    node = await env.store.get_node(ok_id)
-    assert node.expiry is None
-    await trio.sleep(0.1)
-    assert await tags(bad_id) == ()  # bob does not own tag:web
+    assert (await env.store.get_node(ok_id)).expiry is None
+    # bob does not own tag:web: the registration is refused, as Tailscale refuses it
+    bad = Machine("other")
+    body = bad.register_body(await env.key("bob"))
+    body["Hostinfo"]["RequestTags"] = ["tag:web"]
+    resp = await call(env.handlers, bad, "/machine/register", body)
+    assert resp.json() == {"Error": "requested tags [tag:web] are invalid or not permitted"}
+    assert await env.store.get_node_by_machine_key(bad.machine_key) is None
+    # asking later (a map request's Hostinfo) is refused too, and logged
+    b_m, _ = await env.join("b1", "bob")
+    b_id = await env.node_id(b_m)
+    await call(env.handlers, b_m, "/machine/map", b_m.map_body(stream=False, OmitPeers=True,
+                                                               Hostinfo={"Hostname": "b1", "RequestTags": ["tag:web"]}))
+    await trio.sleep(0.2)
+    assert (await env.store.get_node(b_id)).tags == ()
 
 
 ROUTES_POLICY = """{
