@@ -273,3 +273,119 @@ def test_advertised_tags_are_applied_when_tag_owners_permit(server, caddies):
         raise AssertionError(f"{exc}\n{diagnostics(server, ok, bad)}") from None
     assert web["expiry"] is None  # a tagged node does not expire
     assert server.node_named("web2") is None
+
+
+class SimRouter:
+    """A subnet router from our own Noise client holding a map stream in a thread (tsnet in Caddy
+    cannot advertise routes). `stop()` ends its map session (the node goes offline); `start()`
+    again reconnects with the same keys."""
+
+    def __init__(self, srv: Trioscale, authkey: str, hostname: str, routes: list[str]) -> None:
+        from trioscale.shared.proto import keys
+
+        self.srv, self.authkey, self.hostname, self.routes = srv, authkey, hostname, routes
+        self.machine_key = keys.generate_private_key()
+        self.node_key = keys.public_key(keys.generate_private_key())
+        self.disco = keys.public_key(keys.generate_private_key())
+        self.thread = None
+        self.error: BaseException | None = None
+
+    def start(self) -> "SimRouter":
+        import threading
+
+        self._stop = threading.Event()
+        self._up = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._up.wait(10), f"router {self.hostname} did not connect: {self.error!r}"
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+
+    async def _main(self) -> None:
+        from trioscale.shared.noiseclient import open_noise_client
+        from trioscale.shared.proto import keys
+
+        host, port = self.srv.server_url.rsplit("//", 1)[1].rsplit(":", 1)
+        hostinfo = {"Hostname": self.hostname, "RoutableIPs": self.routes}
+        async with open_noise_client(host, int(port), machine_private_key=self.machine_key) as client:
+            resp = await client.post_json("/machine/register", {
+                "Version": 130, "NodeKey": keys.NODE.format(self.node_key), "Hostinfo": hostinfo,
+                "Auth": {"AuthKey": self.authkey}})
+            assert resp.json().get("MachineAuthorized"), resp.json()
+            request = {"Version": 130, "NodeKey": keys.NODE.format(self.node_key),
+                       "DiscoKey": keys.DISCO.format(self.disco), "Stream": True, "KeepAlive": True,
+                       "Hostinfo": hostinfo, "Endpoints": ["127.0.0.1:41641"]}
+            async with trio.open_nursery() as nursery:
+                async def watch_stop() -> None:
+                    while not self._stop.is_set():
+                        await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_stop)
+                async with client.map_stream(request) as maps:
+                    async for _ in maps:
+                        self._up.set()
+
+
+def latest_peers(log: str) -> dict[str, dict]:
+    """Each peer's latest full entry (Peers / PeersChanged) in a TS_DEBUG_MAP log, by name."""
+    out: dict[str, dict] = {}
+    for line in log.splitlines():
+        if "MapResponse: " not in line:
+            continue
+        try:
+            resp = json.loads(json.loads(line).get("msg", "").split("MapResponse: ", 1)[1])
+        except (ValueError, IndexError, AttributeError):
+            continue
+        if resp.get("Peers"):
+            out = {p["Name"].split(".")[0]: p for p in resp["Peers"]}
+        for p in resp.get("PeersChanged") or []:
+            out[p["Name"].split(".")[0]] = p
+        for i in resp.get("PeersRemoved") or []:
+            out = {k: v for k, v in out.items() if v.get("ID") != i}
+    return out
+
+
+def test_ha_subnet_routers_fail_over_within_15s_without_flapping_back(server, caddies):
+    server.create_user("alice")
+    set_policy(server, ROUTES)
+    client = start_caddy(caddies, server, "ca", client_caddyfile("ca", local_port=18080), server.create_key("alice"),
+                         TS_DEBUG_MAP="1")
+    wait_for(lambda: node_online(server, "ca"), JOIN_TIMEOUT, "client online")
+    key = server.create_key("alice", "--tags", "tag:router", "--reusable")
+    r1 = SimRouter(server, key, "r1", ["10.99.0.0/24"]).start()
+    wait_for(lambda: node_online(server, "r1"), 10, "r1 online")
+    r2 = SimRouter(server, key, "r2", ["10.99.0.0/24"]).start()
+    wait_for(lambda: node_online(server, "r2"), 10, "r2 online")
+
+    def primary_in_client() -> list[str]:
+        return sorted(n for n, p in latest_peers(client.log()).items() if "10.99.0.0/24" in (p.get("PrimaryRoutes") or []))
+
+    try:
+        wait_for(lambda: primary_in_client() == ["r1"], 15, "r1 primary in the client's netmap")
+        r1.stop()
+        start = time.monotonic()
+        wait_for(lambda: primary_in_client() == ["r2"], 15, "r2 takes over in the client's netmap")
+        print(f"failover seen by the client after {time.monotonic() - start:.2f}s")
+        assert "10.99.0.0/24" in latest_peers(client.log())["r2"]["AllowedIPs"]
+        r1.start()
+        wait_for(lambda: node_online(server, "r1"), 10, "r1 back online")
+        time.sleep(2)
+        assert primary_in_client() == ["r2"]  # no flapping back
+        routes = {r["given_name"]: r for r in server.cli_json("nodes", "list-routes")}
+        assert routes["r2"]["primary_routes"] == ["10.99.0.0/24"] and routes["r1"]["primary_routes"] == []
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, client)}") from None
+    finally:
+        for r in (r1, r2):
+            if r.thread is not None and r.thread.is_alive():
+                r.stop()
