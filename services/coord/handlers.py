@@ -204,6 +204,7 @@ class ControlHandlers:
                 if session.closed:
                     log.debug("map session of node %s closed: %s", node_id, session.close_reason)
                     break
+                started = trio.current_time()
                 try:
                     if messages:
                         await response.write(b"".join(m.frame(compress) for m in messages))
@@ -211,6 +212,9 @@ class ControlHandlers:
                         await response.write(keepalive)
                 finally:
                     session.writing = False
+                    took = trio.current_time() - started
+                    if took > 2:
+                        log.debug("map session of node %s: a write took %.1f s (slow client)", node_id, took)
             with trio.move_on_after(5):
                 await response.end()
         finally:
