@@ -34,6 +34,7 @@ from trioscale.shared.noiseclient import open_noise_client
 from trioscale.shared.proto import keys, mapframe
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
+QUIET_S = 3.0
 
 
 def free_port() -> int:
@@ -104,6 +105,7 @@ class SimNode:
         self.expect: str | None = None
         self.got: dict[str, float] = {}
         self.waiters: dict[str, trio.Event] = {}
+        self.last_rx = 0.0
 
     def body(self, **extra):
         b = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
@@ -134,6 +136,7 @@ class SimNode:
             body = json.dumps(self.body()).encode()
             async with client.stream("POST", "/machine/map", body) as rs:
                 async for chunk in rs:
+                    self.last_rx = time.monotonic()
                     messages = decoder.receive_data(chunk)
                     if not messages:
                         continue
@@ -162,7 +165,14 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 starting.start_soon(nursery.start, node.run, authkey, limiter)
         result["setup_s"] = round(time.monotonic() - t0, 2)
         print(f"setup of {n} nodes took {result['setup_s']} s; server pid {server_pid}", file=sys.stderr, flush=True)
-        await trio.sleep(2)  # let the join announcements drain
+        # Measure from a quiet tailnet: wait until the join announcements have drained (no node
+        # received anything for QUIET_S), at most 5 minutes.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            await trio.sleep(0.5)
+            if time.monotonic() - max(n.last_rx for n in nodes) > QUIET_S:
+                break
+        result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
         latencies: list[float] = []
         mover = nodes[0]
         for r in range(rounds):
