@@ -56,6 +56,17 @@ class _WrongPeer(Exception):
     """The shared address led to ourselves or to a relay another link already reaches."""
 
 
+_LINK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError,
+                DerpHandshakeError, proto.DerpError, EOFError)
+
+
+def _expected(exc: BaseException) -> bool:
+    """A connection failure (also when it comes wrapped in an exception group by a nursery)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_expected(e) for e in exc.exceptions)
+    return isinstance(exc, _LINK_ERRORS)
+
+
 def relay_id(relay: Any) -> tuple[int, str]:
     return (relay.region_id, relay.name)
 
@@ -166,11 +177,11 @@ class MeshLink:
                 except _WrongPeer:
                     await trio.sleep(0.01 + random.random() * 0.02)
                     continue
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                        ssl.SSLError, DerpHandshakeError, proto.DerpError, EOFError) as exc:
-                    log.debug("mesh link to %s: %s", self.relay.name, exc)
-                except Exception:
-                    log.warning("mesh link to %s failed", self.relay.name, exc_info=True)
+                except Exception as exc:
+                    if _expected(exc):  # the peer went away, restarted, or is not reachable
+                        log.debug("mesh link to %s: %r", self.relay.name, exc)
+                    else:
+                        log.warning("mesh link to %s failed", self.relay.name, exc_info=True)
                 if trio.current_time() - started > 10.0:
                     backoff = self.mesh.min_backoff
                 await trio.sleep(backoff * random.uniform(0.5, 1.0))

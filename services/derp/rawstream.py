@@ -188,7 +188,9 @@ class RawStream(trio.abc.Stream):
                 eof = True
             except ssl.SSLError as exc:
                 raise trio.BrokenResourceError(exc) from exc
-            if self._out.pending:  # e.g. a KeyUpdate answer
+            if self._out.pending and not self._sending:  # e.g. a KeyUpdate answer
+                # (while a send is in progress its bytes are still going out: never interleave
+                # with them; that send's task flushes this with its next write)
                 if await self._flush():
                     waited = True
             if parts:

@@ -194,8 +194,11 @@ class DerpService:
                 pass
             except (h11.ProtocolError, RemoteProtocolError, ConnectionClosed) as exc:
                 self.log.debug("derp connection from %s closed: %s", peer, exc)
-            except Exception:
-                self.log.exception("derp connection handler failed")
+            except Exception as exc:
+                if _connection_ended(exc):
+                    self.log.debug("derp connection from %s ended: %r", peer, exc)
+                else:
+                    self.log.exception("derp connection handler failed")
             finally:
                 self._scopes.discard(scope)
                 stream.close()
@@ -355,6 +358,8 @@ class DerpService:
                     self.log.debug("derp client %s protocol error: %s", info.key.hex()[:16], exc)
                 except ConnectionClosed as exc:
                     self.log.debug("derp client %s closed: %s", info.key.hex()[:16], exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+                    self.log.debug("derp client %s connection lost: %r", info.key.hex()[:16], exc)
                 nursery.cancel_scope.cancel()
         finally:
             server.unregister(client)
@@ -427,6 +432,17 @@ class DerpService:
         await self.server.shutdown(grace)
         for scope in list(self._scopes):
             scope.cancel()
+
+
+_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError,
+          h11.ProtocolError, RemoteProtocolError, ConnectionClosed)
+
+
+def _connection_ended(exc: BaseException) -> bool:
+    """A peer that went away or misbehaved (also wrapped in a nursery's exception group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_connection_ended(e) for e in exc.exceptions)
+    return isinstance(exc, _ENDED)
 
 
 def _consteq(a: bytes, b: bytes) -> bool:
