@@ -136,10 +136,11 @@ class SimNode:
             body = json.dumps(self.body()).encode()
             async with client.stream("POST", "/machine/map", body) as rs:
                 async for chunk in rs:
-                    self.last_rx = time.monotonic()
                     messages = decoder.receive_data(chunk)
                     if not messages:
                         continue
+                    if any(m != mapframe.KEEPALIVE_JSON for m in messages):
+                        self.last_rx = time.monotonic()
                     if not self.first.is_set():
                         self.first.set()
                         task_status.started()
