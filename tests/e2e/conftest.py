@@ -89,3 +89,24 @@ def pytest_runtest_protocol(item, nextitem):
         item.ihook.pytest_runtest_logreport(report=report)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`trioscale serve` on free ports in a temp dir; it must exit cleanly at the end."""
+    from e2e.harness import Trioscale
+
+    srv = Trioscale(tmp_path)
+    srv.start()
+    yield srv
+    code = srv.stop()
+    assert code == 0, f"trioscale did not exit cleanly ({code}):\n{srv.log()[-4000:]}"
+
+
+@pytest.fixture
+def caddies():
+    """Caddy processes a test starts (via harness.start_caddy); stopped by PID afterwards."""
+    started: list = []
+    yield started
+    for caddy in started:
+        caddy.stop()

@@ -293,3 +293,28 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+
+
+def start_caddy(caddies: list, srv: Trioscale, name: str, caddyfile: str, authkey: str | None,
+                **env: str) -> Caddy:
+    """Start a caddy process (its nodes join `srv`) and remember it in `caddies` for teardown.
+    `authkey=None` starts it without a key (interactive login)."""
+    environment = {"CONTROL_URL": srv.server_url, **env}
+    if authkey is not None:
+        environment["TS_AUTHKEY"] = authkey
+    caddy = Caddy(srv.workdir, name, caddyfile, environment).start()
+    caddies.append(caddy)
+    return caddy
+
+
+def node_online(srv: Trioscale, name: str) -> bool:
+    node = srv.node_named(name)
+    return bool(node and node.get("online"))
+
+
+def diagnostics(srv: Trioscale, *caddies: Caddy) -> str:
+    """The tails of every log, for an assertion message."""
+    parts = [f"--- trioscale log ---\n{srv.log()[-6000:]}"]
+    for c in caddies:
+        parts.append(f"--- {c.dir.name} log ---\n{c.log()[-6000:]}")
+    return "\n".join(parts)

@@ -18,7 +18,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import urllib.request
@@ -26,25 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import Caddy, Trioscale, free_port, http_get, stop_process, wait_for, web_caddyfile
+from e2e.harness import Caddy, Trioscale, free_port, http_get, start_caddy, stop_process, wait_for, web_caddyfile
 
 pytestmark = pytest.mark.realclient
 
 JOIN_TIMEOUT = 60
-
-
-@pytest.fixture
-def caddies():
-    started: list[Caddy] = []
-    yield started
-    for caddy in started:
-        caddy.stop()
-
-
-def start_caddy(caddies: list, srv: Trioscale, name: str, caddyfile: str, key: str, **env: str) -> Caddy:
-    caddy = Caddy(srv.workdir, name, caddyfile, {"CONTROL_URL": srv.server_url, "TS_AUTHKEY": key, **env}).start()
-    caddies.append(caddy)
-    return caddy
 
 
 def proxy_caddyfile(hostname: str, routes: dict[int, str]) -> str:

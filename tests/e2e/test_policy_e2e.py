@@ -9,53 +9,27 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import trio
 
-from e2e.harness import Caddy, Trioscale, client_caddyfile, http_get, wait_for, web_caddyfile
+from e2e.harness import (
+    Caddy,
+    Trioscale,
+    client_caddyfile,
+    diagnostics,
+    http_get,
+    node_online,
+    start_caddy,
+    wait_for,
+    web_caddyfile,
+)
 
 pytestmark = pytest.mark.realclient
 
 JOIN_TIMEOUT = 60
 #: the issue's promise: after `trioscale policy set`, the newly allowed client gets `hello` within 2 s
 LIVE_DEADLINE = 2.0
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    srv = Trioscale(tmp_path)
-    srv.start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, f"trioscale did not exit cleanly ({code}):\n{srv.log()[-4000:]}"
-
-
-@pytest.fixture
-def caddies():
-    started: list[Caddy] = []
-    yield started
-    for caddy in started:
-        caddy.stop()
-
-
-def start_caddy(caddies: list, srv: Trioscale, name: str, caddyfile: str, authkey: str, **env: str) -> Caddy:
-    caddy = Caddy(srv.workdir, name, caddyfile, {"CONTROL_URL": srv.server_url, "TS_AUTHKEY": authkey, **env}).start()
-    caddies.append(caddy)
-    return caddy
-
-
-def node_online(srv: Trioscale, name: str) -> bool:
-    node = srv.node_named(name)
-    return bool(node and node.get("online"))
-
-
-def diagnostics(srv: Trioscale, *caddies: Caddy) -> str:
-    parts = [f"--- trioscale log ---\n{srv.log()[-6000:]}"]
-    for c in caddies:
-        parts.append(f"--- {c.dir.name} log ---\n{c.log()[-4000:]}")
-    return "\n".join(parts)
 
 
 def get(port: int, timeout: float = 1.0) -> tuple[int, str]:
