@@ -28,7 +28,8 @@ postgres:
 # `tailscale cert` end to end (tests/e2e/test_dns_e2e.py) uses Debian's pebble ACME test server.
 pebble:
 	@if ! command -v pebble >/dev/null 2>&1; then \
-		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y pebble; \
+		( $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y pebble ) \
+		|| echo "pebble could not be installed: the tailscale cert test will be skipped"; \
 	fi
 
 clean-venv:
