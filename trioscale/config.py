@@ -107,6 +107,7 @@ class DerpServerConfig:
     ipv6: str = ""
     insecure_for_tests: bool = True  # default: True only when the certificate is self-signed
     mesh_key: str = ""
+    reuse_port: bool = False  # SO_REUSEPORT: several relay processes (meshed) share listen_addr
     heartbeat_interval: timedelta = timedelta(seconds=10)  # how often the relay refreshes its store row
 
 
@@ -238,6 +239,7 @@ _KINDS: dict[str, str] = {
     "derp.server.ipv6": "str",
     "derp.server.insecure_for_tests": "optbool",
     "derp.server.mesh_key": "str",
+    "derp.server.reuse_port": "bool",
     "derp.server.heartbeat_interval": "duration",
     "derp.regions": "dictlist",
     "derp.paths": "pathlist",
