@@ -190,6 +190,7 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "derp.server.ipv6": "2001:db8::1",
         "derp.server.insecure_for_tests": "false",
         "derp.server.mesh_key": "mk",
+        "derp.server.reuse_port": "yes",
         "derp.server.heartbeat_interval": "3s",
         "derp.relay_timeout": "1m",
         "derp.regions": '[{"RegionID": 7, "Nodes": []}]',
