@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -96,9 +97,17 @@ def rss_mib(pid: int) -> float:
 
 
 class SimNode:
-    def __init__(self, index: int, control: tuple[str, int]) -> None:
+    """One simulated node. By default it registers with `authkey` and then streams its map. With
+    `machine_key` given and `authkey=None` in `run`, the node is expected to exist already (written
+    straight into the store, as replica_fanout.py --bulk does): it only opens its map stream.
+    `server_key` skips the GET /key each node would otherwise make."""
+
+    def __init__(self, index: int, control: tuple[str, int], *, machine_key: bytes | None = None,
+                 server_key: bytes | None = None) -> None:
         self.index = index
         self.control = control
+        self.machine_key = machine_key
+        self.server_key = server_key
         self.node_key = keys.generate_private_key()
         self.disco = keys.public_key(keys.generate_private_key())
         self.first = trio.Event()
@@ -114,17 +123,19 @@ class SimNode:
         b.update(extra)
         return b
 
-    async def run(self, authkey: str, ready: trio.CapacityLimiter, task_status=trio.TASK_STATUS_IGNORED):
+    async def run(self, authkey: str | None, ready: trio.CapacityLimiter, task_status=trio.TASK_STATUS_IGNORED):
         host, port = self.control
         async with ready:
-            client_cm = open_noise_client(host, port, timeout=120)
+            client_cm = open_noise_client(host, port, timeout=120, machine_private_key=self.machine_key,
+                                          server_public_key=self.server_key)
             client = await client_cm.__aenter__()
             try:
-                reg = await client.post_json("/machine/register", {
-                    "Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
-                    "Auth": {"AuthKey": authkey}, "Hostinfo": {"Hostname": f"sim{self.index}"}})
-                if reg.json().get("Error"):
-                    raise SystemExit(f"register failed: {reg.json()['Error']}")
+                if authkey is not None:
+                    reg = await client.post_json("/machine/register", {
+                        "Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
+                        "Auth": {"AuthKey": authkey}, "Hostinfo": {"Hostname": f"sim{self.index}"}})
+                    if reg.json().get("Error"):
+                        raise SystemExit(f"register failed: {reg.json()['Error']}")
             except BaseException:
                 await client_cm.__aexit__(None, None, None)
                 raise
@@ -155,9 +166,17 @@ class SimNode:
             await client_cm.__aexit__(None, None, None)
 
 
-async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str, server_pid: int | None) -> dict:
-    nodes = [SimNode(i, controls[i % len(controls)]) for i in range(n)]
-    limiter = trio.CapacityLimiter(64)
+async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str | None, server_pid: int | None,
+                *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
+                peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64) -> dict:
+    """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
+    `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
+    `peers_of(mover)` (default: all the others)."""
+    if nodes is None:
+        nodes = [SimNode(i, controls[i % len(controls)]) for i in range(n)]
+    movers = movers or [nodes[0]]
+    peers_of = peers_of or (lambda m: [p for p in nodes if p is not m])
+    limiter = trio.CapacityLimiter(concurrency)
     result: dict = {"nodes": n, "controls": len(controls)}
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
@@ -175,11 +194,13 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 break
         result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
         latencies: list[float] = []
-        mover = nodes[0]
+        result["client_rss_before_rounds_mib"] = round(rss_mib(os.getpid()), 1)
         for r in range(rounds):
-            endpoint = f"127.0.0.{r + 10}:{40000 + r}"
+            mover = movers[r % len(movers)]
+            peers = peers_of(mover)
+            endpoint = f"127.0.0.{r % 200 + 10}:{40000 + r}"
             events = []
-            for peer in nodes[1:]:
+            for peer in peers:
                 ev = trio.Event()
                 peer.waiters[endpoint] = ev
                 events.append(ev)
@@ -190,14 +211,18 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             with trio.fail_after(60):
                 for ev in events:
                     await ev.wait()
-            lat = [(peer.got[endpoint] - sent, peer.index) for peer in nodes[1:]]
+            lat = [(peer.got[endpoint] - sent, peer.index) for peer in peers]
+            for peer in peers:
+                del peer.waiters[endpoint]
             late = sorted(lat, reverse=True)[:5]
-            print(f"round {r}: slowest {[(round(t, 3), i) for t, i in late]}", file=sys.stderr, flush=True)
+            print(f"round {r}: node {mover.index} -> {len(peers)} peers; slowest "
+                  f"{[(round(t, 3), i) for t, i in late]}", file=sys.stderr, flush=True)
             latencies.extend(t for t, _ in lat)
             await trio.sleep(0.5)
         latencies.sort()
         result.update({
             "rounds": rounds,
+            "samples": len(latencies),
             "p50_ms": round(1000 * statistics.median(latencies), 1),
             "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
             "max_ms": round(1000 * latencies[-1], 1),

@@ -13,11 +13,25 @@ benchmarks/map_fanout.py (our own Noise client, all in this process), alternatin
 change travels: lite map request on A -> PostgreSQL (change log + NOTIFY) -> both replicas apply it
 -> each fans out to its own sessions. RSS is sampled every 0.5 s; the peak per replica is reported.
 Output: one JSON line per N (`--json-out FILE` appends it too).
+
+Bulk mode, for sizes where joining one by one cannot be set up (every join is news to every
+connected node, and every first map lists every peer):
+
+    .venv/bin/python benchmarks/replica_fanout.py --bulk --visible 100 --nodes 10000 --rounds 20
+
+writes the N nodes straight into PostgreSQL with the Store API before the replicas start (N/K users
+of K nodes each, with the keys, addresses, disco key and Hostinfo each simulated node will then
+present, so its map request changes nothing), and a policy under which every node sees only its
+own user's nodes (`autogroup:member` -> `autogroup:self:*`). The replicas then load it all once at
+start; the simulated nodes only open their map streams (no /machine/register), alternating
+replicas. Each round moves a node of a different user and waits for its K-1 peers (on both
+replicas).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -35,17 +49,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from map_fanout import bench, free_port, rss_mib  # noqa: E402
+from map_fanout import SimNode, bench, free_port, rss_mib  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 
 
 class Replica:
-    def __init__(self, workdir: Path, name: str, pg: PgCluster, noise_key: Path) -> None:
+    def __init__(self, workdir: Path, name: str, pg: PgCluster, noise_key: Path, port: int | None = None) -> None:
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
-        port = free_port()
+        port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         cfg = {
             "server_url": self.url,
@@ -62,7 +76,7 @@ class Replica:
         self.log = open(self.dir / "coord.log", "wb")
         self.proc = subprocess.Popen([*TRIOSCALE, "--config", str(self.config), "coord"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1):
@@ -101,30 +115,99 @@ class RssSampler(threading.Thread):
                     self.peak[name] = max(self.peak[name], v)
 
 
-def run_one(n: int, rounds: int) -> dict:
+BULK_POLICY = json.dumps({"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]})
+
+
+def make_bulk_nodes(n: int, visible: int, controls: list[tuple[str, int]], server_key: bytes) -> list[SimNode]:
+    from trioscale.shared.proto import keys
+
+    return [SimNode(i, controls[i % len(controls)], machine_key=keys.generate_private_key(), server_key=server_key)
+            for i in range(n)]
+
+
+async def write_bulk(dsn: str, sims: list[SimNode], visible: int) -> None:
+    """Users u0..u{N/K-1} with K nodes each, and the policy, straight into the store."""
+    from trioscale.shared.model import Node
+    from trioscale.shared.proto import keys
+    from trioscale.shared.store import open_postgres
+
+    async with open_postgres(dsn) as store:
+        users = []
+        for u in range((len(sims) + visible - 1) // visible):
+            users.append(await store.create_user(f"u{u}"))
+        await store.set_policy(BULK_POLICY)
+
+        async def worker(chunk: list[SimNode]) -> None:
+            for sim in chunk:
+                i = sim.index
+                await store.create_node(Node(
+                    id=0, machine_key=keys.public_key(sim.machine_key), node_key=keys.public_key(sim.node_key),
+                    user_id=users[i // visible].id, hostname=f"sim{i}", given_name=f"sim{i}",
+                    ipv4=f"100.64.{(i + 1) >> 8}.{(i + 1) & 0xFF}", ipv6=f"fd7a:115c:a1e0::{i + 1:x}",
+                    disco_key=sim.disco, hostinfo={"Hostname": f"sim{i}"}, register_method="authkey"))
+
+        async with trio.open_nursery() as nursery:
+            for w in range(8):
+                nursery.start_soon(worker, sims[w::8])
+
+
+def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurrency: int = 64) -> dict:
     with tempfile.TemporaryDirectory(prefix="replica-fanout-") as tmp, PgCluster() as pg:
         workdir = Path(tmp)
         noise_key = workdir / "noise_private.key"
         from trioscale.shared.proto import keys
 
-        keys.load_or_create_private_key(noise_key)
-        replicas = [Replica(workdir, "A", pg, noise_key), Replica(workdir, "B", pg, noise_key)]
+        server_private = keys.load_or_create_private_key(noise_key)
+        extra: dict = {}
+        sims = None
+        if bulk:
+            # the replicas' ports are chosen here so the sims can be made (and written) first
+            ports = [free_port(), free_port()]
+            controls = [("127.0.0.1", p) for p in ports]
+            sims = make_bulk_nodes(n, visible, controls, keys.public_key(server_private))
+            t0 = time.monotonic()
+            trio.run(write_bulk, pg.dsn, sims, visible)
+            extra["bulk_write_s"] = round(time.monotonic() - t0, 1)
+            print(f"wrote {n} nodes in {extra['bulk_write_s']} s", file=sys.stderr, flush=True)
+        else:
+            ports = [None, None]
+        t0 = time.monotonic()
+        replicas = [Replica(workdir, "A", pg, noise_key, ports[0]), Replica(workdir, "B", pg, noise_key, ports[1])]
+        extra["replicas_start_s"] = round(time.monotonic() - t0, 1)
         try:
-            replicas[0].cli("users", "create", "bench")
-            authkey = json.loads(replicas[0].cli("preauthkeys", "create", "--user", "bench", "--reusable",
-                                                 "-o", "json"))["key"]
             controls = []
             for r in replicas:
                 host, port = r.url.split("://", 1)[1].rsplit(":", 1)
                 controls.append((host, int(port)))
             sampler = RssSampler({"A": replicas[0].proc.pid, "B": replicas[1].proc.pid})
             sampler.start()
-            res = trio.run(bench, n, rounds, controls, authkey, None)
+            if bulk:
+                # round r moves node j = r % K of user (r * 37) % U: different users, both replicas
+                users = (n + visible - 1) // visible
+                movers = [sims[min(n - 1, ((r * 37) % users) * visible + r % visible)] for r in range(rounds)]
+
+                def peers_of(m: SimNode) -> list[SimNode]:
+                    first = m.index // visible * visible
+                    return [p for p in sims[first:first + visible] if p is not m]
+
+                res = trio.run(functools.partial(bench, n, rounds, controls, None, None, nodes=sims, movers=movers,
+                                                 peers_of=peers_of, concurrency=concurrency))
+                res.update(mode="bulk", visible_peers=visible - 1)
+            else:
+                replicas[0].cli("users", "create", "bench")
+                authkey = json.loads(replicas[0].cli("preauthkeys", "create", "--user", "bench", "--reusable",
+                                                     "-o", "json"))["key"]
+                res = trio.run(bench, n, rounds, controls, authkey, None)
+                res.update(mode="join", visible_peers=n - 1)
+            res.update(extra)
             sampler.stopped.set()
             sampler.join()
             res["replica_rss_peak_mib"] = {k: round(v, 1) for k, v in sampler.peak.items()}
             res["replica_rss_end_mib"] = {name: round(rss_mib(r.proc.pid), 1)
                                           for name, r in zip("AB", replicas)}
+            # what was written: with --bulk, node.updated should be one per round (the moves)
+            rows = pg.sql("SELECT kind, count(*) FROM changes GROUP BY kind ORDER BY kind").split()
+            res["change_log"] = {k: int(v) for k, v in (r.split("|") for r in rows)}
         finally:
             for r in replicas:
                 r.stop()
@@ -137,10 +220,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[1000])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--bulk", action="store_true",
+                    help="write the nodes straight into the store (no joins); each sees only its user's nodes")
+    ap.add_argument("--visible", type=int, default=100, help="with --bulk: nodes per user (K)")
+    ap.add_argument("--concurrency", type=int, default=64, help="simulated nodes connecting at once")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     for n in args.nodes:
-        res = run_one(n, args.rounds)
+        res = run_one(n, args.rounds, args.bulk, args.visible, args.concurrency)
         print(json.dumps(res), flush=True)
         if args.json_out:
             with open(args.json_out, "a") as f:

@@ -446,11 +446,25 @@ class Coordinator(PolicyFanout):
         else:
             self.tailnet.online.discard(node_id)
         patch = Encoded(self.tailnet.online_patch(node_id, online, last_seen))
-        for viewer_id, sessions in self.sessions.items():
+        for sessions in self._sessions_that_may_know(node_id):
             for session in sessions:
                 if node_id in session.sent:
                     session.push(patch)
         self._policy_online_changed()  # HA routes: a router going offline hands over its prefixes
+
+    def _sessions_that_may_know(self, node_id: int):
+        """The session sets whose `sent` may hold `node_id`. Visibility is symmetric (the policy's
+        peers are "traffic allowed in either direction", shares show both sides) and the fan-out
+        keeps every session's `sent` equal to what its viewer may see, so only the viewers among
+        the node's own visible peers qualify: O(peers), not O(sessions) per online change (10,000
+        sessions coming online were O(N²)). Without a policy view of the node: every session."""
+        policy = self.policy
+        if policy is not None and self.tailnet.visibility == policy.can_see and policy.known(node_id):
+            peers = policy.visible_ids(node_id)
+            if len(peers) < len(self.sessions):
+                sessions = self.sessions
+                return [sessions[v] for v in peers if v in sessions]
+        return list(self.sessions.values())
 
     # -- map sessions --------------------------------------------------------------------------
     def open_session(self, node_id: int, compress: str | None) -> tuple[MapSession, Encoded]:
