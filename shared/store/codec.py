@@ -315,34 +315,35 @@ def share_from_row(r: Mapping[str, Any]) -> Share:
 # =================================================================================================
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class One:
-    sql: str
-    args: tuple = ()
+class _Query:
+    """An SQL request yielded by an operation: `One("SELECT ...", a, b)`."""
+
+    __slots__ = ("sql", "args")
 
     def __init__(self, sql: str, *args: Any) -> None:
-        object.__setattr__(self, "sql", sql)
-        object.__setattr__(self, "args", args)
+        self.sql = sql
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.sql!r}, *{self.args!r})"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class All:
-    sql: str
-    args: tuple = ()
+class One(_Query):
+    """Fetch one row (or None)."""
 
-    def __init__(self, sql: str, *args: Any) -> None:
-        object.__setattr__(self, "sql", sql)
-        object.__setattr__(self, "args", args)
+    __slots__ = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Exec:
-    sql: str
-    args: tuple = ()
+class All(_Query):
+    """Fetch all rows."""
 
-    def __init__(self, sql: str, *args: Any) -> None:
-        object.__setattr__(self, "sql", sql)
-        object.__setattr__(self, "args", args)
+    __slots__ = ()
+
+
+class Exec(_Query):
+    """Run a statement, no rows."""
+
+    __slots__ = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from trioscale.shared.model import Change, utcnow
 from trioscale.shared.store.base import Conflict, StoreError, StoreUnavailable
 from trioscale.shared.store.codec import All, Emit, Exec, One, OpsStore, check_kind, pack_data
 from trioscale.shared.store.migrations import POSTGRES_MIGRATIONS, UNIQUE_MESSAGES, check_version
+from trioscale.shared.store.wakeup import WakeUps
 
 log = logging.getLogger("trioscale.store.postgres")
 
@@ -187,7 +188,7 @@ async def asyncio_loop() -> AsyncIterator[None]:
         raise leaf from None
 
 
-class PostgresStore(OpsStore):
+class PostgresStore(WakeUps, OpsStore):
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -202,14 +203,11 @@ class PostgresStore(OpsStore):
         self._connect = connect
         self._loop = loop
         self.max_pending_registrations = max_pending_registrations
-        self.poll_interval = poll_interval
         self.retry_for = retry_for
         self._closed = False
-        self._wake = trio.Event()
+        self._init_wakeups(poll_interval)
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lock = trio.Lock()
-        self._last_poll = -1e9
-        self._polled_seq: int | None = None
         #: how many times the LISTEN connection was (re)established (for tests and metrics)
         self.listener_connects = 0
 
@@ -343,21 +341,6 @@ class PostgresStore(OpsStore):
         return await self._run(True, op, args)
 
     # -- LISTEN connection and wake-ups ------------------------------------------------------------
-    def _notify(self) -> None:
-        old, self._wake = self._wake, trio.Event()
-        old.set()
-
-    async def _poll_external(self) -> None:
-        """Safety net for a LISTEN connection that died silently: wake subscribers if the log grew.
-        Rate-limited store-wide to one query per poll_interval."""
-        now = trio.current_time()
-        if now - self._last_poll < self.poll_interval or self._closed:
-            return
-        self._last_poll = now
-        seq = await self.latest_seq()
-        if seq != self._polled_seq:
-            self._polled_seq = seq
-            self._notify()
 
     def _on_notification(self, conn, pid, channel, payload) -> None:
         # called by asyncpg in the (trio-asyncio) loop, i.e. in the Trio thread

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from trioscale.shared.model import Change, utcnow
+from trioscale.shared.store.wakeup import WakeUps
 from trioscale.shared.store.base import Conflict, StoreUnavailable
 from trioscale.shared.store.codec import (
     All,
@@ -101,7 +102,7 @@ def _conflict_from(e: sqlite3.IntegrityError) -> Conflict:
     return Conflict("the change breaks a rule of the data")
 
 
-class SqliteStore(OpsStore):
+class SqliteStore(WakeUps, OpsStore):
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -111,13 +112,10 @@ class SqliteStore(OpsStore):
     ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = trio.Lock()
-        self._wake = trio.Event()
         self.max_pending_registrations = max_pending_registrations
-        #: how often idle subscribers check for commits by other processes (e.g. the CLI) on the
-        #: same file; one query per interval for all subscribers together
-        self.poll_interval = poll_interval
-        self._last_poll = -1e9
-        self._polled_seq: int | None = None
+        #: poll_interval: how often idle subscribers check for commits by other processes (e.g.
+        #: the CLI) on the same file; one query per interval for all subscribers together
+        self._init_wakeups(poll_interval)
 
     @classmethod
     async def open(
@@ -145,21 +143,6 @@ class SqliteStore(OpsStore):
     def closed(self) -> bool:
         return self._conn is None
 
-    def _notify(self) -> None:
-        old, self._wake = self._wake, trio.Event()
-        old.set()
-
-    async def _poll_external(self) -> None:
-        """Wake subscribers if the log grew behind our back (another process wrote to the file).
-        Rate-limited store-wide to one query per poll_interval."""
-        now = trio.current_time()
-        if now - self._last_poll < self.poll_interval or self.closed:
-            return
-        self._last_poll = now
-        seq = await self.latest_seq()
-        if seq != self._polled_seq:
-            self._polled_seq = seq
-            self._notify()
 
     # -- running operations ------------------------------------------------------------------------
     def _drive(self, write: bool, op, args: tuple) -> tuple[Any, int]:
