@@ -271,7 +271,6 @@ class PolicyHost:
         request: a tag is permitted when tagOwners lists the user, a group the user is in, or a
         tag the node already has."""
         p = self.compiled.p
-        net = self.compiled.net
         have = set(node_tags)
         bad = []
         for tag in tags:
