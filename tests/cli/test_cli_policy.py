@@ -118,7 +118,6 @@ def test_nodes_tag_and_routes(server: TrioscaleServer, tmp_path: Path) -> None:
     def routes():
         return server.cli_json("nodes", "list-routes", "-i", str(node_id))[0]
 
-    deadline = trio.current_time if False else None  # noqa: F841 (plain polling below)
     import time
 
     for _ in range(50):

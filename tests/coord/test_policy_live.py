@@ -173,7 +173,7 @@ async def test_policy_change_reaches_connected_nodes_within_a_second(env):
 async def test_deny_all_and_back_to_no_policy(env):
     a_m, a = await env.join("a1", "alice")
     b_m, b = await env.join("b1", "bob")
-    a_id, b_id = await env.node_id(a_m), await env.node_id(b_m)
+    b_id = await env.node_id(b_m)
     await eventually(lambda: b_id in peers_of(a), what="no policy: all visible")
     assert filter_of(a) and filter_of(a)[0]["DstPorts"][0]["IP"] == "*"
     await env.set_policy('{"acls": []}')

@@ -16,7 +16,6 @@ Presence leases and relay timeouts are short so the tests do not wait long.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess

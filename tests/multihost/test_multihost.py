@@ -7,7 +7,6 @@ both replicas and PostgreSQL up.
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
