@@ -262,7 +262,9 @@ class Client:
             st.bytes_relayed += nbytes
 
     async def keepalive(self, interval: float, jitter: float) -> None:
-        delay = interval + random.uniform(0.0, jitter) if jitter > 0 else interval
+        # Clients drop a connection 120 s after the last frame; the jitter spreads keepalives of
+        # many clients but never pushes one past `interval` (at most every 60 s by default).
+        delay = interval - random.uniform(0.0, min(jitter, interval / 2)) if jitter > 0 else interval
         st = self.server.stats
         while True:
             await trio.sleep(delay)
