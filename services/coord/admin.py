@@ -578,6 +578,7 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
     register_policy_routes(
         app, ctx, BadRequest=BadRequest, find_node=find_node, find_user=find_user, users_by_id=users_by_id,
         node_json=node_json, validate_tag=validate_tag, ts=_ts, utcnow=utcnow, is_online=is_online,
+        json_body=_body,
     )
     return app
 

@@ -33,7 +33,7 @@ APPLY_WAIT = 5.0
 
 
 def register_policy_routes(app, ctx, *, BadRequest, find_node, find_user, users_by_id, node_json,
-                           validate_tag, ts, utcnow, is_online) -> None:
+                           validate_tag, ts, utcnow, is_online, json_body) -> None:
     store = ctx.store
     log = ctx.log.getChild("admin")
 
@@ -62,20 +62,6 @@ def register_policy_routes(app, ctx, *, BadRequest, find_node, find_user, users_
         if c is not None:
             with trio.move_on_after(APPLY_WAIT):
                 await c.caught_up()
-
-    async def json_body() -> dict[str, Any]:
-        import json
-
-        raw = await request.get_data(as_text=False)
-        if not raw:
-            return {}
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return data
 
     # -- policy ----------------------------------------------------------------------------------
     @app.get("/api/v1/policy")
