@@ -229,34 +229,9 @@ class Caddy:
         return self.proc is not None and self.proc.poll() is None
 
 
-def web_caddyfile(hostname: str = "web", ephemeral: bool = False) -> str:
-    """A node that serves `hello` on tailnet port 80 only (no host listener)."""
-    return f"""
-    {{
-        admin off
-        log {{
-            level DEBUG
-        }}
-        tailscale {{
-            control_url {{env.CONTROL_URL}}
-            auth_key {{env.TS_AUTHKEY}}
-            state_dir {{env.STATE_DIR}}
-            ephemeral {"true" if ephemeral else "false"}
-            {hostname} {{
-                hostname {hostname}
-            }}
-        }}
-    }}
-    :80 {{
-        bind tailscale/{hostname}
-        respond "hello"
-    }}
-    """
-
-
-def client_caddyfile(hostname: str = "client", target: str = "web:80", local_port: int = 18080,
-                     auth: bool = True) -> str:
-    """A node that proxies 127.0.0.1:<local_port> to `target` across the tailnet."""
+def caddy_global(hostname: str, *, auth: bool = True, ephemeral: bool = False) -> str:
+    """The global block of every test Caddyfile: one tsnet node `hostname` joining CONTROL_URL
+    (with TS_AUTHKEY unless `auth` is false: interactive login), DEBUG logs, no admin endpoint."""
     auth_line = "auth_key {env.TS_AUTHKEY}" if auth else ""
     return f"""
     {{
@@ -268,12 +243,28 @@ def client_caddyfile(hostname: str = "client", target: str = "web:80", local_por
             control_url {{env.CONTROL_URL}}
             {auth_line}
             state_dir {{env.STATE_DIR}}
-            ephemeral false
+            ephemeral {"true" if ephemeral else "false"}
             {hostname} {{
                 hostname {hostname}
             }}
         }}
+    }}"""
+
+
+def web_caddyfile(hostname: str = "web", ephemeral: bool = False) -> str:
+    """A node that serves `hello` on tailnet port 80 only (no host listener)."""
+    return caddy_global(hostname, ephemeral=ephemeral) + f"""
+    :80 {{
+        bind tailscale/{hostname}
+        respond "hello"
     }}
+    """
+
+
+def client_caddyfile(hostname: str = "client", target: str = "web:80", local_port: int = 18080,
+                     auth: bool = True) -> str:
+    """A node that proxies 127.0.0.1:<local_port> to `target` across the tailnet."""
+    return caddy_global(hostname, auth=auth) + f"""
     :81 {{
         bind tailscale/{hostname}
         respond "{hostname}-up"

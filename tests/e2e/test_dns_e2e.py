@@ -25,7 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import Caddy, Trioscale, free_port, http_get, start_caddy, stop_process, wait_for, web_caddyfile
+from e2e.harness import (
+    Caddy,
+    Trioscale,
+    caddy_global,
+    free_port,
+    http_get,
+    start_caddy,
+    stop_process,
+    wait_for,
+    web_caddyfile,
+)
 
 pytestmark = pytest.mark.realclient
 
@@ -44,22 +54,7 @@ def proxy_caddyfile(hostname: str, routes: dict[int, str]) -> str:
     }}"""
         for port, upstream in routes.items()
     )
-    return f"""
-    {{
-        admin off
-        log {{
-            level DEBUG
-        }}
-        tailscale {{
-            control_url {{env.CONTROL_URL}}
-            auth_key {{env.TS_AUTHKEY}}
-            state_dir {{env.STATE_DIR}}
-            ephemeral false
-            {hostname} {{
-                hostname {hostname}
-            }}
-        }}
-    }}
+    return caddy_global(hostname) + f"""
     :81 {{
         bind tailscale/{hostname}
         respond "{hostname}-up"
@@ -230,22 +225,7 @@ class Pebble:
 
 
 def https_web_caddyfile(hostname: str) -> str:
-    return f"""
-    {{
-        admin off
-        log {{
-            level DEBUG
-        }}
-        tailscale {{
-            control_url {{env.CONTROL_URL}}
-            auth_key {{env.TS_AUTHKEY}}
-            state_dir {{env.STATE_DIR}}
-            ephemeral false
-            {hostname} {{
-                hostname {hostname}
-            }}
-        }}
-    }}
+    return caddy_global(hostname) + f"""
     :80 {{
         bind tailscale/{hostname}
         respond "hello"
