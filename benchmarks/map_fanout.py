@@ -54,7 +54,7 @@ class Server:
             "listen_addr": f"127.0.0.1:{port}",
             "data_dir": str(workdir / "data"),
             "derp": {"server": {"listen_addr": f"127.0.0.1:{free_port()}", "stun_listen_addr": f"127.0.0.1:{free_port()}"}},
-            "dns": {"listen_addr": f"127.0.0.1:{free_port()}"},
+            "dns": {"listen_addr": ""},  # not needed here
             "log": {"level": "warning"},
         }
         self.config = workdir / "trioscale.yaml"

@@ -34,6 +34,22 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     return free_port(socket.SOCK_DGRAM, host)
 
 
+def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP right now (the DNS service binds both on one port): a
+    UDP-free port can be a busy TCP one (e.g. the local end of an outgoing connection)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -74,7 +90,7 @@ def free_ports_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
                 "stun_listen_addr": f"127.0.0.1:{free_udp_port()}",
             }
         },
-        "dns": {"listen_addr": f"127.0.0.1:{free_udp_port()}"},
+        "dns": {"listen_addr": f"127.0.0.1:{free_tcp_udp_port()}"},
         "log": {"level": "debug"},
     }
     return deep_merge(cfg, overrides)

@@ -14,7 +14,7 @@ import pytest
 from trioscale.config import config_from_dict
 from trioscale.context import ServiceContext
 from trioscale.services.coord.admin import create_admin_app
-from util import TrioscaleServer, free_port, free_ports_config, free_udp_port
+from util import TrioscaleServer, free_port, free_ports_config, free_tcp_udp_port, free_udp_port
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_make_run_like_start_with_embedded_defaults(tmp_path: Path) -> None:
         "TRIOSCALE_LISTEN_ADDR": f"127.0.0.1:{control}",
         "TRIOSCALE_DERP_SERVER_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
         "TRIOSCALE_DERP_SERVER_STUN_LISTEN_ADDR": f"127.0.0.1:{free_udp_port()}",
-        "TRIOSCALE_DNS_LISTEN_ADDR": f"127.0.0.1:{free_udp_port()}",
+        "TRIOSCALE_DNS_LISTEN_ADDR": f"127.0.0.1:{free_tcp_udp_port()}",
     }
     srv = TrioscaleServer(tmp_path, {"data_dir": str(tmp_path / "var")}, env=env, use_config_file=False)
     srv.start()

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import yaml
 
+from util import free_tcp_udp_port
+
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 
 
@@ -70,7 +72,7 @@ class Trioscale:
         self.control_port = free_port()
         self.derp_port = free_port()
         self.stun_port = free_port(socket.SOCK_DGRAM)
-        self.dns_port = free_port(socket.SOCK_DGRAM)
+        self.dns_port = free_tcp_udp_port()
         self.server_url = f"http://127.0.0.1:{self.control_port}"
         config: dict[str, Any] = {
             "server_url": self.server_url,
