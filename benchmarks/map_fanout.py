@@ -44,6 +44,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, failure: str) -> None:
+    """Wait until `url`/health answers; SystemExit(`failure`) if `proc` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(failure)
+            time.sleep(0.1)
+
+
+def run_cli(config: Path, *args: str) -> str:
+    return subprocess.run([*TRIOSCALE, "--config", str(config), *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
 class Server:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -61,19 +79,10 @@ class Server:
         self.config.write_text(yaml.safe_dump(cfg))
         self.proc = subprocess.Popen([*TRIOSCALE, "--config", str(self.config), "serve"],
                                      stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"trioscale did not start; see {workdir / 'serve.log'}")
-                time.sleep(0.1)
+        wait_healthy(self.url, self.proc, 30, f"trioscale did not start; see {workdir / 'serve.log'}")
 
     def cli(self, *args: str) -> str:
-        return subprocess.run([*TRIOSCALE, "--config", str(self.config), *args], check=True,
-                              capture_output=True, text=True).stdout
+        return run_cli(self.config, *args)
 
     def pid(self) -> int:
         return self.proc.pid

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import trio
@@ -49,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from map_fanout import SimNode, bench, free_port, rss_mib  # noqa: E402
+from map_fanout import SimNode, bench, free_port, rss_mib, run_cli, wait_healthy  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -76,19 +75,10 @@ class Replica:
         self.log = open(self.dir / "coord.log", "wb")
         self.proc = subprocess.Popen([*TRIOSCALE, "--config", str(self.config), "coord"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"coordinator {name} did not start; see {self.dir / 'coord.log'}")
-                time.sleep(0.1)
+        wait_healthy(self.url, self.proc, 300, f"coordinator {name} did not start; see {self.dir / 'coord.log'}")
 
     def cli(self, *args: str) -> str:
-        return subprocess.run([*TRIOSCALE, "--config", str(self.config), *args], check=True,
-                              capture_output=True, text=True).stdout
+        return run_cli(self.config, *args)
 
     def stop(self) -> None:
         self.proc.terminate()
