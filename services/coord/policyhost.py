@@ -144,17 +144,28 @@ class PolicyHost:
         self.shared_to.get(user_id, set()).discard(node_id)
 
     def elect(self) -> set[int]:
-        """Re-run the HA election; returns the routers whose primary routes changed."""
-        net = self.compiled.net
+        """Re-run the HA election (and the choices of via grants, which follow it and the online
+        set); returns the routers whose primary routes, as anyone sees them, changed."""
+        c = self.compiled
+        net = c.net
+        online = set(self.online())
         owners = {r: ids for r, ids in net.route_owners.items() if str(r) not in EXIT_ROUTES}
-        new = elect_primaries(owners, self.online(), self.primaries)
+        new = elect_primaries(owners, online, self.primaries)
         changed: set[int] = set()
         for route in set(new) | set(self.primaries):
             a, b = self.primaries.get(route), new.get(route)
             if a != b:
                 changed.update(x for x in (a, b) if x is not None)
+        via_before = c.via_primaries() if c.has_via else {}
         self.primaries = new
         net.primaries = new  # type: ignore[assignment]
+        net.online = online
+        if c.has_via:
+            via_after = c.via_primaries()
+            for key in set(via_before) | set(via_after):
+                a, b = via_before.get(key), via_after.get(key)
+                if a != b:
+                    changed.update(x for x in (a, b) if x is not None)
         return changed
 
     # -- questions the map code asks -------------------------------------------------------------

@@ -325,6 +325,48 @@ async def test_ha_failover_without_flap_back(env):
     assert self_of(r1b).get("PrimaryRoutes") is None
 
 
+VIA_POLICY = """{
+  "tagOwners": {"tag:router": ["alice@"], "tag:site-b": ["alice@"]},
+  "autoApprovers": {"routes": {"10.33.0.0/16": ["tag:router", "tag:site-b"]}},
+  "grants": [
+    {"src": ["*"], "dst": ["*"], "ip": ["*"]},
+    // bob's traffic for 10.33.0.0/16 goes through the site-b routers only
+    {"src": ["bob@"], "dst": ["10.33.0.0/16"], "via": ["tag:site-b"], "ip": ["*"]},
+    {"src": ["alice@"], "dst": ["10.33.0.0/16"], "ip": ["*"]},
+  ],
+}"""
+
+
+async def test_via_grant_steers_a_route_and_fails_over_within_its_routers(env):
+    await env.set_policy(VIA_POLICY)
+    r_m, r = await env.join("r", "alice", ("tag:router",), RoutableIPs=["10.33.0.0/16"])
+    s1_m, s1 = await env.join("s1", "alice", ("tag:site-b",), RoutableIPs=["10.33.0.0/16"])
+    s2_m, s2 = await env.join("s2", "alice", ("tag:site-b",), RoutableIPs=["10.33.0.0/16"])
+    a_m, a = await env.join("a1", "alice")
+    b_m, b = await env.join("b1", "bob")
+    r_id, s1_id, s2_id = [await env.node_id(m) for m in (r_m, s1_m, s2_m)]
+
+    def routers_of(stream):
+        return sorted(i for i, p in peers_of(stream).items() if "10.33.0.0/16" in (p.get("PrimaryRoutes") or []))
+
+    await eventually(lambda: routers_of(a) == [r_id], timeout=2, what="alice uses the HA primary")
+    await eventually(lambda: routers_of(b) == [s1_id], timeout=2, what="bob goes via site-b")
+    # the via grant's rule is on the site-b routers only
+    bob_src = {a.split("/")[0] for a in peers_of(a)[await env.node_id(b_m)]["Addresses"]}
+
+    def bob_to_subnet(stream):
+        return [rule for rule in filter_of(stream) or [] if set(rule["SrcIPs"]) == bob_src
+                and any(d["IP"] == "10.33.0.0/16" for d in rule["DstPorts"])]
+
+    assert bob_to_subnet(s1) and bob_to_subnet(s2)
+    assert not bob_to_subnet(r)
+    # an HA secondary is told who the primary of its own prefix is
+    await eventually(lambda: routers_of(s1) == [r_id], timeout=2, what="s1 sees r as the primary")
+    s1.scope.cancel()  # s1 goes offline: bob moves to s2, alice stays on r
+    await eventually(lambda: routers_of(b) == [s2_id], timeout=15, what="bob fails over to s2")
+    assert routers_of(a) == [r_id]
+
+
 SELF_ONLY = """{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}"""
 
 
@@ -422,6 +464,11 @@ CONSISTENCY_POLICIES = [
     """{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},
         "grants": [{"src": ["u2@"], "dst": ["tag:db"], "ip": ["tcp:22"]},
                    {"src": ["autogroup:member"], "dst": ["tag:web"], "app": {"tailscale.com/cap/relay": [{}]}}]}""",
+    # routers: tag:db nodes route 10.1.0.0/16; u1's traffic for it goes via the tag:web ones
+    """{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},
+        "grants": [{"src": ["*"], "dst": ["*"], "ip": ["*"]},
+                   {"src": ["autogroup:member"], "dst": ["10.1.0.0/16"], "ip": ["*"]},
+                   {"src": ["u1@"], "dst": ["10.1.0.0/16"], "via": ["tag:web"], "ip": ["*"]}]}""",
 ]
 
 
@@ -452,9 +499,12 @@ def _assert_consistent(coord, what):
             want_sent = {p.id for p in tailnet.visible_peers(viewer)}
             assert set(s.sent) == want_sent, (what, vid, set(s.sent) ^ want_sent)
             assert s.filter == tailnet.packet_filter(viewer), (what, vid)
+            for pid in coord._routers() & set(s.sent):
+                want = tailnet.peer_view(vid, tailnet.nodes[pid])
+                assert s.views.get(pid) == want, (what, vid, pid, s.views.get(pid), want)
 
 
-@pytest.mark.parametrize("text", CONSISTENCY_POLICIES, ids=["none", "deny", "acls", "grants"])
+@pytest.mark.parametrize("text", CONSISTENCY_POLICIES, ids=["none", "deny", "acls", "grants", "via"])
 def test_sessions_stay_consistent_through_node_changes(text):
     import random
 
@@ -465,9 +515,12 @@ def test_sessions_stay_consistent_through_node_changes(text):
     tag_sets = [(), (), ("tag:web",), ("tag:db",)]
 
     def node(i, user, tags):
+        # every third node routes 10.1.0.0/16 (approved), so route views and HA/via choices move too
+        routes = ("10.1.0.0/16",) if i % 3 == 0 else ()
         return Node(id=i, machine_key=bytes([i]) * 32, node_key=bytes([i + 100]) * 32, user_id=user,
                     hostname=f"n{i}", given_name=f"n{i}", ipv4=f"100.64.0.{i}", ipv6=f"fd7a:115c:a1e0::{i:x}",
-                    disco_key=bytes([i + 50]) * 32, tags=tags)
+                    disco_key=bytes([i + 50]) * 32, tags=tags,
+                    hostinfo={"RoutableIPs": list(routes)} if routes else {}, approved_routes=routes)
 
     nodes = [node(i, rng.randrange(1, 5), rng.choice(tag_sets)) for i in range(1, 16)]
     coord = _fake_coordinator(nodes, users, text)

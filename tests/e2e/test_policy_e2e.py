@@ -1,7 +1,8 @@
 """Access control with unmodified Tailscale clients (tsnet v1.90.9 inside Caddy): a policy decides
 who gets `hello` from node "web", a new policy applies live, a subnet route approved by
-autoApprovers reaches a peer's netmap as a primary route, a shared node is reachable by another
-user until it is unshared, and invalid policies change nothing for connected clients.
+autoApprovers reaches a peer's netmap as a primary route, HA routers fail over, a `via` grant steers
+one user's route to its own routers, a shared node is reachable by another user until it is
+unshared, and invalid policies change nothing for connected clients.
 
 Each test runs in its own private network namespace (conftest.py)."""
 
@@ -361,5 +362,49 @@ def test_ha_subnet_routers_fail_over_within_15s_without_flapping_back(server, ca
         raise AssertionError(f"{exc}\n{diagnostics(server, client)}") from None
     finally:
         for r in (r1, r2):
+            if r.thread is not None and r.thread.is_alive():
+                r.stop()
+
+
+VIA = """{
+  "tagOwners": {"tag:router": ["alice@"], "tag:site-b": ["alice@"]},
+  "autoApprovers": {"routes": {"10.99.0.0/24": ["tag:router", "tag:site-b"]}},
+  "grants": [
+    {"src": ["alice@"], "dst": ["10.99.0.0/24"], "ip": ["*"]},
+    // bob reaches the subnet only through the site-b routers
+    {"src": ["bob@"], "dst": ["10.99.0.0/24"], "ip": ["*"], "via": ["tag:site-b"]},
+  ],
+}"""
+
+
+def test_via_grant_steers_one_user_to_its_routers_and_fails_over_among_them(server, caddies):
+    server.create_user("alice")
+    server.create_user("bob")
+    set_policy(server, VIA)
+    ca = start_caddy(caddies, server, "ca", client_caddyfile("ca", local_port=18080), server.create_key("alice"),
+                     TS_DEBUG_MAP="1")
+    cb = start_caddy(caddies, server, "cb", client_caddyfile("cb", local_port=18081), server.create_key("bob"),
+                     TS_DEBUG_MAP="1")
+    wait_for(lambda: node_online(server, "ca") and node_online(server, "cb"), JOIN_TIMEOUT, "clients online")
+    routers = []
+    for name, tag in (("r1", "tag:router"), ("s1", "tag:site-b"), ("s2", "tag:site-b")):
+        routers.append(SimRouter(server, server.create_key("alice", "--tags", tag), name, ["10.99.0.0/24"]).start())
+        wait_for(lambda: node_online(server, name), 10, f"{name} online")
+
+    def primary_in(client: Caddy) -> list[str]:
+        return sorted(n for n, p in latest_peers(client.log()).items() if "10.99.0.0/24" in (p.get("PrimaryRoutes") or []))
+
+    try:
+        wait_for(lambda: primary_in(ca) == ["r1"], 15, "alice's client uses the HA primary r1")
+        wait_for(lambda: primary_in(cb) == ["s1"], 15, "bob's client uses s1 (via tag:site-b)")
+        assert "r1" not in latest_peers(cb.log())  # not a via router: bob does not even see it
+        routers[1].stop()  # s1 goes offline
+        wait_for(lambda: primary_in(cb) == ["s2"], 15, "bob's client moves to s2")
+        assert "10.99.0.0/24" in latest_peers(cb.log())["s2"]["AllowedIPs"]
+        assert primary_in(ca) == ["r1"]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, ca, cb)}") from None
+    finally:
+        for r in routers:
             if r.thread is not None and r.thread.is_alive():
                 r.stop()

@@ -40,11 +40,11 @@ CATEGORIES = ("acl", "grant", "routes", "ssh", "sshtest", "policytest", "nodeatt
 
 #: minimum passing cases per category (total in brackets)
 FLOORS = {
-    "acl": 164,  # of 165: acl-k03 contradicts acl-ah01 (see docs)
+    "acl": 164,  # of 165: acl-k03 is a capture artifact (test_acl_k03_is_a_capture_artifact)
     "routes": 103,
     "policytest": 46,
     "sshtest": 30,
-    "grant": 189,
+    "grant": 200,
     "ssh": 65,
     "nodeattrs": 40,
 }
@@ -114,3 +114,46 @@ def pass_rate_table() -> str:
         rows.append(f"| {c} | {passed} | {total} | {100.0 * passed / max(total, 1):.1f} % |")
     rows.append(f"| **all** | {totals['p']} | {totals['t']} | {100.0 * totals['p'] / max(totals['t'], 1):.1f} % |")
     return "\n".join(rows)
+
+
+
+def _route_viewers(case: dict, router: str, route: str) -> set[str]:
+    """The nodes the capture shows using `router`'s `route` (it is in their AllowedIPs for it)."""
+    return {
+        name for name, exp in case["expect"].items()
+        for peer in exp.get("peers") or [] if peer["name"] == router and route in peer["AllowedIPs"]
+    }
+
+
+@needs_corpus
+def test_acl_k03_is_a_capture_artifact() -> None:
+    """Why acl-k03 stays a known failure. Its one rule lets every node reach `*:*`, so all seven
+    possible viewers of squirtle's auto-approved 10.33.0.0/16 stand alike (same rules as source and
+    as destination: one visibility class), yet the capture shows the route to four of them and not
+    to the other three. Which three is no property of the policy (weedle, tag:client, does not see
+    it; beedrill, tag:server, named in the rule just the same, does); upstream's raw capture shows
+    they are the three that registered first after squirtle, a propagation race. acl-d07, the same
+    tailnet with a rule that covers every node the same way, shows the route to all seven, as the
+    engine does."""
+    from trioscale.debug_policy import build_tailnet
+    from trioscale.services.coord.domain.policy import Policy, compile_policy, hujson
+
+    route = "10.33.0.0/16"
+    k03 = json.loads((CORPUS / "acl" / "acl-k03.json").read_text())
+    d07 = json.loads((CORPUS / "acl" / "acl-d07.json").read_text())
+    users, nodes, names = build_tailnet(k03)
+    compiled = compile_policy(Policy.parse(k03["policy"]), users, nodes)
+    viewers = {n.id for n in nodes if n.name != "squirtle"}
+    assert len({compiled.visibility_class(i) for i in viewers}) == 1
+    seen = _route_viewers(k03, "squirtle", route)
+    assert seen and seen < {names[i] for i in viewers}  # alike, yet told different things
+    assert _route_viewers(d07, "squirtle", route) == {names[i] for i in viewers}
+
+    def shape(case: dict) -> dict:
+        return {n: (v.get("user"), v["tags"], v["routable_ips"]) for n, v in case["topology"]["nodes"].items()}
+
+    def policy(case: dict) -> dict:
+        return hujson.loads(case["policy"]) if isinstance(case["policy"], str) else case["policy"]
+
+    assert shape(k03) == shape(d07) and policy(k03)["autoApprovers"] == policy(d07)["autoApprovers"]
+    assert "acl-k03" in KNOWN_FAILURES and "acl-d07" not in KNOWN_FAILURES

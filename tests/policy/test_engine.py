@@ -69,3 +69,74 @@ def test_incremental_node_change() -> None:
     c.remove_node(3)
     assert c.visible_peers(4) == {6}
     assert c.with_policy(None).visible_peers(4) == {1, 2, 5, 6}
+
+
+# -- via grants and HA secondaries (the corpus has the rest; it is not in CI) ------------------------
+
+VIA_NODES = [
+    node(1, 1), node(2, 2),
+    node(3, tags=("tag:hq",), routable_ips=("10.1.0.0/16",), approved_routes=("10.1.0.0/16",)),
+    node(4, tags=("tag:eu",), routable_ips=("10.1.0.0/16",), approved_routes=("10.1.0.0/16",)),
+    node(5, tags=("tag:eu",), routable_ips=("10.1.0.0/16",), approved_routes=("10.1.0.0/16",)),
+    node(6, tags=("tag:eu",), routable_ips=("0.0.0.0/0", "::/0"), approved_routes=("0.0.0.0/0", "::/0")),
+    node(7, tags=("tag:hq",), routable_ips=("0.0.0.0/0", "::/0"), approved_routes=("0.0.0.0/0", "::/0")),
+]
+VIA_POLICY = {
+    "tagOwners": {"tag:hq": [], "tag:eu": []},
+    "grants": [
+        {"src": ["alice@example.com"], "dst": ["10.1.0.0/16"], "ip": ["*"]},
+        {"src": ["bob@example.com"], "dst": ["10.0.0.0/8", "tag:hq"], "ip": ["tcp:443"], "via": ["tag:eu"]},
+        {"src": ["bob@example.com"], "dst": ["autogroup:internet"], "ip": ["*"], "via": ["tag:eu"]},
+    ],
+}
+
+
+def via_compiled(policy: dict = VIA_POLICY):
+    return compile_policy(Policy.parse(json.dumps(policy)), USERS, VIA_NODES)
+
+
+def subnet_from(c, viewer: int) -> list[int]:
+    return [p for p in sorted(c.visible_peers(viewer)) if "10.1.0.0/16" in c.peer_primary_routes(viewer, p)]
+
+
+def test_via_grant_rule_is_on_the_via_routers_only() -> None:
+    c = via_compiled()
+    bob = ["100.64.0.2", "fd7a:115c:a1e0::2"]
+    want = {"SrcIPs": bob, "DstPorts": [{"IP": "10.0.0.0/8", "Ports": {"First": 443, "Last": 443}}], "IPProto": [6]}
+    for router in (4, 5):
+        assert want in c.packet_filter(router)  # the prefix as written, broader than the route
+    assert all(r["SrcIPs"] != bob for r in c.packet_filter(3))  # not via-tagged: nothing for bob
+    assert any(d["IP"] == "11.0.0.0/8" for r in c.packet_filter(6) for d in r["DstPorts"])  # internet
+    assert all(r["SrcIPs"] != bob for r in c.packet_filter(7))
+    # bob sees the via routers, not the other router, and tag:hq as a via dst gives nothing
+    assert c.visible_peers(2) == {4, 5, 6}
+
+
+def test_via_grant_steers_each_source_to_one_via_router() -> None:
+    c = via_compiled()
+    assert subnet_from(c, 1) == [3]  # alice: the prefix's HA primary
+    assert subnet_from(c, 2) == [4]  # bob: the first eu router, though 3 is the HA primary
+    assert "0.0.0.0/0" in c.allowed_ips(2, 6)  # bob is offered the eu exit node only
+    assert not c.can_see(2, 7)
+
+
+def test_via_choice_fails_over_to_an_online_router() -> None:
+    c = via_compiled()
+    c.net.online = {1, 2, 3, 5, 6, 7}  # router 4 is offline
+    assert c.via_primary(("tag:eu",), c.net.subnet_routes_of(4)[0]) == 5
+    assert subnet_from(c, 2) == [5]
+
+
+def test_grant_without_via_for_the_same_source_brings_back_the_ha_primary() -> None:
+    policy = json.loads(json.dumps(VIA_POLICY))
+    policy["grants"].append({"src": ["bob@example.com"], "dst": ["10.1.0.0/16"], "ip": ["*"]})
+    c = via_compiled(policy)
+    assert subnet_from(c, 2) == [3]
+
+
+def test_ha_secondary_is_told_the_primary_of_its_own_prefix() -> None:
+    c = via_compiled({"tagOwners": {"tag:hq": [], "tag:eu": []},
+                      "grants": [{"src": ["tag:eu", "tag:hq"], "dst": ["tag:eu", "tag:hq"], "ip": ["*"]}]})
+    assert c.primary_routes(3) == ["10.1.0.0/16"]
+    assert subnet_from(c, 4) == [3]  # no grant gives 4 the prefix, but it serves it too
+    assert subnet_from(c, 7) == []  # not a router of the prefix: nothing

@@ -125,6 +125,8 @@ class Tailnet:
         self.approve = None  # callable(NodeInfo, network) -> bool, set by the compiled policy
         #: HA primaries chosen by the caller (route -> node id); None = lowest online id wins
         self.primaries: dict[IPNetwork, int] | None = None
+        #: node ids online now, set by the caller with `primaries` (None = every node counts as online)
+        self.online: set[int] | None = None
         for u in users:
             self.set_user(u)
         for n in nodes:
@@ -226,6 +228,15 @@ class Tailnet:
         st = self.nodes[node_id]
         return [r for r in st.routes if r not in EXIT_ROUTES and self.primary_of(r) == node_id]
 
+    def subnet_routes_of(self, node_id: int) -> tuple[IPNetwork, ...]:
+        """The node's effective routes without the exit routes."""
+        return tuple(r for r in self.nodes[node_id].routes if r not in EXIT_ROUTES)
+
+    def is_online(self, node_id: int) -> bool:
+        if self.online is not None:
+            return node_id in self.online
+        return self.nodes[node_id].info.online
+
     def subnet_routes(self) -> list[IPNetwork]:
         return sorted((r for r in self.route_owners if r not in EXIT_ROUTES),
                       key=lambda n: (n.version, n.network_address, n.prefixlen))
@@ -250,6 +261,7 @@ class _Sel:
 @dataclass
 class _RuleCache:
     src: _Sel
+    dst: _Sel
     src_nodes: set[int]
     src_ips: list[str]
     dst_nodes: set[int]
@@ -287,9 +299,16 @@ class CompiledPolicy:
             self._test_rules.append(
                 Rule(srcs=(Alias("wildcard", "*", "*"),), dsts=((Alias("wildcard", "*", "*"), (IPSpec((), ALL_PORTS),)),))
             )
+        #: grants with `via`: their prefixes are routed through routers carrying the via tags
+        self._via_rules: list[int] = [i for i, r in enumerate(self._rules) if r.via]
         self._rule_cache: list[_RuleCache | None] = [None] * len(self._rules)
         self._node_cache: dict[tuple[str, int], Any] = {}
         self._alias_cache: dict[Alias, set[int]] = {}
+
+    @property
+    def has_via(self) -> bool:
+        """The policy has grants with `via` (route choices then depend on the viewer)."""
+        return bool(self._via_rules)
 
     # -- updates -----------------------------------------------------------------------------
     def with_policy(self, policy: Policy | None) -> "CompiledPolicy":
@@ -407,14 +426,127 @@ class CompiledPolicy:
             dst = self.resolve(a for a, _ in rule.dsts)
             rc = _RuleCache(
                 src=src,
+                dst=dst,
                 src_nodes=self._sel_nodes(src),
                 src_ips=self._src_ips(src),
-                dst_nodes=self._sel_nodes(dst),
+                dst_nodes=self._via_routers(rule, dst) if rule.via else self._sel_nodes(dst),
                 self_dst=dst.self_,
                 dst_ips=self._src_ips(dst),
             )
             self._rule_cache[i] = rc
         return rc
+
+    # -- via -----------------------------------------------------------------------------------
+    # A grant with `via` sends its sources' traffic for the destination prefixes through the routers
+    # carrying one of the via tags. Only those routers (and only where one of their subnet routes
+    # overlaps a destination prefix, or autogroup:internet on an exit node) receive its filter rule
+    # and are made visible to the sources; tags, users and the like as destinations give nothing.
+    def _via_routers(self, rule: Rule, dst: _Sel) -> set[int]:
+        net = self.net
+        out: set[int] = set()
+        for tag in rule.via:
+            for nid in net.by_tag.get(tag, ()):
+                if nid in out:
+                    continue
+                st = net.nodes[nid]
+                if dst.internet and st.exit:
+                    out.add(nid)
+                elif any(_overlaps(p, r) for p in dst.prefixes for r in net.subnet_routes_of(nid)):
+                    out.add(nid)
+        return out
+
+    def _via_dst_entries(self, alias: Alias, st: _NodeState) -> list[str]:
+        """What a via grant's destination puts in a via router's filter: the prefix as written when
+        it overlaps one of the router's subnet routes (broader or narrower alike: the policy
+        authorised that prefix), the internet for an exit node."""
+        k = alias.kind
+        if k in ("host", "prefix"):
+            pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
+            if any(_overlaps(pfx, r) for r in self.net.subnet_routes_of(st.info.id)):
+                return [_host_text(pfx)]
+            return []
+        if k == "autogroup" and alias.value == "internet" and st.exit:
+            return [str(n) for n in INTERNET]
+        return []
+
+    def via_primary(self, tags: Iterable[str], route: IPNetwork) -> int | None:
+        """The router one via grant sends `route` to, among the nodes with one of `tags` that have
+        it: the route's HA primary when it is one of them (so the choice is as sticky as the HA
+        election), else the online one with the lowest id."""
+        owners = self.net.route_owners.get(route)
+        if not owners:
+            return None
+        cands = {nid for t in tags for nid in self.net.by_tag.get(t, ()) if nid in owners}
+        if not cands:
+            return None
+        primary = self.net.primary_of(route)
+        if primary in cands:
+            return primary
+        return min(cands, key=lambda i: (not self.net.is_online(i), i))
+
+    def via_primaries(self) -> dict[tuple[int, IPNetwork], int]:
+        """Every via grant's choice of router per route it covers (the coordinator compares these
+        before and after an election to know whose peers' pictures moved)."""
+        out: dict[tuple[int, IPNetwork], int] = {}
+        for i in self._via_rules:
+            rule, rc = self._rules[i], self._rule(i)
+            for route in self.net.route_owners:
+                if route in EXIT_ROUTES or not any(_overlaps(p, route) for p in rc.dst.prefixes):
+                    continue
+                chosen = self.via_primary(rule.via, route)
+                if chosen is not None:
+                    out[(i, route)] = chosen
+        return out
+
+    def _via_steering(self, viewer_id: int, peer_id: int) -> tuple[list[IPNetwork], set[IPNetwork], set[IPNetwork]]:
+        """What via grants do to the routes `viewer_id` is told for `peer_id`: (routes to include
+        though the peer may not be their HA primary, routes to leave out because the viewer's
+        traffic for them goes through other routers, included routes that fall back to the HA
+        primary because a grant without via covers them too)."""
+        include: list[IPNetwork] = []
+        exclude: set[IPNetwork] = set()
+        net = self.net
+        st = net.nodes[peer_id]
+        peer_subnets = net.subnet_routes_of(peer_id)
+        mine = []
+        for i in self._via_rules:
+            rc = self._rule(i)
+            if viewer_id not in rc.src_nodes:
+                continue
+            mine.append(i)
+            matched = [r for r in peer_subnets if any(_overlaps(p, r) for p in rc.dst.prefixes)]
+            if rc.dst.internet and st.exit:
+                matched += list(EXIT_ROUTES)
+            if not matched:
+                continue
+            if set(self._rules[i].via) & set(st.info.tags):
+                include += [r for r in matched if r not in include]
+            else:
+                exclude.update(matched)
+        use_primary: set[IPNetwork] = set()
+        if not include and not exclude:
+            return include, exclude, use_primary
+        # several routers carry the via tag: one of them (per route) is the via grant's choice
+        for i in mine:
+            rc = self._rule(i)
+            for route in list(include):
+                if route in EXIT_ROUTES or not any(_overlaps(p, route) for p in rc.dst.prefixes):
+                    continue
+                chosen = self.via_primary(self._rules[i].via, route)
+                if chosen is not None and chosen != peer_id:
+                    include.remove(route)
+                    exclude.add(route)
+        # a grant without via covering the same prefixes: HA primaries apply again
+        for i, rule in enumerate(self._rules):
+            if rule.via:
+                continue
+            rc = self._rule(i)
+            if viewer_id not in rc.src_nodes or not rc.dst.prefixes:
+                continue
+            for p in rc.dst.prefixes:
+                use_primary.update(r for r in include if _overlaps(p, r))
+                exclude = {r for r in exclude if not _overlaps(p, r)}
+        return include, exclude, use_primary
 
     def _auto_approves(self, info: NodeInfo, route: IPNetwork) -> bool:
         p = self.p
@@ -480,13 +612,19 @@ class CompiledPolicy:
         out: list[dict[str, Any]] = []
         for i, rule in enumerate(self._rules):
             rc = self._rule(i)
+            if rule.via and node_id not in rc.dst_nodes:
+                continue
             # group DstPorts by protocol set; autogroup:self dsts get their own SrcIPs
             normal: dict[tuple[int, ...], list[dict[str, Any]]] = {}
             selfish: dict[tuple[int, ...], list[dict[str, Any]]] = {}
             cap_dst = False
             cap_self = False
             for alias, specs in rule.dsts:
-                if alias.kind == "autogroup" and alias.value == "self":
+                if rule.via:
+                    ips = self._via_dst_entries(alias, st)
+                    bucket = normal
+                    cap_dst = cap_dst or bool(ips)
+                elif alias.kind == "autogroup" and alias.value == "self":
                     if st.info.is_tagged:
                         continue
                     ips = list(st.ips)
@@ -629,23 +767,34 @@ class CompiledPolicy:
         return [str(r) for r in self.net.primary_routes(node_id)]
 
     def reachable_routes(self, viewer_id: int, peer_id: int) -> list[IPNetwork]:
-        """The peer's routes (primary subnet routes, exit routes) that the policy lets
-        `viewer_id` send traffic to."""
+        """The peer's routes (primary subnet routes, exit routes) that `viewer_id` is told: those
+        the policy lets it send traffic to, steered by via grants, plus the peer's primary routes
+        the viewer advertises itself (an HA secondary learns who the primary is)."""
         st = self.net.nodes[peer_id]
-        candidates = list(self.net.primary_routes(peer_id))
-        if st.exit:
-            candidates += list(EXIT_ROUTES)
-        if not candidates:
+        if not st.routes:
             return []
-        out = []
-        for route in candidates:
-            if self._viewer_reaches(viewer_id, route):
+        primaries = list(self.net.primary_routes(peer_id))
+        candidates = primaries + (list(EXIT_ROUTES) if st.exit else [])
+        include: list[IPNetwork] = []
+        exclude: set[IPNetwork] = set()
+        use_primary: set[IPNetwork] = set()
+        if self._via_rules:
+            include, exclude, use_primary = self._via_steering(viewer_id, peer_id)
+        out = [r for r in candidates if r not in exclude and self._viewer_reaches(viewer_id, r)]
+        for route in include:
+            if route not in out and (route in primaries or route not in use_primary):
+                out.append(route)
+        viewer_routes = self.net.nodes[viewer_id].routes
+        for route in primaries:
+            if route in viewer_routes and route not in out:
                 out.append(route)
         return out
 
     def _viewer_reaches(self, viewer_id: int, route: IPNetwork) -> bool:
         is_exit = route in EXIT_ROUTES
         for i, rule in enumerate(self._rules):
+            if rule.via:
+                continue
             rc = self._rule(i)
             if viewer_id in rc.dst_nodes or (rc.self_dst and viewer_id in self.net.untagged):
                 # return traffic: sources behind the route may reach the viewer
