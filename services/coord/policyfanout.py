@@ -61,19 +61,38 @@ class PolicyFanout:
         session.ssh = first.get("SSHPolicy")
         session.self_node = first.get("Node")
         session.views = {}
-        routers = self._routers()
-        if routers:
-            vid = session.node_id
-            for pid in routers & session.sent:
-                view = self.tailnet.peer_view(vid, self.tailnet.nodes[pid])
-                if view is not None:
-                    session.views[pid] = view
+        vid = session.node_id
+        for pid in self._view_peers(vid, session, self._routers(), self.policy.ipv4_off()):
+            view = self.tailnet.peer_view(vid, self.tailnet.nodes[pid])
+            if view is not None:
+                session.views[pid] = view
 
     def _routers(self) -> set[int]:
         net = self.policy.compiled.net
         out: set[int] = set()
         for ids in net.route_owners.values():
             out |= ids
+        return out
+
+    @staticmethod
+    def _dependent(vid: int, routers: set[int], off: frozenset[int]) -> set[int] | None:
+        """Peers whose picture can depend on viewer `vid` (None = all of them): routers, and nodes
+        with disable-ipv4; every peer when the viewer has disable-ipv4 itself."""
+        if vid in off:
+            return None
+        return routers | off if off else routers
+
+    def _view_peers(self, vid: int, session, routers: set[int], off: frozenset[int]) -> set[int]:
+        """The peers of `session` whose viewer-specific picture must be looked at again: those that
+        can depend on the viewer, and those it was last told a specific picture of."""
+        sent = session.sent
+        dep = self._dependent(vid, routers, off)
+        if dep is None:
+            return set(sent)
+        out = dep & sent
+        views = getattr(session, "views", None)
+        if views:
+            out |= {p for p in views if p in sent}
         return out
 
     # -- building one session's update -------------------------------------------------------------
@@ -102,17 +121,17 @@ class PolicyFanout:
         if views is None:
             views = session.views = {}
         sent = session.sent
-        routers = self._routers() if view_peers or added else set()
+        dep = self._dependent(vid, self._routers(), self.policy.ipv4_off()) if added else set()
         changed = sorted(added)
         for pid in changed:
             sent.add(pid)
         for pid in removed:
             sent.discard(pid)
             views.pop(pid, None)
-        # viewer-specific pictures (routers only): of added routers, and of known routers that moved
+        # viewer-specific pictures: of added peers that can have one, and of known ones that moved
         changed_views: dict[int, Any] = {}
         for pid in changed:
-            if pid in routers:
+            if dep is None or pid in dep:
                 changed_views[pid] = tailnet.peer_view(vid, tailnet.nodes[pid])
         if view_peers:
             added_set = set(changed)
@@ -189,6 +208,7 @@ class PolicyFanout:
         tailnet = self.tailnet
         policy = self.policy
         routers = self._routers()
+        off = policy.ipv4_off()
         cache: dict = {}
         fkeys: dict[int, tuple[Any, str]] = {}
         for vid, sessions in list(self.sessions.items()):
@@ -209,7 +229,7 @@ class PolicyFanout:
                     and tailnet.announceable(tailnet.nodes[p])
                 ]
                 self._session_update(session, viewer, filt, fkeys, ssh, skey, added, removed,
-                                     routers & session.sent, now, cache)
+                                     self._view_peers(vid, session, routers, off), now, cache)
 
     # -- a policy change ---------------------------------------------------------------------------
     def _policy_swap(self, policy, text: str | None, version: int | None) -> None:
@@ -226,9 +246,11 @@ class PolicyFanout:
                 if k not in old_sets:
                     old_sets[k] = old.class_peers(k)
         old_routers = self._routers()
+        old_off = host.ipv4_off()
         host.set_policy(policy, text, version)
         new = host.compiled
         routers = self._routers() | old_routers
+        off = host.ipv4_off() | old_off
         tailnet = self.tailnet
         pair_cache: dict[tuple, tuple[tuple, frozenset]] = {}
         add_set: dict[tuple, frozenset] = {}
@@ -265,7 +287,7 @@ class PolicyFanout:
                 # `sent` (a shared one might be: announcing it again is a harmless upsert)
                 added = [p for p in add_c if p != vid] if vid in add_set.get(pair, ()) else list(add_c)
                 self._session_update(session, viewer, filt, fkeys, ssh, skey, added, removed,
-                                     routers & session.sent, now, cache)
+                                     self._view_peers(vid, session, routers, off), now, cache)
             # the node's own picture (CapMap from nodeAttrs, its routes) may have changed too
             self._push_self_if_changed(vid, viewer, now)
 

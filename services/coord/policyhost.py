@@ -251,7 +251,7 @@ class PolicyHost:
         if not self.known(node_id):
             return None, []
         st = self.compiled.net.nodes[node_id]
-        if not st.routes:
+        if not st.routes and node_id not in self.compiled.ipv4_off_nodes():
             return None, []
         return self.compiled.self_allowed_ips(node_id), self.compiled.primary_routes(node_id)
 
@@ -262,7 +262,8 @@ class PolicyHost:
         st = c.net.nodes.get(peer_id)
         if st is None or viewer_id not in c.net.nodes:
             return None
-        if not st.routes and "disable-ipv4" not in c.cap_map(peer_id):  # type: ignore[attr-defined]
+        off = c.ipv4_off_nodes()
+        if not st.routes and peer_id not in off and viewer_id not in off:
             return None
         allowed = tuple(sorted(c.allowed_ips(viewer_id, peer_id), key=_prefix_key))
         primary = tuple(sorted(c.peer_primary_routes(viewer_id, peer_id), key=_prefix_key))
@@ -270,6 +271,10 @@ class PolicyHost:
         if caps is not None:
             caps = tuple(sorted(caps))
         return allowed, primary, caps
+
+    def ipv4_off(self) -> frozenset[int]:
+        """Nodes whose picture of every peer is IPv6 only (and every peer's of them)."""
+        return self.compiled.ipv4_off_nodes()
 
     # -- tags and routes ---------------------------------------------------------------------------
     def tag_defined(self, tag: str) -> bool:

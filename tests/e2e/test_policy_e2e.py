@@ -1,8 +1,9 @@
 """Access control with unmodified Tailscale clients (tsnet v1.90.9 inside Caddy): a policy decides
 who gets `hello` from node "web", a new policy applies live, a subnet route approved by
 autoApprovers reaches a peer's netmap as a primary route, HA routers fail over, a `via` grant steers
-one user's route to its own routers, a shared node is reachable by another user until it is
-unshared, and invalid policies change nothing for connected clients.
+one user's route to its own routers, a `disable-ipv4` node works IPv6 only, a shared node is
+reachable by another user until it is unshared, and invalid policies change nothing for connected
+clients.
 
 Each test runs in its own private network namespace (conftest.py)."""
 
@@ -186,14 +187,7 @@ def netmap_peers(log: str) -> list[dict]:
     """Peers in the MapResponses a client logged with TS_DEBUG_MAP=1 (each dump is one JSON log
     line whose message is "MapResponse: " followed by the indented JSON)."""
     peers: list[dict] = []
-    for line in log.splitlines():
-        if "MapResponse: " not in line:
-            continue
-        try:
-            msg = json.loads(line).get("msg", "")
-            resp = json.loads(msg.split("MapResponse: ", 1)[1])
-        except (ValueError, IndexError, AttributeError):
-            continue
+    for resp in map_responses(log):
         peers.extend(resp.get("Peers") or [])
         peers.extend(resp.get("PeersChanged") or [])
     return peers
@@ -311,16 +305,21 @@ class SimRouter:
                         self._up.set()
 
 
-def latest_peers(log: str) -> dict[str, dict]:
-    """Each peer's latest full entry (Peers / PeersChanged) in a TS_DEBUG_MAP log, by name."""
-    out: dict[str, dict] = {}
+def map_responses(log: str):
+    """The MapResponses a client logged with TS_DEBUG_MAP=1, in order."""
     for line in log.splitlines():
         if "MapResponse: " not in line:
             continue
         try:
-            resp = json.loads(json.loads(line).get("msg", "").split("MapResponse: ", 1)[1])
+            yield json.loads(json.loads(line).get("msg", "").split("MapResponse: ", 1)[1])
         except (ValueError, IndexError, AttributeError):
             continue
+
+
+def latest_peers(log: str) -> dict[str, dict]:
+    """Each peer's latest full entry (Peers / PeersChanged) in a TS_DEBUG_MAP log, by name."""
+    out: dict[str, dict] = {}
+    for resp in map_responses(log):
         if resp.get("Peers"):
             out = {p["Name"].split(".")[0]: p for p in resp["Peers"]}
         for p in resp.get("PeersChanged") or []:
@@ -408,3 +407,36 @@ def test_via_grant_steers_one_user_to_its_routers_and_fails_over_among_them(serv
         for r in routers:
             if r.thread is not None and r.thread.is_alive():
                 r.stop()
+
+
+IPV4_OFF = """{
+  "tagOwners": {"tag:web": ["alice@"]},
+  // alice's devices are IPv6 only
+  "nodeAttrs": [{"target": ["alice@"], "attr": ["disable-ipv4"]}],
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+}"""
+
+
+def latest_self(log: str) -> dict:
+    """The client's own node as its latest TS_DEBUG_MAP dump with one showed it."""
+    out: dict = {}
+    for resp in map_responses(log):
+        out = resp.get("Node") or out
+    return out
+
+
+def test_disable_ipv4_node_is_ipv6_only_and_still_reaches_web(server, caddies):
+    server.create_user("alice")
+    set_policy(server, IPV4_OFF)
+    web = start_caddy(caddies, server, "web", web_caddyfile("web"), server.create_key("alice", "--tags", "tag:web"))
+    ca = start_caddy(caddies, server, "ca", client_caddyfile("ca", local_port=18080), server.create_key("alice"),
+                     TS_DEBUG_MAP="1")
+    try:
+        wait_for(lambda: node_online(server, "web") and node_online(server, "ca"), JOIN_TIMEOUT, "nodes online")
+        wait_hello(18080, JOIN_TIMEOUT, server, web, ca)  # over IPv6: the client has no IPv4 address
+        me = latest_self(ca.log())
+        assert me["Addresses"] and all(":" in a for a in me["Addresses"]), me["Addresses"]
+        seen = latest_peers(ca.log())["web"]
+        assert seen["Addresses"] and all(":" in a for a in seen["Addresses"] + seen["AllowedIPs"]), seen
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(server, web, ca)}") from None

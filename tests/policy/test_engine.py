@@ -140,3 +140,51 @@ def test_ha_secondary_is_told_the_primary_of_its_own_prefix() -> None:
     assert c.primary_routes(3) == ["10.1.0.0/16"]
     assert subnet_from(c, 4) == [3]  # no grant gives 4 the prefix, but it serves it too
     assert subnet_from(c, 7) == []  # not a router of the prefix: nothing
+
+
+# -- grant details the captures show -------------------------------------------------------------
+
+def cap_rules(c, node_id: int) -> list[dict]:
+    return [r for r in c.packet_filter(node_id) if "CapGrant" in r]
+
+
+def test_danger_all_source_is_written_as_a_star() -> None:
+    c = compiled({"tagOwners": {"tag:srv": []},
+                  "grants": [{"src": ["autogroup:danger-all"], "dst": ["tag:srv"], "ip": ["tcp:22"]}]})
+    (rule,) = c.packet_filter(4)
+    assert rule["SrcIPs"] == ["*"]
+
+
+def test_user_wildcard_by_domain() -> None:
+    users = USERS + [UserInfo(3, "carol", "carol@other.org")]
+    nodes = NODES + [node(6, 3)]
+    c = compile_policy(Policy.parse(json.dumps(
+        {"tagOwners": {"tag:srv": []},
+         "grants": [{"src": ["user:*@example.com"], "dst": ["tag:srv"], "ip": ["tcp:22"]}]})), users, nodes)
+    (rule,) = c.packet_filter(4)
+    assert set(rule["SrcIPs"]) == {f"100.64.0.{i}" for i in (1, 2, 3)} | {f"fd7a:115c:a1e0::{i}" for i in (1, 2, 3)}
+
+
+def test_app_grant_from_an_empty_group_still_sends_the_capgrant() -> None:
+    app = {"example.com/cap/x": [{}]}
+    c = compiled({"groups": {"group:none": []}, "grants": [{"src": ["group:none"], "dst": ["*"], "app": app}]})
+    assert cap_rules(c, 1) == [{"SrcIPs": [], "CapGrant": [{"Dsts": ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"],
+                                                             "CapMap": app}]}]
+    assert cap_rules(compiled({"grants": [{"src": [], "dst": ["*"], "app": app}]}), 1) == []
+
+
+def test_companion_capabilities_one_rule_each_and_self_destinations() -> None:
+    c = compiled({"grants": [{"src": ["autogroup:member"], "dst": ["autogroup:self"],
+                              "app": {"tailscale.com/cap/drive": [{}], "tailscale.com/cap/relay": [{}]}}]})
+    companions = [r for r in cap_rules(c, 1) if None in r["CapGrant"][0]["CapMap"].values()]
+    assert sorted(k for r in companions for k in r["CapGrant"][0]["CapMap"]) == [
+        "tailscale.com/cap/drive-sharer", "tailscale.com/cap/relay-target"]
+    for r in companions:  # from alice's own devices, her autogroup:self
+        assert set(r["SrcIPs"]) == {"100.64.0.1", "100.64.0.2", "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"}
+
+
+def test_via_grant_app_capabilities_are_not_sent() -> None:
+    c = via_compiled({"tagOwners": {"tag:hq": [], "tag:eu": []},
+                      "grants": [{"src": ["*"], "dst": ["10.1.0.0/16"], "via": ["tag:eu"], "ip": ["tcp:80"],
+                                  "app": {"example.com/cap/x": [{}]}}]})
+    assert cap_rules(c, 4) == [] and c.packet_filter(4)

@@ -90,7 +90,8 @@ def node_json(
         "Key": keys.NODE.format(node.node_key),
         "KeyExpiry": format_time(node.expiry),
         "Machine": keys.MACHINE.format(node.machine_key),
-        "Addresses": addresses(node),
+        # AllowedIPs, when given, leave out an address the policy turned off (disable-ipv4)
+        "Addresses": addresses(node) if allowed_ips is None else [a for a in addresses(node) if a in allowed_ips],
         "AllowedIPs": list(allowed_ips) if allowed_ips is not None else addresses(node),
         "Hostinfo": node.hostinfo or {},
         "Created": format_time(node.created_at),

@@ -254,6 +254,7 @@ class _Sel:
     nodes: set[int] = field(default_factory=set)
     prefixes: list[IPNetwork] = field(default_factory=list)
     wildcard: bool = False
+    danger_all: bool = False  # autogroup:danger-all: every address, written "*" in SrcIPs
     internet: bool = False
     self_: bool = False
 
@@ -343,6 +344,13 @@ class CompiledPolicy:
 
     # -- selectors ---------------------------------------------------------------------------
     def user_nodes(self, token: str) -> set[int]:
+        if token.startswith("*@"):  # user:*@domain: every user with an e-mail address there
+            domain = token[2:].lower()
+            out: set[int] = set()
+            for uid, user in self.net.users.items():
+                if user.email.lower().rpartition("@")[2] == domain and user.email:
+                    out |= self.net.by_user.get(uid, set())
+            return out
         uid = self.net.user_id_for(token)
         if uid is None:
             return set()
@@ -379,6 +387,7 @@ class CompiledPolicy:
                     sel.internet = True
                 elif v == "danger-all":
                     sel.wildcard = True
+                    sel.danger_all = True
                 elif v in ("admin", "owner", "it-admin", "network-admin", "billing-admin", "auditor"):
                     for uid, user in net.users.items():
                         if v in getattr(user, "roles", ()):
@@ -409,6 +418,8 @@ class CompiledPolicy:
     def _src_ips(self, sel: _Sel) -> list[str]:
         out: set[str] = set()
         net = self.net
+        if sel.danger_all:
+            return ["*"]
         if sel.wildcard:
             out.update(TAILNET_SRC)
             out.update(str(r) for r in net.subnet_routes())
@@ -620,10 +631,9 @@ class CompiledPolicy:
             cap_dst = False
             cap_self = False
             for alias, specs in rule.dsts:
-                if rule.via:
+                if rule.via:  # app capabilities of a via grant are not delivered (as in Tailscale)
                     ips = self._via_dst_entries(alias, st)
                     bucket = normal
-                    cap_dst = cap_dst or bool(ips)
                 elif alias.kind == "autogroup" and alias.value == "self":
                     if st.info.is_tagged:
                         continue
@@ -652,12 +662,19 @@ class CompiledPolicy:
                 if src_ips:
                     for protos, dports in selfish.items():
                         out.append(self._filter_rule(src_ips, dports, protos))
-            if rule.app and node_id in rc.src_nodes:
-                companions = {COMPANION_CAPS[k]: None for k in rule.app if k in COMPANION_CAPS}
-                if companions:
-                    out.extend(self._cap_rules(companions, rc.dst_ips, st))
+            if rule.app and not rule.via and node_id in rc.src_nodes:
+                # one rule per companion capability, from the grant's destinations (for
+                # autogroup:self, the source's own user's devices)
+                comp_src = rc.dst_ips
+                if rc.self_dst and not st.info.is_tagged:
+                    comp_src = sorted(set(comp_src) | set(self._user_ips(st.info.user_id)))
+                for cap in rule.app:
+                    if cap in COMPANION_CAPS and comp_src:
+                        out.extend(self._cap_rules({COMPANION_CAPS[cap]: None}, comp_src, st))
             if rule.app:
-                if cap_dst and rc.src_ips:
+                # a source that names nobody (an empty group) still gets the CapGrant sent, with
+                # empty SrcIPs; a grant with no sources at all sends nothing
+                if cap_dst and (rc.src_ips or rule.srcs):
                     out.extend(self._cap_rules(rule.app, rc.src_ips, st))
                 if cap_self:
                     src_ips = self._self_src_ips(rc, st)
@@ -671,6 +688,11 @@ class CompiledPolicy:
         dsts = list(st.cidrs)
         rules = [{"SrcIPs": list(src_ips), "CapGrant": [{"Dsts": dsts, "CapMap": {k: v for k, v in app.items()}}]}]
         return rules
+
+    def _user_ips(self, uid: int | None) -> list[str]:
+        if uid is None:
+            return []
+        return [ip for nid in self.net.by_user.get(uid, ()) for ip in self.net.nodes[nid].ips]
 
     def _self_src_ips(self, rc: _RuleCache, st: _NodeState) -> list[str]:
         uid = st.info.user_id
@@ -825,13 +847,31 @@ class CompiledPolicy:
         routes and exit routes the viewer may use."""
         st = self.net.nodes[peer_id]
         addrs = st.addrs
-        if "disable-ipv4" in self.cap_map(peer_id):
+        off = self.ipv4_off_nodes()
+        if peer_id in off or viewer_id in off:
             addrs = tuple(a for a in addrs if a.version == 6)
         return [str(a) for a in addrs] + [str(r) for r in self.reachable_routes(viewer_id, peer_id)]
 
     def self_allowed_ips(self, node_id: int) -> list[str]:
         st = self.net.nodes[node_id]
-        return list(st.cidrs) + [str(r) for r in st.routes]
+        cidrs = st.cidrs
+        if node_id in self.ipv4_off_nodes():
+            cidrs = tuple(c for c in cidrs if ":" in c)
+        return list(cidrs) + [str(r) for r in st.routes]
+
+    def ipv4_off_nodes(self) -> frozenset[int]:
+        """Nodes with the `disable-ipv4` attribute. Tailscale then drops IPv4 on both sides: the
+        node loses its own IPv4 address, and its view of every peer (and every peer's view of it)
+        is IPv6 only; subnet routes stay."""
+        key = ("ipv4off", 0)
+        cached = self._node_cache.get(key)
+        if cached is not None:
+            return cached
+        out: frozenset[int] = frozenset()
+        if any("disable-ipv4" in attr.attrs for attr in self.p.node_attrs):  # type: ignore[union-attr]
+            out = frozenset(nid for nid in self.net.nodes if "disable-ipv4" in self.cap_map(nid))  # type: ignore[attr-defined]
+        self._node_cache[key] = out
+        return out
 
     def auto_approved_routes(self, info: NodeInfo) -> list[str]:
         """The node's advertised routes that autoApprovers approve (subnet routes under
