@@ -188,3 +188,12 @@ def test_via_grant_app_capabilities_are_not_sent() -> None:
                       "grants": [{"src": ["*"], "dst": ["10.1.0.0/16"], "via": ["tag:eu"], "ip": ["tcp:80"],
                                   "app": {"example.com/cap/x": [{}]}}]})
     assert cap_rules(c, 4) == [] and c.packet_filter(4)
+
+
+def test_autogroup_self_is_not_a_node_attribute_target() -> None:
+    import pytest
+
+    from trioscale.services.coord.domain.policy import PolicyError
+
+    with pytest.raises(PolicyError, match="autogroup:self cannot be a target"):
+        Policy.parse(json.dumps({"nodeAttrs": [{"target": ["autogroup:self"], "attr": ["randomize-client-port"]}]}))

@@ -345,6 +345,11 @@ class _Parser:
         if not isinstance(attr, dict):
             raise _err("nodeAttrs: each entry must be an object")
         targets = tuple(self.alias(t, "target") for t in self._list(attr.get("target"), "target"))
+        for t in targets:
+            # Tailscale refuses it (with an internal error): an attribute belongs to a node, and
+            # autogroup:self names no nodes, only a relation between two of them
+            if t.kind == "autogroup" and t.value == "self":
+                raise _err("nodeAttrs: autogroup:self cannot be a target")
         attrs = tuple(self._list(attr.get("attr"), "attr"))
         pool = tuple(self._list(attr.get("ipPool"), "ipPool"))
         for p in pool:
