@@ -41,9 +41,30 @@ def node_order(case: dict[str, Any]) -> list[str]:
     return [n for n in names if n in primaries] + [n for n in names if n not in primaries]
 
 
+#: self capabilities Tailscale's SaaS gives a user's devices by the user's tailnet role
+ROLE_CAPS = {"https://tailscale.com/cap/is-owner": "owner", "https://tailscale.com/cap/is-admin": "admin"}
+
+
+def user_roles(case: dict[str, Any]) -> dict[str, set[str]]:
+    """Tailnet roles by user name. The corpus does not list them, but each user's (untagged)
+    devices carry is-owner / is-admin in their own CapMap, which is where the roles show."""
+    out: dict[str, set[str]] = {}
+    nodes = case["topology"]["nodes"]
+    for name, exp in (case.get("expect") or {}).items():
+        n = nodes.get(name) or {}
+        if n.get("tags") or not n.get("user"):
+            continue
+        for cap, role in ROLE_CAPS.items():
+            if cap in (exp.get("self_cap_map") or {}):
+                out.setdefault(n["user"], set()).add(role)
+    return out
+
+
 def build_tailnet(case: dict[str, Any]) -> tuple[list[UserInfo], list[NodeInfo], dict[int, str]]:
     topo = case["topology"]
-    users = [UserInfo(id=u["id"], name=u["name"], email=u.get("email", "")) for u in topo["users"]]
+    roles = user_roles(case)
+    users = [UserInfo(id=u["id"], name=u["name"], email=u.get("email", ""),
+                      roles=tuple(sorted(roles.get(u["name"], ())))) for u in topo["users"]]
     by_name = {u.name: u.id for u in users}
     nodes = []
     names: dict[int, str] = {}

@@ -197,3 +197,11 @@ def test_autogroup_self_is_not_a_node_attribute_target() -> None:
 
     with pytest.raises(PolicyError, match="autogroup:self cannot be a target"):
         Policy.parse(json.dumps({"nodeAttrs": [{"target": ["autogroup:self"], "attr": ["randomize-client-port"]}]}))
+
+
+def test_role_autogroups_follow_user_roles() -> None:
+    users = [UserInfo(1, "alice", "alice@example.com", roles=("admin", "owner")), UserInfo(2, "bob", "bob@example.com")]
+    c = compile_policy(Policy.parse(json.dumps(
+        {"nodeAttrs": [{"target": ["autogroup:admin"], "attr": ["randomize-client-port"]}]})), users, NODES)
+    assert "randomize-client-port" in c.cap_map(1) and "randomize-client-port" not in c.cap_map(3)
+    assert "randomize-client-port" not in c.cap_map(4)  # tagged: owned by its tags, not by alice

@@ -25,6 +25,8 @@ class UserInfo:
     id: int
     name: str
     email: str = ""
+    #: tailnet roles ("owner", "admin", "it-admin", ...) for autogroup:<role>; our users have none yet
+    roles: tuple[str, ...] = ()
 
     def login_names(self) -> tuple[str, ...]:
         """The spellings a policy may use for this user."""
