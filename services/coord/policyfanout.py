@@ -89,7 +89,7 @@ class PolicyFanout:
         dep = self._dependent(vid, routers, off)
         if dep is None:
             return set(sent)
-        out = dep & sent
+        out = {p for p in dep if p in sent}
         views = getattr(session, "views", None)
         if views:
             out |= {p for p in views if p in sent}
@@ -123,16 +123,18 @@ class PolicyFanout:
         sent = session.sent
         dep = self._dependent(vid, self._routers(), self.policy.ipv4_off()) if added else set()
         changed = sorted(added)
-        for pid in changed:
-            sent.add(pid)
+        sent.add_all(changed)
         for pid in removed:
             sent.discard(pid)
             views.pop(pid, None)
         # viewer-specific pictures: of added peers that can have one, and of known ones that moved
         changed_views: dict[int, Any] = {}
-        for pid in changed:
-            if dep is None or pid in dep:
-                changed_views[pid] = tailnet.peer_view(vid, tailnet.nodes[pid])
+        if dep is None:
+            with_view = changed
+        else:
+            with_view = [p for p in changed if p in dep] if dep else []
+        for pid in with_view:
+            changed_views[pid] = tailnet.peer_view(vid, tailnet.nodes[pid])
         if view_peers:
             added_set = set(changed)
             extra = []

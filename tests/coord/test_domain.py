@@ -210,3 +210,13 @@ def test_peerset_behaves_like_a_set(ops):
     assert set(ps) == ref and len(ps) == len(ref)
     assert set(ps - {1, 2}) == ref - {1, 2}
     assert -1 not in ps and "x" not in ps
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5000), max_size=50),
+       st.lists(st.integers(min_value=0, max_value=20000), max_size=300))
+def test_peerset_add_all_is_many_adds(first, more):
+    from trioscale.services.coord.domain.peerset import PeerSet
+
+    ps = PeerSet(first)
+    ps.add_all(more)
+    assert set(ps) == set(first) | set(more) and len(ps) == len(set(first) | set(more))

@@ -40,6 +40,27 @@ class PeerSet(MutableSet[int]):
             self._bits[byte] |= mask
             self._len += 1
 
+    def add_all(self, ids: Iterable[int]) -> None:
+        """`add` for many ids at once (a policy change can announce thousands to one session)."""
+        ids = list(ids)
+        if not ids:
+            return
+        if min(ids) < 0:
+            raise ValueError("node ids are not negative")
+        bits = self._bits
+        need = (max(ids) >> 3) + 1
+        if need > len(bits):
+            bits.extend(bytes(need - len(bits) + len(bits) // 4))
+        new = 0
+        for node_id in ids:
+            byte = node_id >> 3
+            mask = 1 << (node_id & 7)
+            old = bits[byte]
+            if not old & mask:
+                bits[byte] = old | mask
+                new += 1
+        self._len += new
+
     def discard(self, node_id: int) -> None:
         if node_id in self:
             self._bits[node_id >> 3] &= ~(1 << (node_id & 7)) & 0xFF
