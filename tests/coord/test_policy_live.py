@@ -578,3 +578,27 @@ def test_sessions_stay_consistent_through_policy_changes():
         for text in (a, b):
             coord.install_policy(Policy.parse(text) if text else None, text)
             _assert_consistent(coord, f"policy {text!r}")
+
+
+def test_filter_json_is_the_plain_encoding_with_shared_sources_encoded_once():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from trioscale.services.coord.policyfanout import _dumps, _filter_json
+
+    ips = st.lists(st.sampled_from(["100.64.0.1", "fd7a:115c:a1e0::1", "*", "10.0.0.0/8", "é"]), max_size=5)
+    rule = st.fixed_dictionaries(
+        {"SrcIPs": ips},
+        optional={"DstPorts": st.lists(st.fixed_dictionaries({"IP": st.text(max_size=5),
+                                                             "Ports": st.fixed_dictionaries({"First": st.integers(0, 65535), "Last": st.integers(0, 65535)})}), max_size=3),
+                  "IPProto": st.lists(st.integers(0, 255), max_size=3),
+                  "CapGrant": st.lists(st.fixed_dictionaries({"Dsts": ips, "CapMap": st.dictionaries(st.text(max_size=8), st.none())}), max_size=2)})
+
+    @given(st.lists(rule, max_size=4))
+    def same_text(filt):
+        keys: dict = {}
+        assert _filter_json(keys, filt) == _dumps(filt)
+        shared = filt + filt  # the same SrcIPs lists twice: encoded from the cache the second time
+        assert _filter_json(keys, shared) == _dumps(shared)
+
+    same_text()

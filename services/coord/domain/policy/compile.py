@@ -686,7 +686,7 @@ class CompiledPolicy:
 
     def _cap_rules(self, app: dict[str, list[Any]], src_ips: list[str], st: _NodeState) -> list[dict[str, Any]]:
         dsts = list(st.cidrs)
-        rules = [{"SrcIPs": list(src_ips), "CapGrant": [{"Dsts": dsts, "CapMap": {k: v for k, v in app.items()}}]}]
+        rules = [{"SrcIPs": src_ips, "CapGrant": [{"Dsts": dsts, "CapMap": {k: v for k, v in app.items()}}]}]
         return rules
 
     def _user_ips(self, uid: int | None) -> list[str]:
@@ -710,7 +710,9 @@ class CompiledPolicy:
 
     @staticmethod
     def _filter_rule(src_ips: list[str], dports: list[dict[str, Any]], protos: tuple[int, ...]) -> dict[str, Any]:
-        r: dict[str, Any] = {"SrcIPs": list(src_ips), "DstPorts": dports}
+        # SrcIPs is the rule's own list, shared by every node's filter (read-only): the fan-out
+        # encodes a shared list once, however many filters carry it
+        r: dict[str, Any] = {"SrcIPs": src_ips, "DstPorts": dports}
         if protos:
             r["IPProto"] = list(protos)
         return r
