@@ -25,6 +25,7 @@ from trioscale.shared.model import Node, Share, User
 
 from .domain import tailcfg
 from .domain.policy import CompiledPolicy, Policy, PolicyError, compile_policy, node_info, user_info
+from .domain.policy.ssh import check_tailnet_domains
 from .domain.policy.tests import FAILED, _Fail, _run_ssh_test, _run_test
 from .domain.routes import EXIT_ROUTES, elect_primaries
 
@@ -54,6 +55,7 @@ def run_tests(compiled: CompiledPolicy) -> None:
     p = compiled.p
     if p is None:
         return
+    check_tailnet_domains(compiled)
     for section, tests, runner in (("tests", p.tests, _run_test), ("sshTests", p.ssh_tests, _run_ssh_test)):
         for i, test in enumerate(tests):
             try:

@@ -45,7 +45,7 @@ FLOORS = {
     "policytest": 46,
     "sshtest": 30,
     "grant": 207,
-    "ssh": 66,
+    "ssh": 84,
     "nodeattrs": 45,
 }
 

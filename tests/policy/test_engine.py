@@ -205,3 +205,61 @@ def test_role_autogroups_follow_user_roles() -> None:
         {"nodeAttrs": [{"target": ["autogroup:admin"], "attr": ["randomize-client-port"]}]})), users, NODES)
     assert "randomize-client-port" in c.cap_map(1) and "randomize-client-port" not in c.cap_map(3)
     assert "randomize-client-port" not in c.cap_map(4)  # tagged: owned by its tags, not by alice
+
+
+def _ssh_compiled(ssh: list[dict], users: list[UserInfo] | None = None, nodes: list[NodeInfo] | None = None):
+    policy = {"tagOwners": {"tag:srv": [], "tag:router": []}, "ssh": ssh}
+    return compile_policy(Policy.parse(json.dumps(policy)), users or USERS, nodes or NODES)
+
+
+def _ssh_view(c, node_id: int) -> list[tuple[list[str], dict, bool]]:
+    return [([p["nodeIP"] for p in r["principals"]], r["sshUsers"], "holdAndDelegate" in r["action"])
+            for r in c.ssh_policy(node_id)["rules"]]
+
+
+def test_ssh_localpart_splits_per_user_and_reaches_the_sources_themselves() -> None:
+    users = [UserInfo(1, "alice", "alice@example.com"), UserInfo(2, "bob", "bob@example.org")]
+    c = _ssh_compiled([{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:srv"],
+                        "users": ["localpart:*@example.com"]}], users)
+    alice = ["100.64.0.1", "fd7a:115c:a1e0::1", "100.64.0.2", "fd7a:115c:a1e0::2"]
+    bob = ["100.64.0.3", "fd7a:115c:a1e0::3"]
+    assert _ssh_view(c, 4) == [(alice, {"root": ""}, False), (alice, {"alice": "alice"}, False),
+                               (bob, {"root": ""}, False)]
+    assert _ssh_view(c, 1) == [(alice, {"root": ""}, False), (alice, {"alice": "alice"}, False)]
+    assert _ssh_view(c, 3) == [(bob, {"root": ""}, False)]
+    assert _ssh_view(c, 5) == []  # neither a destination nor a source
+
+
+def test_ssh_check_rules_come_first_and_autogroup_tagged_repeats_per_tag() -> None:
+    nodes = NODES[:4] + [node(5, tags=("tag:srv", "tag:router"))]
+    c = _ssh_compiled([{"action": "accept", "src": ["autogroup:tagged"], "dst": ["tag:srv"], "users": ["root"]},
+                       {"action": "check", "src": ["bob@example.com"], "dst": ["tag:srv"], "users": [" root"]}],
+                      nodes=nodes)
+    tagged = ["100.64.0.4", "fd7a:115c:a1e0::4"] + ["100.64.0.5", "fd7a:115c:a1e0::5"] * 2
+    assert _ssh_view(c, 4) == [(["100.64.0.3", "fd7a:115c:a1e0::3"], {"root": "root"}, True),
+                               (tagged, {"root": "root"}, False)]
+
+
+def test_ssh_malformed_localpart_is_a_literal_login() -> None:
+    from trioscale.services.coord.domain.policy.ssh import localpart_domain
+
+    assert localpart_domain("localpart:*@example.com") == "example.com"
+    for literal in ("localpart:*@", "localpart:*", "localpart:x@example.com", "root"):
+        assert localpart_domain(literal) is None
+    c = _ssh_compiled([{"action": "accept", "src": ["bob@example.com"], "dst": ["tag:srv"], "users": ["localpart:*@"]}])
+    assert _ssh_view(c, 4) == [(["100.64.0.3", "fd7a:115c:a1e0::3"], {"localpart:*@": "localpart:*@", "root": ""}, False)]
+
+
+def test_ssh_domains_must_be_the_owners() -> None:
+    import pytest
+
+    from trioscale.services.coord.domain.policy import PolicyError
+    from trioscale.services.coord.domain.policy.ssh import check_tailnet_domains
+
+    owned = [UserInfo(1, "alice", "alice@example.com", roles=("owner",)), UserInfo(2, "bob", "bob@example.org")]
+    ok = {"action": "accept", "src": ["user:*@example.com"], "dst": ["tag:srv"], "users": ["localpart:*@example.com"]}
+    check_tailnet_domains(_ssh_compiled([ok], owned))
+    for bad in ({**ok, "src": ["user:*@example.org"]}, {**ok, "users": ["localpart:*@EXAMPLE.COM"]}):
+        with pytest.raises(PolicyError, match="is not associated with this Tailnet"):
+            check_tailnet_domains(_ssh_compiled([bad], owned))
+        check_tailnet_domains(_ssh_compiled([bad]))  # no owner, no tailnet domain: nothing to refuse

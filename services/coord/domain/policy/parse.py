@@ -324,6 +324,8 @@ class _Parser:
         users = self._list(rule.get("users"), "users")
         if not users:
             raise _err("users must be specified")
+        # Tailscale trims each login (" root" is root), so a blank one is an empty one
+        users = [u.strip() if isinstance(u, str) else u for u in users]
         for u in users:
             if not isinstance(u, str) or u in ("", "*"):
                 raise _err(f'user "{u}" is not valid')

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import PolicyError
 from .model import Alias
 from .parse import PROTOCOLS
+from .ssh import check_tailnet_domains
 
 if TYPE_CHECKING:  # pragma: no cover
     from .compile import CompiledPolicy
@@ -363,10 +364,12 @@ def _run_ssh_test(c: "CompiledPolicy", test: Any) -> None:
 
 
 def run_policy_tests(compiled: "CompiledPolicy") -> None:
-    """Raise PolicyError when one of the policy's tests or sshTests fails."""
+    """Raise PolicyError when the policy does not fit the tailnet (an SSH domain that is not the
+    tailnet's) or one of its tests or sshTests fails."""
     p = compiled.p
     if p is None:
         return
+    check_tailnet_domains(compiled)
     for test in p.tests:
         try:
             _run_test(compiled, test)
