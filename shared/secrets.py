@@ -24,6 +24,7 @@ __all__ = [
     "generate_api_key",
     "hash_secret",
     "split_key",
+    "prefix_of",
     "verify",
     "mask",
     "KEY_PATTERN",
@@ -106,6 +107,19 @@ def split_key(text: str) -> tuple[str, str, str]:
     if not _SECRET_RE.match(secret):
         raise KeyFormatError("malformed key secret")
     return kind, prefix, secret
+
+
+def prefix_of(text: str, kind: str) -> str:
+    """The prefix named by `text`: a prefix as it is, or a whole key of `kind` (its secret is
+    dropped, so it goes no further: not into a URL, a log line or an error). KeyFormatError for a
+    malformed key or one of another kind."""
+    text = text.strip()
+    if not text.startswith("tskey-"):
+        return text
+    found, prefix, _ = split_key(text)
+    if found != kind:
+        raise KeyFormatError(f"expected a tskey-{kind}-… key, not a tskey-{found}-… one")
+    return prefix
 
 
 def verify(secret: str | bytes, key_hash: bytes) -> bool:

@@ -276,11 +276,22 @@ def _path(segment: str) -> str:
     return quote(segment, safe="")
 
 
+def _emit_record(record: dict[str, Any], output: str | None, message: str) -> None:
+    if _fmt(output) == "json":
+        emit_json(record)
+    else:
+        click.echo(message)
+
+
+def _emit_key(key: dict[str, Any], output: str | None, done: str) -> None:
+    _emit_record(key, output, f"{done}: id {key['id']} prefix {key['prefix']}")
+
+
 # ---------------------------------------------------------------------------------------------
 # pre-auth keys
 
 
-@cli.group(cls=AliasGroup, aliases={"ls": "list"})
+@cli.group(cls=AliasGroup, aliases={"ls": "list", "rm": "delete", "del": "delete"})
 def preauthkeys() -> None:
     """Manage pre-auth keys (`tskey-auth-…`)."""
 
@@ -330,17 +341,23 @@ def preauthkeys_expire(key_id: int | None, prefix: str | None, output: str | Non
         raise CLIError("give the key's --id (or --prefix)")
     body = {"id": key_id} if key_id is not None else {"prefix": prefix}
     key = call("POST", "/api/v1/preauthkey/expire", body)["pre_auth_key"]
-    if _fmt(output) == "json":
-        emit_json(key)
-    else:
-        click.echo(f"Pre-auth key expired: id {key['id']} prefix {key['prefix']}")
+    _emit_key(key, output, "Pre-auth key expired")
+
+
+@preauthkeys.command("delete")
+@click.option("-i", "--id", "key_id", type=int, required=True, help="the key's id")
+@output_option
+def preauthkeys_delete(key_id: int, output: str | None) -> None:
+    """Delete a pre-auth key; nodes registered with it keep working."""
+    key = call("DELETE", "/api/v1/preauthkey", query={"id": key_id})["pre_auth_key"]
+    _emit_key(key, output, "Pre-auth key deleted")
 
 
 # ---------------------------------------------------------------------------------------------
 # API keys
 
 
-@cli.group(cls=AliasGroup, aliases={"ls": "list"})
+@cli.group(cls=AliasGroup, aliases={"ls": "list", "rm": "delete", "del": "delete"})
 def apikeys() -> None:
     """Manage API keys (`tskey-api-…`) for the TCP admin API."""
 
@@ -370,20 +387,48 @@ def apikeys_list(output: str | None) -> None:
                      _when(k["last_seen"])] for k in items])
 
 
-@apikeys.command("expire")
-@click.option("-p", "--prefix", default=None)
-@click.option("-i", "--id", "key_id", type=int, default=None)
-@output_option
-def apikeys_expire(prefix: str | None, key_id: int | None, output: str | None) -> None:
-    """Expire an API key now (by --prefix or --id)."""
+def api_key_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = output_option(f)
+    f = click.option("-i", "--id", "key_id", type=int, default=None, help="the key's id")(f)
+    return click.option("-p", "--prefix", default=None, help="the key's prefix")(f)
+
+
+def _api_key_prefix(prefix: str | None, key_id: int | None) -> str | None:
+    """The --prefix to send (None: send --id). A whole key is cut to its prefix here, so the
+    secret never leaves this process (a DELETE carries the prefix in its URL)."""
+    from trioscale.shared import secrets
+
+    prefix = (prefix or "").strip() or None
     if (key_id is None) == (prefix is None):
         raise CLIError("give exactly one of --prefix or --id")
-    body = {"id": key_id} if key_id is not None else {"prefix": prefix}
+    if prefix is None:
+        return None
+    try:
+        return secrets.prefix_of(prefix, secrets.KIND_API)
+    except secrets.KeyFormatError as exc:
+        raise CLIError(f"invalid --prefix: {exc}") from None
+
+
+@apikeys.command("expire")
+@api_key_options
+def apikeys_expire(prefix: str | None, key_id: int | None, output: str | None) -> None:
+    """Expire an API key now (by --prefix or --id)."""
+    prefix = _api_key_prefix(prefix, key_id)
+    body = {"id": key_id} if prefix is None else {"prefix": prefix}
     key = call("POST", "/api/v1/apikey/expire", body)["api_key"]
-    if _fmt(output) == "json":
-        emit_json(key)
+    _emit_key(key, output, "API key expired")
+
+
+@apikeys.command("delete")
+@api_key_options
+def apikeys_delete(prefix: str | None, key_id: int | None, output: str | None) -> None:
+    """Delete an API key (by --prefix or --id); it stops working at once."""
+    prefix = _api_key_prefix(prefix, key_id)
+    if prefix is None:
+        key = call("DELETE", "/api/v1/apikey", query={"id": key_id})["api_key"]
     else:
-        click.echo(f"API key expired: id {key['id']} prefix {key['prefix']}")
+        key = call("DELETE", f"/api/v1/apikey/{_path(prefix)}")["api_key"]
+    _emit_key(key, output, "API key deleted")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,13 +446,6 @@ NODE_HEADERS = ("ID", "Name", "Hostname", "User", "IP addresses", "Tags", "Ephem
 def _node_row(n: dict[str, Any]) -> list[Any]:
     return [n["id"], n["given_name"], n["name"], n["user"]["name"], n["ip_addresses"], n["tags"],
             n["ephemeral"], n["expired"], _when(n.get("last_seen"))]
-
-
-def _emit_node(node: dict[str, Any], output: str | None, message: str) -> None:
-    if _fmt(output) == "json":
-        emit_json(node)
-    else:
-        click.echo(message)
 
 
 @nodes.command("list")
@@ -441,7 +479,7 @@ def nodes_delete(identifier: int, force: bool, output: str | None) -> None:
 def nodes_expire(identifier: int, output: str | None) -> None:
     """Expire a node's key now (the node must log in again)."""
     node = call("POST", f"/api/v1/node/{identifier}/expire")["node"]
-    _emit_node(node, output, f"Node expired: {node['given_name']} (id {node['id']})")
+    _emit_record(node, output, f"Node expired: {node['given_name']} (id {node['id']})")
 
 
 @nodes.command("rename")
@@ -451,7 +489,7 @@ def nodes_expire(identifier: int, output: str | None) -> None:
 def nodes_rename(new_name: str, identifier: int, output: str | None) -> None:
     """Give node --identifier the DNS name NEW_NAME."""
     node = call("POST", f"/api/v1/node/{identifier}/rename/{_path(new_name)}")["node"]
-    _emit_node(node, output, f"Node renamed: {node['given_name']} (id {node['id']})")
+    _emit_record(node, output, f"Node renamed: {node['given_name']} (id {node['id']})")
 
 
 @nodes.command("register")

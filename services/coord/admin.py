@@ -199,14 +199,30 @@ def _str(data: dict[str, Any], name: str, default: str = "") -> str:
     return value
 
 
+#: ids are 64-bit signed integers in both databases; a larger number would reach the driver and fail there
+_MAX_ID = 2**63 - 1
+_ID_TEXT = re.compile(r"^[0-9]{1,19}$")
+
+
 def _int_id(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise BadRequest(f"invalid {what} id {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise BadRequest(f"invalid {what} id {value!r} (expected a number)")
+    if isinstance(value, str) and _ID_TEXT.match(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ID:
+        raise BadRequest(f"invalid {what} id {value!r} (expected a number)")
+    return value
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value != ""
+
+
+def _key_prefix(text: Any, kind: str, what: str) -> str:
+    if not isinstance(text, str):
+        raise BadRequest(f"the {what}'s prefix must be a string")
+    try:
+        return keys.prefix_of(text, kind)
+    except keys.KeyFormatError as exc:
+        raise BadRequest(f"invalid {what}: {exc}") from None
 
 
 def parse_expiration(value: Any, default: timedelta, now: datetime) -> datetime:
@@ -344,6 +360,30 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
     async def users_by_id() -> dict[int, User]:
         return {u.id: u for u in await store.list_users()}
 
+    async def find_key(what: str, kind: str, by_id, by_prefix, key_id: Any, prefix: Any) -> Any:
+        """A pre-auth or API key named by exactly one of its id or its prefix (or whole key)."""
+        if _given(key_id) and _given(prefix):
+            raise BadRequest(f"give the {what}'s id or its prefix, not both")
+        if _given(key_id):
+            key_id = _int_id(key_id, what)
+            found, named = await by_id(key_id), f"id {key_id}"
+        elif _given(prefix):
+            prefix = _key_prefix(prefix, kind, what)
+            found, named = await by_prefix(prefix), f"prefix {prefix}"
+        else:
+            raise BadRequest(f"give the {what}'s id or prefix")
+        if found is None:
+            raise NotFound(f"{what} {named} not found")
+        return found
+
+    async def find_preauth_key(key_id: Any, prefix: Any = None) -> PreAuthKey:
+        return await find_key("pre-auth key", keys.KIND_AUTH, store.get_preauth_key,
+                              store.get_preauth_key_by_prefix, key_id, prefix)
+
+    async def find_api_key(key_id: Any, prefix: Any = None) -> ApiKey:
+        return await find_key("API key", keys.KIND_API, store.get_api_key, store.get_api_key_by_prefix,
+                              key_id, prefix)
+
     async def find_node(ref: str) -> Node:
         node = await store.get_node(_int_id(ref, "node"))
         if node is None:
@@ -446,22 +486,22 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
     @app.post("/api/v1/preauthkey/expire")
     async def expire_preauth_key() -> Any:
         data = await _body()
-        if data.get("id") is not None:
-            pk = await store.get_preauth_key(_int_id(data["id"], "pre-auth key"))
-            what = f"id {data['id']}"
-        elif data.get("prefix") or data.get("key"):
-            text = str(data.get("prefix") or data.get("key"))
-            prefix = keys.split_key(text)[1] if text.startswith("tskey-") else text
-            pk = await store.get_preauth_key_by_prefix(prefix)
-            what = f"prefix {prefix}"
-        else:
-            raise BadRequest("give the pre-auth key's id")
-        if pk is None:
-            raise NotFound(f"pre-auth key {what} not found")
+        pk = await find_preauth_key(data.get("id"), data.get("prefix") or data.get("key"))
         now = utcnow()
         pk = await store.expire_preauth_key(pk.id, now)
         log.info("pre-auth key expired: id %d", pk.id)
         return {"pre_auth_key": preauth_json(pk, await users_by_id(), now)}
+
+    # Headscale (0.28+) names the key by id only, in the query: a DELETE has no body
+    @app.delete("/api/v1/preauthkey")
+    async def delete_preauth_key() -> Any:
+        if not _given(request.args.get("id")):
+            raise BadRequest("give the pre-auth key's id (?id=N)")
+        pk = await find_preauth_key(request.args.get("id"))
+        users = await users_by_id()
+        await store.delete_preauth_key(pk.id)
+        log.info("pre-auth key deleted: id %d prefix %s", pk.id, pk.prefix)
+        return {"pre_auth_key": preauth_json(pk, users, utcnow())}
 
     # -- API keys ------------------------------------------------------------------------------
     @app.get("/api/v1/apikey")
@@ -484,24 +524,22 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
     @app.post("/api/v1/apikey/expire")
     async def expire_api_key() -> Any:
         data = await _body()
-        if data.get("id") is not None:
-            key_id = _int_id(data["id"], "API key")
-            found = [k for k in await store.list_api_keys() if k.id == key_id]
-            ak = found[0] if found else None
-            what = f"id {key_id}"
-        elif data.get("prefix"):
-            text = _str(data, "prefix")
-            prefix = keys.split_key(text)[1] if text.startswith("tskey-") else text
-            ak = await store.get_api_key_by_prefix(prefix)
-            what = f"prefix {prefix}"
-        else:
-            raise BadRequest("give the API key's prefix or id")
-        if ak is None:
-            raise NotFound(f"API key {what} not found")
+        ak = await find_api_key(data.get("id"), data.get("prefix"))
         now = utcnow()
         ak = await store.expire_api_key(ak.id, now)
         log.info("API key expired: id %d prefix %s", ak.id, ak.prefix)
         return {"api_key": apikey_json(ak, now)}
+
+    # Headscale's route takes the prefix in the path; `?id=N` (without a path prefix) is the id
+    # form our expire route has too. `path:` so that a mistyped prefix with a '/' (sent as %2F)
+    # is a key not found, not an unknown endpoint.
+    @app.delete("/api/v1/apikey", defaults={"prefix": None})
+    @app.delete("/api/v1/apikey/<path:prefix>")
+    async def delete_api_key(prefix: str | None) -> Any:
+        ak = await find_api_key(request.args.get("id"), prefix)
+        await store.delete_api_key(ak.id)
+        log.info("API key deleted: id %d prefix %s", ak.id, ak.prefix)
+        return {"api_key": apikey_json(ak, utcnow())}
 
     # -- nodes ---------------------------------------------------------------------------------
     @app.get("/api/v1/node")

@@ -146,13 +146,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_preauth_key(self, key_id: int) -> None:
-        """NotFound if absent."""
+        """NotFound if absent. Nodes registered with the key are left exactly as they are: they
+        keep working, and their `auth_key_id` still says which key registered them (ids are
+        never handed out again, so it cannot come to name another key). Only a new registration
+        with the key is refused from then on."""
 
     # -- API keys ------------------------------------------------------------------------------
     @abc.abstractmethod
     async def create_api_key(
         self, prefix: str, key_hash: bytes, expiration: datetime | None = None
     ) -> ApiKey: ...
+
+    @abc.abstractmethod
+    async def get_api_key(self, key_id: int) -> ApiKey | None: ...
 
     @abc.abstractmethod
     async def get_api_key_by_prefix(self, prefix: str) -> ApiKey | None: ...
@@ -165,7 +171,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_api_key(self, key_id: int) -> None:
-        """NotFound if absent."""
+        """NotFound if absent. Like an expired key, a deleted one authenticates nothing from the
+        commit on (the admin API looks every request's key up afresh)."""
 
     @abc.abstractmethod
     async def touch_api_key(self, key_id: int, now: datetime) -> None:

@@ -625,6 +625,11 @@ def op_create_api_key(prefix: str, key_hash: bytes, expiration: datetime | None,
     return key
 
 
+def op_get_api_key(key_id: int):
+    r = yield One("SELECT * FROM api_keys WHERE id = ?", int(key_id))
+    return None if r is None else api_key_from_row(r)
+
+
 def op_get_api_key_by_prefix(prefix: str):
     r = yield One("SELECT * FROM api_keys WHERE prefix = ?", prefix)
     return None if r is None else api_key_from_row(r)
@@ -1063,6 +1068,9 @@ class OpsStore(Store):
     # API keys
     async def create_api_key(self, prefix: str, key_hash: bytes, expiration: datetime | None = None) -> ApiKey:
         return await self._write(op_create_api_key, prefix, key_hash, expiration, utcnow())
+
+    async def get_api_key(self, key_id: int) -> ApiKey | None:
+        return await self._read(op_get_api_key, key_id)
 
     async def get_api_key_by_prefix(self, prefix: str) -> ApiKey | None:
         return await self._read(op_get_api_key_by_prefix, prefix)

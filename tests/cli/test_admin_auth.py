@@ -98,6 +98,42 @@ def test_every_route_refuses_bad_credentials(server: TrioscaleServer) -> None:
     assert good.split("-", 3)[3] not in server.stderr()
 
 
+def test_delete_key_routes(server: TrioscaleServer) -> None:
+    admin = "Bearer " + server.cli_ok("apikeys", "create").strip()
+    assert ("DELETE", "/api/v1/preauthkey") in routes() and ("DELETE", "/api/v1/apikey/x") in routes()
+    server.cli_ok("users", "create", "yvonne")
+    pk = server.cli_json("preauthkeys", "create", "--user", "yvonne")
+    victims = [server.cli_json("apikeys", "create") for _ in range(2)]
+    for method, path, status, words in [
+        ("DELETE", "/api/v1/preauthkey", 400, "id"),
+        ("DELETE", "/api/v1/preauthkey?id=", 400, "id"),
+        ("DELETE", "/api/v1/preauthkey?id=abc", 400, "invalid pre-auth key id"),
+        ("DELETE", "/api/v1/preauthkey?id=-1", 400, "invalid pre-auth key id"),
+        ("DELETE", "/api/v1/preauthkey?id=99999999999999999999", 400, "invalid pre-auth key id"),
+        ("DELETE", "/api/v1/preauthkey?id=99999", 404, "not found"),
+        ("DELETE", "/api/v1/apikey", 400, "id or prefix"),
+        ("DELETE", "/api/v1/apikey?id=x", 400, "invalid API key id"),
+        ("DELETE", f"/api/v1/apikey/{victims[0]['prefix']}?id={victims[1]['id']}", 400, "not both"),
+        ("DELETE", "/api/v1/apikey/nosuchprefix", 404, "API key prefix nosuchprefix not found"),
+        ("DELETE", f"/api/v1/apikey/{pk['key']}", 400, "expected a tskey-api-"),
+    ]:
+        got, data = request(server, method, path, admin)
+        assert got == status and words.lower() in data["error"].lower(), (path, got, data)
+        assert "Traceback" not in json.dumps(data) and pk["key"].split("-", 3)[3] not in json.dumps(data)
+    assert len(server.cli_json("apikeys", "list")) >= 3 and server.cli_json("preauthkeys", "list", "-u", "yvonne")
+
+    status, data = request(server, "DELETE", f"/api/v1/preauthkey?id={pk['id']}", admin)
+    assert status == 200 and data["pre_auth_key"]["id"] == pk["id"] and "key" not in data["pre_auth_key"]
+    status, data = request(server, "DELETE", f"/api/v1/apikey/{victims[0]['prefix']}", admin)
+    assert status == 200 and data["api_key"]["prefix"] == victims[0]["prefix"]
+    status, data = request(server, "DELETE", f"/api/v1/apikey?id={victims[1]['id']}", admin)
+    assert status == 200 and data["api_key"]["id"] == victims[1]["id"]
+    for v in victims:
+        assert request(server, "GET", "/api/v1/health", f"Bearer {v['key']}")[0] == 401
+    assert request(server, "GET", "/api/v1/health", admin)[0] == 200
+    assert "Traceback" not in server.stderr()
+
+
 def test_unix_socket_permission(server: TrioscaleServer) -> None:
     mode = stat.S_IMODE(os.stat(server.data_dir / "trioscale.sock").st_mode)
     assert mode == 0o770

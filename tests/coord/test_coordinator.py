@@ -175,6 +175,43 @@ async def test_restart_with_used_single_use_key_is_recognised(env):
     assert len(await store.list_nodes()) == 1
 
 
+async def test_nodes_of_a_deleted_preauth_key_keep_working(env, nursery):
+    store, coord, handlers, key = env
+    a, b = Machine("alpha"), Machine("beta")
+    stream_a, stream_b = FakeResponse(), FakeResponse()
+    for m, stream in ((a, stream_a), (b, stream_b)):
+        assert (await call(handlers, m, "/machine/register", m.register_body(key))).json()["MachineAuthorized"]
+        nursery.start_soon(handlers.noise, m.request("/machine/map", m.map_body()), stream)
+        with trio.fail_after(2):
+            await stream.arrived.wait()
+    with trio.fail_after(2):
+        while not any("PeersChanged" in m for m in stream_a.messages()):
+            await trio.sleep(0.01)
+    before = await store.list_nodes()
+
+    (pk,) = await store.list_preauth_keys()
+    await store.delete_preauth_key(pk.id)
+    await coord.caught_up()
+    assert await store.list_nodes() == before
+    # a restarting client sends its (now deleted) key again: it is recognised, not judged
+    again = (await call(handlers, a, "/machine/register", a.register_body(key))).json()
+    assert again.get("Error", "") == "" and again["MachineAuthorized"] is True
+    # and the tailnet goes on: b's new endpoints reach a's stream
+    await call(handlers, b, "/machine/map", b.map_body(stream=False, OmitPeers=True, Endpoints=["127.0.0.1:41641"]))
+    with trio.fail_after(2):
+        while not any(p.get("Endpoints") == ["127.0.0.1:41641"]
+                      for m in stream_a.messages() for p in m.get("PeersChangedPatch", []) + m.get("PeersChanged", [])):
+            await trio.sleep(0.01)
+    assert not any("PeersRemoved" in m for m in stream_a.messages())
+
+    # what the deleted key can no longer do: register a new machine, or log a logged-out one back in
+    c = Machine("gamma")
+    assert (await call(handlers, c, "/machine/register", c.register_body(key))).json()["Error"] == "invalid authkey"
+    await call(handlers, b, "/machine/register", b.register_body(key, Expiry="1970-01-01T00:02:03Z"))
+    assert (await call(handlers, b, "/machine/register", b.register_body(key))).json()["Error"] == "invalid authkey"
+    assert [n.id for n in await store.list_nodes()] == [n.id for n in before]
+
+
 async def test_bad_keys_and_foreign_node_keys(env):
     store, coord, handlers, key = env
     m = Machine("x")

@@ -302,6 +302,44 @@ async def test_preauth_keys(store):
         await store.delete_preauth_key(k1.id)
 
 
+async def test_deleting_a_preauth_key_keeps_its_nodes(store):
+    alice = await store.create_user("alice")
+    bob = await store.create_user("bob")
+    once = await store.create_preauth_key(alice.id, "once", b"h1")
+    many = await store.create_preauth_key(alice.id, "many", b"h2", reusable=True, ephemeral=True,
+                                          tags=["tag:ci"], expiration=T0 + timedelta(days=1))
+    n1 = await store.create_node(node(alice.id, auth_key_id=many.id, register_method="authkey", ephemeral=True,
+                                      tags=("tag:ci",), approved_routes=("10.0.0.0/24",)))
+    n2 = await store.create_node(node(alice.id, auth_key_id=many.id, register_method="authkey"))
+    n3 = await store.create_node(node(alice.id, auth_key_id=once.id, register_method="authkey"))
+    await store.add_share(n2.id, bob.id)
+    nodes, shares = await store.list_nodes(), await store.list_shares()
+
+    # `many` is the newest key: a store that reused ids would hand its id to the next key
+    seq = await store.latest_seq()
+    await store.delete_preauth_key(many.id)
+    await store.delete_preauth_key(once.id)
+    assert await changes_after(store, seq) == [
+        ("preauthkey.deleted", {"id": many.id, "user_id": alice.id, "prefix": "many"}),
+        ("preauthkey.deleted", {"id": once.id, "user_id": alice.id, "prefix": "once"}),
+    ]
+    assert await store.list_nodes() == nodes
+    assert await store.list_shares() == shares
+    assert (await store.get_node(n1.id)).auth_key_id == many.id
+    assert await store.list_preauth_keys() == []
+
+    # the nodes go on as before: updated, re-keyed, and their owner still cannot be deleted
+    moved = await store.update_node(n1.id, node_key=key("rotated", 1), endpoints=("192.0.2.9:41641",))
+    assert (moved.auth_key_id, moved.tags, moved.ephemeral, moved.ipv4) == (many.id, n1.tags, True, n1.ipv4)
+    with pytest.raises(Conflict, match="still owns 3 nodes"):
+        await store.delete_user(alice.id)
+    # ... but nothing new registers with the deleted key, and its id is never given again
+    with pytest.raises(NotFound, match=f"pre-auth key {many.id} not found"):
+        await store.create_node(node(alice.id, auth_key_id=many.id))
+    later = await store.create_preauth_key(alice.id, "later", b"h3")
+    assert later.id > many.id and n3.auth_key_id == once.id
+
+
 async def test_naive_datetimes_are_refused(store):
     u = await store.create_user("alice")
     with pytest.raises(ValueError):
@@ -329,6 +367,8 @@ async def test_api_keys(store):
     assert (a.prefix, a.key_hash, a.expiration, a.last_seen) == ("apiaaa", b"\x0a" * 32, T0 + timedelta(days=90), None)
     assert await store.get_api_key_by_prefix("apibbb") == b
     assert await store.get_api_key_by_prefix("nope") is None
+    assert await store.get_api_key(a.id) == a
+    assert await store.get_api_key(999) is None
     assert await store.list_api_keys() == [a, b]
     with pytest.raises(Conflict, match="apiaaa"):
         await store.create_api_key("apiaaa", b"x")
@@ -349,6 +389,7 @@ async def test_api_keys(store):
         await store.expire_api_key(999, T0)
     await store.delete_api_key(a.id)
     assert await store.list_api_keys() == [e]
+    assert await store.get_api_key(a.id) is None and await store.get_api_key_by_prefix("apiaaa") is None
     with pytest.raises(NotFound):
         await store.delete_api_key(a.id)
     assert await changes_after(store, seq) == [
