@@ -40,6 +40,8 @@ log = logging.getLogger("trioscale.coord")
 SESSION_QUEUE_LIMIT = 512
 #: sessions the flusher writes between two yields to the scheduler
 FLUSH_YIELD_EVERY = 256
+#: tries of a change whose application fails with an unexpected error before it is skipped
+APPLY_ATTEMPTS = 3
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 
@@ -231,8 +233,10 @@ class Coordinator(PolicyFanout):
 
     async def _apply_retrying(self, change: Change) -> None:
         """Apply one change; while the store is unavailable, retry it (never skip it: the change
-        would be lost for this replica's clients). Any other error skips the one bad change."""
+        would be lost for this replica's clients). Any other error is tried again a few times (a
+        driver can fail oddly while the database restarts), then skips the one bad change."""
         delay = 0.05
+        odd_failures = 0
         while True:
             try:
                 await self.apply(change)
@@ -240,11 +244,15 @@ class Coordinator(PolicyFanout):
             except (StoreUnavailable, OSError) as exc:
                 log.warning("applying change %s (%s): store unavailable (%s); retrying in %.2fs",
                             change.seq, change.kind, exc, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
             except Exception:  # one bad change must not stop the coordinator
-                log.exception("applying change %s (%s) failed", change.seq, change.kind)
-                return
+                odd_failures += 1
+                if odd_failures >= APPLY_ATTEMPTS:
+                    log.exception("applying change %s (%s) failed; skipped", change.seq, change.kind)
+                    return
+                log.warning("applying change %s (%s) failed; trying again in %.2fs", change.seq,
+                            change.kind, delay, exc_info=True)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _expire_relays(self, timeout: timedelta) -> None:
         """Drop relays whose heartbeat is older than `timeout` from the store (every replica does

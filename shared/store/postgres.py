@@ -78,6 +78,10 @@ def _is_connection_error(e: BaseException) -> bool:
         ),
     ):
         return True
+    # asyncpg's catch-all for a connection in a state it did not expect ("another operation is in
+    # progress"): seen when the server shuts down under a query; a fresh connection clears it
+    if isinstance(e, asyncpg.InternalClientError):
+        return True
     # "connection is closed", "pool is closing" etc.; DataError and friends are ValueErrors
     return isinstance(e, asyncpg.InterfaceError) and not isinstance(e, ValueError)
 
@@ -290,6 +294,7 @@ class PostgresStore(WakeUps, OpsStore):
         async with self._pool.acquire() as conn:
             if not write:
                 result, _ = await _aio_drive(conn, gen)
+                state["done"], state["result"] = True, result
                 return result
             tr = conn.transaction()
             await tr.start()
@@ -305,6 +310,7 @@ class PostgresStore(WakeUps, OpsStore):
                     with contextlib.suppress(Exception):
                         await tr.rollback()
                 raise
+            state["done"], state["result"] = True, result
             return result
 
     async def _run(self, write: bool, op, args: tuple) -> Any:
@@ -316,23 +322,35 @@ class PostgresStore(WakeUps, OpsStore):
             state: dict = {}
             try:
                 return await self._aio(self._aio_run)(write, op, args, state)
-            except StoreError:
-                raise
-            except asyncpg.IntegrityConstraintViolationError as e:
-                raise _conflict_from(e) from None
             except Exception as e:
-                if not _is_connection_error(e):
-                    raise
-                if state.get("committing"):
-                    raise StoreUnavailable(
-                        f"lost the PostgreSQL connection while committing (the write may or may not "
-                        f"have been applied): {e}"
-                    ) from e
-                if self._closed or trio.current_time() + delay > deadline:
-                    raise StoreUnavailable(f"PostgreSQL is unavailable: {e}") from e
-                log.warning("PostgreSQL connection problem (%s); retrying in %.2fs", e, delay)
+                if state.get("done"):
+                    # The work is done (read, or committed); handing the connection back to the
+                    # pool failed, as asyncpg's reset does when the server goes away just then
+                    # (an InternalClientError, for one). The pool drops that connection; the
+                    # answer stands, and a committed write must not be reported as lost.
+                    log.warning("PostgreSQL connection lost after the operation completed (%s)", e)
+                    return state["result"]
+                self._raise_unless_retryable(e, state, deadline, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _raise_unless_retryable(self, e: Exception, state: dict, deadline: float, delay: float) -> None:
+        """Raise what `e` means for the caller, or return when the operation should be retried
+        (the connection was lost before anything was committed, and there is time left)."""
+        if isinstance(e, StoreError):
+            raise e
+        if isinstance(e, asyncpg.IntegrityConstraintViolationError):
+            raise _conflict_from(e) from None
+        if not _is_connection_error(e):
+            raise e
+        if state.get("committing"):
+            raise StoreUnavailable(
+                f"lost the PostgreSQL connection while committing (the write may or may not "
+                f"have been applied): {e}"
+            ) from e
+        if self._closed or trio.current_time() + delay > deadline:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {e}") from e
+        log.warning("PostgreSQL connection problem (%s); retrying in %.2fs", e, delay)
 
     async def _read(self, op, *args: Any) -> Any:
         return await self._run(False, op, args)

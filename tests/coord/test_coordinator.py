@@ -297,3 +297,23 @@ async def test_relay_change_pushes_derp_map(env, nursery):
     with trio.fail_after(2):
         while not any("DERPMap" in msg and "901" in msg["DERPMap"]["Regions"] for msg in stream.messages()[1:]):
             await trio.sleep(0.01)
+
+
+async def test_a_change_that_fails_oddly_is_tried_again_then_skipped(autojump_clock):
+    from trioscale.services.coord import coordinator as coord_mod
+    from trioscale.shared.store.base import Change
+
+    coord = Coordinator(None, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r))  # type: ignore[arg-type]
+    calls: dict[int, int] = {}
+
+    async def apply(change):
+        calls[change.seq] = calls.get(change.seq, 0) + 1
+        if change.seq == 1 and calls[1] == 1:
+            raise RuntimeError("the driver's state machine, while the database restarts")
+        if change.seq == 2:
+            raise ValueError("a change this replica cannot apply")
+
+    coord.apply = apply  # type: ignore[method-assign]
+    await coord._apply_retrying(Change(seq=1, kind="node.updated", data={"id": 1}))
+    await coord._apply_retrying(Change(seq=2, kind="node.updated", data={"id": 2}))
+    assert calls == {1: 2, 2: coord_mod.APPLY_ATTEMPTS}

@@ -183,6 +183,13 @@ async def test_sigkill_a_replica_clients_move_and_its_sessions_go_offline_within
 
 
 async def test_postgres_restart_every_change_reaches_every_client_exactly_once(cluster, authkey, clients):
+    try:
+        await _postgres_restart(cluster, authkey)
+    except Exception as exc:  # the replicas' logs say why a stream closed or a change went missing
+        raise AssertionError(f"{exc!r}\n{diag(cluster, *clients)}") from exc
+
+
+async def _postgres_restart(cluster, authkey) -> None:
     viewers = [Sim("viewer-pa"), Sim("viewer-pb")]
     targets = [Sim(f"pgt{i}") for i in range(6)]
     with cluster.lab.inside("tester"):

@@ -141,3 +141,53 @@ async def test_server_restart_under_live_clients(pg_backend):
                         await store.create_user(f"after{i}")
         assert got == list(range(1, 41))
         assert [u.name for u in await store.list_users()][-1] == "after19"
+
+
+class _ReleaseFails:
+    """An acquired pool connection whose hand-back fails after the work is done, as asyncpg's
+    reset does when the server shuts down at that moment."""
+
+    def __init__(self, ctx, failures: list) -> None:
+        self.ctx, self.failures = ctx, failures
+
+    async def __aenter__(self):
+        return await self.ctx.__aenter__()
+
+    async def __aexit__(self, *exc):
+        await self.ctx.__aexit__(*exc)
+        if self.failures and exc == (None, None, None):
+            import asyncpg
+
+            raise asyncpg.InternalClientError(self.failures.pop())
+
+
+async def test_a_failed_connection_release_does_not_lose_the_completed_work(pg_backend):
+    """Seen in a PostgreSQL restart: the read had its answer (or the write was committed), then
+    releasing the connection raised. The answer stands, the write is not repeated or reported as
+    failed, and the change it wrote reaches subscribers once."""
+    async with pg_backend.open(poll_interval=60.0) as store:
+        failures: list[str] = []
+        real_pool = store._pool
+
+        class Pool:  # asyncpg's Pool has slots: stand in front of it
+            def acquire(self, *a, **k):
+                return _ReleaseFails(real_pool.acquire(*a, **k), failures)
+
+            def __getattr__(self, name):
+                return getattr(real_pool, name)
+
+        store._pool = Pool()
+        got = []
+        with trio.fail_after(20):
+            async with store.subscribe() as changes:
+                failures.append("cannot switch to state 15; another operation (2) is in progress")
+                user = await store.create_user("committed-once")
+                failures.append("cannot switch to state 15; another operation (2) is in progress")
+                assert (await store.get_user(user.id)).name == "committed-once"
+                async for c in changes:
+                    got.append((c.kind, c.data.get("id")))
+                    break
+        assert not failures
+        assert [u.name for u in await store.list_users()].count("committed-once") == 1
+        assert got == [("user.created", user.id)]
+        store._pool = real_pool
