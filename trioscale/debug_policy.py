@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trioscale.services.coord.domain import tailcfg
 from trioscale.services.coord.domain.policy import (
     NodeInfo,
     Policy,
@@ -42,7 +43,7 @@ def node_order(case: dict[str, Any]) -> list[str]:
 
 
 #: self capabilities Tailscale's SaaS gives a user's devices by the user's tailnet role
-ROLE_CAPS = {"https://tailscale.com/cap/is-owner": "owner", "https://tailscale.com/cap/is-admin": "admin"}
+ROLE_CAPS = {tailcfg.CAP_IS_OWNER: "owner", tailcfg.CAP_IS_ADMIN: "admin"}
 
 
 def user_roles(case: dict[str, Any]) -> dict[str, set[str]]:

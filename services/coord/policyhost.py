@@ -25,8 +25,7 @@ from trioscale.shared.model import Node, Share, User
 
 from .domain import tailcfg
 from .domain.policy import CompiledPolicy, Policy, PolicyError, compile_policy, node_info, user_info
-from .domain.policy.ssh import check_tailnet_domains
-from .domain.policy.tests import FAILED, _Fail, _run_ssh_test, _run_test
+from .domain.policy.tests import run_policy_tests
 from .domain.routes import EXIT_ROUTES, elect_primaries
 
 log = logging.getLogger("trioscale.coord.policy")
@@ -45,26 +44,8 @@ def parse_and_check(text: str, users: Iterable[User], nodes: Iterable[Node]) -> 
         raise PolicyError("the policy is empty")
     policy = Policy.parse(text)
     compiled = compile_policy(policy, [user_info(u) for u in users], [node_info(n) for n in nodes])
-    run_tests(compiled)
+    run_policy_tests(compiled)
     return policy
-
-
-def run_tests(compiled: CompiledPolicy) -> None:
-    import json
-
-    p = compiled.p
-    if p is None:
-        return
-    check_tailnet_domains(compiled)
-    for section, tests, runner in (("tests", p.tests, _run_test), ("sshTests", p.ssh_tests, _run_ssh_test)):
-        for i, test in enumerate(tests):
-            try:
-                runner(compiled, test)
-            except _Fail:
-                shown = json.dumps(test, separators=(", ", ": "))
-                if len(shown) > 300:
-                    shown = shown[:297] + "..."
-                raise PolicyError(f"{FAILED}: {section}[{i}] {shown} does not hold") from None
 
 
 def error_text(exc: PolicyError) -> str:

@@ -26,6 +26,7 @@ TAGGED_DEVICES_PROFILE = {
 }
 
 CAP_IS_ADMIN = "https://tailscale.com/cap/is-admin"
+CAP_IS_OWNER = "https://tailscale.com/cap/is-owner"
 CAP_FILE_SHARING = "https://tailscale.com/cap/file-sharing"
 CAP_DISABLE_CAPTIVE_PORTAL = "disable-captive-portal-detection"
 
@@ -82,6 +83,8 @@ def node_json(
 ) -> dict[str, Any]:
     """A tailcfg.Node for `node`, as its own map (`is_self`) or a peer's shows it."""
     expired = node.is_expired(now)
+    own = addresses(node)
+    allowed = list(allowed_ips) if allowed_ips is not None else own
     out: dict[str, Any] = {
         "ID": node.id,
         "StableID": str(node.id),
@@ -91,8 +94,8 @@ def node_json(
         "KeyExpiry": format_time(node.expiry),
         "Machine": keys.MACHINE.format(node.machine_key),
         # AllowedIPs, when given, leave out an address the policy turned off (disable-ipv4)
-        "Addresses": addresses(node) if allowed_ips is None else [a for a in addresses(node) if a in allowed_ips],
-        "AllowedIPs": list(allowed_ips) if allowed_ips is not None else addresses(node),
+        "Addresses": [a for a in own if a in allowed],
+        "AllowedIPs": allowed,
         "Hostinfo": node.hostinfo or {},
         "Created": format_time(node.created_at),
         "MachineAuthorized": not expired,

@@ -274,6 +274,11 @@ def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     return a.version == b.version and a.overlaps(b)
 
 
+def _covers(prefixes: Iterable[IPNetwork], route: IPNetwork) -> bool:
+    """One of `prefixes` overlaps `route` (broader or narrower alike)."""
+    return any(_overlaps(p, route) for p in prefixes)
+
+
 class CompiledPolicy:
     """The policy applied to a tailnet. All node ids are the tailnet's ids."""
 
@@ -333,6 +338,12 @@ class CompiledPolicy:
         self._rule_cache = [None] * len(self._rules)
         self._node_cache.clear()
         self._alias_cache.clear()
+
+    def alias_prefix(self, alias: Alias) -> IPNetwork:
+        """The prefix a `host` or `prefix` selector stands for."""
+        if alias.kind == "host":
+            return self.p.hosts[alias.value]  # type: ignore[union-attr]
+        return ipaddress.ip_network(alias.value)
 
     def alias_nodes(self, alias: Alias) -> set[int]:
         """Nodes one selector covers (cached until the next change)."""
@@ -462,7 +473,7 @@ class CompiledPolicy:
                 st = net.nodes[nid]
                 if dst.internet and st.exit:
                     out.add(nid)
-                elif any(_overlaps(p, r) for p in dst.prefixes for r in net.subnet_routes_of(nid)):
+                elif any(_covers(dst.prefixes, r) for r in net.subnet_routes_of(nid)):
                     out.add(nid)
         return out
 
@@ -472,8 +483,8 @@ class CompiledPolicy:
         authorised that prefix), the internet for an exit node."""
         k = alias.kind
         if k in ("host", "prefix"):
-            pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
-            if any(_overlaps(pfx, r) for r in self.net.subnet_routes_of(st.info.id)):
+            pfx = self.alias_prefix(alias)
+            if _covers(self.net.subnet_routes_of(st.info.id), pfx):
                 return [_host_text(pfx)]
             return []
         if k == "autogroup" and alias.value == "internet" and st.exit:
@@ -502,7 +513,7 @@ class CompiledPolicy:
         for i in self._via_rules:
             rule, rc = self._rules[i], self._rule(i)
             for route in self.net.route_owners:
-                if route in EXIT_ROUTES or not any(_overlaps(p, route) for p in rc.dst.prefixes):
+                if route in EXIT_ROUTES or not _covers(rc.dst.prefixes, route):
                     continue
                 chosen = self.via_primary(rule.via, route)
                 if chosen is not None:
@@ -525,7 +536,7 @@ class CompiledPolicy:
             if viewer_id not in rc.src_nodes:
                 continue
             mine.append(i)
-            matched = [r for r in peer_subnets if any(_overlaps(p, r) for p in rc.dst.prefixes)]
+            matched = [r for r in peer_subnets if _covers(rc.dst.prefixes, r)]
             if rc.dst.internet and st.exit:
                 matched += list(EXIT_ROUTES)
             if not matched:
@@ -541,7 +552,7 @@ class CompiledPolicy:
         for i in mine:
             rc = self._rule(i)
             for route in list(include):
-                if route in EXIT_ROUTES or not any(_overlaps(p, route) for p in rc.dst.prefixes):
+                if route in EXIT_ROUTES or not _covers(rc.dst.prefixes, route):
                     continue
                 chosen = self.via_primary(self._rules[i].via, route)
                 if chosen is not None and chosen != peer_id:
@@ -603,7 +614,7 @@ class CompiledPolicy:
                 return list(st.ips)
             return []
         if k in ("host", "prefix"):
-            pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
+            pfx = self.alias_prefix(alias)
             if any(_overlaps(pfx, a) for a in st.addrs) or any(_overlaps(pfx, r) for r in st.routes):
                 return [_host_text(pfx)]
             return []
@@ -824,7 +835,7 @@ class CompiledPolicy:
                 # return traffic: sources behind the route may reach the viewer
                 if rc.src.wildcard and not is_exit:
                     return True
-                if any(_overlaps(pfx, route) for pfx in rc.src.prefixes):
+                if _covers(rc.src.prefixes, route):
                     return True
             if viewer_id not in rc.src_nodes:
                 continue
@@ -835,7 +846,7 @@ class CompiledPolicy:
                 if k == "autogroup" and alias.value == "internet" and is_exit:
                     return True
                 if k in ("host", "prefix"):
-                    pfx = self.p.hosts[alias.value] if k == "host" else ipaddress.ip_network(alias.value)  # type: ignore[union-attr]
+                    pfx = self.alias_prefix(alias)
                     if _overlaps(pfx, route):
                         return True
         return False
@@ -997,7 +1008,7 @@ def _targets_node(self: CompiledPolicy, targets: Any, st: _NodeState) -> bool:
         if a.kind == "wildcard":
             return True
         if a.kind in ("host", "prefix"):
-            pfx = self.p.hosts[a.value] if a.kind == "host" else ipaddress.ip_network(a.value)
+            pfx = self.alias_prefix(a)
             if any(_overlaps(pfx, ad) for ad in st.addrs):
                 return True
         elif st.info.id in self.alias_nodes(a):

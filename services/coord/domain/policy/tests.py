@@ -11,6 +11,7 @@ both empty. Any failure raises PolicyError("test(s) failed") (or the specific st
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -365,18 +366,17 @@ def _run_ssh_test(c: "CompiledPolicy", test: Any) -> None:
 
 def run_policy_tests(compiled: "CompiledPolicy") -> None:
     """Raise PolicyError when the policy does not fit the tailnet (an SSH domain that is not the
-    tailnet's) or one of its tests or sshTests fails."""
+    tailnet's) or one of its tests or sshTests fails; the failing test is named."""
     p = compiled.p
     if p is None:
         return
     check_tailnet_domains(compiled)
-    for test in p.tests:
-        try:
-            _run_test(compiled, test)
-        except _Fail:
-            raise PolicyError(FAILED) from None
-    for test in p.ssh_tests:
-        try:
-            _run_ssh_test(compiled, test)
-        except _Fail:
-            raise PolicyError(FAILED) from None
+    for section, tests, runner in (("tests", p.tests, _run_test), ("sshTests", p.ssh_tests, _run_ssh_test)):
+        for i, test in enumerate(tests):
+            try:
+                runner(compiled, test)
+            except _Fail:
+                shown = json.dumps(test, separators=(", ", ": "))
+                if len(shown) > 300:
+                    shown = shown[:297] + "..."
+                raise PolicyError(f"{FAILED}: {section}[{i}] {shown} does not hold") from None
