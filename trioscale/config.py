@@ -135,6 +135,9 @@ class DNSConfig:
     extra_records: tuple[dict[str, str], ...] = ()  # each {"name", "type", "value"}
     extra_records_path: Path | None = None
     listen_addr: str = "127.0.0.1:1053"
+    # who may have names outside our zones forwarded (besides the tailnet's prefixes); loopback
+    # cannot be spoofed from the network, so it adds no amplifier and keeps local tools working
+    forward_allowed_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,7 @@ _KINDS: dict[str, str] = {
     "dns.extra_records": "dictlist",
     "dns.extra_records_path": "optpath",
     "dns.listen_addr": "str",
+    "dns.forward_allowed_from": "strlist",
     "policy.mode": "str",
     "policy.path": "optpath",
     "node.expiry": "optduration",
@@ -743,6 +747,11 @@ def _validate(v: dict[str, Any], label: str) -> None:
     for d in get("dns.search_domains"):
         if not _is_domain(d):
             fail("dns.search_domains", f"not a domain name: {d!r}")
+    for net in get("dns.forward_allowed_from"):
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError:
+            fail("dns.forward_allowed_from", f"not an IP address or network prefix: {net!r}")
     for d, servers in get("dns.nameservers.split").items():
         if not _is_domain(d):
             fail("dns.nameservers.split", f"not a domain name: {d!r}")

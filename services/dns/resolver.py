@@ -9,7 +9,10 @@ which ``forward.matches(reply)`` is true, and sends ``resolver.forward_reply(for
 
 What it answers (zone data in ``zone.py``): A/AAAA/PTR/TXT/SOA/NS and ANY; names that exist with
 other types → NOERROR, no answer, SOA in authority (NODATA); names that do not exist → NXDOMAIN +
-SOA; names outside the zones → REFUSED (or forwarded). EDNS0: the client's UDP payload size is
+SOA; names outside the zones → forwarded when upstreams are configured and the source is in
+`forward_from` (the tailnet's prefixes and the networks in ``dns.forward_allowed_from``), REFUSED
+otherwise: answering everyone would make us an open resolver, an amplifier for spoofed sources.
+RA is set only for sources we would forward for. EDNS0: the client's UDP payload size is
 honoured (512 without EDNS, at most `max_udp_size`), a version other than 0 gets BADVERS. UDP
 replies that do not fit are cut to the question with TC set; the client retries over TCP.
 Unparseable queries get FORMERR when the header can be read, nothing otherwise. Nothing here
@@ -32,6 +35,7 @@ from typing import Any
 from dnslib import DNSHeader, DNSRecord
 
 from .ratelimit import RateLimiter
+from .sources import SourceNetworks
 from .zone import NXDOMAIN, Record, Zone
 
 __all__ = ["Resolver", "Forward", "DnsStats", "parse_upstreams", "RCODE_NAMES"]
@@ -62,6 +66,7 @@ class DnsStats:
     truncated: int = 0
     forwarded: int = 0
     forward_failures: int = 0
+    forward_refused: int = 0  # names outside our zones from a source not allowed to recurse
     internal_errors: int = 0
     tcp_connections: int = 0
     tcp_rejected: int = 0
@@ -258,9 +263,12 @@ class Resolver:
         stats: DnsStats | None = None,
         max_udp_size: int = MAX_UDP_SIZE,
         random_id: Callable[[], int] | None = None,
+        forward_from: SourceNetworks | None = None,
     ) -> None:
+        """`forward_from`: the sources whose queries may be forwarded; None or empty: nobody."""
         self.zone = zone
         self.upstreams = tuple(upstreams)
+        self.forward_from = forward_from if forward_from is not None else SourceNetworks()
         self.limiter = rate_limiter
         self.stats = stats if stats is not None else DnsStats()
         self.max_udp_size = max(MIN_UDP_SIZE, max_udp_size)
@@ -289,7 +297,7 @@ class Resolver:
                     return None
                 return self._count(_header_only(qid, flags, REFUSED), REFUSED)
         try:
-            return self._handle(data, qid, flags, now, transport)
+            return self._handle(data, qid, flags, now, transport, source)
         except Exception:
             stats.internal_errors += 1
             return self._count(_header_only(qid, flags, SERVFAIL), SERVFAIL)
@@ -314,7 +322,7 @@ class Resolver:
         self.stats.rcodes[RCODE_NAMES.get(rcode, str(rcode))] += 1
         return reply
 
-    def _handle(self, data: bytes, qid: int, flags: int, now: float, transport: str) -> bytes | Forward:
+    def _handle(self, data: bytes, qid: int, flags: int, now: float, transport: str, source: Any) -> bytes | Forward:
         opcode = (flags >> 11) & 0xF
         if opcode != 0:
             return self._count(_header_only(qid, flags, NOTIMP), NOTIMP)
@@ -335,7 +343,7 @@ class Resolver:
             return self._count(out, BADVERS)
         if q.qtype == _QTYPE_OPT:
             return self._count(_header_only(qid, flags, FORMERR), FORMERR)
-        ra = bool(self.upstreams)
+        ra = bool(self.upstreams) and source in self.forward_from
         if q.qclass not in (_CLASS_IN, _CLASS_ANY) or q.qtype in _ZONE_TRANSFERS:
             return self._finish(q, REFUSED, (), (), False, ra, transport, max_size)
 
@@ -343,7 +351,7 @@ class Resolver:
         rtype = _TYPE_NAMES.get(q.qtype) or f"TYPE{q.qtype}"
         result = self.zone.lookup(name, rtype, now)
         if result is None:
-            if self.upstreams:
+            if ra:
                 self.stats.forwarded += 1
                 upstream_id = self._random_id() & 0xFFFF
                 return Forward(
@@ -357,6 +365,8 @@ class Resolver:
                     has_edns=q.has_edns,
                     upstreams=self.upstreams,
                 )
+            if self.upstreams:
+                self.stats.forward_refused += 1
             return self._finish(q, REFUSED, (), (), False, ra, transport, max_size)
         rcode = RC_NXDOMAIN if result.rcode == NXDOMAIN else NOERROR
         answers = [self._rr(rec, rec.name == name) for rec in result.answers]

@@ -6,7 +6,8 @@ resolves at once. Watches ``dns.extra_records_path`` (a cheap stat every half se
 file is re-read and re-parsed only when its mtime/size/inode change, and applied only when its
 content hash changes), and the configuration file (``dns.extra_records`` and
 ``dns.extra_records_path`` apply live). Forwards names outside its zones to ``dns.nameservers.global`` over UDP
-when any are configured.
+when any are configured, for sources in the tailnet's prefixes and ``dns.forward_allowed_from`` only
+(REFUSED for everyone else: no open resolver).
 
 Registers ``ctx.registry["dns"]`` (a :class:`DnsService`: ``.stats`` counters, ``.zone``,
 ``.address``, ``.port``) and makes sure ``ctx.registry["dns_txt"]`` (the shared TXT table, see
@@ -37,6 +38,7 @@ from trioscale.config import split_hostport
 
 from .ratelimit import RateLimiter
 from .resolver import DnsStats, Forward, Resolver, parse_upstreams
+from .sources import SourceNetworks
 from .txt import TxtRecords, txt_records_in
 from .zone import Zone, parse_extra_records
 
@@ -291,6 +293,10 @@ class _ConfigFile:
                 ctx.log.warning("dns: extra_records: %s (skipped)", problem)
             svc.zone.bump()
             ctx.log.info("dns: extra_records reloaded from %s", self.path)
+        if new.forward_allowed_from != self.dns.forward_allowed_from:
+            svc.resolver.forward_from = forward_sources(ctx.config, new)
+            ctx.log.info("dns: forwarding now for queries from %s",
+                         ", ".join(map(str, svc.resolver.forward_from.networks)))
         if new.extra_records_path != self.dns.extra_records_path:
             if new.extra_records_path is None:
                 svc.zone.set_source("file", [])
@@ -301,6 +307,12 @@ class _ConfigFile:
                 await records_file.check(ctx, svc)
         self.dns = new
         return records_file
+
+
+def forward_sources(config: Any, dns: Any) -> SourceNetworks:
+    """The tailnet's own prefixes (tailscaled forwards a node's queries from its tailnet address)
+    and the operator's ``dns.forward_allowed_from``."""
+    return SourceNetworks((config.prefixes.v4, config.prefixes.v6, *dns.forward_allowed_from))
 
 
 async def _housekeeping(ctx: Any, svc: DnsService, records_file: _RecordsFile | None) -> None:
@@ -519,6 +531,7 @@ async def serve(
         upstreams, problems = parse_upstreams(cfg.nameservers.global_)
         for problem in problems:
             ctx.log.warning("dns: %s; not used for forwarding", problem)
+        forward_from = forward_sources(ctx.config, cfg)
         stats = DnsStats()
         resolver = Resolver(
             zone,
@@ -526,6 +539,7 @@ async def serve(
             rate_limiter=RateLimiter(opts.rate, opts.burst, opts.max_sources),
             stats=stats,
             max_udp_size=opts.max_udp_size,
+            forward_from=forward_from,
         )
         svc = DnsService(zone=zone, resolver=resolver, txt=txt, stats=stats, options=opts, address=shown, port=bound_port)
         svc.seq = await _load_all(ctx.store, zone)
@@ -546,6 +560,7 @@ async def serve(
                 shown,
                 zone.base_domain,
                 len(zone.apexes) - 1,
-                f", forwarding to {', '.join(_show(h, p) for h, p in upstreams)}" if upstreams else "",
+                f", forwarding to {', '.join(_show(h, p) for h, p in upstreams)} for queries from "
+                f"{', '.join(map(str, forward_from.networks))}" if upstreams else "",
             )
             task_status.started({"dns": shown})

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from trioscale.services.dns.ratelimit import RateLimiter
 from trioscale.services.dns.resolver import Forward, Resolver
+from trioscale.services.dns.sources import SourceNetworks
 from trioscale.services.dns.zone import Zone
 
 
@@ -18,7 +19,8 @@ def _resolver(upstreams=()) -> Resolver:
     z.set_node(1, "alpha", "100.64.0.1", "fd7a:115c:a1e0::1")
     z.set_extra_records([{"name": "x.tailnet.internal", "type": "A", "value": "100.64.0.9"}])
     z.txt.set("_acme-challenge.alpha.tailnet.internal", ["t"], now=0)
-    return Resolver(z, upstreams=upstreams, rate_limiter=RateLimiter(1e9, 1e9))
+    return Resolver(z, upstreams=upstreams, rate_limiter=RateLimiter(1e9, 1e9),
+                    forward_from=SourceNetworks(["0.0.0.0/0", "::/0"]))
 
 
 RES = _resolver()

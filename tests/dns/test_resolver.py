@@ -9,6 +9,7 @@ from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from trioscale.services.dns.ratelimit import RateLimiter, source_key
 from trioscale.services.dns.resolver import Forward, Resolver, parse_upstreams
+from trioscale.services.dns.sources import SourceNetworks
 from trioscale.services.dns.txt import TxtRecords
 from trioscale.services.dns.zone import Zone
 
@@ -216,7 +217,8 @@ def test_source_key_groups_ipv6_by_64():
 
 
 def test_forwarding_decision_and_reply(zone):
-    res = Resolver(zone, upstreams=[("192.0.2.53", 53)], random_id=lambda: 0xBEEF)
+    res = Resolver(zone, upstreams=[("192.0.2.53", 53)], random_id=lambda: 0xBEEF,
+                   forward_from=SourceNetworks(["192.0.2.0/24"]))
     fwd = res.handle(query("example.com", qid=11, edns=1232), source=SRC, now=0)
     assert isinstance(fwd, Forward)
     assert fwd.query[:2] == b"\xbe\xef" and fwd.client_id == 11 and fwd.upstreams == (("192.0.2.53", 53),)
@@ -242,13 +244,44 @@ def test_forwarding_decision_and_reply(zone):
 
 
 def test_forward_reply_truncates_for_small_clients(zone):
-    res = Resolver(zone, upstreams=[("192.0.2.53", 53)])
+    res = Resolver(zone, upstreams=[("192.0.2.53", 53)], forward_from=SourceNetworks([SRC[0]]))
     fwd = res.handle(query("big.example.com", qid=5), source=SRC, now=0)
     up = DNSRecord.parse(fwd.query).reply()
     for i in range(60):
         up.add_answer(*RR.fromZone(f"big.example.com. 300 IN A 192.0.2.{i}"))
     out = DNSRecord.parse(res.forward_reply(fwd, up.pack()))
     assert out.header.tc == 1 and out.rr == [] and out.header.id == 5
+
+
+def test_forwarding_only_for_allowed_sources(zone):
+    """An open resolver amplifies for spoofed sources: outside `forward_from`, REFUSED (no RA) and no
+    Forward; our own names still answer for everyone."""
+    allowed = SourceNetworks(["100.64.0.0/10", "fd7a:115c:a1e0::/48", "127.0.0.1"])
+    res = Resolver(zone, upstreams=[("192.0.2.53", 53)], forward_from=allowed)
+    for source in [("100.64.0.7", 5000), ("fd7a:115c:a1e0::7", 5000, 0, 0), ("127.0.0.1", 1),
+                   ("::ffff:100.64.1.1", 5000), "100.127.255.255"]:
+        assert isinstance(res.handle(query("example.com"), source=source, now=0), Forward), source
+    for source in [("192.0.2.7", 53), ("127.0.0.2", 1), ("fd7a:115c:a1e1::1", 5000, 0, 0), ("::1", 1),
+                   ("::ffff:192.0.2.7", 53), "not-an-ip", ("100.128.0.1", 1)]:
+        for transport in ("udp", "tcp"):
+            r = ask(res, query("example.com", edns=4096), transport=transport, source=source)
+            assert rcode(r) == "REFUSED" and r.header.ra == 0 and r.rr == [], source
+        r = ask(res, query("alpha.tailnet.internal"), source=source)
+        assert rcode(r) == "NOERROR" and str(r.rr[0].rdata) == "100.64.0.1" and r.header.aa == 1
+    assert res.stats.forwarded == 5 and res.stats.forward_refused == 14
+    # no forward_from at all: nobody (fail closed)
+    closed = Resolver(zone, upstreams=[("192.0.2.53", 53)])
+    assert rcode(ask(closed, query("example.com"), source=("127.0.0.1", 1))) == "REFUSED"
+
+
+def test_source_networks():
+    nets = SourceNetworks(["10.1.2.3/8", "2001:db8::/32", "192.0.2.1"])
+    assert "10.200.0.1" in nets and ("2001:db8:ffff::1%eth0", 53, 0, 2) in nets and "192.0.2.1" in nets
+    assert "11.0.0.1" not in nets and "192.0.2.2" not in nets and "2001:db9::1" not in nets
+    assert () not in nets and None not in nets and "::ffff:10.0.0.1" in nets
+    assert "1.2.3.4" in SourceNetworks(["0.0.0.0/0"]) and "1.2.3.4" not in SourceNetworks()
+    with pytest.raises(ValueError):
+        SourceNetworks(["example.com"])
 
 
 def test_parse_upstreams():
