@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -166,6 +167,45 @@ class PresenceConfig:
 
 
 @dataclass(frozen=True)
+class ListenerLimitsConfig:
+    """Concurrent connections one listener holds: in total, and from one source address (IPv6: /64).
+    Sized for 10,000 nodes behind a few NAT addresses: each holds one control and one DERP connection."""
+
+    max_connections: int = 16384
+    max_connections_per_source: int = 4096
+
+
+@dataclass(frozen=True)
+class AdminLimitsConfig(ListenerLimitsConfig):
+    max_connections: int = 256  # CLI and API tools, not nodes
+    max_connections_per_source: int = 64
+
+
+@dataclass(frozen=True)
+class DnsLimitsConfig(ListenerLimitsConfig):
+    max_connections: int = 128  # DNS over TCP only (truncated answers, zone tools)
+    max_connections_per_source: int = 32
+
+
+@dataclass(frozen=True)
+class HealthLimitsConfig(ListenerLimitsConfig):
+    max_connections: int = 64  # load balancer and orchestrator probes
+    max_connections_per_source: int = 16
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Connection caps per listener; their sum is fitted below RLIMIT_NOFILE at start."""
+
+    control: ListenerLimitsConfig = field(default_factory=ListenerLimitsConfig)
+    derp: ListenerLimitsConfig = field(default_factory=ListenerLimitsConfig)
+    admin: AdminLimitsConfig = field(default_factory=AdminLimitsConfig)
+    dns: DnsLimitsConfig = field(default_factory=DnsLimitsConfig)
+    health: HealthLimitsConfig = field(default_factory=HealthLimitsConfig)
+    reserved_descriptors: int = 1024  # kept out of the caps for files, the database, outgoing sockets
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # "text" | "json"
@@ -189,6 +229,7 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: the file this was read from (None = embedded defaults); not a key
     source: Path | None = field(default=None, compare=False)
 
@@ -265,6 +306,17 @@ _KINDS: dict[str, str] = {
     "presence.heartbeat": "duration",
     "log.level": "str",
     "log.format": "str",
+    "limits.control.max_connections": "int",
+    "limits.control.max_connections_per_source": "int",
+    "limits.derp.max_connections": "int",
+    "limits.derp.max_connections_per_source": "int",
+    "limits.admin.max_connections": "int",
+    "limits.admin.max_connections_per_source": "int",
+    "limits.dns.max_connections": "int",
+    "limits.dns.max_connections_per_source": "int",
+    "limits.health.max_connections": "int",
+    "limits.health.max_connections_per_source": "int",
+    "limits.reserved_descriptors": "int",
 }
 
 #: other spellings accepted in the file (Headscale's) -> the canonical key
@@ -297,21 +349,46 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 *
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
+#: the longest duration accepted anywhere: beyond it a number is a typo or an attack, and
+#: `now + duration` must still be a datetime
+MAX_DURATION = timedelta(days=36500)
+
+
+def _bounded(seconds: float, value: Any) -> timedelta:
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number, got {_cut(value)}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"a duration is at most 100 years (36500d), got {_cut(value)}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {_cut(value)}")
+    return timedelta(seconds=seconds)
+
+
+def _cut(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python will print
+        return "a number too large to show"
+    return text if len(text) <= 80 else text[:60] + "…"
+
+
 def parse_duration(value: Any) -> timedelta:
-    """'30s', '5m', '1h', '90d', '1h30m', '0', or a number of seconds. ValueError if not."""
+    """'30s', '5m', '1h', '90d', '1h30m', '0', or a number of seconds, at most `MAX_DURATION`.
+    ValueError if not."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 30s, 5m, 1h or 90d, got {value!r}")
     if isinstance(value, timedelta):
-        return value
+        return _bounded(value.total_seconds(), value)
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return timedelta(seconds=value)
+        try:
+            return _bounded(float(value), value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError(f"a duration is at most 100 years (36500d), got {_cut(value)}") from None
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration like 30s, 5m, 1h or 90d, got {value!r}")
+        raise ValueError(f"expected a duration like 30s, 5m, 1h or 90d, got {_cut(value)}")
     text = value.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return timedelta(seconds=float(text))
+        return _bounded(float(text), value)
     pos = 0
     total = 0.0
     for m in _DURATION_PART.finditer(text):
@@ -320,8 +397,8 @@ def parse_duration(value: Any) -> timedelta:
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
     if pos != len(text) or not text:
-        raise ValueError(f"expected a duration like 30s, 5m, 1h or 90d, got {value!r}")
-    return timedelta(seconds=total)
+        raise ValueError(f"expected a duration like 30s, 5m, 1h or 90d, got {_cut(value)}")
+    return _bounded(total, value)
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
@@ -638,6 +715,12 @@ _SUBRECORDS: dict[str, type] = {
     "node.ephemeral": EphemeralConfig,
     "presence": PresenceConfig,
     "log": LogConfig,
+    "limits": LimitsConfig,
+    "limits.control": ListenerLimitsConfig,
+    "limits.derp": ListenerLimitsConfig,
+    "limits.admin": AdminLimitsConfig,
+    "limits.dns": DnsLimitsConfig,
+    "limits.health": HealthLimitsConfig,
 }
 
 
@@ -784,6 +867,11 @@ def _validate(v: dict[str, Any], label: str) -> None:
         fail("presence.heartbeat", "must be at least 100ms")
     if lease <= heartbeat:
         fail("presence.lease", f"must be longer than presence.heartbeat ({heartbeat.total_seconds():g}s)")
+    for key in [k for k in _KINDS if k.startswith("limits.") and "max_connections" in k]:
+        if get(key) < 1:
+            fail(key, f"must be at least 1, got {get(key)}")
+    if get("limits.reserved_descriptors") < 0:
+        fail("limits.reserved_descriptors", "cannot be negative")
     relay_beat = get("derp.server.heartbeat_interval")
     if relay_beat < timedelta(milliseconds=100):
         fail("derp.server.heartbeat_interval", "must be at least 100ms")

@@ -212,6 +212,17 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "presence.heartbeat": "20s",
         "log.level": "warning",
         "log.format": "json",
+        "limits.control.max_connections": "100",
+        "limits.control.max_connections_per_source": "10",
+        "limits.derp.max_connections": "101",
+        "limits.derp.max_connections_per_source": "11",
+        "limits.admin.max_connections": "102",
+        "limits.admin.max_connections_per_source": "12",
+        "limits.dns.max_connections": "103",
+        "limits.dns.max_connections_per_source": "13",
+        "limits.health.max_connections": "104",
+        "limits.health.max_connections_per_source": "14",
+        "limits.reserved_descriptors": "15",
     }
     assert set(samples) == set(KNOWN_KEYS)
     env = {env_name(k): v for k, v in samples.items()}
