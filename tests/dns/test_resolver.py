@@ -274,6 +274,30 @@ def test_forwarding_only_for_allowed_sources(zone):
     assert rcode(ask(closed, query("example.com"), source=("127.0.0.1", 1))) == "REFUSED"
 
 
+def test_what_an_outside_source_can_make_us_send(zone):
+    """A spoofed source outside `forward_from` gets our zone's own answers or REFUSED. With a zone
+    of node names (no operator records with dozens of addresses under one name) no reply is more
+    than 4x its query, however the query asks (EDNS 4096, ANY, names outside the zone); the
+    per-source limiter then caps the rate (burst 200, then `rate` a second)."""
+    small = Zone("tailnet.internal", txt=TxtRecords())
+    small.set_node(1, "alpha", "100.64.0.1", "fd7a:115c:a1e0::1")
+    small.txt.set("_acme-challenge.alpha.tailnet.internal", ["x" * 43], now=0)
+    res = Resolver(small, upstreams=[("192.0.2.53", 53)], forward_from=SourceNetworks(["100.64.0.0/10"]),
+                   rate_limiter=RateLimiter(rate=100, burst=200))
+    worst = 0.0
+    for name in ("tailnet.internal", "alpha.tailnet.internal", "nope.tailnet.internal", "example.com",
+                 "_acme-challenge.alpha.tailnet.internal", "1.0.64.100.in-addr.arpa", "64.100.in-addr.arpa"):
+        for qtype in ("ANY", "A", "AAAA", "TXT", "SOA", "NS", "PTR", "MX"):
+            wire = query(name, qtype, edns=4096)
+            out = res.handle(wire, source=("192.0.2.7", 53), now=0)
+            assert isinstance(out, bytes)
+            worst = max(worst, len(out) / len(wire))
+    assert worst <= 4, worst
+    sent = sum(res.handle(query("example.com", edns=4096), source=("198.51.100.1", 53), now=1.0) is not None
+               for _ in range(1000))
+    assert sent == 200  # the burst, then nothing until tokens refill
+
+
 def test_source_networks():
     nets = SourceNetworks(["10.1.2.3/8", "2001:db8::/32", "192.0.2.1"])
     assert "10.200.0.1" in nets and ("2001:db8:ffff::1%eth0", 53, 0, 2) in nets and "192.0.2.1" in nets
