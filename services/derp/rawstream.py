@@ -6,14 +6,23 @@ wrapper's helper). `RawStream` does the same work directly:
 
 * ``receive_some`` decrypts every TLS record already received (up to ``max_bytes``) before it
   asks the kernel for more, and reads up to 256 KiB of ciphertext per ``recv``;
-* ``send_all`` encrypts the whole buffer at once and hands the ciphertext to the kernel in as
-  few ``send`` calls as it takes, waiting with ``trio.lowlevel.wait_writable`` only when the
-  socket buffer is full;
+* ``send_all`` encrypts the whole buffer and hands the ciphertext to the kernel in as few
+  ``send`` calls as it takes (batches of up to 256 KiB), waiting with
+  ``trio.lowlevel.wait_writable`` only when the socket buffer is full;
 * each call is one Trio checkpoint (a cancel point that also lets other tasks run).
 
 A clean TLS close, a ragged EOF (TCP FIN without close_notify, as browsers and Go clients may
 do) and a plain TCP EOF all read as ``b""``. Socket and TLS failures raise
 `trio.BrokenResourceError`. One sender and one receiver at a time (like every Trio stream).
+
+Memory: an idle connection must cost a few KB (a relay holds tens of thousands), so nothing is
+sized for the busiest moment per connection. Ciphertext is read into one buffer per thread,
+shared by every stream: it is handed to the connection's TLS object before anything can await,
+so no other stream can overwrite it in between; only what a short ``max_bytes`` leaves unread is
+copied out (`_backlog`). OpenSSL's memory BIOs keep the capacity of their largest fill for the
+life of the connection, so ciphertext goes in and comes out in slices of `_TLS_CHUNK` (about
+one TLS record), which caps that high-water mark for a connection that once carried a burst.
+`buffered()` reports the bytes a stream holds right now (the relay's stats add them up).
 """
 
 from __future__ import annotations
@@ -22,13 +31,34 @@ import errno
 import os
 import socket
 import ssl
+import threading
 from typing import Any
 
 import trio
 
-__all__ = ["RawStream", "accept_loop", "listen_socket", "open_tcp_raw"]
+from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
+from trioscale.shared.net.listen import accept_loop as _accept_loop
 
-_RECV = 1 << 18
+__all__ = ["RawStream", "accept_loop", "listen_socket", "open_tcp_raw", "shared_buffer_bytes"]
+
+_RECV = 1 << 18  # ciphertext per recv (into the shared buffer)
+_TLS_CHUNK = 1 << 14  # bytes through a memory BIO at a time: its capacity stays near this
+_SEND_BATCH = 1 << 18  # ciphertext handed to the kernel per send
+_local = threading.local()
+
+
+def _shared_buffer() -> memoryview:
+    """This thread's receive buffer (Trio runs one event loop per thread)."""
+    view = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(_RECV))
+    return view
+
+
+def shared_buffer_bytes() -> int:
+    """Bytes of the receive buffer this thread's streams share (0 before the first TLS read)."""
+    return _RECV if getattr(_local, "view", None) is not None else 0
+
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _checkpoint = trio.lowlevel.checkpoint
@@ -52,8 +82,8 @@ class RawStream(trio.abc.Stream):
         self._sending = False
         self._receiving = False
         self._drained = False  # the last read emptied the socket: wait before the next recv
-        self._rbuf: bytearray | None = None
-        self._rview: memoryview | None = None
+        self._backlog: bytes | None = None  # ciphertext received but not yet given to TLS
+        self._bpos = 0
         if ssl_context is not None:
             self._in = ssl.MemoryBIO()
             self._out = ssl.MemoryBIO()
@@ -99,6 +129,35 @@ class RawStream(trio.abc.Stream):
                     return b""
                 raise trio.BrokenResourceError(exc) from exc
 
+    async def _recv_shared(self, n: int) -> int:
+        """recv up to `n` bytes into the shared buffer; the caller must use them before it awaits."""
+        sock = self.socket
+        while True:
+            try:
+                return sock.recv_into(_shared_buffer(), n)
+            except (BlockingIOError, InterruptedError):
+                await _wait_readable(sock)
+            except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                    return 0
+                raise trio.BrokenResourceError(exc) from exc
+
+    async def _send_parts(self, parts: list[bytes]) -> bool:
+        """`_send_raw` of the concatenation of `parts`, without joining them when the kernel
+        takes them all at once (the usual case)."""
+        if len(parts) == 1:
+            return await self._send_raw(parts[0])
+        try:
+            sent = self.socket.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        total = sum(map(len, parts))
+        if sent == total:
+            return False
+        return await self._send_raw(memoryview(b"".join(parts))[sent:])
+
     async def _flush(self) -> bool:
         out = self._out.read()
         if out:
@@ -121,10 +180,10 @@ class RawStream(trio.abc.Stream):
                 break
             except ssl.SSLWantReadError:
                 await self._flush()
-                data = await self._recv_raw(_RECV)
-                if not data:
+                got = await self._recv_shared(_RECV)
+                if not got:
                     raise trio.BrokenResourceError("EOF during the TLS handshake")
-                self._in.write(data)
+                self._in.write(_shared_buffer()[:got])
             except ssl.SSLError as exc:
                 try:
                     await self._flush()  # the alert, if any
@@ -169,10 +228,13 @@ class RawStream(trio.abc.Stream):
 
     async def _receive_tls(self, tls: ssl.SSLObject, n: int) -> bytes:
         read = tls.read
+        bio_in = self._in
         waited = False
+        parts: list[bytes] = []
+        have = 0
+        view: memoryview | None = None  # unfed ciphertext in the shared buffer: never across an await
+        vpos = vend = 0
         while True:
-            parts: list[bytes] = []
-            have = 0
             eof = self._eof
             try:
                 while have < n:
@@ -188,6 +250,27 @@ class RawStream(trio.abc.Stream):
                 eof = True
             except ssl.SSLError as exc:
                 raise trio.BrokenResourceError(exc) from exc
+            if have < n and not eof:
+                if vpos < vend:
+                    stop = min(vend, vpos + _TLS_CHUNK)
+                    bio_in.write(view[vpos:stop])  # type: ignore[index]
+                    vpos = stop
+                    continue
+                backlog = self._backlog
+                if backlog is not None:
+                    stop = min(len(backlog), self._bpos + _TLS_CHUNK)
+                    bio_in.write(memoryview(backlog)[self._bpos : stop])
+                    if stop == len(backlog):
+                        self._backlog = None
+                        self._bpos = 0
+                    else:
+                        self._bpos = stop
+                    continue
+            if vpos < vend:  # `max_bytes` reached: keep the rest, the shared buffer is not ours
+                self._backlog = bytes(view[vpos:vend])  # type: ignore[index]
+                self._bpos = 0
+                vpos = vend = 0
+            view = None
             if self._out.pending and not self._sending:  # e.g. a KeyUpdate answer
                 # (while a send is in progress its bytes are still going out: never interleave
                 # with them; that send's task flushes this with its next write)
@@ -202,32 +285,30 @@ class RawStream(trio.abc.Stream):
                 if not waited:
                     await _checkpoint()
                 return b""
-            # Ciphertext goes through one reusable buffer (no 256 KiB allocation per read). When
-            # the last read left the socket empty, wait for readiness first instead of paying
-            # for a recv that fails with EAGAIN.
+            # When the last read left the socket empty, wait for readiness first instead of
+            # paying for a recv that fails with EAGAIN.
             sock = self.socket
-            buf = self._rbuf
-            if buf is None:
-                buf = self._rbuf = bytearray(_RECV)
-                self._rview = memoryview(buf)
+            want = _RECV if n >= _RECV else max(n + 4096, 2 * _TLS_CHUNK)
             got = -1
             while got < 0:
                 if self._drained:
                     await _wait_readable(sock)
                     waited = True
                 try:
-                    got = sock.recv_into(buf, _RECV)
+                    view = _shared_buffer()
+                    got = sock.recv_into(view, want)
                 except (BlockingIOError, InterruptedError):
                     self._drained = True
                 except OSError as exc:
                     if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
                         raise trio.BrokenResourceError(exc) from exc
                     got = 0
-            self._drained = 0 < got < _RECV
+            self._drained = 0 < got < want
             if got:
-                self._in.write(self._rview[:got])
+                vpos, vend = 0, got
             else:
-                self._in.write_eof()
+                view = None
+                bio_in.write_eof()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._check_open()
@@ -238,16 +319,53 @@ class RawStream(trio.abc.Stream):
             tls = self._tls
             if tls is not None:
                 try:
-                    tls.write(data)
+                    if len(data) <= _TLS_CHUNK:
+                        tls.write(data)
+                        waited = await self._flush()
+                    else:
+                        waited = await self._send_tls_chunked(tls, data)
                 except ssl.SSLError as exc:
                     raise trio.BrokenResourceError(exc) from exc
-                waited = await self._flush()
             else:
                 waited = await self._send_raw(data) if data else False
             if not waited:
                 await _checkpoint()
         finally:
             self._sending = False
+
+    async def _send_tls_chunked(self, tls: ssl.SSLObject, data: bytes | bytearray | memoryview) -> bool:
+        view = memoryview(data)
+        out = self._out
+        parts: list[bytes] = []
+        size = 0
+        waited = False
+        for off in range(0, len(view), _TLS_CHUNK):
+            tls.write(view[off : off + _TLS_CHUNK])
+            chunk = out.read()
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= _SEND_BATCH:
+                waited = await self._send_parts(parts) or waited
+                parts = []
+                size = 0
+        if parts:
+            waited = await self._send_parts(parts) or waited
+        return waited
+
+    def buffered(self) -> int:
+        """Bytes this stream holds now: ciphertext not yet decrypted or not yet sent."""
+        n = len(self._backlog) - self._bpos if self._backlog is not None else 0
+        if self._tls is not None:
+            n += self._in.pending + self._out.pending
+        return n
+
+    async def wait_readable(self) -> None:
+        """Until the peer has sent something (or closed)."""
+        self._check_open()
+        if self._tls is not None and (self._in.pending or self._backlog is not None):
+            await _checkpoint()
+            return
+        await _wait_readable(self.socket)
 
     async def wait_send_all_might_not_block(self) -> None:
         await _wait_writable(self.socket)
@@ -300,33 +418,21 @@ def listen_socket(host: str, port: int, family: int, *, reuse_port: bool = False
     return sock
 
 
-async def accept_loop(sock: socket.socket, handler: Any, nursery: trio.Nursery) -> None:
+async def accept_loop(
+    sock: socket.socket,
+    handler: Any,
+    nursery: trio.Nursery,
+    *,
+    limiter: ConnectionLimiter | None = None,
+    log: Any = None,
+) -> None:
     """Accept connections forever, starting ``handler(conn, peer)`` for each (conn non-blocking,
-    TCP_NODELAY). Closes `sock` when cancelled."""
-    try:
-        while True:
-            try:
-                conn, peer = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                await _wait_readable(sock)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    await trio.sleep(0.1)  # out of descriptors: back off, let connections end
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue
-                raise
-            conn.setblocking(False)
-            try:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            nursery.start_soon(handler, conn, peer)
-            await _checkpoint()
-    finally:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
+    TCP_NODELAY) within `limiter`'s caps (default: the relay's default caps); out of descriptors,
+    it backs off (see `trioscale.shared.net.listen`). Closes `sock` when cancelled."""
+    if limiter is None:
+        caps = DEFAULT_CAPS["derp"]
+        limiter = ConnectionLimiter("derp", caps.max_connections, caps.max_connections_per_source)
+    await _accept_loop(sock, handler, nursery, limiter=limiter, log=log)
 
 
 async def open_tcp_raw(host: str, port: int) -> socket.socket:

@@ -91,6 +91,7 @@ class Client:
         "closed",
         "nwrites",
         "stuck_at",
+        "expires_at",
     )
 
     def __init__(
@@ -134,6 +135,13 @@ class Client:
         self.closed = False
         self.nwrites = 0  # writes completed (the reader's pressure relief watches it)
         self.stuck_at = -1  # nwrites when a relief made no progress: don't yield again until it moves
+        self.expires_at: float | None = None  # the node's expiry (Unix time), with verify-clients
+
+    def buffered(self) -> int:
+        """Bytes queued for this client (packets and control frames)."""
+        n = sum(len(p) for _, p in self.data) + sum(len(p) for _, p in self.disco)
+        n += sum(len(f) for f in self.ctl)
+        return n + (len(self.pong) if self.pong is not None else 0)
 
     # -- producers (never block) ---------------------------------------------------------------
     def enqueue_packet(self, src: bytes, packet: bytes) -> None:

@@ -9,16 +9,27 @@ binds ``ctx.config.derp.server.listen_addr`` (TLS), registers itself in the stor
 Every connection's task runs in a shielded cancel scope of its own, so that a shutdown (cancel
 of `serve`) can first queue Restarting to every client, let the writers flush for a moment, and
 only then close the connections.
+
+Until a client is admitted it has done nothing but cost us, so each phase before that has a
+total deadline (not a per-read one, which a peer sending a byte now and then never trips):
+accept → first byte (``first_byte_timeout``), accept → a complete HTTP request head, TLS
+handshake included (``upgrade_timeout``; later requests on a kept-alive connection get the same
+from when we start waiting for them), and the upgrade → a verified ClientInfo
+(``handshake_timeout``). `DerpService.buffered` adds up the bytes every connection holds, for
+the stats (``buffers``).
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import json
 import logging
 import socket
 import ssl
+import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +38,13 @@ import trio
 
 from trioscale.shared import tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
+from trioscale.shared.net.limits import connection_limiter
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import RemoteProtocolError
 
 from .mesh import Mesh
-from .rawstream import RawStream, accept_loop, listen_socket
+from .ratelog import RateLimitedLog
+from .rawstream import RawStream, accept_loop, listen_socket, shared_buffer_bytes
 from .server import Client, ConnectionClosed, DerpServer
 from .stats import DerpStats
 from .verify import ClientVerifier
@@ -39,7 +52,11 @@ from .verify import ClientVerifier
 __all__ = ["serve", "split_host_port", "DerpService"]
 
 RECV_SIZE = 1 << 18
-HTTP_TIMEOUT = 30.0
+#: defaults of the pre-admission deadlines (config derp.server.*_timeout); generous enough for a
+#: client on a slow, lossy link, short enough that a trickle of bytes cannot hold a connection
+FIRST_BYTE_TIMEOUT = 10.0
+UPGRADE_TIMEOUT = 20.0
+HANDSHAKE_TIMEOUT = 15.0
 _CHALLENGE_OK = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
 
@@ -102,6 +119,9 @@ class _WebSocketStream:
             self._ws.receive_data(leftover)
         self._lock = trio.Lock()
 
+    def buffered(self) -> int:
+        return self._stream.buffered() if hasattr(self._stream, "buffered") else 0
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
@@ -137,6 +157,18 @@ class _WebSocketStream:
         await self._send(self._ws.send(Message(data=data)))
 
 
+class _Conn:
+    """What one connection holds, for the buffer accounting."""
+
+    __slots__ = ("stream", "http", "derp", "client")
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.http: h11.Connection | None = None
+        self.derp: proto.DerpServerConnection | None = None
+        self.client: Client | None = None
+
+
 class DerpService:
     """Everything one running relay needs; `serve()` builds one and runs it."""
 
@@ -153,6 +185,8 @@ class DerpService:
         handshake_timeout: float,
         mesh_key: bytes | None,
         verify_clients: bool,
+        first_byte_timeout: float = FIRST_BYTE_TIMEOUT,
+        upgrade_timeout: float = UPGRADE_TIMEOUT,
     ):
         self.ctx = ctx
         self.log: logging.Logger = ctx.log.getChild("derp") if hasattr(ctx.log, "getChild") else ctx.log
@@ -163,9 +197,18 @@ class DerpService:
         self.keepalive_jitter = keepalive_jitter
         self.write_timeout = write_timeout
         self.handshake_timeout = handshake_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.upgrade_timeout = upgrade_timeout
         self.mesh_key = mesh_key
         self.verifier = ClientVerifier(ctx.store) if verify_clients else None
         self._scopes: set[trio.CancelScope] = set()
+        self._conns: set[_Conn] = set()
+        self.refusals = RateLimitedLog(self.log)
+        # connected clients by node expiry (Unix time); entries of clients gone or re-timed are
+        # skipped when they come up
+        self._expiries: list[tuple[float, int, Client]] = []
+        self._expiry_seq = 0
+        self._expiry_wake = trio.Event()
         # filled in by serve() once bound
         self.port: int = 0
         self.address: str = ""
@@ -181,16 +224,28 @@ class DerpService:
         with trio.CancelScope(shield=True) as scope:
             self._scopes.add(scope)
             stream = RawStream(sock, self.ssl_context, server_side=True)
+            conn = _Conn(stream)
+            self._conns.add(conn)
+            stats = self.stats
+            stats.connections_current += 1
             try:
-                self.stats.accepts += 1
+                stats.accepts += 1
+                deadline = trio.current_time() + self.upgrade_timeout
                 try:
-                    with trio.fail_after(self.handshake_timeout):
+                    with trio.fail_after(min(self.first_byte_timeout, self.upgrade_timeout)):
+                        await stream.wait_readable()
+                    with trio.fail_at(deadline):
                         await stream.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
-                    self.stats.tls_errors += 1
+                except trio.TooSlowError:
+                    stats.handshake_timeouts += 1
                     return
-                await self._http(stream, (str(peer[0]), int(peer[1])), scope)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError):
+                except (trio.BrokenResourceError, ssl.SSLError, OSError):
+                    stats.tls_errors += 1
+                    return
+                await self._http(stream, (str(peer[0]), int(peer[1])), scope, conn, deadline)
+            except trio.TooSlowError:  # only pre-admission phases have deadlines that raise
+                stats.handshake_timeouts += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
                 pass
             except (h11.ProtocolError, RemoteProtocolError, ConnectionClosed) as exc:
                 self.log.debug("derp connection from %s closed: %s", peer, exc)
@@ -201,78 +256,101 @@ class DerpService:
                     self.log.exception("derp connection handler failed")
             finally:
                 self._scopes.discard(scope)
+                self._conns.discard(conn)
+                stats.connections_current -= 1
                 stream.close()
 
-    async def _http(self, stream: trio.abc.Stream, peer: tuple[str, int], scope: trio.CancelScope) -> None:
+    async def _http(self, stream: Any, peer: tuple[str, int], scope: trio.CancelScope, state: _Conn,
+                    deadline: float) -> None:
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        state.http = h
         while True:
-            req = await self._next_event(h, stream)
-            if req is None or type(req) is h11.ConnectionClosed:
+            upgrade = None
+            with trio.fail_at(deadline):
+                upgrade = await self._request(h, stream, peer)
+            if upgrade is None:
+                if h.our_state is h11.DONE and h.their_state is h11.DONE:
+                    h.start_next_cycle()
+                    deadline = trio.current_time() + self.upgrade_timeout
+                    continue
                 return
-            if type(req) is not h11.Request:
+            if upgrade is False:
                 return
-            self.stats.http_requests += 1
-            path = req.target.split(b"?", 1)[0]
-            headers = {k: v for k, v in req.headers}  # h11 lowercases names
-            if path == b"/derp":
-                upgrade = headers.get(b"upgrade", b"").strip().lower()
-                if upgrade == b"websocket":
-                    protos = [p.strip().lower() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
-                    if b"derp" in protos and b"sec-websocket-key" in headers:
-                        await self._websocket(h, stream, req, headers, peer, scope)
-                        return
-                if upgrade in (b"derp", b"websocket"):
-                    leftover = h.trailing_data[0]
-                    fast = headers.get(b"derp-fast-start", b"").strip() == b"1"
-                    prefix = b"" if fast else self._switching_protocols()
-                    await self._derp_session(stream, leftover, prefix, peer, b"ideal-node" in headers, scope)
-                    return
-                await self._respond(
-                    h,
-                    stream,
-                    req,
-                    426,
-                    b"DERP requires connection upgrade\n",
-                    [(b"content-type", b"text/plain; charset=utf-8")],
-                )
-            elif path in (b"/derp/probe", b"/derp/latency-check"):
-                if req.method in (b"GET", b"HEAD"):
-                    await self._respond(h, stream, req, 200, b"", [(b"access-control-allow-origin", b"*")])
-                else:
-                    await self._respond(h, stream, req, 405, b"bogus probe method\n", [])
-            elif path == b"/generate_204":
-                extra = [(b"cache-control", b"no-cache, no-store, must-revalidate, no-transform, max-age=0")]
-                challenge = headers.get(b"x-tailscale-challenge")
-                if challenge is not None and len(challenge) <= 64 and _CHALLENGE_OK.issuperset(challenge):
-                    extra.append((b"x-tailscale-response", b"response " + challenge))
-                await self._respond(h, stream, req, 204, b"", extra)
-            elif path == b"/health":
-                await self._respond(h, stream, req, 200, b"ok\n", [(b"content-type", b"text/plain")])
-            elif path == b"/robots.txt":
-                await self._respond(h, stream, req, 200, b"User-agent: *\nDisallow: /\n", [(b"content-type", b"text/plain")])
-            elif path == b"/debug/stats" and _is_loopback(peer[0]):
-                body = json.dumps(self.stats_dict()).encode()
-                await self._respond(h, stream, req, 200, body, [(b"content-type", b"application/json")])
-            elif path == b"/":
-                await self._respond(h, stream, req, 200, b"trioscale DERP relay\n", [(b"content-type", b"text/plain")])
+            # the HTTP phase is over: let its parser and request go before the session starts
+            kind, leftover, not_ideal, ws_key = upgrade
+            state.http = h = None  # type: ignore[assignment]
+            if kind == "websocket":
+                await self._websocket(stream, leftover, ws_key, peer, not_ideal, scope, state)
             else:
-                await self._respond(h, stream, req, 404, b"not found\n", [(b"content-type", b"text/plain")])
-            # finish reading the request, then maybe serve another on this connection
-            while True:
-                ev = await self._next_event(h, stream)
-                if ev is None or type(ev) in (h11.EndOfMessage, h11.ConnectionClosed):
-                    break
-            if h.our_state is h11.DONE and h.their_state is h11.DONE:
-                h.start_next_cycle()
+                await self._derp_session(stream, leftover, kind, peer, not_ideal, scope, state)
+            return
+
+    async def _request(self, h: h11.Connection, stream: Any, peer: tuple[str, int]) -> Any:
+        """Read and answer one request. Returns None when it was answered (and read to its
+        end), False to close, or ``(kind, leftover, not_ideal, websocket key)`` to upgrade;
+        kind is the DERP prefix to send (b"" for fast start) or "websocket"."""
+        req = await self._next_event(h, stream)
+        if req is None or type(req) is h11.ConnectionClosed:
+            return False
+        if type(req) is not h11.Request:
+            return False
+        self.stats.http_requests += 1
+        path = req.target.split(b"?", 1)[0]
+        headers = {k: v for k, v in req.headers}  # h11 lowercases names
+        if path == b"/derp":
+            upgrade = headers.get(b"upgrade", b"").strip().lower()
+            if upgrade == b"websocket":
+                protos = [p.strip().lower() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
+                if b"derp" in protos and b"sec-websocket-key" in headers:
+                    key = headers[b"sec-websocket-key"].strip()
+                    return ("websocket", h.trailing_data[0], b"ideal-node" in headers, key)
+            if upgrade in (b"derp", b"websocket"):
+                leftover = h.trailing_data[0]
+                fast = headers.get(b"derp-fast-start", b"").strip() == b"1"
+                prefix = b"" if fast else self._switching_protocols()
+                return (prefix, leftover, b"ideal-node" in headers, None)
+            await self._respond(
+                h,
+                stream,
+                req,
+                426,
+                b"DERP requires connection upgrade\n",
+                [(b"content-type", b"text/plain; charset=utf-8")],
+            )
+        elif path in (b"/derp/probe", b"/derp/latency-check"):
+            if req.method in (b"GET", b"HEAD"):
+                await self._respond(h, stream, req, 200, b"", [(b"access-control-allow-origin", b"*")])
             else:
-                return
+                await self._respond(h, stream, req, 405, b"bogus probe method\n", [])
+        elif path == b"/generate_204":
+            extra = [(b"cache-control", b"no-cache, no-store, must-revalidate, no-transform, max-age=0")]
+            challenge = headers.get(b"x-tailscale-challenge")
+            if challenge is not None and len(challenge) <= 64 and _CHALLENGE_OK.issuperset(challenge):
+                extra.append((b"x-tailscale-response", b"response " + challenge))
+            await self._respond(h, stream, req, 204, b"", extra)
+        elif path == b"/health":
+            await self._respond(h, stream, req, 200, b"ok\n", [(b"content-type", b"text/plain")])
+        elif path == b"/robots.txt":
+            await self._respond(h, stream, req, 200, b"User-agent: *\nDisallow: /\n", [(b"content-type", b"text/plain")])
+        elif path == b"/debug/stats" and _is_loopback(peer[0]):
+            body = json.dumps(self.stats_dict()).encode()
+            await self._respond(h, stream, req, 200, body, [(b"content-type", b"application/json")])
+        elif path == b"/":
+            await self._respond(h, stream, req, 200, b"trioscale DERP relay\n", [(b"content-type", b"text/plain")])
+        else:
+            await self._respond(h, stream, req, 404, b"not found\n", [(b"content-type", b"text/plain")])
+        # finish reading the request, then maybe serve another on this connection
+        while True:
+            ev = await self._next_event(h, stream)
+            if ev is None or type(ev) in (h11.EndOfMessage, h11.ConnectionClosed):
+                break
+        return None
 
     async def _next_event(self, h: h11.Connection, stream: trio.abc.Stream) -> Any:
         while True:
             ev = h.next_event()
             if ev is h11.NEED_DATA:
-                with trio.fail_after(HTTP_TIMEOUT):
-                    data = await stream.receive_some(RECV_SIZE)
+                data = await stream.receive_some(RECV_SIZE)
                 h.receive_data(data)
                 continue
             if ev is h11.PAUSED:
@@ -296,11 +374,10 @@ class DerpService:
             b"Derp-Public-Key: " + self.server.public_key.hex().encode() + b"\r\n\r\n"
         )
 
-    async def _websocket(self, h, stream, req, headers, peer, scope) -> None:
+    async def _websocket(self, stream, leftover: bytes, ws_key: bytes, peer, not_ideal: bool, scope, state) -> None:
         from wsproto.utilities import generate_accept_token
 
-        leftover = h.trailing_data[0]
-        accept = generate_accept_token(headers[b"sec-websocket-key"].strip())
+        accept = generate_accept_token(ws_key)
         response = (
             b"HTTP/1.1 101 Switching Protocols\r\n"
             b"Upgrade: websocket\r\n"
@@ -308,43 +385,59 @@ class DerpService:
             b"Sec-WebSocket-Accept: " + accept + b"\r\n"
             b"Sec-WebSocket-Protocol: derp\r\n\r\n"
         )
-        await stream.send_all(response)
+        with trio.fail_after(self.handshake_timeout):
+            await stream.send_all(response)
         ws = _WebSocketStream(stream, leftover)
-        await self._derp_session(ws, b"", b"", peer, b"ideal-node" in headers, scope)
+        state.stream = ws
+        await self._derp_session(ws, b"", b"", peer, not_ideal, scope, state)
 
-    async def _derp_session(self, stream, leftover: bytes, prefix: bytes, peer, not_ideal: bool, scope) -> None:
+    async def _derp_session(self, stream, leftover: bytes, prefix: bytes, peer, not_ideal: bool, scope, state) -> None:
         server = self.server
         stats = self.stats
         conn = proto.DerpServerConnection(server.private_key)
-        await stream.send_all(prefix + conn.server_key_frame())
+        state.derp = conn
         events: list = []
+        expires_at = None
         try:
             with trio.fail_after(self.handshake_timeout):
+                await stream.send_all(prefix + conn.server_key_frame())
                 if leftover:
                     events = conn.receive_data(leftover)
+                    leftover = b""
                 while not events:
                     data = await stream.receive_some(RECV_SIZE)
                     if not data:
                         return
                     events = conn.receive_data(data)
-            info = events[0]
-            if type(info) is not proto.ClientInfo:
-                raise RemoteProtocolError("expected ClientInfo")
-            is_mesh = self.mesh_key is not None and info.mesh_key is not None and _consteq(info.mesh_key, self.mesh_key)
-            node_id = None
-            if not is_mesh and self.verifier is not None:
-                node_id = await self.verifier.node_id_for(info.key)
-                if node_id is None:
-                    stats.clients_rejected += 1
-                    self.log.info("derp: refused unknown node key %s from %s", info.key.hex()[:16], peer[0])
-                    return
+                info = events[0]
+                if type(info) is not proto.ClientInfo:
+                    raise RemoteProtocolError("expected ClientInfo")
+                is_mesh = self.mesh_key is not None and info.mesh_key is not None and _consteq(info.mesh_key, self.mesh_key)
+                node_id = None
+                if not is_mesh and self.verifier is not None:
+                    found = await self.verifier.lookup(info.key)
+                    if found is None:
+                        stats.clients_rejected += 1
+                        self.refusals.info("derp: refused unknown node key %s from %s", info.key.hex()[:16], peer[0])
+                        return
+                    node_id, expires_at = found
+                    if expires_at is not None and expires_at <= time.time():
+                        stats.clients_rejected += 1
+                        stats.clients_expired += 1
+                        self.refusals.info("derp: refused expired node %s (key %s) from %s", node_id,
+                                           info.key.hex()[:16], peer[0])
+                        return
         except RemoteProtocolError as exc:
+            # a peer that cannot speak DERP (or is probing our parser): one line, no traceback
             stats.protocol_errors += 1
-            self.log.debug("derp handshake from %s failed: %s", peer[0], exc)
+            self.refusals.warning("derp: handshake from %s refused: %s", peer[0], exc)
             return
         client = Client(server, info.key, stream, info=info, peer=peer, is_mesh=is_mesh, not_ideal=not_ideal, node_id=node_id)
         client.scope = scope
+        state.client = client
         server.register(client)
+        if expires_at is not None:
+            self._watch_expiry(client, expires_at)
         try:
             client.send_frame(conn.accept())
             async with trio.open_nursery() as nursery:
@@ -411,7 +504,7 @@ class DerpService:
                 c.close()
             return
         fields = data.get("fields")
-        if fields is not None and "node_key" not in fields:
+        if fields is not None and "node_key" not in fields and "expiry" not in fields:
             return
         for c in affected:
             try:
@@ -421,9 +514,68 @@ class DerpService:
                 continue
             if node is None or node.id != node_id:
                 c.close()
+                continue
+            expiry = getattr(node, "expiry", None)
+            self._watch_expiry(c, expiry.timestamp() if expiry is not None else None)
+
+    # -- node expiry -----------------------------------------------------------------------------------
+    def _watch_expiry(self, client: Client, expires_at: float | None) -> None:
+        """Close `client` when its node expires (now, if it already has)."""
+        client.expires_at = expires_at
+        if expires_at is None:
+            return
+        self._expiry_seq += 1
+        heapq.heappush(self._expiries, (expires_at, self._expiry_seq, client))
+        if self._expiries[0][2] is client:
+            self._expiry_wake.set()
+
+    async def expire_clients(self) -> None:
+        """Close connections of nodes whose expiry has come (a timer for the nearest)."""
+        heap = self._expiries
+        while True:
+            now = time.time()
+            while heap and heap[0][0] <= now:
+                at, _, client = heapq.heappop(heap)
+                if client.expires_at != at or client.closed or client.scope is None:
+                    continue  # re-timed since, or gone
+                if client not in self.server.connections_for(client.key):
+                    continue
+                self.stats.clients_expired += 1
+                self.log.info("derp: closing connection of expired node %s", client.node_id)
+                client.close()
+            self._expiry_wake = trio.Event()
+            # the wall clock may jump: look again at least every minute
+            delay = min(60.0, heap[0][0] - now) if heap else 60.0
+            with trio.move_on_after(max(0.0, delay)):
+                await self._expiry_wake.wait()
+
+    def buffered(self) -> dict[str, int]:
+        """Bytes held for connections right now, by kind (computed when asked, off the hot path)."""
+        streams = http = handshake = queues = 0
+        for c in self._conns:
+            stream = c.stream
+            if hasattr(stream, "buffered"):
+                streams += stream.buffered()
+            if c.http is not None:
+                http += len(c.http.trailing_data[0])
+            if c.derp is not None:
+                handshake += c.derp.buffered
+            if c.client is not None:
+                queues += c.client.buffered()
+        shared = shared_buffer_bytes()
+        return {
+            "connections": len(self._conns),
+            "read_shared": shared,
+            "streams": streams,
+            "http": http,
+            "frames": handshake,
+            "send_queues": queues,
+            "total": shared + streams + http + handshake + queues,
+        }
 
     def stats_dict(self) -> dict[str, Any]:
         d = self.stats.as_dict()
+        d["buffers"] = self.buffered()
         if self.verifier is not None:
             d["verify_cache"] = {"size": len(self.verifier), "hits": self.verifier.hits, "misses": self.verifier.misses}
         return d
@@ -499,7 +651,9 @@ async def serve(
     keepalive_jitter: float = 5.0,
     queue_depth: int = 32,
     write_timeout: float | None = 2.0,
-    handshake_timeout: float = 10.0,
+    handshake_timeout: float | None = None,  # default: derp.server.handshake_timeout (15 s)
+    first_byte_timeout: float | None = None,  # default: derp.server.first_byte_timeout (10 s)
+    upgrade_timeout: float | None = None,  # default: derp.server.upgrade_timeout (20 s)
     heartbeat_interval: float | None = None,  # default: derp.server.heartbeat_interval (10 s)
     shutdown_grace: float = 1.0,
     reuse_port: bool | None = None,
@@ -530,7 +684,9 @@ async def serve(
         keepalive_jitter=keepalive_jitter,
         queue_depth=queue_depth,
         write_timeout=write_timeout,
-        handshake_timeout=handshake_timeout,
+        handshake_timeout=_seconds(handshake_timeout, cfg, "handshake_timeout", HANDSHAKE_TIMEOUT),
+        first_byte_timeout=_seconds(first_byte_timeout, cfg, "first_byte_timeout", FIRST_BYTE_TIMEOUT),
+        upgrade_timeout=_seconds(upgrade_timeout, cfg, "upgrade_timeout", UPGRADE_TIMEOUT),
         mesh_key=_parse_mesh_key(getattr(cfg, "mesh_key", None)),
         verify_clients=bool(getattr(cfg, "verify_clients", True)),
     )
@@ -568,9 +724,11 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         try:
-            nursery.start_soon(accept_loop, listener, svc.handle_tcp, nursery)
+            limiter = connection_limiter(ctx, "derp")
+            nursery.start_soon(partial(accept_loop, listener, svc.handle_tcp, nursery, limiter=limiter, log=svc.log))
             if svc.verifier is not None:
                 nursery.start_soon(svc.follow_changes)
+                nursery.start_soon(svc.expire_clients)
             await _upsert_relay(ctx, svc, relay)
             if heartbeat_interval is None:
                 beat = getattr(cfg, "heartbeat_interval", None)
@@ -599,6 +757,17 @@ async def serve(
                     except Exception:
                         svc.log.warning("derp: could not delete relay row", exc_info=True)
                 svc.log.info("DERP relay on %s stopped", address)
+
+
+def _seconds(explicit: float | None, cfg: Any, name: str, default: float) -> float:
+    """A deadline in seconds: the explicit argument, else the config key, else `default`."""
+    if explicit is not None:
+        return float(explicit)
+    value = getattr(cfg, name, None)
+    if value is None:
+        return default
+    seconds = value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+    return seconds if seconds > 0 else default
 
 
 def _relay_timeout(ctx: Any, heartbeat_interval: float) -> float:

@@ -18,11 +18,14 @@ DROP_REASONS = (
 class DerpStats:
     __slots__ = (
         "accepts",
+        "connections_current",  # accepted and not yet closed, authenticated or not
+        "handshake_timeouts",  # closed by a deadline before the client was admitted
         "tls_errors",
         "http_requests",
         "clients_current",
         "clients_total",
         "clients_rejected",
+        "clients_expired",  # refused, or closed, because their node expired
         "home_clients",
         "watchers",
         "mesh_clients",

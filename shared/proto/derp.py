@@ -563,6 +563,8 @@ def _parse_client_info_json(client_key: bytes, plaintext: bytes) -> ClientInfo:
         obj = json.loads(plaintext)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"ClientInfo JSON is invalid: {exc}") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack: hostile, not a bug of ours
+        raise RemoteProtocolError("ClientInfo JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("ClientInfo JSON is not an object")
     version = _json_ci(obj, "version")
@@ -699,6 +701,11 @@ class DerpServerConnection:
 
     def server_key_frame(self) -> bytes:
         return encode_frame(FrameType.SERVER_KEY, MAGIC + self.public_key)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished frame held until the rest arrives."""
+        return self._decoder.buffered
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; returns the events they complete, in order."""
