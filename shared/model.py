@@ -119,6 +119,8 @@ class PendingRegistration:
     created_at: datetime = field(default_factory=utcnow)
     node_id: int | None = None  # set when approved
     user_id: int | None = None
+    #: where the request came from (an IP address, an IPv6 /64; "" if unknown): the per-source cap
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,23 @@ from trioscale.shared.model import (
     User,
 )
 
-#: the most pending interactive registrations kept; the oldest go first
+#: the most pending interactive registrations kept; when full, new ones are refused (never
+#: evicting other sources' logins, so a flood cannot push out real ones)
 MAX_PENDING_REGISTRATIONS = 1024
+#: total bytes of client-supplied data (Hostinfo JSON) the pending registrations may hold
+MAX_PENDING_BYTES = 16 << 20
+#: pending registrations one source address (an IPv6 /64) may hold; its oldest goes first
+MAX_PENDING_PER_SOURCE = 64
+#: a Hostinfo larger than this as compact JSON is refused, never stored. Real clients send a few
+#: KiB (tailcfg.Hostinfo: OS, versions, a few dozen services, routes, NetInfo).
+MAX_HOSTINFO_BYTES = 64 << 10
+#: endpoints a node may report, and the longest one ("[v6 address%zone]:port" fits easily)
+MAX_ENDPOINTS = 64
+MAX_ENDPOINT_LEN = 64
+#: the longest hostname kept (a DNS name's limit)
+MAX_HOSTNAME_LEN = 255
+#: how long a change-log subscriber's recorded position holds the log back without renewal
+SUBSCRIBER_LEASE_SECONDS = 300.0
 
 
 class StoreError(Exception):
@@ -46,6 +61,19 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """A unique name, key or address is taken, or a record is still in use."""
+
+
+class TooLarge(StoreError):
+    """A client-supplied value is over its size cap; nothing was stored."""
+
+
+class StoreFull(StoreError):
+    """A bounded table (pending registrations) is full; try again later."""
+
+
+class ChangesTrimmed(StoreError):
+    """The change log was trimmed past a subscriber's position (its lease ran out, or it was
+    down): the changes it missed are gone. Reload the state from the store, then subscribe again."""
 
 
 class SchemaTooNew(StoreError):
@@ -111,7 +139,11 @@ class Store(abc.ABC):
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         """Set the named fields (names of Node attributes other than id/machine_key). NotFound,
         Conflict as for create. The change's data lists the changed field names. A no-op update
-        (values equal to the stored ones) writes nothing and records no change."""
+        (values equal to the stored ones) writes nothing and records no change.
+
+        Naming `auth_key_id` is a registration with that key: like create_node, a single-use key
+        must be unused (Conflict otherwise) and is marked used in the same transaction, even when
+        the node already named it. TooLarge for a hostinfo/endpoints/hostname over its cap."""
 
     @abc.abstractmethod
     async def delete_node(self, node_id: int) -> None:
@@ -190,7 +222,11 @@ class Store(abc.ABC):
     # -- pending interactive registrations (bounded) -------------------------------------------
     @abc.abstractmethod
     async def put_pending_registration(self, reg: PendingRegistration) -> PendingRegistration:
-        """Insert or replace by id. Keeps at most MAX_PENDING_REGISTRATIONS, dropping the oldest."""
+        """Insert or replace by id. One per machine key (a machine's older, unapproved ones are
+        dropped), at most MAX_PENDING_PER_SOURCE per `reg.source` (that source's oldest go), and
+        at most MAX_PENDING_REGISTRATIONS / MAX_PENDING_BYTES in all: when full (after dropping
+        the expired ones, older than `pending_lifetime`), StoreFull and nothing is stored.
+        TooLarge for a hostinfo over MAX_HOSTINFO_BYTES."""
 
     @abc.abstractmethod
     async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None: ...
@@ -298,11 +334,35 @@ class Store(abc.ABC):
         """Changes with seq > `seq`, oldest first, at most `limit`."""
 
     @abc.abstractmethod
+    async def record_position(self, subscriber_id: str, seq: int, lease_expires: datetime) -> None:
+        """Subscriber `subscriber_id` has read the log up to `seq`; hold the entries after it until
+        `lease_expires` (renewed by every later call). Records no change."""
+
+    @abc.abstractmethod
+    async def drop_position(self, subscriber_id: str) -> None:
+        """The subscriber is gone (clean shutdown); absent is not an error."""
+
+    @abc.abstractmethod
+    async def list_positions(self, now: datetime) -> list[tuple[str, int, datetime]]:
+        """(subscriber_id, seq, lease_expires) of every live subscriber, by id."""
+
+    @abc.abstractmethod
+    async def trim_changes(self, now: datetime, max_rows: int = 10000) -> int:
+        """Housekeeping: forget subscribers whose lease ended before `now`, then delete up to
+        `max_rows` of the oldest changes every live subscriber has read (all but the newest if
+        none is live: a new subscriber starts at the newest). The newest change is always kept, so
+        seqs never go back. Returns how many were deleted."""
+
+    @abc.abstractmethod
     def subscribe(self, since: int | None = None) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
         """An async context manager yielding an async iterator over every change after `since`
         (default: the newest seq at subscription time), in order, forever. It waits on the
         wake-up, then reads the log; if the wake-up channel breaks (PostgreSQL connection lost) it
         reconnects and catches up from the log, so a subscriber never misses or repeats a change.
+
+        The iterator records its position (`record_position`, renewed every lease/4 while it
+        runs) so trimming keeps what it has not read; if the log was trimmed past it anyway, it
+        raises ChangesTrimmed: reload from the store and subscribe again from the newest seq.
 
             async with store.subscribe() as changes:
                 async for change in changes: ...

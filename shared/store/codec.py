@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
@@ -32,7 +32,8 @@ from trioscale.shared.model import (
     User,
     utcnow,
 )
-from trioscale.shared.store.base import Conflict, NotFound, Store
+from trioscale.shared.store import base
+from trioscale.shared.store.base import Conflict, NotFound, Store, StoreFull, TooLarge
 
 # -- times ---------------------------------------------------------------------------------------
 
@@ -242,6 +243,7 @@ def registration_from_row(r: Mapping[str, Any]) -> PendingRegistration:
         created_at=read_time(r["created_at"]),
         node_id=None if r["node_id"] is None else int(r["node_id"]),
         user_id=None if r["user_id"] is None else int(r["user_id"]),
+        source=r["source"],
     )
 
 
@@ -466,6 +468,54 @@ def _node_value(name: str, v: Any) -> Any:
     return normalize_node_value(name, v)
 
 
+def hostinfo_size(hostinfo: Any) -> int:
+    """Bytes of `hostinfo` as the store writes it (compact JSON)."""
+    return len(json_text(dict(hostinfo or {})).encode())
+
+
+def check_hostinfo(hostinfo: Any) -> int:
+    """Its size; TooLarge over MAX_HOSTINFO_BYTES (read at call time, so tests may lower it)."""
+    size = hostinfo_size(hostinfo)
+    if size > base.MAX_HOSTINFO_BYTES:
+        raise TooLarge(f"Hostinfo is {size} bytes; the limit is {base.MAX_HOSTINFO_BYTES}")
+    return size
+
+
+def _check_node_sizes(values: Mapping[str, Any]) -> None:
+    """Client-supplied node fields within their caps: what a client sends is never stored whole
+    when it is larger than any real client sends."""
+    if "hostinfo" in values:
+        check_hostinfo(values["hostinfo"])
+    eps = values.get("endpoints") or ()
+    if len(eps) > base.MAX_ENDPOINTS:
+        raise TooLarge(f"{len(eps)} endpoints; the limit is {base.MAX_ENDPOINTS}")
+    if any(len(e) > base.MAX_ENDPOINT_LEN for e in eps):
+        raise TooLarge(f"an endpoint is longer than {base.MAX_ENDPOINT_LEN} characters")
+    if len(values.get("hostname") or "") > base.MAX_HOSTNAME_LEN:
+        raise TooLarge(f"hostname is longer than {base.MAX_HOSTNAME_LEN} characters")
+
+
+def _use_auth_key(key_id: int):
+    """A registration with pre-auth key `key_id`, inside the registration's own transaction (so
+    two registrations with one single-use key cannot both win): a single-use key must be unused,
+    and is marked used."""
+    r = yield One("SELECT * FROM preauth_keys WHERE id = ?", int(key_id))
+    if r is None:
+        raise NotFound(f"pre-auth key {key_id} not found")
+    key = preauth_key_from_row(r)
+    if key.reusable:
+        return key
+    if key.used:
+        raise Conflict(f"pre-auth key {key.prefix} has already been used")
+    yield Exec("UPDATE preauth_keys SET used = ? WHERE id = ?", True, key.id)
+    return key
+
+
+def _emit_key_used(key) -> Any:
+    if key is not None and not key.reusable:
+        yield Emit("preauthkey.updated", {"id": key.id, "user_id": key.user_id, "fields": ["used"]})
+
+
 def _check_node_unique(values: Mapping[str, Any], columns: Iterable[str], node_id: int | None):
     for col in NODE_UNIQUE:
         if col not in columns or values.get(col) is None:
@@ -479,15 +529,11 @@ def op_create_node(node: Node, now: datetime):
     values = {name: _node_value(name, getattr(node, name)) for name in NODE_FIELDS}
     if values["created_at"] is None:
         values["created_at"] = now
+    _check_node_sizes(values)
     yield from _need_user(values["user_id"])
     key = None
     if values["auth_key_id"] is not None:
-        r = yield One("SELECT * FROM preauth_keys WHERE id = ?", values["auth_key_id"])
-        if r is None:
-            raise NotFound(f"pre-auth key {values['auth_key_id']} not found")
-        key = preauth_key_from_row(r)
-        if not key.reusable and key.used:
-            raise Conflict(f"pre-auth key {key.prefix} has already been used")
+        key = yield from _use_auth_key(values["auth_key_id"])
     yield from _check_node_unique(values, NODE_UNIQUE, None)
     cols = ", ".join(NODE_FIELDS)
     marks = ", ".join("?" for _ in NODE_FIELDS)
@@ -497,9 +543,7 @@ def op_create_node(node: Node, now: datetime):
         "node.created",
         {"id": created.id, "user_id": created.user_id, "node_key": _hex(created.node_key)},
     )
-    if key is not None and not key.reusable:
-        yield Exec("UPDATE preauth_keys SET used = ? WHERE id = ?", True, key.id)
-        yield Emit("preauthkey.updated", {"id": key.id, "user_id": key.user_id, "fields": ["used"]})
+    yield from _emit_key_used(key)
     return created
 
 
@@ -509,8 +553,13 @@ def op_update_node(node_id: int, fields: Mapping[str, Any]):
         raise ValueError(f"update_node cannot set {', '.join(bad)}")
     current = yield from _need_node(node_id)
     new = {name: _node_value(name, v) for name, v in fields.items()}
+    _check_node_sizes(new)
+    key = None
+    if new.get("auth_key_id") is not None:
+        key = yield from _use_auth_key(new["auth_key_id"])
     changed = sorted(name for name, v in new.items() if getattr(current, name) != v)
     if not changed:
+        yield from _emit_key_used(key)
         return current
     if "user_id" in changed:
         yield from _need_user(new["user_id"])
@@ -519,6 +568,7 @@ def op_update_node(node_id: int, fields: Mapping[str, Any]):
     r = yield One(f"UPDATE nodes SET {sets} WHERE id = ? RETURNING *", *(new[n] for n in changed), current.id)
     updated = node_from_row(r)
     yield Emit("node.updated", {"id": updated.id, "user_id": updated.user_id, "fields": changed})
+    yield from _emit_key_used(key)
     return updated
 
 
@@ -684,35 +734,69 @@ def op_set_policy(text: str, now: datetime):
 # -- pending registrations -----------------------------------------------------------------------
 
 
-def op_put_pending_registration(reg: PendingRegistration, limit: int):
+def _drop_pending(rows, reason: str):
+    for v in rows:
+        yield Exec("DELETE FROM pending_registrations WHERE id = ?", v["id"])
+        yield Emit("registration.deleted", {"id": v["id"], "reason": reason})
+
+
+def op_put_pending_registration(reg: PendingRegistration, limit: int, byte_limit: int, per_source: int,
+                                stale_before: datetime):
+    hostinfo = normalize_hostinfo(reg.hostinfo)
+    size = check_hostinfo(hostinfo)
+    # expired ones first: they hold room that real logins need
+    stale = yield All(
+        "SELECT id FROM pending_registrations WHERE created_at < ? AND id <> ? ORDER BY created_at, pos",
+        utc(stale_before),
+        reg.id,
+    )
+    yield from _drop_pending(stale, "expired")
+    # one waiting login per machine: a client that starts over replaces its own
+    mine = yield All(
+        "SELECT id FROM pending_registrations WHERE machine_key = ? AND id <> ? AND node_id IS NULL"
+        " ORDER BY created_at, pos",
+        bytes(reg.machine_key),
+        reg.id,
+    )
+    yield from _drop_pending(mine, "replaced")
+    # a source over its share gives up its own oldest, never anyone else's
+    n_src = int((yield One(
+        "SELECT count(*) AS n FROM pending_registrations WHERE source = ? AND id <> ?", reg.source, reg.id
+    ))["n"])
+    if n_src >= per_source:
+        victims = yield All(
+            "SELECT id FROM pending_registrations WHERE source = ? AND id <> ? ORDER BY created_at, pos LIMIT ?",
+            reg.source,
+            reg.id,
+            n_src - max(per_source, 1) + 1,
+        )
+        yield from _drop_pending(victims, "dropped")
+    totals = yield One(
+        "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM pending_registrations WHERE id <> ?", reg.id
+    )
+    if int(totals["n"]) + 1 > limit or int(totals["b"]) + size > byte_limit:
+        raise StoreFull("too many logins are waiting for approval; try again later")
     r = yield One(
         "INSERT INTO pending_registrations (id, machine_key, node_key, hostinfo, expiry, created_at,"
-        " node_id, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " node_id, user_id, source, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET machine_key = excluded.machine_key,"
         " node_key = excluded.node_key, hostinfo = excluded.hostinfo, expiry = excluded.expiry,"
-        " created_at = excluded.created_at, node_id = excluded.node_id, user_id = excluded.user_id"
+        " created_at = excluded.created_at, node_id = excluded.node_id, user_id = excluded.user_id,"
+        " source = excluded.source, size = excluded.size"
         " RETURNING *",
         reg.id,
         bytes(reg.machine_key),
         bytes(reg.node_key),
-        normalize_hostinfo(reg.hostinfo),
+        hostinfo,
         opt_utc(reg.expiry),
         utc(reg.created_at),
         reg.node_id,
         reg.user_id,
+        reg.source,
+        size,
     )
     stored = registration_from_row(r)
     yield Emit("registration.pending", {"id": stored.id})
-    n = int((yield One("SELECT count(*) AS n FROM pending_registrations"))["n"])
-    if n > limit:
-        victims = yield All(
-            "SELECT id FROM pending_registrations WHERE id <> ? ORDER BY created_at, pos LIMIT ?",
-            stored.id,
-            n - max(limit, 1),
-        )
-        for v in victims:
-            yield Exec("DELETE FROM pending_registrations WHERE id = ?", v["id"])
-            yield Emit("registration.deleted", {"id": v["id"], "reason": "dropped"})
     return stored
 
 
@@ -966,6 +1050,49 @@ def op_changes_since(seq: int, limit: int):
     return [change_from_row(r) for r in rows]
 
 
+# Subscriber positions (no change rows: a position is bookkeeping, not tailnet state).
+
+
+def op_record_position(subscriber_id: str, seq: int, lease_expires: datetime):
+    yield Exec("DELETE FROM change_subscribers WHERE id = ?", subscriber_id)
+    yield Exec(
+        "INSERT INTO change_subscribers (id, seq, lease_expires) VALUES (?, ?, ?)",
+        subscriber_id,
+        int(seq),
+        utc(lease_expires),
+    )
+
+
+def op_drop_position(subscriber_id: str):
+    yield Exec("DELETE FROM change_subscribers WHERE id = ?", subscriber_id)
+
+
+def op_list_positions(now: datetime):
+    rows = yield All("SELECT * FROM change_subscribers WHERE lease_expires >= ? ORDER BY id", utc(now))
+    return [(r["id"], int(r["seq"]), read_time(r["lease_expires"])) for r in rows]
+
+
+def op_trim_changes(now: datetime, max_rows: int):
+    yield Exec("DELETE FROM change_subscribers WHERE lease_expires < ?", utc(now))
+    r = yield One(
+        "SELECT (SELECT min(seq) FROM change_subscribers) AS keep, (SELECT max(seq) FROM changes) AS newest,"
+        " (SELECT min(seq) FROM changes) AS oldest"
+    )
+    if r["newest"] is None:
+        return 0
+    # everything a live subscriber has read (seq <= its position) may go, but never the newest
+    # row: seqs are max(seq) + 1, and a gap is how a subscriber learns it was trimmed past
+    upto = int(r["newest"]) - 1
+    if r["keep"] is not None:
+        upto = min(upto, int(r["keep"]))
+    upto = min(upto, int(r["oldest"]) + int(max_rows) - 1)
+    if upto < int(r["oldest"]):
+        return 0
+    rows = yield One("SELECT count(*) AS n FROM changes WHERE seq <= ?", upto)
+    yield Exec("DELETE FROM changes WHERE seq <= ?", upto)
+    return int(rows["n"])
+
+
 # =================================================================================================
 # The Store methods on top of the operations: a store implementation provides `_read(op, *args)`
 # and `_write(op, *args)` (run the generator `op(*args)`, the latter in one write transaction) plus
@@ -977,6 +1104,10 @@ class OpsStore(Store):
     #: how many pending registrations to keep; None means base.MAX_PENDING_REGISTRATIONS (read at
     #: call time, so tests may monkeypatch it)
     max_pending_registrations: int | None = None
+    #: pending registrations older than this are dropped before counting (register.py's lifetime)
+    pending_lifetime = timedelta(minutes=15)
+    #: how long a subscriber's position holds the log back without being renewed (seconds)
+    subscriber_lease: float = base.SUBSCRIBER_LEASE_SECONDS
 
     @abc.abstractmethod
     async def _read(self, op, *args: Any) -> Any:
@@ -1096,7 +1227,14 @@ class OpsStore(Store):
 
     # pending registrations
     async def put_pending_registration(self, reg: PendingRegistration) -> PendingRegistration:
-        return await self._write(op_put_pending_registration, reg, self._pending_limit())
+        return await self._write(
+            op_put_pending_registration,
+            reg,
+            self._pending_limit(),
+            int(base.MAX_PENDING_BYTES),
+            int(base.MAX_PENDING_PER_SOURCE),
+            utc(reg.created_at) - self.pending_lifetime,
+        )
 
     async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None:
         return await self._read(op_get_pending_registration, reg_id)
@@ -1172,3 +1310,15 @@ class OpsStore(Store):
 
     async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
         return await self._read(op_changes_since, seq, limit)
+
+    async def record_position(self, subscriber_id: str, seq: int, lease_expires: datetime) -> None:
+        await self._write(op_record_position, subscriber_id, seq, lease_expires)
+
+    async def drop_position(self, subscriber_id: str) -> None:
+        await self._write(op_drop_position, subscriber_id)
+
+    async def list_positions(self, now: datetime) -> list[tuple[str, int, datetime]]:
+        return await self._read(op_list_positions, now)
+
+    async def trim_changes(self, now: datetime, max_rows: int = 10000) -> int:
+        return await self._write(op_trim_changes, now, max_rows)

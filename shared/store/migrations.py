@@ -130,6 +130,19 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX dns_txt_expires ON dns_txt (expires_at)",
     ],
+    # 4: pending registrations bounded in bytes and per source; change-log subscriber positions
+    # (leases) so the log can be trimmed below the slowest live subscriber
+    [
+        "ALTER TABLE pending_registrations ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE pending_registrations ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX pending_registrations_source ON pending_registrations (source, created_at, pos)",
+        "CREATE INDEX pending_registrations_machine ON pending_registrations (machine_key)",
+        """CREATE TABLE change_subscribers (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            lease_expires TEXT NOT NULL
+        )""",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: list[list[str]] = [
@@ -253,6 +266,19 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             expires_at timestamptz NOT NULL
         )""",
         "CREATE INDEX dns_txt_expires ON dns_txt (expires_at)",
+    ],
+    # 4: pending registrations bounded in bytes and per source; change-log subscriber positions
+    # (leases) so the log can be trimmed below the slowest live subscriber
+    [
+        "ALTER TABLE pending_registrations ADD COLUMN source text NOT NULL DEFAULT ''",
+        "ALTER TABLE pending_registrations ADD COLUMN size integer NOT NULL DEFAULT 0",
+        "CREATE INDEX pending_registrations_source ON pending_registrations (source, created_at, pos)",
+        "CREATE INDEX pending_registrations_machine ON pending_registrations (machine_key)",
+        """CREATE TABLE change_subscribers (
+            id text PRIMARY KEY,
+            seq bigint NOT NULL,
+            lease_expires timestamptz NOT NULL
+        )""",
     ],
 ]
 

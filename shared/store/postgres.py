@@ -38,7 +38,7 @@ from trioscale.shared.model import Change, utcnow
 from trioscale.shared.store.base import Conflict, StoreError, StoreUnavailable
 from trioscale.shared.store.codec import All, Emit, Exec, One, OpsStore, check_kind, pack_data
 from trioscale.shared.store.migrations import POSTGRES_MIGRATIONS, UNIQUE_MESSAGES, check_version
-from trioscale.shared.store.wakeup import WakeUps
+from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 
 log = logging.getLogger("trioscale.store.postgres")
 
@@ -412,7 +412,12 @@ class PostgresStore(WakeUps, OpsStore):
     async def subscribe(self, since: int | None = None) -> AsyncIterator["PostgresChanges"]:
         if since is None:
             since = await self.latest_seq()
-        yield PostgresChanges(self, since)
+        changes = PostgresChanges(self, since)
+        await changes.position.renew(since, force=True)
+        try:
+            yield changes
+        finally:
+            await changes.position.drop()
 
 
 class PostgresChanges:
@@ -426,6 +431,7 @@ class PostgresChanges:
         self.last_seq = since
         self._buf: collections.deque[Change] = collections.deque()
         self._backoff = 0.05
+        self.position = Position(store)
 
     def __aiter__(self) -> "PostgresChanges":
         return self
@@ -439,8 +445,11 @@ class PostgresChanges:
                 # LISTEN must be active before we read, and the event taken before the read: then
                 # any commit after the read wakes us (or the connection's loss does)
                 await store._ensure_listener()
+                await self.position.renew(self.last_seq)
                 wake = store._wake
-                self._buf.extend(await store.changes_since(self.last_seq, BATCH))
+                batch = await store.changes_since(self.last_seq, BATCH)
+                check_gap(self.last_seq, batch)
+                self._buf.extend(batch)
             except StoreUnavailable as e:
                 if store.closed:
                     raise StopAsyncIteration from None
@@ -455,6 +464,7 @@ class PostgresChanges:
                         await wake.wait()
                     if not wake.is_set():
                         await store._poll_external()
+                        await self.position.renew(self.last_seq)
             except StoreUnavailable:
                 pass  # the next round reconnects, with backoff
         change = self._buf.popleft()

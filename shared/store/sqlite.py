@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from trioscale.shared.model import Change, utcnow
-from trioscale.shared.store.wakeup import WakeUps
+from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 from trioscale.shared.store.base import Conflict, StoreUnavailable
 from trioscale.shared.store.codec import (
     All,
@@ -212,7 +212,12 @@ class SqliteStore(WakeUps, OpsStore):
     async def subscribe(self, since: int | None = None) -> AsyncIterator["SqliteChanges"]:
         if since is None:
             since = await self.latest_seq()
-        yield SqliteChanges(self, since)
+        changes = SqliteChanges(self, since)
+        await changes.position.renew(since, force=True)
+        try:
+            yield changes
+        finally:
+            await changes.position.drop()
 
 
 class SqliteChanges:
@@ -222,6 +227,7 @@ class SqliteChanges:
         self._store = store
         self.last_seq = since
         self._buf: collections.deque[Change] = collections.deque()
+        self.position = Position(store)
 
     def __aiter__(self) -> "SqliteChanges":
         return self
@@ -231,13 +237,17 @@ class SqliteChanges:
         while not self._buf:
             if store.closed:
                 raise StopAsyncIteration
+            await self.position.renew(self.last_seq)
             wake = store._wake  # taken before reading, so a commit after the read still wakes us
-            self._buf.extend(await store.changes_since(self.last_seq, BATCH))
+            batch = await store.changes_since(self.last_seq, BATCH)
+            check_gap(self.last_seq, batch)
+            self._buf.extend(batch)
             while not self._buf and not wake.is_set():
                 with trio.move_on_after(store.poll_interval):
                     await wake.wait()
                 if not wake.is_set():
                     await store._poll_external()
+                    await self.position.renew(self.last_seq)
         change = self._buf.popleft()
         self.last_seq = change.seq
         return change

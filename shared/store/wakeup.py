@@ -8,7 +8,13 @@ a PostgreSQL LISTEN connection that died without a word.
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 import trio
+
+from trioscale.shared.model import utcnow
+from trioscale.shared.store.base import ChangesTrimmed, StoreError, StoreUnavailable
 
 
 class WakeUps:
@@ -34,3 +40,45 @@ class WakeUps:
         if seq != self._polled_seq:
             self._polled_seq = seq
             self._notify()
+
+
+class Position:
+    """A subscriber's recorded place in the change log, renewed while it reads, so trimming keeps
+    the entries it has not read yet (store.trim_changes)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.id = "sub-" + uuid.uuid4().hex[:20]
+        self._recorded_at = -1e18
+
+    def _lease(self) -> float:
+        return float(getattr(self._store, "subscriber_lease", 300.0))
+
+    async def renew(self, seq: int, *, force: bool = False) -> None:
+        """Record `seq` if a quarter of the lease has passed since the last record (or `force`).
+        An unavailable store is not an error here: the next call tries again."""
+        now = trio.current_time()
+        lease = self._lease()
+        if not force and now - self._recorded_at < lease / 4:
+            return
+        try:
+            await self._store.record_position(self.id, seq, utcnow() + timedelta(seconds=lease))
+        except StoreUnavailable:
+            return
+        self._recorded_at = now
+
+    async def drop(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._store.drop_position(self.id)
+            except (StoreUnavailable, StoreError):
+                pass
+
+
+def check_gap(last_seq: int, batch) -> None:
+    """The log has no holes, so a first change after `last_seq` that is not `last_seq + 1` means
+    the entries in between were trimmed away."""
+    if batch and batch[0].seq != last_seq + 1:
+        raise ChangesTrimmed(
+            f"the change log was trimmed past seq {last_seq} (next kept is {batch[0].seq}); reload"
+        )

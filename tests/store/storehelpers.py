@@ -40,14 +40,15 @@ def node(user_id: int, i: int | None = None, **kw) -> Node:
 
 def registration(reg_id: str, created_at: datetime = T0, **kw) -> PendingRegistration:
     i = next(_n)
-    return PendingRegistration(
+    fields = dict(
         id=reg_id,
         machine_key=key("rmkey", i),
         node_key=key("rnkey", i),
         hostinfo={"Hostname": reg_id},
         created_at=created_at,
-        **kw,
     )
+    fields.update(kw)
+    return PendingRegistration(**fields)
 
 
 def relay(region_id: int = 900, name: str = "r1", **kw) -> DerpRelay:

@@ -458,24 +458,29 @@ async def test_pending_registrations_before(store):
 
 
 async def test_pending_registrations_are_bounded(store, monkeypatch):
+    """Full means refused (StoreFull), never another source's login pushed out."""
     monkeypatch.setattr(base, "MAX_PENDING_REGISTRATIONS", 3)
     for i in range(3):
-        await store.put_pending_registration(registration(f"r{i}", T0 + timedelta(minutes=i)))
+        await store.put_pending_registration(registration(f"r{i}", T0 + timedelta(minutes=i), source=f"s{i}"))
     seq = await store.latest_seq()
-    await store.put_pending_registration(registration("r3", T0 + timedelta(minutes=3)))
-    assert await store.get_pending_registration("r0") is None
-    assert all([await store.get_pending_registration(f"r{i}") for i in (1, 2, 3)])
-    assert await changes_after(store, seq) == [
-        ("registration.pending", {"id": "r3"}),
-        ("registration.deleted", {"id": "r0", "reason": "dropped"}),
+    with pytest.raises(base.StoreFull, match="try again later"):
+        await store.put_pending_registration(registration("r3", T0 + timedelta(minutes=3), source="s3"))
+    assert all([await store.get_pending_registration(f"r{i}") for i in (0, 1, 2)])
+    assert await store.get_pending_registration("r3") is None
+    assert await changes_after(store, seq) == []
+    # replacing one that is kept does not need room
+    await store.put_pending_registration(registration("r2", T0 + timedelta(minutes=2), source="s2"))
+    assert all([await store.get_pending_registration(f"r{i}") for i in (0, 1, 2)])
+    # expired ones make room (older than the pending lifetime, 15 minutes)
+    late = T0 + timedelta(minutes=15, seconds=30)
+    await store.put_pending_registration(registration("r4", late, source="s4"))
+    assert [await store.get_pending_registration(f"r{i}") is not None for i in range(5)] == [
+        False, True, True, False, True
     ]
-    # replacing one that is kept does not drop anything
-    await store.put_pending_registration(registration("r2", T0 + timedelta(minutes=2)))
-    assert all([await store.get_pending_registration(f"r{i}") for i in (1, 2, 3)])
     # the constructor parameter wins over the module constant
     store.max_pending_registrations = 1
-    await store.put_pending_registration(registration("r4", T0 + timedelta(minutes=4)))
-    assert [await store.get_pending_registration(f"r{i}") is not None for i in range(5)] == [False] * 4 + [True]
+    with pytest.raises(base.StoreFull):
+        await store.put_pending_registration(registration("r5", late, source="s5"))
 
 
 # -- relays --------------------------------------------------------------------------------------
