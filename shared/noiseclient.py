@@ -245,6 +245,11 @@ class NoiseClient:
         self._lock = trio.Lock()
         self._streams: dict[int, _ClientStream] = {}
         self._closed: Exception | None = None
+        self._closed_event = trio.Event()
+        #: stream id -> error code of each RST_STREAM the server sent (hostile-client tests read it)
+        self.resets: dict[int, int] = {}
+        #: body bytes sent by open_unfinished (requests that never end)
+        self.sent_unfinished = 0
         self._conn_window = trio.Event()
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -280,6 +285,7 @@ class NoiseClient:
     def _shutdown(self, exc: Exception) -> None:
         if self._closed is None:
             self._closed = exc
+        self._closed_event.set()
         for st in self._streams.values():
             if not st.closed:
                 st.closed = True
@@ -344,6 +350,7 @@ class NoiseClient:
                 st.send.send_nowait(_END)
                 st.headers_ready.set()
         elif isinstance(ev, h2.events.StreamReset):
+            self.resets[ev.stream_id] = int(ev.error_code)
             st = self._streams.get(ev.stream_id)
             if st is not None:
                 if not st.closed:
@@ -472,6 +479,66 @@ class NoiseClient:
                 text = await rs.read_all()
                 raise ControlClientError(f"map: HTTP {rs.status}: {text[:200]!r}")
             yield MapStream(rs, map_request.get("Compress") or None, max_frame_size)
+
+    # -- a hostile client's moves (for tests and benchmarks/hostile.py) --
+
+    async def wait_closed(self) -> Exception:
+        """Wait until the connection is gone (closed by the server or lost); returns why."""
+        await self._closed_event.wait()
+        assert self._closed is not None
+        return self._closed
+
+    def ignore_stream_limit(self) -> None:
+        """Open streams past the server's SETTINGS_MAX_CONCURRENT_STREAMS, as a hostile peer would."""
+        self._h2.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2**31 - 1
+        self._h2.remote_settings.acknowledge()
+
+    async def open_unfinished(
+        self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        """Open a stream and send as much of ``body`` as flow control allows right now, without ever
+        ending the request; returns the stream id (see :meth:`stream_outcome`)."""
+        await self._early_done.wait()
+        async with self._lock:
+            if self._closed is not None:
+                raise self._closed
+            sid = self._h2.get_next_available_stream_id()
+            st = _ClientStream(sid)
+            self._streams[sid] = st
+            hdrs = [(":method", method), (":scheme", "http"), (":authority", "unused"), (":path", path)]
+            hdrs += [(k.lower(), v) for k, v in headers]
+            self._h2.send_headers(sid, hdrs)
+            view = memoryview(body)
+            pos = 0
+            while pos < len(view):
+                n = min(self._h2.local_flow_control_window(sid), self._h2.max_outbound_frame_size, len(view) - pos)
+                if n <= 0:
+                    break
+                self._h2.send_data(sid, bytes(view[pos : pos + n]))
+                pos += n
+            self.sent_unfinished += pos
+            await self._flush_locked()
+        return sid
+
+    async def stream_outcome(self, stream_id: int) -> tuple[int, int | None]:
+        """Wait until a stream opened with :meth:`open_unfinished` is over: ``(status, reset code)``
+        (status 0 if no response came; reset code None if it ended without RST_STREAM)."""
+        st = self._streams[stream_id]
+        while True:
+            item = await st.recv.receive()
+            if item is _END:
+                return st.status, self.resets.get(stream_id)
+            if isinstance(item, Exception):
+                return st.status, self.resets.get(stream_id)
+            await self._ack(stream_id, item[1])
+
+    async def ping(self) -> None:
+        """Send an HTTP/2 PING (traffic that is not a request)."""
+        async with self._lock:
+            if self._closed is not None:
+                raise self._closed
+            self._h2.ping(b"trioscal")
+            await self._flush_locked()
 
     async def aclose(self) -> None:
         async with self._lock:

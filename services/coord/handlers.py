@@ -41,10 +41,30 @@ NOT_IMPLEMENTED = (
 _NETINFO_NOISE = ("DERPLatency",)
 
 
+#: deepest JSON nesting a request may have: a real Hostinfo is about 4 levels deep, and anything
+#: much deeper would only reach recursion limits further in (comparing, packing, encoding)
+MAX_JSON_DEPTH = 32
+
+
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, hostile: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        #: no real client sends this: log it at WARNING (one line), not at debug
+        self.hostile = hostile
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
@@ -53,10 +73,19 @@ def _json_body(body: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(400, f"request body is not JSON: {exc}") from None
     except RecursionError:
-        raise BadRequest(400, "request body is nested too deeply") from None
+        raise BadRequest(400, "request body is nested too deeply", hostile=True) from None
     if not isinstance(obj, dict):
         raise BadRequest(400, "request body must be a JSON object")
+    if _too_deep(obj, MAX_JSON_DEPTH):
+        raise BadRequest(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", hostile=True)
     return obj
+
+
+def _mark_registered(response: Any) -> None:
+    """The connection's machine key has a node: let the transport lift its stream limit."""
+    mark = getattr(response, "mark_registered", None)
+    if mark is not None:
+        mark()
 
 
 def _check_version(obj: dict[str, Any]) -> int:
@@ -132,6 +161,9 @@ class ControlHandlers:
             else:
                 await response.send(404, b"not found\n", [("content-type", "text/plain")])
         except BadRequest as exc:
+            if exc.hostile:
+                log.warning("%s from machine %s refused: %s", request.path,
+                            keys.MACHINE.format(request.machine_key)[:16], exc)
             await response.send(exc.status, (str(exc) + "\n").encode(), [("content-type", "text/plain")])
 
     async def register(self, request, response) -> None:
@@ -145,6 +177,8 @@ class ControlHandlers:
             self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval,
             self.coord,
         )
+        if result.get("MachineAuthorized"):
+            _mark_registered(response)
         await response.send(200, json.dumps(result).encode(), [("content-type", "application/json")])
 
     async def set_dns(self, request, response) -> None:
@@ -152,6 +186,7 @@ class ControlHandlers:
         body = _json_body(request.body)
         _check_version(body)
         node = await self._node_for(body, request.machine_key)
+        _mark_registered(response)
         try:
             await setdns.apply(self.coord, self.txt, node, body)
         except setdns.Refused as exc:
@@ -175,6 +210,7 @@ class ControlHandlers:
         body = _json_body(request.body)
         _check_version(body)
         node = await self._node_for(body, request.machine_key)
+        _mark_registered(response)
         compress = "zstd" if body.get("Compress") == "zstd" else None
         updates = map_request_updates(node, body)
         if updates:
@@ -189,6 +225,7 @@ class ControlHandlers:
             first, _ = self.coord.tailnet.full_map(self.coord.tailnet.nodes[node.id], self.coord.now())
             await response.send(200, Encoded(first).frame(compress), [("content-type", "application/json")])
             return
+        del body, updates  # a map stream lives for hours: keep none of its request around
         await self.stream(node.id, compress, response)
 
     async def stream(self, node_id: int, compress: str | None, response) -> None:

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,6 +15,7 @@ import trio
 
 from trioscale.context import ServiceContext
 from trioscale.services.dns.txt import txt_records_in
+from trioscale.shared.net.limits import connection_limiter
 from trioscale.shared.proto import keys
 
 from . import register
@@ -23,7 +25,7 @@ from .domain.netmap import Settings, dns_config
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .presence import PresenceTracker
-from .transport import serve_control
+from .transport import TransportStats, serve_control
 
 log = logging.getLogger("trioscale.coord")
 
@@ -107,6 +109,8 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
              config.presence.lease.total_seconds())
     handlers = ControlHandlers(coordinator, registration_policy(config), txt_records_in(ctx.registry))
     ctx.registry["coord"] = coordinator
+    #: the control listener's accounting (connections, streams, buffered request bodies)
+    control_stats = ctx.registry["control"] = TransportStats()
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         if config.policy.mode == "file":
@@ -114,6 +118,9 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
 
             await nursery.start(watch_policy_file, coordinator)
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
-        address = await nursery.start(serve_control, config.listen_addr, noise_key, handlers.noise, handlers.http)
+        address = await nursery.start(
+            partial(serve_control, limiter=connection_limiter(ctx, "control"), stats=control_stats),
+            config.listen_addr, noise_key, handlers.noise, handlers.http,
+        )
         log.info("control listening on %s (server_url %s)", address, config.server_url)
         task_status.started({"control": address})

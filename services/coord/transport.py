@@ -50,6 +50,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import h2.config
@@ -61,6 +62,8 @@ import h2.settings
 import h11
 import trio
 
+from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
+from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 from trioscale.shared.proto import keys, noise
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
     "ControlResponse",
     "StreamGone",
     "TransportConfig",
+    "TransportStats",
     "NoiseHandler",
     "HttpHandler",
     "serve_control",
@@ -110,20 +114,59 @@ HttpHandler = Callable[
 
 @dataclass(frozen=True)
 class TransportConfig:
-    """Limits and timeouts of the control listener (seconds, bytes)."""
+    """Limits and timeouts of the control listener (seconds, bytes).
+
+    Request bodies inside Noise are small: a RegisterRequest or MapRequest is a few KiB of JSON,
+    most of it Hostinfo, which the store caps at 64 KiB. So one request may carry 256 KiB (four
+    times the largest Hostinfo we keep) and the unfinished bodies of one connection 1 MiB. Flow
+    control enforces both: a stream's receive window is one request body, the connection's window
+    is ``max_connection_body``, and credit goes back only for bytes a handler was handed (or that
+    were thrown away), so a client that never ends its requests cannot make us hold more.
+    ``max_buffered_bodies`` bounds all unfinished bodies of the listener together: past it, the
+    stream that brings more bytes is refused (503), whatever connection it is on.
+    """
 
     min_capability_version: int = 113
     max_header_bytes: int = 16 * 1024  #: HTTP/1.1 request line + headers
-    max_http_body: int = 1 << 20  #: plain HTTP/1.1 request body
-    max_request_body: int = 1 << 20  #: HTTP/2 request body inside Noise
+    #: plain HTTP/1.1 request body (nothing served on plain HTTP here needs more than a few bytes)
+    max_http_body: int = 64 * 1024
+    max_request_body: int = 256 * 1024  #: one HTTP/2 request body inside Noise
+    #: unfinished HTTP/2 request bodies of one connection (its receive window; at least 65535)
+    max_connection_body: int = 1 << 20
+    max_buffered_bodies: int = 64 << 20  #: unfinished HTTP/2 request bodies of the whole listener
+    #: concurrent HTTP/2 streams once the connection's machine key has a node in the tailnet
     max_concurrent_streams: int = 250
+    #: concurrent HTTP/2 streams before that (a real client uses one or two to register)
+    unregistered_concurrent_streams: int = 4
     max_header_list_size: int = 64 * 1024  #: HTTP/2 decoded header list
-    stream_receive_window: int = 1 << 20
+    first_byte_timeout: float = 10.0  #: from accept to the client's first byte
     request_timeout: float = 30.0  #: to receive one whole HTTP/1.1 request (incl. keep-alive idle)
     h2_preface_timeout: float = 10.0  #: after the 101, for the client's HTTP/2 preface
-    h2_idle_timeout: float = 300.0  #: close an HTTP/2 connection with no open stream after this
+    first_request_timeout: float = 30.0  #: after the 101, for the first HTTP/2 request's headers
+    request_body_timeout: float = 30.0  #: from an HTTP/2 request's headers to its end; then 408 + reset
+    #: close an HTTP/2 connection that has had no open stream for this long (frames such as PING
+    #: do not count: only requests keep a connection busy)
+    h2_idle_timeout: float = 300.0
     send_timeout: float = 60.0  #: any single socket write
     send_early_payload: bool = True
+
+
+@dataclass
+class TransportStats:
+    """The listener's own accounting, live (read by tests and the coordinator's stats)."""
+
+    connections: int = 0  #: open TCP connections (plain HTTP/1.1 or upgraded)
+    sessions: int = 0  #: of those, upgraded to Noise + HTTP/2
+    open_streams: int = 0  #: HTTP/2 streams held (unfinished requests + running handlers)
+    buffered_body_bytes: int = 0  #: bytes of unfinished request bodies held right now
+    peak_buffered_body_bytes: int = 0
+    bodies_refused: int = 0  #: requests refused for their size (413) or the listener's budget (503)
+    streams_refused: int = 0  #: streams over the connection's concurrent-stream limit (REFUSED_STREAM)
+    requests_timed_out: int = 0  #: unfinished requests reset at their deadline
+    connections_timed_out: int = 0  #: connections closed at a phase deadline (first byte, upgrade, ...)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
 
 
 # --- addresses -----------------------------------------------------------------------------------
@@ -147,16 +190,19 @@ def _parse_addr(addr: str | tuple[str | None, int]) -> tuple[str | None, int]:
     return host or None, int(port)
 
 
-async def _open_listeners(listeners_or_addr: Any) -> list[trio.abc.Listener[Any]]:
+async def _open_listeners(listeners_or_addr: Any) -> list[socket.socket | trio.abc.Listener[Any]]:
+    """Listening stdlib sockets (served under the connection caps); a listener that is not a
+    socket (tests' in-memory ones) is passed through."""
     if isinstance(listeners_or_addr, (str, tuple)):
         host, port = _parse_addr(listeners_or_addr)
-        return list(await trio.open_tcp_listeners(port, host=host))
-    if isinstance(listeners_or_addr, trio.abc.Listener):
-        return [listeners_or_addr]
-    return list(listeners_or_addr)
+        return list(listener_sockets(await trio.open_tcp_listeners(port, host=host)))
+    items = [listeners_or_addr] if isinstance(listeners_or_addr, trio.abc.Listener) else list(listeners_or_addr)
+    return [listener_sockets([lst])[0] if isinstance(lst, trio.SocketListener) else lst for lst in items]
 
 
 def _listener_address(listener: Any) -> str:
+    if isinstance(listener, socket.socket):
+        return format_address(listener.getsockname())
     sock = getattr(listener, "socket", None)
     if sock is not None:
         return format_address(sock.getsockname())
@@ -170,17 +216,28 @@ async def serve_control(
     http_handler: HttpHandler | None = None,
     *,
     config: TransportConfig | None = None,
+    stats: TransportStats | None = None,
+    limiter: ConnectionLimiter | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the control protocol on ``listeners_or_addr`` until cancelled (see the module docstring)."""
+    """Serve the control protocol on ``listeners_or_addr`` until cancelled (see the module docstring).
+    ``stats``: a :class:`TransportStats` the listener keeps current (pass one to read it)."""
     cfg = config or TransportConfig()
-    server = _ControlServer(server_private_key, noise_handler, http_handler, cfg)
+    server = _ControlServer(server_private_key, noise_handler, http_handler, cfg, stats or TransportStats())
     listeners = await _open_listeners(listeners_or_addr)
     addresses = [_listener_address(lst) for lst in listeners]
     for a in addresses:
         log.info("control listener on %s", a)
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, server.handle_connection, listeners)
+        # `limiter` caps concurrent connections (default: the control listener's default caps)
+        if limiter is None:
+            caps = DEFAULT_CAPS["control"]
+            limiter = ConnectionLimiter("control", caps.max_connections, caps.max_connections_per_source)
+        socks = [lst for lst in listeners if isinstance(lst, socket.socket)]
+        others = [lst for lst in listeners if not isinstance(lst, socket.socket)]
+        await nursery.start(partial(serve_stream_sockets, server.handle_connection, socks, limiter=limiter, log=log))
+        if others:
+            await nursery.start(trio.serve_listeners, server.handle_connection, others)
         task_status.started(addresses[0] if addresses else "")
 
 
@@ -198,7 +255,9 @@ class _ControlServer:
         noise_handler: NoiseHandler,
         http_handler: HttpHandler | None,
         cfg: TransportConfig,
+        stats: TransportStats,
     ) -> None:
+        self.stats = stats
         self.private_key = bytes(server_private_key)
         self.public_key = keys.public_key(self.private_key)
         self.noise_handler = noise_handler
@@ -217,15 +276,18 @@ class _ControlServer:
                 peer = format_address(sock.getpeername())
         except OSError:
             pass
+        self.stats.connections += 1
         try:
             await _Http1Connection(self, stream, peer).run()
         except _Close as exc:
             log.debug("%s: closing: %s", peer, exc)
+
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
             log.debug("%s: connection lost: %r", peer, exc)
         except Exception:  # never let one connection take the listener down
             log.exception("%s: unexpected error in control connection", peer)
         finally:
+            self.stats.connections -= 1
             await trio.aclose_forcefully(stream)
 
 
@@ -314,7 +376,18 @@ class _Http1Connection:
         events.append(h11.EndOfMessage())
         await self._send(*events)
 
+    async def _first_byte(self) -> bool:
+        """Wait (bounded) for the connection's first bytes; False if the client closed without any."""
+        with trio.move_on_after(self.cfg.first_byte_timeout):
+            data = await self.stream.receive_some(_RECV_SIZE)
+            self.conn.receive_data(data)
+            return bool(data)
+        self.server.stats.connections_timed_out += 1
+        raise _Close("no first byte in time")
+
     async def run(self) -> None:
+        if not await self._first_byte():
+            return
         while True:
             try:
                 with trio.fail_after(self.cfg.request_timeout):
@@ -327,6 +400,7 @@ class _Http1Connection:
                     pass
                 raise _Close(f"bad HTTP/1.1 request: {exc}") from None
             except trio.TooSlowError:
+                self.server.stats.connections_timed_out += 1
                 raise _Close("timed out waiting for a request") from None
             if got is None:
                 return
@@ -457,14 +531,19 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
 
 
 class _Stream:
-    __slots__ = ("id", "method", "path", "headers", "body", "scope", "gone", "window", "response", "dispatched")
+    __slots__ = ("id", "method", "path", "headers", "body", "flow", "deadline", "scope", "gone", "window",
+                 "response", "dispatched")
 
-    def __init__(self, stream_id: int, method: str, path: str, headers: dict[str, str]) -> None:
+    def __init__(self, stream_id: int, method: str, path: str, headers: dict[str, str], deadline: float) -> None:
         self.id = stream_id
         self.method = method
         self.path = path
         self.headers = headers
         self.body = bytearray()
+        #: flow-controlled bytes received and not yet handed back to the client (body + padding)
+        self.flow = 0
+        #: when the request must have ended (HEADERS + request_body_timeout)
+        self.deadline = deadline
         self.scope = trio.CancelScope()
         self.gone = False
         self.window = trio.Event()
@@ -504,6 +583,11 @@ class ControlResponse:
             raise RuntimeError("response already ended")
         if data:
             await self._session._send_data(self._stream, data, end=False)
+
+    def mark_registered(self) -> None:
+        """Tell the transport that this connection's machine key has a node in the tailnet: the
+        connection gets the full concurrent-stream limit (before that it gets only a few)."""
+        self._session.mark_registered()
 
     def write_nowait(self, data: bytes) -> bool:
         """Send body bytes now, without waiting, if that can be done at once: the connection is not
@@ -560,8 +644,16 @@ class _H2Session:
         #: encrypted bytes a synchronous send could not put on the wire yet; they go out first
         self.backlog = b""
         self.streams: dict[int, _Stream] = {}
+        #: streams whose request has not ended yet (their bodies are what we buffer)
+        self.unfinished: dict[int, _Stream] = {}
+        self.stats = server.stats
+        self.buffered = 0  #: bytes in this connection's unfinished bodies
+        self.registered = False
+        self.stream_limit = self.cfg.unregistered_concurrent_streams
+        self.seen_request = False
         self.closed = False
         self.got_preface = False
+        self.preface_deadline = self.first_request_deadline = self.idle_since = trio.current_time()
         self.read_scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         cfg = self.cfg
@@ -571,8 +663,10 @@ class _H2Session:
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: cfg.stream_receive_window,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: cfg.unregistered_concurrent_streams,
+                # one byte over the body cap, so that an over-long body shows itself (413) instead
+                # of stalling on a full window
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: min(cfg.max_request_body + 1, (1 << 31) - 1),
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
             },
         )
@@ -686,15 +780,18 @@ class _H2Session:
         """``prefix``: raw bytes to send first (101 + Noise response); ``early``: early payload plaintext;
         ``pending``: bytes the client sent after its upgrade request (already part of the Noise stream)."""
         self.h2.initiate_connection()
-        extra = self.cfg.stream_receive_window - 65535
+        extra = self.cfg.max_connection_body - 65535
         if extra > 0:
             self.h2.increment_flow_control_window(extra)
         first = prefix + self.noise.encrypt(early + self.h2.data_to_send())
-        with trio.fail_after(self.cfg.send_timeout):
-            await self.stream.send_all(first)
-        self.preface_deadline = trio.current_time() + self.cfg.h2_preface_timeout
+        upgraded = trio.current_time()
+        self.preface_deadline = upgraded + self.cfg.h2_preface_timeout
+        self.first_request_deadline = upgraded + self.cfg.first_request_timeout
+        self.stats.sessions += 1
         reason = "client closed the connection"
         try:
+            with trio.fail_after(self.cfg.send_timeout):
+                await self.stream.send_all(first)
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
@@ -711,28 +808,99 @@ class _H2Session:
                     await trio.aclose_forcefully(self.stream)
         finally:
             self.closed = True
+            self.stats.sessions -= 1
+            # handlers are done (the nursery waited for them); what is left are unfinished requests
+            for st in self.unfinished.values():
+                self._account(-len(st.body))
+            self.stats.open_streams -= len(self.streams)
+            self.unfinished.clear()
+            self.streams.clear()
             if self.raw is not None:
                 self.raw.close()
 
-    def _idle_deadline(self) -> float:
+    # -- limits and deadlines --
+
+    def mark_registered(self) -> None:
+        if self.registered or self.closed:
+            return
+        self.registered = True
+        self.stream_limit = self.cfg.max_concurrent_streams
+        try:
+            # sent with the handler's next write
+            self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.stream_limit})
+        except h2.exceptions.ProtocolError:
+            pass
+
+    def _account(self, n: int) -> None:
+        self.buffered += n
+        stats = self.stats
+        stats.buffered_body_bytes += n
+        if stats.buffered_body_bytes > stats.peak_buffered_body_bytes:
+            stats.peak_buffered_body_bytes = stats.buffered_body_bytes
+
+    def _release(self, st: _Stream) -> None:
+        """The stream's body was handed to its handler or thrown away: stop counting it and give
+        its flow-control credit back to the client."""
+        self._account(-len(st.body))
+        st.body = bytearray()
+        flow, st.flow = st.flow, 0
+        if flow and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(flow, st.id)
+            except (h2.exceptions.ProtocolError, ValueError):
+                pass
+
+    def _forget(self, st: _Stream) -> None:
+        if self.unfinished.pop(st.id, None) is not None:
+            self._release(st)
+        if self.streams.pop(st.id, None) is not None:
+            self.stats.open_streams -= 1
+            if not self.streams:
+                self.idle_since = trio.current_time()
+                if self.read_scope is not None:
+                    self.read_scope.deadline = self._next_deadline()
+
+    def _next_deadline(self) -> float:
         if not self.got_preface:
             return self.preface_deadline
-        if self.streams:
-            return math.inf
-        return trio.current_time() + self.cfg.h2_idle_timeout
+        deadline = math.inf
+        for st in self.unfinished.values():
+            deadline = min(deadline, st.deadline)
+        if not self.seen_request:
+            deadline = min(deadline, self.first_request_deadline)
+        elif not self.streams:
+            deadline = min(deadline, self.idle_since + self.cfg.h2_idle_timeout)
+        return deadline
+
+    async def _on_deadline(self) -> None:
+        now = trio.current_time()
+        if not self.got_preface:
+            self.stats.connections_timed_out += 1
+            raise _Close("no HTTP/2 preface in time")
+        late = [st for st in self.unfinished.values() if st.deadline <= now]
+        if late:
+            log.debug("%s: %d unfinished request(s) timed out", self.peer, len(late))
+            self.stats.requests_timed_out += len(late)
+            async with self.lock:
+                for st in late:
+                    self._refuse(st, 408)
+                await self._flush_locked()
+        if not self.seen_request and now >= self.first_request_deadline:
+            self.stats.connections_timed_out += 1
+            await self._goaway()
+            raise _Close("no request in time after the upgrade")
+        if self.seen_request and not self.streams and now >= self.idle_since + self.cfg.h2_idle_timeout:
+            await self._goaway()
+            raise _Close("idle HTTP/2 connection")
 
     async def _read_loop(self) -> None:
         while not self.closed:
-            with trio.CancelScope(deadline=self._idle_deadline()) as scope:
+            with trio.CancelScope(deadline=self._next_deadline()) as scope:
                 self.read_scope = scope
                 data = await self.stream.receive_some(_RECV_SIZE)
             self.read_scope = None
             if scope.cancelled_caught:
-                if not self.got_preface:
-                    raise _Close("no HTTP/2 preface in time")
-                if not self.streams:
-                    await self._goaway()
-                    raise _Close("idle HTTP/2 connection")
+                await self._on_deadline()
                 continue
             if not data:
                 return
@@ -775,16 +943,10 @@ class _H2Session:
         elif isinstance(ev, h2.events.RequestReceived):
             self._on_request(ev)
         elif isinstance(ev, h2.events.DataReceived):
-            if ev.flow_controlled_length:
-                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            st = self.streams.get(ev.stream_id)
-            if st is not None and not st.dispatched:
-                st.body += ev.data
-                if len(st.body) > self.cfg.max_request_body:
-                    self._refuse(st, 413)
+            self._on_data(ev)
         elif isinstance(ev, h2.events.StreamEnded):
-            st = self.streams.get(ev.stream_id)
-            if st is not None and not st.dispatched:
+            st = self.unfinished.get(ev.stream_id)
+            if st is not None:
                 self._dispatch(st)
         elif isinstance(ev, h2.events.StreamReset):
             st = self.streams.get(ev.stream_id)
@@ -793,7 +955,7 @@ class _H2Session:
                 st.window.set()
                 st.scope.cancel()
                 if not st.dispatched:
-                    del self.streams[st.id]
+                    self._forget(st)
         elif isinstance(ev, h2.events.WindowUpdated):
             if ev.stream_id == 0:
                 for st in self.streams.values():
@@ -805,7 +967,42 @@ class _H2Session:
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self._fail(f"client sent GOAWAY ({ev.error_code!r})")
 
+    def _on_data(self, ev: h2.events.DataReceived) -> None:
+        st = self.unfinished.get(ev.stream_id)
+        flow = ev.flow_controlled_length or 0
+        if st is None:
+            # nobody will consume these bytes (a stream we refused or forgot): credit them back now
+            if flow:
+                try:
+                    self.h2.acknowledge_received_data(flow, ev.stream_id)
+                except (h2.exceptions.ProtocolError, ValueError):
+                    pass
+            return
+        st.flow += flow
+        st.body += ev.data
+        self._account(len(ev.data))
+        if len(st.body) > self.cfg.max_request_body or self.buffered > self.cfg.max_connection_body:
+            log.debug("%s: request body of %s on stream %d over %d bytes: 413", self.peer, st.path, st.id,
+                      self.cfg.max_request_body)
+            self.stats.bodies_refused += 1
+            self._refuse(st, 413)
+        elif self.stats.buffered_body_bytes > self.cfg.max_buffered_bodies:
+            log.debug("%s: unfinished request bodies over the listener's budget: 503 on stream %d", self.peer,
+                      st.id)
+            self.stats.bodies_refused += 1
+            self._refuse(st, 503)
+
     def _on_request(self, ev: h2.events.RequestReceived) -> None:
+        self.seen_request = True
+        if len(self.streams) >= self.stream_limit:
+            # Over the limit we advertised (or before the client acknowledged it): refuse the
+            # stream, keep the connection.
+            self.stats.streams_refused += 1
+            try:
+                self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            except h2.exceptions.ProtocolError:
+                pass
+            return
         method = path = ""
         regular: list[tuple[str, str]] = []
         for name, value in ev.headers:
@@ -815,13 +1012,18 @@ class _H2Session:
                 path = value
             elif not name.startswith(":"):
                 regular.append((name, value))
-        st = _Stream(ev.stream_id, method, path, _headers_dict(regular))
+        headers = _headers_dict(regular)
+        st = _Stream(ev.stream_id, method, path, headers, trio.current_time() + self.cfg.request_body_timeout)
         self.streams[st.id] = st
-        if self.read_scope is not None:
-            self.read_scope.deadline = math.inf
+        self.unfinished[st.id] = st
+        self.stats.open_streams += 1
+        declared = headers.get("content-length", "")
+        if len(declared) > 12 or (declared.isdigit() and int(declared) > self.cfg.max_request_body):
+            self.stats.bodies_refused += 1
+            self._refuse(st, 413)
 
     def _refuse(self, st: _Stream, status: int) -> None:
-        del self.streams[st.id]
+        self._forget(st)
         st.gone = True
         try:
             self.h2.send_headers(st.id, [(":status", str(status)), ("content-length", "0")], end_stream=True)
@@ -831,6 +1033,7 @@ class _H2Session:
 
     def _dispatch(self, st: _Stream) -> None:
         st.dispatched = True
+        del self.unfinished[st.id]
         request = ControlRequest(
             machine_key=self.machine_key,
             protocol_version=self.version,
@@ -841,7 +1044,7 @@ class _H2Session:
             stream_id=st.id,
             challenge_private_key=self.challenge_private_key,
         )
-        st.body = bytearray()
+        self._release(st)  # handed to the handler: the client may send the next request's bytes
         st.response = ControlResponse(self, st)
         assert self.nursery is not None
         self.nursery.start_soon(self._run_handler, st, request)
@@ -867,9 +1070,7 @@ class _H2Session:
                         log.exception("%s: handler for %s %s failed", self.peer, st.method, st.path)
                         await self._answer_failure(st, resp)
         finally:
-            self.streams.pop(st.id, None)
-            if not self.streams and self.read_scope is not None and self.got_preface:
-                self.read_scope.deadline = trio.current_time() + self.cfg.h2_idle_timeout
+            self._forget(st)
 
     async def _answer_failure(self, st: _Stream, resp: ControlResponse) -> None:
         try:

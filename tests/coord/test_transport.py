@@ -342,9 +342,15 @@ async def test_concurrent_requests_on_one_connection(server):
         await all_started.wait()  # only completes if all n handlers run at the same time
         await resp.send(200, req.body[::-1])
 
+    async def known(req, resp):
+        resp.mark_registered()  # as the map handler does once the machine key has a node
+        await resp.send(200, b"")
+
     server.routes.routes["/machine/slow"] = slow
+    server.routes.routes["/machine/known"] = known
     results = {}
     async with client(server) as c:
+        assert (await c.request("POST", "/machine/known")).status == 200
 
         async def one(i):
             r = await c.request("POST", "/machine/slow", b"req-%03d" % i)
