@@ -18,6 +18,8 @@ import click
 from trioscale.config import Config, ConfigError, load_config
 
 OUTPUTS = ("table", "json")
+#: ids of users, nodes and keys: 64-bit signed in both databases, never negative
+ID = click.IntRange(0, 2**63 - 1)
 
 
 class CLIError(click.ClickException):
@@ -204,7 +206,7 @@ def users_create(name: str, display_name: str, email: str, output: str | None) -
 
 @users.command("list")
 @click.option("-n", "--name", default=None, help="only this user")
-@click.option("-i", "--identifier", default=None, type=int, help="only the user with this id")
+@click.option("-i", "--identifier", default=None, type=ID, help="only the user with this id")
 @output_option
 def users_list(name: str | None, identifier: int | None, output: str | None) -> None:
     """List users."""
@@ -217,7 +219,7 @@ def users_list(name: str | None, identifier: int | None, output: str | None) -> 
 
 @users.command("rename")
 @click.argument("names", nargs=-1)
-@click.option("-i", "--identifier", default=None, type=int, help="id of the user to rename")
+@click.option("-i", "--identifier", default=None, type=ID, help="id of the user to rename")
 @click.option("-n", "--name", "old_name", default=None, help="current name of the user to rename")
 @click.option("-r", "--new-name", default=None, help="the new name")
 @output_option
@@ -246,7 +248,7 @@ def users_rename(names: tuple[str, ...], identifier: int | None, old_name: str |
 
 @users.command("delete")
 @click.argument("name", required=False)
-@click.option("-i", "--identifier", default=None, type=int, help="id of the user")
+@click.option("-i", "--identifier", default=None, type=ID, help="id of the user")
 @click.option("-n", "--name", "name_opt", default=None, help="name of the user")
 @click.option("--force", is_flag=True, help="accepted for Headscale compatibility; never asks")
 @output_option
@@ -332,7 +334,7 @@ def preauthkeys_list(user: str | None, output: str | None) -> None:
 
 
 @preauthkeys.command("expire")
-@click.option("-i", "--id", "key_id", type=int, default=None, help="the key's id")
+@click.option("-i", "--id", "key_id", type=ID, default=None, help="the key's id")
 @click.option("-p", "--prefix", default=None, help="the key's prefix")
 @output_option
 def preauthkeys_expire(key_id: int | None, prefix: str | None, output: str | None) -> None:
@@ -345,7 +347,7 @@ def preauthkeys_expire(key_id: int | None, prefix: str | None, output: str | Non
 
 
 @preauthkeys.command("delete")
-@click.option("-i", "--id", "key_id", type=int, required=True, help="the key's id")
+@click.option("-i", "--id", "key_id", type=ID, required=True, help="the key's id")
 @output_option
 def preauthkeys_delete(key_id: int, output: str | None) -> None:
     """Delete a pre-auth key; nodes registered with it keep working."""
@@ -389,7 +391,7 @@ def apikeys_list(output: str | None) -> None:
 
 def api_key_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = output_option(f)
-    f = click.option("-i", "--id", "key_id", type=int, default=None, help="the key's id")(f)
+    f = click.option("-i", "--id", "key_id", type=ID, default=None, help="the key's id")(f)
     return click.option("-p", "--prefix", default=None, help="the key's prefix")(f)
 
 
@@ -461,7 +463,7 @@ def nodes_list(user: str | None, output: str | None) -> None:
 
 
 @nodes.command("delete")
-@click.option("-i", "--identifier", type=int, required=True, help="node id")
+@click.option("-i", "--identifier", type=ID, required=True, help="node id")
 @click.option("--force", is_flag=True, help="accepted for Headscale compatibility; never asks")
 @output_option
 def nodes_delete(identifier: int, force: bool, output: str | None) -> None:
@@ -474,7 +476,7 @@ def nodes_delete(identifier: int, force: bool, output: str | None) -> None:
 
 
 @nodes.command("expire")
-@click.option("-i", "--identifier", type=int, required=True, help="node id")
+@click.option("-i", "--identifier", type=ID, required=True, help="node id")
 @output_option
 def nodes_expire(identifier: int, output: str | None) -> None:
     """Expire a node's key now (the node must log in again)."""
@@ -484,7 +486,7 @@ def nodes_expire(identifier: int, output: str | None) -> None:
 
 @nodes.command("rename")
 @click.argument("new_name")
-@click.option("-i", "--identifier", type=int, required=True, help="node id")
+@click.option("-i", "--identifier", type=ID, required=True, help="node id")
 @output_option
 def nodes_rename(new_name: str, identifier: int, output: str | None) -> None:
     """Give node --identifier the DNS name NEW_NAME."""

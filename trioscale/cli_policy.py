@@ -16,6 +16,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
     module is __main__, and a second import would have its own State class)."""
     AliasGroup, CLIError, _fmt, _user_ref = ns["AliasGroup"], ns["CLIError"], ns["_fmt"], ns["_user_ref"]
     call, emit_json, emit_table, output_option = ns["call"], ns["emit_json"], ns["emit_table"], ns["output_option"]
+    ID = ns["ID"]
 
     def read_file(path: str) -> str:
         try:
@@ -66,7 +67,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
 
     # -- nodes: tags, routes, sharing --------------------------------------------------------------
     @nodes.command("tag")
-    @click.option("-i", "--identifier", type=int, required=True, help="node id")
+    @click.option("-i", "--identifier", type=ID, required=True, help="node id")
     @click.option("-t", "--tags", default="", help="comma-separated, e.g. tag:server,tag:prod (empty clears)")
     @output_option
     def nodes_tag(identifier: int, tags: str, output: str | None) -> None:
@@ -79,7 +80,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
             click.echo(f"Node {node['id']} tags: {','.join(node['tags']) or '(none)'}")
 
     @nodes.command("approve-routes")
-    @click.option("-i", "--identifier", type=int, required=True, help="node id")
+    @click.option("-i", "--identifier", type=ID, required=True, help="node id")
     @click.option("-r", "--routes", default="", help="comma-separated prefixes, e.g. 10.0.0.0/8,0.0.0.0/0 "
                   "(empty clears; an exit route approves both 0.0.0.0/0 and ::/0)")
     @output_option
@@ -93,7 +94,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
             click.echo(f"Node {identifier} approved routes: {','.join(out['routes']['approved_routes']) or '(none)'}")
 
     @nodes.command("list-routes")
-    @click.option("-i", "--identifier", type=int, default=None, help="only this node")
+    @click.option("-i", "--identifier", type=ID, default=None, help="only this node")
     @output_option
     def nodes_list_routes(identifier: int | None, output: str | None) -> None:
         """Routes per node: advertised, approved, serving (advertised and approved) and primary."""
@@ -106,7 +107,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
                          r["serving_routes"], r["primary_routes"], r["exit_node"]] for r in items])
 
     @nodes.command("share")
-    @click.option("-i", "--identifier", "--id", type=int, required=True, help="node id")
+    @click.option("-i", "--identifier", "--id", type=ID, required=True, help="node id")
     @click.option("-u", "--user", required=True, help="the user to share it with (name or id)")
     @output_option
     def nodes_share(identifier: int, user: str, output: str | None) -> None:
@@ -118,7 +119,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
             click.echo(f"Node {identifier} shared with user {share['user']['name']}")
 
     @nodes.command("unshare")
-    @click.option("-i", "--identifier", "--id", type=int, required=True, help="node id")
+    @click.option("-i", "--identifier", "--id", type=ID, required=True, help="node id")
     @click.option("-u", "--user", required=True, help="the user it is shared with (name or id)")
     @output_option
     def nodes_unshare(identifier: int, user: str, output: str | None) -> None:
@@ -132,7 +133,7 @@ def register(cli: click.Group, nodes: click.Group, ns: dict[str, Any]) -> None:
             click.echo(f"Node {identifier} no longer shared with user {user}")
 
     @nodes.command("shares")
-    @click.option("-i", "--identifier", type=int, default=None, help="only this node")
+    @click.option("-i", "--identifier", type=ID, default=None, help="only this node")
     @output_option
     def nodes_shares(identifier: int | None, output: str | None) -> None:
         """List shared nodes."""

@@ -170,17 +170,28 @@ def registration_json(r: PendingRegistration) -> dict[str, Any]:
 # input helpers
 
 
-async def _body() -> dict[str, Any]:
-    raw = await request.get_data(as_text=False)
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    """The parsed body: an object, or BadRequest with one line (never a traceback: a deeply nested
+    body exhausts the parser's recursion, NaN/Infinity are not JSON)."""
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
+
+
+async def _body() -> dict[str, Any]:
+    return _json_body(await request.get_data(as_text=False))
 
 
 def _bool(data: dict[str, Any], name: str) -> bool:
@@ -208,8 +219,37 @@ def _int_id(value: Any, what: str) -> int:
     if isinstance(value, str) and _ID_TEXT.match(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ID:
-        raise BadRequest(f"invalid {what} id {value!r} (expected a number)")
+        raise BadRequest(f"invalid {what} id {_short(value)} (expected a number from 0 to {_MAX_ID})")
     return value
+
+
+#: the latest expiry a key or node may be given: far enough for any real use, and a datetime that
+#: still fits every conversion (timezone shifts, the databases' timestamp types)
+MAX_EXPIRATION = timedelta(days=3650)
+#: the earliest time accepted for an explicit node expiry (anything before is as expired as this)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_timestamp(value: Any, what: str, now: datetime) -> datetime:
+    """An RFC 3339 time (UTC if it names no zone), between 1970 and `MAX_EXPIRATION` from now."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise BadRequest(f"invalid {what} {_short(value)} (expected an RFC 3339 time)")
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        when = when.astimezone(timezone.utc)  # may overflow near year 1 or 9999
+    except (ValueError, OverflowError):
+        raise BadRequest(f"invalid {what} {_short(value)} (expected an RFC 3339 time)") from None
+    if when < _EPOCH or when > now + MAX_EXPIRATION:
+        raise BadRequest(f"invalid {what} {_short(value)}: must be between 1970 and 10 years from now")
+    return when
+
+
+def _short(value: Any) -> str:
+    """`value` for an error message: repr, cut so a huge input does not make a huge answer."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "…"
 
 
 def _given(value: Any) -> bool:
@@ -229,26 +269,23 @@ def parse_expiration(value: Any, default: timedelta, now: datetime) -> datetime:
     """A duration ('30m', '24h', '90d', seconds) from now, or an RFC 3339 time in the future."""
     if value is None or value == "":
         return now + default
-    if isinstance(value, str) and "T" in value:
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(f"invalid expiration {value!r}") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+    if isinstance(value, str) and "T" in value.upper():
+        when = parse_timestamp(value, "expiration", now)
         if when <= now:
-            raise BadRequest(f"expiration {value!r} is in the past")
+            raise BadRequest(f"expiration {_short(value)} is in the past")
         return when
+    if isinstance(value, str) and len(value) > 64:
+        value = value[:64] + "…"  # too long to be a duration: refused below, message stays short
     try:
         delta = parse_duration(value)
     except ValueError:
         raise BadRequest(
-            f"invalid expiration {value!r}: use a duration like 30m, 24h or 90d, or an RFC 3339 time"
+            f"invalid expiration {_short(value)}: use a duration like 30m, 24h or 90d, or an RFC 3339 time"
         ) from None
     if delta <= timedelta(0):
-        raise BadRequest(f"invalid expiration {value!r}: must be longer than zero")
-    if delta > timedelta(days=3650):
-        raise BadRequest(f"invalid expiration {value!r}: at most 10 years")
+        raise BadRequest(f"invalid expiration {_short(value)}: must be longer than zero")
+    if delta > MAX_EXPIRATION:
+        raise BadRequest(f"invalid expiration {_short(value)}: at most 10 years")
     return now + delta
 
 
@@ -347,14 +384,17 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         """A user by name, or by id when the reference is a number (names are never all digits)."""
         if isinstance(ref, bool) or ref is None or ref == "":
             raise BadRequest("a user is required")
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            user = await store.get_user(int(ref))
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+            # an id: range-checked, or a 20-digit number would overflow in the database driver
+            user = await store.get_user(_int_id(ref, "user"))
         elif isinstance(ref, str):
+            if len(ref) > 256:
+                raise BadRequest(f"invalid user {_short(ref)}")
             user = await store.get_user_by_name(ref)
         else:
-            raise BadRequest(f"invalid user {ref!r}")
+            raise BadRequest(f"invalid user {_short(ref)}")
         if user is None:
-            raise NotFound(f"user {ref!r} not found")
+            raise NotFound(f"user {_short(ref)} not found")
         return user
 
     async def users_by_id() -> dict[int, User]:
@@ -399,13 +439,14 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
     # -- users ---------------------------------------------------------------------------------
     @app.get("/api/v1/user")
     async def list_users() -> Any:
-        users = await store.list_users()
         name = request.args.get("name")
+        uid = request.args.get("id")
+        uid = _int_id(uid, "user") if uid else None
+        users = await store.list_users()
         if name:
             users = [u for u in users if u.name == name]
-        uid = request.args.get("id")
-        if uid:
-            users = [u for u in users if str(u.id) == uid]
+        if uid is not None:
+            users = [u for u in users if u.id == uid]
         return {"users": [user_json(u) for u in users]}
 
     @app.post("/api/v1/user")
@@ -564,17 +605,12 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
 
     @app.post("/api/v1/node/<ref>/expire")
     async def expire_node(ref: str) -> Any:
-        node = await find_node(ref)
         now = utcnow()
         data = await _body()
         when = now
         if data.get("expiry"):
-            try:
-                when = datetime.fromisoformat(str(data["expiry"]).replace("Z", "+00:00"))
-            except ValueError:
-                raise BadRequest(f"invalid expiry {data['expiry']!r} (expected an RFC 3339 time)") from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+            when = parse_timestamp(data["expiry"], "expiry", now)
+        node = await find_node(ref)
         node = await store.update_node(node.id, expiry=when)
         log.info("node expired: %s (id %d)", node.given_name, node.id)
         return {"node": node_json(node, await users_by_id(), now)}
