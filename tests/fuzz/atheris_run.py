@@ -4,7 +4,8 @@
     .venv/bin/python tests/fuzz/atheris_run.py --list                     # the targets
 
 The targets live in tests/fuzz/targets/fuzz_<TARGET>.py; each has ``MAX_LEN``, ``INSTRUMENT``
-(module prefixes to instrument), ``seeds()`` and ``test_one_input(data)``.  The parent process starts
+(module prefixes to instrument), ``seeds()``, ``test_one_input(data)`` and optionally
+``DICTIONARY`` (tokens for libFuzzer's -dict).  The parent process starts
 a child that runs libFuzzer (so a crash, a hang or the fuzzer's own exit never loses the summary),
 keeps its output in ``--workdir`` and prints one summary line: inputs run, seconds, exec/s, edges
 (cov), features (ft), corpus size, crashes.  A crashing input is saved as ``crash-*`` in the workdir;
@@ -46,6 +47,10 @@ def _load(target: str):
         return importlib.import_module(f"fuzz_{target}")
 
 
+def _escape(token: bytes) -> str:
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b not in b'"\\' else f"\\x{b:02x}" for b in token)
+
+
 def _child(args: argparse.Namespace) -> None:
     import atheris
 
@@ -71,6 +76,13 @@ def _child(args: argparse.Namespace) -> None:
         ]
         if args.seconds:
             argv.append(f"-max_total_time={args.seconds}")
+        tokens = getattr(mod, "DICTIONARY", ())
+        if tokens:
+            # libFuzzer's dictionary: tokens the C parsers compare against (json, dnslib), which
+            # Python-level coverage cannot see, e.g. NaN or a 5,000-digit number.
+            dict_path = Path(args.workdir) / "tokens.dict"
+            dict_path.write_text("".join(f'"{_escape(t)}"\n' for t in tokens))
+            argv.append(f"-dict={dict_path}")
     atheris.Setup(argv, mod.test_one_input)
     atheris.Fuzz()
 

@@ -42,8 +42,13 @@ def format_time(value: datetime | None) -> str:
 
 
 def parse_time(text: str | None) -> datetime | None:
-    """Client times (RFC 3339, any offset, up to 9 fraction digits); the zero time and "" → None."""
-    if not text or text.startswith("0001-01-01"):
+    """Client times (RFC 3339, any offset, up to 9 fraction digits); the zero time and "" → None.
+    ValueError for anything else that is not a time we can hold (a number, year 10000 in UTC)."""
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"a time must be a string, not {type(text).__name__}")
+    if text.startswith("0001-01-01"):
         return None
     cleaned = text.replace("Z", "+00:00")
     if "." in cleaned:
@@ -54,7 +59,10 @@ def parse_time(text: str | None) -> datetime | None:
     parsed = datetime.fromisoformat(cleaned)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59
+        raise ValueError(f"time {text!r} is out of range") from None
 
 
 def node_owner_id(node: Node) -> int:

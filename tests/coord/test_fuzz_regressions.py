@@ -1,0 +1,54 @@
+"""Inputs the coverage-guided fuzzer (tests/fuzz/targets/fuzz_machine.py) found to escape the
+register/map request parsing as something other than a 400; each one now gets the handler's own
+error. (Run the fuzzer: .venv/bin/python tests/fuzz/atheris_run.py machine --runs 1000000.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trioscale.services.coord import handlers, register
+from trioscale.services.coord.domain import tailcfg
+from trioscale.shared.model import Node
+from trioscale.shared.proto import keys
+
+NK = keys.NODE.format(bytes(range(32)))
+NODE = Node(7, b"m" * 32, b"n" * 32, 1, "laptop", "laptop", "100.64.0.7", None, home_derp=1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"Version":130,"NodeKey":"%s","Hostinfo":{"x":NaN}}' % NK.encode(),  # jsonb refuses NaN
+        b'{"Version":130,"Hostinfo":{"x":-Infinity}}',
+        b'{"Version":130,"x":' + b"1" * 5000 + b"}",  # int() digit limit: a plain ValueError
+    ],
+)
+def test_json_body_refuses_what_go_never_sends(body: bytes) -> None:
+    with pytest.raises(handlers.BadRequest) as info:
+        handlers._json_body(body)
+    assert info.value.status == 400 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("expiry", [5, {"a": 1}, ["2027-01-01T00:00:00Z"], True, "9999-12-31T23:59:59-23:59"])
+def test_register_expiry_that_is_no_time_is_a_bad_request(expiry) -> None:
+    body = handlers._json_body(json.dumps({"Version": 113, "NodeKey": NK, "Expiry": expiry}).encode())
+    # the handler turns ValueError/TypeError from from_json into "400 bad register request"
+    with pytest.raises(ValueError):
+        register.RegisterRequest.from_json(body)
+
+
+def test_parse_time_still_reads_client_times() -> None:
+    assert tailcfg.parse_time(None) is None and tailcfg.parse_time("") is None
+    assert tailcfg.parse_time("0001-01-01T00:00:00Z") is None
+    t = tailcfg.parse_time("2027-01-01T01:00:00.123456789+01:00")
+    assert t is not None and t.isoformat() == "2027-01-01T00:00:00.123456+00:00"
+
+
+@pytest.mark.parametrize("preferred", [2**64, 2**63, 1 << 31])
+def test_preferred_derp_that_fits_no_column_is_ignored(preferred: int) -> None:
+    body = {"Version": 130, "NodeKey": NK, "Hostinfo": {"NetInfo": {"PreferredDERP": preferred}}}
+    updates = handlers.map_request_updates(NODE, body)
+    assert "home_derp" not in updates
+    assert handlers.map_request_updates(NODE, {"Hostinfo": {"NetInfo": {"PreferredDERP": 900}}})["home_derp"] == 900
