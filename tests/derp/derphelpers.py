@@ -35,8 +35,8 @@ class FakeStore:
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
 
-    def add_node(self, node_key: bytes) -> Any:
-        node = types.SimpleNamespace(id=next(self._ids), node_key=node_key)
+    def add_node(self, node_key: bytes, expiry: Any = None) -> Any:
+        node = types.SimpleNamespace(id=next(self._ids), node_key=node_key, expiry=expiry)
         self.nodes[node_key] = node
         return node
 
