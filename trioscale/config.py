@@ -110,6 +110,10 @@ class DerpServerConfig:
     mesh_key: str = ""
     reuse_port: bool = False  # SO_REUSEPORT: several relay processes (meshed) share listen_addr
     heartbeat_interval: timedelta = timedelta(seconds=10)  # how often the relay refreshes its store row
+    # total deadlines before a client is admitted (a trickle of bytes cannot hold a connection)
+    first_byte_timeout: timedelta = timedelta(seconds=10)  # accept -> the first byte
+    upgrade_timeout: timedelta = timedelta(seconds=20)  # accept -> TLS done and the HTTP request head read
+    handshake_timeout: timedelta = timedelta(seconds=15)  # upgrade -> a verified ClientInfo
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,9 @@ _KINDS: dict[str, str] = {
     "derp.server.mesh_key": "str",
     "derp.server.reuse_port": "bool",
     "derp.server.heartbeat_interval": "duration",
+    "derp.server.first_byte_timeout": "duration",
+    "derp.server.upgrade_timeout": "duration",
+    "derp.server.handshake_timeout": "duration",
     "derp.regions": "dictlist",
     "derp.paths": "pathlist",
     "derp.relay_timeout": "duration",
