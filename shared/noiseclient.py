@@ -250,6 +250,7 @@ class NoiseClient:
         self.resets: dict[int, int] = {}
         #: body bytes sent by open_unfinished (requests that never end)
         self.sent_unfinished = 0
+        self._ignore_stream_limit = False
         self._conn_window = trio.Event()
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -489,9 +490,9 @@ class NoiseClient:
         return self._closed
 
     def ignore_stream_limit(self) -> None:
-        """Open streams past the server's SETTINGS_MAX_CONCURRENT_STREAMS, as a hostile peer would."""
-        self._h2.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2**31 - 1
-        self._h2.remote_settings.acknowledge()
+        """Let :meth:`open_unfinished` open streams past the server's SETTINGS_MAX_CONCURRENT_STREAMS,
+        as a hostile peer would."""
+        self._ignore_stream_limit = True
 
     async def open_unfinished(
         self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
@@ -502,6 +503,9 @@ class NoiseClient:
         async with self._lock:
             if self._closed is not None:
                 raise self._closed
+            if self._ignore_stream_limit:
+                self._h2.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2**31 - 1
+                self._h2.remote_settings.acknowledge()
             sid = self._h2.get_next_available_stream_id()
             st = _ClientStream(sid)
             self._streams[sid] = st
