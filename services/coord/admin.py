@@ -70,7 +70,7 @@ class Unauthorized(Exception):
 def validate_tag(tag: Any) -> str:
     if not isinstance(tag, str) or not _TAG.match(tag):
         raise BadRequest(
-            f"invalid tag {tag!r}: tags look like tag:name (a letter, then letters, digits, - or _)"
+            f"invalid tag {_short(tag)}: tags look like tag:name (a letter, then letters, digits, - or _)"
         )
     return tag
 
@@ -78,7 +78,7 @@ def validate_tag(tag: Any) -> str:
 def validate_user_name(name: Any) -> str:
     if not isinstance(name, str) or not _USER_NAME.match(name):
         raise BadRequest(
-            f"invalid user name {name!r}: use 1-63 letters, digits and . _ @ + - (starting with a letter or digit)"
+            f"invalid user name {_short(name)}: use 1-63 letters, digits and . _ @ + - (starting with a letter or digit)"
         )
     if name.isdigit():
         raise BadRequest(f"invalid user name {name!r}: a name cannot be all digits (those are ids)")
@@ -409,7 +409,7 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
             found, named = await by_id(key_id), f"id {key_id}"
         elif _given(prefix):
             prefix = _key_prefix(prefix, kind, what)
-            found, named = await by_prefix(prefix), f"prefix {prefix}"
+            found, named = await by_prefix(prefix), f"prefix {_short(prefix)}"
         else:
             raise BadRequest(f"give the {what}'s id or prefix")
         if found is None:
@@ -635,7 +635,7 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         if not reg_id:
             raise BadRequest("a registration id (key) is required")
         if not isinstance(reg_id, str) or not _REG_ID.match(reg_id):
-            raise BadRequest(f"invalid registration id {reg_id!r}")
+            raise BadRequest(f"invalid registration id {_short(reg_id)}")
         user = await find_user(user_ref)
         result = await complete_registration(store, reg_id, user, utcnow(), config=ctx.config)
         out: dict[str, Any] = {}

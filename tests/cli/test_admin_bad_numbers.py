@@ -122,6 +122,9 @@ def cases(node: int) -> list[tuple[str, str, Any]]:
     out += [
         ("POST", f"{n}/tags", {"tags": [1e308]}),
         ("POST", f"{n}/tags", raw('{"tags": [Infinity]}')),
+        ("POST", f"{n}/tags", {"tags": ["tag:" + "a" * 50_000]}),
+        ("POST", "/api/v1/preauthkey", {"user": "alice", "acl_tags": ["tag:" + "a" * 50_000]}),
+        ("POST", "/api/v1/user", {"name": "b" * 50_000}),
         ("POST", f"{n}/approve_routes", {"routes": ["10.0.0.0/99999999999999999999"]}),
         ("POST", f"{n}/approve_routes", {"routes": [1e308]}),
         ("GET", f"/api/v1/routes?node={BIG}", None),

@@ -16,11 +16,14 @@ from collections.abc import Iterator
 import dns.flags
 import dns.message
 import dns.query
+import yaml
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+
+from util import wait_for
 
 ALLOWED, OUTSIDER = "127.0.0.1", "127.0.0.2"
 BASE = "tailnet.internal"
@@ -142,3 +145,22 @@ def test_default_allows_loopback_and_refuses_nothing_in_the_zone(trioscale_serve
     soa = dns.query.udp(_query(f"{BASE}.", "SOA"), "127.0.0.1", port=port, source=OUTSIDER, timeout=5)
     assert soa.rcode() == dns.rcode.NOERROR and soa.answer
     assert upstream.names() == ["from-127.0.0.1.example.com.", "from-127.0.0.2.example.com."]
+
+
+def test_forward_allowed_from_applies_live(trioscale_server, upstream: FakeUpstream) -> None:
+    """An edit of the configuration file widens (or narrows) the list without a restart."""
+    srv = trioscale_server(dns={"base_domain": BASE, "nameservers": {"global": [f"127.0.0.1:{upstream.port}"]},
+                                "forward_allowed_from": []})
+    port = int(srv.config["dns"]["listen_addr"].rsplit(":", 1)[1])
+    before = dns.query.udp(_query("early.example.com."), "127.0.0.1", port=port, source=OUTSIDER, timeout=5)
+    assert before.rcode() == dns.rcode.REFUSED
+    assert srv.config_path is not None
+    doc = yaml.safe_load(srv.config_path.read_text())
+    doc["dns"]["forward_allowed_from"] = [f"{OUTSIDER}/32"]
+    tmp = srv.config_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    tmp.replace(srv.config_path)
+    wait_for(lambda: "dns: forwarding now for queries from" in srv.stderr(), 10, "the DNS server to apply the edit")
+    after = dns.query.udp(_query("late.example.com."), "127.0.0.1", port=port, source=OUTSIDER, timeout=5)
+    assert after.rcode() == dns.rcode.NOERROR and len(after.answer[0]) == 80
+    assert upstream.names() == ["late.example.com."]
