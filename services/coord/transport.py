@@ -30,6 +30,14 @@ config=None, task_status=trio.TASK_STATUS_IGNORED)``
   (and the error is logged); a handler that returns without finishing its response has it ended.
 * ``config``: a :class:`TransportConfig` (limits and timeouts).
 
+Limits (see :class:`TransportConfig`): every phase before a request is served has a total deadline
+(first byte, the HTTP/1.1 request, the HTTP/2 preface, the first HTTP/2 request, each request's
+body); request bodies are bounded per request, per connection and per listener, and flow-control
+credit is returned only for body bytes handed to a handler or thrown away; a connection gets a few
+concurrent streams until a handler calls :meth:`ControlResponse.mark_registered`. The listener's
+accounting is a :class:`TransportStats` (``serve_control(..., stats=)``), also served as JSON at
+``GET /debug/stats`` to loopback peers.
+
 Plain HTTP served here: ``GET /key?v=<capver>`` → ``{"legacyPublicKey": "mkey:00…", "publicKey":
 "mkey:<hex>"}``; a missing ``v`` or one below ``config.min_capability_version`` (113) is refused with
 400 and a text message (the Tailscale client then reports the status and body and retries later).
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import math
@@ -103,6 +112,8 @@ class ControlRequest:
     stream_id: int = 0
     #: private half of the connection's early-payload ``nodeKeyChallenge`` (None if none was sent)
     challenge_private_key: bytes | None = field(default=None, repr=False)
+    #: the TCP peer, ``host:port`` (``?`` if unknown): registration caps pending logins per source
+    peer: str = ""
 
 
 NoiseHandler = Callable[[ControlRequest, "ControlResponse"], Awaitable[None]]
@@ -270,15 +281,20 @@ class _ControlServer:
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         peer = "?"
+        loopback = False
         try:
             sock = getattr(stream, "socket", None)
             if sock is not None:
-                peer = format_address(sock.getpeername())
+                sockaddr = sock.getpeername()
+                peer = format_address(sockaddr)
+                loopback = _is_loopback(sockaddr[0])
         except OSError:
             pass
         self.stats.connections += 1
         try:
-            await _Http1Connection(self, stream, peer).run()
+            conn = _Http1Connection(self, stream, peer)
+            conn.loopback = loopback
+            await conn.run()
         except _Close as exc:
             log.debug("%s: closing: %s", peer, exc)
 
@@ -289,6 +305,13 @@ class _ControlServer:
         finally:
             self.stats.connections -= 1
             await trio.aclose_forcefully(stream)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _headers_dict(items: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
@@ -308,6 +331,8 @@ class _Http1Connection:
         self.stream = stream
         self.peer = peer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
+        #: the peer is on this host: it may read /debug/stats
+        self.loopback = False
 
     async def _send(self, *events: Any) -> None:
         data = b"".join(self.conn.send(ev) or b"" for ev in events)
@@ -424,6 +449,10 @@ class _Http1Connection:
             return await self._upgrade(headers)
         if path == "/key":
             await self._serve_key(method, query)
+            return False
+        if path == "/debug/stats" and self.loopback and method in ("GET", "HEAD"):
+            body = json.dumps(self.server.stats.as_dict()).encode()
+            await self._respond(200, [("Content-Type", "application/json")], body, head=method == "HEAD")
             return False
         if self.server.http_handler is None:
             await self._simple(404, "not found\n")
@@ -1043,6 +1072,7 @@ class _H2Session:
             body=bytes(st.body),
             stream_id=st.id,
             challenge_private_key=self.challenge_private_key,
+            peer=self.peer,
         )
         self._release(st)  # handed to the handler: the client may send the next request's bytes
         st.response = ControlResponse(self, st)

@@ -351,6 +351,9 @@ async def test_flood_of_unfinished_bodies_against_trioscale_serve(trioscale_serv
         with trio.fail_after(60):
             await attackers_ready.wait()
         during = rss_bytes(server.proc.pid)
+        stats = (await nc.http_request(host, port, "GET", "/debug/stats")).json()
+        assert stats["peak_buffered_body_bytes"] <= conns * MiB
+        assert stats["bodies_refused"] >= conns  # every 1 MB body is over the 256 KiB cap
         # a well-behaved client is still served while the attackers hold their connections
         assert await nc.fetch_server_key(host, port) == key
         async with nc.open_noise_client(host, port, server_public_key=key) as c:
