@@ -97,7 +97,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 def write_self_signed(cert_path: Path, key_path: Path, names: Iterable[str]) -> None:
     cert_pem, key_pem = generate_self_signed(names)
     _write(Path(key_path), key_pem, 0o600)
-    _write(Path(cert_path), cert_pem, 0o644)
+    _write(Path(cert_path), cert_pem, 0o600)  # read by this process only; the data dir is private
 
 
 def cert_names(cert_pem: bytes) -> set[str]:

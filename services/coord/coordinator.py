@@ -25,7 +25,7 @@ import trio
 
 from trioscale.shared.model import Change, Node, utcnow
 from trioscale.shared.proto import mapframe
-from trioscale.shared.store.base import NotFound, Store, StoreUnavailable
+from trioscale.shared.store.base import ChangesTrimmed, NotFound, Store, StoreError, StoreUnavailable
 
 from .domain.peerset import PeerSet
 from .domain.netmap import Delta, Settings, Tailnet, changed_fields
@@ -44,6 +44,11 @@ FLUSH_YIELD_EVERY = 256
 APPLY_ATTEMPTS = 3
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
+#: how often a coordinator drops expired pending logins and trims the change log below the
+#: positions of its live subscribers (every replica does it; the work is idempotent)
+HOUSEKEEPING_INTERVAL = 60.0
+#: pending interactive logins older than this are gone (register.PENDING_LIFETIME)
+PENDING_LIFETIME = timedelta(minutes=15)
 
 
 def dumps(obj: Any) -> bytes:
@@ -181,6 +186,9 @@ class Coordinator(PolicyFanout):
         self.presence = presence if presence is not None else PresenceTracker(store, clock=clock)
         #: relays whose heartbeat is older than this are dropped from the store (None: never)
         self.relay_timeout = relay_timeout
+        self.housekeeping_interval = HOUSEKEEPING_INTERVAL
+        #: how many times the tailnet was reloaded because the log was trimmed past this replica
+        self.reloads = 0
 
     # -- loading and following -----------------------------------------------------------------
     async def load(self) -> None:
@@ -204,13 +212,65 @@ class Coordinator(PolicyFanout):
             nursery.start_soon(self._flush_dirty)
             if self.relay_timeout is not None:
                 nursery.start_soon(self._expire_relays, self.relay_timeout)
-            async with self.store.subscribe(since=self.seq) as changes:
-                task_status.started()
-                async for change in changes:
-                    await self._apply_retrying(change)
-                    self.seq = change.seq
-                    self._seq_changed.set()
-                    self._seq_changed = trio.Event()
+            nursery.start_soon(self._housekeeping)
+            started = False
+            while True:
+                try:
+                    async with self.store.subscribe(since=self.seq) as changes:
+                        if not started:
+                            task_status.started()
+                            started = True
+                        async for change in changes:
+                            await self._apply_retrying(change)
+                            self._advance(change.seq)
+                    break  # the store closed
+                except ChangesTrimmed as exc:
+                    log.warning("coordinator fell behind the change log (%s); reloading the tailnet", exc)
+                    await self.reload()
+
+    def _advance(self, seq: int) -> None:
+        self.seq = seq
+        self._seq_changed.set()
+        self._seq_changed = trio.Event()
+
+    async def reload(self) -> None:
+        """Read the tailnet afresh after missing changes. The map sessions were sent deltas of the
+        old state, so they are closed: each client reconnects to a full map of the new one."""
+        delay = 0.05
+        while True:
+            try:
+                await self.load()
+                break
+            except (StoreUnavailable, OSError) as exc:
+                log.warning("reloading the tailnet: store unavailable (%s); retrying in %.2fs", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.reloads += 1
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                session.close("tailnet reloaded")
+        for node in self.tailnet.nodes.values():
+            if node.ephemeral:
+                self._schedule_ephemeral_gc(node.id)
+        self._advance(self.seq)
+
+    async def _housekeeping(self) -> None:
+        """Periodic store upkeep that keeps unauthenticated clients from filling the disk:
+        expired pending logins go, and the change log is trimmed below its live subscribers."""
+        while True:
+            await trio.sleep(self.housekeeping_interval)
+            await self.housekeep()
+
+    async def housekeep(self) -> None:
+        now = self.now()
+        try:
+            await self.store.delete_pending_registrations_before(now - PENDING_LIFETIME)
+            # positions are leased on the wall clock (shared by all processes), not self.now()
+            trimmed = await self.store.trim_changes(utcnow())
+            if trimmed:
+                log.debug("trimmed %d change-log entries", trimmed)
+        except (StoreUnavailable, StoreError, OSError) as exc:
+            log.warning("housekeeping: %s", exc)
 
     def mark_dirty(self, session: MapSession) -> None:
         self._dirty[session] = None

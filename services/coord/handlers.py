@@ -17,6 +17,7 @@ import trio
 from trioscale.services.dns.txt import TxtRecords
 from trioscale.shared.model import Node
 from trioscale.shared.proto import keys, mapframe
+from trioscale.shared.store.base import TooLarge
 
 from . import register, setdns
 from .coordinator import Coordinator, Encoded
@@ -67,11 +68,18 @@ def _too_deep(obj: Any, limit: int) -> bool:
     return False
 
 
+def _no_constant(name: str) -> Any:
+    # Python's decoder takes NaN/Infinity; Go clients never send them and jsonb refuses them.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _json_body(body: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(body or b"{}")
+        obj = json.loads(body or b"{}", parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(400, f"request body is not JSON: {exc}") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer longer than Python converts (4,300 digits)
+        raise BadRequest(400, f"request body is not JSON: {str(exc)[:120]}") from None
     except RecursionError:
         raise BadRequest(400, "request body is nested too deeply", hostile=True) from None
     if not isinstance(obj, dict):
@@ -132,7 +140,8 @@ def map_request_updates(node: Node, req: dict[str, Any]) -> dict[str, Any]:
         netinfo = hostinfo.get("NetInfo")
         if isinstance(netinfo, dict):
             preferred = netinfo.get("PreferredDERP")
-            if isinstance(preferred, int) and preferred > 0 and preferred != node.home_derp:
+            # a DERP region id; anything past 31 bits is no region and would not fit the column
+            if isinstance(preferred, int) and 0 < preferred < 1 << 31 and preferred != node.home_derp:
                 updates["home_derp"] = preferred
     return updates
 
@@ -175,7 +184,7 @@ class ControlHandlers:
             raise BadRequest(400, f"bad register request: {exc}") from None
         result = await register.handle(
             self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval,
-            self.coord,
+            self.coord, source=register.source_of(getattr(request, "peer", "")),
         )
         if result.get("MachineAuthorized"):
             _mark_registered(response)
@@ -214,7 +223,10 @@ class ControlHandlers:
         compress = "zstd" if body.get("Compress") == "zstd" else None
         updates = map_request_updates(node, body)
         if updates:
-            node = await self.store.update_node(node.id, **updates)
+            try:
+                node = await self.store.update_node(node.id, **updates)
+            except TooLarge as exc:  # never stored; the client is told why in one line
+                raise BadRequest(400, f"bad map request: {exc}") from None
         await self.coord.caught_up()
         if node.id not in self.coord.tailnet.nodes:
             raise BadRequest(404, "node not found")

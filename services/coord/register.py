@@ -9,6 +9,7 @@ key is judged. Store access happens here; the rules about names and addresses li
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import secrets as _secrets
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from typing import Any, Protocol
 from trioscale.shared import secrets
 from trioscale.shared.model import Node, PendingRegistration, User
 from trioscale.shared.proto import keys
+from trioscale.shared.store import base as store_base
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
+from trioscale.shared.store.codec import hostinfo_size
 
 from .domain import ipalloc, names, tailcfg
 
@@ -120,6 +123,28 @@ def error(message: str) -> dict[str, Any]:
     return {"Error": message}
 
 
+def source_of(peer: str) -> str:
+    """The source a pending login is counted against: the peer's IP address without its port, an
+    IPv6 address as its /64 (one host usually holds a whole /64). "" if unknown."""
+    host = peer.rsplit(":", 1)[0] if peer.count(":") == 1 or peer.startswith("[") else peer
+    host = host.strip("[]")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    if addr.version == 6:
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
+def _check_sizes(req: RegisterRequest) -> None:
+    size = hostinfo_size(req.hostinfo)
+    if size > store_base.MAX_HOSTINFO_BYTES:
+        raise RegisterError(f"Hostinfo is {size} bytes; the limit is {store_base.MAX_HOSTINFO_BYTES}")
+
+
 def new_registration_id() -> str:
     return REGISTRATION_ID_PREFIX + _secrets.token_hex(12)
 
@@ -191,7 +216,7 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
             machine_key=machine_key,
             node_key=node_key,
             user_id=user.id,
-            hostname=str(hostinfo.get("Hostname") or ""),
+            hostname=str(hostinfo.get("Hostname") or "")[: store_base.MAX_HOSTNAME_LEN],
             given_name=names.unique_label(base, taken_names),
             ipv4=ipalloc.allocate(policy.prefix_v4, taken_addrs, strategy=strategy)
             if policy.prefix_v4 else None,
@@ -285,18 +310,22 @@ async def handle(
     now: datetime,
     wait_for_approval,
     allocations: "Allocations | None" = None,
+    *,
+    source: str = "",
 ) -> dict[str, Any]:
     """Answer one RegisterRequest. `wait_for_approval(reg_id, deadline)` waits until the pending
-    registration `reg_id` is completed (True) or the deadline passes (False)."""
+    registration `reg_id` is completed (True) or the deadline passes (False). `source` (see
+    `source_of`) is what a new pending login is counted against."""
     try:
-        return await _handle(store, policy, req, machine_key, now, wait_for_approval, allocations)
+        _check_sizes(req)
+        return await _handle(store, policy, req, machine_key, now, wait_for_approval, allocations, source)
     except RegisterError as exc:
         return error(str(exc))
     except StoreError as exc:
         return error(str(exc))
 
 
-async def _handle(store, policy, req, machine_key, now, wait_for_approval, allocations) -> dict[str, Any]:
+async def _handle(store, policy, req, machine_key, now, wait_for_approval, allocations, source) -> dict[str, Any]:
     node = await store.get_node_by_node_key(req.node_key)
     if node is not None and not hmac.compare_digest(node.machine_key, machine_key):
         raise RegisterError("node key is registered to another machine")
@@ -368,6 +397,7 @@ async def _handle(store, policy, req, machine_key, now, wait_for_approval, alloc
         hostinfo=req.hostinfo,
         expiry=req.expiry,
         created_at=now,
+        source=source,
     )
     await store.put_pending_registration(reg)
     return {"AuthURL": f"{policy.server_url.rstrip('/')}/register/{reg.id}"}

@@ -41,6 +41,7 @@ from trioscale.shared.model import DerpRelay, utcnow
 from trioscale.shared.net.limits import connection_limiter
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import RemoteProtocolError
+from trioscale.shared.store.base import ChangesTrimmed
 
 from .mesh import Mesh
 from .ratelog import RateLimitedLog
@@ -478,6 +479,10 @@ class DerpService:
                         await self._on_change(change)
             except trio.Cancelled:
                 raise
+            except ChangesTrimmed as exc:
+                # missed changes: resubscribing from the newest seq clears the admission cache
+                self.log.info("derp: %s", exc)
+                continue
             except Exception:
                 self.log.warning("derp: change subscription failed; retrying", exc_info=True)
                 await trio.sleep(1.0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from trioscale.shared import filemodes
 from trioscale.shared.model import Change, utcnow
 from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 from trioscale.shared.store.base import Conflict, StoreUnavailable
@@ -50,7 +51,14 @@ def _enc(v: Any) -> Any:
 
 def _connect(path: str, migrations: list[list[str]] = SQLITE_MIGRATIONS) -> sqlite3.Connection:
     if path != ":memory:" and not path.startswith("file:"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # the tailnet's inventory is for this user only; SQLite gives -wal and -shm the mode of
+        # the database file, so creating that 0600 covers all three
+        parent = Path(path).parent
+        if not parent.exists():
+            filemodes.make_private_dir(parent)
+        filemodes.create_private_file(Path(path))
+        for companion in filemodes.sqlite_files(Path(path))[1:]:
+            filemodes.tighten(companion, filemodes.FILE_MODE)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
     try:
         conn.row_factory = sqlite3.Row
