@@ -12,12 +12,25 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
 
 from trioscale.config import Config, split_hostport
 from trioscale.context import ServiceContext
+from trioscale.shared.net.limits import (
+    DEFAULT_CAPS,
+    ConnectionLimiter,
+    ListenerCaps,
+    configured_caps,
+    connection_limiter,
+    install_budget,
+    plan_budget,
+    raise_descriptor_limit,
+    reserved_descriptors,
+)
+from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 
 __all__ = ["run_services", "serve_services", "SERVICE_ORDER", "next_steps_text", "serve_health"]
 
@@ -59,12 +72,18 @@ def next_steps_text(config: Config, addresses: dict[str, Any]) -> str:
 
 
 async def serve_health(
-    addr: str, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
+    addr: str,
+    *,
+    limiter: ConnectionLimiter | None = None,
+    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A tiny HTTP server answering `200 ok` on any GET (for standalone stun/dns processes)."""
     host, port = split_hostport(addr)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
+    if limiter is None:
+        caps = DEFAULT_CAPS["health"]
+        limiter = ConnectionLimiter("health", caps.max_connections, caps.max_connections_per_source)
     shown = f"{sockname[0]}:{sockname[1]}"
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -91,7 +110,7 @@ async def serve_health(
             await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        await nursery.start(partial(serve_stream_sockets, handle, listener_sockets(listeners), limiter=limiter, log=log))
         log.info("health endpoint on http://%s/health", shown)
         task_status.started({"health": shown})
 
@@ -113,9 +132,13 @@ async def serve_services(
     if print_next_steps is None:
         print_next_steps = "coord" in wanted
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    caps = _plan_connection_caps(config, wanted)
+    from trioscale.shared.filemodes import secure_data_dir
+
+    secure_data_dir(config)  # 0700 / 0600, fixing what an older trioscale left open
     async with open_store(config) as store:
         ctx = ServiceContext(config=config, store=store, log=logging.getLogger("trioscale"))
+        install_budget(ctx.registry, caps)
         addresses: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
             for name in wanted:
@@ -132,7 +155,8 @@ async def serve_services(
 
                     _merge(addresses, "admin", await nursery.start(serve_admin, ctx))
             if "coord" not in wanted and set(wanted) & {"stun", "dns"} and config.health_listen_addr:
-                _merge(addresses, "health", await nursery.start(serve_health, config.health_listen_addr))
+                health = partial(serve_health, limiter=connection_limiter(ctx, "health"))
+                _merge(addresses, "health", await nursery.start(health, config.health_listen_addr))
             for key, value in addresses.items():
                 log.info("listening: %s = %s", key, value)
             ctx.registry.setdefault("addresses", addresses)
@@ -143,6 +167,32 @@ async def serve_services(
                 sys.stdout.write(f"trioscale is running ({', '.join(wanted)}): {listening}\n")
             sys.stdout.flush()
             task_status.started(addresses)
+
+
+def _listeners_of(config: Config, wanted: Sequence[str]) -> list[str]:
+    """The capped listeners (`limits.<name>`) the services `wanted` open in this process."""
+    out: list[str] = []
+    if "coord" in wanted:
+        out += ["control", "admin_unix"] + (["admin"] if config.admin.listen_addr else [])
+    if "derp" in wanted and config.derp.server.enabled:
+        out.append("derp")
+    if "dns" in wanted and config.dns.listen_addr:
+        out.append("dns")
+    if "coord" not in wanted and set(wanted) & {"stun", "dns"} and config.health_listen_addr:
+        out.append("health")
+    return out
+
+
+def _plan_connection_caps(config: Config, wanted: Sequence[str]) -> dict[str, ListenerCaps]:
+    """Raise the descriptor limit as far as allowed, then fit every listener's cap under it, so a
+    flood that fills one listener leaves descriptors for the others (and for files and the store)."""
+    soft, hard = raise_descriptor_limit()
+    caps, note = plan_budget(configured_caps(config, _listeners_of(config, wanted)), soft, reserved_descriptors(config))
+    if note is not None:
+        log.warning("%s", note)
+    log.debug("descriptor limit %d (hard %s); connection caps %s", soft, hard,
+              ", ".join(f"{n} {c.max_connections}/{c.max_connections_per_source}" for n, c in caps.items()))
+    return caps
 
 
 def _merge(into: dict[str, Any], name: str, got: Any) -> None:

@@ -20,12 +20,17 @@ import re
 import socket
 import stat
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig, Sockets
-from hypercorn.trio.run import worker_serve
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.statsd import StatsdLogger
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
@@ -38,6 +43,8 @@ from trioscale.services.coord.domain.names import InvalidName, validate_label
 from trioscale.services.coord.registration import complete_registration
 from trioscale.shared import secrets as keys
 from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, User, utcnow
+from trioscale.shared.net.limits import ConnectionLimiter, connection_limiter
+from trioscale.shared.net.listen import serve_stream_sockets
 from trioscale.shared.store.base import Conflict, NotFound, StoreError, StoreUnavailable
 
 __all__ = [
@@ -730,15 +737,25 @@ async def _serve_app(
     sock: socket.socket,
     log: logging.Logger,
     *,
+    limiter: ConnectionLimiter,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """hypercorn's trio worker (`worker_serve`) with our accept loop in place of its own: that one
+    wraps the socket itself, so it could neither cap connections nor survive EMFILE quietly."""
     hc = _hypercorn_config(log)
-    await worker_serve(
-        wrap_app(app, hc.wsgi_max_body_size, None),
-        hc,
-        sockets=Sockets([], [sock], []),
-        task_status=task_status,
-    )
+    hc.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, hc.wsgi_max_body_size, None)
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, hc, lifespan_state)
+    context = WorkerContext(None)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await TCPServer(wrapped, hc, context, ConnectionState(lifespan_state.copy()), stream)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        await serve_stream_sockets(handle, [sock], limiter=limiter, log=log, task_status=task_status)
 
 
 async def serve_admin(
@@ -761,10 +778,16 @@ async def serve_admin(
             tcp_sock, shown = _bind_tcp(cfg.admin.listen_addr)
             addresses["admin_tcp"] = shown
         async with trio.open_nursery() as nursery:
-            await nursery.start(_serve_app, create_admin_app(ctx, require_auth=False), unix_sock, http_log)
+            unix_limiter = connection_limiter(ctx, "admin_unix")
+            await nursery.start(
+                partial(_serve_app, limiter=unix_limiter), create_admin_app(ctx, require_auth=False), unix_sock, http_log
+            )
             log.info("admin API (local, no auth) on unix socket %s", path)
             if tcp_sock is not None:
-                await nursery.start(_serve_app, create_admin_app(ctx, require_auth=True), tcp_sock, http_log)
+                tcp_limiter = connection_limiter(ctx, "admin")
+                await nursery.start(
+                    partial(_serve_app, limiter=tcp_limiter), create_admin_app(ctx, require_auth=True), tcp_sock, http_log
+                )
                 log.info("admin API (API keys required) on http://%s", addresses["admin_tcp"])
             task_status.started(addresses)
     finally:

@@ -28,6 +28,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from typing import Any
 import trio
 
 from trioscale.config import split_hostport
+from trioscale.shared.net.limits import connection_limiter
+from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 
 from .ratelimit import RateLimiter
 from .resolver import DnsStats, Forward, Resolver, parse_upstreams
@@ -553,8 +556,12 @@ async def serve(
             nursery.start_soon(_follow_store, ctx, svc)
             nursery.start_soon(_housekeeping, ctx, svc, records_file)
             nursery.start_soon(_serve_udp, udp_sock, svc, nursery)
-            listener = trio.SocketListener(tcp_sock)
-            nursery.start_soon(trio.serve_listeners, _tcp_handler(svc), [listener])
+            # the accept loop owns the listening socket from here (it closes it on the way out)
+            tcp_listening = listener_sockets([trio.SocketListener(tcp_sock)])
+            limiter = connection_limiter(ctx, "dns")
+            nursery.start_soon(
+                partial(serve_stream_sockets, _tcp_handler(svc), tcp_listening, limiter=limiter, log=ctx.log)
+            )
             ctx.log.info(
                 "DNS listening on %s (udp+tcp) for %s and %d reverse zone(s)%s",
                 shown,

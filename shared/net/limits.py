@@ -187,10 +187,12 @@ def plan_budget(
     wanted = sum(c.max_connections for c in caps.values())
     if wanted <= available:
         return dict(caps), None
-    factor = available / wanted
+    # every listener keeps one connection; the rest of the budget is shared in proportion
+    n = len(caps)
+    factor = (available - n) / (wanted - n)
     out: dict[str, ListenerCaps] = {}
     for name, c in caps.items():
-        total = max(1, math.floor(c.max_connections * factor))
+        total = 1 + math.floor((c.max_connections - 1) * factor)
         out[name] = ListenerCaps(total, max(1, min(c.max_connections_per_source, total)))
     shown = ", ".join(f"{n} {out[n].max_connections}/{out[n].max_connections_per_source}" for n in out)
     note = (

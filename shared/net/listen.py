@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -222,5 +223,5 @@ async def serve_stream_sockets(
     async with trio.open_nursery() as nursery:
         for sock in socks:
             sock.setblocking(False)
-            nursery.start_soon(accept_loop, sock, run, nursery, limiter=limiter, log=log)
+            nursery.start_soon(partial(accept_loop, sock, run, nursery, limiter=limiter, log=log))
         task_status.started()
