@@ -171,6 +171,24 @@ class PresenceConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The control listener (`listen_addr`) before and while it serves requests: total deadlines
+    for each phase, request bodies bounded per request, connection and listener, concurrent streams."""
+
+    first_byte_timeout: timedelta = timedelta(seconds=10)  # accept -> the first byte
+    request_timeout: timedelta = timedelta(seconds=30)  # one whole HTTP/1.1 request (the /ts2021 upgrade too)
+    handshake_timeout: timedelta = timedelta(seconds=10)  # the 101 -> the client's first Noise record (HTTP/2 preface)
+    first_request_timeout: timedelta = timedelta(seconds=30)  # the 101 -> the first request inside Noise
+    request_body_timeout: timedelta = timedelta(seconds=30)  # a request's headers -> its end (then 408 + reset)
+    idle_timeout: timedelta = timedelta(seconds=300)  # a connection with no request open for this long is closed
+    max_request_body: int = 256 * 1024  # bytes; register/map requests are a few KiB (Hostinfo <= 64 KiB)
+    max_connection_body: int = 1 << 20  # unfinished request bodies of one connection (its HTTP/2 window)
+    max_buffered_bodies: int = 64 << 20  # unfinished request bodies of all connections together
+    max_streams: int = 250  # concurrent requests on a connection whose machine has a node
+    max_streams_unregistered: int = 4  # ... and before that
+
+
+@dataclass(frozen=True)
 class ListenerLimitsConfig:
     """Concurrent connections one listener holds: in total, and from one source address (IPv6: /64).
     Sized for 10,000 nodes behind a few NAT addresses: each holds one control and one DERP connection."""
@@ -234,6 +252,7 @@ class Config:
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     #: the file this was read from (None = embedded defaults); not a key
     source: Path | None = field(default=None, compare=False)
 
@@ -324,6 +343,17 @@ _KINDS: dict[str, str] = {
     "limits.health.max_connections": "int",
     "limits.health.max_connections_per_source": "int",
     "limits.reserved_descriptors": "int",
+    "control.first_byte_timeout": "duration",
+    "control.request_timeout": "duration",
+    "control.handshake_timeout": "duration",
+    "control.first_request_timeout": "duration",
+    "control.request_body_timeout": "duration",
+    "control.idle_timeout": "duration",
+    "control.max_request_body": "int",
+    "control.max_connection_body": "int",
+    "control.max_buffered_bodies": "int",
+    "control.max_streams": "int",
+    "control.max_streams_unregistered": "int",
 }
 
 #: other spellings accepted in the file (Headscale's) -> the canonical key
@@ -728,6 +758,7 @@ _SUBRECORDS: dict[str, type] = {
     "limits.admin": AdminLimitsConfig,
     "limits.dns": DnsLimitsConfig,
     "limits.health": HealthLimitsConfig,
+    "control": ControlConfig,
 }
 
 
@@ -879,6 +910,17 @@ def _validate(v: dict[str, Any], label: str) -> None:
             fail(key, f"must be at least 1, got {get(key)}")
     if get("limits.reserved_descriptors") < 0:
         fail("limits.reserved_descriptors", "cannot be negative")
+    for key in [k for k in _KINDS if k.startswith("control.") and k.endswith("_timeout")]:
+        if get(key) < timedelta(milliseconds=100):
+            fail(key, "must be at least 100ms")
+    if get("control.max_request_body") < 64 * 1024:
+        fail("control.max_request_body", "must be at least 65536 (a Hostinfo may take 64 KiB)")
+    if get("control.max_connection_body") < max(65535, get("control.max_request_body")):
+        fail("control.max_connection_body", "must be at least 65535 and at least control.max_request_body")
+    if get("control.max_buffered_bodies") < get("control.max_connection_body"):
+        fail("control.max_buffered_bodies", "must be at least control.max_connection_body")
+    if not 1 <= get("control.max_streams_unregistered") <= get("control.max_streams"):
+        fail("control.max_streams_unregistered", "must be between 1 and control.max_streams")
     relay_beat = get("derp.server.heartbeat_interval")
     if relay_beat < timedelta(milliseconds=100):
         fail("derp.server.heartbeat_interval", "must be at least 100ms")

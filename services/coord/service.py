@@ -25,7 +25,7 @@ from .domain.netmap import Settings, dns_config
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .presence import PresenceTracker
-from .transport import TransportStats, serve_control
+from .transport import TransportConfig, TransportStats, serve_control
 
 log = logging.getLogger("trioscale.coord")
 
@@ -79,6 +79,24 @@ def settings_from_config(config, file_records: Sequence[dict[str, str]] = ()) ->
     )
 
 
+def transport_config(config) -> TransportConfig:
+    """The control listener's limits and deadlines from the `control:` keys."""
+    c = config.control
+    return TransportConfig(
+        first_byte_timeout=c.first_byte_timeout.total_seconds(),
+        request_timeout=c.request_timeout.total_seconds(),
+        h2_preface_timeout=c.handshake_timeout.total_seconds(),
+        first_request_timeout=c.first_request_timeout.total_seconds(),
+        request_body_timeout=c.request_body_timeout.total_seconds(),
+        h2_idle_timeout=c.idle_timeout.total_seconds(),
+        max_request_body=c.max_request_body,
+        max_connection_body=c.max_connection_body,
+        max_buffered_bodies=c.max_buffered_bodies,
+        max_concurrent_streams=c.max_streams,
+        unregistered_concurrent_streams=c.max_streams_unregistered,
+    )
+
+
 def registration_policy(config) -> register.Policy:
     return register.Policy(
         server_url=config.server_url,
@@ -119,7 +137,8 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
             await nursery.start(watch_policy_file, coordinator)
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
         address = await nursery.start(
-            partial(serve_control, limiter=connection_limiter(ctx, "control"), stats=control_stats),
+            partial(serve_control, limiter=connection_limiter(ctx, "control"), stats=control_stats,
+                    config=transport_config(config)),
             config.listen_addr, noise_key, handlers.noise, handlers.http,
         )
         log.info("control listening on %s (server_url %s)", address, config.server_url)

@@ -226,6 +226,17 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "limits.health.max_connections": "104",
         "limits.health.max_connections_per_source": "14",
         "limits.reserved_descriptors": "15",
+        "control.first_byte_timeout": "5s",
+        "control.request_timeout": "6s",
+        "control.handshake_timeout": "7s",
+        "control.first_request_timeout": "8s",
+        "control.request_body_timeout": "9s",
+        "control.idle_timeout": "2m",
+        "control.max_request_body": "100000",
+        "control.max_connection_body": "200000",
+        "control.max_buffered_bodies": "300000",
+        "control.max_streams": "50",
+        "control.max_streams_unregistered": "2",
     }
     assert set(samples) == set(KNOWN_KEYS)
     env = {env_name(k): v for k, v in samples.items()}

@@ -361,3 +361,17 @@ async def test_flood_of_unfinished_bodies_against_trioscale_serve(trioscale_serv
             assert r.status == 200 and "AuthURL" in r.json()
         done.set()
     assert during - before < 64 * MiB, (before, during, sent)
+
+
+async def test_control_keys_set_the_deadlines_of_trioscale_serve(trioscale_server):
+    server = trioscale_server(control={"first_byte_timeout": "0.5s", "first_request_timeout": "0.5s"})
+    host, port = server.config["listen_addr"].rsplit(":", 1)
+    port = int(port)
+    s = await trio.open_tcp_stream(host, port)
+    async with s:
+        assert await read_until_eof(s, timeout=10) == b""  # silent: closed after 0.5 s, not 30
+    async with nc.open_noise_client(host, port) as c:
+        with trio.fail_after(10):
+            await c.wait_closed()  # no request after the handshake
+    stats = (await nc.http_request(host, port, "GET", "/debug/stats")).json()
+    assert stats["connections_timed_out"] == 2
