@@ -1,16 +1,14 @@
-"""Shared by fuzz_upgrade and fuzz_h2noise: the control listener (services/coord/transport.py) as a peer meets it: HTTP/1.1 requests, the
-``/ts2021`` upgrade with its X-Tailscale-Handshake header and Noise initiation, then HTTP/2 inside
-Noise. The real connection code runs on an in-memory stream under Trio's mock clock (deadlines fire
-at once, no waiting), one ``trio.run`` per input.
+"""The client end of a control connection, for fuzz_upgrade and fuzz_h2noise.
 
-The first byte picks the mode:
-0. the input is the raw TCP byte stream (requests, upgrades, garbage), cut into socket-sized reads;
-1. a valid upgrade with a real Noise handshake, then the input as HTTP/2 frames after the client
-   preface, encrypted by a real Noise client (the fuzzer cannot forge records): h2 inside Noise;
-2. a valid upgrade, then the input raw (Noise records the fuzzer makes up).
-Invariants: the connection ends (no hang: libFuzzer's -timeout catches one); nothing is logged at
-ERROR (the listener's "unexpected error" path, a traceback in the log); the listener's accounting
-returns to zero (no body bytes or streams left counted after the connection is gone).
+The real listener code (services/coord/transport.py ``_ControlServer.handle_connection``) serves
+an in-memory stream whose reads are prepared from the fuzz input; for HTTP/2 inside Noise the
+records are made by a real Noise client once the server has answered the upgrade. All inputs run
+in one long-lived Trio loop (a thread) under a mock clock, so deadlines fire as soon as every task
+waits and no input sleeps.
+
+Invariants checked after every connection: it ended (a hang is caught by libFuzzer's -timeout);
+nothing was logged at ERROR (the listener's "unexpected error" path, a traceback in the log); the
+listener's accounting is back to zero (no body bytes, streams or connections left counted).
 """
 
 from __future__ import annotations
