@@ -253,7 +253,7 @@ def configured_caps(config: Any, names: Any = LISTENERS) -> dict[str, ListenerCa
         per = int(getattr(rec, "max_connections_per_source", default.max_connections_per_source))
         if name == "admin_unix":
             per = total  # every local peer is the same (empty) source
-        out[name] = ListenerCaps(total, per)
+        out[name] = ListenerCaps(total, min(per, total))
     return out
 
 
