@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from util import TrioscaleServer, free_ports_config, wait_for
+from util import TrioscaleServer, free_port, free_ports_config, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux (127.0.0.2, /proc)")
 
@@ -97,7 +97,7 @@ def served(kind: str, addr: str, source: str = "127.0.0.1", sock: socket.socket 
             ctx.verify_mode = ssl.CERT_NONE
             with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
                 return _http_get(tls, "/derp/probe").startswith(b"HTTP/1.1 ")
-        path = "/key?v=113" if kind == "control" else "/api/v1/user"
+        path = {"control": "/key?v=113", "admin": "/api/v1/user"}.get(kind, "/health")
         return _http_get(sock, path).startswith(b"HTTP/1.1 ")
     except (OSError, ssl.SSLError):
         return False
@@ -111,8 +111,8 @@ def served(kind: str, addr: str, source: str = "127.0.0.1", sock: socket.socket 
 class LimitedServer(TrioscaleServer):
     """`trioscale serve` started with RLIMIT_NOFILE set to `nofile` (soft and hard)."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], nofile: int | None) -> None:
-        super().__init__(workdir, config)
+    def __init__(self, workdir: Path, config: dict[str, Any], nofile: int | None, command: tuple[str, ...]) -> None:
+        super().__init__(workdir, config, command=command)
         self.nofile = nofile
 
     def start(self, timeout: float = 30.0) -> "LimitedServer":
@@ -148,9 +148,9 @@ class LimitedServer(TrioscaleServer):
 def limited_server(tmp_path: Path) -> Iterator[Any]:
     started: list[LimitedServer] = []
 
-    def start(nofile: int | None = None, **overrides: Any) -> LimitedServer:
+    def start(nofile: int | None = None, command: tuple[str, ...] = ("serve",), **overrides: Any) -> LimitedServer:
         workdir = tmp_path / f"server{len(started)}"
-        server = LimitedServer(workdir, free_ports_config(workdir / "data", **overrides), nofile)
+        server = LimitedServer(workdir, free_ports_config(workdir / "data", **overrides), nofile, command)
         started.append(server)
         return server.start()
 
@@ -259,3 +259,18 @@ def test_descriptor_exhaustion_backs_off_with_one_line_and_recovers(limited_serv
     assert "Traceback" not in log and "accept returned" not in log
     for kind in ("derp", "admin", "dns"):
         assert served(kind, addrs[kind]), kind
+
+
+def test_health_listener_of_a_standalone_dns_process_is_capped(limited_server: Any) -> None:
+    health = f"127.0.0.1:{free_port()}"
+    server = limited_server(
+        command=("dns",),
+        health_listen_addr=health,
+        limits={"health": {"max_connections": 4, "max_connections_per_source": 1}},
+    )
+    held = connect(health)
+    assert held is not None
+    assert closed_at_once(connect(health))
+    assert served("health", health, source="127.0.0.2")
+    assert served("health", health, sock=held)
+    assert "Traceback" not in server.stderr()
