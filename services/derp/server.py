@@ -92,6 +92,7 @@ class Client:
         "nwrites",
         "stuck_at",
         "expires_at",
+        "next_keepalive",
     )
 
     def __init__(
@@ -136,6 +137,7 @@ class Client:
         self.nwrites = 0  # writes completed (the reader's pressure relief watches it)
         self.stuck_at = -1  # nwrites when a relief made no progress: don't yield again until it moves
         self.expires_at: float | None = None  # the node's expiry (Unix time), with verify-clients
+        self.next_keepalive = float("inf")  # Trio time of the next KeepAlive (DerpServer.keepalives)
 
     def buffered(self) -> int:
         """Bytes queued for this client (packets and control frames)."""
@@ -270,9 +272,9 @@ class Client:
             st.bytes_relayed += nbytes
 
     async def keepalive(self, interval: float, jitter: float) -> None:
-        # Clients drop a connection 120 s after the last frame; the jitter spreads keepalives of
-        # many clients but never pushes one past `interval` (at most every 60 s by default).
-        delay = interval - random.uniform(0.0, min(jitter, interval / 2)) if jitter > 0 else interval
+        """This client's keepalives from a task of its own (the relay uses
+        `DerpServer.keepalives`, one task for all)."""
+        delay = keepalive_delay(interval, jitter)
         st = self.server.stats
         while True:
             await trio.sleep(delay)
@@ -381,6 +383,12 @@ class Client:
             st.unknown_frames += 1
         else:
             st.unknown_frames += 1
+
+
+def keepalive_delay(interval: float, jitter: float) -> float:
+    # Clients drop a connection 120 s after the last frame; the jitter spreads keepalives of
+    # many clients but never pushes one past `interval` (at most every 60 s by default).
+    return interval - random.uniform(0.0, min(jitter, interval / 2)) if jitter > 0 else interval
 
 
 class DerpServer:
@@ -577,6 +585,21 @@ class DerpServer:
         for c in conns:
             c.close()
         return len(conns)
+
+    async def keepalives(self, interval: float, jitter: float) -> None:
+        """KeepAlive every client when its `next_keepalive` comes. One task for all: a task
+        (and timer) per idle client would cost more than the rest of the client."""
+        tick = min(1.0, interval / 4)
+        st = self.stats
+        while True:
+            await trio.sleep(tick)
+            now = self._clock()
+            for conns in list(self._sets.values()):
+                for c in conns:
+                    if c.next_keepalive <= now:
+                        c.next_keepalive = now + keepalive_delay(interval, jitter)
+                        c.send_frame(_KEEPALIVE_FRAME)
+                        st.keepalives_sent += 1
 
     def broadcast(self, frame: bytes) -> None:
         for c in self.clients():

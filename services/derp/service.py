@@ -38,7 +38,7 @@ import trio
 
 from trioscale.shared import tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
-from trioscale.shared.net.limits import connection_limiter
+from trioscale.shared.net.limits import connection_limiter, limiter_stats
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import RemoteProtocolError
 from trioscale.shared.store.base import ChangesTrimmed
@@ -46,7 +46,7 @@ from trioscale.shared.store.base import ChangesTrimmed
 from .mesh import Mesh
 from .ratelog import RateLimitedLog
 from .rawstream import RawStream, accept_loop, listen_socket, shared_buffer_bytes
-from .server import Client, ConnectionClosed, DerpServer
+from .server import Client, ConnectionClosed, DerpServer, keepalive_delay
 from .stats import DerpStats
 from .verify import ClientVerifier
 
@@ -443,8 +443,9 @@ class DerpService:
             client.send_frame(conn.accept())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_writer, client, nursery.cancel_scope)
-                if self.keepalive_interval:
-                    nursery.start_soon(client.keepalive, self.keepalive_interval, self.keepalive_jitter)
+                if self.keepalive_interval:  # sent by DerpServer.keepalives
+                    client.next_keepalive = trio.current_time() + keepalive_delay(
+                        self.keepalive_interval, self.keepalive_jitter)
                 try:
                     await client.reader(conn, events[1:], RECV_SIZE)
                 except RemoteProtocolError as exc:
@@ -581,6 +582,7 @@ class DerpService:
     def stats_dict(self) -> dict[str, Any]:
         d = self.stats.as_dict()
         d["buffers"] = self.buffered()
+        d["listeners"] = limiter_stats(self.ctx)  # connection caps of every listener in this process
         if self.verifier is not None:
             d["verify_cache"] = {"size": len(self.verifier), "hits": self.verifier.hits, "misses": self.verifier.misses}
         return d
@@ -730,6 +732,8 @@ async def serve(
     async with trio.open_nursery() as nursery:
         try:
             limiter = connection_limiter(ctx, "derp")
+            if svc.keepalive_interval:
+                nursery.start_soon(svc.server.keepalives, svc.keepalive_interval, svc.keepalive_jitter)
             nursery.start_soon(partial(accept_loop, listener, svc.handle_tcp, nursery, limiter=limiter, log=svc.log))
             if svc.verifier is not None:
                 nursery.start_soon(svc.follow_changes)
