@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,13 @@ __all__ = [
     "ConnectionLimiter",
     "ListenerCaps",
     "LogThrottle",
+    "configured_caps",
     "connection_limiter",
+    "install_budget",
+    "limiter_stats",
     "plan_budget",
     "raise_descriptor_limit",
+    "reserved_descriptors",
     "source_key",
     "DEFAULT_CAPS",
     "LISTENERS",
@@ -289,10 +292,3 @@ def limiter_stats(ctx: Any) -> dict[str, dict[str, int]]:
     limiters = getattr(ctx, "registry", {}).get(_REGISTRY_KEY, {})
     return {n: lim.stats() for n, lim in limiters.items()}
 
-
-def open_descriptors() -> int:
-    """How many descriptors the process holds now (-1 if the system does not say)."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1

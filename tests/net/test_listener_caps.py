@@ -7,6 +7,7 @@ well-behaved client on another listener (or from another source address) still g
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -105,6 +106,21 @@ def served(kind: str, addr: str, source: str = "127.0.0.1", sock: socket.socket 
         sock.close()
 
 
+def derp_debug_stats(addr: str) -> dict[str, Any]:
+    """The relay's /debug/stats (loopback only): its counters and every listener's caps."""
+    sock = connect(addr)
+    assert sock is not None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /debug/stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
 # --- a server under a descriptor limit ----------------------------------------------------------------
 
 
@@ -193,6 +209,10 @@ def test_per_source_cap_closes_extra_connections_on_every_listener(limited_serve
         assert served(kind, addr, sock=first[0]), f"{kind}: a connection within the cap was not served"
         first[1].close()  # type: ignore[union-attr]
     assert re.search(r"control: connection over the cap closed \(127\.0\.0\.1 holds 2", server.stderr())
+    listeners = derp_debug_stats(_addresses(server)["derp"])["listeners"]
+    for kind in ("control", "derp", "admin", "dns"):
+        assert listeners[kind]["rejected_per_source"] == 1, (kind, listeners[kind])
+        assert listeners[kind]["max_connections_per_source"] == 2
     assert "Traceback" not in server.stderr()
 
 
