@@ -578,17 +578,19 @@ async def open_noise_client(
     initial_window_size: int = 4 << 20,
     timeout: float = 10.0,
     path: str = "/ts2021",
+    local_address: str | None = None,
 ) -> AsyncIterator[NoiseClient]:
     """Connect, upgrade, handshake and start HTTP/2; yield a :class:`NoiseClient`; close on exit.
 
     ``server_public_key`` defaults to the one fetched from ``/key``.  ``timeout`` bounds the whole setup.
+    ``local_address`` binds the connection's source (e.g. ``127.0.0.2``: another host, to the server).
     """
     machine_private_key = machine_private_key or keys.generate_private_key()
     with trio.fail_after(timeout):
         if server_public_key is None:
             server_public_key = await fetch_server_key(host, port, version)
         init = noise.Initiator(server_public_key, machine_private_key, version)
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port, local_address=local_address)
         try:
             conn = h11.Connection(h11.CLIENT)
             req = h11.Request(
