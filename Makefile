@@ -5,12 +5,12 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test postgres pebble clean-venv
+.PHONY: run test postgres pebble clients labtools clean-venv
 
 run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
-test: postgres pebble $(STAMP)
+test: postgres pebble labtools clients $(STAMP)
 	$(VENV)/bin/pytest
 
 # The virtualenv is (re)built only when the packaging files change.
@@ -30,6 +30,27 @@ pebble:
 	@if ! command -v pebble >/dev/null 2>&1; then \
 		( $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y pebble ) \
 		|| echo "pebble could not be installed: the tailscale cert test will be skipped"; \
+	fi
+
+# Real Tailscale clients for tests/tailscaled, built from tailscale.com with `go install` at the
+# versions in tests/tailscaled/versions.txt, into a cache outside the repository (reused when there).
+CLIENTS_DIR ?= $(HOME)/.cache/trioscale/clients
+TS_VERSIONS := $(shell grep -v '^\#' tests/tailscaled/versions.txt)
+clients:
+	@if ! command -v go >/dev/null 2>&1; then \
+		echo "go not found: the tailscaled tests will be skipped"; exit 0; fi; \
+	for v in $(TS_VERSIONS); do \
+		d="$(CLIENTS_DIR)/v$$v"; \
+		if [ -x "$$d/tailscaled" ] && [ -x "$$d/tailscale" ]; then continue; fi; \
+		echo "building tailscaled and tailscale v$$v into $$d"; \
+		GOTOOLCHAIN=local GOBIN="$$d" go install tailscale.com/cmd/tailscaled@v$$v tailscale.com/cmd/tailscale@v$$v || exit 1; \
+	done
+
+# Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP)
+# and ping (ICMP across the tailnet).
+labtools:
+	@if ! command -v nft >/dev/null 2>&1 || ! command -v ping >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y nftables iputils-ping; \
 	fi
 
 clean-venv:

@@ -10,6 +10,7 @@ import hmac
 import html
 import json
 import logging
+from collections.abc import Callable, Collection
 from typing import Any
 
 import trio
@@ -20,6 +21,7 @@ from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store.base import TooLarge
 
 from . import register, setdns
+from .domain import names
 from .coordinator import Coordinator, Encoded
 
 log = logging.getLogger("trioscale.coord.handlers")
@@ -114,8 +116,20 @@ def quiet_hostinfo(hostinfo: dict[str, Any]) -> dict[str, Any]:
     return hostinfo
 
 
-def map_request_updates(node: Node, req: dict[str, Any]) -> dict[str, Any]:
-    """Node fields a MapRequest changes (only those that differ)."""
+def _follows_hostname(node: Node) -> bool:
+    """The node's tailnet name was derived from its hostname (never set by an admin), so it
+    follows a new hostname, as in Headscale and Tailscale (`tailscale set --hostname`)."""
+    base = names.sanitize_label(node.hostname)
+    if node.given_name == base:
+        return True
+    head, _, suffix = node.given_name.rpartition("-")
+    return head == base and suffix.isdigit()  # deduplicated at registration: base-1, base-2, …
+
+
+def map_request_updates(node: Node, req: dict[str, Any],
+                        taken_names: Callable[[], Collection[str]] = frozenset) -> dict[str, Any]:
+    """Node fields a MapRequest changes (only those that differ). `taken_names()` gives the tailnet
+    names in use (asked only when a name follows a new hostname)."""
     updates: dict[str, Any] = {}
     try:
         disco = keys.DISCO.from_json(req.get("DiscoKey"))
@@ -137,6 +151,11 @@ def map_request_updates(node: Node, req: dict[str, Any]) -> dict[str, Any]:
             updates["hostinfo"] = hostinfo
             if hostinfo.get("Hostname") and hostinfo.get("Hostname") != node.hostname:
                 updates["hostname"] = str(hostinfo["Hostname"])[:255]
+                if _follows_hostname(node):
+                    base = names.sanitize_label(updates["hostname"])
+                    given = names.unique_label(base, set(taken_names()) - {node.given_name})
+                    if given != node.given_name:
+                        updates["given_name"] = given
         netinfo = hostinfo.get("NetInfo")
         if isinstance(netinfo, dict):
             preferred = netinfo.get("PreferredDERP")
@@ -221,7 +240,8 @@ class ControlHandlers:
         node = await self._node_for(body, request.machine_key)
         _mark_registered(response)
         compress = "zstd" if body.get("Compress") == "zstd" else None
-        updates = map_request_updates(node, body)
+        updates = map_request_updates(
+            node, body, lambda: {n.given_name for n in self.coord.tailnet.nodes.values()})
         if updates:
             try:
                 node = await self.store.update_node(node.id, **updates)

@@ -1,0 +1,130 @@
+"""Real `tailscaled` nodes in network namespaces (tslab.py). Each test names its scenario with
+`@pytest.mark.scenario("…")` and takes a client `version`; the outcomes of a run are written to
+`<clients dir>/last-run.json`, from which `python tests/tailscaled/report.py` makes docs/clients.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tsclients as clients  # noqa: E402
+from tslab import Tailnet, tools_missing  # noqa: E402
+
+_results: list[dict] = []
+CAPVERS: dict[str, int] = {}  # version -> capability version the client sent (from the server's log)
+
+
+def pytest_generate_tests(metafunc):
+    if "version" in metafunc.fixturenames and not any(m.name == "parametrize" and "version" in m.args[0]
+                                                       for m in metafunc.definition.iter_markers()):
+        metafunc.parametrize("version", clients.VERSIONS)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.tailscaled)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("scenario")
+    version = getattr(item, "callspec", None) and item.callspec.params.get("version")
+    if marker is None or not version:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _results.append({"scenario": marker.args[0], "version": version, "outcome": report.outcome,
+                         "test": item.nodeid})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _results:
+        return
+    path = clients.clients_dir() / "last-run.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                    "capvers": CAPVERS, "results": _results}, indent=1))
+    except OSError:
+        pass
+
+
+def skip_or_fail(reason: str | None) -> None:
+    """Skip where the machine cannot run real clients; in CI, where Go exists, that is a failure."""
+    if reason is None:
+        return
+    if os.environ.get("CI") and shutil.which("go") and "missing" in reason:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def mixed_tailnet(tmp_path_factory, *, block_udp: bool = False, **server_config):
+    """A server and one node per client version (n0, n1, … in versions.txt order) of user alice,
+    joined with a pre-auth key; a generator for module fixtures."""
+    reason = tools_missing() or next((clients.missing(v) for v in clients.VERSIONS if clients.missing(v)), None)
+    skip_or_fail(reason)
+    net = Tailnet(tmp_path_factory.mktemp("tailnet"))
+    try:
+        srv = net.start_server(**server_config)
+        srv.create_user("alice")
+        key = srv.create_key("alice", "--reusable")
+        for i, v in enumerate(clients.VERSIONS):
+            node = net.add_node(f"n{i}", v)
+            if block_udp:
+                node.block_udp_to_peers()
+            node.up(key)
+        net.record_capvers(CAPVERS)
+        yield net
+    except BaseException:
+        print(net.diagnostics())
+        raise
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def tailnet(tmp_path_factory):
+    yield from mixed_tailnet(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def derp_tailnet(tmp_path_factory):
+    """Like `tailnet`, with UDP between the nodes dropped: peers meet only through our relay."""
+    yield from mixed_tailnet(tmp_path_factory, block_udp=True)
+
+
+def empty_tailnet(tmp_path_factory, name: str, **server_config):
+    """A server with users alice and bob and no nodes: tests add the nodes they need."""
+    skip_or_fail(tools_missing() or next((clients.missing(v) for v in clients.VERSIONS if clients.missing(v)), None))
+    net = Tailnet(tmp_path_factory.mktemp(name))
+    try:
+        srv = net.start_server(**server_config)
+        srv.create_user("alice")
+        srv.create_user("bob")
+        yield net
+    except BaseException:
+        print(net.diagnostics())
+        raise
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def login_tailnet(tmp_path_factory):
+    yield from empty_tailnet(tmp_path_factory, "login")
+
+
+@pytest.fixture(scope="module")
+def nodes_tailnet(tmp_path_factory):
+    yield from empty_tailnet(tmp_path_factory, "nodes", node={"ephemeral": {"inactivity_timeout": "3s"}})

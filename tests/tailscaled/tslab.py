@@ -1,0 +1,345 @@
+"""Real `tailscaled` + `tailscale` nodes on kernel networking, each a host of its own.
+
+    net = Tailnet(workdir)                       # a netlab Lab; nothing started yet
+    srv = net.start_server(**config_overrides)   # `trioscale serve` on host "ctl"
+    a = net.add_node("a", "1.102.5")             # host "a": tailscaled with a kernel TUN
+    a.up(authkey=key)                            # `tailscale up --login-server … --authkey …`
+    a.status()                                   # `tailscale status --json`, parsed
+    net.close()                                  # every process by PID, every namespace
+
+Every node runs in its own network namespace (netlab) and its own mount namespace in which a
+file of its own is bind-mounted over /etc/resolv.conf, so that `--accept-dns` never touches the
+machine's resolver. Clients come from `make clients` (tests/tailscaled/tsclients.py); nothing is
+downloaded here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "multihost"))
+
+from netlab import Lab  # noqa: E402
+
+from tsclients import client_paths  # noqa: E402
+
+TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
+CONTROL_PORT = 8080
+DERP_PORT = 8443
+STUN_PORT = 3478
+DNS_PORT = 53
+BASE_DOMAIN = "ts.test"
+
+# Hygiene for every client process: nothing leaves for Tailscale's services, no gateway probing.
+CLIENT_ENV = {
+    "TS_NO_LOGS_NO_SUPPORT": "true",
+    "TS_DISABLE_PORTMAPPER": "1",
+    "TS_PANIC_IF_HIT_MAIN_CONTROL": "1",
+}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+class Server:
+    """`trioscale serve` on lab host "ctl", listening on its lab address."""
+
+    def __init__(self, net: "Tailnet", config: dict[str, Any]) -> None:
+        self.net = net
+        self.dir = net.workdir / "ctl"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "trioscale.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = self.dir / "trioscale.log"
+        self.proc: subprocess.Popen | None = None
+        self.ip = net.lab.ip("ctl")
+        self.url = f"http://{self.ip}:{CONTROL_PORT}"
+
+    def start(self) -> "Server":
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = self.net.lab.popen(
+                "ctl", [*TRIOSCALE, "--config", str(self.config_path), "serve"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+            )
+        finally:
+            log.close()
+        wait_for(self._healthy, 30, "trioscale to answer /health")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"trioscale exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        out = self.net.lab_output("ctl", "python3", "-c",
+                                  f"import urllib.request;print(urllib.request.urlopen('{self.url}/health',timeout=1).status)")
+        return out.strip() == "200"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        # The CLI talks to the server over its unix socket, which works from any namespace.
+        proc = subprocess.run([*TRIOSCALE, "--config", str(self.config_path), *args],
+                              capture_output=True, text=True, timeout=60, cwd=self.dir)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"trioscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def set_policy(self, policy: dict | str) -> None:
+        text = policy if isinstance(policy, str) else json.dumps(policy)
+        path = self.dir / "policy.hujson"
+        path.write_text(text)
+        self.cli("policy", "set", "-f", str(path))
+
+    def create_user(self, name: str) -> dict:
+        return self.cli_json("users", "create", name)
+
+    def create_key(self, user: str, *flags: str) -> str:
+        return self.cli_json("preauthkeys", "create", "--user", user, *flags)["key"]
+
+    def nodes(self) -> list[dict]:
+        return self.cli_json("nodes", "list")
+
+    def node_named(self, name: str) -> dict | None:
+        for node in self.nodes():
+            if name in (node.get("given_name"), node.get("name"), node.get("hostname")):
+                return node
+        return None
+
+
+class Node:
+    """`tailscaled` on a lab host of its own, with the matching `tailscale` CLI."""
+
+    def __init__(self, net: "Tailnet", name: str, version: str) -> None:
+        self.net = net
+        self.name = name
+        self.version = version
+        self.tailscaled, self.tailscale_bin = client_paths(version)
+        self.dir = net.workdir / name
+        (self.dir / "state").mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "tailscaled.sock"
+        self.resolv = self.dir / "resolv.conf"
+        self.resolv.write_text("# this node's own resolv.conf (bind-mounted in its mount namespace)\n")
+        self.log_path = self.dir / "tailscaled.log"
+        self.ip = net.lab.add_host(name)
+        self.proc: subprocess.Popen | None = None
+
+    def _mount_ns_argv(self, argv: list[str]) -> list[str]:
+        # A private mount namespace whose /etc/resolv.conf is this node's own file.
+        script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.resolv), *argv]
+
+    def start(self) -> "Node":
+        log = open(self.log_path, "ab")
+        argv = [
+            str(self.tailscaled),
+            f"--statedir={self.dir / 'state'}",
+            f"--socket={self.socket}",
+            "--tun=tailscale0",
+            "--port=41641",
+            "--no-logs-no-support",
+        ]
+        try:
+            self.proc = self.net.lab.popen(self.name, self._mount_ns_argv(argv), stdout=log,
+                                           stderr=subprocess.STDOUT, env=self.env(), cwd=self.dir)
+        finally:
+            log.close()
+        wait_for(lambda: self._alive() and self.socket.exists(), 30, f"{self.name}: tailscaled socket")
+        return self
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), **CLIENT_ENV}
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.name}: tailscaled exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        return True
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ts(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        """Run the `tailscale` CLI against this node's daemon (inside its host)."""
+        argv = ["ip", "netns", "exec", self.net.lab.ns(self.name), str(self.tailscale_bin),
+                f"--socket={self.socket}", *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env())
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{self.name}: tailscale {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def up(self, authkey: str | None = None, *flags: str, timeout: float = 60,
+           check: bool = True) -> subprocess.CompletedProcess:
+        args = ["up", f"--login-server={self.net.server.url}", f"--hostname={self.name}", "--accept-dns=false",
+                "--netfilter-mode=off", *flags]
+        if authkey is not None:
+            args.append(f"--authkey={authkey}")
+        return self.ts(*args, timeout=timeout, check=check)
+
+    def up_interactive(self, *flags: str) -> tuple[subprocess.Popen, str]:
+        """`tailscale up` without a key: returns the running CLI and the registration id of the URL
+        it printed (…/register/<id>). The caller approves it and waits for the CLI to end."""
+        argv = ["ip", "netns", "exec", self.net.lab.ns(self.name), str(self.tailscale_bin), f"--socket={self.socket}",
+                "up", f"--login-server={self.net.server.url}", f"--hostname={self.name}", "--accept-dns=false",
+                "--netfilter-mode=off", *flags]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env())
+        self.net.lab.procs.append((self.name, proc))
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"{self.name}: tailscale up ended without a URL:\n{''.join(seen)}")
+            seen.append(line)
+            match = re.search(r"/register/([A-Za-z0-9_-]+)", line)
+            if match:
+                return proc, match.group(1)
+        raise AssertionError(f"{self.name}: no login URL within 60 s:\n{''.join(seen)}")
+
+    def user_login(self) -> str:
+        """The login name of the user this node is logged in as."""
+        st = self.status()
+        return st["User"][str(st["Self"]["UserID"])]["LoginName"]
+
+    def status(self) -> dict:
+        return json.loads(self.ts("status", "--json").stdout)
+
+    def backend_state(self) -> str:
+        return self.status().get("BackendState", "")
+
+    def tailscale_ips(self) -> list[str]:
+        return self.status()["Self"].get("TailscaleIPs") or []
+
+    def ipv4(self) -> str:
+        return next(ip for ip in self.tailscale_ips() if ":" not in ip)
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """A plain command in this node's host (ping, nc, curl …)."""
+        return subprocess.run(["ip", "netns", "exec", self.net.lab.ns(self.name), *argv],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def block_udp_to_peers(self) -> None:
+        """Drop UDP between this host and every lab host but the server's (STUN still answers), so
+        peers can only reach each other through the DERP relay."""
+        ctl = self.net.server.ip
+        rules = (
+            "table inet tsl_block {\n"
+            "  chain out { type filter hook output priority 0; policy accept;\n"
+            f"    ip daddr != {ctl} ip daddr 10.77.0.0/24 meta l4proto udp drop; }}\n"
+            "  chain in { type filter hook input priority 0; policy accept;\n"
+            f"    ip saddr != {ctl} ip saddr 10.77.0.0/24 meta l4proto udp drop; }}\n"
+            "}\n"
+        )
+        proc = subprocess.run(["ip", "netns", "exec", self.net.lab.ns(self.name), "nft", "-f", "-"],
+                              input=rules, capture_output=True, text=True, timeout=10)
+        if proc.returncode != 0:
+            raise AssertionError(f"{self.name}: nft failed: {proc.stderr}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            Lab.stop(self.proc)
+
+
+class Tailnet:
+    """A lab with our server on host "ctl" and tailscaled nodes on hosts of their own."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.lab = Lab()
+        self.server: Server | None = None
+        self.nodes: dict[str, Node] = {}
+
+    def lab_output(self, host: str, *argv: str) -> str:
+        proc = subprocess.run(["ip", "netns", "exec", self.lab.ns(host), *argv],
+                              capture_output=True, text=True, timeout=10)
+        return proc.stdout
+
+    def start_server(self, **overrides: Any) -> Server:
+        ip = self.lab.add_host("ctl")
+        data_dir = self.workdir / "ctl" / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "server_url": f"http://{ip}:{CONTROL_PORT}",
+            "listen_addr": f"0.0.0.0:{CONTROL_PORT}",
+            "data_dir": str(data_dir),
+            "derp": {"server": {
+                "region_id": 900, "region_code": "lab", "region_name": "lab relay",
+                "listen_addr": f"0.0.0.0:{DERP_PORT}", "stun_listen_addr": f"0.0.0.0:{STUN_PORT}",
+                "hostname": ip, "ipv4": ip,
+            }},
+            "dns": {"base_domain": BASE_DOMAIN, "listen_addr": f"{ip}:{DNS_PORT}"},
+            "log": {"level": "debug"},
+        }
+        _merge(config, overrides)
+        self.server = Server(self, config).start()
+        return self.server
+
+    def add_node(self, name: str, version: str, start: bool = True) -> Node:
+        node = Node(self, name, version)
+        self.nodes[name] = node
+        return node.start() if start else node
+
+    def record_capvers(self, into: dict[str, int]) -> None:
+        """The capability version each node's client sent, as the server logged it at map time."""
+        ids = {str(n.get("id")): n.get("given_name") or n.get("name") for n in self.server.nodes()}
+        for match in re.finditer(r"map session of node (\d+) opened \(capver (\d+)\)", self.server.log()):
+            node = self.nodes.get(ids.get(match.group(1), ""))
+            if node is not None:
+                into[node.version] = int(match.group(2))
+
+    def diagnostics(self) -> str:
+        parts = []
+        if self.server is not None:
+            parts.append(f"--- trioscale ---\n{self.server.log()[-5000:]}")
+        for node in self.nodes.values():
+            parts.append(f"--- {node.name} ({node.version}) ---\n{node.log()[-3000:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        # tailscaled first (a clean shutdown removes its TUN), then the server, then the namespaces.
+        for node in self.nodes.values():
+            node.stop()
+        self.lab.close()
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def tools_missing() -> str | None:
+    for tool in ("ip", "unshare", "mount"):
+        if shutil.which(tool) is None:
+            return f"tailscaled tests need {tool}(8)"
+    if os.geteuid() != 0:
+        return "tailscaled tests need root (network and mount namespaces, kernel TUN)"
+    if not Path("/dev/net/tun").exists():
+        return "tailscaled tests need /dev/net/tun"
+    return None
