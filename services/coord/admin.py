@@ -416,7 +416,8 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
             found, named = await by_id(key_id), f"id {key_id}"
         elif _given(prefix):
             prefix = _key_prefix(prefix, kind, what)
-            found, named = await by_prefix(prefix), f"prefix {_short(prefix)}"
+            shown = prefix if len(prefix) <= 80 else prefix[:60] + "…"
+            found, named = await by_prefix(prefix), f"prefix {shown}"
         else:
             raise BadRequest(f"give the {what}'s id or prefix")
         if found is None:

@@ -207,6 +207,7 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "dns.extra_records": '[{"name": "x.ts.example.net", "type": "A", "value": "100.64.0.9"}]',
         "dns.extra_records_path": str(tmp_path / "extra.json"),
         "dns.listen_addr": "127.0.0.1:6",
+        "dns.forward_allowed_from": "10.0.0.0/8,192.0.2.1",
         "policy.mode": "file",
         "policy.path": str(tmp_path / "p.hujson"),
         "node.expiry": "7d",
