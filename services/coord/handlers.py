@@ -17,6 +17,7 @@ import trio
 
 from trioscale.services.dns.txt import TxtRecords
 from trioscale.shared.model import Node
+from trioscale.shared.net.limits import LogThrottle
 from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store.base import TooLarge
 
@@ -174,6 +175,9 @@ class ControlHandlers:
         self.policy = policy
         #: the process's ACME TXT table (ctx.registry["dns_txt"]), written by /machine/set-dns
         self.txt = txt if txt is not None else TxtRecords()
+        #: requests no real client sends (deep JSON) are worth a WARNING, but anyone can send them:
+        #: one line per interval, with a count of those held back
+        self.hostile_log = LogThrottle(10.0)
 
     # -- Noise (HTTP/2) requests -----------------------------------------------------------------
     async def noise(self, request, response) -> None:
@@ -189,9 +193,11 @@ class ControlHandlers:
             else:
                 await response.send(404, b"not found\n", [("content-type", "text/plain")])
         except BadRequest as exc:
-            if exc.hostile:
-                log.warning("%s from machine %s refused: %s", request.path,
-                            keys.MACHINE.format(request.machine_key)[:16], exc)
+            held = self.hostile_log.ready(trio.current_time()) if exc.hostile else None
+            if held is not None:
+                log.warning("%s from machine %s refused: %s%s", request.path,
+                            keys.MACHINE.format(request.machine_key)[:16], exc,
+                            f" ({held} more since the last such line)" if held else "")
             await response.send(exc.status, (str(exc) + "\n").encode(), [("content-type", "text/plain")])
 
     async def register(self, request, response) -> None:

@@ -270,14 +270,15 @@ async def test_deeply_nested_request_is_a_clean_400_with_one_warning(coord_serve
     body = ('{"Version":130,"NodeKey":"%s","Hostinfo":{"Hostname":"deep","Services":%s}}'
             % (keys.NODE.format(os.urandom(32)), nested)).encode()
     async with client(coord_server) as c:
-        for path in ("/machine/register", "/machine/map"):
-            caplog.clear()
+        for path in ("/machine/register", "/machine/map", "/machine/map", "/machine/register"):
             r = await c.request("POST", path, body)
             assert r.status == 400 and b"nested" in r.body
-            assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
-            warnings = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
-            assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
-            assert not any(rec.exc_info for rec in caplog.records)
+        assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert not any(rec.exc_info for rec in caplog.records)
+        # one line for the first; the rest are held back (anyone can send these as fast as they like)
+        warnings = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+        assert "nested" in warnings[0].getMessage()
         assert (await c.request("POST", "/machine/echo", b"{}")).status == 404  # still serving
 
 
