@@ -264,6 +264,7 @@ class ControlHandlers:
             await response.send(200, Encoded(first).frame(compress), [("content-type", "application/json")])
             return
         del body, updates  # a map stream lives for hours: keep none of its request around
+        request.release_body()
         await self.stream(node.id, compress, response)
 
     async def stream(self, node_id: int, compress: str | None, response) -> None:

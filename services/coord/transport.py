@@ -112,6 +112,11 @@ class ControlRequest:
     stream_id: int = 0
     #: private half of the connection's early-payload ``nodeKeyChallenge`` (None if none was sent)
     challenge_private_key: bytes | None = field(default=None, repr=False)
+
+    def release_body(self) -> None:
+        """Drop the body once it is parsed: a map stream's request lives as long as the stream
+        (hours), and its body (up to ``max_request_body``) need not."""
+        object.__setattr__(self, "body", b"")
     #: the TCP peer, ``host:port`` (``?`` if unknown): registration caps pending logins per source
     peer: str = ""
 
