@@ -1029,8 +1029,8 @@ class _H2Session:
     def _on_request(self, ev: h2.events.RequestReceived) -> None:
         self.seen_request = True
         if len(self.streams) >= self.stream_limit:
-            # Over the limit we advertised (or before the client acknowledged it): refuse the
-            # stream, keep the connection.
+            # h2 enforces the limit on streams *it* sees open; ours also counts handlers still
+            # running after their response ended. Refuse the stream, keep the connection.
             self.stats.streams_refused += 1
             try:
                 self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
