@@ -194,18 +194,23 @@ class Node:
 
     def up(self, authkey: str | None = None, *flags: str, timeout: float = 60,
            check: bool = True) -> subprocess.CompletedProcess:
-        args = ["up", f"--login-server={self.net.server.url}", f"--hostname={self.name}", "--accept-dns=false",
-                "--netfilter-mode=off", *flags]
+        args = ["up", f"--login-server={self.net.server.url}", *self._defaults(flags), *flags]
         if authkey is not None:
             args.append(f"--authkey={authkey}")
         return self.ts(*args, timeout=timeout, check=check)
+
+    def _defaults(self, flags: tuple[str, ...]) -> list[str]:
+        """Our `up` defaults, each unless the caller gave that flag: the lab host's name, no DNS
+        changes, no firewall rules (routers and exit nodes turn netfilter on)."""
+        given = {f.split("=", 1)[0] for f in flags}
+        defaults = {"--hostname": self.name, "--accept-dns": "false", "--netfilter-mode": "off"}
+        return [f"{k}={v}" for k, v in defaults.items() if k not in given]
 
     def up_interactive(self, *flags: str) -> tuple[subprocess.Popen, str]:
         """`tailscale up` without a key: returns the running CLI and the registration id of the URL
         it printed (…/register/<id>). The caller approves it and waits for the CLI to end."""
         argv = ["ip", "netns", "exec", self.net.lab.ns(self.name), str(self.tailscale_bin), f"--socket={self.socket}",
-                "up", f"--login-server={self.net.server.url}", f"--hostname={self.name}", "--accept-dns=false",
-                "--netfilter-mode=off", *flags]
+                "up", f"--login-server={self.net.server.url}", *self._defaults(flags), *flags]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env())
         self.net.lab.procs.append((self.name, proc))
         seen: list[str] = []
@@ -259,6 +264,15 @@ class Node:
         if proc.returncode != 0:
             raise AssertionError(f"{self.name}: nft failed: {proc.stderr}")
 
+    def http_get(self, url: str, timeout: float = 10) -> str:
+        """GET `url` from this node's host (through its kernel routes, so through the tailnet)."""
+        code = ("import sys,urllib.request\n"
+                "print(urllib.request.urlopen(sys.argv[1],timeout=float(sys.argv[2])).read().decode())\n")
+        proc = self.run(sys.executable, "-c", code, url, str(timeout), timeout=timeout + 10)
+        if proc.returncode != 0:
+            raise AssertionError(f"{self.name}: GET {url} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return proc.stdout.strip()
+
     def stop(self) -> None:
         if self.proc is not None:
             Lab.stop(self.proc)
@@ -272,6 +286,9 @@ class Tailnet:
         self.lab = Lab()
         self.server: Server | None = None
         self.nodes: dict[str, Node] = {}
+        self.segments: dict[str, str] = {}
+        self.plain_hosts: set[str] = set()
+        self._links = 0
 
     def lab_output(self, host: str, *argv: str) -> str:
         proc = subprocess.run(["ip", "netns", "exec", self.lab.ns(host), *argv],
@@ -303,6 +320,58 @@ class Tailnet:
         self.nodes[name] = node
         return node.start() if start else node
 
+    def add_segment(self, name: str) -> str:
+        """A network of its own (a bridge in a namespace), apart from the lab's: a LAN behind a
+        subnet router, or an "internet" behind an exit node. Returns the bridge's namespace."""
+        ns = self.lab.ns(f"seg-{name}")
+        _run("ip", "netns", "add", ns)
+        self.lab.namespaces.append(ns)
+        _run("ip", "-n", ns, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", ns, "link", "set", "br0", "up")
+        self.segments[name] = ns
+        return ns
+
+    def attach(self, host: str, segment: str, cidr: str, *, gateway: str | None = None) -> None:
+        """Give lab host `host` an interface on `segment` with address `cidr`; `gateway` makes it
+        the host's default route. Plain hosts (no tailscaled) are created here when new."""
+        seg = self.segments[segment]
+        ns = self.lab.ns(host)
+        if host not in self.plain_hosts and host not in self.nodes and host != "ctl":
+            _run("ip", "netns", "add", ns)
+            self.lab.namespaces.append(ns)
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            self.plain_hosts.add(host)
+        self._links += 1
+        port, dev = f"s{self._links}", f"{segment[:6]}0"
+        _run("ip", "-n", seg, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
+        _run("ip", "-n", seg, "link", "set", port, "master", "br0")
+        _run("ip", "-n", seg, "link", "set", port, "up")
+        _run("ip", "-n", ns, "addr", "add", cidr, "dev", dev)
+        _run("ip", "-n", ns, "link", "set", dev, "up")
+        if gateway:
+            _run("ip", "-n", ns, "route", "add", "default", "via", gateway)
+
+    def forwarding(self, host: str) -> None:
+        """Let `host` forward packets (a subnet router or exit node)."""
+        _run("ip", "netns", "exec", self.lab.ns(host), "sh", "-c",
+             "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
+
+    def host_run(self, host: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.lab.ns(host), *argv],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def serve_http(self, host: str, port: int, text: str) -> None:
+        """A tiny HTTP server on `host` answering `text` (stopped with the lab)."""
+        code = ("import http.server,sys\n"
+                "class H(http.server.BaseHTTPRequestHandler):\n"
+                "    def do_GET(self):\n"
+                "        b=sys.argv[2].encode(); self.send_response(200)\n"
+                "        self.send_header('Content-Length',str(len(b))); self.end_headers(); self.wfile.write(b)\n"
+                "    def log_message(self,*a): pass\n"
+                "http.server.ThreadingHTTPServer(('0.0.0.0',int(sys.argv[1])),H).serve_forever()\n")
+        self.lab.popen(host, [sys.executable, "-c", code, str(port), text],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def record_capvers(self, into: dict[str, int]) -> None:
         """The capability version each node's client sent, as the server logged it at map time."""
         ids = {str(n.get("id")): n.get("given_name") or n.get("name") for n in self.server.nodes()}
@@ -324,6 +393,12 @@ class Tailnet:
         for node in self.nodes.values():
             node.stop()
         self.lab.close()
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
 
 
 def _merge(base: dict, extra: dict) -> None:
