@@ -104,12 +104,15 @@ def derp_tailnet(tmp_path_factory):
     yield from mixed_tailnet(tmp_path_factory, block_udp=True)
 
 
-def empty_tailnet(tmp_path_factory, name: str, **server_config):
-    """A server with users alice and bob and no nodes: tests add the nodes they need."""
+def empty_tailnet(tmp_path_factory, name: str, setup=None, **server_config):
+    """A server with users alice and bob and no nodes: tests add the nodes they need. `setup(net)`
+    runs right after the server starts (hosts it adds get the next lab addresses)."""
     skip_or_fail(tools_missing() or next((clients.missing(v) for v in clients.VERSIONS if clients.missing(v)), None))
     net = Tailnet(tmp_path_factory.mktemp(name))
     try:
         srv = net.start_server(**server_config)
+        if setup is not None:
+            setup(net)
         srv.create_user("alice")
         srv.create_user("bob")
         yield net
@@ -128,3 +131,18 @@ def login_tailnet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def nodes_tailnet(tmp_path_factory):
     yield from empty_tailnet(tmp_path_factory, "nodes", node={"ephemeral": {"inactivity_timeout": "3s"}})
+
+
+@pytest.fixture(scope="module")
+def dns_net(tmp_path_factory):
+    """Extra records, and split DNS for corp.example to a DNS server of its own on host corpdns
+    (the lab's second host, so its address is known before the server starts)."""
+    corp_ip = "10.77.0.3"
+
+    def corp_dns(net):
+        assert net.lab.add_host("corpdns") == corp_ip
+        net.serve_dns("corpdns", {"db.corp.example": "192.0.2.55"})
+
+    dns = {"extra_records": [{"name": "grafana.ts.test", "type": "A", "value": "100.64.0.99"}],
+           "nameservers": {"split": {"corp.example": [corp_ip]}}}
+    yield from empty_tailnet(tmp_path_factory, "dns", setup=corp_dns, dns=dns)

@@ -273,6 +273,21 @@ class Node:
             raise AssertionError(f"{self.name}: GET {url} failed: {proc.stderr.strip().splitlines()[-1:]}")
         return proc.stdout.strip()
 
+    def resolve(self, name: str, server: str = "100.100.100.100", rdtype: str = "A") -> list[str]:
+        """Ask `server` (by default the node's own MagicDNS resolver) for `name`, from this host."""
+        code = ("import sys,dns.message,dns.query\n"
+                "q=dns.message.make_query(sys.argv[1],sys.argv[3])\n"
+                "r=dns.query.udp(q,sys.argv[2],timeout=5)\n"
+                "print(' '.join(i.to_text() for a in r.answer for i in a))\n")
+        proc = self.run(sys.executable, "-c", code, name, server, rdtype, timeout=20)
+        if proc.returncode != 0:
+            raise AssertionError(f"{self.name}: query {name} @{server} failed: {proc.stderr.strip()[-300:]}")
+        return proc.stdout.split()
+
+    def resolv_conf(self) -> str:
+        """What this node wrote to its /etc/resolv.conf (with --accept-dns)."""
+        return self.resolv.read_text()
+
     def stop(self) -> None:
         if self.proc is not None:
             Lab.stop(self.proc)
@@ -370,6 +385,23 @@ class Tailnet:
                 "    def log_message(self,*a): pass\n"
                 "http.server.ThreadingHTTPServer(('0.0.0.0',int(sys.argv[1])),H).serve_forever()\n")
         self.lab.popen(host, [sys.executable, "-c", code, str(port), text],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def serve_dns(self, host: str, records: dict[str, str]) -> None:
+        """A tiny authoritative DNS server on `host`:53 (UDP) answering A `records` (name -> IP)."""
+        code = ("import socket,sys,json\n"
+                "from dnslib import DNSRecord,RR,A,QTYPE,RCODE\n"
+                "recs=json.loads(sys.argv[1]); s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                "s.bind(('0.0.0.0',53))\n"
+                "while True:\n"
+                "    data,peer=s.recvfrom(4096)\n"
+                "    try: q=DNSRecord.parse(data)\n"
+                "    except Exception: continue\n"
+                "    r=q.reply(); name=str(q.q.qname).rstrip('.').lower()\n"
+                "    if name in recs and q.q.qtype==QTYPE.A: r.add_answer(RR(q.q.qname,QTYPE.A,rdata=A(recs[name]),ttl=60))\n"
+                "    else: r.header.rcode=RCODE.NXDOMAIN\n"
+                "    s.sendto(r.pack(),peer)\n")
+        self.lab.popen(host, [sys.executable, "-c", code, json.dumps(records)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def record_capvers(self, into: dict[str, int]) -> None:
