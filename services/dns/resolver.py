@@ -213,7 +213,10 @@ def _parse_slow(data: bytes, qid: int, flags: int) -> _Query | int:
     if len(opts) > 1:
         return FORMERR
     q = req.questions[0]
-    question = bytes(DNSRecord(DNSHeader(id=0), questions=[q]).pack())[12:]
+    try:
+        question = bytes(DNSRecord(DNSHeader(id=0), questions=[q]).pack())[12:]
+    except Exception:  # dnslib read a name it cannot write back (a label of 64+ bytes): malformed
+        return FORMERR
     has_edns = bool(opts)
     return _Query(
         qid,
