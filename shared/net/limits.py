@@ -73,6 +73,26 @@ def source_key(host: Any) -> str:
     return str(ip)
 
 
+class LogThrottle:
+    """At most one log line per `interval` seconds; counts what it held back in between."""
+
+    __slots__ = ("interval", "_next", "suppressed")
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next = -math.inf
+        self.suppressed = 0
+
+    def ready(self, now: float) -> int | None:
+        """None: stay quiet. Otherwise log now; the value is how many events were held back."""
+        if now < self._next:
+            self.suppressed += 1
+            return None
+        held, self.suppressed = self.suppressed, 0
+        self._next = now + self.interval
+        return held
+
+
 class ConnectionLimiter:
     """Counts a listener's live connections, in total and per source; refuses over either cap."""
 
@@ -85,6 +105,9 @@ class ConnectionLimiter:
         "accepted",
         "rejected_global",
         "rejected_per_source",
+        "log_rejects",
+        "log_shortage",
+        "log_recovery",
         "_by_source",
     )
 
@@ -99,6 +122,10 @@ class ConnectionLimiter:
         self.accepted = 0
         self.rejected_global = 0
         self.rejected_per_source = 0
+        # one report per listener (not per socket: a dual-stack listener has two) and interval
+        self.log_rejects = LogThrottle(10.0)
+        self.log_shortage = LogThrottle(60.0)
+        self.log_recovery = LogThrottle(60.0)
         # one entry per source with a live connection, so never more than max_connections entries
         self._by_source: dict[str, int] = {}
 
@@ -150,26 +177,6 @@ class ConnectionLimiter:
             "rejected_global": self.rejected_global,
             "rejected_per_source": self.rejected_per_source,
         }
-
-
-class LogThrottle:
-    """At most one log line per `interval` seconds; counts what it held back in between."""
-
-    __slots__ = ("interval", "_next", "suppressed")
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self._next = -math.inf
-        self.suppressed = 0
-
-    def ready(self, now: float) -> int | None:
-        """None: stay quiet. Otherwise log now; the value is how many events were held back."""
-        if now < self._next:
-            self.suppressed += 1
-            return None
-        held, self.suppressed = self.suppressed, 0
-        self._next = now + self.interval
-        return held
 
 
 # --- the process's descriptor budget ----------------------------------------------------------------

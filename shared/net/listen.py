@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from .limits import ConnectionLimiter, LogThrottle, source_key
+from .limits import ConnectionLimiter, source_key
 
 __all__ = [
     "RESOURCE_ERRNOS",
@@ -42,8 +42,6 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 #: the connection went away between SYN and accept, or a firewall said no: take the next one
 _SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.EINTR})
 
-_REJECT_LOG_INTERVAL = 10.0
-_RESOURCE_LOG_INTERVAL = 60.0
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 _log = logging.getLogger("trioscale.net")
@@ -102,9 +100,7 @@ async def accept_loop(
     wait_readable = trio.lowlevel.wait_readable
     checkpoint = trio.lowlevel.checkpoint
     tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-    rejects = LogThrottle(_REJECT_LOG_INTERVAL)
-    shortages = LogThrottle(_RESOURCE_LOG_INTERVAL)
-    recoveries = LogThrottle(_RESOURCE_LOG_INTERVAL)
+    rejects, shortages, recoveries = limiter.log_rejects, limiter.log_shortage, limiter.log_recovery
     backoff = AcceptBackoff(cap=backoff_cap)
     try:
         while True:
