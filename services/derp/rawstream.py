@@ -20,8 +20,8 @@ sized for the busiest moment per connection. Ciphertext is read into one buffer 
 shared by every stream: it is handed to the connection's TLS object before anything can await,
 so no other stream can overwrite it in between; only what a short ``max_bytes`` leaves unread is
 copied out (`_backlog`). OpenSSL's memory BIOs keep the capacity of their largest fill for the
-life of the connection, so ciphertext goes in and comes out in slices of `_TLS_CHUNK` (about
-one TLS record), which caps that high-water mark for a connection that once carried a burst.
+life of the connection, so ciphertext goes in and comes out in slices of `_TLS_CHUNK` (32 KiB, about
+two TLS records), which caps that high-water mark for a connection that once carried a burst.
 `buffered()` reports the bytes a stream holds right now (the relay's stats add them up).
 """
 
@@ -42,7 +42,7 @@ from trioscale.shared.net.listen import accept_loop as _accept_loop
 __all__ = ["RawStream", "accept_loop", "listen_socket", "open_tcp_raw", "shared_buffer_bytes"]
 
 _RECV = 1 << 18  # ciphertext per recv (into the shared buffer)
-_TLS_CHUNK = 1 << 14  # bytes through a memory BIO at a time: its capacity stays near this
+_TLS_CHUNK = 1 << 15  # bytes through a memory BIO at a time: its capacity stays near this
 _SEND_BATCH = 1 << 18  # ciphertext handed to the kernel per send
 _local = threading.local()
 
@@ -304,8 +304,10 @@ class RawStream(trio.abc.Stream):
                         raise trio.BrokenResourceError(exc) from exc
                     got = 0
             self._drained = 0 < got < want
-            if got:
-                vpos, vend = 0, got
+            if got:  # feed the first slice now (asking TLS first would only raise want-read)
+                vpos = min(got, _TLS_CHUNK)
+                vend = got
+                bio_in.write(view[:vpos])
             else:
                 view = None
                 bio_in.write_eof()
