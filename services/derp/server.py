@@ -271,16 +271,6 @@ class Client:
             st.packets_relayed += npkts
             st.bytes_relayed += nbytes
 
-    async def keepalive(self, interval: float, jitter: float) -> None:
-        """This client's keepalives from a task of its own (the relay uses
-        `DerpServer.keepalives`, one task for all)."""
-        delay = keepalive_delay(interval, jitter)
-        st = self.server.stats
-        while True:
-            await trio.sleep(delay)
-            self.send_frame(_KEEPALIVE_FRAME)
-            st.keepalives_sent += 1
-
     # -- the reader --------------------------------------------------------------------------------
     async def reader(self, conn: proto.DerpServerConnection, pending: list, recv_size: int = 1 << 18) -> None:
         """Read and act on frames until EOF. Raises RemoteProtocolError / ConnectionClosed."""

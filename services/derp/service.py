@@ -532,6 +532,13 @@ class DerpService:
             return
         self._expiry_seq += 1
         heapq.heappush(self._expiries, (expires_at, self._expiry_seq, client))
+        if len(self._expiries) > 2 * self.stats.clients_current + 1024:
+            # entries of closed or re-timed clients wait for their (maybe months away) time:
+            # rebuild from the live ones so that reconnecting clients cannot grow the heap
+            live = [(c.expires_at, i, c) for i, c in enumerate(self.server.clients()) if c.expires_at is not None]
+            heapq.heapify(live)
+            self._expiries[:] = live
+            self._expiry_seq = len(live)
         if self._expiries[0][2] is client:
             self._expiry_wake.set()
 
