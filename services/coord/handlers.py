@@ -242,7 +242,7 @@ class ControlHandlers:
 
     async def map(self, request, response) -> None:
         body = _json_body(request.body)
-        _check_version(body)
+        capver = _check_version(body)
         node = await self._node_for(body, request.machine_key)
         _mark_registered(response)
         compress = "zstd" if body.get("Compress") == "zstd" else None
@@ -265,6 +265,8 @@ class ControlHandlers:
             return
         del body, updates  # a map stream lives for hours: keep none of its request around
         request.release_body()
+        # which client versions a tailnet runs is worth one line per session (docs/clients.md)
+        log.info("map session of node %s opened (capver %d)", node.id, capver)
         await self.stream(node.id, compress, response)
 
     async def stream(self, node_id: int, compress: str | None, response) -> None:

@@ -40,9 +40,9 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     marker = item.get_closest_marker("scenario")
-    version = getattr(item, "callspec", None) and item.callspec.params.get("version")
-    if marker is None or not version:
+    if marker is None:
         return
+    version = (getattr(item, "callspec", None) and item.callspec.params.get("version")) or "mixed"
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         _results.append({"scenario": marker.args[0], "version": version, "outcome": report.outcome,
                          "test": item.nodeid})

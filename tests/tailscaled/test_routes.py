@@ -85,9 +85,7 @@ def test_subnet_route(routed, version):
 
 
 @pytest.mark.scenario("subnet router: approved by autoApprovers")
-def test_auto_approved_router(routed, version):
-    if version != OLDEST:
-        pytest.skip("rb, the auto-approved router, runs the oldest client")
+def test_auto_approved_router(routed):
     node = routed.server.node_named("rb")
     routes = routed.server.cli_json("nodes", "list-routes", "--identifier", str(node["id"]))
     assert LAN in str(routes), routes
@@ -113,6 +111,7 @@ def test_exit_node(routed, version):
         c.ts("set", "--exit-node=")
 
 
+@pytest.mark.scenario("exit node: not offered without autogroup:internet")
 def test_exit_node_not_offered_without_autogroup_internet(routed):
     bob = routed.nodes["b0"]
     peers = {p["HostName"]: p for p in bob.status()["Peer"].values()}
