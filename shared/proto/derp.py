@@ -466,6 +466,9 @@ def _decode_server_key(payload: bytes) -> ServerKey:
     return ServerKey(payload[len(MAGIC) : len(MAGIC) + KEY_LEN], payload[len(MAGIC) + KEY_LEN :])
 
 
+_MAX_PARTS = 16
+
+
 class FrameDecoder:
     """Splits a byte stream into ``(type, payload)`` frames.
 
@@ -474,7 +477,9 @@ class FrameDecoder:
     without being buffered, and ``(type, length)`` (an int in place of the payload) is returned
     in its place among the frames.
     Partial frames are kept as a list of chunks and joined once complete, so a large frame
-    arriving in many small reads costs one copy.
+    arriving in many small reads costs one copy. Past `_MAX_PARTS` chunks they are gathered in
+    one bytearray instead: a peer trickling a frame a byte per read must not make us hold an
+    object (~40 bytes) per byte.
     """
 
     __slots__ = ("_parts", "_have", "_need", "_skip", "max_frame_len", "skip_unknown", "_known")
@@ -498,7 +503,15 @@ class FrameDecoder:
             self._skip = 0
         if self._parts:
             self._have += len(data)
-            self._parts.append(data)
+            parts = self._parts
+            if type(parts[0]) is bytearray:
+                parts[0] += data
+            elif len(parts) < _MAX_PARTS:
+                parts.append(data)
+            else:
+                gathered = bytearray().join(parts)
+                gathered += data
+                self._parts = [gathered]
             if self._have < self._need:
                 return []
             buf = b"".join(self._parts)

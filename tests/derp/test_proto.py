@@ -330,3 +330,17 @@ def test_garbage_gives_events_or_remote_protocol_error(data, cuts):
                 conn.receive_data(chunk)
         except d.RemoteProtocolError:
             pass
+
+
+def test_frame_trickled_a_byte_at_a_time_is_held_compactly():
+    """A peer sending a frame one byte per read must not make the decoder keep an object per
+    byte (issue 10: ~40 bytes of Python object for each byte of a 256 KiB ClientInfo)."""
+    payload = os.urandom(20_000)
+    frame = d.encode_frame(d.FrameType.CLIENT_INFO, payload)
+    dec = d.FrameDecoder(d.MAX_CLIENT_INFO_LEN)
+    for i in range(len(frame) - 1):
+        assert dec.feed(frame[i : i + 1]) == []
+        assert len(dec._parts) <= 16
+    assert dec.buffered == len(frame) - 1
+    assert dec.feed(frame[-1:]) == [(d.FrameType.CLIENT_INFO, payload)]
+    assert dec.buffered == 0
