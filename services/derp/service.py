@@ -471,11 +471,15 @@ class DerpService:
     async def follow_changes(self) -> None:
         """Keep the admission cache honest and drop deleted nodes' connections."""
         store = self.ctx.store
+        first = True
         while True:
             try:
                 async with store.subscribe() as changes:
                     if self.verifier is not None:
                         self.verifier.clear()  # events before this subscription are not replayed
+                        if not first:  # a node may have been deleted or expired in the gap
+                            await self._recheck_clients()
+                    first = False
                     async for change in changes:
                         await self._on_change(change)
             except trio.Cancelled:
@@ -523,6 +527,23 @@ class DerpService:
                 continue
             expiry = getattr(node, "expiry", None)
             self._watch_expiry(c, expiry.timestamp() if expiry is not None else None)
+
+    async def _recheck_clients(self) -> None:
+        """After missed changes: look every connected node up again (deleted, re-keyed, expiry)."""
+        for c in [c for c in self.server.clients() if c.node_id is not None]:
+            try:
+                node = await self.ctx.store.get_node_by_node_key(c.key)
+            except Exception:
+                self.log.warning("derp: store lookup failed", exc_info=True)
+                return
+            if node is None or node.id != c.node_id:
+                self.log.info("derp: closing connection of node %s (gone or re-keyed)", c.node_id)
+                c.close()
+                continue
+            expiry = getattr(node, "expiry", None)
+            expires_at = expiry.timestamp() if expiry is not None else None
+            if expires_at != c.expires_at:
+                self._watch_expiry(c, expires_at)
 
     # -- node expiry -----------------------------------------------------------------------------------
     def _watch_expiry(self, client: Client, expires_at: float | None) -> None:

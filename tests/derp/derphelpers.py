@@ -71,6 +71,11 @@ class FakeStore:
         finally:
             self._subs.remove(send)
 
+    async def end_subscriptions(self) -> None:
+        """End every subscription (as a lost database connection would); subscribers come back."""
+        for s in list(self._subs):
+            await s.aclose()
+
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
         change = Change(seq=next(self._seq), kind=kind, data=data)
         for s in list(self._subs):

@@ -220,3 +220,24 @@ async def test_expired_node_refused_and_connected_one_closed_at_expiry(relay_fac
         assert relay.stats.clients_expired == 3
     with pytest.raises(DerpHandshakeError):
         await connect_derp("127.0.0.1", relay.port, later)
+
+
+async def test_changes_missed_while_resubscribing_are_caught_up(relay_factory):
+    """A node that expired or was deleted while the relay's change subscription was down (the
+    log trimmed, the database gone) is found when the relay subscribes again."""
+    relay = await relay_factory()
+    gone, expiring = new_key(), new_key()
+    relay.store.add_node(public(gone))
+    node = relay.store.add_node(public(expiring), expiry=datetime.now(timezone.utc) + timedelta(days=1))
+    async with open_derp_client("127.0.0.1", relay.port, gone) as cg, \
+            open_derp_client("127.0.0.1", relay.port, expiring) as ce:
+        await wait_for(lambda: len(relay.store._subs) == 1, "subscribed")
+        # changed without a change event reaching the relay
+        del relay.store.nodes[public(gone)]
+        node.expiry = datetime.now(timezone.utc) - timedelta(seconds=1)
+        await relay.store.end_subscriptions()
+        for c in (cg, ce):
+            with trio.fail_after(30), pytest.raises(EOFError):
+                while True:
+                    await c.recv()
+    assert relay.stats.clients_expired == 1
