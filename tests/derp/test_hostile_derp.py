@@ -241,3 +241,28 @@ async def test_changes_missed_while_resubscribing_are_caught_up(relay_factory):
                 while True:
                     await c.recv()
     assert relay.stats.clients_expired == 1
+
+
+async def test_a_flood_of_bad_handshakes_logs_a_bounded_number_of_lines(relay_factory, caplog):
+    """Finding 7 (log flooding): refusals an unauthenticated peer can trigger are rate-limited."""
+    relay = await relay_factory(verify=False)
+    caplog.set_level(logging.DEBUG)
+    bad = d.encode_frame(d.FrameType.CLIENT_INFO, bytes(100))  # a box that does not open
+    n = 40
+
+    async def one() -> None:
+        stream = await tls_connect(relay.port)
+        try:
+            await stream.send_all(UPGRADE + bad)
+            with trio.fail_after(10):
+                await read_until_closed(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    await wait_for(lambda: relay.stats.protocol_errors == n, "all refused")
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO and "refused" in r.getMessage()]
+    assert 1 <= len(lines) <= 11, len(lines)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
