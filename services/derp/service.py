@@ -279,7 +279,7 @@ class DerpService:
                 return
             # the HTTP phase is over: let its parser and request go before the session starts
             kind, leftover, not_ideal, ws_key = upgrade
-            state.http = h = None  # type: ignore[assignment]
+            state.http = h = upgrade = None  # type: ignore[assignment]
             if kind == "websocket":
                 await self._websocket(stream, leftover, ws_key, peer, not_ideal, scope, state)
             else:
@@ -410,6 +410,7 @@ class DerpService:
                     if not data:
                         return
                     events = conn.receive_data(data)
+                    data = b""  # (the frame is held by `events` or the decoder)
                 info = events[0]
                 if type(info) is not proto.ClientInfo:
                     raise RemoteProtocolError("expected ClientInfo")
