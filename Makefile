@@ -33,7 +33,8 @@ pebble:
 	fi
 
 # Real Tailscale clients for tests/tailscaled, built from tailscale.com with `go install` at the
-# versions in tests/tailscaled/versions.txt, into a cache outside the repository (reused when there).
+# versions in tests/tailscaled/versions.txt, into a cache outside the repository (reused when there);
+# Tailscale's own DERP server (derper) at the newest of them.
 CLIENTS_DIR ?= $(HOME)/.cache/trioscale/clients
 TS_VERSIONS := $(shell grep -v '^\#' tests/tailscaled/versions.txt)
 clients:
@@ -44,7 +45,12 @@ clients:
 		if [ -x "$$d/tailscaled" ] && [ -x "$$d/tailscale" ]; then continue; fi; \
 		echo "building tailscaled and tailscale v$$v into $$d"; \
 		GOTOOLCHAIN=local GOBIN="$$d" go install tailscale.com/cmd/tailscaled@v$$v tailscale.com/cmd/tailscale@v$$v || exit 1; \
-	done
+	done; \
+	v=$(firstword $(TS_VERSIONS)); d="$(CLIENTS_DIR)/v$$v"; \
+	if [ ! -x "$$d/derper" ]; then \
+		echo "building Tailscale's derper v$$v into $$d"; \
+		GOTOOLCHAIN=local GOBIN="$$d" go install tailscale.com/cmd/derper@v$$v || exit 1; \
+	fi
 
 # Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP)
 # and ping (ICMP across the tailnet).

@@ -309,7 +309,24 @@ class ControlHandlers:
             return 200, [("content-type", "text/html; charset=utf-8")], register_page(reg_id)
         if path_only == "/" and method == "GET":
             return 200, [("content-type", "text/plain")], b"trioscale control server\n"
+        if path_only == "/verify" and method == "POST":
+            return await self.verify_derp_client(body)
         return 404, [("content-type", "text/plain")], b"not found\n"
+
+    async def verify_derp_client(self, body: bytes):
+        """`derper --verify-client-url` (Headscale's /verify): may this node key use a relay?
+        Request `{"NodePublic": "nodekey:…", "Source": "ip"}`, answer `{"Allow": bool}`: only
+        known, unexpired nodes."""
+        try:
+            req = json.loads(body)
+            node_key = keys.NODE.parse(req["NodePublic"]) if isinstance(req, dict) else None
+        except (ValueError, KeyError, TypeError, RecursionError, keys.KeyFormatError):
+            node_key = None
+        if node_key is None:
+            return 400, [("content-type", "text/plain")], b"bad request: want {\"NodePublic\": \"nodekey:...\"}\n"
+        node = await self.store.get_node_by_node_key(node_key)
+        allow = node is not None and not node.is_expired(self.coord.now())
+        return 200, [("content-type", "application/json")], json.dumps({"Allow": allow}).encode()
 
 
 def register_page(reg_id: str) -> bytes:

@@ -69,7 +69,7 @@ def skip_or_fail(reason: str | None) -> None:
     pytest.skip(reason)
 
 
-def mixed_tailnet(tmp_path_factory, *, block_udp: bool = False, **server_config):
+def mixed_tailnet(tmp_path_factory, *, block_udp: bool = False, setup=None, **server_config):
     """A server and one node per client version (n0, n1, … in versions.txt order) of user alice,
     joined with a pre-auth key; a generator for module fixtures."""
     reason = tools_missing() or next((clients.missing(v) for v in clients.VERSIONS if clients.missing(v)), None)
@@ -77,6 +77,8 @@ def mixed_tailnet(tmp_path_factory, *, block_udp: bool = False, **server_config)
     net = Tailnet(tmp_path_factory.mktemp("tailnet"))
     try:
         srv = net.start_server(**server_config)
+        if setup is not None:
+            setup(net)
         srv.create_user("alice")
         key = srv.create_key("alice", "--reusable")
         for i, v in enumerate(clients.VERSIONS):
@@ -146,3 +148,22 @@ def dns_net(tmp_path_factory):
     dns = {"extra_records": [{"name": "grafana.ts.test", "type": "A", "value": "100.64.0.99"}],
            "nameservers": {"split": {"corp.example": [corp_ip]}}}
     yield from empty_tailnet(tmp_path_factory, "dns", setup=corp_dns, dns=dns)
+
+
+@pytest.fixture(scope="module")
+def derper_tailnet(tmp_path_factory):
+    """Nodes of every version whose only DERP region is Tailscale's derper (on host "derper",
+    the lab's second host), verifying clients against our /verify; UDP between nodes dropped."""
+    derper_ip = "10.77.0.3"
+    derper = clients.derper_path()
+    skip_or_fail(None if derper.exists() else f"{derper} is missing: run `make clients`")
+
+    def start_derper(net):
+        assert net.lab.add_host("derper") == derper_ip
+        net.start_derper(derper, derper_ip)
+
+    region = {"RegionID": 901, "RegionCode": "tsderper", "RegionName": "Tailscale derper",
+              "Nodes": [{"Name": "901a", "RegionID": 901, "HostName": derper_ip, "IPv4": derper_ip,
+                         "DERPPort": 443, "STUNPort": -1, "InsecureForTests": True}]}
+    yield from mixed_tailnet(tmp_path_factory, block_udp=True, setup=start_derper,
+                             derp={"server": {"enabled": False}, "regions": [region]})

@@ -11,13 +11,16 @@ import os
 from pathlib import Path
 
 
+def _versions_file() -> tuple[str, ...]:
+    lines = (Path(__file__).with_name("versions.txt")).read_text().splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
 
 def _versions() -> tuple[str, ...]:
     only = os.environ.get("TRIOSCALE_CLIENT_VERSIONS")  # e.g. "1.102.5" while developing
     if only:
         return tuple(v.strip() for v in only.split(",") if v.strip())
-    lines = (Path(__file__).with_name("versions.txt")).read_text().splitlines()
-    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    return _versions_file()
 
 
 # versions.txt is the one list (the Makefile reads it too): newest first, oldest supported last.
@@ -41,3 +44,8 @@ def missing(version: str) -> str | None:
         if not os.access(path, os.X_OK):
             return f"{path} is missing: run `make clients` (needs Go and the Go module proxy)"
     return None
+
+
+def derper_path() -> Path:
+    """Tailscale's DERP server, built by `make clients` at the newest version."""
+    return clients_dir() / f"v{_versions_file()[0]}" / "derper"

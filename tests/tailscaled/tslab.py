@@ -404,6 +404,28 @@ class Tailnet:
         self.lab.popen(host, [sys.executable, "-c", code, json.dumps(records)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def start_derper(self, binary: Path, ip: str) -> None:
+        """Tailscale's derper on lab host "derper" (TLS on :443 with a self-signed certificate for
+        `ip`), admitting only the clients our coordinator's /verify allows."""
+        from trioscale.shared import tlsutil
+
+        certdir = self.workdir / "derper"
+        certdir.mkdir(parents=True, exist_ok=True)
+        tlsutil.write_self_signed(certdir / f"{ip}.crt", certdir / f"{ip}.key", [ip])
+        self.derper_log_path = certdir / "derper.log"
+        log = open(self.derper_log_path, "ab")
+        try:
+            self.lab.popen("derper", [
+                str(binary), f"--hostname={ip}", "--certmode=manual", f"--certdir={certdir}", "-a", ":443",
+                "--stun=false", f"--verify-client-url={self.server.url}/verify",
+                "--verify-client-url-fail-open=false",
+            ], stdout=log, stderr=subprocess.STDOUT, cwd=certdir)
+        finally:
+            log.close()
+
+    def derper_log(self) -> str:
+        return self.derper_log_path.read_text(errors="replace")
+
     def record_capvers(self, into: dict[str, int]) -> None:
         """The capability version each node's client sent, as the server logged it at map time."""
         ids = {str(n.get("id")): n.get("given_name") or n.get("name") for n in self.server.nodes()}
