@@ -665,11 +665,22 @@ def _load_tls(cfg: Any, data_dir: Path, names: list[str]) -> tuple[ssl.SSLContex
     cert_path = getattr(cfg, "tls_cert_path", None)
     key_path = getattr(cfg, "tls_key_path", None)
     if cert_path and key_path:
-        return tlsutil.server_context(cert_path, key_path), ""
+        return _no_tickets(tlsutil.server_context(cert_path, key_path)), ""
     cert_path = Path(data_dir) / "derp_tls_cert.pem"
     key_path = Path(data_dir) / "derp_tls_key.pem"
     tlsutil.ensure_self_signed(cert_path, key_path, names)
-    return tlsutil.server_context(cert_path, key_path), "sha256-raw:" + tlsutil.cert_sha256(cert_path.read_bytes())
+    ctx = _no_tickets(tlsutil.server_context(cert_path, key_path))
+    return ctx, "sha256-raw:" + tlsutil.cert_sha256(cert_path.read_bytes())
+
+
+def _no_tickets(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """DERP clients keep one long connection and do not resume TLS sessions: session tickets
+    would only cost every handshake (anyone's) two ticket encryptions."""
+    try:
+        ctx.num_tickets = 0
+    except (AttributeError, ValueError):
+        pass
+    return ctx
 
 
 def _load_private_key(path: Path) -> bytes:
