@@ -288,7 +288,7 @@ class RawStream(trio.abc.Stream):
             # When the last read left the socket empty, wait for readiness first instead of
             # paying for a recv that fails with EAGAIN.
             sock = self.socket
-            want = _RECV if n >= _RECV else max(n + 4096, 2 * _TLS_CHUNK)
+            want = _RECV if n >= _RECV else min(_RECV, max(n + 4096, 2 * _TLS_CHUNK))
             got = -1
             while got < 0:
                 if self._drained:
