@@ -16,7 +16,8 @@ a reusable pre-auth key, and two real nodes registered through our own Noise cli
 every second. While the flood runs the benchmark measures, once a second:
 
 * map: each rename should reach the watcher's map stream as a delta (delivered / renames, latency);
-* `GET /key?v=113` on a new connection (answers / tries, latency);
+* `GET /key?v=113` on a new connection from 127.0.0.3 (`--good-source`; the floods come from
+  127.0.0.1, so a per-source cap may refuse them and not it) (answers / tries, latency);
 * a DNS A query for the watcher's MagicDNS name (answers / tries);
 * a DERP upgrade + handshake with the watcher's node key (relay accepts / tries);
 * the admin API (the rename itself: 200s / tries).
@@ -353,8 +354,9 @@ class Node:
 class WellBehaved:
     """The concurrent well-behaved client: map deltas, /key, DNS, DERP and the admin API."""
 
-    def __init__(self, server: Server, watcher: Node, mover: Node) -> None:
+    def __init__(self, server: Server, watcher: Node, mover: Node, good_source: str) -> None:
         self.server = server
+        self.good_source = good_source
         self.watcher = watcher
         self.mover = mover
         self.map_ready = trio.Event()
@@ -415,12 +417,26 @@ class WellBehaved:
             await trio.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
 
     async def probe_key(self) -> None:
+        """`GET /key?v=113` from `good_source`, not the floods' 127.0.0.1: per-source caps should
+        stop the flood without stopping other clients."""
+        host, port = self.server.control
         t0 = time.monotonic()
         try:
-            resp = await http_request(*self.server.control, "GET", "/key?v=113", timeout=3)
-            ok = resp.status == 200 and b"publicKey" in resp.body
-            self.key.record(ok, time.monotonic() - t0, "" if ok else f"HTTP {resp.status}")
-        except (OSError, trio.TooSlowError, ControlClientError, trio.BrokenResourceError) as exc:
+            with trio.fail_after(3):
+                stream = await trio.open_tcp_stream(host, port, local_address=self.good_source)
+                async with stream:
+                    await stream.send_all(f"GET /key?v=113 HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                                          "Connection: close\r\n\r\n".encode())
+                    data = b""
+                    while len(data) < 65536:
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+            status = data.split(b" ", 2)[1] if data.startswith(b"HTTP/") else b"?"
+            ok = status == b"200" and b"publicKey" in data
+            self.key.record(ok, time.monotonic() - t0, "" if ok else f"HTTP {status.decode(errors='replace')}")
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.key.record(False, error=err_name(exc))
 
     async def probe_dns(self) -> None:
@@ -943,7 +959,7 @@ async def run_flood(name: str, args: argparse.Namespace, upstream: FakeUpstream,
         if name.startswith("pending-reg"):
             pending_id, _ = await real_pending_login(server)
         server_key = await fetch_server_key(*server.control, 113)
-        good = WellBehaved(server, watcher, mover)
+        good = WellBehaved(server, watcher, mover, require_loopback(args.good_source))
         sampler = Sampler(server)
         async with trio.open_nursery() as outer:
             outer.start_soon(good.map_stream)
@@ -1127,6 +1143,8 @@ def main() -> None:
                     help="RLIMIT_NOFILE of the fd-exhaust flood's server (default: inherit ours)")
     ap.add_argument("--dns-rate", type=float, default=200.0, help="queries per second from --dns-source")
     ap.add_argument("--dns-source", default="127.0.0.2")
+    ap.add_argument("--good-source", default="127.0.0.3",
+                    help="source address of the well-behaved /key probe (the floods come from 127.0.0.1)")
     ap.add_argument("--reg-connections", type=int, default=4)
     ap.add_argument("--reg-inflight", type=int, default=4, help="register requests in flight per connection")
     ap.add_argument("--reg-hostinfo-bytes", type=int, default=1_000_000)
