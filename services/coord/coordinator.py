@@ -78,9 +78,11 @@ class Encoded:
 class MapSession:
     """One streaming /machine/map response."""
 
-    def __init__(self, node_id: int, compress: str | None) -> None:
+    def __init__(self, node_id: int, compress: str | None, capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
         self.node_id = node_id
         self.compress = compress
+        #: the client's capability version (from its MapRequest): what it can read
+        self.capver = capver
         self.sent: PeerSet = PeerSet()
         self.queue: deque[Encoded] = deque()
         self.wakeup = trio.Event()
@@ -387,7 +389,7 @@ class Coordinator(PolicyFanout):
             derp_map = self.build_derp_map(self._relays)
             if derp_map != self.tailnet.settings.derp_map:
                 self.tailnet.settings.derp_map = derp_map
-                self._broadcast(Encoded({"DERPMap": derp_map}))
+                self._broadcast_derp_map(derp_map)
         elif kind == "presence.online":
             node_id = int(data["node_id"])
             if node_id in self.tailnet.nodes:
@@ -423,6 +425,18 @@ class Coordinator(PolicyFanout):
         for sessions in self.sessions.values():
             for session in sessions:
                 session.push(message)
+
+    def _broadcast_derp_map(self, derp_map: dict[str, Any]) -> None:
+        message = Encoded({"DERPMap": derp_map})
+        older: Encoded | None = None  # built once, if any client too old for certificate pins is here
+        for sessions in self.sessions.values():
+            for session in sessions:
+                if session.capver >= tailcfg.CAPVER_CERT_HASH:
+                    session.push(message)
+                    continue
+                if older is None:
+                    older = Encoded({"DERPMap": tailcfg.derp_map_for_capver(derp_map, session.capver)})
+                session.push(older)
 
     def _node_changed(self, old: Node | None, new: Node, changed: frozenset[str]) -> None:
         if not changed:
@@ -535,11 +549,13 @@ class Coordinator(PolicyFanout):
         return list(self.sessions.values())
 
     # -- map sessions --------------------------------------------------------------------------
-    def open_session(self, node_id: int, compress: str | None) -> tuple[MapSession, Encoded]:
+    def open_session(self, node_id: int, compress: str | None,
+                     capver: int = tailcfg.CAPVER_CERT_HASH) -> tuple[MapSession, Encoded]:
         """Register a session and build its first map in one step (see the module docstring)."""
         node = self.tailnet.nodes[node_id]
-        session = MapSession(node_id, compress)
+        session = MapSession(node_id, compress, capver)
         first, sent = self.tailnet.full_map(node, self.now())
+        first["DERPMap"] = tailcfg.derp_map_for_capver(first["DERPMap"], capver)
         session.sent = PeerSet(sent)
         self._remember_first_map(session, first)
         self.sessions.setdefault(node_id, set()).add(session)

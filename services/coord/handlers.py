@@ -22,7 +22,7 @@ from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store.base import TooLarge
 
 from . import register, setdns
-from .domain import names
+from .domain import names, tailcfg
 from .coordinator import Coordinator, Encoded
 
 log = logging.getLogger("trioscale.coord.handlers")
@@ -261,16 +261,18 @@ class ControlHandlers:
                 await response.send(200, b"", [])
                 return
             first, _ = self.coord.tailnet.full_map(self.coord.tailnet.nodes[node.id], self.coord.now())
+            first["DERPMap"] = tailcfg.derp_map_for_capver(first["DERPMap"], capver)
             await response.send(200, Encoded(first).frame(compress), [("content-type", "application/json")])
             return
         del body, updates  # a map stream lives for hours: keep none of its request around
         request.release_body()
         # which client versions a tailnet runs is worth one line per session (docs/clients.md)
         log.info("map session of node %s opened (capver %d)", node.id, capver)
-        await self.stream(node.id, compress, response)
+        await self.stream(node.id, compress, response, capver)
 
-    async def stream(self, node_id: int, compress: str | None, response) -> None:
-        session, first = self.coord.open_session(node_id, compress)
+    async def stream(self, node_id: int, compress: str | None, response,
+                     capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
+        session, first = self.coord.open_session(node_id, compress, capver)
         keepalive = mapframe.keepalive(compress)
         try:
             await response.start(200, [("content-type", "application/json")])

@@ -167,6 +167,25 @@ def register_user(user: User | None) -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
+#: the first capability version whose clients read `CertName: "sha256-raw:<hex>"` as a certificate
+#: pin (Tailscale 1.82); older ones take any CertName as a name to verify against the system roots
+CAPVER_CERT_HASH = 115
+CERT_HASH_PREFIX = "sha256-raw:"
+
+
+def derp_map_for_capver(dmap: dict[str, Any], capver: int) -> dict[str, Any]:
+    """`dmap` as a client of `capver` can use it: before CAPVER_CERT_HASH, without certificate-hash
+    CertNames (such a node is reachable there only through InsecureForTests)."""
+    if capver >= CAPVER_CERT_HASH:
+        return dmap
+    regions = {}
+    for rid, region in dmap.get("Regions", {}).items():
+        nodes = [{k: v for k, v in n.items() if not (k == "CertName" and str(v).startswith(CERT_HASH_PREFIX))}
+                 for n in region.get("Nodes", [])]
+        regions[rid] = {**region, "Nodes": nodes}
+    return {**dmap, "Regions": regions}
+
+
 def derp_map(
     relays: Iterable[DerpRelay],
     static_regions: Iterable[Mapping[str, Any]] = (),
