@@ -56,7 +56,7 @@ def test_ephemeral(tagged_net, version):
     a = net.add_node(_name("x", version), version)
     a.up(key)
     assert net.server.node_named(a.name)["ephemeral"] is True
-    a.ts("logout")
+    a.logout()
     wait_for(lambda: net.server.node_named(a.name) is None, 30, f"{a.name} deleted after logout")
     b = net.add_node(_name("y", version), version)
     b.up(key)

@@ -204,7 +204,20 @@ class Node:
         changes, no firewall rules (routers and exit nodes turn netfilter on)."""
         given = {f.split("=", 1)[0] for f in flags}
         defaults = {"--hostname": self.name, "--accept-dns": "false", "--netfilter-mode": "off"}
-        return [f"{k}={v}" for k, v in defaults.items() if k not in given]
+        # --reset: every `up` states the whole configuration, so a second one (after a logout or
+        # an expiry) never trips over settings an earlier one left behind
+        return [f"{k}={v}" for k, v in defaults.items() if k not in given] + ["--reset"]
+
+    def logout(self) -> None:
+        """`tailscale logout`, tried again when the client's own link-change handling closed the
+        connection it was using (a client-side race: "use of closed network connection")."""
+        for _ in range(3):
+            proc = self.ts("logout", check=False)
+            if proc.returncode == 0:
+                return
+            if "use of closed network connection" not in proc.stdout + proc.stderr:
+                break
+        raise AssertionError(f"{self.name}: tailscale logout failed: {proc.stdout}{proc.stderr}")
 
     def up_interactive(self, *flags: str) -> tuple[subprocess.Popen, str]:
         """`tailscale up` without a key: returns the running CLI and the registration id of the URL
