@@ -336,6 +336,8 @@ class _Http1Connection:
         self.stream = stream
         self.peer = peer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
+        #: answering a HEAD request: h11 refuses any body bytes, error answers included
+        self.head_request = False
         #: the peer is on this host: it may read /debug/stats
         self.loopback = False
 
@@ -361,6 +363,7 @@ class _Http1Connection:
         if not isinstance(ev, h11.Request):
             raise _Close(f"unexpected {type(ev).__name__}")
         request = ev
+        self.head_request = request.method == b"HEAD"
         # h11 bounds only *incomplete* heads; a big head arriving in one read must be caught here.
         head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
         if head_size > self.cfg.max_header_bytes:
@@ -401,7 +404,7 @@ class _Http1Connection:
         if close:
             items.append(("Connection", "close"))
         events: list[Any] = [h11.Response(status_code=status, headers=items)]
-        if body and not head:
+        if body and not (head or self.head_request):
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
         await self._send(*events)

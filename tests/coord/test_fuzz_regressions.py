@@ -52,3 +52,46 @@ def test_preferred_derp_that_fits_no_column_is_ignored(preferred: int) -> None:
     updates = handlers.map_request_updates(NODE, body)
     assert "home_derp" not in updates
     assert handlers.map_request_updates(NODE, {"Hostinfo": {"NetInfo": {"PreferredDERP": 900}}})["home_derp"] == 900
+
+
+# --- the control listener (found by the atheris `upgrade` target) ------------------------------
+
+HEAD_REQUESTS = [
+    # the fuzzer's input: a HEAD upgrade naming another protocol
+    b"HEAD /ts2021 HTTP/1.1\r\nHost: control.example\r\nUpgrade: tailscale-contrnl-protocol\r\n"
+    b"Connection: upgrade\r\nX-Tailscale-Handshake: AAAA\r\n\r\n",
+    b"HEAD /key HTTP/1.1\r\nHost: x\r\n\r\n",  # every error answer had the same fault
+    b"HEAD /key?v=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", HEAD_REQUESTS)
+async def test_error_answer_to_a_head_request_is_clean(nursery, caplog, request_bytes: bytes) -> None:
+    """A HEAD request answered with an error used to send the error text as a body, which h11
+    refuses: the listener logged a traceback at ERROR per request (log flooding) and sent nothing."""
+    import functools
+
+    import trio
+
+    from trioscale.services.coord.transport import serve_control
+
+    async def noise_handler(request, response):  # never reached
+        await response.send(404)
+
+    addr = await nursery.start(
+        functools.partial(serve_control, ("127.0.0.1", 0), keys.generate_private_key(), noise_handler)
+    )
+    host, port = addr.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request_bytes)
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                chunk = await stream.receive_some(4096)
+                assert chunk, f"connection closed without an answer: {answer!r}"
+                answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert rest == b""  # no body for HEAD
+    assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]

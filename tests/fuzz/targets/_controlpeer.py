@@ -18,6 +18,7 @@ import copy
 import inspect
 import logging
 import threading
+import traceback
 
 import trio
 import trio.testing
@@ -175,7 +176,8 @@ def run_connection(peer: _Peer) -> None:
     trio.from_thread.run(server.handle_connection, peer, trio_token=_loop())
     if _errors.records:
         r = _errors.records[0]
-        raise AssertionError(f"logged at {r.levelname}: {r.getMessage()}\n{r.exc_text or ''}")
+        tb = "".join(traceback.format_exception(*r.exc_info)) if r.exc_info else ""
+        raise AssertionError(f"logged at {r.levelname}: {r.getMessage()}\n{tb}")
     if stats is not None:
         for name in ("buffered_body_bytes", "open_streams", "connections", "sessions"):
             assert getattr(stats, name, 0) == 0, (name, stats.as_dict())
