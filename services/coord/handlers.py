@@ -182,6 +182,9 @@ class ControlHandlers:
     # -- Noise (HTTP/2) requests -----------------------------------------------------------------
     async def noise(self, request, response) -> None:
         try:
+            # which endpoints each client version calls (docs/clients.md); the path only, no query
+            log.debug("noise %s %s (capver %d)", request.method, request.path.split("?", 1)[0],
+                      request.protocol_version)
             if request.path == "/machine/register" and request.method == "POST":
                 await self.register(request, response)
             elif request.path == "/machine/map" and request.method == "POST":

@@ -20,6 +20,17 @@ from tslab import Tailnet, tools_missing  # noqa: E402
 
 _results: list[dict] = []
 CAPVERS: dict[str, int] = {}  # version -> capability version the client sent (from the server's log)
+ENDPOINTS: dict[int, set[str]] = {}  # capability version -> Noise requests seen from such clients
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_endpoints():
+    """After each module, add the Noise endpoints its servers saw to ENDPOINTS (docs/clients.md)."""
+    yield
+    for net in Tailnet.instances:
+        for capver, paths in net.endpoints_by_capver().items():
+            ENDPOINTS.setdefault(capver, set()).update(paths)
+    Tailnet.instances.clear()
 
 
 def pytest_generate_tests(metafunc):
@@ -55,7 +66,9 @@ def pytest_sessionfinish(session, exitstatus):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                    "capvers": CAPVERS, "results": _results}, indent=1))
+                                    "capvers": CAPVERS, "results": _results,
+                                    "endpoints": {str(k): sorted(v) for k, v in ENDPOINTS.items()}},
+                                   indent=1))
     except OSError:
         pass
 

@@ -68,6 +68,16 @@ def main() -> int:
     ]
     for s in scenarios:
         lines.append(f"| {s} | " + " | ".join(cell.get((s, v), "—") for v in versions) + " |")
+    by_capver = {int(k): v for k, v in run.get("endpoints", {}).items()}
+    if by_capver:
+        lines += ["", "## Control endpoints each version called (inside the Noise channel)", "",
+                  "| capver | version | requests |", "|---|---|---|"]
+        names = {c: v for v, c in capvers.items()}
+        for capver in sorted(by_capver, reverse=True):
+            reqs = ", ".join(f"`{r}`" for r in by_capver[capver])
+            lines.append(f"| {capver} | {names.get(capver, '?')} | {reqs} |")
+        lines += ["", "Everything else under `/machine/` is answered at once: 501 for the endpoints Tailscale "
+                  "defines that trioscale does not implement, 404 for unknown ones (never a hang or a 500)."]
     lines += ["", "`—`: not run for that version. `mixed`: one test whose nodes run different versions "
               "(routers, exit node and clients; see the test's docstring).", "", NOTES]
     out = ROOT / "docs" / "clients.md"

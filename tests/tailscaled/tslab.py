@@ -309,7 +309,10 @@ class Node:
 class Tailnet:
     """A lab with our server on host "ctl" and tailscaled nodes on hosts of their own."""
 
+    instances: list["Tailnet"] = []  # every tailnet built, for reports after a module (conftest.py)
+
     def __init__(self, workdir: Path) -> None:
+        Tailnet.instances.append(self)
         self.workdir = workdir
         self.lab = Lab()
         self.server: Server | None = None
@@ -454,6 +457,14 @@ class Tailnet:
         for node in self.nodes.values():
             parts.append(f"--- {node.name} ({node.version}) ---\n{node.log()[-3000:]}")
         return "\n".join(parts)
+
+    def endpoints_by_capver(self) -> dict[int, set[str]]:
+        """The Noise requests (method and path) the server saw, by the client's capability version."""
+        seen: dict[int, set[str]] = {}
+        if self.server is not None:
+            for m in re.finditer(r"noise (\w+) (\S+) \(capver (\d+)\)", self.server.log()):
+                seen.setdefault(int(m.group(3)), set()).add(f"{m.group(1)} {m.group(2)}")
+        return seen
 
     def close(self) -> None:
         # tailscaled first (a clean shutdown removes its TUN), then the server, then the namespaces.
