@@ -38,6 +38,7 @@ from trioscale.shared.derpclient import DerpHandshakeError, derp_upgrade
 from trioscale.shared.model import utcnow
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import KEY_LEN, PeerGone, PeerPresent, PeerPresentFlags
+from trioscale.shared.store.base import ChangesTrimmed
 from trioscale.shared.tlsutil import client_context
 
 from .rawstream import RawStream, open_tcp_raw
@@ -347,6 +348,9 @@ class Mesh:
                                 await self._resync()
                 except trio.Cancelled:
                     raise
+                except ChangesTrimmed as exc:
+                    # fell behind the trimmed change log: the resync on resubscribing reloads
+                    log.info("mesh: %s; reloading the relay list", exc)
                 except Exception:
                     log.warning("mesh: change subscription failed; retrying", exc_info=True)
                     await trio.sleep(1.0)
