@@ -72,6 +72,25 @@ class AcceptBackoff:
         return failures
 
 
+#: A peer that vanished without a FIN or RST (its link cut, its host gone) must not hold its
+#: connection, and with it a node's "online" state, for the kernel's default of about 15 minutes:
+#: probe an idle connection after 30 s (3 probes 10 s apart) and give up on data left
+#: unacknowledged for 45 s. Map streams send a keepalive every minute, so a dead client is seen
+#: within about two.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+USER_TIMEOUT_MS = 45_000
+
+
+def dead_peer_detection(conn: socket.socket) -> None:
+    """TCP keepalive probes and a user timeout on `conn` (Linux; skipped where unsupported)."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            conn.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 def _reset_close(conn: socket.socket) -> None:
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -157,6 +176,7 @@ async def accept_loop(
                 conn.setblocking(False)
                 if tcp:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    dead_peer_detection(conn)
             except OSError:
                 pass
             nursery.start_soon(_run_handler, handler, conn, peer, limiter, source)

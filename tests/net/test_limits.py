@@ -254,3 +254,31 @@ async def test_accept_loop_resets_connections_over_the_cap() -> None:
         for c in [*clients, extra, other]:
             c.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_accepted_tcp_connections_detect_a_vanished_peer() -> None:
+    """Keepalive probes and a user timeout: a client whose link is cut loses its connection (and
+    its node's online state) in about a minute, not the kernel's quarter of an hour."""
+    from trioscale.shared.net.listen import KEEPALIVE_IDLE, USER_TIMEOUT_MS
+
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    lst.setblocking(False)
+    seen: list[tuple[int, int, int]] = []
+    done = trio.Event()
+
+    async def handler(conn: socket.socket, peer: object) -> None:
+        seen.append((conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                     conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                     conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: accept_loop(lst, handler, nursery, limiter=ConnectionLimiter("t", 4, 4)))
+        client = trio.socket.socket()
+        await client.connect(lst.getsockname())
+        await done.wait()
+        client.close()
+        nursery.cancel_scope.cancel()
+    assert seen == [(1, KEEPALIVE_IDLE, USER_TIMEOUT_MS)]

@@ -125,3 +125,29 @@ def test_router_failover(routed):
     assert wait_for(lambda: c.http_get("http://10.99.0.10/", timeout=5) == "lan", 60, "LAN through the primary")
     routed.nodes["ra"].stop()
     assert wait_for(lambda: c.http_get("http://10.99.0.10/", timeout=3) == "lan", 90, "LAN through rb")
+
+
+@pytest.mark.scenario("two routers for one prefix: traffic moves when the primary's link is cut")
+def test_router_failover_on_a_cut_link(routed):
+    """No FIN, no RST: the server notices the vanished router by TCP keepalive and user timeout."""
+    net = routed
+    c = _client(net, NEWEST)
+    ra = net.nodes["ra"]
+    if ra.proc is None or ra.proc.poll() is not None:
+        ra.start()  # stopped by test_router_failover: it comes back logged in, as a secondary
+        wait_for(lambda: ra.backend_state() == "Running", 30, "ra Running again")
+    assert wait_for(lambda: c.http_get("http://10.99.0.10/", timeout=5) == "lan", 60, "LAN before the cut")
+    primary = _primary_router(c)
+    net.host_run(primary, "ip", "link", "set", "eth0", "down")
+    other = "ra" if primary == "rb" else "rb"
+    assert wait_for(lambda: c.http_get("http://10.99.0.10/", timeout=3) == "lan", 180, f"LAN through {other}")
+    assert wait_for(lambda: not net.server.node_named(primary)["online"], 60, f"{primary} offline")
+    assert wait_for(lambda: _primary_router(c) == other, 30, f"{other} as the client's primary")
+
+
+def _primary_router(client) -> str | None:
+    """The router the client's netmap names as the LAN's primary."""
+    for peer in client.status()["Peer"].values():
+        if LAN in (peer.get("PrimaryRoutes") or []):
+            return peer["HostName"]
+    return None
