@@ -189,8 +189,8 @@ def plan_budget(
     they had to be scaled down (None when they fit as configured).
 
     At most a quarter of the limit is kept back, so a small limit still leaves the listeners
-    something. Scaling is proportional, at least 1 connection per listener; a per-source cap is
-    never above its listener's cap.
+    something. Scaling is proportional, at least 1 connection per listener; a per-source cap keeps
+    its share of its listener's cap (and is never above it).
     """
     headroom = max(0, min(reserved, nofile // 4))
     available = max(len(caps), nofile - headroom)
@@ -203,7 +203,9 @@ def plan_budget(
     out: dict[str, ListenerCaps] = {}
     for name, c in caps.items():
         total = 1 + math.floor((c.max_connections - 1) * factor)
-        out[name] = ListenerCaps(total, max(1, min(c.max_connections_per_source, total)))
+        # a per-source cap keeps its share of the listener, so one address still cannot take it all
+        share = min(c.max_connections_per_source, c.max_connections) / c.max_connections
+        out[name] = ListenerCaps(total, max(1, min(total, math.floor(total * share))))
     shown = ", ".join(f"{n} {out[n].max_connections}/{out[n].max_connections_per_source}" for n in out)
     note = (
         f"descriptor limit {nofile} is too low for the configured connection caps ({wanted} + {headroom} "

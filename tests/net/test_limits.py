@@ -282,3 +282,16 @@ async def test_accepted_tcp_connections_detect_a_vanished_peer() -> None:
         client.close()
         nursery.cancel_scope.cancel()
     assert seen == [(1, KEEPALIVE_IDLE, USER_TIMEOUT_MS)]
+
+
+def test_scaled_caps_keep_the_per_source_share() -> None:
+    """Under a low descriptor limit one address still gets only its share of a listener, so a
+    flood from it leaves room for everyone else (a per-source cap equal to the total stays so)."""
+    from trioscale.shared.net.limits import ListenerCaps, plan_budget
+
+    caps = {"control": ListenerCaps(16384, 4096), "derp": ListenerCaps(16384, 16384)}
+    out, note = plan_budget(caps, nofile=4096, reserved=1024)
+    assert note is not None
+    control, derp = out["control"], out["derp"]
+    assert control.max_connections_per_source == control.max_connections // 4
+    assert derp.max_connections_per_source == derp.max_connections
