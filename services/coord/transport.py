@@ -404,7 +404,9 @@ class _Http1Connection:
         if close:
             items.append(("Connection", "close"))
         events: list[Any] = [h11.Response(status_code=status, headers=items)]
-        if body and not (head or self.head_request):
+        # h11 frames the answer by the request's exact method (b"HEAD"), not the upper-cased name
+        # the handlers see: "HeAD" gets its body, or the declared Content-Length goes unsent
+        if body and not self.head_request:
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
         await self._send(*events)
