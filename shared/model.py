@@ -108,6 +108,20 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class SSHCheck:
+    """A Tailscale SSH session held by a `check` rule until an administrator decides
+    (`trioscale auth approve|reject --auth-id ID`). `decision` is "", "approved" or "rejected"."""
+
+    id: str
+    src_node_id: int
+    dst_node_id: int
+    local_user: str
+    created_at: datetime
+    expires_at: datetime
+    decision: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PendingRegistration:
     """An interactive login waiting for an admin: created by /machine/register, completed by the CLI."""
 
@@ -202,5 +216,6 @@ CHANGE_KINDS = frozenset(
         "presence.online",  # data: {"node_id", "replica_id"}: the node's first presence row
         "presence.offline",  # data: {"node_id", "replica_id", "last_seen" (ISO text), "reason"}
         "dnstxt.set",  # data: {"name"}: TXT values (ACME DNS-01 via /machine/set-dns) set or cleared
+        "sshcheck.decided",  # data: {"id", "decision"}: an SSH check-mode session approved or rejected
     }
 )

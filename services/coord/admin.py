@@ -64,6 +64,7 @@ MAX_BODY = 64 * 1024
 _TAG = re.compile(r"^tag:[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
 _REG_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
 class BadRequest(Exception):
@@ -654,6 +655,25 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
             out["registration"] = registration_json(result)
         log.info("registration %s completed for user %s", reg_id, user.name)
         return out
+
+    # -- SSH check mode: Headscale's auth approve / reject (authId names a held SSH session) ---------
+    async def decide_ssh_check(decision: str) -> Any:
+        data = await _body()
+        auth_id = data.get("authId") if "authId" in data else data.get("auth_id")
+        if not isinstance(auth_id, str) or not _AUTH_ID.match(auth_id):
+            raise BadRequest(f"give the authId of a held SSH session, not {_short(auth_id)}")
+        check = await store.decide_ssh_check(auth_id, decision, utcnow())
+        log.info("SSH session %s %s (node %d to node %d as %s)", auth_id, decision, check.src_node_id,
+                 check.dst_node_id, check.local_user or "?")
+        return {}
+
+    @app.post("/api/v1/auth/approve")
+    async def auth_approve() -> Any:
+        return await decide_ssh_check("approved")
+
+    @app.post("/api/v1/auth/reject")
+    async def auth_reject() -> Any:
+        return await decide_ssh_check("rejected")
 
     from .admin_policy import register_policy_routes
 

@@ -267,6 +267,7 @@ class Coordinator(PolicyFanout):
         now = self.now()
         try:
             await self.store.delete_pending_registrations_before(now - PENDING_LIFETIME)
+            await self.store.purge_ssh_checks(now)
             # positions are leased on the wall clock (shared by all processes), not self.now()
             trimmed = await self.store.trim_changes(utcnow())
             if trimmed:
@@ -399,7 +400,7 @@ class Coordinator(PolicyFanout):
                 self._set_online(node_id, True)
         elif kind == "presence.offline":
             self._presence_offline(int(data["node_id"]), data)
-        elif kind == "registration.completed":
+        elif kind in ("registration.completed", "sshcheck.decided"):
             event = self._registration_done.get(data.get("id"))
             if event is not None:
                 event.set()
@@ -625,6 +626,26 @@ class Coordinator(PolicyFanout):
         return KEEPALIVE_BASE + random.random() * KEEPALIVE_JITTER
 
     # -- interactive registration --------------------------------------------------------------
+    async def wait_for_ssh_decision(self, check_id: str, timeout: float) -> str:
+        """The decision on an SSH check ("approved"/"rejected"), or "" if none came within
+        `timeout` seconds; "expired" if the check is gone. Decisions made on any replica arrive
+        through the change log."""
+        event = self._registration_done.setdefault(check_id, trio.Event())
+        try:
+            with trio.move_on_after(timeout):
+                while True:
+                    check = await self.store.get_ssh_check(check_id, self.now())
+                    if check is None:
+                        return "expired"
+                    if check.decision:
+                        return check.decision
+                    await event.wait()
+                    event = self._registration_done[check_id] = trio.Event()
+            return ""
+        finally:
+            if self._registration_done.get(check_id) is event:
+                del self._registration_done[check_id]
+
     async def wait_for_approval(self, reg_id: str, deadline: datetime) -> bool:
         event = self._registration_done.setdefault(reg_id, trio.Event())
         try:

@@ -19,9 +19,9 @@ from trioscale.services.dns.txt import TxtRecords
 from trioscale.shared.model import Node
 from trioscale.shared.net.limits import LogThrottle
 from trioscale.shared.proto import keys, mapframe
-from trioscale.shared.store.base import TooLarge
+from trioscale.shared.store.base import StoreFull, TooLarge
 
-from . import register, setdns
+from . import register, setdns, sshcheck
 from .domain import names, tailcfg
 from .coordinator import Coordinator, Encoded
 
@@ -38,7 +38,6 @@ NOT_IMPLEMENTED = (
     "/machine/set-device-attr",
     "/machine/c2n",
     "/machine/whoami",
-    "/machine/ssh/action/",
     "/machine/webclient/",
 )
 #: Hostinfo.NetInfo fields that change on every re-STUN and mean nothing to peers
@@ -191,6 +190,8 @@ class ControlHandlers:
                 await self.map(request, response)
             elif request.path == "/machine/set-dns" and request.method == "POST":
                 await self.set_dns(request, response)
+            elif request.path.startswith("/machine/ssh/action/") and request.method == "GET":
+                await self.ssh_action(request, response)
             elif request.path.startswith(NOT_IMPLEMENTED):
                 await response.send(501, b"not implemented\n", [("content-type", "text/plain")])
             else:
@@ -202,6 +203,19 @@ class ControlHandlers:
                             keys.MACHINE.format(request.machine_key)[:16], exc,
                             f" ({held} more since the last such line)" if held else "")
             await response.send(exc.status, (str(exc) + "\n").encode(), [("content-type", "text/plain")])
+
+    async def ssh_action(self, request, response) -> None:
+        """A Tailscale SSH `check` rule's question from the destination node (sshcheck.py)."""
+        await self.coord.caught_up()
+        try:
+            action = await sshcheck.answer(
+                self.store, request.path, self.coord.tailnet.nodes.get, request.machine_key, "https://unused",
+                self.coord.now(), self.coord.wait_for_ssh_decision)
+        except sshcheck.CheckRefused as exc:
+            raise BadRequest(exc.status, str(exc)) from None
+        except StoreFull as exc:
+            raise BadRequest(503, str(exc)) from None
+        await response.send(200, sshcheck.encode(action), [("content-type", "application/json")])
 
     async def register(self, request, response) -> None:
         body = _json_body(request.body)

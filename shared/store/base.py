@@ -29,6 +29,7 @@ from trioscale.shared.model import (
     Presence,
     PreAuthKey,
     Share,
+    SSHCheck,
     User,
 )
 
@@ -41,6 +42,8 @@ MAX_PENDING_BYTES = 16 << 20
 MAX_PENDING_PER_SOURCE = 64
 #: a Hostinfo larger than this as compact JSON is refused, never stored. Real clients send a few
 #: KiB (tailcfg.Hostinfo: OS, versions, a few dozen services, routes, NetInfo).
+#: SSH check-mode sessions waiting for a decision, at most (each is a held SSH login)
+MAX_PENDING_SSH_CHECKS = 1024
 MAX_HOSTINFO_BYTES = 64 << 10
 #: endpoints a node may report, and the longest one ("[v6 address%zone]:port" fits easily)
 MAX_ENDPOINTS = 64
@@ -323,6 +326,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge_dns_txt(self, now: datetime) -> int:
         """Delete expired TXT records (no change rows: readers drop expired values themselves)."""
+
+    # -- SSH check mode ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_ssh_check(self, check: SSHCheck) -> SSHCheck:
+        """Hold an SSH session for a decision; StoreFull past MAX_PENDING_SSH_CHECKS undecided."""
+
+    @abc.abstractmethod
+    async def get_ssh_check(self, check_id: str, now: datetime) -> SSHCheck | None:
+        """The check, unless it is unknown or expired."""
+
+    @abc.abstractmethod
+    async def decide_ssh_check(self, check_id: str, decision: str, now: datetime) -> SSHCheck:
+        """Record "approved" or "rejected" (change `sshcheck.decided`); NotFound if unknown or
+        expired, Conflict if already decided otherwise."""
+
+    @abc.abstractmethod
+    async def purge_ssh_checks(self, now: datetime) -> int:
+        """Delete expired checks (no change rows)."""
 
     # -- change log ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -29,6 +29,7 @@ from trioscale.shared.model import (
     Presence,
     PreAuthKey,
     Share,
+    SSHCheck,
     User,
     utcnow,
 )
@@ -1037,6 +1038,51 @@ def op_purge_dns_txt(now: datetime):
     return len(rows)
 
 
+# -- SSH check mode ------------------------------------------------------------------------------
+
+SSH_DECISIONS = ("approved", "rejected")
+
+
+def ssh_check_from_row(r: Mapping[str, Any]) -> SSHCheck:
+    return SSHCheck(id=r["id"], src_node_id=int(r["src_node_id"]), dst_node_id=int(r["dst_node_id"]),
+                    local_user=r["local_user"], decision=r["decision"], created_at=read_time(r["created_at"]),
+                    expires_at=read_time(r["expires_at"]))
+
+
+def op_create_ssh_check(check: SSHCheck):
+    r = yield One("SELECT count(*) AS n FROM ssh_checks WHERE decision = '' AND expires_at > ?",
+                  utc(check.created_at))
+    if int(r["n"]) >= base.MAX_PENDING_SSH_CHECKS:
+        raise StoreFull("too many SSH sessions are waiting for approval; try again later")
+    yield Exec("INSERT INTO ssh_checks (id, src_node_id, dst_node_id, local_user, decision, created_at, expires_at)"
+               " VALUES (?, ?, ?, ?, '', ?, ?)", check.id, int(check.src_node_id), int(check.dst_node_id),
+               check.local_user, utc(check.created_at), utc(check.expires_at))
+    return check
+
+
+def op_get_ssh_check(check_id: str, now: datetime):
+    r = yield One("SELECT * FROM ssh_checks WHERE id = ? AND expires_at > ?", str(check_id), utc(now))
+    return None if r is None else ssh_check_from_row(r)
+
+
+def op_decide_ssh_check(check_id: str, decision: str, now: datetime):
+    if decision not in SSH_DECISIONS:
+        raise ValueError(f"decision must be one of {', '.join(SSH_DECISIONS)}")
+    r = yield One("SELECT * FROM ssh_checks WHERE id = ? AND expires_at > ?", str(check_id), utc(now))
+    if r is None:
+        raise NotFound(f"no SSH session is waiting with auth id {check_id}")
+    if r["decision"] and r["decision"] != decision:
+        raise Conflict(f"SSH session {check_id} was already {r['decision']}")
+    yield Exec("UPDATE ssh_checks SET decision = ? WHERE id = ?", decision, str(check_id))
+    yield Emit("sshcheck.decided", {"id": str(check_id), "decision": decision})
+    return dataclasses.replace(ssh_check_from_row(r), decision=decision)
+
+
+def op_purge_ssh_checks(now: datetime):
+    rows = yield All("DELETE FROM ssh_checks WHERE expires_at <= ? RETURNING id", utc(now))
+    return len(rows)
+
+
 # -- change log ----------------------------------------------------------------------------------
 
 
@@ -1304,6 +1350,18 @@ class OpsStore(Store):
 
     async def purge_dns_txt(self, now: datetime) -> int:
         return await self._write(op_purge_dns_txt, now)
+
+    async def create_ssh_check(self, check: SSHCheck) -> SSHCheck:
+        return await self._write(op_create_ssh_check, check)
+
+    async def get_ssh_check(self, check_id: str, now: datetime) -> SSHCheck | None:
+        return await self._read(op_get_ssh_check, check_id, now)
+
+    async def decide_ssh_check(self, check_id: str, decision: str, now: datetime) -> SSHCheck:
+        return await self._write(op_decide_ssh_check, check_id, decision, now)
+
+    async def purge_ssh_checks(self, now: datetime) -> int:
+        return await self._write(op_purge_ssh_checks, now)
 
     async def latest_seq(self) -> int:
         return await self._read(op_latest_seq)

@@ -143,6 +143,19 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             lease_expires TEXT NOT NULL
         )""",
     ],
+    # 5: Tailscale SSH sessions held by a check rule until an administrator decides
+    [
+        """CREATE TABLE ssh_checks (
+            id TEXT PRIMARY KEY,
+            src_node_id INTEGER NOT NULL,
+            dst_node_id INTEGER NOT NULL,
+            local_user TEXT NOT NULL,
+            decision TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX ssh_checks_expires ON ssh_checks (expires_at)",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: list[list[str]] = [
@@ -279,6 +292,19 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             seq bigint NOT NULL,
             lease_expires timestamptz NOT NULL
         )""",
+    ],
+    # 5: Tailscale SSH sessions held by a check rule until an administrator decides
+    [
+        """CREATE TABLE ssh_checks (
+            id text PRIMARY KEY,
+            src_node_id bigint NOT NULL,
+            dst_node_id bigint NOT NULL,
+            local_user text NOT NULL,
+            decision text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL,
+            expires_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX ssh_checks_expires ON ssh_checks (expires_at)",
     ],
 ]
 

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from storehelpers import T0, key, node, registration, relay
-from trioscale.shared.model import CHANGE_KINDS, Change
+from trioscale.shared.model import CHANGE_KINDS, Change, SSHCheck
 from trioscale.shared.store import base
 from trioscale.shared.store.base import Conflict, NotFound
 
@@ -610,6 +610,9 @@ async def test_every_change_kind_is_known(store):
     await store.update_presence("replica", add=[n.id], lease_expires=T0)
     await store.update_presence("replica", remove=[n.id], lease_expires=T0)
     await store.set_dns_txt("_acme-challenge.x.ts.test", ["v"], T0)
+    await store.create_ssh_check(SSHCheck(id="check-1", src_node_id=n.id, dst_node_id=n.id, local_user="root",
+                                          created_at=T0, expires_at=T0 + timedelta(minutes=5)))
+    await store.decide_ssh_check("check-1", "approved", T0)
     await store.delete_node(n.id)
     await store.rename_user(v.id, "robert")
     await store.delete_user(v.id)
