@@ -13,17 +13,15 @@ resolve from its netmap fails at once instead of leaving the machine.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
 import shutil
-import ssl
-import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from acmepebble import Pebble
 
 from e2e.harness import (
     Caddy,
@@ -32,7 +30,6 @@ from e2e.harness import (
     free_port,
     http_get,
     start_caddy,
-    stop_process,
     wait_for,
     web_caddyfile,
 )
@@ -129,99 +126,6 @@ def test_a_magicdns_fqdn_and_a_watched_extra_record(tmp_path, caddies):
 
 
 # -- tailscale cert through /machine/set-dns, validated by pebble against our DNS ------------------
-
-
-def _write_tls_pair(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for 127.0.0.1/localhost signed by it (pebble's listener)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trioscale test pebble listener CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = directory / "listener-ca.pem", directory / "listener.pem", directory / "listener.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return ca_path, cert_path, key_path
-
-
-class Pebble:
-    """Debian's pebble ACME test server, validating DNS-01 against `dns_server` only."""
-
-    def __init__(self, workdir: Path, dns_server: str) -> None:
-        self.dir = workdir / "pebble"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.listener_ca, cert, key = _write_tls_pair(self.dir)
-        self.port, self.mgmt_port = free_port(), free_port()
-        config = {"pebble": {
-            "listenAddress": f"127.0.0.1:{self.port}",
-            "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
-            "certificate": str(cert), "privateKey": str(key),
-            # HTTP-01 / TLS-ALPN-01 ports: nothing listens there, so only DNS-01 can succeed
-            "httpPort": free_port(), "tlsPort": free_port(),
-            "ocspResponderURL": "", "externalAccountBindingRequired": False,
-        }}
-        self.config = self.dir / "pebble-config.json"
-        self.config.write_text(json.dumps(config))
-        self.log_path = self.dir / "pebble.log"
-        self.dns_server = dns_server
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def directory_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/dir"
-
-    def start(self) -> "Pebble":
-        self._log = open(self.log_path, "ab")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
-        self.proc = subprocess.Popen(["pebble", "-config", str(self.config), "-dnsserver", self.dns_server],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
-        wait_for(lambda: self._get(f"https://127.0.0.1:{self.mgmt_port}/roots/0"), 20, "pebble to answer")
-        return self
-
-    def _context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.listener_ca))
-
-    def _get(self, url: str) -> bytes:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"pebble exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-        with urllib.request.urlopen(url, timeout=5, context=self._context()) as resp:
-            return resp.read()
-
-    def issuing_chain(self) -> bytes:
-        """Pebble's root and intermediate (made fresh at each start), PEM."""
-        return self._get(f"https://127.0.0.1:{self.mgmt_port}/roots/0") + self._get(
-            f"https://127.0.0.1:{self.mgmt_port}/intermediates/0")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 def https_web_caddyfile(hostname: str) -> str:

@@ -135,6 +135,8 @@ def empty_tailnet(tmp_path_factory, name: str, setup=None, **server_config):
         print(net.diagnostics())
         raise
     finally:
+        if getattr(net, "pebble", None) is not None:
+            net.pebble.stop()
         net.close()
 
 
@@ -180,3 +182,25 @@ def derper_tailnet(tmp_path_factory):
                          "DERPPort": 443, "STUNPort": -1, "InsecureForTests": True}]}
     yield from mixed_tailnet(tmp_path_factory, block_udp=True, setup=start_derper,
                              derp={"server": {"enabled": False}, "regions": [region]})
+
+
+@pytest.fixture(scope="module")
+def cert_net(tmp_path_factory):
+    """A tailnet whose base domain ends in .ts.net, with Debian's pebble (ACME) on host "ctl"
+    validating DNS-01 against our DNS server; `net.acme_env` is what a node's tailscaled needs to
+    use it (TS_DEBUG_ACME_DIRECTORY_URL, and trust in pebble's listener and issuing CAs)."""
+    if shutil.which("pebble") is None:
+        skip_or_fail("Debian's pebble ACME test server is missing (make test installs it)")
+    from acmepebble import Pebble
+
+    def start_pebble(net):
+        ip = net.server.ip
+        pebble = Pebble(net.workdir, f"{ip}:53", host=ip,
+                        popen=lambda argv, **kw: net.lab.popen("ctl", argv, **kw), inside=lambda: net.lab.inside("ctl"))
+        pebble.start()
+        bundle = net.workdir / "acme-trust.pem"
+        bundle.write_bytes(pebble.listener_ca.read_bytes() + pebble.issuing_chain())
+        net.pebble = pebble
+        net.acme_env = {"TS_DEBUG_ACME_DIRECTORY_URL": pebble.directory_url, "SSL_CERT_FILE": str(bundle)}
+
+    yield from empty_tailnet(tmp_path_factory, "cert", setup=start_pebble, dns={"base_domain": "certs.ts.net"})

@@ -134,8 +134,9 @@ class Server:
 class Node:
     """`tailscaled` on a lab host of its own, with the matching `tailscale` CLI."""
 
-    def __init__(self, net: "Tailnet", name: str, version: str) -> None:
+    def __init__(self, net: "Tailnet", name: str, version: str, env: dict[str, str] | None = None) -> None:
         self.net = net
+        self.extra_env = dict(env or {})
         self.name = name
         self.version = version
         self.tailscaled, self.tailscale_bin = client_paths(version)
@@ -172,7 +173,8 @@ class Node:
         return self
 
     def env(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), **CLIENT_ENV}
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), **CLIENT_ENV,
+                **self.extra_env}
 
     def _alive(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -346,8 +348,8 @@ class Tailnet:
         self.server = Server(self, config).start()
         return self.server
 
-    def add_node(self, name: str, version: str, start: bool = True) -> Node:
-        node = Node(self, name, version)
+    def add_node(self, name: str, version: str, start: bool = True, env: dict[str, str] | None = None) -> Node:
+        node = Node(self, name, version, env)
         self.nodes[name] = node
         return node.start() if start else node
 
