@@ -34,7 +34,8 @@ pebble:
 
 # Real Tailscale clients for tests/tailscaled, built from tailscale.com with `go install` at the
 # versions in tests/tailscaled/versions.txt, into a cache outside the repository (reused when there);
-# Tailscale's own DERP server (derper) at the newest of them.
+# at the newest of them also Tailscale's own DERP server (derper) and its WebAssembly client
+# (cmd/tsconnect/wasm, run under Node.js with the `ws` package as the browser's WebSocket).
 CLIENTS_DIR ?= $(HOME)/.cache/trioscale/clients
 TS_VERSIONS := $(shell grep -v '^\#' tests/tailscaled/versions.txt)
 clients:
@@ -50,6 +51,16 @@ clients:
 	if [ ! -x "$$d/derper" ]; then \
 		echo "building Tailscale's derper v$$v into $$d"; \
 		GOTOOLCHAIN=local GOBIN="$$d" go install tailscale.com/cmd/derper@v$$v || exit 1; \
+	fi; \
+	if [ ! -f "$$d/tsconnect.wasm" ]; then \
+		echo "building Tailscale's WebAssembly client v$$v into $$d"; \
+		m=$$(mktemp -d) && cd "$$m" && printf 'module wasmclient\n\ngo 1.24\n' > go.mod && \
+		GOTOOLCHAIN=local GOFLAGS=-mod=mod go get tailscale.com@v$$v && \
+		GOTOOLCHAIN=local GOFLAGS=-mod=mod GOOS=js GOARCH=wasm go build -o "$$d/tsconnect.wasm" tailscale.com/cmd/tsconnect/wasm && \
+		cp "$$(go env GOROOT)/lib/wasm/wasm_exec.js" "$$d/wasm_exec.js" && cd / && rm -rf "$$m" || exit 1; \
+	fi; \
+	if command -v npm >/dev/null 2>&1 && [ ! -d "$(CLIENTS_DIR)/npm/node_modules/ws" ]; then \
+		npm install --silent --prefix "$(CLIENTS_DIR)/npm" ws@8.23.1 || exit 1; \
 	fi
 
 # Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP)

@@ -73,6 +73,7 @@ import trio
 
 from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
+from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
 from trioscale.shared.proto import keys, noise
 
 __all__ = [
@@ -456,7 +457,7 @@ class _Http1Connection:
         path, _, query = target.partition("?")
         headers = _headers_dict(request.headers)
         if path == "/ts2021":
-            return await self._upgrade(headers)
+            return await self._upgrade(headers, query)
         if path == "/key":
             await self._serve_key(method, query)
             return False
@@ -501,11 +502,13 @@ class _Http1Connection:
             return
         await self._respond(200, [("Content-Type", "application/json")], self.server.key_body, head=method == "HEAD")
 
-    async def _upgrade(self, headers: dict[str, str]) -> bool:
+    async def _upgrade(self, headers: dict[str, str], query: str = "") -> bool:
         upgrade = headers.get("upgrade", "").strip().lower()
         if not upgrade:
             await self._simple(400, "missing next protocol\n")
             return False
+        if upgrade == "websocket":
+            return await self._upgrade_websocket(headers, query)
         if upgrade != UPGRADE_PROTOCOL:
             await self._simple(400, f"unsupported protocol switch {upgrade!r}\n")
             return False
@@ -551,6 +554,50 @@ class _Http1Connection:
             early = noise.encode_early_payload(keys.public_key(challenge_priv))
         session = _H2Session(self.server, self.stream, self.peer, hs, challenge_priv)
         await session.run(switching + hs.response, early, bytes(pending))
+        return True
+
+    async def _upgrade_websocket(self, headers: dict[str, str], query: str) -> bool:
+        """TS2021 inside WebSocket binary messages (Tailscale's JS/WebAssembly client): the Noise
+        initiation comes in the query (a browser cannot set headers), the subprotocol names the
+        control protocol, and no early payload is sent (that client does not read one)."""
+        protocols = [p.strip().lower() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        ws_key = headers.get("sec-websocket-key", "").strip()
+        if UPGRADE_PROTOCOL not in protocols or not ws_key:
+            await self._simple(400, f"a WebSocket upgrade must offer the {UPGRADE_PROTOCOL} subprotocol\n")
+            return False
+        b64 = (urllib.parse.parse_qs(query).get("X-Tailscale-Handshake") or [""])[0]
+        try:
+            initiation = base64.b64decode(b64.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            initiation = b""
+        if not initiation:
+            await self._simple(400, "missing or invalid X-Tailscale-Handshake parameter\n")
+            return False
+        if self.conn.they_are_waiting_for_100_continue or self.conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            await self._simple(400, "bad upgrade request\n", close=True)
+            raise _Close("upgrade request in wrong state")
+        switching = self.conn.send(h11.InformationalResponse(
+            status_code=101, reason=b"Switching Protocols",
+            headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                     ("Sec-WebSocket-Accept", accept_token(ws_key)), ("Sec-WebSocket-Protocol", UPGRADE_PROTOCOL)],
+        ))
+        pending, _closed = self.conn.trailing_data
+        with trio.fail_after(self.cfg.send_timeout):
+            await self.stream.send_all(switching)
+        ws = WebSocketByteStream(self.stream, bytes(pending))
+        try:
+            version = noise.parse_initiation_version(initiation)
+            if version < self.cfg.min_capability_version:
+                raise noise.RemoteProtocolError(
+                    f"unsupported client version {version} (minimum {self.cfg.min_capability_version})"
+                )
+            hs = noise.respond(initiation, self.server.private_key)
+        except noise.RemoteProtocolError as exc:
+            with trio.fail_after(self.cfg.send_timeout):
+                await ws.send_all(noise.error_frame(str(exc)))
+            raise _Close(f"noise handshake failed: {exc}") from None
+        session = _H2Session(self.server, ws, self.peer, hs, None)
+        await session.run(hs.response, b"", b"")
         return True
 
 

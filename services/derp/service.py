@@ -39,6 +39,7 @@ import trio
 from trioscale.shared import tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
 from trioscale.shared.net.limits import connection_limiter, limiter_stats
+from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import RemoteProtocolError
 from trioscale.shared.store.base import ChangesTrimmed
@@ -106,56 +107,6 @@ async def open_listener(host: str, port: int, *, backlog: int = 1024, reuse_port
         host = sockaddr[0]
     family = socket.AF_INET6 if _ip_version(host) == 6 else socket.AF_INET
     return listen_socket(host, port, family, reuse_port=reuse_port, backlog=backlog)
-
-
-class _WebSocketStream:
-    """DERP over WebSocket: binary messages carry an unframed DERP byte stream."""
-
-    def __init__(self, stream: trio.abc.Stream, leftover: bytes):
-        from wsproto.connection import Connection, ConnectionType
-
-        self._stream = stream
-        self._ws = Connection(ConnectionType.SERVER)
-        if leftover:
-            self._ws.receive_data(leftover)
-        self._lock = trio.Lock()
-
-    def buffered(self) -> int:
-        return self._stream.buffered() if hasattr(self._stream, "buffered") else 0
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-
-        while True:
-            out: list[bytes] = []
-            for ev in self._ws.events():
-                if isinstance(ev, BytesMessage):
-                    out.append(bytes(ev.data))
-                elif isinstance(ev, TextMessage):
-                    raise trio.BrokenResourceError("text message on a DERP WebSocket")
-                elif isinstance(ev, Ping):
-                    await self._send(self._ws.send(ev.response()))
-                elif isinstance(ev, CloseConnection):
-                    try:
-                        await self._send(self._ws.send(ev.response()))
-                    except Exception:
-                        pass
-                    return b""
-            if out:
-                return b"".join(out)
-            data = await self._stream.receive_some(max_bytes)
-            if not data:
-                return b""
-            self._ws.receive_data(data)
-
-    async def _send(self, data: bytes) -> None:
-        async with self._lock:
-            await self._stream.send_all(data)
-
-    async def send_all(self, data: bytes) -> None:
-        from wsproto.events import Message
-
-        await self._send(self._ws.send(Message(data=data)))
 
 
 class _Conn:
@@ -376,9 +327,7 @@ class DerpService:
         )
 
     async def _websocket(self, stream, leftover: bytes, ws_key: bytes, peer, not_ideal: bool, scope, state) -> None:
-        from wsproto.utilities import generate_accept_token
-
-        accept = generate_accept_token(ws_key)
+        accept = accept_token(ws_key)
         response = (
             b"HTTP/1.1 101 Switching Protocols\r\n"
             b"Upgrade: websocket\r\n"
@@ -388,7 +337,7 @@ class DerpService:
         )
         with trio.fail_after(self.handshake_timeout):
             await stream.send_all(response)
-        ws = _WebSocketStream(stream, leftover)
+        ws = WebSocketByteStream(stream, leftover)
         state.stream = ws
         await self._derp_session(ws, b"", b"", peer, not_ideal, scope, state)
 

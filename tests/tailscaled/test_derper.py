@@ -10,7 +10,6 @@ import urllib.request
 import pytest
 
 from tsclients import VERSIONS
-from tslab import wait_for
 
 
 def _post_verify(net, node_key: str) -> dict:

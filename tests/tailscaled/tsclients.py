@@ -49,3 +49,13 @@ def missing(version: str) -> str | None:
 def derper_path() -> Path:
     """Tailscale's DERP server, built by `make clients` at the newest version."""
     return clients_dir() / f"v{_versions_file()[0]}" / "derper"
+
+
+def wasm_client() -> tuple[Path, Path, Path] | None:
+    """Tailscale's WebAssembly client (built by `make clients` at the newest version), Go's
+    wasm_exec.js for it, and the folder holding the `ws` npm package; None if any is missing."""
+    folder = clients_dir() / f"v{_versions_file()[0]}"
+    wasm, exec_js, modules = folder / "tsconnect.wasm", folder / "wasm_exec.js", clients_dir() / "npm" / "node_modules"
+    if wasm.exists() and exec_js.exists() and (modules / "ws").is_dir():
+        return wasm, exec_js, modules
+    return None

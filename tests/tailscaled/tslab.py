@@ -444,6 +444,30 @@ class Tailnet:
     def derper_log(self) -> str:
         return self.derper_log_path.read_text(errors="replace")
 
+    def start_wasm_client(self, host: str, authkey: str, hostname: str, fetch_url: str) -> Path:
+        """Tailscale's WebAssembly client under Node.js on plain lab host `host`: it joins with
+        `authkey` (control over WebSocket), then GETs `fetch_url` across the tailnet (through DERP
+        over WebSocket). Node trusts our relay's certificate as a browser would trust a real one.
+        Returns its log, whose lines the test waits on (run_ipn.js)."""
+        from tsclients import wasm_client
+
+        wasm, exec_js, modules = wasm_client()
+        if host not in self.lab.hosts:
+            self.lab.add_host(host)
+        log_path = self.workdir / f"{host}-wasm.log"
+        log = open(log_path, "ab")
+        script = Path(__file__).with_name("wasm") / "run_ipn.js"
+        cert = self.workdir / "ctl" / "data" / "derp_tls_cert.pem"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir), "NODE_EXTRA_CA_CERTS": str(cert)}
+        try:
+            # argv0 "browser": Go's js/wasm net/http then uses fetch(), as in a browser (run_ipn.js)
+            self.lab.popen(host, ["bash", "-c", 'exec -a browser node "$@"', "node", str(script), str(wasm),
+                                  str(exec_js), str(modules), self.server.url, authkey, hostname, fetch_url],
+                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        finally:
+            log.close()
+        return log_path
+
     def record_capvers(self, into: dict[str, int]) -> None:
         """The capability version each node's client sent, as the server logged it at map time."""
         ids = {str(n.get("id")): n.get("given_name") or n.get("name") for n in self.server.nodes()}
