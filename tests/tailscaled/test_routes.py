@@ -55,8 +55,8 @@ def routed(nodes_tailnet):
         node.start()
         node.up(alice_key, f"--advertise-routes={LAN}", "--netfilter-mode=on", *flags)
         routers[name] = node
-    ra_id = srv.node_named("ra")["id"]
-    srv.cli("nodes", "approve-routes", "--identifier", str(ra_id), "--routes", LAN)
+        if name == "ra":  # approved first, so ra is the prefix's primary and rb its secondary
+            srv.cli("nodes", "approve-routes", "--identifier", str(srv.node_named("ra")["id"]), "--routes", LAN)
 
     ex = net.add_node("ex", VERSIONS[len(VERSIONS) // 2], start=False)
     net.attach("ex", "uplink", "198.51.100.1/24", gateway="198.51.100.2")
@@ -119,12 +119,37 @@ def test_exit_node_not_offered_without_autogroup_internet(routed):
     assert bob.ts("set", "--exit-node=ex", check=False).returncode != 0
 
 
+@pytest.mark.scenario("via grant: one user's traffic to a prefix steered to tagged routers")
+def test_via_grant_steers_bob_to_the_tagged_router(routed):
+    net = routed
+    via = {
+        "tagOwners": POLICY["tagOwners"],
+        "autoApprovers": POLICY["autoApprovers"],
+        "grants": [
+            {"src": ["alice@"], "dst": ["alice@", LAN, "autogroup:internet"], "ip": ["*"]},
+            {"src": ["bob@"], "dst": [LAN], "ip": ["tcp:80"], "via": ["tag:router"]},
+        ],
+    }
+    bob, alice = net.nodes["b0"], _client(net, NEWEST)
+    try:
+        net.server.set_policy(via)
+        wait_for(lambda: _primary_router(bob) == "rb", 30, "bob's LAN route through rb (tag:router)")
+        assert wait_for(lambda: bob.http_get("http://10.99.0.10/", timeout=5) == "lan", 60, "bob -> LAN via rb")
+        assert _primary_router(alice) == "ra", "alice keeps the prefix's own primary"
+        assert alice.http_get("http://10.99.0.10/") == "lan"
+    finally:
+        net.server.set_policy(POLICY)
+    wait_for(lambda: _primary_router(bob) == "ra", 30, "bob back on the primary without the via grant")
+
+
 @pytest.mark.scenario("two routers for one prefix: traffic moves when the primary stops")
 def test_router_failover(routed):
     c = _client(routed, NEWEST)
     assert wait_for(lambda: c.http_get("http://10.99.0.10/", timeout=5) == "lan", 60, "LAN through the primary")
+    assert _primary_router(c) == "ra"
     routed.nodes["ra"].stop()
     assert wait_for(lambda: c.http_get("http://10.99.0.10/", timeout=3) == "lan", 90, "LAN through rb")
+    assert wait_for(lambda: _primary_router(c) == "rb", 30, "rb as the primary")
 
 
 @pytest.mark.scenario("two routers for one prefix: traffic moves when the primary's link is cut")
