@@ -70,6 +70,11 @@ class TooLarge(StoreError):
     """A client-supplied value is over its size cap; nothing was stored."""
 
 
+class BadValue(TooLarge):
+    """A client-supplied value no store can keep as it is (a NUL character, which PostgreSQL's
+    text and jsonb refuse); nothing was stored. A TooLarge, so callers treat both alike."""
+
+
 class StoreFull(StoreError):
     """A bounded table (pending registrations) is full; try again later."""
 

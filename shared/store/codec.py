@@ -475,10 +475,14 @@ def hostinfo_size(hostinfo: Any) -> int:
 
 
 def check_hostinfo(hostinfo: Any) -> int:
-    """Its size; TooLarge over MAX_HOSTINFO_BYTES (read at call time, so tests may lower it)."""
-    size = hostinfo_size(hostinfo)
+    """Its size; TooLarge over MAX_HOSTINFO_BYTES (read at call time, so tests may lower it),
+    BadValue with a NUL character in it."""
+    text = json_text(dict(hostinfo or {}))
+    size = len(text.encode())
     if size > base.MAX_HOSTINFO_BYTES:
         raise TooLarge(f"Hostinfo is {size} bytes; the limit is {base.MAX_HOSTINFO_BYTES}")
+    if "\\u0000" in text:
+        raise base.BadValue("Hostinfo contains a NUL character")
     return size
 
 
@@ -494,6 +498,8 @@ def _check_node_sizes(values: Mapping[str, Any]) -> None:
         raise TooLarge(f"an endpoint is longer than {base.MAX_ENDPOINT_LEN} characters")
     if len(values.get("hostname") or "") > base.MAX_HOSTNAME_LEN:
         raise TooLarge(f"hostname is longer than {base.MAX_HOSTNAME_LEN} characters")
+    if "\0" in (values.get("hostname") or "") or any("\0" in e for e in eps):
+        raise base.BadValue("a NUL character in the hostname or an endpoint")
 
 
 def _use_auth_key(key_id: int):

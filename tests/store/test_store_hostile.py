@@ -187,3 +187,15 @@ async def test_trim_is_bounded_per_call(store):
     assert await store.trim_changes(utcnow(), max_rows=3) == 3
     assert await store.trim_changes(utcnow(), max_rows=3) == 1
     assert len(await store.changes_since(0)) == 1
+
+
+async def test_a_nul_character_from_a_client_is_refused_on_both_stores(store):
+    """PostgreSQL's text and jsonb cannot hold NUL: refuse it everywhere, never a driver error."""
+    u = await store.create_user("alice")
+    n = await store.create_node(node(u.id))
+    for fields in ({"hostinfo": {"Hostname": "a\x00b"}}, {"hostname": "a\x00b"}, {"endpoints": ("1.2.3.4:5\x00",)}):
+        with pytest.raises(base.BadValue):
+            await store.update_node(n.id, **fields)
+    with pytest.raises(TooLarge):  # what the handlers catch: a 400 with the reason
+        await store.create_node(node(u.id, hostinfo={"OS": "\x00"}))
+    assert (await store.get_node(n.id)).hostname == n.hostname
