@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +32,14 @@ table needs a client-side setting beyond what Tailscale's own documentation give
 - Subnet routers and exit nodes need IP forwarding on the router (`net.ipv4.ip_forward=1`); an exit
   node does not forward to networks it is directly attached to (Tailscale's rule), so the
   "internet" must be at least one router away.
+- Clients before Tailscale 1.82 (capability version 115) cannot pin a self-signed DERP certificate
+  (`CertName: sha256-raw:…`); the coordinator leaves the pin out of their DERP map, so with the
+  embedded relay's self-signed certificate they rely on `InsecureForTests` (the default when the
+  certificate is self-signed). Give relays a real certificate in production.
+- Tailscale SSH `check` rules: the person connecting is shown an auth id; an administrator runs
+  `trioscale auth approve --auth-id ID` (every version in the table).
+- The WebAssembly client (browsers) speaks TS2021 and DERP over WebSocket; a browser must trust the
+  relay's certificate (a self-signed one works only where it is added as trusted).
 - Cross-user Taildrop needs two grants with the clients' own capability names:
   `https://tailscale.com/cap/file-send` (sender → receiver) and
   `https://tailscale.com/cap/file-sharing-target` (receiver → sender).
@@ -74,7 +83,8 @@ def main() -> int:
                   "| capver | version | requests |", "|---|---|---|"]
         names = {c: v for v, c in capvers.items()}
         for capver in sorted(by_capver, reverse=True):
-            reqs = ", ".join(f"`{r}`" for r in by_capver[capver])
+            paths = sorted({re.sub(r"/\d+(?=/|$)", "/<id>", r) for r in by_capver[capver]})
+            reqs = ", ".join(f"`{r}`" for r in paths)
             lines.append(f"| {capver} | {names.get(capver, '?')} | {reqs} |")
         lines += ["", "Everything else under `/machine/` is answered at once: 501 for the endpoints Tailscale "
                   "defines that trioscale does not implement, 404 for unknown ones (never a hang or a 500)."]
