@@ -23,6 +23,18 @@ CAPVERS: dict[str, int] = {}  # version -> capability version the client sent (f
 ENDPOINTS: dict[int, set[str]] = {}  # capability version -> Noise requests seen from such clients
 
 
+#: where Tailscale's programs put state when told nothing else; the tests must leave them alone
+DEFAULT_STATE_DIRS = (Path("/var/lib/tailscale"), Path("/var/lib/derper"), Path("/var/cache/tailscale"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_written_to_var():
+    before = {p for p in DEFAULT_STATE_DIRS if p.exists()}
+    yield
+    created = {p for p in DEFAULT_STATE_DIRS if p.exists()} - before
+    assert not created, f"a real client wrote outside its test folders: {sorted(map(str, created))}"
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _collect_endpoints():
     """After each module, add the Noise endpoints its servers saw to ENDPOINTS (docs/clients.md)."""

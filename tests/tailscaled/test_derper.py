@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from tsclients import VERSIONS
+from tslab import wait_for
 
 
 def _post_verify(net, node_key: str) -> dict:
@@ -35,3 +36,39 @@ def test_verify_endpoint_refuses_unknown_keys(derper_tailnet):
     known = next(iter(derper_tailnet.nodes.values())).status()["Self"]["PublicKey"]
     assert _post_verify(derper_tailnet, known) == {"Allow": True}
     assert _post_verify(derper_tailnet, "nodekey:" + "ab" * 32) == {"Allow": False}
+
+
+def test_derper_refuses_a_key_we_do_not_know(derper_tailnet):
+    """A DERP client with a node key the coordinator never registered is let through the DERP
+    handshake by derper, which then asks our /verify and closes the connection."""
+    import trio
+
+    from trioscale.shared import derpclient
+    from trioscale.shared.proto import keys
+
+    net = derper_tailnet
+    if "tester" not in net.lab.hosts:
+        net.lab.add_host("tester")
+
+    private = keys.generate_private_key()
+
+    async def attempt() -> str:
+        with trio.fail_after(20):
+            try:
+                client = await derpclient.connect_derp("10.77.0.3", 443, private, verify=False, timeout=10)
+            except (derpclient.DerpHandshakeError, OSError, trio.BrokenResourceError) as exc:
+                return f"refused at the handshake: {exc}"
+            try:
+                while True:
+                    await client.recv()
+            except (EOFError, trio.BrokenResourceError) as exc:
+                return f"closed: {exc}"
+            finally:
+                await client.aclose()
+
+    with net.lab.inside("tester"):
+        outcome = trio.run(attempt)
+    assert outcome.startswith(("refused", "closed")), outcome
+    node_key = keys.NODE.format(keys.public_key(private))
+    wait_for(lambda: f"{node_key}/" in net.derper_log() and "not allowed" in net.derper_log(), 10,
+             "derper to log the refusal from our /verify")

@@ -173,8 +173,11 @@ class Node:
         return self
 
     def env(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), **CLIENT_ENV,
-                **self.extra_env}
+        # TS_LOGS_DIR: tailscaled keeps its log configuration there (default /var/lib/tailscale)
+        logs = self.dir / "logs"
+        logs.mkdir(exist_ok=True)
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "TS_LOGS_DIR": str(logs),
+                **CLIENT_ENV, **self.extra_env}
 
     def _alive(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -434,7 +437,9 @@ class Tailnet:
         log = open(self.derper_log_path, "ab")
         try:
             self.lab.popen("derper", [
-                str(binary), f"--hostname={ip}", "--certmode=manual", f"--certdir={certdir}", "-a", ":443",
+                # -c: its key file in our folder (the default is /var/lib/derper)
+                str(binary), f"-c={certdir / 'derper.json'}", f"--hostname={ip}", "--certmode=manual",
+                f"--certdir={certdir}", "-a", ":443",
                 "--stun=false", f"--verify-client-url={self.server.url}/verify",
                 "--verify-client-url-fail-open=false",
             ], stdout=log, stderr=subprocess.STDOUT, cwd=certdir)
