@@ -63,11 +63,11 @@ clients:
 		npm install --silent --prefix "$(CLIENTS_DIR)/npm" ws@8.23.1 || exit 1; \
 	fi
 
-# Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP)
-# and ping (ICMP across the tailnet).
+# Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP),
+# ping (ICMP across the tailnet) and the OpenSSH client (under `tailscale ssh`).
 labtools:
-	@if ! command -v nft >/dev/null 2>&1 || ! command -v ping >/dev/null 2>&1; then \
-		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y nftables iputils-ping; \
+	@if ! command -v nft >/dev/null 2>&1 || ! command -v ping >/dev/null 2>&1 || ! command -v ssh >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y nftables iputils-ping openssh-client; \
 	fi
 
 clean-venv:
