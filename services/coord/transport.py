@@ -456,6 +456,11 @@ class _Http1Connection:
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
         headers = _headers_dict(request.headers)
+        if method == "CONNECT":
+            # a 2xx answer to CONNECT switches protocols in HTTP/1.1 (h11 then refuses a body);
+            # nothing here tunnels, so no handler may see one
+            await self._simple(405, "method not allowed\n", close=True)
+            raise _Close("CONNECT request")
         if path == "/ts2021":
             return await self._upgrade(headers, query)
         if path == "/key":

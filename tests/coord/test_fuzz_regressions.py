@@ -115,3 +115,34 @@ async def test_error_answer_to_a_head_request_is_clean(nursery, caplog, request_
                 rest += chunk
         assert b"publicKey" in rest
     assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]
+
+
+async def test_connect_is_refused_before_any_handler(nursery, caplog) -> None:
+    """CONNECT answered with a 2xx switches protocols in HTTP/1.1, and h11 then refuses the
+    answer's body: the listener logged a traceback at ERROR (found by the atheris `upgrade`
+    target, with a handler that answers 200 to every path). CONNECT is a 405 and a close now."""
+    import functools
+
+    import trio
+
+    from trioscale.services.coord.transport import serve_control
+
+    async def noise_handler(request, response):  # never reached
+        await response.send(404)
+
+    async def http_handler(method, path, headers, body):
+        return 200, [("content-type", "text/plain")], b"anything\n"
+
+    addr = await nursery.start(
+        functools.partial(serve_control, ("127.0.0.1", 0), keys.generate_private_key(), noise_handler, http_handler)
+    )
+    host, port = addr.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    nursery.start_soon(_close_at_end, stream)
+    await stream.send_all(b"CONNECT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    answer = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 405"), answer
+    assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]
