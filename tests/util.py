@@ -67,6 +67,39 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
 
 
+class ServerCli:
+    """`trioscale` CLI helpers for a test server: a class that has `config_path` and `cli_cwd`
+    (the server's folder) gets `cli`, `cli_json` and the look-ups the tests use."""
+
+    config_path: Path
+    cli_cwd: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "trioscale.cli", "--config", str(self.config_path), *args],
+                              capture_output=True, text=True, timeout=60, cwd=self.cli_cwd)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"trioscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def create_user(self, name: str) -> dict:
+        return self.cli_json("users", "create", name)
+
+    def create_key(self, user: str, *flags: str) -> str:
+        return self.cli_json("preauthkeys", "create", "--user", user, *flags)["key"]
+
+    def nodes(self) -> list[dict]:
+        return self.cli_json("nodes", "list")
+
+    def node_named(self, name: str) -> dict | None:
+        for node in self.nodes():
+            if name in (node.get("given_name"), node.get("name"), node.get("hostname")):
+                return node
+        return None
+
+
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):

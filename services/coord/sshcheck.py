@@ -27,14 +27,14 @@ from typing import Any, Awaitable, Callable
 
 from trioscale.shared.model import Node, SSHCheck
 
-from .domain.policy.ssh import ACCEPT_ACTION
+from .domain.policy.ssh import ACCEPT_ACTION, ACTION_PATH
 
 #: how long a held session may wait for an administrator
 CHECK_TTL = timedelta(minutes=10)
 #: one long poll; the client asks again after an undecided answer
 POLL_WAIT = 25.0
 
-_PATH = re.compile(r"^/machine/ssh/action/(\d{1,18})/to/(\d{1,18})$")
+_PATH = re.compile("^" + re.escape(ACTION_PATH).replace(r"\{src\}", r"(\d{1,18})").replace(r"\{dst\}", r"(\d{1,18})") + "$")
 _AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _LOCAL_USER = re.compile(r"^[A-Za-z0-9._@$-]{0,64}$")
 
@@ -65,7 +65,7 @@ def parse(path: str) -> tuple[int, int, str, str]:
 
 def hold_url(control_url: str, src: int, dst: int, local_user: str, auth_id: str) -> str:
     query = urllib.parse.urlencode({"local_user": local_user, "auth_id": auth_id})
-    return f"{control_url.rstrip('/')}/machine/ssh/action/{src}/to/{dst}?{query}"
+    return f"{control_url.rstrip('/')}{ACTION_PATH.format(src=src, dst=dst)}?{query}"
 
 
 async def answer(

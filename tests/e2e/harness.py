@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from util import free_tcp_udp_port
+from util import ServerCli, free_tcp_udp_port
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 
@@ -62,12 +62,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
     return proc.poll()
 
 
-class Trioscale:
+class Trioscale(ServerCli):
     """`trioscale serve` in a subprocess, with its own data dir and free ports."""
 
     def __init__(self, workdir: Path, **overrides: Any) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
+        self.cli_cwd = workdir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.control_port = free_port()
         self.derp_port = free_port()
@@ -122,36 +123,6 @@ class Trioscale:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [*TRIOSCALE, "--config", str(self.config_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=self.workdir,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"trioscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-        return proc
-
-    def cli_json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "-o", "json").stdout)
-
-    def create_user(self, name: str) -> dict:
-        return self.cli_json("users", "create", name)
-
-    def create_key(self, user: str, *flags: str) -> str:
-        return self.cli_json("preauthkeys", "create", "--user", user, *flags)["key"]
-
-    def nodes(self) -> list[dict]:
-        return self.cli_json("nodes", "list")
-
-    def node_named(self, name: str) -> dict | None:
-        for node in self.nodes():
-            if name in (node.get("given_name"), node.get("name"), node.get("hostname")):
-                return node
-        return None
 
     def derp_stats(self) -> dict:
         import ssl

@@ -157,7 +157,6 @@ async def test_subscriber_behind_a_trim_gets_a_clear_signal(store):
     await _users(store, 3)
     store.subscriber_lease = 0.0  # positions lapse at once: as if the subscriber was down
     async with store.subscribe(since=1) as changes:
-        await trio.sleep(0.01)
         assert await store.trim_changes(utcnow() + timedelta(seconds=1)) == 2
         with pytest.raises(ChangesTrimmed, match="trimmed past seq 1"):
             await changes.__anext__()

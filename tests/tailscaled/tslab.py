@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "multihost"))
 from netlab import Lab  # noqa: E402
 
 from tsclients import client_paths  # noqa: E402
+from util import ServerCli  # noqa: E402
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 CONTROL_PORT = 8080
@@ -49,6 +51,8 @@ CLIENT_ENV = {
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Like tests/util.py's, but a failing `tailscale` command (an AssertionError from Node.ts)
+    is one more "not yet": clients answer errors while they reconnect."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -62,7 +66,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
-class Server:
+class Server(ServerCli):
     """`trioscale serve` on lab host "ctl", listening on its lab address."""
 
     def __init__(self, net: "Tailnet", config: dict[str, Any]) -> None:
@@ -70,6 +74,7 @@ class Server:
         self.dir = net.workdir / "ctl"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "trioscale.yaml"
+        self.cli_cwd = self.dir  # the CLI reaches the server over its unix socket, from any namespace
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "trioscale.log"
         self.proc: subprocess.Popen | None = None
@@ -91,44 +96,17 @@ class Server:
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"trioscale exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-        out = self.net.lab_output("ctl", "python3", "-c",
-                                  f"import urllib.request;print(urllib.request.urlopen('{self.url}/health',timeout=1).status)")
-        return out.strip() == "200"
+        with self.net.lab.inside("ctl"), urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+            return resp.status == 200
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        # The CLI talks to the server over its unix socket, which works from any namespace.
-        proc = subprocess.run([*TRIOSCALE, "--config", str(self.config_path), *args],
-                              capture_output=True, text=True, timeout=60, cwd=self.dir)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"trioscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-        return proc
-
-    def cli_json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "-o", "json").stdout)
 
     def set_policy(self, policy: dict | str) -> None:
         text = policy if isinstance(policy, str) else json.dumps(policy)
         path = self.dir / "policy.hujson"
         path.write_text(text)
         self.cli("policy", "set", "-f", str(path))
-
-    def create_user(self, name: str) -> dict:
-        return self.cli_json("users", "create", name)
-
-    def create_key(self, user: str, *flags: str) -> str:
-        return self.cli_json("preauthkeys", "create", "--user", user, *flags)["key"]
-
-    def nodes(self) -> list[dict]:
-        return self.cli_json("nodes", "list")
-
-    def node_named(self, name: str) -> dict | None:
-        for node in self.nodes():
-            if name in (node.get("given_name"), node.get("name"), node.get("hostname")):
-                return node
-        return None
 
 
 class Node:
@@ -325,11 +303,6 @@ class Tailnet:
         self.segments: dict[str, str] = {}
         self.plain_hosts: set[str] = set()
         self._links = 0
-
-    def lab_output(self, host: str, *argv: str) -> str:
-        proc = subprocess.run(["ip", "netns", "exec", self.lab.ns(host), *argv],
-                              capture_output=True, text=True, timeout=10)
-        return proc.stdout
 
     def start_server(self, **overrides: Any) -> Server:
         ip = self.lab.add_host("ctl")

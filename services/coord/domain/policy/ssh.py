@@ -29,7 +29,9 @@ ACCEPT_ACTION = {
     "allowLocalPortForwarding": True,
     "allowRemotePortForwarding": True,
 }
-CHECK_URL = "{base}/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
+#: where a destination node asks about a session a `check` rule holds (services/coord/sshcheck.py)
+ACTION_PATH = "/machine/ssh/action/{src}/to/{dst}"
+CHECK_URL = "{base}" + ACTION_PATH.format(src="$SRC_NODE_ID", dst="$DST_NODE_ID") + "?local_user=$LOCAL_USER"
 LOCALPART = "localpart:"
 NOT_ASSOCIATED = "{} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions"
 
