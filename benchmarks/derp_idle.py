@@ -133,8 +133,8 @@ def run_clients(a: argparse.Namespace) -> None:
     from nacl.public import PrivateKey
 
     from trioscale.services.derp.rawstream import RawStream, open_tcp_raw
-    from trioscale.shared.derpclient import derp_upgrade
-    from trioscale.shared.tlsutil import client_context
+    from trioscale.shared.testing.derpclient import derp_upgrade
+    from trioscale.shared.net.tls import client_context
 
     _raise_nofile(a.clients + 1024)
     tls = client_context(verify=False)

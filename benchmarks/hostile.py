@@ -12,7 +12,7 @@ Run by hand (not a test), on a machine you own, under `nice` (the floods use the
 
 Each flood gets a fresh server (temp data dir, free 127.0.0.1 ports, killed by PID at the end),
 a reusable pre-auth key, and two real nodes registered through our own Noise client
-(shared/noiseclient.py): `watcher` holds a map stream and `mover` is renamed through the admin API
+(shared/testing/noiseclient.py): `watcher` holds a map stream and `mover` is renamed through the admin API
 every second. While the flood runs the benchmark measures, once a second:
 
 * map: each rename should reach the watcher's map stream as a delta (delivered / renames, latency);
@@ -80,8 +80,8 @@ import h2.exceptions
 import trio
 import yaml
 
-from trioscale.shared.derpclient import connect_derp
-from trioscale.shared.noiseclient import (
+from trioscale.shared.testing.derpclient import connect_derp
+from trioscale.shared.testing.noiseclient import (
     ControlClientError,
     _ClientStream,
     fetch_server_key,
@@ -89,7 +89,7 @@ from trioscale.shared.noiseclient import (
     open_noise_client,
 )
 from trioscale.shared.proto import keys, mapframe
-from trioscale.shared.tlsutil import client_context
+from trioscale.shared.net.tls import client_context
 
 READY_TEXT = "trioscale is running"
 BASE_DOMAIN = "tailnet.internal"

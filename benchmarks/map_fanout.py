@@ -5,7 +5,7 @@ every other node has the delta?
 Run by hand (not a test). It starts `trioscale serve` (SQLite, the embedded default) in a temp
 directory on free loopback ports, or uses --control URLs of running coordinators (several URLs
 spread the nodes over replicas: then pass --authkey too). The simulated nodes are our own Noise
-client (shared/noiseclient.py), all in this process.
+client (shared/testing/noiseclient.py), all in this process.
 
     .venv/bin/python benchmarks/map_fanout.py --nodes 100 1000 --rounds 5
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 import yaml
 
-from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys, mapframe
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]

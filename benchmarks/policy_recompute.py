@@ -33,10 +33,10 @@ import time
 from datetime import datetime, timezone
 
 from trioscale.services.coord.coordinator import Coordinator, MapSession
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
-from trioscale.services.coord.domain.peerset import PeerSet
-from trioscale.services.coord.domain.policy import Policy
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
+from trioscale.shared.domain.peerset import PeerSet
+from trioscale.shared.domain.policy import Policy
 from trioscale.services.coord.policyhost import parse_and_check
 from trioscale.shared.model import Node, User
 

@@ -398,7 +398,7 @@ def api_key_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _api_key_prefix(prefix: str | None, key_id: int | None) -> str | None:
     """The --prefix to send (None: send --id). A whole key is cut to its prefix here, so the
     secret never leaves this process (a DELETE carries the prefix in its URL)."""
-    from trioscale.shared import secrets
+    from trioscale.shared.domain import secrets
 
     prefix = (prefix or "").strip() or None
     if (key_id is None) == (prefix is None):
@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: still one line
-        from trioscale.shared.secrets import mask
+        from trioscale.shared.domain.secrets import mask
 
         click.echo(f"Error: internal error: {mask(str(exc)) or type(exc).__name__}", err=True)
         return 1

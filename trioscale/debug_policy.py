@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.policy import (
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.policy import (
     NodeInfo,
     Policy,
     PolicyError,
     UserInfo,
     compile_policy,
 )
-from trioscale.services.coord.domain.policy.tests import run_policy_tests
+from trioscale.shared.domain.policy.acltests import run_policy_tests
 
 
 def node_order(case: dict[str, Any]) -> list[str]:

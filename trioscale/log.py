@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from trioscale.shared.secrets import mask as mask_secrets
+from trioscale.shared.domain.secrets import mask as mask_secrets
 
 __all__ = ["setup_logging", "SecretMaskFilter", "TextFormatter", "JsonFormatter", "mask_secrets"]
 

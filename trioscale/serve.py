@@ -133,7 +133,7 @@ async def serve_services(
         print_next_steps = "coord" in wanted
 
     caps = _plan_connection_caps(config, wanted)
-    from trioscale.shared.filemodes import secure_data_dir
+    from trioscale.shared.store.filemodes import secure_data_dir
 
     secure_data_dir(config)  # 0700 / 0600, fixing what an older trioscale left open
     async with open_store(config) as store:
@@ -245,7 +245,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _describe(exc: BaseException) -> str:
-    from trioscale.shared.secrets import mask
+    from trioscale.shared.domain.secrets import mask
 
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:

@@ -39,9 +39,9 @@ from werkzeug.exceptions import HTTPException
 from trioscale.config import parse_duration, split_hostport
 from trioscale.context import ServiceContext
 from trioscale.services.coord.adminclient import short_unix_path
-from trioscale.services.coord.domain.names import InvalidName, validate_label
+from trioscale.shared.domain.names import InvalidName, validate_label
 from trioscale.services.coord.registration import complete_registration
-from trioscale.shared import secrets as keys
+from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, User, utcnow
 from trioscale.shared.net.limits import ConnectionLimiter, connection_limiter
 from trioscale.shared.net.listen import serve_stream_sockets

@@ -24,8 +24,8 @@ from quart import request
 from trioscale.shared.model import Node, Share, User
 from trioscale.shared.store.base import Conflict, NotFound
 
-from .domain.policy import PolicyError
-from .domain.routes import RouteError, advertised_routes, normalize_routes
+from trioscale.shared.domain.policy import PolicyError
+from trioscale.shared.domain.routes import RouteError, advertised_routes, normalize_routes
 from .policyhost import parse_and_check
 
 #: how long a policy change waits for this process's coordinator to install it before answering

@@ -27,11 +27,11 @@ from trioscale.shared.model import Change, Node, utcnow
 from trioscale.shared.proto import mapframe
 from trioscale.shared.store.base import ChangesTrimmed, NotFound, Store, StoreError, StoreUnavailable
 
-from .domain.peerset import PeerSet
-from .domain.netmap import Delta, Settings, Tailnet, changed_fields
+from trioscale.shared.domain.peerset import PeerSet
+from trioscale.shared.domain.netmap import Delta, Settings, Tailnet, changed_fields
 from .policyfanout import PolicyFanout
 from .policyhost import PolicyHost
-from .domain import tailcfg
+from trioscale.shared.domain import tailcfg
 from .presence import PresenceTracker
 
 log = logging.getLogger("trioscale.coord")

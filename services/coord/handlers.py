@@ -22,7 +22,7 @@ from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store.base import StoreFull, TooLarge
 
 from . import register, setdns, sshcheck
-from .domain import names, tailcfg
+from trioscale.shared.domain import names, tailcfg
 from .coordinator import Coordinator, Encoded
 
 log = logging.getLogger("trioscale.coord.handlers")

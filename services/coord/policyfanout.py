@@ -467,7 +467,7 @@ class PolicyFanout:
     async def _persist_auto_approvals(self, node: Node) -> None:
         """Routes autoApprovers approve are recorded as approved (as Tailscale does: an approval
         outlives the policy rule that made it)."""
-        from .domain.routes import normalize_routes
+        from trioscale.shared.domain.routes import normalize_routes
 
         approved = self.policy.auto_approved(node)
         if not approved:

@@ -23,10 +23,10 @@ from typing import Any
 
 from trioscale.shared.model import Node, Share, User
 
-from .domain import tailcfg
-from .domain.policy import CompiledPolicy, Policy, PolicyError, compile_policy, node_info, user_info
-from .domain.policy.tests import run_policy_tests
-from .domain.routes import EXIT_ROUTES, elect_primaries
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.policy import CompiledPolicy, Policy, PolicyError, compile_policy, node_info, user_info
+from trioscale.shared.domain.policy.acltests import run_policy_tests
+from trioscale.shared.domain.routes import EXIT_ROUTES, elect_primaries
 
 log = logging.getLogger("trioscale.coord.policy")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from .domain.policy import Policy, PolicyError
+from trioscale.shared.domain.policy import Policy, PolicyError
 from .policyhost import parse_and_check
 
 log = logging.getLogger("trioscale.coord.policy")

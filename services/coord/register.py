@@ -17,14 +17,14 @@ from datetime import datetime, timedelta
 import contextlib
 from typing import Any, Protocol
 
-from trioscale.shared import secrets
+from trioscale.shared.domain import secrets
 from trioscale.shared.model import Node, PendingRegistration, User
 from trioscale.shared.proto import keys
 from trioscale.shared.store import base as store_base
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
 from trioscale.shared.store.codec import hostinfo_size
 
-from .domain import ipalloc, names, tailcfg
+from trioscale.shared.domain import ipalloc, names, tailcfg
 
 log = logging.getLogger("trioscale.coord.register")
 

@@ -20,8 +20,8 @@ from trioscale.shared.proto import keys
 
 from . import register
 from .coordinator import Coordinator
-from .domain import tailcfg
-from .domain.netmap import Settings, dns_config
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings, dns_config
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .presence import PresenceTracker

@@ -32,7 +32,7 @@ from typing import Any
 from trioscale.services.dns.txt import TxtRecords, normalize_name
 from trioscale.shared.model import Node
 
-from .domain.dnsconfig import cert_domain
+from trioscale.shared.domain.dnsconfig import cert_domain
 
 log = logging.getLogger("trioscale.coord.setdns")
 

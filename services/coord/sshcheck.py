@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 
 from trioscale.shared.model import Node, SSHCheck
 
-from .domain.policy.ssh import ACCEPT_ACTION, ACTION_PATH
+from trioscale.shared.domain.policy.ssh import ACCEPT_ACTION, ACTION_PATH
 
 #: how long a held session may wait for an administrator
 CHECK_TTL = timedelta(minutes=10)

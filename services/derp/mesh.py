@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioscale.shared.derpclient import DerpHandshakeError, derp_upgrade
+from trioscale.shared.testing.derpclient import DerpHandshakeError, derp_upgrade
 from trioscale.shared.model import utcnow
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import KEY_LEN, PeerGone, PeerPresent, PeerPresentFlags
 from trioscale.shared.store.base import ChangesTrimmed
-from trioscale.shared.tlsutil import client_context
+from trioscale.shared.net.tls import client_context
 
 from .rawstream import RawStream, open_tcp_raw
 

@@ -36,7 +36,7 @@ from typing import Any
 import h11
 import trio
 
-from trioscale.shared import tlsutil
+from trioscale.shared.net import tls as tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
 from trioscale.shared.net.limits import connection_limiter, limiter_stats
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from trioscale.shared import filemodes
+from trioscale.shared.store import filemodes
 from trioscale.shared.model import Change, utcnow
 from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 from trioscale.shared.store.base import Conflict, StoreUnavailable

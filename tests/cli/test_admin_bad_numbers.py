@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrioscaleServer
 @pytest.fixture(scope="module")
 def setup(server: TrioscaleServer) -> dict[str, Any]:
     """An API key, a user, and one real node (registered over Noise) for the node routes."""
-    from trioscale.shared.noiseclient import open_noise_client
+    from trioscale.shared.testing.noiseclient import open_noise_client
     from trioscale.shared.proto import keys
 
     token = server.cli_ok("apikeys", "create").strip()

@@ -282,7 +282,7 @@ def test_remote_cli_with_api_key(server: TrioscaleServer) -> None:
 
 
 def _sim_register(host: str, port: int, hostname: str, authkey: str | None) -> dict:
-    from trioscale.shared.noiseclient import open_noise_client
+    from trioscale.shared.testing.noiseclient import open_noise_client
     from trioscale.shared.proto import keys
 
     node_key = keys.generate_private_key()

@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrioscaleServer
 
 
 def register(server: TrioscaleServer, hostname: str, authkey: str, **hostinfo) -> int:
-    from trioscale.shared.noiseclient import open_noise_client
+    from trioscale.shared.testing.noiseclient import open_noise_client
     from trioscale.shared.proto import keys
 
     host, port = server.config["listen_addr"].rsplit(":", 1)

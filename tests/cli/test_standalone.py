@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from trioscale.log import setup_logging
-from trioscale.shared import secrets
+from trioscale.shared.domain import secrets
 from util import TrioscaleServer, free_port, free_ports_config, wait_for
 
 

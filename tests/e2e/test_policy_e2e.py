@@ -135,7 +135,7 @@ ROUTES = """{
 
 def register_router(srv: Trioscale, authkey: str, routes: list[str]) -> None:
     """A node from our own Noise client that advertises `routes` (tsnet in Caddy cannot)."""
-    from trioscale.shared.noiseclient import open_noise_client
+    from trioscale.shared.testing.noiseclient import open_noise_client
     from trioscale.shared.proto import keys
 
     host, port = srv.server_url.rsplit("//", 1)[1].rsplit(":", 1)
@@ -280,7 +280,7 @@ class SimRouter:
             self.error = exc
 
     async def _main(self) -> None:
-        from trioscale.shared.noiseclient import open_noise_client
+        from trioscale.shared.testing.noiseclient import open_noise_client
         from trioscale.shared.proto import keys
 
         host, port = self.srv.server_url.rsplit("//", 1)[1].rsplit(":", 1)

@@ -35,16 +35,17 @@ from trioscale.config import config_from_dict
 from trioscale.context import ServiceContext
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.transport import TransportConfig, serve_control
 from trioscale.services.derp import service as derp_service
 from trioscale.services.dns import service as dns_service
 from trioscale.services.stun import service as stun_service
-from trioscale.shared import noiseclient as nc
-from trioscale.shared import secrets, tlsutil
-from trioscale.shared.derpclient import connect_derp, open_derp_client
+from trioscale.shared.testing import noiseclient as nc
+from trioscale.shared.domain import secrets
+from trioscale.shared.net import tls as tlsutil
+from trioscale.shared.testing.derpclient import connect_derp, open_derp_client
 from trioscale.shared.proto import derp as d
 from trioscale.shared.proto import keys, noise, stun
 

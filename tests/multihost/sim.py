@@ -1,4 +1,4 @@
-"""Simulated nodes over our own Noise client (shared/noiseclient.py), for counting what a map
+"""Simulated nodes over our own Noise client (shared/testing/noiseclient.py), for counting what a map
 stream receives: PeersChanged / PeersRemoved per peer, online patches, DERP maps."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys
 
 
@@ -95,7 +95,7 @@ class Sim:
 
     async def stream_until_lost(self, control: tuple[str, int]) -> None:
         """`stream`, but the server going away ends it quietly (a killed replica)."""
-        from trioscale.shared.noiseclient import ControlClientError
+        from trioscale.shared.testing.noiseclient import ControlClientError
 
         try:
             await self.stream(control)

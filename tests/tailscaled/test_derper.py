@@ -43,7 +43,7 @@ def test_derper_refuses_a_key_we_do_not_know(derper_tailnet):
     handshake by derper, which then asks our /verify and closes the connection."""
     import trio
 
-    from trioscale.shared import derpclient
+    from trioscale.shared.testing import derpclient
     from trioscale.shared.proto import keys
 
     net = derper_tailnet

@@ -401,7 +401,7 @@ class Tailnet:
     def start_derper(self, binary: Path, ip: str) -> None:
         """Tailscale's derper on lab host "derper" (TLS on :443 with a self-signed certificate for
         `ip`), admitting only the clients our coordinator's /verify allows."""
-        from trioscale.shared import tlsutil
+        from trioscale.shared.net import tls as tlsutil
 
         certdir = self.workdir / "derper"
         certdir.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,13 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from trioscale.services.coord import handlers, register
-from trioscale.services.coord.domain import names
+from trioscale.shared.domain import names
 from trioscale.shared.model import Node
 from trioscale.shared.proto import keys
 from trioscale.shared.store import codec
 
 INSTRUMENT = ("trioscale.services.coord.handlers", "trioscale.services.coord.register",
-              "trioscale.services.coord.domain", "trioscale.shared.proto.keys")
+              "trioscale.shared.domain", "trioscale.shared.proto.keys")
 MAX_LEN = 8192  # a real RegisterRequest/MapRequest with a full Hostinfo is 1-4 KB
 
 _NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)

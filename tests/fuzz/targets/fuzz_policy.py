@@ -1,4 +1,4 @@
-"""HuJSON policy: services/coord/domain/policy/hujson.py, then the policy parser and compiler as the
+"""HuJSON policy: shared/domain/policy/hujson.py, then the policy parser and compiler as the
 coordinator uses them (policyhost.parse_and_check, then PolicyHost answering every map question).
 
 Invariants: only PolicyError escapes hujson.loads and parse_and_check (that is what the admin API
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 
-from trioscale.services.coord.domain.policy import hujson
-from trioscale.services.coord.domain.policy.errors import PolicyError
+from trioscale.shared.domain.policy import hujson
+from trioscale.shared.domain.policy.errors import PolicyError
 from trioscale.services.coord.policyhost import PolicyHost, parse_and_check
 from trioscale.shared.model import Node, User
 
-INSTRUMENT = ("trioscale.services.coord.domain.policy", "trioscale.services.coord.policyhost")
+INSTRUMENT = ("trioscale.shared.domain.policy", "trioscale.services.coord.policyhost")
 MAX_LEN = 4096  # real policies are larger, but every construct fits in a few KB
 
 _USERS = [User(1, "alice", email="alice@example.com"), User(2, "bob", email="bob@example.com")]

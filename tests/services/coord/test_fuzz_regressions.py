@@ -9,7 +9,7 @@ import json
 import pytest
 
 from trioscale.services.coord import handlers, register
-from trioscale.services.coord.domain import tailcfg
+from trioscale.shared.domain import tailcfg
 from trioscale.shared.model import Node
 from trioscale.shared.proto import keys
 

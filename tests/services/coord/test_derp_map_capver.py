@@ -3,7 +3,7 @@ so a certificate-hash pin would keep them off a self-signed relay: they get the 
 
 from __future__ import annotations
 
-from trioscale.services.coord.domain import tailcfg
+from trioscale.shared.domain import tailcfg
 from trioscale.shared.model import DerpRelay
 
 RELAY = DerpRelay(region_id=900, name="r1", host="10.0.0.1", derp_port=443, cert_name="sha256-raw:" + "ab" * 32,

@@ -34,7 +34,7 @@ def _load_helper():
 
 compare_case = _load_helper().compare_case
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CORPUS = REPO_ROOT.parent / "shared" / "conformance" / "policy"
 CATEGORIES = ("acl", "grant", "routes", "ssh", "sshtest", "policytest", "nodeattrs")
 
@@ -136,7 +136,7 @@ def test_acl_k03_is_a_capture_artifact() -> None:
     tailnet with a rule that covers every node the same way, shows the route to all seven, as the
     engine does."""
     from trioscale.debug_policy import build_tailnet
-    from trioscale.services.coord.domain.policy import Policy, compile_policy, hujson
+    from trioscale.shared.domain.policy import Policy, compile_policy, hujson
 
     route = "10.33.0.0/16"
     k03 = json.loads((CORPUS / "acl" / "acl-k03.json").read_text())

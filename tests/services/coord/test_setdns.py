@@ -16,13 +16,13 @@ from trioscale.config import config_from_dict
 from trioscale.context import ServiceContext
 from trioscale.services.coord import setdns
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import dnsconfig, tailcfg
-from trioscale.services.coord.domain.netmap import Settings, dns_config
+from trioscale.shared.domain import dnsconfig, tailcfg
+from trioscale.shared.domain.netmap import Settings, dns_config
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.service import dns_config_from
 from trioscale.services.dns.service import DnsOptions, serve as serve_dns
 from trioscale.services.dns.txt import TxtRecords, txt_records_in
-from trioscale.shared import secrets
+from trioscale.shared.domain import secrets
 from trioscale.shared.model import utcnow
 from trioscale.shared.store.sqlite import SqliteStore
 

@@ -13,8 +13,8 @@ import pytest
 import trio
 from derphelpers import new_key, public
 
-from trioscale.shared import tlsutil
-from trioscale.shared.derpclient import DerpHandshakeError, connect_derp, open_derp_client
+from trioscale.shared.net import tls as tlsutil
+from trioscale.shared.testing.derpclient import DerpHandshakeError, connect_derp, open_derp_client
 from trioscale.shared.proto import derp as d
 
 UPGRADE = b"GET /derp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n"

@@ -2,7 +2,7 @@
 findings 2 and 6, and the file modes of finding 7).
 
 The attacks run against a real `trioscale serve` process with our own Noise client
-(shared/noiseclient.py); what the server stored is read from its SQLite file. The change-log trim
+(shared/testing/noiseclient.py); what the server stored is read from its SQLite file. The change-log trim
 is driven against a coordinator in this process (its housekeeping runs every minute).
 """
 
@@ -23,13 +23,13 @@ from util import READY_TEXT, wait_for
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.transport import ControlRequest
-from trioscale.shared import secrets
+from trioscale.shared.domain import secrets
 from trioscale.shared.model import utcnow
-from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store import base
 from trioscale.shared.store.sqlite import SqliteStore

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from coord.test_coordinator import POLICY, FakeResponse, Machine, call
+from coordhelpers import POLICY, FakeResponse, Machine, call
 from trioscale.services.coord import policysource
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
-from trioscale.services.coord.domain.policy import PolicyError
-from trioscale.services.coord.domain.routes import elect_primaries, normalize_routes
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
+from trioscale.shared.domain.policy import PolicyError
+from trioscale.shared.domain.routes import elect_primaries, normalize_routes
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.policyhost import parse_and_check
-from trioscale.shared import secrets
+from trioscale.shared.domain import secrets
 from trioscale.shared.store.sqlite import SqliteStore
 
 #: the issue's promise: a policy change reaches connected nodes within 1 s
@@ -182,7 +182,7 @@ async def test_deny_all_and_back_to_no_policy(env):
 
 
 async def test_identical_messages_are_encoded_once(env):
-    from trioscale.services.coord.domain.policy import Policy
+    from trioscale.shared.domain.policy import Policy
 
     await env.set_policy('{"acls": [{"action": "accept", "src": ["bob@"], "dst": ["*:22"]}]}')
     for i in range(3):
@@ -478,8 +478,8 @@ CONSISTENCY_POLICIES = [
 
 def _fake_coordinator(nodes, users, text):
     from trioscale.services.coord.coordinator import MapSession
-    from trioscale.services.coord.domain.peerset import PeerSet
-    from trioscale.services.coord.domain.policy import Policy
+    from trioscale.shared.domain.peerset import PeerSet
+    from trioscale.shared.domain.policy import Policy
 
     coord = Coordinator(None, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r))  # type: ignore[arg-type]
     coord.tailnet.users = {u.id: u for u in users}
@@ -545,12 +545,12 @@ def test_sessions_stay_consistent_through_node_changes(text):
             else:
                 new = old.replace(user_id=rng.randrange(1, 5))
         coord.tailnet.nodes[new.id] = new
-        from trioscale.services.coord.domain.netmap import changed_fields
+        from trioscale.shared.domain.netmap import changed_fields
 
         coord._node_changed(old, new, changed_fields(old, new))
         if old is None:  # a new node connects too
             from trioscale.services.coord.coordinator import MapSession
-            from trioscale.services.coord.domain.peerset import PeerSet
+            from trioscale.shared.domain.peerset import PeerSet
 
             session = MapSession(new.id, None)
             first, sent = coord.tailnet.full_map(new, coord.now())
@@ -564,7 +564,7 @@ def test_sessions_stay_consistent_through_policy_changes():
     import itertools
     import random
 
-    from trioscale.services.coord.domain.policy import Policy
+    from trioscale.shared.domain.policy import Policy
     from trioscale.shared.model import Node, User
 
     rng = random.Random(11)

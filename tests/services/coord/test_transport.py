@@ -1,4 +1,4 @@
-"""The control listener on loopback, driven by trioscale.shared.noiseclient and raw sockets."""
+"""The control listener on loopback, driven by trioscale.shared.testing.noiseclient and raw sockets."""
 
 import base64
 import functools
@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from trioscale.services.coord.transport import ControlRequest, StreamGone, TransportConfig, serve_control
-from trioscale.shared import noiseclient as nc
+from trioscale.shared.testing import noiseclient as nc
 from trioscale.shared.proto import keys, mapframe, noise
 
 

@@ -2,7 +2,7 @@
 stop resolving) within 1 s with no restart; extra-records file and config-file edits reach a
 connected node's map stream and the DNS service within 1 s; /machine/set-dns over Noise is served as TXT.
 
-The map-stream client is our own Noise client (shared/noiseclient.py); DNS queries use dnspython.
+The map-stream client is our own Noise client (shared/testing/noiseclient.py); DNS queries use dnspython.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dns.rcode
 import trio
 import yaml
 
-from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys
 
 BASE = "ts.test"

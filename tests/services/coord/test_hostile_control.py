@@ -1,6 +1,6 @@
 """The control listener under hostile traffic (issue 10 finding 1 and the control-side deadlines).
 
-Each test plays the attacker with our own Noise client (shared/noiseclient.py, whose "hostile" moves
+Each test plays the attacker with our own Noise client (shared/testing/noiseclient.py, whose "hostile" moves
 open requests that never end, ignore the stream limit, or send only PINGs) or raw sockets, against
 serve_control in this process (its TransportStats is the server's own accounting) or a real
 `trioscale serve` process (its RSS, with a generous margin).
@@ -22,12 +22,12 @@ import trio
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.transport import TransportConfig, TransportStats, serve_control
-from trioscale.shared import noiseclient as nc
-from trioscale.shared import secrets
+from trioscale.shared.testing import noiseclient as nc
+from trioscale.shared.domain import secrets
 from trioscale.shared.proto import keys, noise
 from trioscale.shared.store.sqlite import SqliteStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trioscale.services.coord.domain.policy import NodeInfo, Policy, UserInfo, compile_policy
+from trioscale.shared.domain.policy import NodeInfo, Policy, UserInfo, compile_policy
 
 USERS = [UserInfo(1, "alice", "alice@example.com"), UserInfo(2, "bob", "bob@example.com")]
 
@@ -193,7 +193,7 @@ def test_via_grant_app_capabilities_are_not_sent() -> None:
 def test_autogroup_self_is_not_a_node_attribute_target() -> None:
     import pytest
 
-    from trioscale.services.coord.domain.policy import PolicyError
+    from trioscale.shared.domain.policy import PolicyError
 
     with pytest.raises(PolicyError, match="autogroup:self cannot be a target"):
         Policy.parse(json.dumps({"nodeAttrs": [{"target": ["autogroup:self"], "attr": ["randomize-client-port"]}]}))
@@ -241,7 +241,7 @@ def test_ssh_check_rules_come_first_and_autogroup_tagged_repeats_per_tag() -> No
 
 
 def test_ssh_malformed_localpart_is_a_literal_login() -> None:
-    from trioscale.services.coord.domain.policy.ssh import localpart_domain
+    from trioscale.shared.domain.policy.ssh import localpart_domain
 
     assert localpart_domain("localpart:*@example.com") == "example.com"
     for literal in ("localpart:*@", "localpart:*", "localpart:x@example.com", "root"):
@@ -253,8 +253,8 @@ def test_ssh_malformed_localpart_is_a_literal_login() -> None:
 def test_ssh_domains_must_be_the_owners() -> None:
     import pytest
 
-    from trioscale.services.coord.domain.policy import PolicyError
-    from trioscale.services.coord.domain.policy.ssh import check_tailnet_domains
+    from trioscale.shared.domain.policy import PolicyError
+    from trioscale.shared.domain.policy.ssh import check_tailnet_domains
 
     owned = [UserInfo(1, "alice", "alice@example.com", roles=("owner",)), UserInfo(2, "bob", "bob@example.org")]
     ok = {"action": "accept", "src": ["user:*@example.com"], "dst": ["tag:srv"], "users": ["localpart:*@example.com"]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import trio
 
 from derphelpers import make_ctx, new_key, public, start_relay
-from trioscale.shared.derpclient import DerpHandshakeError, connect_derp
+from trioscale.shared.testing.derpclient import DerpHandshakeError, connect_derp
 from trioscale.shared.model import Node
 from trioscale.shared.store.sqlite import SqliteStore
 

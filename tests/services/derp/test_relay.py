@@ -1,4 +1,4 @@
-"""The DERP relay over real TLS on loopback, driven by our own client (shared/derpclient.py)."""
+"""The DERP relay over real TLS on loopback, driven by our own client (shared/testing/derpclient.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import trio
 from derphelpers import FakeStore, make_ctx, new_key, public, start_relay
 
 from trioscale.services.derp.server import Client, DerpServer
-from trioscale.shared import tlsutil
-from trioscale.shared.derpclient import DerpHandshakeError, connect_derp, open_derp_client
+from trioscale.shared.net import tls as tlsutil
+from trioscale.shared.testing.derpclient import DerpHandshakeError, connect_derp, open_derp_client
 from trioscale.shared.proto import derp as d
 
 

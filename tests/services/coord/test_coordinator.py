@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import timedelta
 
 import pytest
@@ -11,80 +9,16 @@ import trio
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.transport import ControlRequest
-from trioscale.shared import secrets
+from trioscale.shared.domain import secrets
 from trioscale.shared.model import DerpRelay
-from trioscale.shared.proto import keys, mapframe
+from trioscale.shared.proto import keys
 from trioscale.shared.store.sqlite import SqliteStore
 
-POLICY = register.Policy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
-                         prefix_v6="fd7a:115c:a1e0::/48")
-
-
-class FakeResponse:
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.arrived = trio.Event()
-
-    async def start(self, status, headers=()):
-        self.status = status
-
-    async def write(self, data):
-        self.chunks.append(data)
-        self.arrived.set()
-
-    def write_nowait(self, data):
-        self.chunks.append(data)
-        self.arrived.set()
-        return True
-
-    async def end(self, data=b""):
-        if data:
-            self.chunks.append(data)
-        self.ended = True
-
-    async def send(self, status, body=b"", headers=()):
-        self.status = status
-        self.chunks.append(body)
-        self.ended = True
-
-    def json(self):
-        return json.loads(b"".join(self.chunks))
-
-    def messages(self, compress="zstd"):
-        dec = mapframe.MapStreamDecoder(compress)
-        return dec.receive_messages(b"".join(self.chunks))
-
-
-class Machine:
-    def __init__(self, hostname: str) -> None:
-        self.hostname = hostname
-        self.machine_key = os.urandom(32)
-        self.node_key = os.urandom(32)
-        self.disco_key = os.urandom(32)
-
-    def request(self, path, body):
-        return ControlRequest(machine_key=self.machine_key, protocol_version=130, method="POST", path=path,
-                              headers={}, body=json.dumps(body).encode())
-
-    def register_body(self, authkey=None, **extra):
-        body = {"Version": 130, "NodeKey": keys.NODE.format(self.node_key), "Hostinfo": {"Hostname": self.hostname}}
-        if authkey:
-            body["Auth"] = {"AuthKey": authkey}
-        body.update(extra)
-        return body
-
-    def map_body(self, stream=True, **extra):
-        body = {"Version": 130, "NodeKey": keys.NODE.format(self.node_key), "DiscoKey": keys.DISCO.format(self.disco_key),
-                "Stream": stream, "Compress": "zstd", "KeepAlive": True, "Hostinfo": {"Hostname": self.hostname}}
-        body.update(extra)
-        return body
-
+from coordhelpers import POLICY, FakeResponse, Machine, call  # noqa: F401  (tests/services/coord on sys.path, see conftest)
 
 @pytest.fixture
 async def env(nursery):
@@ -99,12 +33,6 @@ async def env(nursery):
     await store.create_preauth_key(user.id, new.prefix, new.key_hash, reusable=True)
     yield store, coord, handlers, new.text
     await store.aclose()
-
-
-async def call(handlers, machine, path, body):
-    resp = FakeResponse()
-    await handlers.noise(machine.request(path, body), resp)
-    return resp
 
 
 async def test_register_with_key_then_stream_map_and_deltas(env, nursery):

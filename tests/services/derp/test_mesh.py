@@ -8,7 +8,7 @@ import trio
 
 from derphelpers import FakeStore, make_ctx, new_key, public, start_relay
 from trioscale.services.derp.mesh import MeshLink
-from trioscale.shared.derpclient import open_derp_client
+from trioscale.shared.testing.derpclient import open_derp_client
 from trioscale.shared.proto import derp as d
 
 MESH_KEY = os.urandom(32).hex()

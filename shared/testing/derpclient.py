@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from trioscale.shared.proto import derp as proto
-from trioscale.shared.tlsutil import client_context
+from trioscale.shared.net.tls import client_context
 
 __all__ = ["DerpClient", "DerpHandshakeError", "connect_derp", "derp_upgrade", "open_derp_client"]
 

@@ -8,7 +8,7 @@ import socket
 import trio
 
 from trioscale.services.derp.rawstream import _TLS_CHUNK, RawStream, shared_buffer_bytes
-from trioscale.shared import tlsutil
+from trioscale.shared.net import tls as tlsutil
 
 
 async def tls_pair(tmp_path):

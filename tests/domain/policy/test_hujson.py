@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trioscale.services.coord.domain.policy import Policy, PolicyError
-from trioscale.services.coord.domain.policy.hujson import loads
+from trioscale.shared.domain.policy import Policy, PolicyError
+from trioscale.shared.domain.policy.hujson import loads
 
 
 def test_comments_and_trailing_commas() -> None:

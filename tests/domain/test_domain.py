@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from trioscale.services.coord.domain import ipalloc, names, tailcfg
-from trioscale.services.coord.domain.netmap import Settings, Tailnet, changed_fields, dns_config
+from trioscale.shared.domain import ipalloc, names, tailcfg
+from trioscale.shared.domain.netmap import Settings, Tailnet, changed_fields, dns_config
 from trioscale.shared.model import DerpRelay, Node, User
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -200,7 +200,7 @@ def test_dns_config_mapping():
 # -- peer sets -----------------------------------------------------------------------------------
 @given(st.lists(st.tuples(st.booleans(), st.integers(min_value=0, max_value=5000)), max_size=200))
 def test_peerset_behaves_like_a_set(ops):
-    from trioscale.services.coord.domain.peerset import PeerSet
+    from trioscale.shared.domain.peerset import PeerSet
 
     ps, ref = PeerSet(), set()
     for add, value in ops:
@@ -215,7 +215,7 @@ def test_peerset_behaves_like_a_set(ops):
 @given(st.lists(st.integers(min_value=0, max_value=5000), max_size=50),
        st.lists(st.integers(min_value=0, max_value=20000), max_size=300))
 def test_peerset_add_all_is_many_adds(first, more):
-    from trioscale.services.coord.domain.peerset import PeerSet
+    from trioscale.shared.domain.peerset import PeerSet
 
     ps = PeerSet(first)
     ps.add_all(more)

@@ -12,12 +12,12 @@ import trio
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
-from trioscale.services.coord.domain import tailcfg
-from trioscale.services.coord.domain.netmap import Settings
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.transport import serve_control
-from trioscale.shared import secrets
-from trioscale.shared.noiseclient import open_noise_client
+from trioscale.shared.domain import secrets
+from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys
 from trioscale.shared.store.sqlite import SqliteStore
 

@@ -1,0 +1,84 @@
+"""Fakes the coordinator's in-memory tests share: a response that records what a handler wrote, a
+machine with its keys and request bodies, and `call` to run one Noise request through the handlers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import trio
+
+from trioscale.services.coord import register
+from trioscale.services.coord.transport import ControlRequest
+from trioscale.shared.proto import keys, mapframe
+
+POLICY = register.Policy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
+                         prefix_v6="fd7a:115c:a1e0::/48")
+
+
+class FakeResponse:
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.chunks: list[bytes] = []
+        self.ended = False
+        self.arrived = trio.Event()
+
+    async def start(self, status, headers=()):
+        self.status = status
+
+    async def write(self, data):
+        self.chunks.append(data)
+        self.arrived.set()
+
+    def write_nowait(self, data):
+        self.chunks.append(data)
+        self.arrived.set()
+        return True
+
+    async def end(self, data=b""):
+        if data:
+            self.chunks.append(data)
+        self.ended = True
+
+    async def send(self, status, body=b"", headers=()):
+        self.status = status
+        self.chunks.append(body)
+        self.ended = True
+
+    def json(self):
+        return json.loads(b"".join(self.chunks))
+
+    def messages(self, compress="zstd"):
+        dec = mapframe.MapStreamDecoder(compress)
+        return dec.receive_messages(b"".join(self.chunks))
+
+
+class Machine:
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        self.machine_key = os.urandom(32)
+        self.node_key = os.urandom(32)
+        self.disco_key = os.urandom(32)
+
+    def request(self, path, body):
+        return ControlRequest(machine_key=self.machine_key, protocol_version=130, method="POST", path=path,
+                              headers={}, body=json.dumps(body).encode())
+
+    def register_body(self, authkey=None, **extra):
+        body = {"Version": 130, "NodeKey": keys.NODE.format(self.node_key), "Hostinfo": {"Hostname": self.hostname}}
+        if authkey:
+            body["Auth"] = {"AuthKey": authkey}
+        body.update(extra)
+        return body
+
+    def map_body(self, stream=True, **extra):
+        body = {"Version": 130, "NodeKey": keys.NODE.format(self.node_key), "DiscoKey": keys.DISCO.format(self.disco_key),
+                "Stream": stream, "Compress": "zstd", "KeepAlive": True, "Hostinfo": {"Hostname": self.hostname}}
+        body.update(extra)
+        return body
+
+
+async def call(handlers, machine, path, body):
+    resp = FakeResponse()
+    await handlers.noise(machine.request(path, body), resp)
+    return resp
