@@ -12,44 +12,25 @@ is unreachable). Secrets are never logged: the access log is off and keys are ma
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
-import os
 import re
-import socket
-import stat
 from datetime import datetime, timedelta, timezone
-from functools import partial
-from pathlib import Path
 from typing import Any
 
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.statsd import StatsdLogger
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trioscale.config import parse_duration, split_hostport
+from trioscale.config import parse_duration
 from trioscale.context import ServiceContext
-from trioscale.services.coord.adminclient import short_unix_path
 from trioscale.shared.domain.names import InvalidName, validate_label
 from trioscale.services.coord.registration import complete_registration
 from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, User, utcnow
-from trioscale.shared.net.limits import ConnectionLimiter, connection_limiter
-from trioscale.shared.net.listen import serve_stream_sockets
 from trioscale.shared.store.base import Conflict, NotFound, StoreError, StoreUnavailable
 
 __all__ = [
     "create_admin_app",
-    "serve_admin",
     "BadRequest",
     "DEFAULT_PREAUTH_EXPIRATION",
     "DEFAULT_API_KEY_EXPIRATION",
@@ -675,7 +656,7 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
     async def auth_reject() -> Any:
         return await decide_ssh_check("rejected")
 
-    from .admin_policy import register_policy_routes
+    from ..admin_policy import register_policy_routes
 
     register_policy_routes(
         app, ctx, BadRequest=BadRequest, find_node=find_node, find_user=find_user, users_by_id=users_by_id,
@@ -683,141 +664,3 @@ def create_admin_app(ctx: ServiceContext, *, require_auth: bool = True) -> Quart
         json_body=_body,
     )
     return app
-
-
-# ---------------------------------------------------------------------------------------------
-# serving
-
-
-def _bind_unix(path: Path, mode: int) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with short_unix_path(path) as p:
-                probe.connect(p)
-        except OSError:
-            os.unlink(path)  # stale: nobody listens
-        else:
-            raise RuntimeError(f"another server is already listening on {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode)
-    try:
-        with short_unix_path(path) as p:
-            sock.bind(p)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-def _bind_tcp(addr: str) -> tuple[socket.socket, str]:
-    host, port = split_hostport(addr)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise RuntimeError(f"admin.listen_addr {addr}: address already in use") from None
-        raise RuntimeError(f"admin.listen_addr {addr}: {exc.strerror or exc}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    real = sock.getsockname()
-    shown = f"[{real[0]}]:{real[1]}" if family == socket.AF_INET6 else f"{real[0]}:{real[1]}"
-    return sock, shown
-
-
-def _hypercorn_config(log: logging.Logger) -> HypercornConfig:
-    hc = HypercornConfig()
-    hc.accesslog = None  # request lines and headers never reach a log
-    hc.errorlog = log
-    hc.include_server_header = False
-    hc.graceful_timeout = 2.0
-    hc.keep_alive_timeout = 30
-    return hc
-
-
-async def _serve_app(
-    app: QuartTrio,
-    sock: socket.socket,
-    log: logging.Logger,
-    *,
-    limiter: ConnectionLimiter,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """hypercorn's trio worker (`worker_serve`) with our accept loop in place of its own: that one
-    wraps the socket itself, so it could neither cap connections nor survive EMFILE quietly."""
-    hc = _hypercorn_config(log)
-    hc.set_statsd_logger_class(StatsdLogger)
-    wrapped = wrap_app(app, hc.wsgi_max_body_size, None)
-    lifespan_state: dict[str, Any] = {}
-    lifespan = Lifespan(wrapped, hc, lifespan_state)
-    context = WorkerContext(None)
-
-    async def handle(stream: trio.SocketStream) -> None:
-        await TCPServer(wrapped, hc, context, ConnectionState(lifespan_state.copy()), stream)
-
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        await serve_stream_sockets(handle, [sock], limiter=limiter, log=log, task_status=task_status)
-
-
-async def serve_admin(
-    ctx: ServiceContext, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Serve the admin API on the unix socket (+ TCP with API keys when admin.listen_addr is set).
-
-    Reports {"admin_unix": path, "admin_tcp": "host:port"?}. Removes the socket file on the way out.
-    """
-    cfg = ctx.config
-    log = ctx.log.getChild("admin")
-    http_log = logging.getLogger("trioscale.admin.http")
-    path = Path(cfg.unix_socket)
-    unix_sock = _bind_unix(path, cfg.unix_socket_mode)
-    inode = os.stat(path).st_ino
-    addresses: dict[str, str] = {"admin_unix": str(path)}
-    tcp_sock = None
-    try:
-        if cfg.admin.listen_addr:
-            tcp_sock, shown = _bind_tcp(cfg.admin.listen_addr)
-            addresses["admin_tcp"] = shown
-        async with trio.open_nursery() as nursery:
-            unix_limiter = connection_limiter(ctx, "admin_unix")
-            await nursery.start(
-                partial(_serve_app, limiter=unix_limiter), create_admin_app(ctx, require_auth=False), unix_sock, http_log
-            )
-            log.info("admin API (local, no auth) on unix socket %s", path)
-            if tcp_sock is not None:
-                tcp_limiter = connection_limiter(ctx, "admin")
-                await nursery.start(
-                    partial(_serve_app, limiter=tcp_limiter), create_admin_app(ctx, require_auth=True), tcp_sock, http_log
-                )
-                log.info("admin API (API keys required) on http://%s", addresses["admin_tcp"])
-            task_status.started(addresses)
-    finally:
-        try:
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
-        except OSError:
-            pass
-        unix_sock.close()
-        if tcp_sock is not None:
-            tcp_sock.close()
-
