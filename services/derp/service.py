@@ -38,6 +38,7 @@ import trio
 
 from trioscale.shared.net import tls as tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
+from trioscale.shared.net.addr import join_host_port, split_host_port
 from trioscale.shared.net.limits import connection_limiter, limiter_stats
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
 from trioscale.shared.proto import derp as proto
@@ -51,7 +52,7 @@ from .server import Client, ConnectionClosed, DerpServer, keepalive_delay
 from .stats import DerpStats
 from .verify import ClientVerifier
 
-__all__ = ["serve", "split_host_port", "DerpService"]
+__all__ = ["serve", "DerpService"]
 
 RECV_SIZE = 1 << 18
 #: defaults of the pre-admission deadlines (config derp.server.*_timeout); generous enough for a
@@ -61,32 +62,6 @@ UPGRADE_TIMEOUT = 20.0
 HANDSHAKE_TIMEOUT = 15.0
 _CHALLENGE_OK = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
-
-
-def split_host_port(addr: str) -> tuple[str, int]:
-    """``"host:port"`` / ``"[v6]:port"`` / ``":port"`` → (host, port)."""
-    addr = addr.strip()
-    if addr.startswith("["):
-        host, sep, port = addr[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"bad address {addr!r}: expected [host]:port")
-    else:
-        host, sep, port = addr.rpartition(":")
-        if not sep:
-            raise ValueError(f"bad address {addr!r}: expected host:port")
-        if ":" in host:
-            raise ValueError(f"bad address {addr!r}: put IPv6 addresses in brackets")
-    try:
-        portnum = int(port)
-    except ValueError:
-        raise ValueError(f"bad port in {addr!r}") from None
-    if not 0 <= portnum <= 65535:
-        raise ValueError(f"port out of range in {addr!r}")
-    return host, portnum
-
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ip_version(host: str) -> int | None:
@@ -659,7 +634,7 @@ async def serve(
     processes of one host share the port; give each its own ``private_key_path`` and a common
     ``mesh_key`` so that they mesh like the relays of a region."""
     cfg = ctx.config.derp.server
-    host, port = split_host_port(cfg.listen_addr)
+    host, port = split_host_port(cfg.listen_addr.strip())
     data_dir = Path(ctx.config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     private_key = await trio.to_thread.run_sync(_load_private_key, Path(cfg.private_key_path))
@@ -784,7 +759,7 @@ def _stun_port(ctx: Any, cfg: Any) -> int:
     if port:
         return int(port)
     try:
-        return split_host_port(cfg.stun_listen_addr)[1] or 3478
+        return split_host_port(cfg.stun_listen_addr.strip())[1] or 3478
     except (AttributeError, ValueError):
         return 3478
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.proto import stun as proto
 
 __all__ = ["serve", "StunStats", "StunService"]
@@ -35,17 +36,6 @@ class StunService:
         self.stats = StunStats()
         self.port = 0
         self.address = ""
-
-
-def _split(addr: str) -> tuple[str, int]:
-    addr = addr.strip()
-    if addr.startswith("["):
-        host, sep, port = addr[1:].partition("]:")
-    else:
-        host, sep, port = addr.rpartition(":")
-    if not sep:
-        raise ValueError(f"bad STUN listen address {addr!r}")
-    return host, int(port)
 
 
 def _family(host: str) -> int:
@@ -97,7 +87,7 @@ async def serve_socket(sock: trio.socket.SocketType, stats: StunStats) -> None:
 
 
 async def serve(ctx: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    host, port = _split(ctx.config.derp.server.stun_listen_addr)
+    host, port = split_host_port(ctx.config.derp.server.stun_listen_addr.strip())
     sock = await _open_socket(host, port)
     with sock:
         bound = sock.getsockname()
