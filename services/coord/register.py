@@ -22,7 +22,7 @@ from trioscale.shared.model import Node, PendingRegistration, User
 from trioscale.shared.proto import keys
 from trioscale.shared.store import base as store_base
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
-from trioscale.shared.store.codec import hostinfo_size
+from trioscale.shared.store.rows import hostinfo_size
 
 from trioscale.shared.domain import ipalloc, names, tailcfg
 

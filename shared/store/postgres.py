@@ -36,8 +36,10 @@ import trio_asyncio
 
 from trioscale.shared.model import Change, utcnow
 from trioscale.shared.store.base import Conflict, StoreError, StoreUnavailable
-from trioscale.shared.store.codec import All, Emit, Exec, One, OpsStore, check_kind, pack_data
 from trioscale.shared.store.migrations import POSTGRES_MIGRATIONS, UNIQUE_MESSAGES, check_version
+from trioscale.shared.store.ops.query import All, Emit, Exec, One
+from trioscale.shared.store.opsstore import OpsStore
+from trioscale.shared.store.rows import check_kind, pack_data
 from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 
 log = logging.getLogger("trioscale.store.postgres")

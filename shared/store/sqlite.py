@@ -18,22 +18,14 @@ from typing import Any
 
 import trio
 
-from trioscale.shared.store import filemodes
 from trioscale.shared.model import Change, utcnow
-from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
+from trioscale.shared.store import filemodes
 from trioscale.shared.store.base import Conflict, StoreUnavailable
-from trioscale.shared.store.codec import (
-    All,
-    Emit,
-    Exec,
-    One,
-    OpsStore,
-    check_kind,
-    json_text,
-    pack_data,
-    time_text,
-)
 from trioscale.shared.store.migrations import SQLITE_MIGRATIONS, UNIQUE_MESSAGES, check_version
+from trioscale.shared.store.ops.query import All, Emit, Exec, One
+from trioscale.shared.store.opsstore import OpsStore
+from trioscale.shared.store.rows import check_kind, json_text, pack_data, time_text
+from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 
 #: changes read from the log per query by subscribers
 BATCH = 500

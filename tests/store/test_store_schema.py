@@ -94,7 +94,7 @@ async def test_sqlite_memory_and_wal(tmp_path):
 
 
 def _journal_mode():
-    from trioscale.shared.store.codec import One
+    from trioscale.shared.store.ops.query import One
 
     r = yield One("PRAGMA journal_mode")
     return r[0]

@@ -18,7 +18,7 @@ from trioscale.services.coord import handlers, register
 from trioscale.shared.domain import names
 from trioscale.shared.model import Node
 from trioscale.shared.proto import keys
-from trioscale.shared.store import codec
+from trioscale.shared.store import rows
 
 INSTRUMENT = ("trioscale.services.coord.handlers", "trioscale.services.coord.register",
               "trioscale.shared.domain", "trioscale.shared.proto.keys")
@@ -64,7 +64,7 @@ def _register(data: bytes) -> None:
     label = names.sanitize_label(str(req.hostinfo.get("Hostname") or ""))
     names.validate_label(label)
     names.unique_label(label, {"laptop", label})
-    codec.normalize_node_value("hostinfo", req.hostinfo)
+    rows.normalize_node_value("hostinfo", req.hostinfo)
 
 
 def _map(data: bytes) -> None:
@@ -81,7 +81,7 @@ def _map(data: bytes) -> None:
     _storable(body)
     assert node_key is None or len(node_key) == keys.KEY_LEN
     for name, value in updates.items():
-        value = codec.normalize_node_value(name, value)
+        value = rows.normalize_node_value(name, value)
         if name == "home_derp":
             assert value in _INT64, value
         elif name == "hostinfo":
