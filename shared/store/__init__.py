@@ -7,6 +7,17 @@
 
 For PostgreSQL a trio-asyncio loop is opened around the store when none is running yet, so callers
 never deal with asyncio. The store is closed on exit.
+
+The parts, each with one job:
+- base.py: the Store contract, its errors and the caps on client-supplied values;
+- rows.py: rows to records and back (both dialects' spellings of a value);
+- ops/: the operations, one module per kind of record: generators that yield SQL requests and
+  changes (ops/query.py) and keep the rules of the data, written once for both databases;
+- opsstore.py: the Store methods on top of the operations;
+- sqlite.py, postgres.py: the two implementations, each a driver loop that runs an operation in a
+  transaction and turns its changes into change-log rows (sqlite3 and asyncpg stay in these two);
+- migrations.py: the schema, versioned; wakeup.py: waking change-log subscribers;
+- filemodes.py: owner-only modes for what is kept on disk.
 """
 
 from __future__ import annotations

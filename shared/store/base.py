@@ -40,10 +40,10 @@ MAX_PENDING_REGISTRATIONS = 1024
 MAX_PENDING_BYTES = 16 << 20
 #: pending registrations one source address (an IPv6 /64) may hold; its oldest goes first
 MAX_PENDING_PER_SOURCE = 64
-#: a Hostinfo larger than this as compact JSON is refused, never stored. Real clients send a few
-#: KiB (tailcfg.Hostinfo: OS, versions, a few dozen services, routes, NetInfo).
 #: SSH check-mode sessions waiting for a decision, at most (each is a held SSH login)
 MAX_PENDING_SSH_CHECKS = 1024
+#: a Hostinfo larger than this as compact JSON is refused, never stored. Real clients send a few
+#: KiB (tailcfg.Hostinfo: OS, versions, a few dozen services, routes, NetInfo).
 MAX_HOSTINFO_BYTES = 64 << 10
 #: endpoints a node may report, and the longest one ("[v6 address%zone]:port" fits easily)
 MAX_ENDPOINTS = 64
