@@ -406,14 +406,14 @@ class EphemeralConfig:
     inactivity_timeout: timedelta = setting(
         DURATION,
         timedelta(seconds=120),
-        "an ephemeral node offline for this long is deleted",
+        "an ephemeral node offline this long (on every replica) is deleted",
         check=_at_least(timedelta(seconds=1)),
     )
 
 
 @dataclass(frozen=True)
 class NodeConfig:
-    expiry: timedelta | None = setting(OPTDURATION, None, "how long a node's key is valid; attribute is a `timedelta` or `None` (never)")
+    expiry: timedelta | None = setting(OPTDURATION, None, "how long a node's key stays valid after it registers (tagged nodes never expire); attribute is a `timedelta` or `None` (never)")
     ephemeral: EphemeralConfig = section(EphemeralConfig)
 
 
