@@ -39,10 +39,14 @@ __all__ = [
     "setting",
     "section",
     "not_a_key",
+    "env_name",
     "parse_duration",
     "split_hostport",
     "show_duration",
     "MAX_DURATION",
+    # the kinds
+    "STR", "WORD", "INT", "BOOL", "AUTOBOOL", "PATH", "OPTPATH", "DATAFILE", "DURATION", "OPTDURATION",
+    "SSL", "STRLIST", "PATHLIST", "RECORDS", "ROUTES",
 ]
 
 Problem = tuple[str, str]  # (dotted key, what is wrong with it)
