@@ -23,7 +23,9 @@ from trioscale.shared.store.base import StoreFull, TooLarge
 
 from . import register, setdns, sshcheck
 from trioscale.shared.domain import names, tailcfg
-from .coordinator import Coordinator, Encoded
+from trioscale.shared.domain.fanout import Message
+from .coordinator import Coordinator
+from .sessions import frame
 
 log = logging.getLogger("trioscale.coord.handlers")
 
@@ -279,7 +281,7 @@ class ControlHandlers:
                 return
             first, _ = self.coord.tailnet.full_map(self.coord.tailnet.nodes[node.id], self.coord.now())
             first["DERPMap"] = tailcfg.derp_map_for_capver(first["DERPMap"], capver)
-            await response.send(200, Encoded(first).frame(compress), [("content-type", "application/json")])
+            await response.send(200, frame(Message(first), compress), [("content-type", "application/json")])
             return
         del body, updates  # a map stream lives for hours: keep none of its request around
         request.release_body()
@@ -293,7 +295,7 @@ class ControlHandlers:
         keepalive = mapframe.keepalive(compress)
         try:
             await response.start(200, [("content-type", "application/json")])
-            await response.write(first.frame(compress))
+            await response.write(frame(first, compress))
             del first  # the first map is the largest message; don't hold it for the session's life
             session.attach(response, self.coord.mark_dirty)
             while True:
@@ -304,7 +306,7 @@ class ControlHandlers:
                 started = trio.current_time()
                 try:
                     if messages:
-                        await response.write(b"".join(m.frame(compress) for m in messages))
+                        await response.write(b"".join(frame(m, compress) for m in messages))
                     else:
                         await response.write(keepalive)
                 finally:

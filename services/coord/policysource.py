@@ -16,13 +16,17 @@ import hashlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from trioscale.shared.domain.netmap import Tailnet
 from trioscale.shared.domain.policy import Policy, PolicyError
-from .policyhost import parse_and_check
+from trioscale.shared.store.base import Store
+
+from .policyhost import PolicyHost, parse_and_check
 
 log = logging.getLogger("trioscale.coord.policy")
 
@@ -30,6 +34,9 @@ log = logging.getLogger("trioscale.coord.policy")
 FILE_POLL_INTERVAL = 1.0
 #: what an unreadable stored policy is replaced with: deny all (fail closed)
 DENY_ALL = '{"acls": []}'
+
+#: installs a validated policy (None = allow all) with its text and stored version
+Install = Callable[[Policy | None, str | None, int | None], None]
 
 
 class PolicyFileError(Exception):
@@ -42,82 +49,95 @@ def read_policy_file(path: str | os.PathLike[str]) -> tuple[str, str]:
     return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
 
 
-async def initial_policy(coord) -> tuple[Policy | None, str | None, int | None]:
-    if coord.policy_mode == "file":
-        path = coord.policy_path
+class PolicySource:
+    """The policy's source for one coordinator. `host` is the live policy (its version says what is
+    in force), `tailnet` what a changed file is checked against, `install` how a new one goes live."""
+
+    def __init__(self, store: Store, *, mode: str, path: str | None, tailnet: Tailnet, host: PolicyHost,
+                 install: Install) -> None:
+        self.store = store
+        self.mode = mode
+        self.path = path
+        self.tailnet = tailnet
+        self.host = host
+        self.install = install
+        #: the content last read from the file (an unchanged file is not parsed again)
+        self.file_digest: str | None = None
+
+    async def initial(self) -> tuple[Policy | None, str | None, int | None]:
+        if self.mode == "file":
+            path = self.path
+            try:
+                text, digest = read_policy_file(path)  # type: ignore[arg-type]
+                policy = Policy.parse(text)
+            except OSError as exc:
+                raise PolicyFileError(f"policy file {path}: {exc.strerror or exc}") from None
+            except (UnicodeDecodeError, PolicyError) as exc:
+                raise PolicyFileError(f"policy file {path}: {exc}") from None
+            self.file_digest = digest
+            log.info("policy loaded from %s", path)
+            return policy, text, None
+        record = await self.store.get_policy()
+        if record is None:
+            log.info("no policy set: all traffic is allowed (set one with `trioscale policy set -f FILE`)")
+            return None, None, None
         try:
-            text, digest = read_policy_file(path)
-            policy = Policy.parse(text)
-        except OSError as exc:
-            raise PolicyFileError(f"policy file {path}: {exc.strerror or exc}") from None
-        except (UnicodeDecodeError, PolicyError) as exc:
-            raise PolicyFileError(f"policy file {path}: {exc}") from None
-        coord._policy_file_digest = digest
-        log.info("policy loaded from %s", path)
-        return policy, text, None
-    record = await coord.store.get_policy()
-    if record is None:
-        log.info("no policy set: all traffic is allowed (set one with `trioscale policy set -f FILE`)")
-        return None, None, None
-    try:
-        policy = Policy.parse(record.text)
-    except PolicyError as exc:
-        log.error("stored policy version %s cannot be parsed (%s); denying all traffic until a valid "
-                  "policy is set", record.version, exc)
-        return Policy.parse(DENY_ALL), record.text, record.version
-    log.info("policy version %s loaded from the database", record.version)
-    return policy, record.text, record.version
+            policy = Policy.parse(record.text)
+        except PolicyError as exc:
+            log.error("stored policy version %s cannot be parsed (%s); denying all traffic until a valid "
+                      "policy is set", record.version, exc)
+            return Policy.parse(DENY_ALL), record.text, record.version
+        log.info("policy version %s loaded from the database", record.version)
+        return policy, record.text, record.version
+
+    async def on_policy_set(self) -> None:
+        """A `policy.set` change: install the newest stored version (database mode only)."""
+        if self.mode != "database":
+            return
+        record = await self.store.get_policy()
+        if record is None or record.version == self.host.version:
+            return
+        try:
+            policy = Policy.parse(record.text)
+        except PolicyError as exc:  # checked before it was stored; only a hand-edited row gets here
+            log.error("stored policy version %s is invalid, keeping the previous one: %s", record.version, exc)
+            return
+        self.install(policy, record.text, record.version)
+        log.info("policy version %s in force", record.version)
+
+    def reload_file(self, *, force: bool = False) -> bool:
+        """Re-read the policy file; install it when its content changed and it is valid. Returns True
+        when a new policy was installed. An invalid file is logged and the previous policy stays."""
+        path = self.path
+        try:
+            text, digest = read_policy_file(path)  # type: ignore[arg-type]
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("policy file %s cannot be read, keeping the previous policy: %s", path, exc)
+            return False
+        if digest == self.file_digest:
+            if force:
+                log.info("policy file %s unchanged", path)
+            return False
+        try:
+            policy = parse_and_check(text, self.tailnet.users.values(), self.tailnet.nodes.values())
+        except PolicyError as exc:
+            self.file_digest = digest  # do not log the same broken content every second
+            log.error("policy file %s is invalid, keeping the previous policy: %s", path, exc)
+            return False
+        self.file_digest = digest
+        self.install(policy, text, None)
+        log.info("policy reloaded from %s", path)
+        return True
 
 
-async def on_policy_set(coord) -> None:
-    """A `policy.set` change: install the newest stored version (database mode only)."""
-    if coord.policy_mode != "database":
-        return
-    record = await coord.store.get_policy()
-    if record is None or record.version == coord.policy.version:
-        return
-    try:
-        policy = Policy.parse(record.text)
-    except PolicyError as exc:  # checked before it was stored; only a hand-edited row gets here
-        log.error("stored policy version %s is invalid, keeping the previous one: %s", record.version, exc)
-        return
-    coord.install_policy(policy, record.text, record.version)
-    log.info("policy version %s in force", record.version)
-
-
-def reload_file(coord, *, force: bool = False) -> bool:
-    """Re-read the policy file; install it when its content changed and it is valid. Returns True
-    when a new policy was installed. An invalid file is logged and the previous policy stays."""
-    path = coord.policy_path
-    try:
-        text, digest = read_policy_file(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("policy file %s cannot be read, keeping the previous policy: %s", path, exc)
-        return False
-    if digest == getattr(coord, "_policy_file_digest", None):
-        if force:
-            log.info("policy file %s unchanged", path)
-        return False
-    try:
-        policy = parse_and_check(text, coord.tailnet.users.values(), coord.tailnet.nodes.values())
-    except PolicyError as exc:
-        coord._policy_file_digest = digest  # do not log the same broken content every second
-        log.error("policy file %s is invalid, keeping the previous policy: %s", path, exc)
-        return False
-    coord._policy_file_digest = digest
-    coord.install_policy(policy, text, None)
-    log.info("policy reloaded from %s", path)
-    return True
-
-
-async def watch_policy_file(coord, *, interval: float = FILE_POLL_INTERVAL,
+async def watch_policy_file(source: PolicySource, *, interval: float = FILE_POLL_INTERVAL,
                             task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Reload the policy file when it changes (polled) and on SIGHUP."""
-    path = coord.policy_path
+    path = source.path
 
     def stamp() -> tuple | None:
         try:
-            st = os.stat(path)
+            st = os.stat(path)  # type: ignore[arg-type]
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -141,7 +161,7 @@ async def watch_policy_file(coord, *, interval: float = FILE_POLL_INTERVAL,
             now = stamp()
             if got_signal:
                 log.info("SIGHUP: reloading the policy file %s", path)
-                reload_file(coord, force=True)
+                source.reload_file(force=True)
             elif now != last:
-                reload_file(coord)
+                source.reload_file()
             last = now

@@ -134,7 +134,7 @@ async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) ->
         if config.policy.mode == "file":
             from .policysource import watch_policy_file
 
-            await nursery.start(watch_policy_file, coordinator)
+            await nursery.start(watch_policy_file, coordinator.policy_source)
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
         address = await nursery.start(
             partial(serve_control, limiter=connection_limiter(ctx, "control"), stats=control_stats,

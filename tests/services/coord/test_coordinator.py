@@ -228,7 +228,7 @@ async def test_relay_change_pushes_derp_map(env, nursery):
 
 
 async def test_a_change_that_fails_oddly_is_tried_again_then_skipped(autojump_clock):
-    from trioscale.services.coord import coordinator as coord_mod
+    from trioscale.services.coord import follower as follower_mod
     from trioscale.shared.store.base import Change
 
     coord = Coordinator(None, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r))  # type: ignore[arg-type]
@@ -242,6 +242,6 @@ async def test_a_change_that_fails_oddly_is_tried_again_then_skipped(autojump_cl
             raise ValueError("a change this replica cannot apply")
 
     coord.apply = apply  # type: ignore[method-assign]
-    await coord._apply_retrying(Change(seq=1, kind="node.updated", data={"id": 1}))
-    await coord._apply_retrying(Change(seq=2, kind="node.updated", data={"id": 2}))
-    assert calls == {1: 2, 2: coord_mod.APPLY_ATTEMPTS}
+    await coord.follower.apply_retrying(Change(seq=1, kind="node.updated", data={"id": 1}))
+    await coord.follower.apply_retrying(Change(seq=2, kind="node.updated", data={"id": 2}))
+    assert calls == {1: 2, 2: follower_mod.APPLY_ATTEMPTS}

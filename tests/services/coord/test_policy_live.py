@@ -20,6 +20,7 @@ from trioscale.shared.domain.policy import PolicyError
 from trioscale.shared.domain.routes import elect_primaries, normalize_routes
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.policyhost import parse_and_check
+from trioscale.services.coord.sessions import frame
 from trioscale.shared.domain import secrets
 from trioscale.shared.store.sqlite import SqliteStore
 
@@ -187,7 +188,7 @@ async def test_identical_messages_are_encoded_once(env):
     await env.set_policy('{"acls": [{"action": "accept", "src": ["bob@"], "dst": ["*:22"]}]}')
     for i in range(3):
         await env.join(f"b{i}", "bob")
-    sessions = [s for sid in sorted(env.coord.sessions) for s in env.coord.sessions[sid]]
+    sessions = [s for sid in sorted(env.coord.sessions.by_node) for s in env.coord.sessions.by_node[sid]]
     await eventually(lambda: all(len(s.sent) == 2 for s in sessions))
     for s in sessions:  # queue instead of writing at once, so the test can look at the messages
         s.response = None
@@ -195,9 +196,9 @@ async def test_identical_messages_are_encoded_once(env):
     env.coord.install_policy(Policy.parse('{"acls": [{"action": "accept", "src": ["bob@"], "dst": ["*:22,80"]}]}'), None)
     queued = [s.queue[-1] for s in sessions]
     assert all(q is queued[0] for q in queued)  # one message object (encoded once) for all three
-    body = json.loads(queued[0].frame(None)[4:])
+    body = json.loads(frame(queued[0], None)[4:])
     assert set(body) == {"PacketFilter"}
-    assert queued[0].frame(None) is queued[0].frame(None)
+    assert frame(queued[0], None) is frame(queued[0], None)
 
 
 async def test_new_node_in_a_group_updates_other_nodes_filters(env):
@@ -399,7 +400,7 @@ async def test_policy_file_reload_keeps_previous_on_error(tmp_path: Path, nurser
                         policy_mode="file", policy_path=str(path))
     await nursery.start(coord.run)
     env = Env(store, coord, ControlHandlers(coord, POLICY), nursery)
-    await nursery.start(lambda task_status: policysource.watch_policy_file(coord, interval=0.05, task_status=task_status))
+    await nursery.start(lambda task_status: policysource.watch_policy_file(coord.policy_source, interval=0.05, task_status=task_status))
     web_m, web = await env.join("web", "alice", ("tag:web",))
     b_m, b = await env.join("b1", "bob")
     b_id = await env.node_id(b_m)
@@ -440,11 +441,11 @@ async def test_renaming_a_user_changes_what_selectors_naming_it_match(env):
     a_m, a = await env.join("a1", "alice")
     a_id = await env.node_id(a_m)
     await eventually(lambda: a_id in peers_of(web))
-    n = len(env.coord.sessions)
+    n = len(env.coord.sessions.by_node)
     alice = await env.store.get_user_by_name("alice")
     await env.store.rename_user(alice.id, "alicia")  # "alice@" in group:x no longer names her
     await eventually(lambda: a_id not in peers_of(web) and filter_of(web) == [], what="renamed user loses access")
-    assert len(env.coord.sessions) == n
+    assert len(env.coord.sessions.by_node) == n
     # creating a user (no nodes yet) costs no resync and changes nothing
     before = len(web.messages())
     await env.store.create_user("alice")
@@ -477,8 +478,8 @@ CONSISTENCY_POLICIES = [
 
 
 def _fake_coordinator(nodes, users, text):
-    from trioscale.services.coord.coordinator import MapSession
-    from trioscale.shared.domain.peerset import PeerSet
+    from trioscale.services.coord.sessions import MapSession
+    from trioscale.shared.domain.fanout import first_map
     from trioscale.shared.domain.policy import Policy
 
     coord = Coordinator(None, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r))  # type: ignore[arg-type]
@@ -488,16 +489,14 @@ def _fake_coordinator(nodes, users, text):
     now = coord.now()
     for n in nodes:
         session = MapSession(n.id, None)
-        first, sent = coord.tailnet.full_map(n, now)
-        session.sent = PeerSet(sent)
-        coord._remember_first_map(session, first)
-        coord.sessions[n.id] = {session}
+        first_map(coord.tailnet, session, now)
+        coord.sessions.add(session)
     return coord
 
 
 def _assert_consistent(coord, what):
     tailnet = coord.tailnet
-    for vid, sessions in coord.sessions.items():
+    for vid, sessions in coord.sessions.by_node.items():
         viewer = tailnet.nodes[vid]
         for s in sessions:
             want_sent = {p.id for p in tailnet.visible_peers(viewer)}
@@ -544,19 +543,15 @@ def test_sessions_stay_consistent_through_node_changes(text):
                 new = old.replace(tags=())
             else:
                 new = old.replace(user_id=rng.randrange(1, 5))
-        coord.tailnet.nodes[new.id] = new
-        from trioscale.shared.domain.netmap import changed_fields
+        from trioscale.shared.domain.fanout import NodeSet, fan_out, first_map
 
-        coord._node_changed(old, new, changed_fields(old, new))
+        coord.sessions.deliver(fan_out(coord.tailnet, coord.sessions.by_node, NodeSet(new), coord.now()))
         if old is None:  # a new node connects too
-            from trioscale.services.coord.coordinator import MapSession
-            from trioscale.shared.domain.peerset import PeerSet
+            from trioscale.services.coord.sessions import MapSession
 
             session = MapSession(new.id, None)
-            first, sent = coord.tailnet.full_map(new, coord.now())
-            session.sent = PeerSet(sent)
-            coord._remember_first_map(session, first)
-            coord.sessions[new.id] = {session}
+            first_map(coord.tailnet, session, coord.now())
+            coord.sessions.add(session)
         _assert_consistent(coord, f"step {step}: {kind} node {new.id}")
 
 
@@ -584,7 +579,7 @@ def test_filter_json_is_the_plain_encoding_with_shared_sources_encoded_once():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from trioscale.services.coord.policyfanout import _dumps, _filter_json
+    from trioscale.shared.domain.fanout import dumps as _dumps, filter_json as _filter_json
 
     ips = st.lists(st.sampled_from(["100.64.0.1", "fd7a:115c:a1e0::1", "*", "10.0.0.0/8", "é"]), max_size=5)
     rule = st.fixed_dictionaries(

@@ -1,0 +1,156 @@
+"""The map sessions of this replica: each one's queue, and the flusher that writes them.
+
+A `MapSession` is one streaming /machine/map response. What it has told its client is its
+`SessionView` part (shared/domain/fanout.py); the rest is the queue between the fan-out and the
+connection. Each session's queue is bounded: a session that falls too far behind is closed, and its
+client reconnects and gets a fresh full map.
+
+`SessionTable` holds the sessions by node id and runs the flusher: queued messages are written in
+passes, one send per session per pass, however many changes were applied since the last.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.fanout import Message, Messages, SessionView
+from trioscale.shared.proto import mapframe
+
+#: messages a session may have queued before it is considered stuck and closed
+SESSION_QUEUE_LIMIT = 512
+#: sessions the flusher writes between two yields to the scheduler
+FLUSH_YIELD_EVERY = 256
+
+
+def frame(message: Message, compress: str | None) -> bytes:
+    """The message as the map stream carries it, framed once per compression and shared."""
+    out = message.frames.get(compress)
+    if out is None:
+        out = message.frames[compress] = mapframe.encode_frame(message.json(), compress)
+    return out
+
+
+class MapSession(SessionView):
+    """One streaming /machine/map response."""
+
+    def __init__(self, node_id: int, compress: str | None, capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
+        super().__init__(node_id, capver)
+        self.compress = compress
+        self.queue: deque[Message] = deque()
+        self.wakeup = trio.Event()
+        self.closed = False
+        self.close_reason = ""
+        #: set once the first map is out: queued deltas may then be written by the flusher
+        self.response: Any = None
+        #: the session's own task is writing (or about to): deltas queue behind it, in order
+        self.writing = False
+        #: the table's flusher (SessionTable.mark_dirty), once attached
+        self.mark_dirty: Callable[["MapSession"], None] | None = None
+
+    def attach(self, response: Any, mark_dirty: Callable[["MapSession"], None] | None = None) -> None:
+        self.response = response
+        self.mark_dirty = mark_dirty
+
+    def push(self, message: Message) -> None:
+        if self.closed:
+            return
+        if len(self.queue) >= SESSION_QUEUE_LIMIT:
+            self.close("fell behind")
+            return
+        self.queue.append(message)
+        if self.mark_dirty is not None and not self.writing:
+            self.mark_dirty(self)
+        else:
+            self.wakeup.set()
+
+    def flush_nowait(self) -> None:
+        """Write what is queued at once if the connection can take it (one send for all of it);
+        else leave it to the session's own task."""
+        if self.closed or self.writing or not self.queue or self.response is None:
+            if self.queue or self.closed:
+                self.wakeup.set()
+            return
+        data = b"".join(frame(m, self.compress) for m in self.queue)
+        if self.response.write_nowait(data):
+            self.queue.clear()
+        else:
+            self.wakeup.set()
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self.wakeup.set()
+
+    async def next_messages(self, timeout: float) -> list[Message]:
+        """Queued messages; empty after `timeout` seconds of silence (time for a keepalive)."""
+        if not self.queue and not self.closed:
+            with trio.move_on_after(timeout):
+                await self.wakeup.wait()
+        self.wakeup = trio.Event()
+        out = list(self.queue)
+        self.queue.clear()
+        self.writing = True  # until the caller has written these (or a keepalive): see push()
+        return out
+
+
+class SessionTable:
+    """This replica's map sessions by node id, and the flusher that writes their queues."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[int, set[MapSession]] = {}
+        self._dirty: dict[MapSession, None] = {}
+        self._dirty_wakeup = trio.Event()
+
+    def deliver(self, messages: Messages) -> None:
+        for session, message in messages:
+            session.push(message)  # type: ignore[attr-defined]
+
+    def add(self, session: MapSession) -> None:
+        self.by_node.setdefault(session.node_id, set()).add(session)
+
+    def discard(self, session: MapSession) -> bool | None:
+        """Forget `session`: None if it was not here, else whether its node has none left."""
+        sessions = self.by_node.get(session.node_id)
+        if sessions is None or session not in sessions:
+            return None
+        sessions.discard(session)
+        if sessions:
+            return False
+        del self.by_node[session.node_id]
+        return True
+
+    def close_node(self, node_id: int, reason: str) -> int:
+        """Close and forget a node's sessions; how many there were."""
+        sessions = self.by_node.pop(node_id, set())
+        for session in sessions:
+            session.close(reason)
+        return len(sessions)
+
+    def close_all(self, reason: str) -> None:
+        for sessions in list(self.by_node.values()):
+            for session in list(sessions):
+                session.close(reason)
+
+    def mark_dirty(self, session: MapSession) -> None:
+        self._dirty[session] = None
+        self._dirty_wakeup.set()
+
+    async def flush(self) -> None:
+        """Write the sessions that have messages queued, in passes. One pass costs one send per
+        session, however many changes were applied since the last: when changes come faster than
+        a pass takes (thousands of nodes reconnecting), they are batched by themselves, and
+        latency stays one pass when they come slowly."""
+        while True:
+            await self._dirty_wakeup.wait()
+            self._dirty_wakeup = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for i, session in enumerate(dirty):
+                session.flush_nowait()
+                if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
+                    await trio.sleep(0)  # let requests and the follower run during a long pass
+            await trio.sleep(0)

@@ -1,0 +1,701 @@
+"""Who is told what after a change: the fan-out, as a function over plain data.
+
+`fan_out(tailnet, sessions, change, now)` applies one change to the in-memory tailnet (its nodes,
+users, online set, settings and live policy) and returns the messages it calls for, as
+`(SessionView, Message)` pairs in the order each session must receive them. No I/O, no clock, no
+Trio: the coordinator fetches records from the store, calls this, and queues the messages on its
+map sessions (services/coord/sessions.py).
+
+A `SessionView` is what one map session has told its client: the peers it announced (`sent`), its
+PacketFilter, SSHPolicy and own Node, and, for peers whose picture depends on the viewer (routers,
+disable-ipv4), that picture (`views`). The fan-out updates each view to what its messages say, so a
+view always equals what the client knows; an update sends only what differs (`PacketFilter: []`,
+deny all inbound, is sent as such; an unchanged filter not at all). A client's map is an
+upsert/remove log, so a peer is added with PeersChanged before it is patched, removed with
+PeersRemoved.
+
+Identical messages are built once per change and shared by all their receivers (a `Message` is
+serialised once, however many sessions it goes to).
+
+A policy change diffs *visibility classes* (nodes with the same rule memberships see the same peers,
+`CompiledPolicy.visibility_class`): old and new peer sets are compared once per pair of classes,
+and each session only looks at the peers that entered or left its class's set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from trioscale.shared.model import Node, User
+
+from . import tailcfg
+from .netmap import Delta, Tailnet, changed_fields
+from .peerset import PeerSet
+
+
+def dumps(obj: Any) -> str:
+    """JSON text as the coordinator sends it (compact, UTF-8 kept)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class Message:
+    """One MapResponse body, serialised once and shared by every session it goes to. `frames` is
+    the transport's cache of its framed (and compressed) forms."""
+
+    __slots__ = ("body", "_json", "frames")
+
+    def __init__(self, body: dict[str, Any] | None = None, *, json_text: str | None = None) -> None:
+        self.body = body
+        self._json: bytes | None = json_text.encode() if json_text is not None else None
+        self.frames: dict[str | None, bytes] = {}
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = dumps(self.body).encode()
+            self.body = None  # a full map's dicts are large; the JSON is all that is needed now
+        return self._json
+
+
+class SessionView:
+    """What one map session has told its client (see the module docstring)."""
+
+    def __init__(self, node_id: int, capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
+        self.node_id = node_id
+        #: the client's capability version (from its MapRequest): what it can read
+        self.capver = capver
+        self.sent: PeerSet = PeerSet()
+        self.filter: Any = None
+        self.ssh: Any = None
+        self.self_node: Any = None
+        self.views: dict[int, Any] = {}
+
+
+Sessions = Mapping[int, Collection[SessionView]]
+Messages = list[tuple[SessionView, Message]]
+
+
+# -- changes -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeSet:
+    """A node's new version (created or updated); `fields` is the change log's hint."""
+    node: Node
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeRemoved:
+    node_id: int
+
+
+@dataclass(frozen=True)
+class OnlineSet:
+    """A node came online or went offline; `last_seen` goes into the offline patch."""
+    node_id: int
+    online: bool
+    last_seen: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UserSet:
+    user: User
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class UserRemoved:
+    user_id: int
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A new (already validated) policy; None = no policy, allow all."""
+    policy: Any
+    text: str | None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class ShareSet:
+    node_id: int
+    user_id: int
+    shared: bool
+
+
+@dataclass(frozen=True)
+class DERPMapSet:
+    derp_map: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DNSConfigSet:
+    dns_config: dict[str, Any] | None
+
+
+Change = NodeSet | NodeRemoved | OnlineSet | UserSet | UserRemoved | PolicySet | ShareSet | DERPMapSet | DNSConfigSet
+
+
+def fan_out(tailnet: Tailnet, sessions: Sessions, change: Change, now: datetime) -> Messages:
+    """Apply `change` to `tailnet` and return the messages each session must be sent for it."""
+    run = _Run(tailnet, sessions, now)
+    if isinstance(change, NodeSet):
+        run.node_set(change.node, change.fields)
+    elif isinstance(change, NodeRemoved):
+        run.node_removed(change.node_id)
+    elif isinstance(change, OnlineSet):
+        run.set_online(change.node_id, change.online, change.last_seen)
+    elif isinstance(change, UserSet):
+        run.user_set(change.user, change.created)
+    elif isinstance(change, UserRemoved):
+        tailnet.users.pop(change.user_id, None)
+        if tailnet.policy is not None:
+            tailnet.policy.remove_user(change.user_id)
+    elif isinstance(change, PolicySet):
+        run.policy_swap(change.policy, change.text, change.version)
+    elif isinstance(change, ShareSet):
+        run.share_set(change.node_id, change.user_id, change.shared)
+    elif isinstance(change, DERPMapSet):
+        run.derp_map_set(change.derp_map)
+    elif isinstance(change, DNSConfigSet):
+        run.dns_config_set(change.dns_config)
+    else:
+        raise TypeError(f"not a change: {change!r}")
+    return run.out
+
+
+def first_map(tailnet: Tailnet, view: SessionView, now: datetime) -> dict[str, Any]:
+    """A new session's first map (for its client's capability version); records in `view` what it
+    tells the client."""
+    node = tailnet.nodes[view.node_id]
+    first, sent = tailnet.full_map(node, now)
+    first["DERPMap"] = tailcfg.derp_map_for_capver(first["DERPMap"], view.capver)
+    view.sent = PeerSet(sent)
+    remember_first_map(tailnet, view, first)
+    return first
+
+
+def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any]) -> None:
+    """Record what a first map told the client (filter, SSH policy, own node, router pictures)."""
+    view.filter = first.get("PacketFilter")
+    view.ssh = first.get("SSHPolicy")
+    view.self_node = first.get("Node")
+    view.views = {}
+    policy = tailnet.policy
+    if policy is None:
+        return
+    vid = view.node_id
+    for pid in _view_peers(vid, view, _routers(policy), policy.ipv4_off()):
+        picture = tailnet.peer_view(vid, tailnet.nodes[pid])
+        if picture is not None:
+            view.views[pid] = picture
+
+
+def sessions_that_may_know(tailnet: Tailnet, sessions: Sessions, node_id: int) -> list[Collection[SessionView]]:
+    """The session sets whose `sent` may hold `node_id`. Visibility is symmetric (the policy's
+    peers are "traffic allowed in either direction", shares show both sides) and the fan-out
+    keeps every session's `sent` equal to what its viewer may see, so only the viewers among
+    the node's own visible peers qualify: O(peers), not O(sessions) per online change (10,000
+    sessions coming online were O(N²)). Without a policy view of the node: every session."""
+    policy = tailnet.policy
+    if policy is not None and tailnet.visibility == policy.can_see and policy.known(node_id):
+        peers = policy.visible_ids(node_id)
+        if len(peers) < len(sessions):
+            return [sessions[v] for v in peers if v in sessions]
+    return list(sessions.values())
+
+
+# -- filter text ---------------------------------------------------------------------------------------
+def filter_key(keys: dict[int, tuple[Any, str]], filt: Any) -> str:
+    """The filter's JSON text, doubling as its dedup key; computed once per filter object (objects
+    are kept alive in `keys`, so an id is never reused while the dict lives)."""
+    ent = keys.get(id(filt))
+    if ent is not None and ent[0] is filt:
+        return ent[1]
+    key = filter_json(keys, filt) if isinstance(filt, list) else dumps(filt)
+    keys[id(filt)] = (filt, key)
+    return key
+
+
+def filter_json(keys: dict[int, tuple[Any, str]], filt: list) -> str:
+    """`dumps(filt)`, with each SrcIPs list encoded once however many filters share it (one rule's
+    sources appear in the filter of every node it reaches: thousands of addresses, hundreds of
+    filters)."""
+    rules = []
+    for rule in filt:
+        if not isinstance(rule, dict):
+            return dumps(filt)
+        parts = []
+        for k, v in rule.items():
+            if k == "SrcIPs" and isinstance(v, list):
+                ent = keys.get(id(v))
+                if ent is None or ent[0] is not v:
+                    ent = keys[id(v)] = (v, dumps(v))
+                parts.append(f'"SrcIPs":{ent[1]}')
+            else:
+                parts.append(dumps(k) + ":" + dumps(v))
+        rules.append("{" + ",".join(parts) + "}")
+    return "[" + ",".join(rules) + "]"
+
+
+# -- peers whose picture depends on the viewer ------------------------------------------------------------
+def _routers(policy: Any) -> set[int]:
+    out: set[int] = set()
+    for ids in policy.compiled.net.route_owners.values():
+        out |= ids
+    return out
+
+
+def _dependent(vid: int, routers: set[int], off: frozenset[int]) -> set[int] | None:
+    """Peers whose picture can depend on viewer `vid` (None = all of them): routers, and nodes
+    with disable-ipv4; every peer when the viewer has disable-ipv4 itself."""
+    if vid in off:
+        return None
+    return routers | off if off else routers
+
+
+def _view_peers(vid: int, view: SessionView, routers: set[int], off: frozenset[int]) -> set[int]:
+    """The peers of `view` whose viewer-specific picture must be looked at again: those that
+    can depend on the viewer, and those it was last told a specific picture of."""
+    sent = view.sent
+    dep = _dependent(vid, routers, off)
+    if dep is None:
+        return set(sent)
+    out = {p for p in dep if p in sent}
+    if view.views:
+        out |= {p for p in view.views if p in sent}
+    return out
+
+
+class _Run:
+    """One change's fan-out: the state it reads, the messages it builds (shared via `cache`)."""
+
+    def __init__(self, tailnet: Tailnet, sessions: Sessions, now: datetime) -> None:
+        self.tailnet = tailnet
+        self.policy = tailnet.policy
+        self.sessions = sessions
+        self.now = now
+        self.out: Messages = []
+
+    def push(self, view: SessionView, message: Message) -> None:
+        self.out.append((view, message))
+
+    def broadcast(self, message: Message) -> None:
+        for views in self.sessions.values():
+            for view in views:
+                self.push(view, message)
+
+    # -- settings ------------------------------------------------------------------------------------
+    def derp_map_set(self, derp_map: dict[str, Any]) -> None:
+        if derp_map == self.tailnet.settings.derp_map:
+            return
+        self.tailnet.settings.derp_map = derp_map
+        message = Message({"DERPMap": derp_map})
+        older: Message | None = None  # built once, if any client too old for certificate pins is here
+        for views in self.sessions.values():
+            for view in views:
+                if view.capver >= tailcfg.CAPVER_CERT_HASH:
+                    self.push(view, message)
+                    continue
+                if older is None:
+                    older = Message({"DERPMap": tailcfg.derp_map_for_capver(derp_map, view.capver)})
+                self.push(view, older)
+
+    def dns_config_set(self, dns_config: dict[str, Any] | None) -> None:
+        """A client replaces its whole DNSConfig, so each node gets its own copy with its
+        CertDomains (one message per node; DNS changes are rare)."""
+        tailnet = self.tailnet
+        if dns_config == tailnet.settings.dns_config:
+            return
+        tailnet.settings.dns_config = dns_config
+        if dns_config is None:
+            return
+        for node_id, views in self.sessions.items():
+            node = tailnet.nodes.get(node_id)
+            if node is None:
+                continue
+            message = Message({"DNSConfig": tailnet.dns_config_for(node)})
+            for view in views:
+                self.push(view, message)
+
+    # -- users -----------------------------------------------------------------------------------------
+    def user_set(self, user: User, created: bool) -> None:
+        self.tailnet.users[user.id] = user
+        policy = self.policy
+        if policy is not None and policy.set_user(user) and policy.compiled.net.by_user.get(user.id):
+            # a user with nodes was renamed: selectors naming it may now match its nodes
+            # differently, for them and for everyone who sees them (rare: a full resync)
+            self.policy_resync(None)
+            self.refresh_others(None, set())
+        if not created:
+            self.broadcast(Message({"UserProfiles": [tailcfg.user_profile(user)]}))
+
+    # -- nodes -----------------------------------------------------------------------------------------
+    def node_set(self, new: Node, hint: tuple[str, ...]) -> None:
+        tailnet = self.tailnet
+        old = tailnet.nodes.get(new.id)
+        tailnet.nodes[new.id] = new
+        changed = changed_fields(old, new, hint)
+        if not changed:
+            return
+        policy_changed, routers_moved, audience = self.policy_node_set(new)
+        now = self.now
+        cache: dict[Any, Message] = {}
+        for viewer_id, views in self.sessions.items():
+            viewer = tailnet.nodes.get(viewer_id)
+            if viewer is None:
+                continue
+            if viewer_id == new.id:
+                if tailnet.self_changed(changed):
+                    body = {"Node": tailnet.self_json(new, now)}
+                    if "given_name" in changed and old is not None:
+                        dns = tailnet.dns_config_for(new)  # its CertDomains follow its name
+                        if dns is not None:
+                            body["DNSConfig"] = dns
+                    message = Message(body)
+                    for view in views:
+                        self.push(view, message)
+                continue
+            for view in views:
+                delta = tailnet.peer_delta(viewer, view.sent, old, new, changed, now)
+                if delta is not None:
+                    self.push(view, self.delta_message(delta, changed, cache, viewer_id, view))
+        if policy_changed:
+            # the node's own sessions are resynced (what it may see can change wholesale, e.g. when
+            # it is tagged); the others get their new filters / SSH policies / router views
+            self.policy_resync({new.id})
+            self.push_self_if_changed(new.id, new)
+            self.refresh_others(new.id, routers_moved, only=audience)
+
+    def delta_message(self, delta: Delta, changed: frozenset[str], cache: dict, viewer_id: int,
+                      view: SessionView) -> Message:
+        tailnet = self.tailnet
+        picture = None
+        if delta.kind == "changed":
+            picture = tailnet.peer_view(viewer_id, tailnet.nodes[delta.node_id])
+            if picture is None:
+                view.views.pop(delta.node_id, None)
+            else:
+                view.views[delta.node_id] = picture
+        key = (delta.kind, picture)
+        message = cache.get(key)
+        if message is None:
+            message = cache[key] = Message(tailnet.encode_delta(delta, changed, self.now, picture))
+        return message
+
+    def node_removed(self, node_id: int) -> None:
+        tailnet = self.tailnet
+        old = tailnet.nodes.pop(node_id, None)
+        tailnet.online.discard(node_id)
+        policy = self.policy
+        if policy is not None and policy.remove_node(node_id):
+            for views in self.sessions.values():
+                for view in views:
+                    if view.views:
+                        view.views.pop(node_id, None)
+            self.refresh_others(None, policy.elect())
+        if old is None:
+            return
+        removed = Message({"PeersRemoved": [node_id]})
+        for views in self.sessions.values():
+            for view in views:
+                if node_id in view.sent:
+                    view.sent.discard(node_id)
+                    self.push(view, removed)
+
+    def set_online(self, node_id: int, online: bool, last_seen: datetime | None) -> None:
+        tailnet = self.tailnet
+        if online == (node_id in tailnet.online):
+            return
+        if online:
+            tailnet.online.add(node_id)
+        else:
+            tailnet.online.discard(node_id)
+        patch = Message(tailnet.online_patch(node_id, online, last_seen))
+        for views in sessions_that_may_know(tailnet, self.sessions, node_id):
+            for view in views:
+                if node_id in view.sent:
+                    self.push(view, patch)
+        policy = self.policy
+        if policy is not None and (policy.primaries or policy.compiled.net.route_owners):
+            # HA routes: a router going offline hands over its prefixes
+            moved = policy.elect()
+            if moved:
+                self.refresh_others(None, moved)
+
+    # -- the policy's part of a node change ---------------------------------------------------------------
+    def policy_node_set(self, new: Node) -> tuple[bool, set[int], set[int] | None]:
+        """(whether the policy's picture changed, routers whose primaries moved, the nodes whose
+        filters the change can touch: None = anyone's)."""
+        host = self.policy
+        if host is None:
+            return False, set(), None
+        old_info = host.infos.get(new.id)
+        old_cls = host.compiled.visibility_class(new.id) if host.known(new.id) else ((), (), None)
+        if not host.set_node(new):
+            return False, set(), None
+        routers = host.elect()
+        audience = None if routers else self.filter_audience(
+            old_info, host.infos.get(new.id), old_cls, host.compiled.visibility_class(new.id))
+        return True, routers, audience
+
+    def filter_audience(self, old_info, new_info, old_cls: tuple, new_cls: tuple) -> set[int] | None:
+        """The nodes whose PacketFilter can change when one node goes from `old_info` to `new_info`
+        (None = anyone's). A node's addresses appear in others' filters only as a source: in the
+        filters of the destinations of the rules it is a source of (for autogroup:self rules, its
+        user's devices), and, for app grants it is a destination of, in the companion-capability
+        rules of their sources. Route changes (every `*` source lists the subnet routes) and SSH
+        rules (principals) reach further: then everyone is looked at."""
+        c = self.policy.compiled
+        if c.p is not None and c.p.ssh:
+            return None
+        if old_info is not None and new_info is not None and (
+            old_info.routable_ips != new_info.routable_ips or old_info.approved_routes != new_info.approved_routes
+        ):
+            return None
+        by_user = c.net.by_user
+        users = {i.user_id for i in (old_info, new_info) if i is not None and i.user_id is not None}
+        out: set[int] = set()
+        for i in set(old_cls[0]) | set(new_cls[0]):
+            if i >= len(c._rules):
+                return None
+            rc = c._rule(i)
+            out |= rc.dst_nodes
+            if rc.self_dst:
+                for uid in users:
+                    out |= by_user.get(uid, set())
+        for i in set(old_cls[1]) | set(new_cls[1]):
+            if i >= len(c._rules):
+                return None
+            if c._rules[i].app:
+                out |= c._rule(i).src_nodes
+        return out
+
+    # -- building one session's update ------------------------------------------------------------------
+    def session_update(
+        self,
+        view: SessionView,
+        viewer: Node,
+        filt: list | None,
+        fkeys: dict,
+        ssh: dict | None,
+        ssh_key: str | None,
+        added: list[int],
+        removed: list[int],
+        view_peers: set[int],
+        cache: dict,
+    ) -> None:
+        """Queue one message with whatever of (filter, ssh, removed, added/changed peers) differs
+        from what `view` was told. `view_peers`: peers whose viewer-specific picture may have
+        changed (compared with view.views)."""
+        tailnet = self.tailnet
+        vid = viewer.id
+        send_filter = filt is not None and filt != view.filter
+        send_ssh = ssh is not None and ssh != view.ssh
+        views = view.views
+        sent = view.sent
+        dep = _dependent(vid, _routers(self.policy), self.policy.ipv4_off()) if added else set()
+        changed = sorted(added)
+        sent.add_all(changed)
+        for pid in removed:
+            sent.discard(pid)
+            views.pop(pid, None)
+        # viewer-specific pictures: of added peers that can have one, and of known ones that moved
+        changed_views: dict[int, Any] = {}
+        if dep is None:
+            with_view = changed
+        else:
+            with_view = [p for p in changed if p in dep] if dep else []
+        for pid in with_view:
+            changed_views[pid] = tailnet.peer_view(vid, tailnet.nodes[pid])
+        if view_peers:
+            added_set = set(changed)
+            extra = []
+            for pid in view_peers:
+                if pid in sent and pid not in added_set:
+                    picture = tailnet.peer_view(vid, tailnet.nodes[pid])
+                    if picture != views.get(pid):
+                        changed_views[pid] = picture
+                        extra.append(pid)
+            if extra:
+                changed = sorted(changed + extra)
+        for pid, picture in changed_views.items():
+            if picture is None:
+                views.pop(pid, None)
+            else:
+                views[pid] = picture
+        if not (send_filter or send_ssh or changed or removed):
+            return
+        # Two messages, each shared by every session that needs the same one: the filter part
+        # first (a viewer-specific filter then does not make the peer part viewer-specific too),
+        # then the peer part.
+        if send_filter or send_ssh:
+            filt_key = filter_key(fkeys, filt) if send_filter else None
+            if send_ssh and ssh_key is None:
+                ssh_key = dumps(ssh)
+            if send_filter:
+                view.filter = filt
+            if send_ssh:
+                view.ssh = ssh
+            key = ("filter", filt_key if send_filter else None, ssh_key if send_ssh else None)
+            message = cache.get(key)
+            if message is None:
+                parts = []
+                if send_filter:
+                    parts.append('"PacketFilter":' + filt_key)  # type: ignore[operator]
+                if send_ssh:
+                    parts.append('"SSHPolicy":' + ssh_key)  # type: ignore[operator]
+                message = cache[key] = Message(json_text="{" + ",".join(parts) + "}")
+            self.push(view, message)
+        if changed or removed:
+            key = ("peers", tuple(sorted(removed)), tuple(changed),
+                   tuple(sorted(changed_views.items())) if changed_views else ())
+            message = cache.get(key)
+            if message is None:
+                body: dict[str, Any] = {}
+                if changed:
+                    nodes = [tailnet.nodes[pid] for pid in changed]
+                    body["PeersChanged"] = [self.peer_json_cached(cache, n, changed_views.get(n.id)) for n in nodes]
+                    profiles = tailnet.user_profiles(nodes)
+                    if profiles:
+                        body["UserProfiles"] = profiles
+                if removed:
+                    body["PeersRemoved"] = sorted(removed)
+                message = cache[key] = Message(body)
+            self.push(view, message)
+
+    def peer_json_cached(self, cache: dict, node: Node, picture: Any) -> dict[str, Any]:
+        key = ("peer", node.id, picture)
+        out = cache.get(key)
+        if out is None:
+            out = cache[key] = self.tailnet.peer_json(node, self.now, view=picture)
+        return out
+
+    def push_self_if_changed(self, vid: int, viewer: Node) -> None:
+        body = self.tailnet.self_json(viewer, self.now)
+        for view in self.sessions.get(vid, ()):
+            if view.self_node != body:
+                view.self_node = body
+                self.push(view, Message({"Node": body}))
+
+    # -- full resync of some viewers (their visibility may have changed wholesale) ----------------------
+    def policy_resync(self, viewer_ids: set[int] | None) -> None:
+        tailnet = self.tailnet
+        policy = self.policy
+        routers = _routers(policy)
+        off = policy.ipv4_off()
+        cache: dict = {}
+        fkeys: dict[int, tuple[Any, str]] = {}
+        for vid, views in list(self.sessions.items()):
+            if viewer_ids is not None and vid not in viewer_ids:
+                continue
+            viewer = tailnet.nodes.get(vid)
+            if viewer is None or not views:
+                continue
+            visible = policy.visible_ids(vid)
+            filt = tailnet.packet_filter(viewer)
+            ssh = tailnet.ssh_policy(viewer)
+            for view in views:
+                removed = [p for p in view.sent if p not in visible or p == vid]
+                added = [
+                    p for p in visible
+                    if p != vid and p not in view.sent and p in tailnet.nodes
+                    and tailnet.announceable(tailnet.nodes[p])
+                ]
+                self.session_update(view, viewer, filt, fkeys, ssh, None, added, removed,
+                                    _view_peers(vid, view, routers, off), cache)
+
+    # -- a policy change ----------------------------------------------------------------------------------
+    def policy_swap(self, policy: Any, text: str | None, version: int | None) -> None:
+        host = self.policy
+        old = host.compiled
+        old_class: dict[int, tuple] = {}
+        old_sets: dict[tuple, frozenset] = {}
+        for vid in self.sessions:
+            if host.known(vid):
+                k = old.visibility_class(vid)
+                old_class[vid] = k
+                if k not in old_sets:
+                    old_sets[k] = old.class_peers(k)
+        old_routers = _routers(host)
+        old_off = host.ipv4_off()
+        host.set_policy(policy, text, version)
+        new = host.compiled
+        routers = _routers(host) | old_routers
+        off = host.ipv4_off() | old_off
+        tailnet = self.tailnet
+        pair_cache: dict[tuple, tuple[tuple, frozenset]] = {}
+        add_set: dict[tuple, frozenset] = {}
+        cache: dict = {}
+        fkeys: dict[int, tuple[Any, str]] = {}
+        for vid, views in list(self.sessions.items()):
+            viewer = tailnet.nodes.get(vid)
+            if viewer is None or not views or not host.known(vid):
+                continue
+            nk = new.visibility_class(vid)
+            ok = old_class.get(vid)
+            if ok is None:
+                self.policy_resync({vid})
+                continue
+            pair = (ok, nk)
+            delta = pair_cache.get(pair)
+            if delta is None:
+                a, b = old_sets[ok], new.class_peers(nk)
+                if a is b or a == b:
+                    delta = pair_cache[pair] = ((), frozenset())
+                else:
+                    nodes = tailnet.nodes
+                    add_list = tuple(p for p in sorted(b - a) if p in nodes and tailnet.announceable(nodes[p]))
+                    delta = pair_cache[pair] = (add_list, a - b)
+                    add_set[pair] = frozenset(add_list)
+            add_c, rem_c = delta
+            filt = tailnet.packet_filter(viewer)
+            ssh = tailnet.ssh_policy(viewer)
+            for view in views:
+                sent = view.sent
+                removed = [p for p in rem_c if p in sent and not host._shared(vid, p)]
+                # peers that entered the class's set were not visible before, so they are not in
+                # `sent` (a shared one might be: announcing it again is a harmless upsert)
+                added = [p for p in add_c if p != vid] if vid in add_set.get(pair, ()) else list(add_c)
+                self.session_update(view, viewer, filt, fkeys, ssh, None, added, removed,
+                                    _view_peers(vid, view, routers, off), cache)
+            # the node's own picture (CapMap from nodeAttrs, its routes) may have changed too
+            self.push_self_if_changed(vid, viewer)
+
+    def share_set(self, node_id: int, user_id: int, shared: bool) -> None:
+        policy = self.policy
+        if shared:
+            policy.add_share(node_id, user_id)
+        else:
+            policy.remove_share(node_id, user_id)
+        self.policy_resync({node_id} | set(policy.compiled.net.by_user.get(user_id, ())))
+
+    # -- after a change others' filters may depend on -------------------------------------------------------
+    def refresh_others(self, skip: int | None, routers_changed: set[int], only: set[int] | None = None) -> None:
+        """Filters and SSH policies of every other session (a node joining a group changes the
+        SrcIPs of others' filters), plus pictures of routers whose primary routes moved. `only`:
+        the nodes whose filters can have changed (None = everyone)."""
+        tailnet = self.tailnet
+        cache: dict = {}
+        fkeys: dict[int, tuple[Any, str]] = {}
+        if only is not None:
+            items = [(vid, self.sessions[vid]) for vid in only if vid in self.sessions]
+        else:
+            items = list(self.sessions.items())
+        for vid, views in items:
+            if vid == skip:
+                continue
+            viewer = tailnet.nodes.get(vid)
+            if viewer is None or not views or not self.policy.known(vid):
+                continue
+            filt = tailnet.packet_filter(viewer)
+            ssh = tailnet.ssh_policy(viewer)
+            for view in views:
+                view_peers = routers_changed & view.sent
+                if filt == view.filter and ssh == view.ssh and not view_peers:
+                    continue
+                self.session_update(view, viewer, filt, fkeys, ssh, None, [], [], view_peers, cache)
+            if vid in routers_changed:
+                self.push_self_if_changed(vid, viewer)
