@@ -3,6 +3,7 @@ machine with its keys and request bodies, and `call` to run one Noise request th
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -10,6 +11,7 @@ import trio
 
 from trioscale.services.coord import register
 from trioscale.services.coord.transport import ControlRequest
+from trioscale.shared.model import DerpRelay
 from trioscale.shared.proto import keys, mapframe
 
 POLICY = register.Policy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
@@ -82,3 +84,26 @@ async def call(handlers, machine, path, body):
     resp = FakeResponse()
     await handlers.noise(machine.request(path, body), resp)
     return resp
+
+
+#: region ids of the marker relays `settled` writes (none of the tests' own relays use them)
+_marker_regions = itertools.count(990)
+
+
+async def settled(coord, *streams: FakeResponse) -> None:
+    """Until everything written to the store so far has been applied and has reached `streams`:
+    the way to assert that something did *not* happen, without waiting for a while and hoping.
+
+    Presence is written first (a stream's online change is batched); then a marker relay, whose
+    DERP map change every map session gets after whatever the earlier changes caused (the log is
+    applied in order and each session writes its queue in order). When this returns, applying
+    the marker is done and each of `streams` has received the marker's own message, {"DERPMap": ...}."""
+    await coord.presence.wait_synced()
+    region = next(_marker_regions)
+    await coord.store.upsert_relay(DerpRelay(region_id=region, name=f"marker-{region}", host="127.0.0.1",
+                                             derp_port=443))
+    with trio.fail_after(5):
+        await coord.caught_up()
+        for stream in streams:
+            while not any(str(region) in m.get("DERPMap", {}).get("Regions", {}) for m in stream.messages()):
+                await trio.sleep(0.01)

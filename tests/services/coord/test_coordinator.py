@@ -168,9 +168,19 @@ async def test_interactive_login(env, nursery):
     first = (await call(handlers, m, "/machine/register", m.register_body())).json()
     url = first["AuthURL"]
     assert url.startswith("http://ctl.example:8080/register/")
+    # the follow-up is held open: it waits for the approval instead of answering
+    waiting = trio.Event()
+    wait_for_approval = coord.wait_for_approval
+
+    async def watched(reg_id, deadline):
+        waiting.set()
+        return await wait_for_approval(reg_id, deadline)
+
+    coord.wait_for_approval = watched  # type: ignore[method-assign]
     followup = FakeResponse()
     nursery.start_soon(handlers.noise, m.request("/machine/register", m.register_body(Followup=url)), followup)
-    await trio.sleep(0.1)
+    with trio.fail_after(2):
+        await waiting.wait()
     assert followup.status is None  # held open
     user = await store.get_user_by_name("alice")
     node = await register.complete_registration(store, register.registration_id_from_url(url), user,

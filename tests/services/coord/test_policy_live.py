@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from coordhelpers import POLICY, FakeResponse, Machine, call
+from coordhelpers import POLICY, FakeResponse, Machine, call, settled
 from trioscale.services.coord import policysource
 from trioscale.services.coord.coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
@@ -212,7 +212,7 @@ async def test_new_node_in_a_group_updates_other_nodes_filters(env):
     # a node of another user joining changes nothing for web
     n = len(web.messages())
     await env.join("b1", "bob")
-    await trio.sleep(0.2)
+    await settled(env.coord, web)
     assert all("PacketFilter" not in m for m in web.messages()[n:])
 
 
@@ -250,7 +250,7 @@ async def test_requested_tags_checked_against_tag_owners(env):
     b_id = await env.node_id(b_m)
     await call(env.handlers, b_m, "/machine/map", b_m.map_body(stream=False, OmitPeers=True,
                                                                Hostinfo={"Hostname": "b1", "RequestTags": ["tag:web"]}))
-    await trio.sleep(0.2)
+    await settled(env.coord)  # the Hostinfo change is applied: the tag write would have been made then
     assert (await env.store.get_node(b_id)).tags == ()
 
 
@@ -283,7 +283,7 @@ async def test_exit_routes_approved_together_and_manual_approval(env):
     x_m, x = await env.join("exit", "alice", RoutableIPs=["0.0.0.0/0", "::/0", "192.168.7.0/24"])
     a_m, a = await env.join("a1", "alice")
     x_id = await env.node_id(x_m)
-    await trio.sleep(0.1)
+    await settled(env.coord)  # the node's creation is applied: an auto-approval would have been written then
     assert (await env.store.get_node(x_id)).approved_routes == ()  # alice's own node: no autoApprover
     await env.store.update_node(x_id, approved_routes=normalize_routes(["0.0.0.0/0"]))
     await eventually(lambda: {"0.0.0.0/0", "::/0"} <= set(peers_of(a).get(x_id, {}).get("AllowedIPs", [])),
@@ -321,7 +321,7 @@ async def test_ha_failover_without_flap_back(env):
     await eventually(lambda: primary() == [r2_id], timeout=15, what="r2 takes over")
     r1b = await env.stream(r1_m, RoutableIPs=["10.33.0.0/16"])
     await eventually(lambda: r1_id in env.coord.tailnet.online, timeout=2)
-    await trio.sleep(0.3)
+    await settled(env.coord, a)
     assert primary() == [r2_id]  # r1 is back but r2 keeps the role
     assert self_of(r1b).get("PrimaryRoutes") is None
 
@@ -376,7 +376,7 @@ async def test_sharing_makes_a_node_visible_and_reachable_for_the_user(env):
     web_m, web = await env.join("web", "alice")
     b_m, b = await env.join("b1", "bob")
     web_id, b_id = await env.node_id(web_m), await env.node_id(b_m)
-    await trio.sleep(0.1)
+    await settled(env.coord, b)
     assert web_id not in peers_of(b)
     bob = await env.store.get_user_by_name("bob")
     await env.store.add_share(web_id, bob.id)
@@ -409,9 +409,11 @@ async def test_policy_file_reload_keeps_previous_on_error(tmp_path: Path, nurser
     await eventually(lambda: b_id in peers_of(web), timeout=2, what="file change applied")
     n = len(web.messages())
     path.write_text(WEB_FOR_ALL.replace('"acls"', '"acls" ,,'))  # a syntax error
-    await trio.sleep(0.3)
-    assert "invalid, keeping the previous policy" in caplog.text and "line 4" in caplog.text
-    assert len(web.messages()) == n and b_id in peers_of(web)  # nothing changed for clients
+    await eventually(lambda: "invalid, keeping the previous policy" in caplog.text, timeout=2,
+                     what="the broken file read")
+    assert "line 4" in caplog.text
+    await settled(coord, web)
+    assert len(web.messages()) == n + 1 and b_id in peers_of(web)  # nothing changed for clients (but the marker)
     path.write_text(WEB_FOR_ALL.replace("bob@", "nobody@"))
     await eventually(lambda: b_id not in peers_of(web), timeout=2, what="valid file applied again")
     await store.aclose()
@@ -449,8 +451,8 @@ async def test_renaming_a_user_changes_what_selectors_naming_it_match(env):
     # creating a user (no nodes yet) costs no resync and changes nothing
     before = len(web.messages())
     await env.store.create_user("alice")
-    await trio.sleep(0.2)
-    assert len(web.messages()) == before
+    await settled(env.coord, web)
+    assert len(web.messages()) == before + 1  # the marker's only
 
 
 # -- consistency: after any node change, every session holds exactly what a fresh map would say ---

@@ -71,6 +71,14 @@ class FakeStore:
         finally:
             self._subs.remove(send)
 
+    async def handled(self) -> None:
+        """Until every subscriber has taken what was emitted and waits for the next change: its
+        loop handles one change before asking for another, so it has acted on all of them."""
+        with trio.fail_after(5):
+            while any(s.statistics().current_buffer_used or not s.statistics().tasks_waiting_receive
+                      for s in self._subs):
+                await trio.sleep(0.01)
+
     async def end_subscriptions(self) -> None:
         """End every subscription (as a lost database connection would); subscribers come back."""
         for s in list(self._subs):

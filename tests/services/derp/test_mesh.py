@@ -110,8 +110,9 @@ async def test_wrong_mesh_key_is_not_a_mesh_peer(nursery, tmp_path):
                            ctx=make_ctx(tmp_path / "a", verify=True, store=store, mesh_key=MESH_KEY))
     rb = await start_relay(nursery, tmp_path / "b", heartbeat_interval=0.5,
                            ctx=make_ctx(tmp_path / "b", verify=True, store=store, mesh_key=os.urandom(32).hex()))
-    await trio.sleep(1.0)
-    # each refuses the other's link: its mesh key is wrong and its key is no known node
+    # each refuses the other's link: its mesh key is wrong and its key is no known node (a link
+    # counts as up only once the handshake is through, so a refused one never was)
+    await _wait(lambda: ra.stats.clients_rejected >= 1 and rb.stats.clients_rejected >= 1, what="both links refused")
     assert ra.svc.mesh.links_up == 0 and rb.svc.mesh.links_up == 0
     assert ra.stats.clients_rejected >= 1 and rb.stats.clients_rejected >= 1
     assert ra.stats.mesh_clients == 0 and rb.stats.mesh_clients == 0

@@ -187,7 +187,7 @@ async def wait_until(cond, timeout: float = 1.0) -> None:
             await trio.sleep(0.01)
 
 
-async def test_extra_records_file_is_watched(tmp_path):
+async def test_extra_records_file_is_watched(tmp_path, caplog):
     path = tmp_path / "extra.json"
     path.write_text(json.dumps([{"name": f"db.{BASE}", "type": "A", "value": "100.64.5.5"}]))
     async with running({"extra_records_path": str(path)}) as (ctx, host, port):
@@ -200,7 +200,7 @@ async def test_extra_records_file_is_watched(tmp_path):
         # a broken file keeps the records loaded before
         path.write_text("[{")
         os.utime(path, ns=(time.time_ns() + 2 * 10**9, time.time_ns() + 2 * 10**9))
-        await trio.sleep(0.3)
+        await wait_until(lambda: "(keeping the records loaded before)" in caplog.text, 2.0)
         assert addrs(await udp(host, port, f"cache.{BASE}")) == ["100.64.5.7"]
 
 
