@@ -217,12 +217,12 @@ class PolicyHost:
         p = self.compiled.p
         if p is None or not p.ssh or not self.known(node_id):
             return None
-        return self.compiled.ssh_policy(node_id, control_url or "https://unused")  # type: ignore[attr-defined]
+        return self.compiled.ssh_policy(node_id, control_url or "https://unused")
 
     def self_cap_map(self, node_id: int) -> dict[str, list[Any]]:
         extra: dict[str, list[Any]] = {}
         if self.known(node_id):
-            for k, v in self.compiled.cap_map(node_id).items():  # type: ignore[attr-defined]
+            for k, v in self.compiled.cap_map(node_id).items():
                 extra[k] = list(v) if v else []
             p = self.compiled.p
             if p is not None and p.ssh:
@@ -250,7 +250,7 @@ class PolicyHost:
             return None
         allowed = tuple(sorted(c.allowed_ips(viewer_id, peer_id), key=_prefix_key))
         primary = tuple(sorted(c.peer_primary_routes(viewer_id, peer_id), key=_prefix_key))
-        caps = c.peer_cap_map(viewer_id, peer_id)  # type: ignore[attr-defined]
+        caps = c.peer_cap_map(viewer_id, peer_id)
         if caps is not None:
             caps = tuple(sorted(caps))
         return allowed, primary, caps

@@ -32,6 +32,7 @@ from .model import (
     UserInfo,
 )
 from .parse import parse_policy
+from . import ssh
 
 #: how Tailscale writes "every tailnet address" in SrcIPs (the CGNAT range without the
 #: 100.115.92.0/23 block it reserves, and the tailnet ULA)
@@ -913,6 +914,59 @@ class CompiledPolicy:
     def is_exit_node(self, node_id: int) -> bool:
         return self.net.nodes[node_id].exit
 
+    # -- capabilities and SSH ----------------------------------------------------------------
+    def ssh_policy(self, node_id: int, control_url: str = "https://unused") -> dict[str, Any]:
+        """The node's tailcfg.SSHPolicy (ssh.py)."""
+        return ssh.ssh_policy(self, node_id, control_url)
+
+    def cap_map(self, node_id: int) -> dict[str, Any]:
+        """The node's own CapMap from `nodeAttrs` (and top-level randomizeClientPort).
+
+        Attributes are capability names with a null value; `app` entries carry their values; `funnel`
+        also grants the funnel ports capability Tailscale pairs with it. Tailnet-state capabilities
+        (is-admin, file-sharing, ...) are the coordinator's business, not the policy's.
+        """
+        key = ("caps", node_id)
+        cached = self._node_cache.get(key)
+        if cached is not None:
+            return cached
+        p = self.p
+        caps: dict[str, Any] = {}
+        st = self.net.nodes[node_id]
+        if p.randomize_client_port:
+            caps["randomize-client-port"] = None
+        for attr in p.node_attrs:
+            if not self._targets_node(attr.targets, st):
+                continue
+            for a in attr.attrs:
+                caps[a] = None
+                if a == "funnel":
+                    caps["https://tailscale.com/cap/funnel-ports?ports=443,8443,10000"] = None
+                    caps["https://tailscale.com/cap/warn-funnel-no-https"] = None
+            for k, v in (attr.app or {}).items():
+                caps.setdefault(k, [])
+                if caps[k] is None:
+                    caps[k] = []
+                caps[k] = list(caps[k]) + list(v or [])
+        self._node_cache[key] = caps
+        return caps
+
+    def _targets_node(self, targets: Any, st: _NodeState) -> bool:
+        for a in targets:
+            if a.kind == "wildcard":
+                return True
+            if a.kind in ("host", "prefix"):
+                pfx = self.alias_prefix(a)
+                if any(_overlaps(pfx, ad) for ad in st.addrs):
+                    return True
+            elif st.info.id in self.alias_nodes(a):
+                return True
+        return False
+
+    def peer_cap_map(self, viewer_id: int, peer_id: int) -> dict[str, Any] | None:
+        """CapMap of a peer as others see it: approved exit nodes are suggested as exit nodes."""
+        return {"suggest-exit-node": None} if self.net.nodes[peer_id].exit else None
+
 
 def _without_bare_v6_grant_dsts(rule: Rule) -> Rule:
     """Tailscale delivers nothing for a grant destination written as a bare IPv6 address
@@ -958,69 +1012,3 @@ def compile_policy(
 
 
 __all__ = ["Policy", "PolicyError", "CompiledPolicy", "Tailnet", "compile_policy"]
-
-
-
-def _ssh_policy(self: CompiledPolicy, node_id: int, control_url: str = "https://unused") -> dict[str, Any]:
-    from .ssh import ssh_policy
-
-    return ssh_policy(self, node_id, control_url)
-
-
-CompiledPolicy.ssh_policy = _ssh_policy  # type: ignore[attr-defined]
-
-
-def _cap_map(self: CompiledPolicy, node_id: int) -> dict[str, Any]:
-    """The node's own CapMap from `nodeAttrs` (and top-level randomizeClientPort).
-
-    Attributes are capability names with a null value; `app` entries carry their values; `funnel`
-    also grants the funnel ports capability Tailscale pairs with it. Tailnet-state capabilities
-    (is-admin, file-sharing, ...) are the coordinator's business, not the policy's.
-    """
-    key = ("caps", node_id)
-    cached = self._node_cache.get(key)
-    if cached is not None:
-        return cached
-    p = self.p
-    caps: dict[str, Any] = {}
-    st = self.net.nodes[node_id]
-    if p.randomize_client_port:
-        caps["randomize-client-port"] = None
-    for attr in p.node_attrs:
-        if not self._targets_node(attr.targets, st):
-            continue
-        for a in attr.attrs:
-            caps[a] = None
-            if a == "funnel":
-                caps["https://tailscale.com/cap/funnel-ports?ports=443,8443,10000"] = None
-                caps["https://tailscale.com/cap/warn-funnel-no-https"] = None
-        for k, v in (attr.app or {}).items():
-            caps.setdefault(k, [])
-            if caps[k] is None:
-                caps[k] = []
-            caps[k] = list(caps[k]) + list(v or [])
-    self._node_cache[key] = caps
-    return caps
-
-
-def _targets_node(self: CompiledPolicy, targets: Any, st: _NodeState) -> bool:
-    for a in targets:
-        if a.kind == "wildcard":
-            return True
-        if a.kind in ("host", "prefix"):
-            pfx = self.alias_prefix(a)
-            if any(_overlaps(pfx, ad) for ad in st.addrs):
-                return True
-        elif st.info.id in self.alias_nodes(a):
-            return True
-    return False
-
-
-def _peer_cap_map(self: CompiledPolicy, viewer_id: int, peer_id: int) -> dict[str, Any] | None:
-    """CapMap of a peer as others see it: approved exit nodes are suggested as exit nodes."""
-    return {"suggest-exit-node": None} if self.net.nodes[peer_id].exit else None
-
-
-CompiledPolicy.cap_map = _cap_map  # type: ignore[attr-defined]
-CompiledPolicy._targets_node = _targets_node  # type: ignore[attr-defined]
-CompiledPolicy.peer_cap_map = _peer_cap_map  # type: ignore[attr-defined]

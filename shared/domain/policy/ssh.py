@@ -15,13 +15,20 @@ sources share one plain rule. Such a rule also reaches the source nodes themselv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from .errors import PolicyError
-from .model import SSHRule, UserInfo
+from .model import Alias, SSHRule, UserInfo
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .compile import CompiledPolicy
+
+class Compiled(Protocol):
+    """What SSH rules read of a compiled policy (compile.CompiledPolicy, which calls in here)."""
+
+    p: Any
+    net: Any
+    _node_cache: dict[Any, Any]
+
+    def alias_nodes(self, alias: Alias) -> Any: ...
 
 ACCEPT_ACTION = {
     "accept": True,
@@ -85,7 +92,7 @@ class _Sources:
     repeat_per_tag: bool
 
 
-def _sources(c: "CompiledPolicy", index: int, rule: SSHRule) -> _Sources:
+def _sources(c: Compiled, index: int, rule: SSHRule) -> _Sources:
     key = ("ssh-sources", index)
     got = c._node_cache.get(key)
     if got is None:  # per tailnet state, like the other node caches (dropped on every change)
@@ -107,7 +114,7 @@ def _sources(c: "CompiledPolicy", index: int, rule: SSHRule) -> _Sources:
 class _RuleEmitter:
     """Builds the SSHRules one policy rule gives one destination node."""
 
-    def __init__(self, c: "CompiledPolicy", rule: SSHRule, control_url: str) -> None:
+    def __init__(self, c: Compiled, rule: SSHRule, control_url: str) -> None:
         self.c = c
         self.rule = rule
         self.action = _action(rule, control_url)
@@ -169,7 +176,7 @@ def _self_access(em: _RuleEmitter, src: _Sources, node_id: int) -> None:
         em.emit_user(src, info.user_id)
 
 
-def _rules_for(c: "CompiledPolicy", index: int, rule: SSHRule, node_id: int, control_url: str) -> list[dict[str, Any]]:
+def _rules_for(c: Compiled, index: int, rule: SSHRule, node_id: int, control_url: str) -> list[dict[str, Any]]:
     src = _sources(c, index, rule)
     if not src.all:
         return []
@@ -186,7 +193,7 @@ def _rules_for(c: "CompiledPolicy", index: int, rule: SSHRule, node_id: int, con
     return em.out
 
 
-def ssh_policy(c: "CompiledPolicy", node_id: int, control_url: str = "https://unused") -> dict[str, Any]:
+def ssh_policy(c: Compiled, node_id: int, control_url: str = "https://unused") -> dict[str, Any]:
     p = c.p
     rules: list[dict[str, Any]] = []
     if p is None:
@@ -211,7 +218,7 @@ def tailnet_domain(users: Iterable[UserInfo]) -> str | None:
     return None
 
 
-def check_tailnet_domains(c: "CompiledPolicy") -> None:
+def check_tailnet_domains(c: Compiled) -> None:
     """Refuse `user:*@<domain>` sources and `localpart:*@<domain>` users outside the tailnet's
     domain. The comparison is exact: Tailscale refuses even a differently cased spelling."""
     own = tailnet_domain(c.net.users.values())
