@@ -10,7 +10,7 @@ them (announced peers, last PacketFilter / SSHPolicy, router views), then
   compile against the tailnet, run the policy's tests), then `Coordinator.install_policy` (swap the
   compiled policy, diff every session, queue the messages), then encoding every distinct queued
   message (JSON; identical messages are encoded once);
-* node join: `Coordinator._node_changed(None, node, ...)` as `apply` calls it for "node.created"
+* node join: `fanout.fan_out(..., NodeSet(node), ...)` as `Coordinator.apply` calls it for "node.created"
   (engine index update, per-session peer deltas, every other node's filter compared and the changed
   ones queued), then encoding.
 
@@ -32,12 +32,14 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from trioscale.services.coord.coordinator import Coordinator, MapSession
+from trioscale.services.coord.coordinator import Coordinator
+from trioscale.services.coord.sessions import MapSession, frame
 from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.fanout import NodeSet, fan_out, remember_first_map
 from trioscale.shared.domain.netmap import Settings
 from trioscale.shared.domain.peerset import PeerSet
 from trioscale.shared.domain.policy import Policy
-from trioscale.services.coord.policyhost import parse_and_check
+from trioscale.shared.domain.policy.host import parse_and_check
 from trioscale.shared.model import Node, User
 
 USERS_PER_1000 = 50
@@ -95,8 +97,8 @@ def build(n: int) -> tuple[Coordinator, list[User]]:
         ssh = tailnet.ssh_policy(node)
         if ssh is not None:
             first["SSHPolicy"] = ssh
-        coord._remember_first_map(session, first)
-        coord.sessions[nid] = {session}
+        remember_first_map(tailnet, session, first)
+        coord.sessions.add(session)
     return coord, users
 
 
@@ -105,12 +107,12 @@ def drain(coord: Coordinator) -> tuple[int, int, float, int]:
     t = time.perf_counter()
     total = 0
     distinct: dict[int, int] = {}
-    for sessions in coord.sessions.values():
+    for sessions in coord.sessions.by_node.values():
         for s in sessions:
             for m in s.queue:
                 total += 1
                 if id(m) not in distinct:
-                    distinct[id(m)] = len(m.frame(None))
+                    distinct[id(m)] = len(frame(m, None))
             s.queue.clear()
     return total, len(distinct), time.perf_counter() - t, sum(distinct.values())
 
@@ -120,7 +122,7 @@ def run(n: int) -> dict:
     coord, users = build(n)
     setup = time.perf_counter() - t0
     gc.collect()
-    avg_peers = sum(len(s.sent) for ss in coord.sessions.values() for s in ss) / n
+    avg_peers = sum(len(s.sent) for ss in coord.sessions.by_node.values() for s in ss) / n
 
     text = policy_text(users, change=True)
     t = time.perf_counter()
@@ -133,8 +135,7 @@ def run(n: int) -> dict:
 
     new = make_node(n + 1, users[0], ())
     t = time.perf_counter()
-    coord.tailnet.nodes[new.id] = new
-    coord._node_changed(None, new, frozenset({"*"}))
+    coord.sessions.deliver(fan_out(coord.tailnet, coord.sessions.by_node, NodeSet(new), coord.now()))
     join = time.perf_counter() - t
     j_total, j_distinct, j_encode, j_bytes = drain(coord)
 

@@ -34,7 +34,7 @@ from trioscale.shared.store.base import Store, StoreUnavailable
 from . import policywrites
 from .follower import ChangeFollower
 from .housekeeping import EphemeralReaper, Housekeeping, expire_relays
-from .policyhost import PolicyHost
+from trioscale.shared.domain.policy.host import PolicyHost
 from .policysource import PolicySource
 from .presence import PresenceTracker
 from .sessions import MapSession, SessionTable

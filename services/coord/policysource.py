@@ -26,7 +26,7 @@ from trioscale.shared.domain.netmap import Tailnet
 from trioscale.shared.domain.policy import Policy, PolicyError
 from trioscale.shared.store.base import Store
 
-from .policyhost import PolicyHost, parse_and_check
+from trioscale.shared.domain.policy.host import PolicyHost, parse_and_check
 
 log = logging.getLogger("trioscale.coord.policy")
 

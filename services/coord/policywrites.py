@@ -12,7 +12,7 @@ from trioscale.shared.domain.routes import normalize_routes
 from trioscale.shared.model import Node
 from trioscale.shared.store.base import Store
 
-from .policyhost import PolicyHost
+from trioscale.shared.domain.policy.host import PolicyHost
 
 log = logging.getLogger("trioscale.coord.policy")
 

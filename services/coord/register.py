@@ -290,7 +290,7 @@ async def complete_registration(
 
 def _check_requested_tags(coordinator, user: User, key_tags, hostinfo: dict[str, Any]) -> None:
     """`tailscale up --advertise-tags` (Hostinfo.RequestTags) with an untagged key: the user must own
-    every tag under the policy's tagOwners (policyhost.PolicyHost.tags_not_permitted), else the
+    every tag under the policy's tagOwners (PolicyHost.tags_not_permitted, shared/domain/policy/host.py), else the
     registration is refused with Tailscale's wording. Permitted tags are applied by the
     coordinator once the node exists (policyfanout._policy_node_followup)."""
     requested = hostinfo.get("RequestTags") if isinstance(hostinfo, dict) else None

@@ -7,7 +7,7 @@ set of peer ids it has been sent (`sent`), because the client's map is an upsert
 must be added with PeersChanged before it can be patched, and removed with PeersRemoved.
 
 Visibility: `Tailnet.visibility` decides which peers a node may see; the coordinator plugs in the
-live policy (`Tailnet.policy`, services/coord/policyhost.py), which also gives each viewer its
+live policy (`Tailnet.policy`, shared/domain/policy/host.py), which also gives each viewer its
 PacketFilter, SSHPolicy, CapMap and the AllowedIPs / PrimaryRoutes of peers with routes. Without a
 policy object every other node with a disco key is visible and the filter allows all.
 """
@@ -52,7 +52,7 @@ class Tailnet:
     users: dict[int, User] = field(default_factory=dict)
     online: set[int] = field(default_factory=set)
     visibility: Visibility = default_visibility
-    #: the live policy (services/coord/policyhost.PolicyHost); None = allow all, no routes
+    #: the live policy (policy/host.PolicyHost); None = allow all, no routes
     policy: Any = None
 
     # -- queries -------------------------------------------------------------------------------

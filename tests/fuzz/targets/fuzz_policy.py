@@ -1,5 +1,5 @@
 """HuJSON policy: shared/domain/policy/hujson.py, then the policy parser and compiler as the
-coordinator uses them (policyhost.parse_and_check, then PolicyHost answering every map question).
+coordinator uses them (policy.host.parse_and_check, then PolicyHost answering every map question).
 
 Invariants: only PolicyError escapes hujson.loads and parse_and_check (that is what the admin API
 turns into a 400 with line and column); a value hujson accepts round-trips through JSON text; an
@@ -13,10 +13,10 @@ import json
 
 from trioscale.shared.domain.policy import hujson
 from trioscale.shared.domain.policy.errors import PolicyError
-from trioscale.services.coord.policyhost import PolicyHost, parse_and_check
+from trioscale.shared.domain.policy.host import PolicyHost, parse_and_check
 from trioscale.shared.model import Node, User
 
-INSTRUMENT = ("trioscale.shared.domain.policy", "trioscale.services.coord.policyhost")
+INSTRUMENT = ("trioscale.shared.domain.policy",)
 MAX_LEN = 4096  # real policies are larger, but every construct fits in a few KB
 
 _USERS = [User(1, "alice", email="alice@example.com"), User(2, "bob", email="bob@example.com")]

@@ -19,7 +19,7 @@ from trioscale.shared.domain.netmap import Settings
 from trioscale.shared.domain.policy import PolicyError
 from trioscale.shared.domain.routes import elect_primaries, normalize_routes
 from trioscale.services.coord.handlers import ControlHandlers
-from trioscale.services.coord.policyhost import parse_and_check
+from trioscale.shared.domain.policy.host import parse_and_check
 from trioscale.services.coord.sessions import frame
 from trioscale.shared.domain import secrets
 from trioscale.shared.store.sqlite import SqliteStore

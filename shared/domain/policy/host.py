@@ -23,10 +23,12 @@ from typing import Any
 
 from trioscale.shared.model import Node, Share, User
 
-from trioscale.shared.domain import tailcfg
-from trioscale.shared.domain.policy import CompiledPolicy, Policy, PolicyError, compile_policy, node_info, user_info
-from trioscale.shared.domain.policy.acltests import run_policy_tests
-from trioscale.shared.domain.routes import EXIT_ROUTES, elect_primaries
+from .. import tailcfg
+from ..routes import EXIT_ROUTES, elect_primaries
+from .acltests import run_policy_tests
+from .compile import CompiledPolicy, Policy, compile_policy
+from .errors import PolicyError
+from .model import node_info, user_info
 
 log = logging.getLogger("trioscale.coord.policy")
 
