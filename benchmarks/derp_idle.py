@@ -132,8 +132,8 @@ def run_clients(a: argparse.Namespace) -> None:
     import trio
     from nacl.public import PrivateKey
 
-    from trioscale.services.derp.rawstream import RawStream, open_tcp_raw
-    from trioscale.shared.testing.derpclient import derp_upgrade
+    from trioscale.shared.net.rawstream import RawStream, open_tcp_raw
+    from trioscale.shared.net.derpdial import derp_upgrade
     from trioscale.shared.net.tls import client_context
 
     _raise_nofile(a.clients + 1024)

@@ -34,21 +34,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioscale.shared.testing.derpclient import DerpHandshakeError, derp_upgrade
 from trioscale.shared.model import utcnow
+from trioscale.shared.net.derpdial import DerpHandshakeError, derp_upgrade
+from trioscale.shared.net.rawstream import RawStream, open_tcp_raw
+from trioscale.shared.net.tls import client_context
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import KEY_LEN, PeerGone, PeerPresent, PeerPresentFlags
 from trioscale.shared.store.base import ChangesTrimmed
-from trioscale.shared.net.tls import client_context
-
-from .rawstream import RawStream, open_tcp_raw
 
 if TYPE_CHECKING:
     from .server import DerpServer
 
 log = logging.getLogger("trioscale.derp.mesh")
 
-_pack_hdr = proto._pack_hdr
+_frame_header = proto.frame_header
 _FWD = proto.FrameType.FORWARD_PACKET
 _WATCH = proto.encode(proto.WatchConns())
 
@@ -132,7 +131,7 @@ class MeshLink:
             n = 0
             while q:
                 src, dst, pkt = q.popleft()
-                append(_pack_hdr(_FWD, 2 * KEY_LEN + len(pkt)))
+                append(_frame_header(_FWD, 2 * KEY_LEN + len(pkt)))
                 append(src)
                 append(dst)
                 append(pkt)

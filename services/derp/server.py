@@ -45,7 +45,9 @@ from .stats import DerpStats
 
 log = logging.getLogger("trioscale.derp")
 
-_pack_hdr = proto._pack_hdr
+_frame_header = proto.frame_header
+_split_send = proto.split_send_packet
+_split_forward = proto.split_forward_packet
 _RECV = proto.FrameType.RECV_PACKET
 _SEND = proto.FrameType.SEND_PACKET
 _FWD = proto.FrameType.FORWARD_PACKET
@@ -246,7 +248,7 @@ class Client:
                 while q:
                     src, pkt = q.popleft()
                     n = len(pkt)
-                    append(_pack_hdr(_RECV, KEY_LEN + n))
+                    append(_frame_header(_RECV, KEY_LEN + n))
                     append(src)
                     append(pkt)
                     npkts += 1
@@ -291,8 +293,7 @@ class Client:
         decode = conn.decode_frame
         receive = stream.receive_some
         SEND, FWD = _SEND, _FWD
-        MINP, MAXP = KEY_LEN, KEY_LEN + proto.MAX_PACKET_SIZE
-        MINF, MAXF = 2 * KEY_LEN, 2 * KEY_LEN + proto.MAX_PACKET_SIZE
+        split_send, split_forward = _split_send, _split_forward
         mesh = self.is_mesh
         route_fwd = server.route_forwarded
         while True:
@@ -304,17 +305,13 @@ class Client:
                 continue
             for t, payload in frames:
                 if t == SEND:
-                    n = len(payload)
-                    if n < MINP or n > MAXP:
-                        raise RemoteProtocolError(f"SendPacket of {n} bytes (must be {MINP}..{MAXP})")
-                    route(self, payload[:KEY_LEN], payload[KEY_LEN:])
+                    dst, packet = split_send(payload)
+                    route(self, dst, packet)
                     if server.pressure is not None:
                         await self._relieve(server)
                 elif t == FWD and mesh and type(payload) is not int:
-                    n = len(payload)
-                    if n < MINF or n > MAXF:
-                        raise RemoteProtocolError(f"ForwardPacket of {n} bytes (must be {MINF}..{MAXF})")
-                    route_fwd(self, payload[:KEY_LEN], payload[KEY_LEN : 2 * KEY_LEN], payload[2 * KEY_LEN :])
+                    src, dst, packet = split_forward(payload)
+                    route_fwd(self, src, dst, packet)
                     if server.pressure is not None:
                         await self._relieve(server)
                 else:

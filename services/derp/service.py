@@ -40,6 +40,8 @@ from trioscale.shared.net import tls as tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
 from trioscale.shared.net.addr import join_host_port, split_host_port
 from trioscale.shared.net.limits import connection_limiter, limiter_stats
+from trioscale.shared.net.listen import accept_loop
+from trioscale.shared.net.rawstream import RawStream, listen_socket, shared_buffer_bytes
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
 from trioscale.shared.proto import derp as proto
 from trioscale.shared.proto.derp import RemoteProtocolError
@@ -47,7 +49,6 @@ from trioscale.shared.store.base import ChangesTrimmed
 
 from .mesh import Mesh
 from .ratelog import RateLimitedLog
-from .rawstream import RawStream, accept_loop, listen_socket, shared_buffer_bytes
 from .server import Client, ConnectionClosed, DerpServer, keepalive_delay
 from .stats import DerpStats
 from .verify import ClientVerifier
@@ -204,18 +205,18 @@ class DerpService:
             if upgrade is False:
                 return
             # the HTTP phase is over: let its parser and request go before the session starts
-            kind, leftover, not_ideal, ws_key = upgrade
+            kind, prefix, leftover, not_ideal = upgrade
             state.http = h = upgrade = None  # type: ignore[assignment]
             if kind == "websocket":
-                await self._websocket(stream, leftover, ws_key, peer, not_ideal, scope, state)
+                await self._websocket(stream, prefix, leftover, peer, not_ideal, scope, state)
             else:
-                await self._derp_session(stream, leftover, kind, peer, not_ideal, scope, state)
+                await self._derp_session(stream, leftover, prefix, peer, not_ideal, scope, state)
             return
 
     async def _request(self, h: h11.Connection, stream: Any, peer: tuple[str, int]) -> Any:
         """Read and answer one request. Returns None when it was answered (and read to its
-        end), False to close, or ``(kind, leftover, not_ideal, websocket key)`` to upgrade;
-        kind is the DERP prefix to send (b"" for fast start) or "websocket"."""
+        end), False to close, or ``(kind, prefix, leftover, not_ideal)`` to upgrade: kind is
+        "derp" or "websocket", prefix the ``101`` to send (b"" for a fast start)."""
         req = await self._next_event(h, stream)
         if req is None or type(req) is h11.ConnectionClosed:
             return False
@@ -230,12 +231,24 @@ class DerpService:
                 protos = [p.strip().lower() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
                 if b"derp" in protos and b"sec-websocket-key" in headers:
                     key = headers[b"sec-websocket-key"].strip()
-                    return ("websocket", h.trailing_data[0], b"ideal-node" in headers, key)
+                    if not await self._request_end(h, stream):
+                        return False
+                    switching = h.send(h11.InformationalResponse(
+                        status_code=101, reason=b"Switching Protocols",
+                        headers=[(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+                                 (b"Sec-WebSocket-Accept", accept_token(key)), (b"Sec-WebSocket-Protocol", b"derp")],
+                    ))
+                    return ("websocket", switching, h.trailing_data[0], b"ideal-node" in headers)
             if upgrade in (b"derp", b"websocket"):
-                leftover = h.trailing_data[0]
+                if not await self._request_end(h, stream):
+                    return False
                 fast = headers.get(b"derp-fast-start", b"").strip() == b"1"
-                prefix = b"" if fast else self._switching_protocols()
-                return (prefix, leftover, b"ideal-node" in headers, None)
+                # fast start: the client knows our key and sends ClientInfo at once; no HTTP answer
+                prefix = b"" if fast else h.send(h11.InformationalResponse(
+                    status_code=101, reason=b"Switching Protocols",
+                    headers=proto.switching_protocols_headers(self.server.public_key),
+                ))
+                return ("derp", prefix, h.trailing_data[0], b"ideal-node" in headers)
             await self._respond(
                 h,
                 stream,
@@ -273,6 +286,16 @@ class DerpService:
                 break
         return None
 
+    async def _request_end(self, h: h11.Connection, stream: trio.abc.Stream) -> bool:
+        """Read an upgrade request to its end (h11 switches protocols only after it); False if
+        the connection closed first."""
+        while True:
+            ev = await self._next_event(h, stream)
+            if type(ev) is h11.EndOfMessage:
+                return True
+            if ev is None or type(ev) is h11.ConnectionClosed:
+                return False
+
     async def _next_event(self, h: h11.Connection, stream: trio.abc.Stream) -> Any:
         while True:
             ev = h.next_event()
@@ -292,26 +315,9 @@ class DerpService:
         out += h.send(h11.EndOfMessage())
         await stream.send_all(out)
 
-    def _switching_protocols(self) -> bytes:
-        return (
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            b"Upgrade: DERP\r\n"
-            b"Connection: Upgrade\r\n"
-            b"Derp-Version: 2\r\n"
-            b"Derp-Public-Key: " + self.server.public_key.hex().encode() + b"\r\n\r\n"
-        )
-
-    async def _websocket(self, stream, leftover: bytes, ws_key: bytes, peer, not_ideal: bool, scope, state) -> None:
-        accept = accept_token(ws_key)
-        response = (
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            b"Upgrade: websocket\r\n"
-            b"Connection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n"
-            b"Sec-WebSocket-Protocol: derp\r\n\r\n"
-        )
+    async def _websocket(self, stream, switching: bytes, leftover: bytes, peer, not_ideal: bool, scope, state) -> None:
         with trio.fail_after(self.handshake_timeout):
-            await stream.send_all(response)
+            await stream.send_all(switching)
         ws = WebSocketByteStream(stream, leftover)
         state.stream = ws
         await self._derp_session(ws, b"", b"", peer, not_ideal, scope, state)

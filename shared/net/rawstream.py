@@ -1,4 +1,5 @@
-"""A lean Trio stream over a non-blocking stdlib socket, with TLS through memory BIOs.
+"""A lean Trio stream over a non-blocking stdlib socket, with TLS through memory BIOs: the one
+fast-socket layer, under the DERP relay (TLS) and the control listener (plain TCP).
 
 The relay moves many small batches of frames; with `trio.SSLStream` over `trio.SocketStream`
 each batch pays for several layers (conflict detectors, locks, the retry machine, the socket
@@ -9,7 +10,10 @@ wrapper's helper). `RawStream` does the same work directly:
 * ``send_all`` encrypts the whole buffer and hands the ciphertext to the kernel in as few
   ``send`` calls as it takes (batches of up to 256 KiB), waiting with
   ``trio.lowlevel.wait_writable`` only when the socket buffer is full;
-* each call is one Trio checkpoint (a cancel point that also lets other tasks run).
+* each call is one Trio checkpoint (a cancel point that also lets other tasks run);
+* ``send_nowait`` (plain TCP only) hands bytes to the kernel without a checkpoint and says how
+  many it took: the control listener's map fan-out writes to thousands of sessions that way
+  without a task switch each.
 
 A clean TLS close, a ragged EOF (TCP FIN without close_notify, as browsers and Go clients may
 do) and a plain TCP EOF all read as ``b""``. Socket and TLS failures raise
@@ -36,10 +40,7 @@ from typing import Any
 
 import trio
 
-from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
-from trioscale.shared.net.listen import accept_loop as _accept_loop
-
-__all__ = ["RawStream", "accept_loop", "listen_socket", "open_tcp_raw", "shared_buffer_bytes"]
+__all__ = ["RawStream", "listen_socket", "open_tcp_raw", "shared_buffer_bytes"]
 
 _RECV = 1 << 18  # ciphertext per recv (into the shared buffer)
 _TLS_CHUNK = 1 << 15  # bytes through a memory BIO at a time: its capacity stays near this
@@ -354,6 +355,20 @@ class RawStream(trio.abc.Stream):
             waited = await self._send_parts(parts) or waited
         return waited
 
+    def send_nowait(self, data: bytes) -> int | None:
+        """Plain TCP: give `data` to the kernel now, without waiting or a checkpoint; the number of
+        bytes it took (0 when its buffer is full), or None when this stream cannot do that now
+        (TLS, closed, or another task is sending: the caller uses `send_all`). The caller sends
+        whatever was not taken, in order, before anything else. Raises BrokenResourceError."""
+        if self._tls is not None or self._closed or self._sending:
+            return None
+        try:
+            return self.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+
     def buffered(self) -> int:
         """Bytes this stream holds now: ciphertext not yet decrypted or not yet sent."""
         n = len(self._backlog) - self._bpos if self._backlog is not None else 0
@@ -418,23 +433,6 @@ def listen_socket(host: str, port: int, family: int, *, reuse_port: bool = False
         sock.close()
         raise
     return sock
-
-
-async def accept_loop(
-    sock: socket.socket,
-    handler: Any,
-    nursery: trio.Nursery,
-    *,
-    limiter: ConnectionLimiter | None = None,
-    log: Any = None,
-) -> None:
-    """Accept connections forever, starting ``handler(conn, peer)`` for each (conn non-blocking,
-    TCP_NODELAY) within `limiter`'s caps (default: the relay's default caps); out of descriptors,
-    it backs off (see `trioscale.shared.net.listen`). Closes `sock` when cancelled."""
-    if limiter is None:
-        caps = DEFAULT_CAPS["derp"]
-        limiter = ConnectionLimiter("derp", caps.max_connections, caps.max_connections_per_source)
-    await _accept_loop(sock, handler, nursery, limiter=limiter, log=log)
 
 
 async def open_tcp_raw(host: str, port: int) -> socket.socket:

@@ -37,6 +37,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+import h11
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 
@@ -81,6 +82,13 @@ __all__ = [
     "encode",
     "decode_frame",
     "encode_recv_packet_parts",
+    "frame_header",
+    "split_send_packet",
+    "split_forward_packet",
+    "UPGRADE_PROTOCOL",
+    "UpgradeRefused",
+    "ClientUpgrade",
+    "switching_protocols_headers",
     "looks_like_disco",
     "DerpServerConnection",
     "DerpClientConnection",
@@ -105,7 +113,9 @@ DISCO_MAGIC = "TS💬".encode()  # 54 53 f0 9f 92 ac
 DISCO_MIN_LEN = len(DISCO_MAGIC) + KEY_LEN + NONCE_LEN
 
 _HDR = struct.Struct(">BI")
-_pack_hdr = _HDR.pack
+#: ``frame_header(type, payload_length)``: the 5 bytes before a payload; a batching writer joins
+#: them with the payload's parts itself (one bound method: this runs once per relayed packet)
+frame_header = _HDR.pack
 _unpack_hdr = _HDR.unpack_from
 _U16 = struct.Struct(">H")
 _RESTARTING = struct.Struct(">II")
@@ -297,7 +307,7 @@ _WATCH_CONNS = WatchConns()
 def encode_frame(frame_type: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_FRAME_LEN:
         raise LocalProtocolError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME_LEN}")
-    return _pack_hdr(frame_type, len(payload)) + payload
+    return frame_header(frame_type, len(payload)) + payload
 
 
 def _key(k: bytes, what: str = "key") -> bytes:
@@ -314,7 +324,7 @@ def _packet(p: bytes) -> bytes:
 
 def encode_recv_packet_parts(src: bytes, packet: bytes) -> tuple[bytes, bytes, bytes]:
     """Header, source key and packet of a RecvPacket frame, for ``b"".join`` by a batching writer."""
-    return _pack_hdr(FrameType.RECV_PACKET, KEY_LEN + len(packet)), src, packet
+    return frame_header(FrameType.RECV_PACKET, KEY_LEN + len(packet)), src, packet
 
 
 def _ip_bytes(ip: str | None) -> bytes:
@@ -330,9 +340,9 @@ def encode(event: Event) -> bytes:
     """The wire bytes of a steady-state event (handshake frames need keys: use a connection)."""
     t = type(event)
     if t is RecvPacket:
-        return _pack_hdr(FrameType.RECV_PACKET, KEY_LEN + len(event.packet)) + _key(event.src) + _packet(event.packet)
+        return frame_header(FrameType.RECV_PACKET, KEY_LEN + len(event.packet)) + _key(event.src) + _packet(event.packet)
     if t is SendPacket:
-        return _pack_hdr(FrameType.SEND_PACKET, KEY_LEN + len(event.packet)) + _key(event.dst) + _packet(event.packet)
+        return frame_header(FrameType.SEND_PACKET, KEY_LEN + len(event.packet)) + _key(event.dst) + _packet(event.packet)
     if t is ForwardPacket:
         payload = _key(event.src) + _key(event.dst) + _packet(event.packet)
         return encode_frame(FrameType.FORWARD_PACKET, payload)
@@ -386,6 +396,29 @@ def looks_like_disco(packet: bytes) -> bool:
 # --- decoding -------------------------------------------------------------------------------------
 
 
+_SEND_MAX = KEY_LEN + MAX_PACKET_SIZE
+_FORWARD_MIN = 2 * KEY_LEN
+_FORWARD_MAX = 2 * KEY_LEN + MAX_PACKET_SIZE
+
+
+def split_send_packet(payload: Any) -> tuple[Any, Any]:
+    """``(dst, packet)`` of a SendPacket payload; RemoteProtocolError when its size is out of
+    range. The one size check of a SendPacket: the relay's hot loop calls it per packet."""
+    n = len(payload)
+    if n < KEY_LEN or n > _SEND_MAX:
+        raise RemoteProtocolError(f"SendPacket of {n} bytes (must be {KEY_LEN}..{_SEND_MAX})")
+    return payload[:KEY_LEN], payload[KEY_LEN:]
+
+
+def split_forward_packet(payload: Any) -> tuple[Any, Any, Any]:
+    """``(src, dst, packet)`` of a ForwardPacket payload; RemoteProtocolError when its size is
+    out of range (the one size check of a ForwardPacket)."""
+    n = len(payload)
+    if n < _FORWARD_MIN or n > _FORWARD_MAX:
+        raise RemoteProtocolError(f"ForwardPacket of {n} bytes (must be {_FORWARD_MIN}..{_FORWARD_MAX})")
+    return payload[:KEY_LEN], payload[KEY_LEN:_FORWARD_MIN], payload[_FORWARD_MIN:]
+
+
 def _unmap(ip16: bytes) -> str:
     addr = ipaddress.IPv6Address(ip16)
     v4 = addr.ipv4_mapped
@@ -398,21 +431,13 @@ def decode_frame(frame_type: int, payload: bytes) -> Event | None:
     frames that must close the connection. ClientInfo/ServerInfo need keys: see the connections."""
     n = len(payload)
     if frame_type == FrameType.SEND_PACKET:
-        if n < KEY_LEN:
-            raise RemoteProtocolError(f"SendPacket of {n} bytes is shorter than a key")
-        if n - KEY_LEN > MAX_PACKET_SIZE:
-            raise RemoteProtocolError(f"SendPacket packet of {n - KEY_LEN} bytes exceeds {MAX_PACKET_SIZE}")
-        return SendPacket(payload[:KEY_LEN], payload[KEY_LEN:])
+        return SendPacket(*split_send_packet(payload))
     if frame_type == FrameType.RECV_PACKET:
         if n < KEY_LEN:
             return None
         return RecvPacket(payload[:KEY_LEN], payload[KEY_LEN:])
     if frame_type == FrameType.FORWARD_PACKET:
-        if n < 2 * KEY_LEN:
-            raise RemoteProtocolError(f"ForwardPacket of {n} bytes is shorter than two keys")
-        if n - 2 * KEY_LEN > MAX_PACKET_SIZE:
-            raise RemoteProtocolError(f"ForwardPacket packet of {n - 2 * KEY_LEN} bytes exceeds {MAX_PACKET_SIZE}")
-        return ForwardPacket(payload[:KEY_LEN], payload[KEY_LEN : 2 * KEY_LEN], payload[2 * KEY_LEN :])
+        return ForwardPacket(*split_forward_packet(payload))
     if frame_type == FrameType.KEEP_ALIVE:
         return _KEEPALIVE
     if frame_type == FrameType.NOTE_PREFERRED:
@@ -733,14 +758,10 @@ class DerpServerConnection:
             append(self._client_info(t, payload))
             i = 1
         SEND = FrameType.SEND_PACKET
-        MAXP = MAX_PACKET_SIZE + KEY_LEN
         decode = self.decode_frame
         for t, payload in frames[i:] if i else frames:
-            if t == SEND:  # hot path, validated inline
-                n = len(payload)
-                if n < KEY_LEN or n > MAXP:
-                    raise RemoteProtocolError(f"SendPacket of {n} bytes (must be 32..{MAXP})")
-                append(SendPacket(payload[:KEY_LEN], payload[KEY_LEN:]))
+            if t == SEND:
+                append(SendPacket(*split_send_packet(payload)))
                 continue
             ev = decode(t, payload)
             if ev is not None:
@@ -750,9 +771,9 @@ class DerpServerConnection:
     def receive_frames(self, data: bytes) -> list[tuple[int, Any]]:
         """The relay's fast path once the handshake is done: raw ``(type, payload)`` frames.
 
-        The caller handles SendPacket itself (payload = 32-byte destination key + packet; it
-        must check ``32 <= len(payload) <= 32 + MAX_PACKET_SIZE``) and passes every other frame
-        to `decode_frame`, which validates it like `receive_data` does."""
+        The caller handles SendPacket (and a mesh peer's ForwardPacket) itself, splitting the
+        payload with `split_send_packet` (`split_forward_packet`), which checks its size, and
+        passes every other frame to `decode_frame`, which validates it like `receive_data` does."""
         if self.state is self.AWAIT_CLIENT_INFO:
             raise LocalProtocolError("receive_frames() before ClientInfo")
         return self._decoder.feed(data)
@@ -762,10 +783,7 @@ class DerpServerConnection:
         if type(payload) is int:  # an oversized unknown frame, skipped
             return UnknownFrame(t, payload)
         if t == FrameType.SEND_PACKET:
-            n = len(payload)
-            if n < KEY_LEN or n > MAX_PACKET_SIZE + KEY_LEN:
-                raise RemoteProtocolError(f"SendPacket of {n} bytes (must be 32..{MAX_PACKET_SIZE + KEY_LEN})")
-            return SendPacket(payload[:KEY_LEN], payload[KEY_LEN:])
+            return SendPacket(*split_send_packet(payload))
         if t == FrameType.PING:
             n = len(payload)
             if not PING_LEN <= n <= MAX_PING_LEN:
@@ -826,7 +844,7 @@ _CLIENT_RECEIVES = frozenset(
 
 
 class DerpClientConnection:
-    """Client side of one DERP connection (for tests and load tools).
+    """Client side of one DERP connection (the mesh links, tests and load tools).
 
     States: ``AWAIT_SERVER_KEY`` → (ServerKey) ``SEND_CLIENT_INFO`` → (``client_info()``)
     ``AWAIT_SERVER_INFO`` → (ServerInfo) ``ESTABLISHED``. With ``server_public_key`` given
@@ -898,3 +916,72 @@ class DerpClientConnection:
         if type(event) in (RecvPacket, KeepAlive, PeerGone, PeerPresent, Health, Restarting, ServerKey, ServerInfo):
             raise LocalProtocolError(f"a client does not send {type(event).__name__}")
         return encode(event)
+
+
+# --- the HTTP/1.1 upgrade -------------------------------------------------------------------------
+#
+# A DERP connection starts as ``GET /derp`` with ``Upgrade: DERP``; the relay answers ``101`` and
+# speaks first (ServerKey). With ``Derp-Fast-Start: 1`` the client already knows the relay's key
+# and sends its ClientInfo right after the request; the relay then sends no HTTP answer at all.
+
+UPGRADE_PROTOCOL = "DERP"
+_UPGRADE_HEAD_LIMIT = 64 * 1024
+
+
+class UpgradeRefused(DerpError):
+    """The relay answered the upgrade with something other than ``101``, or not HTTP/1.1 at all."""
+
+
+def switching_protocols_headers(server_public_key: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of the relay's ``101`` (for ``h11.InformationalResponse``)."""
+    return [
+        (b"Upgrade", UPGRADE_PROTOCOL.encode()),
+        (b"Connection", b"Upgrade"),
+        (b"Derp-Version", str(PROTOCOL_VERSION).encode()),
+        (b"Derp-Public-Key", _key(server_public_key, "server key").hex().encode()),
+    ]
+
+
+class ClientUpgrade:
+    """The client's side of the upgrade: the request bytes, then the relay's answer parsed.
+
+        up = ClientUpgrade("derp.example.com", fast_start=False)
+        out = up.request()                 # write these first
+        rest = up.receive_data(data)       # None until the 101 is complete; then the DERP bytes after it
+
+    ``headers`` are added to (and override) the request's own; with ``fast_start`` no answer
+    comes and `receive_data` is not used."""
+
+    def __init__(self, host: str, path: str = "/derp", headers: dict[str, str] | None = None,
+                 *, fast_start: bool = False):
+        fields = {"Host": host, "Connection": "Upgrade", "Upgrade": UPGRADE_PROTOCOL}
+        if fast_start:
+            fields["Derp-Fast-Start"] = "1"
+        fields.update(headers or {})
+        self.fast_start = fast_start
+        self._target = path
+        self._fields = list(fields.items())
+        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=_UPGRADE_HEAD_LIMIT)
+
+    def request(self) -> bytes:
+        return (self._http.send(h11.Request(method="GET", target=self._target, headers=self._fields)) or b"") + (
+            self._http.send(h11.EndOfMessage()) or b""
+        )
+
+    def receive_data(self, data: bytes) -> bytes | None:
+        """Feed the relay's bytes; the bytes after the ``101`` once it is complete, else None.
+        Raises UpgradeRefused for any other answer (its status line in the message)."""
+        http = self._http
+        http.receive_data(data)
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpgradeRefused(f"bad HTTP answer to the upgrade: {exc}") from None
+        if event is h11.NEED_DATA:
+            return None
+        if type(event) is h11.InformationalResponse and event.status_code == 101:
+            return bytes(http.trailing_data[0])
+        if isinstance(event, (h11.Response, h11.InformationalResponse)):
+            reason = event.reason.decode("latin-1", "replace")
+            raise UpgradeRefused(f"upgrade refused: HTTP/1.1 {event.status_code} {reason}".rstrip())
+        raise UpgradeRefused("relay closed the connection before answering the upgrade")

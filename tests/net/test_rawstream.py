@@ -7,7 +7,7 @@ import socket
 
 import trio
 
-from trioscale.services.derp.rawstream import _TLS_CHUNK, RawStream, shared_buffer_bytes
+from trioscale.shared.net.rawstream import _TLS_CHUNK, RawStream, shared_buffer_bytes
 from trioscale.shared.net import tls as tlsutil
 
 
