@@ -447,11 +447,13 @@ class Schema:
         self.rules = tuple(rules)
         for r in self.rules:
             unknown = [k for k in r.keys if k not in self.keys]
-            assert not unknown, f"rule {r.check.__name__} reads unknown keys {unknown}"
+            if unknown:
+                raise TypeError(f"rule {r.check.__name__} reads unknown keys {unknown}")
         self.by_env: dict[str, str] = {}
         for name, key in [(k, k) for k in self.keys] + list(self.aliases.items()):
             variable = env_name(name)
-            assert variable not in self.by_env, f"two keys have the environment name {variable}"
+            if variable in self.by_env:  # key names hold "_" too, so two keys could collide
+                raise TypeError(f"two keys have the environment name {variable}")
             self.by_env[variable] = key
 
     def _walk(self, record: type, prefix: str, attrs: tuple[str, ...], overrides: Mapping[str, Any]) -> None:
