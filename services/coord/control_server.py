@@ -1,8 +1,9 @@
 """The control listener: HTTP/1.1 (h11) → ``/ts2021`` upgrade → Noise → HTTP/2 (h2), as a Trio adapter.
 
 ASGI servers cannot hand an upgraded connection over, so this module is its own small server.  The
-protocol work is done by sans-IO pieces (``h11``, ``h2``, :mod:`trioscale.shared.proto.noise`); this
-module only moves bytes, runs tasks and enforces limits and timeouts.
+protocol work is sans-IO: ``h11`` for HTTP/1.1, and :mod:`trioscale.shared.proto.control` for the
+upgrade and the HTTP/2-over-Noise connection (its events, flow control, body limits and deadlines).
+This module moves bytes, runs handler tasks, holds the send lock and arms the timers.
 
 Public API
 ----------
@@ -48,33 +49,37 @@ without waiting for the client.  Keep-alive is honoured for plain requests, as i
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import logging
-import math
-import os
 import socket
-import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import h11
 import trio
 
+from trioscale.shared.net.addr import format_sockaddr, split_host_port
 from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
+from trioscale.shared.net.rawstream import RawStream
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
-from trioscale.shared.proto import keys, noise
+from trioscale.shared.proto import control, keys, noise
+from trioscale.shared.proto.control import (
+    UPGRADE_PROTOCOL,
+    ConnectionTerminated,
+    ControlProtocolError,
+    RequestReceived,
+    StreamGone,
+    StreamReset,
+    StreamState,
+    TransportConfig,
+    TransportStats,
+    WindowOpened,
+    headers_dict,
+)
 
 __all__ = [
     "ControlRequest",
@@ -85,19 +90,12 @@ __all__ = [
     "NoiseHandler",
     "HttpHandler",
     "serve_control",
-    "format_address",
     "UPGRADE_PROTOCOL",
 ]
 
 log = logging.getLogger("trioscale.coord.transport")
 
-UPGRADE_PROTOCOL = "tailscale-control-protocol"
-HANDSHAKE_HEADER = "x-tailscale-handshake"
 _RECV_SIZE = 65536
-
-
-class StreamGone(Exception):
-    """The HTTP/2 stream (or its whole connection) is gone; nothing more can be sent on it."""
 
 
 @dataclass(frozen=True)
@@ -129,82 +127,14 @@ HttpHandler = Callable[
 ]
 
 
-@dataclass(frozen=True)
-class TransportConfig:
-    """Limits and timeouts of the control listener (seconds, bytes).
-
-    Request bodies inside Noise are small: a RegisterRequest or MapRequest is a few KiB of JSON,
-    most of it Hostinfo, which the store caps at 64 KiB. So one request may carry 256 KiB (four
-    times the largest Hostinfo we keep) and the unfinished bodies of one connection 1 MiB. Flow
-    control enforces both: a stream's receive window is one request body, the connection's window
-    is ``max_connection_body``, and credit goes back only for bytes a handler was handed (or that
-    were thrown away), so a client that never ends its requests cannot make us hold more.
-    ``max_buffered_bodies`` bounds all unfinished bodies of the listener together: past it, the
-    stream that brings more bytes is refused (503), whatever connection it is on.
-    """
-
-    min_capability_version: int = 113
-    max_header_bytes: int = 16 * 1024  #: HTTP/1.1 request line + headers
-    #: plain HTTP/1.1 request body (nothing served on plain HTTP here needs more than a few bytes)
-    max_http_body: int = 64 * 1024
-    max_request_body: int = 256 * 1024  #: one HTTP/2 request body inside Noise
-    #: unfinished HTTP/2 request bodies of one connection (its receive window; at least 65535)
-    max_connection_body: int = 1 << 20
-    max_buffered_bodies: int = 64 << 20  #: unfinished HTTP/2 request bodies of the whole listener
-    #: concurrent HTTP/2 streams once the connection's machine key has a node in the tailnet
-    max_concurrent_streams: int = 250
-    #: concurrent HTTP/2 streams before that (a real client uses one or two to register)
-    unregistered_concurrent_streams: int = 4
-    max_header_list_size: int = 64 * 1024  #: HTTP/2 decoded header list
-    first_byte_timeout: float = 10.0  #: from accept to the client's first byte
-    request_timeout: float = 30.0  #: to receive one whole HTTP/1.1 request (incl. keep-alive idle)
-    h2_preface_timeout: float = 10.0  #: after the 101, for the client's HTTP/2 preface
-    first_request_timeout: float = 30.0  #: after the 101, for the first HTTP/2 request's headers
-    request_body_timeout: float = 30.0  #: from an HTTP/2 request's headers to its end; then 408 + reset
-    #: close an HTTP/2 connection that has had no open stream for this long (frames such as PING
-    #: do not count: only requests keep a connection busy)
-    h2_idle_timeout: float = 300.0
-    send_timeout: float = 60.0  #: any single socket write
-    send_early_payload: bool = True
-
-
-@dataclass
-class TransportStats:
-    """The listener's own accounting, live (read by tests and the coordinator's stats)."""
-
-    connections: int = 0  #: open TCP connections (plain HTTP/1.1 or upgraded)
-    sessions: int = 0  #: of those, upgraded to Noise + HTTP/2
-    open_streams: int = 0  #: HTTP/2 streams held (unfinished requests + running handlers)
-    buffered_body_bytes: int = 0  #: bytes of unfinished request bodies held right now
-    peak_buffered_body_bytes: int = 0
-    bodies_refused: int = 0  #: requests refused for their size (413) or the listener's budget (503)
-    streams_refused: int = 0  #: streams over the connection's concurrent-stream limit (REFUSED_STREAM)
-    requests_timed_out: int = 0  #: unfinished requests reset at their deadline
-    connections_timed_out: int = 0  #: connections closed at a phase deadline (first byte, upgrade, ...)
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
 # --- addresses -----------------------------------------------------------------------------------
-
-
-def format_address(sockaddr: Any) -> str:
-    """``host:port`` (``[host]:port`` for IPv6) of a socket address tuple."""
-    host, port = sockaddr[0], sockaddr[1]
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def _parse_addr(addr: str | tuple[str | None, int]) -> tuple[str | None, int]:
     if isinstance(addr, tuple):
         return addr[0] or None, int(addr[1])
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        raise ValueError(f"listen address {addr!r} is not host:port")
-    host = host.strip("[]")
-    return host or None, int(port)
+    host, port = split_host_port(addr)
+    return host or None, port
 
 
 async def _open_listeners(listeners_or_addr: Any) -> list[socket.socket | trio.abc.Listener[Any]]:
@@ -219,10 +149,10 @@ async def _open_listeners(listeners_or_addr: Any) -> list[socket.socket | trio.a
 
 def _listener_address(listener: Any) -> str:
     if isinstance(listener, socket.socket):
-        return format_address(listener.getsockname())
+        return format_sockaddr(listener.getsockname())
     sock = getattr(listener, "socket", None)
     if sock is not None:
-        return format_address(sock.getsockname())
+        return format_sockaddr(sock.getsockname())
     return repr(listener)
 
 
@@ -252,7 +182,9 @@ async def serve_control(
             limiter = ConnectionLimiter("control", caps.max_connections, caps.max_connections_per_source)
         socks = [lst for lst in listeners if isinstance(lst, socket.socket)]
         others = [lst for lst in listeners if not isinstance(lst, socket.socket)]
-        await nursery.start(partial(serve_stream_sockets, server.handle_connection, socks, limiter=limiter, log=log))
+        # plain TCP on the fast-socket layer: its send_nowait carries ControlResponse.write_nowait
+        await nursery.start(partial(serve_stream_sockets, server.handle_connection, socks, limiter=limiter, log=log,
+                                    make_stream=RawStream))
         if others:
             await nursery.start(trio.serve_listeners, server.handle_connection, others)
         task_status.started(addresses[0] if addresses else "")
@@ -280,10 +212,7 @@ class _ControlServer:
         self.noise_handler = noise_handler
         self.http_handler = http_handler
         self.cfg = cfg
-        self.key_body = json.dumps(
-            {"legacyPublicKey": keys.MACHINE.zero(), "publicKey": keys.MACHINE.format(self.public_key)},
-            separators=(",", ":"),
-        ).encode()
+        self.key_body = control.key_body(self.public_key)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         peer = "?"
@@ -292,7 +221,7 @@ class _ControlServer:
             sock = getattr(stream, "socket", None)
             if sock is not None:
                 sockaddr = sock.getpeername()
-                peer = format_address(sockaddr)
+                peer = format_sockaddr(sockaddr)
                 loopback = _is_loopback(sockaddr[0])
         except OSError:
             pass
@@ -318,16 +247,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _headers_dict(items: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in items:
-        n = name.decode("latin-1") if isinstance(name, bytes) else name
-        v = value.decode("latin-1") if isinstance(value, bytes) else value
-        n = n.lower()
-        out[n] = f"{out[n]}, {v}" if n in out else v
-    return out
 
 
 class _Http1Connection:
@@ -455,7 +374,7 @@ class _Http1Connection:
         method = request.method.decode("ascii", "replace").upper()
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
-        headers = _headers_dict(request.headers)
+        headers = headers_dict(request.headers)
         if method == "CONNECT":
             # a 2xx answer to CONNECT switches protocols in HTTP/1.1 (h11 then refuses a body);
             # nothing here tunnels, so no handler may see one
@@ -485,161 +404,63 @@ class _Http1Connection:
         return False
 
     async def _serve_key(self, method: str, query: str) -> None:
-        if method not in ("GET", "HEAD"):
-            await self._simple(405, "method not allowed\n")
-            return
-        values = urllib.parse.parse_qs(query).get("v")
-        if not values:
-            await self._simple(400, "capability version must be set (v=N)\n")
-            return
-        try:
-            version = int(values[0])
-        except ValueError:
-            await self._simple(400, "capability version must be an integer\n")
-            return
-        minimum = self.cfg.min_capability_version
-        if version < minimum:
-            await self._simple(
-                400,
-                f"unsupported client version: capability version {version} is older than the minimum "
-                f"{minimum}; please update Tailscale\n",
-            )
+        refusal = control.answer_key(method, query, self.cfg.min_capability_version)
+        if refusal is not None:
+            await self._simple(refusal.status, refusal.text)
             return
         await self._respond(200, [("Content-Type", "application/json")], self.server.key_body, head=method == "HEAD")
 
     async def _upgrade(self, headers: dict[str, str], query: str = "") -> bool:
-        upgrade = headers.get("upgrade", "").strip().lower()
-        if not upgrade:
-            await self._simple(400, "missing next protocol\n")
+        upgrade = control.parse_upgrade(headers, query, accept_token)
+        if isinstance(upgrade, control.Refusal):
+            await self._simple(upgrade.status, upgrade.text)
             return False
-        if upgrade == "websocket":
-            return await self._upgrade_websocket(headers, query)
-        if upgrade != UPGRADE_PROTOCOL:
-            await self._simple(400, f"unsupported protocol switch {upgrade!r}\n")
-            return False
-        b64 = headers.get(HANDSHAKE_HEADER)
-        if b64 is None:
-            await self._simple(400, "no tailscale handshake header\n")
-            return False
-        try:
-            initiation = base64.b64decode(b64.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            await self._simple(400, "invalid tailscale handshake header\n")
-            return False
-
         # h11 only lets us switch when the client asked for it and finished its request.
         if self.conn.they_are_waiting_for_100_continue or self.conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
             await self._simple(400, "bad upgrade request\n", close=True)
             raise _Close("upgrade request in wrong state")
         switching = self.conn.send(
-            h11.InformationalResponse(
-                status_code=101,
-                headers=[("Upgrade", UPGRADE_PROTOCOL), ("Connection", "upgrade")],
-                reason=b"Switching Protocols",
-            )
+            h11.InformationalResponse(status_code=101, headers=upgrade.headers, reason=b"Switching Protocols")
         )
         pending, _closed = self.conn.trailing_data
-
+        stream: trio.abc.Stream = self.stream
+        if upgrade.websocket:
+            # TS2021 inside WebSocket binary messages (Tailscale's JS/WebAssembly client): no early
+            # payload (that client does not read one)
+            with trio.fail_after(self.cfg.send_timeout):
+                await self.stream.send_all(switching)
+            stream = WebSocketByteStream(self.stream, bytes(pending))
+            switching = pending = b""
         try:
-            version = noise.parse_initiation_version(initiation)
-            if version < self.cfg.min_capability_version:
-                raise noise.RemoteProtocolError(
-                    f"unsupported client version {version} (minimum {self.cfg.min_capability_version})"
-                )
-            hs = noise.respond(initiation, self.server.private_key)
+            hs = control.answer_initiation(upgrade.initiation, self.server.private_key, self.cfg.min_capability_version)
         except noise.RemoteProtocolError as exc:
             with trio.fail_after(self.cfg.send_timeout):
-                await self.stream.send_all(switching + noise.error_frame(str(exc)))
+                await stream.send_all(switching + noise.error_frame(str(exc)))
             raise _Close(f"noise handshake failed: {exc}") from None
 
         challenge_priv: bytes | None = None
         early = b""
-        if self.cfg.send_early_payload:
+        if self.cfg.send_early_payload and not upgrade.websocket:
             challenge_priv = keys.generate_private_key()
             early = noise.encode_early_payload(keys.public_key(challenge_priv))
-        session = _H2Session(self.server, self.stream, self.peer, hs, challenge_priv)
+        session = _H2Session(self.server, stream, self.peer, hs, challenge_priv)
         await session.run(switching + hs.response, early, bytes(pending))
-        return True
-
-    async def _upgrade_websocket(self, headers: dict[str, str], query: str) -> bool:
-        """TS2021 inside WebSocket binary messages (Tailscale's JS/WebAssembly client): the Noise
-        initiation comes in the query (a browser cannot set headers), the subprotocol names the
-        control protocol, and no early payload is sent (that client does not read one)."""
-        protocols = [p.strip().lower() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        ws_key = headers.get("sec-websocket-key", "").strip()
-        if UPGRADE_PROTOCOL not in protocols or not ws_key:
-            await self._simple(400, f"a WebSocket upgrade must offer the {UPGRADE_PROTOCOL} subprotocol\n")
-            return False
-        b64 = (urllib.parse.parse_qs(query).get("X-Tailscale-Handshake") or [""])[0]
-        try:
-            initiation = base64.b64decode(b64.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            initiation = b""
-        if not initiation:
-            await self._simple(400, "missing or invalid X-Tailscale-Handshake parameter\n")
-            return False
-        if self.conn.they_are_waiting_for_100_continue or self.conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
-            await self._simple(400, "bad upgrade request\n", close=True)
-            raise _Close("upgrade request in wrong state")
-        switching = self.conn.send(h11.InformationalResponse(
-            status_code=101, reason=b"Switching Protocols",
-            headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                     ("Sec-WebSocket-Accept", accept_token(ws_key)), ("Sec-WebSocket-Protocol", UPGRADE_PROTOCOL)],
-        ))
-        pending, _closed = self.conn.trailing_data
-        with trio.fail_after(self.cfg.send_timeout):
-            await self.stream.send_all(switching)
-        ws = WebSocketByteStream(self.stream, bytes(pending))
-        try:
-            version = noise.parse_initiation_version(initiation)
-            if version < self.cfg.min_capability_version:
-                raise noise.RemoteProtocolError(
-                    f"unsupported client version {version} (minimum {self.cfg.min_capability_version})"
-                )
-            hs = noise.respond(initiation, self.server.private_key)
-        except noise.RemoteProtocolError as exc:
-            with trio.fail_after(self.cfg.send_timeout):
-                await ws.send_all(noise.error_frame(str(exc)))
-            raise _Close(f"noise handshake failed: {exc}") from None
-        session = _H2Session(self.server, ws, self.peer, hs, None)
-        await session.run(hs.response, b"", b"")
         return True
 
 
 # --- HTTP/2 over Noise ---------------------------------------------------------------------------
 
 
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """A non-blocking stdlib socket on a duplicate of a plain TCP stream's descriptor, or None."""
-    if not isinstance(stream, trio.SocketStream):
-        return None
-    try:
-        raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
-        raw.setblocking(False)
-    except OSError:
-        return None
-    return raw
-
-
 class _Stream:
-    __slots__ = ("id", "method", "path", "headers", "body", "flow", "deadline", "scope", "gone", "window",
-                 "response", "dispatched")
+    """A stream a handler serves: the protocol's state and the handler's task-side objects."""
 
-    def __init__(self, stream_id: int, method: str, path: str, headers: dict[str, str], deadline: float) -> None:
-        self.id = stream_id
-        self.method = method
-        self.path = path
-        self.headers = headers
-        self.body = bytearray()
-        #: flow-controlled bytes received and not yet handed back to the client (body + padding)
-        self.flow = 0
-        #: when the request must have ended (HEADERS + request_body_timeout)
-        self.deadline = deadline
+    __slots__ = ("state", "scope", "window", "response")
+
+    def __init__(self, state: StreamState) -> None:
+        self.state = state
         self.scope = trio.CancelScope()
-        self.gone = False
         self.window = trio.Event()
         self.response: ControlResponse | None = None
-        self.dispatched = False
 
 
 class ControlResponse:
@@ -654,7 +475,7 @@ class ControlResponse:
 
     @property
     def stream_id(self) -> int:
-        return self._stream.id
+        return self._stream.state.id
 
     async def start(self, status: int, headers: Sequence[tuple[str, str]] = ()) -> None:
         """Send the response headers (no content-length is added: the body may be streamed)."""
@@ -678,7 +499,7 @@ class ControlResponse:
     def mark_registered(self) -> None:
         """Tell the transport that this connection's machine key has a node in the tailnet: the
         connection gets the full concurrent-stream limit (before that it gets only a few)."""
-        self._session.mark_registered()
+        self._session.conn.mark_registered()
 
     def write_nowait(self, data: bytes) -> bool:
         """Send body bytes now, without waiting, if that can be done at once: the connection is not
@@ -713,6 +534,9 @@ class ControlResponse:
 
 
 class _H2Session:
+    """Runs one upgraded connection: the read loop with its deadline, a task per request, and
+    every write under one lock (a cancelled partial write would corrupt the Noise record stream)."""
+
     def __init__(
         self,
         server: _ControlServer,
@@ -725,50 +549,28 @@ class _H2Session:
         self.cfg = server.cfg
         self.stream = stream
         self.peer = peer
-        self.noise = hs.connection
         self.machine_key = hs.machine_key
         self.version = hs.version
         self.challenge_private_key = challenge_private_key
+        self.conn = control.ControlConnection(self.cfg, server.stats, hs.connection, trio.current_time())
         self.lock = trio.Lock()
-        #: a second handle on the TCP socket for synchronous non-blocking sends (None: not plain TCP)
-        self.raw = _raw_socket(stream)
+        #: synchronous sends go straight to the kernel on a plain TCP stream (None: not one)
+        self.raw = stream if isinstance(stream, RawStream) else None
         #: encrypted bytes a synchronous send could not put on the wire yet; they go out first
         self.backlog = b""
-        self.streams: dict[int, _Stream] = {}
-        #: streams whose request has not ended yet (their bodies are what we buffer)
-        self.unfinished: dict[int, _Stream] = {}
+        #: streams being served by a handler
+        self.served: dict[int, _Stream] = {}
         self.stats = server.stats
-        self.buffered = 0  #: bytes in this connection's unfinished bodies
-        self.registered = False
-        self.stream_limit = self.cfg.unregistered_concurrent_streams
-        self.seen_request = False
         self.closed = False
-        self.got_preface = False
-        self.preface_deadline = self.first_request_deadline = self.idle_since = trio.current_time()
         self.read_scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
-        cfg = self.cfg
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=True)
-        )
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: cfg.unregistered_concurrent_streams,
-                # one byte over the body cap, so that an over-long body shows itself (413) instead
-                # of stalling on a full window
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: min(cfg.max_request_body + 1, (1 << 31) - 1),
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
-            },
-        )
 
     # -- sending (always under self.lock) --
 
     async def _flush_locked(self) -> None:
-        data = self.h2.data_to_send()
-        if (not data and not self.backlog) or self.closed:
+        records = self.conn.data_to_send()
+        if (not records and not self.backlog) or self.closed:
             return
-        records = self.noise.encrypt(data) if data else b""
         if self.backlog:
             records, self.backlog = self.backlog + records, b""
         try:
@@ -785,24 +587,19 @@ class _H2Session:
 
     def _send_data_nowait(self, st: _Stream, data: bytes) -> bool:
         """The synchronous path of ControlResponse.write_nowait (see there)."""
-        if self.raw is None or self.closed or st.gone or self.backlog or self.lock.locked():
+        raw = self.raw
+        if raw is None or self.closed or st.state.gone or self.backlog or self.lock.locked():
+            return False
+        out = self.conn.send_data_now(st.state, data)
+        if out is None:
             return False
         try:
-            if self.h2.local_flow_control_window(st.id) < len(data):
-                return False
-            size = self.h2.max_outbound_frame_size
-            for pos in range(0, len(data), size):
-                self.h2.send_data(st.id, data[pos : pos + size])
-        except h2.exceptions.ProtocolError:
-            return False  # the stream is closing: the async path reports it
-        out = self.noise.encrypt(self.h2.data_to_send())
-        try:
-            sent = self.raw.send(out)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
+            sent = raw.send_nowait(out)
+        except trio.BrokenResourceError as exc:
             self._fail(f"send failed: {exc!r}")
             return True
+        if sent is None:
+            sent = 0
         if sent < len(out):
             self.backlog = out[sent:]
             assert self.nursery is not None
@@ -820,21 +617,17 @@ class _H2Session:
         if not self.closed:
             log.debug("%s: closing HTTP/2 session: %s", self.peer, reason)
         self.closed = True
-        for st in self.streams.values():
-            st.gone = True
+        self.conn.close()
+        for st in self.served.values():
             st.window.set()
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
     async def _send_headers(self, st: _Stream, headers: list[tuple[str, str]]) -> None:
         async with self.lock:
-            if st.gone or self.closed:
-                raise StreamGone(f"stream {st.id} is gone")
-            try:
-                self.h2.send_headers(st.id, headers)
-            except h2.exceptions.ProtocolError as exc:
-                st.gone = True
-                raise StreamGone(f"stream {st.id}: {exc}") from None
+            if self.closed:
+                raise StreamGone(f"stream {st.state.id} is gone")
+            self.conn.send_headers(st.state, headers)
             await self._flush_locked()
 
     async def _send_data(self, st: _Stream, data: bytes, *, end: bool) -> None:
@@ -842,22 +635,9 @@ class _H2Session:
         pos = 0
         while True:
             async with self.lock:
-                if st.gone or self.closed:
-                    raise StreamGone(f"stream {st.id} is gone")
-                try:
-                    while pos < len(view):
-                        window = min(self.h2.local_flow_control_window(st.id), self.h2.max_outbound_frame_size)
-                        if window <= 0:
-                            break
-                        n = min(window, len(view) - pos)
-                        last = pos + n == len(view)
-                        self.h2.send_data(st.id, bytes(view[pos : pos + n]), end_stream=end and last)
-                        pos += n
-                    if pos == len(view) and end and not view:
-                        self.h2.end_stream(st.id)
-                except h2.exceptions.ProtocolError as exc:
-                    st.gone = True
-                    raise StreamGone(f"stream {st.id}: {exc}") from None
+                if self.closed:
+                    raise StreamGone(f"stream {st.state.id} is gone")
+                pos = self.conn.send_data(st.state, view, pos, end=end)
                 await self._flush_locked()
                 if pos == len(view):
                     return
@@ -870,14 +650,7 @@ class _H2Session:
     async def run(self, prefix: bytes, early: bytes, pending: bytes) -> None:
         """``prefix``: raw bytes to send first (101 + Noise response); ``early``: early payload plaintext;
         ``pending``: bytes the client sent after its upgrade request (already part of the Noise stream)."""
-        self.h2.initiate_connection()
-        extra = self.cfg.max_connection_body - 65535
-        if extra > 0:
-            self.h2.increment_flow_control_window(extra)
-        first = prefix + self.noise.encrypt(early + self.h2.data_to_send())
-        upgraded = trio.current_time()
-        self.preface_deadline = upgraded + self.cfg.h2_preface_timeout
-        self.first_request_deadline = upgraded + self.cfg.first_request_timeout
+        first = prefix + self.conn.initiate(early)
         self.stats.sessions += 1
         reason = "client closed the connection"
         try:
@@ -901,92 +674,27 @@ class _H2Session:
             self.closed = True
             self.stats.sessions -= 1
             # handlers are done (the nursery waited for them); what is left are unfinished requests
-            for st in self.unfinished.values():
-                self._account(-len(st.body))
-            self.stats.open_streams -= len(self.streams)
-            self.unfinished.clear()
-            self.streams.clear()
-            if self.raw is not None:
-                self.raw.close()
-
-    # -- limits and deadlines --
-
-    def mark_registered(self) -> None:
-        if self.registered or self.closed:
-            return
-        self.registered = True
-        self.stream_limit = self.cfg.max_concurrent_streams
-        try:
-            # sent with the handler's next write
-            self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.stream_limit})
-        except h2.exceptions.ProtocolError:
-            pass
-
-    def _account(self, n: int) -> None:
-        self.buffered += n
-        stats = self.stats
-        stats.buffered_body_bytes += n
-        if stats.buffered_body_bytes > stats.peak_buffered_body_bytes:
-            stats.peak_buffered_body_bytes = stats.buffered_body_bytes
-
-    def _release(self, st: _Stream) -> None:
-        """The stream's body was handed to its handler or thrown away: stop counting it and give
-        its flow-control credit back to the client."""
-        self._account(-len(st.body))
-        st.body = bytearray()
-        flow, st.flow = st.flow, 0
-        if flow and not self.closed:
-            try:
-                self.h2.acknowledge_received_data(flow, st.id)
-            except (h2.exceptions.ProtocolError, ValueError):
-                pass
-
-    def _forget(self, st: _Stream) -> None:
-        if self.unfinished.pop(st.id, None) is not None:
-            self._release(st)
-        if self.streams.pop(st.id, None) is not None:
-            self.stats.open_streams -= 1
-            if not self.streams:
-                self.idle_since = trio.current_time()
-                if self.read_scope is not None:
-                    self.read_scope.deadline = self._next_deadline()
-
-    def _next_deadline(self) -> float:
-        if not self.got_preface:
-            return self.preface_deadline
-        deadline = math.inf
-        for st in self.unfinished.values():
-            deadline = min(deadline, st.deadline)
-        if not self.seen_request:
-            deadline = min(deadline, self.first_request_deadline)
-        elif not self.streams:
-            deadline = min(deadline, self.idle_since + self.cfg.h2_idle_timeout)
-        return deadline
+            self.conn.teardown()
+            self.served.clear()
 
     async def _on_deadline(self) -> None:
-        now = trio.current_time()
-        if not self.got_preface:
-            self.stats.connections_timed_out += 1
-            raise _Close("no HTTP/2 preface in time")
-        late = [st for st in self.unfinished.values() if st.deadline <= now]
-        if late:
-            log.debug("%s: %d unfinished request(s) timed out", self.peer, len(late))
-            self.stats.requests_timed_out += len(late)
-            async with self.lock:
-                for st in late:
-                    self._refuse(st, 408)
+        async with self.lock:
+            late, reason = self.conn.on_deadline(trio.current_time())
+            if late:
+                log.debug("%s: %d unfinished request(s) timed out", self.peer, late)
+            if reason is not None and not self.conn.got_preface:
+                raise _Close(reason)
+            try:
                 await self._flush_locked()
-        if not self.seen_request and now >= self.first_request_deadline:
-            self.stats.connections_timed_out += 1
-            await self._goaway()
-            raise _Close("no request in time after the upgrade")
-        if self.seen_request and not self.streams and now >= self.idle_since + self.cfg.h2_idle_timeout:
-            await self._goaway()
-            raise _Close("idle HTTP/2 connection")
+            except StreamGone:
+                if reason is None:
+                    raise
+        if reason is not None:
+            raise _Close(reason)
 
     async def _read_loop(self) -> None:
         while not self.closed:
-            with trio.CancelScope(deadline=self._next_deadline()) as scope:
+            with trio.CancelScope(deadline=self.conn.next_deadline()) as scope:
                 self.read_scope = scope
                 data = await self.stream.receive_some(_RECV_SIZE)
             self.read_scope = None
@@ -997,147 +705,57 @@ class _H2Session:
                 return
             await self._receive(data)
 
-    async def _goaway(self) -> None:
+    async def _receive(self, data: bytes) -> None:
         async with self.lock:
             try:
-                self.h2.close_connection()
-                await self._flush_locked()
-            except (h2.exceptions.ProtocolError, StreamGone):
-                pass
-
-    async def _receive(self, data: bytes) -> None:
-        try:
-            chunks = self.noise.receive_data(data)
-        except noise.RemoteProtocolError as exc:
-            raise _Close(f"noise: {exc}") from None
-        for chunk in chunks:
-            async with self.lock:
+                events = self.conn.receive_data(data, trio.current_time())
+            except ControlProtocolError as exc:
                 try:
-                    events = self.h2.receive_data(chunk)
-                except h2.exceptions.ProtocolError as exc:
-                    try:
-                        await self._flush_locked()  # h2 queued a GOAWAY
-                    except StreamGone:
-                        pass
-                    raise _Close(f"h2: {exc!r}") from None
-                for ev in events:
-                    self._on_event(ev)
-                await self._flush_locked()
-            if self.closed:
-                raise _Close("connection terminated")
+                    await self._flush_locked()  # h2 queued a GOAWAY
+                except StreamGone:
+                    pass
+                raise _Close(str(exc)) from None
+            for ev in events:
+                self._on_event(ev)
+            await self._flush_locked()
+        if self.closed:
+            raise _Close("connection terminated")
 
     def _on_event(self, ev: Any) -> None:
-        if isinstance(ev, h2.events.RemoteSettingsChanged):
-            self.got_preface = True
-            for st in self.streams.values():
-                st.window.set()
-        elif isinstance(ev, h2.events.RequestReceived):
-            self._on_request(ev)
-        elif isinstance(ev, h2.events.DataReceived):
-            self._on_data(ev)
-        elif isinstance(ev, h2.events.StreamEnded):
-            st = self.unfinished.get(ev.stream_id)
-            if st is not None:
-                self._dispatch(st)
-        elif isinstance(ev, h2.events.StreamReset):
-            st = self.streams.get(ev.stream_id)
-            if st is not None:
-                st.gone = True
-                st.window.set()
-                st.scope.cancel()
-                if not st.dispatched:
-                    self._forget(st)
-        elif isinstance(ev, h2.events.WindowUpdated):
+        t = type(ev)
+        if t is RequestReceived:
+            self._dispatch(ev.stream, ev.body)
+        elif t is WindowOpened:
             if ev.stream_id == 0:
-                for st in self.streams.values():
+                for st in self.served.values():
                     st.window.set()
             else:
-                st = self.streams.get(ev.stream_id)
+                st = self.served.get(ev.stream_id)
                 if st is not None:
                     st.window.set()
-        elif isinstance(ev, h2.events.ConnectionTerminated):
-            self._fail(f"client sent GOAWAY ({ev.error_code!r})")
+        elif t is StreamReset:
+            st = self.served.get(ev.stream_id)
+            if st is not None:
+                st.window.set()
+                st.scope.cancel()
+        elif t is ConnectionTerminated:
+            self._fail(ev.reason)
 
-    def _on_data(self, ev: h2.events.DataReceived) -> None:
-        st = self.unfinished.get(ev.stream_id)
-        flow = ev.flow_controlled_length or 0
-        if st is None:
-            # nobody will consume these bytes (a stream we refused or forgot): credit them back now
-            if flow:
-                try:
-                    self.h2.acknowledge_received_data(flow, ev.stream_id)
-                except (h2.exceptions.ProtocolError, ValueError):
-                    pass
-            return
-        st.flow += flow
-        st.body += ev.data
-        self._account(len(ev.data))
-        if len(st.body) > self.cfg.max_request_body or self.buffered > self.cfg.max_connection_body:
-            log.debug("%s: request body of %s on stream %d over %d bytes: 413", self.peer, st.path, st.id,
-                      self.cfg.max_request_body)
-            self.stats.bodies_refused += 1
-            self._refuse(st, 413)
-        elif self.stats.buffered_body_bytes > self.cfg.max_buffered_bodies:
-            log.debug("%s: unfinished request bodies over the listener's budget: 503 on stream %d", self.peer,
-                      st.id)
-            self.stats.bodies_refused += 1
-            self._refuse(st, 503)
-
-    def _on_request(self, ev: h2.events.RequestReceived) -> None:
-        self.seen_request = True
-        if len(self.streams) >= self.stream_limit:
-            # h2 enforces the limit on streams *it* sees open; ours also counts handlers still
-            # running after their response ended. Refuse the stream, keep the connection.
-            self.stats.streams_refused += 1
-            try:
-                self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            except h2.exceptions.ProtocolError:
-                pass
-            return
-        method = path = ""
-        regular: list[tuple[str, str]] = []
-        for name, value in ev.headers:
-            if name == ":method":
-                method = value
-            elif name == ":path":
-                path = value
-            elif not name.startswith(":"):
-                regular.append((name, value))
-        headers = _headers_dict(regular)
-        st = _Stream(ev.stream_id, method, path, headers, trio.current_time() + self.cfg.request_body_timeout)
-        self.streams[st.id] = st
-        self.unfinished[st.id] = st
-        self.stats.open_streams += 1
-        declared = headers.get("content-length", "")
-        if len(declared) > 12 or (declared.isdigit() and int(declared) > self.cfg.max_request_body):
-            self.stats.bodies_refused += 1
-            self._refuse(st, 413)
-
-    def _refuse(self, st: _Stream, status: int) -> None:
-        self._forget(st)
-        st.gone = True
-        try:
-            self.h2.send_headers(st.id, [(":status", str(status)), ("content-length", "0")], end_stream=True)
-            self.h2.reset_stream(st.id, h2.errors.ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
-            pass
-
-    def _dispatch(self, st: _Stream) -> None:
-        st.dispatched = True
-        del self.unfinished[st.id]
+    def _dispatch(self, state: StreamState, body: bytes) -> None:
         request = ControlRequest(
             machine_key=self.machine_key,
             protocol_version=self.version,
-            method=st.method,
-            path=st.path,
-            headers=st.headers,
-            body=bytes(st.body),
-            stream_id=st.id,
+            method=state.method,
+            path=state.path,
+            headers=state.headers,
+            body=body,
+            stream_id=state.id,
             challenge_private_key=self.challenge_private_key,
             peer=self.peer,
         )
-        self._release(st)  # handed to the handler: the client may send the next request's bytes
+        st = _Stream(state)
         st.response = ControlResponse(self, st)
+        self.served[state.id] = st
         assert self.nursery is not None
         self.nursery.start_soon(self._run_handler, st, request)
 
@@ -1149,20 +767,24 @@ class _H2Session:
                 try:
                     await self.server.noise_handler(request, resp)
                     if not resp.started:
-                        log.error("%s: handler for %s %s returned without a response", self.peer, st.method, st.path)
+                        log.error("%s: handler for %s %s returned without a response", self.peer, request.method,
+                                  request.path)
                         await resp.send(500, b"handler sent no response\n")
                     elif not resp.ended:
                         await resp.end()
                 except StreamGone:
-                    log.debug("%s: stream %d gone during %s", self.peer, st.id, st.path)
+                    log.debug("%s: stream %d gone during %s", self.peer, st.state.id, request.path)
                 except Exception:
-                    if st.gone or self.closed:
-                        log.debug("%s: handler for %s failed after stream loss", self.peer, st.path, exc_info=True)
+                    if st.state.gone or self.closed:
+                        log.debug("%s: handler for %s failed after stream loss", self.peer, request.path, exc_info=True)
                     else:
-                        log.exception("%s: handler for %s %s failed", self.peer, st.method, st.path)
+                        log.exception("%s: handler for %s %s failed", self.peer, request.method, request.path)
                         await self._answer_failure(st, resp)
         finally:
-            self._forget(st)
+            self.served.pop(st.state.id, None)
+            self.conn.forget(st.state, trio.current_time())
+            if self.read_scope is not None and not self.conn.streams:
+                self.read_scope.deadline = self.conn.next_deadline()
 
     async def _answer_failure(self, st: _Stream, resp: ControlResponse) -> None:
         try:
@@ -1170,12 +792,8 @@ class _H2Session:
                 await resp.send(500, b"internal error\n", [("content-type", "text/plain; charset=utf-8")])
                 return
             async with self.lock:
-                if not st.gone and not self.closed:
-                    st.gone = True
-                    try:
-                        self.h2.reset_stream(st.id, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                    except h2.exceptions.ProtocolError:
-                        pass
+                if not st.state.gone and not self.closed:
+                    self.conn.reset(st.state)
                     await self._flush_locked()
         except StreamGone:
             pass

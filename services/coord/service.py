@@ -25,7 +25,7 @@ from trioscale.shared.domain.netmap import Settings, dns_config
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .presence import PresenceTracker
-from .transport import TransportConfig, TransportStats, serve_control
+from .control_server import TransportConfig, TransportStats, serve_control
 
 log = logging.getLogger("trioscale.coord")
 

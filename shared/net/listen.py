@@ -202,11 +202,19 @@ async def _run_handler(
             conn.close()
 
 
-def stream_handler(handler: Callable[[trio.SocketStream], Awaitable[None]]) -> Callable[[socket.socket, Any], Awaitable[None]]:
-    """Adapt a ``handler(stream)`` (as `trio.serve_listeners` calls it) to `accept_loop`."""
+def _socket_stream(conn: socket.socket) -> trio.abc.Stream:
+    return trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+
+
+def stream_handler(
+    handler: Callable[[Any], Awaitable[None]],
+    make_stream: Callable[[socket.socket], trio.abc.Stream] = _socket_stream,
+) -> Callable[[socket.socket, Any], Awaitable[None]]:
+    """Adapt a ``handler(stream)`` (as `trio.serve_listeners` calls it) to `accept_loop`; the
+    stream is a `trio.SocketStream` unless `make_stream` builds another (e.g. a `RawStream`)."""
 
     async def run(conn: socket.socket, peer: Any) -> None:
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        stream = make_stream(conn)
         try:
             await handler(stream)
         finally:
@@ -232,10 +240,12 @@ async def serve_stream_sockets(
     *,
     limiter: ConnectionLimiter,
     log: logging.Logger | None = None,
+    make_stream: Callable[[socket.socket], trio.abc.Stream] = _socket_stream,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`trio.serve_listeners` for listening stdlib sockets, under `limiter`'s caps."""
-    run = stream_handler(handler)
+    """`trio.serve_listeners` for listening stdlib sockets, under `limiter`'s caps (`make_stream`:
+    see `stream_handler`)."""
+    run = stream_handler(handler, make_stream)
     async with trio.open_nursery() as nursery:
         for sock in socks:
             sock.setblocking(False)

@@ -1,6 +1,6 @@
 """The client end of a control connection, for fuzz_upgrade and fuzz_h2noise.
 
-The real listener code (services/coord/transport.py ``_ControlServer.handle_connection``) serves
+The real listener code (services/coord/control_server.py ``_ControlServer.handle_connection``) serves
 an in-memory stream whose reads are prepared from the fuzz input; for HTTP/2 inside Noise the
 records are made by a real Noise client once the server has answered the upgrade. All inputs run
 in one long-lived Trio loop (a thread) under a mock clock, so deadlines fire as soon as every task
@@ -24,7 +24,7 @@ import trio
 import trio.testing
 from _fuzzutil import chunks, size_byte
 
-from trioscale.services.coord import transport
+from trioscale.services.coord import control_server
 from trioscale.shared.proto import keys, noise
 
 _SERVER = bytes(range(1, 33))
@@ -108,13 +108,13 @@ def _server() -> tuple[object, object]:
     """The listener's per-process object (made once: its key setup costs an X25519 operation), with
     fresh accounting for this input."""
     global _SERVER_OBJ
-    stats = transport.TransportStats() if hasattr(transport, "TransportStats") else None
+    stats = control_server.TransportStats() if hasattr(control_server, "TransportStats") else None
     if _SERVER_OBJ is None:
-        params = inspect.signature(transport._ControlServer).parameters  # noqa: SLF001
-        args = [_SERVER, _noise_handler, _http_handler, transport.TransportConfig()]
+        params = inspect.signature(control_server._ControlServer).parameters  # noqa: SLF001
+        args = [_SERVER, _noise_handler, _http_handler, control_server.TransportConfig()]
         if "stats" in params:
             args.append(stats)
-        _SERVER_OBJ = transport._ControlServer(*args)  # noqa: SLF001
+        _SERVER_OBJ = control_server._ControlServer(*args)  # noqa: SLF001
     if stats is not None:
         _SERVER_OBJ.stats = stats
     return _SERVER_OBJ, stats

@@ -1,5 +1,5 @@
-"""HTTP/2 inside Noise on the control listener (services/coord/transport.py), after a real upgrade
-and Noise handshake: the first byte picks whether the rest is HTTP/2 frames (after the client
+"""HTTP/2 inside Noise on the control listener (services/coord/control_server.py over
+shared/proto/control.py), after a real upgrade and Noise handshake: the first byte picks whether the rest is HTTP/2 frames (after the client
 preface) that a real Noise client encrypts, or raw bytes standing for Noise records; a second byte
 cuts the stream into socket-sized reads. A handler answers every request (the map path streams).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from _controlpeer import _after_upgrade, _Peer, h2_frames, run_connection
 from _fuzzutil import size_byte
 
-INSTRUMENT = ("trioscale.services.coord.transport", "h2")
+INSTRUMENT = ("trioscale.services.coord.control_server", "trioscale.shared.proto.control", "h2")
 MAX_LEN = 8192
 
 

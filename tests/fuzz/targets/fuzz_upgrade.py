@@ -1,7 +1,8 @@
-"""The control listener's HTTP/1.1 side (services/coord/transport.py): requests, `/key`, and the
-`/ts2021` upgrade with its X-Tailscale-Handshake header (base64 of the Noise initiation), as a peer
-sends them: the input is the raw TCP byte stream, cut into socket-sized reads by its first byte.
-The real connection code runs on an in-memory stream under Trio's mock clock (see _controlpeer).
+"""The control listener's HTTP/1.1 side (services/coord/control_server.py, with the upgrade's checks
+in shared/proto/control.py): requests, `/key`, and the `/ts2021` upgrade with its
+X-Tailscale-Handshake header (base64 of the Noise initiation), as a peer sends them: the input is
+the raw TCP byte stream, cut into socket-sized reads by its first byte. The real connection code
+runs on an in-memory stream under Trio's mock clock (see _controlpeer).
 
 Invariants: the connection ends; nothing is logged at ERROR (the listener's "unexpected error"
 path); the listener's accounting is back to zero afterwards.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from _controlpeer import _Peer, _upgrade_request, _initiator, run_connection
 from _fuzzutil import chunks
 
-INSTRUMENT = ("trioscale.services.coord.transport", "h11")
+INSTRUMENT = ("trioscale.services.coord.control_server", "trioscale.shared.proto.control", "h11")
 MAX_LEN = 8192  # a real upgrade request is ~300 bytes; the head limit is 16 KiB
 
 #: the header names and values the upgrade path compares against

@@ -10,7 +10,7 @@ import os
 import trio
 
 from trioscale.services.coord import register
-from trioscale.services.coord.transport import ControlRequest
+from trioscale.services.coord.control_server import ControlRequest
 from trioscale.shared.model import DerpRelay
 from trioscale.shared.proto import keys, mapframe
 

@@ -15,7 +15,7 @@ from trioscale.services.coord.coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
-from trioscale.services.coord.transport import serve_control
+from trioscale.services.coord.control_server import serve_control
 from trioscale.shared.domain import secrets
 from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys

@@ -83,7 +83,7 @@ async def test_error_answer_to_a_head_request_is_clean(nursery, caplog, request_
 
     import trio
 
-    from trioscale.services.coord.transport import serve_control
+    from trioscale.services.coord.control_server import serve_control
 
     async def noise_handler(request, response):  # never reached
         await response.send(404)
@@ -125,7 +125,7 @@ async def test_connect_is_refused_before_any_handler(nursery, caplog) -> None:
 
     import trio
 
-    from trioscale.services.coord.transport import serve_control
+    from trioscale.services.coord.control_server import serve_control
 
     async def noise_handler(request, response):  # never reached
         await response.send(404)

@@ -25,7 +25,7 @@ from trioscale.services.coord.coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
-from trioscale.services.coord.transport import TransportConfig, TransportStats, serve_control
+from trioscale.services.coord.control_server import TransportConfig, TransportStats, serve_control
 from trioscale.shared.testing import noiseclient as nc
 from trioscale.shared.domain import secrets
 from trioscale.shared.proto import keys, noise

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from trioscale.services.coord.transport import ControlRequest, StreamGone, TransportConfig, serve_control
+from trioscale.services.coord.control_server import ControlRequest, StreamGone, TransportConfig, serve_control
 from trioscale.shared.testing import noiseclient as nc
 from trioscale.shared.proto import keys, mapframe, noise
 
