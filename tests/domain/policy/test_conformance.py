@@ -4,11 +4,11 @@ One test per case (parametrised, so every failure is visible by id) and one test
 that computes the category's pass rate, prints the table and asserts the category's floor: 100 %
 where that is the target, else the rate reached when the floor was last raised, so a regression
 fails. Cases listed in KNOWN_FAILURES are xfail (strict: a fixed case must be removed from the
-list). The comparison is defined in tests/policy/conformance.py; docs/policy-conformance.md has the
-table and every remaining failure with its reason.
+list). The comparison is defined in conformance.py next to this file; docs/policy-conformance.md
+has the table and every remaining failure with its reason.
 
-The corpus lives outside the repository (../shared/conformance/policy from the repo root); when it
-is absent every test here is skipped.
+The cases come from ../shared/conformance/policy when it is there, else from the copy vendored in
+corpus/policy.tar.xz (policycorpus.py). Without either, every test here fails (never skips).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from trioscale.debug_policy import run_case
+from domain.policy.policycorpus import CorpusMissing, corpus_dir
+from trioscale.cli.policycase import run_case
 
 
 def _load_helper():
@@ -34,8 +35,6 @@ def _load_helper():
 
 compare_case = _load_helper().compare_case
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CORPUS = REPO_ROOT.parent / "shared" / "conformance" / "policy"
 CATEGORIES = ("acl", "grant", "routes", "ssh", "sshtest", "policytest", "nodeattrs")
 
 #: minimum passing cases per category (total in brackets)
@@ -55,16 +54,18 @@ KNOWN_FAILURES: dict[str, str] = (
 )
 
 
-def _cases() -> list[Path]:
-    if not CORPUS.is_dir():
-        return []
-    return sorted(CORPUS.glob("*/*.json"))
+try:
+    CORPUS: Path | None = corpus_dir()
+    MISSING = ""
+except CorpusMissing as exc:
+    CORPUS, MISSING = None, str(exc)
+CASES = sorted(CORPUS.glob("*/*.json")) if CORPUS else []
 
 
-CASES = _cases()
-needs_corpus = pytest.mark.skipif(
-    not CASES, reason=f"policy conformance corpus not found at {CORPUS} (it is optional)"
-)
+def _require_corpus() -> Path:
+    if CORPUS is None:
+        pytest.fail(MISSING)
+    return CORPUS
 
 
 def _check(path: Path) -> list[str]:
@@ -72,9 +73,9 @@ def _check(path: Path) -> list[str]:
     return compare_case(case, run_case(path))
 
 
-@needs_corpus
 @pytest.mark.parametrize("path", CASES or [None], ids=[p.stem for p in CASES] or ["no-corpus"])
 def test_case(path: Path) -> None:
+    _require_corpus()
     problems = _check(path)
     if path.stem in KNOWN_FAILURES:
         if problems:
@@ -94,9 +95,9 @@ def _rate(category: str) -> tuple[int, int]:
     return _RATES[category]
 
 
-@needs_corpus
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_category_pass_rate(category: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _require_corpus()
     passed, total = _rate(category)
     with capsys.disabled():
         print(f"\npolicy conformance {category:11} {passed:4}/{total:<4} {100.0 * passed / max(total, 1):5.1f} %")
@@ -125,7 +126,6 @@ def _route_viewers(case: dict, router: str, route: str) -> set[str]:
     }
 
 
-@needs_corpus
 def test_acl_k03_is_a_capture_artifact() -> None:
     """Why acl-k03 stays a known failure. Its one rule lets every node reach `*:*`, so all seven
     possible viewers of squirtle's auto-approved 10.33.0.0/16 stand alike (same rules as source and
@@ -135,12 +135,13 @@ def test_acl_k03_is_a_capture_artifact() -> None:
     they are the three that registered first after squirtle, a propagation race. acl-d07, the same
     tailnet with a rule that covers every node the same way, shows the route to all seven, as the
     engine does."""
-    from trioscale.debug_policy import build_tailnet
+    from trioscale.cli.policycase import build_tailnet
     from trioscale.shared.domain.policy import Policy, compile_policy, hujson
 
+    corpus = _require_corpus()
     route = "10.33.0.0/16"
-    k03 = json.loads((CORPUS / "acl" / "acl-k03.json").read_text())
-    d07 = json.loads((CORPUS / "acl" / "acl-d07.json").read_text())
+    k03 = json.loads((corpus / "acl" / "acl-k03.json").read_text())
+    d07 = json.loads((corpus / "acl" / "acl-d07.json").read_text())
     users, nodes, names = build_tailnet(k03)
     compiled = compile_policy(Policy.parse(k03["policy"]), users, nodes)
     viewers = {n.id for n in nodes if n.name != "squirtle"}
