@@ -185,7 +185,8 @@ def run_relay_process(a: argparse.Namespace) -> None:
     import trio
 
     from trioscale.config import config_from_dict
-    from trioscale.context import ServiceContext
+    from trioscale.options import derp_options
+    from trioscale.serve import connection_limiters
     from trioscale.services.derp import service as derp_service
     from trioscale.shared.store import open_store
 
@@ -207,7 +208,7 @@ def run_relay_process(a: argparse.Namespace) -> None:
 
     async def main() -> None:
         async with open_store(cfg) as store:
-            ctx = ServiceContext(config=cfg, store=store, log=logging.getLogger("trioscale"))
+            limiter = connection_limiters(cfg, ["derp"])["derp"]
             async with trio.open_nursery() as nursery:
                 async def on_signal() -> None:
                     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
@@ -217,7 +218,7 @@ def run_relay_process(a: argparse.Namespace) -> None:
 
                 nursery.start_soon(on_signal)
                 await nursery.start(lambda task_status: derp_service.serve(
-                    ctx, task_status=task_status, reuse_port=bool(int(a.reuse_port)), heartbeat_interval=2.0))
+                    derp_options(cfg), store, limiter=limiter, task_status=task_status, reuse_port=bool(int(a.reuse_port)), heartbeat_interval=2.0))
                 print(f"relay {a.index} ready on port {a.port}", flush=True)
 
     trio.run(main)

@@ -89,7 +89,8 @@ def run_relay(a: argparse.Namespace) -> None:
     import trio
 
     from trioscale.config import config_from_dict
-    from trioscale.context import ServiceContext
+    from trioscale.options import derp_options
+    from trioscale.serve import connection_limiters
     from trioscale.services.derp import service as derp_service
     from trioscale.shared.store import open_store
 
@@ -112,7 +113,7 @@ def run_relay(a: argparse.Namespace) -> None:
 
     async def main() -> None:
         async with open_store(cfg) as store:
-            ctx = ServiceContext(config=cfg, store=store, log=logging.getLogger("trioscale"))
+            limiter = connection_limiters(cfg, ["derp"])["derp"]
             async with trio.open_nursery() as nursery:
                 async def on_signal() -> None:
                     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
@@ -121,7 +122,8 @@ def run_relay(a: argparse.Namespace) -> None:
                             return
 
                 nursery.start_soon(on_signal)
-                await nursery.start(lambda task_status: derp_service.serve(ctx, task_status=task_status))
+                await nursery.start(lambda task_status: derp_service.serve(
+                    derp_options(cfg), store, limiter=limiter, task_status=task_status))
                 print("relay ready", flush=True)
 
     trio.run(main)

@@ -37,8 +37,8 @@ def _server(conn, nodes: int, limited: bool) -> None:
     import trio
 
     from trioscale.config import config_from_dict
-    from trioscale.context import ServiceContext
-    from trioscale.services.dns.service import DnsOptions, serve
+    from trioscale.options import dns_options
+    from trioscale.services.dns.service import DnsTuning, serve
     from trioscale.shared.model import Node
     from trioscale.shared.store.sqlite import SqliteStore
 
@@ -61,13 +61,12 @@ def _server(conn, nodes: int, limited: bool) -> None:
                 )
             )
         cfg = config_from_dict({"dns": {"base_domain": "tailnet.internal", "listen_addr": "127.0.0.1:0"}})
-        ctx = ServiceContext(config=cfg, store=store)
-        opts = DnsOptions() if limited else DnsOptions(rate=1e9, burst=1e9)
+        tuning = DnsTuning() if limited else DnsTuning(rate=1e9, burst=1e9)
         async with trio.open_nursery() as nursery:
-            addrs = await nursery.start(lambda task_status: serve(ctx, task_status=task_status, options=opts))
-            conn.send(addrs["dns"])
+            svc = await nursery.start(lambda task_status: serve(dns_options(cfg), store, task_status=task_status, tuning=tuning))
+            conn.send(svc.address)
             await trio.to_thread.run_sync(conn.recv)  # wait for "stop"
-            conn.send(ctx.registry["dns"].stats.as_dict())
+            conn.send(svc.stats.as_dict())
             nursery.cancel_scope.cancel()
         await store.aclose()
 

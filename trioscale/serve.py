@@ -1,8 +1,12 @@
 """Process runners: `trioscale serve` (everything) and `trioscale coord|derp|stun|dns` (one each).
 
-Services start in a fixed order inside one nursery, each with `await nursery.start(serve, ctx)`:
-stun, derp (so the relay registers with its real ports), coord (+ the admin API), dns. SIGINT and
-SIGTERM cancel the nursery; that is a clean shutdown (exit status 0).
+Services start in a fixed order inside one nursery: stun, derp (so the relay registers with its
+real ports), coord (+ the admin API), dns. Each is handed what it needs and nothing else: its typed
+options (trioscale.options), the store, the connection limiter of each of its listeners, and the
+handles of the services started before it that it works with (the STUN port for the DERP map, the
+coordinator for the admin API). Each reports back, when started, an object with its addresses
+(and its counters, for tests). SIGINT and SIGTERM cancel the nursery; that is a clean shutdown
+(exit status 0).
 """
 
 from __future__ import annotations
@@ -11,43 +15,43 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 import trio
 
+from trioscale import options
 from trioscale.config import Config, split_hostport
-from trioscale.context import ServiceContext
 from trioscale.shared.net.limits import (
-    DEFAULT_CAPS,
     ConnectionLimiter,
     ListenerCaps,
     configured_caps,
-    connection_limiter,
     install_budget,
+    limiter_stats,
     plan_budget,
     raise_descriptor_limit,
     reserved_descriptors,
+    standalone_limiter,
 )
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 
-__all__ = ["run_services", "serve_services", "SERVICE_ORDER", "next_steps_text", "serve_health"]
+__all__ = ["run_services", "serve_services", "SERVICE_ORDER", "next_steps_text", "serve_health", "connection_limiters"]
 
 SERVICE_ORDER = ("stun", "derp", "coord", "dns")
 
 log = logging.getLogger("trioscale")
 
 
-def _load_service(name: str) -> Callable[..., Awaitable[None]] | None:
+def _load_service(name: str) -> ModuleType | None:
     module_name = f"trioscale.services.{name}.service"
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name in (module_name, f"trioscale.services.{name}"):
             return None
         raise
-    return getattr(module, "serve")
 
 
 def next_steps_text(config: Config, addresses: dict[str, Any]) -> str:
@@ -82,8 +86,7 @@ async def serve_health(
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     if limiter is None:
-        caps = DEFAULT_CAPS["health"]
-        limiter = ConnectionLimiter("health", caps.max_connections, caps.max_connections_per_source)
+        limiter = standalone_limiter("health")
     shown = f"{sockname[0]}:{sockname[1]}"
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -132,34 +135,56 @@ async def serve_services(
     if print_next_steps is None:
         print_next_steps = "coord" in wanted
 
-    caps = _plan_connection_caps(config, wanted)
+    caps = _plan_connection_caps(config, _listeners_of(config, wanted))
     from trioscale.shared.store.filemodes import secure_data_dir
 
     secure_data_dir(config)  # 0700 / 0600, fixing what an older trioscale left open
     async with open_store(config) as store:
-        ctx = ServiceContext(config=config, store=store, log=logging.getLogger("trioscale"))
-        install_budget(ctx.registry, caps)
+        limiters = install_budget(caps)
         addresses: dict[str, Any] = {}
+        stun_port: int | None = None
         async with trio.open_nursery() as nursery:
             for name in wanted:
                 if name == "derp" and not config.derp.server.enabled:
                     log.info("embedded DERP relay disabled (derp.server.enabled: false)")
                     continue
-                serve_fn = _load_service(name)
-                if serve_fn is None:
+                service = _load_service(name)
+                if service is None:
                     log.warning("service %s is not available in this build; skipping it", name)
-                else:
-                    _merge(addresses, name, await nursery.start(serve_fn, ctx))
-                if name == "coord":
+                    continue
+                if name == "stun":
+                    stun = await nursery.start(service.serve, options.stun_options(config))
+                    stun_port = stun.port
+                    _merge(addresses, name, stun.addresses)
+                elif name == "derp":
+                    derp = await nursery.start(partial(
+                        service.serve, options.derp_options(config), store, limiter=limiters.get("derp"),
+                        stun_port=stun_port, listener_stats=partial(limiter_stats, limiters),
+                    ))
+                    _merge(addresses, name, derp.addresses)
+                elif name == "coord":
+                    coord = await nursery.start(partial(
+                        service.serve, options.coord_options(config), store, limiter=limiters.get("control"),
+                        reload=options.reloader(config, options.coord_options),
+                    ))
+                    _merge(addresses, name, coord.addresses)
                     from trioscale.services.coord.admin import serve_admin
 
-                    _merge(addresses, "admin", await nursery.start(serve_admin, ctx))
+                    admin = partial(serve_admin, options.admin_options(config), store, coordinator=coord.coordinator,
+                                    limiter=limiters.get("admin"), unix_limiter=limiters.get("admin_unix"))
+                    _merge(addresses, "admin", await nursery.start(admin))
+                elif name == "dns":
+                    dns = await nursery.start(partial(
+                        service.serve, options.dns_options(config), store, limiter=limiters.get("dns"),
+                        reload=options.reloader(config, options.dns_options),
+                    ))
+                    if dns is not None:
+                        _merge(addresses, name, dns.addresses)
             if "coord" not in wanted and set(wanted) & {"stun", "dns"} and config.health_listen_addr:
-                health = partial(serve_health, limiter=connection_limiter(ctx, "health"))
+                health = partial(serve_health, limiter=limiters.get("health"))
                 _merge(addresses, "health", await nursery.start(health, config.health_listen_addr))
             for key, value in addresses.items():
                 log.info("listening: %s = %s", key, value)
-            ctx.registry.setdefault("addresses", addresses)
             if print_next_steps:
                 sys.stdout.write(next_steps_text(config, addresses))
             else:
@@ -183,11 +208,17 @@ def _listeners_of(config: Config, wanted: Sequence[str]) -> list[str]:
     return out
 
 
-def _plan_connection_caps(config: Config, wanted: Sequence[str]) -> dict[str, ListenerCaps]:
+def connection_limiters(config: Config, listeners: Sequence[str]) -> dict[str, ConnectionLimiter]:
+    """The limiters of `listeners` (names as in ``limits.<name>``), planned as `trioscale serve`
+    plans them, for a tool or benchmark that starts a service itself."""
+    return install_budget(_plan_connection_caps(config, listeners))
+
+
+def _plan_connection_caps(config: Config, listeners: Sequence[str]) -> dict[str, ListenerCaps]:
     """Raise the descriptor limit as far as allowed, then fit every listener's cap under it, so a
     flood that fills one listener leaves descriptors for the others (and for files and the store)."""
     soft, hard = raise_descriptor_limit()
-    caps, note = plan_budget(configured_caps(config, _listeners_of(config, wanted)), soft, reserved_descriptors(config))
+    caps, note = plan_budget(configured_caps(config, listeners), soft, reserved_descriptors(config))
     if note is not None:
         log.warning("%s", note)
     log.debug("descriptor limit %d (hard %s); connection caps %s", soft, hard,

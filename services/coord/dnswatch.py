@@ -7,7 +7,8 @@ file only when its mtime, size or inode changed, and pushes a new DNSConfig to e
 (`Coordinator.set_dns_config`) only when the result differs. So an edit reaches connected clients
 within about half a second.
 
-A changed configuration file is re-read with the same rules as at start (file, then environment).
+A changed configuration file is re-read with the same rules as at start (file, then environment),
+by the `reload` function the process hands in (services do not read configuration themselves).
 Only the `dns:` keys that shape DNSConfig are applied live (magic_dns, override_local_dns,
 nameservers, search_domains, extra_records, extra_records_path); a changed ``dns.base_domain`` would
 rename every node and needs a restart (logged, ignored). A file that fails to parse or validate is
@@ -19,13 +20,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from trioscale.config import ConfigError, load_config, replace_keys
-from trioscale.services.dns.zone import parse_extra_records
+from trioscale.shared.domain.extrarecords import parse_extra_records
+
+from .options import DnsConfigOptions
 
 log = logging.getLogger("trioscale.coord.dns")
 
@@ -33,7 +36,9 @@ INTERVAL = 0.25
 MAX_RECORDS_FILE = 4 * 1024 * 1024
 
 Records = list[dict[str, str]]
-Build = Callable[[Any, Sequence[dict[str, str]]], dict[str, Any]]
+Build = Callable[[DnsConfigOptions, Sequence[dict[str, str]]], dict[str, Any]]
+#: re-reads the configuration file; ValueError or OSError when it cannot be used
+Reload = Callable[[], DnsConfigOptions]
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -57,18 +62,29 @@ def read_records_file(path: Path) -> Records:
 
 
 class DnsConfigWatcher:
-    def __init__(self, config: Any, build: Build, *, interval: float = INTERVAL) -> None:
-        self.config = config
+    def __init__(
+        self,
+        options: DnsConfigOptions,
+        build: Build,
+        *,
+        config_file: Path | None = None,
+        reload: Reload | None = None,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.options = options
         self.build = build
+        #: watched only when there is a way to read it again
+        self.config_file = config_file if reload is not None else None
+        self.reload = reload
         self.interval = interval
         self.records: Records = []
         self._records_stamp: tuple[int, int, int] | None = None
-        self._config_stamp = _stamp(config.source) if config.source is not None else None
+        self._config_stamp = _stamp(self.config_file) if self.config_file is not None else None
 
     # -- the parts ----------------------------------------------------------------------------
     def load_records(self) -> bool:
         """(Re)read the extra-records file if it changed; True if the records changed."""
-        path = self.config.dns.extra_records_path
+        path = self.options.extra_records_path
         if path is None:
             changed, self.records, self._records_stamp = bool(self.records), [], None
             return changed
@@ -94,34 +110,36 @@ class DnsConfigWatcher:
 
     def reload_config(self) -> bool:
         """Re-read the configuration file if it changed; True if DNS keys changed."""
-        source = self.config.source
-        if source is None:
+        source = self.config_file
+        if source is None or self.reload is None:
             return False
         stamp = _stamp(source)
         if stamp is None or stamp == self._config_stamp:
             return False
         self._config_stamp = stamp
         try:
-            new = load_config(source)
-        except (ConfigError, OSError) as exc:
+            new = self.reload()
+        except (ValueError, OSError) as exc:
             log.warning("configuration %s changed but cannot be used (%s); keeping the running one", source, exc)
             return False
-        if new.dns.base_domain != self.config.dns.base_domain:
+        if new.base_domain != self.options.base_domain:
             log.warning("dns.base_domain changed in %s: that needs a restart; ignored", source)
-            new = replace_keys(new, {"dns.base_domain": self.config.dns.base_domain})
-        if new.dns == self.config.dns:
+            new = replace(new, base_domain=self.options.base_domain)
+        # the reverse zones were cut from the prefixes at start; only a restart moves them
+        new = replace(new, prefixes=self.options.prefixes)
+        if new == self.options:
             return False
-        path_changed = new.dns.extra_records_path != self.config.dns.extra_records_path
-        self.config = replace_keys(self.config, {"dns": new.dns})
+        path_changed = new.extra_records_path != self.options.extra_records_path
+        self.options = new
         if path_changed:
             self._records_stamp = None
-            if self.config.dns.extra_records_path is None:
+            if self.options.extra_records_path is None:
                 self.records = []
         log.info("dns: configuration reloaded from %s", source)
         return True
 
     def current(self) -> dict[str, Any]:
-        return self.build(self.config, self.records)
+        return self.build(self.options, self.records)
 
     def poll(self) -> dict[str, Any] | None:
         """One round: the new DNSConfig if anything changed, else None."""

@@ -15,7 +15,6 @@ from typing import Any
 
 import trio
 
-from trioscale.services.dns.txt import TxtRecords
 from trioscale.shared.model import Node
 from trioscale.shared.net.limits import LogThrottle
 from trioscale.shared.proto import keys, mapframe
@@ -170,12 +169,10 @@ def map_request_updates(node: Node, req: dict[str, Any],
 class ControlHandlers:
     """The coordinator's request handlers, plugged into the control transport."""
 
-    def __init__(self, coordinator: Coordinator, policy: register.Policy, txt: TxtRecords | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, policy: register.Policy) -> None:
         self.coord = coordinator
         self.store = coordinator.store
         self.policy = policy
-        #: the process's ACME TXT table (ctx.registry["dns_txt"]), written by /machine/set-dns
-        self.txt = txt if txt is not None else TxtRecords()
         #: requests no real client sends (deep JSON) are worth a WARNING, but anyone can send them:
         #: one line per interval, with a count of those held back
         self.hostile_log = LogThrottle(10.0)
@@ -241,7 +238,7 @@ class ControlHandlers:
         node = await self._node_for(body, request.machine_key)
         _mark_registered(response)
         try:
-            await setdns.apply(self.coord, self.txt, node, body)
+            await setdns.apply(self.coord, node, body)
         except setdns.Refused as exc:
             log.info("set-dns from node %s refused: %s", node.id, exc)
             raise BadRequest(exc.status, str(exc)) from None

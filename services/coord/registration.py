@@ -1,32 +1,27 @@
 """Completing an interactive registration (`trioscale nodes register --user U --key REGID`).
 
-The admin API only ever calls `complete_registration`. With the configuration at hand it delegates
-to the coordinator's `register.complete_registration` (which creates the node: addresses, name,
-expiry); without it, it only marks the pending registration approved.
+The admin API only ever calls `complete_registration`. With the registration policy at hand it
+delegates to the coordinator's `register.complete_registration` (which creates the node: addresses,
+name, expiry); without it, it only marks the pending registration approved.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from trioscale.shared.model import Node, PendingRegistration, User
 from trioscale.shared.store.base import Conflict, NotFound, Store
 
-if TYPE_CHECKING:
-    from trioscale.config import Config
+from . import register
 
 
 async def complete_registration(
-    store: Store, reg_id: str, user: User, now: datetime, *, config: "Config | None" = None
+    store: Store, reg_id: str, user: User, now: datetime, *, policy: register.Policy | None = None
 ) -> Node | PendingRegistration:
-    """Approve pending registration `reg_id` for `user`. Returns the new Node (with `config`), else
+    """Approve pending registration `reg_id` for `user`. Returns the new Node (with `policy`), else
     the completed registration. NotFound if unknown or expired; Conflict if already completed."""
-    if config is not None:
-        from trioscale.services.coord.register import complete_registration as complete
-        from trioscale.services.coord.service import registration_policy
-
-        return await complete(store, reg_id, user, now, registration_policy(config))
+    if policy is not None:
+        return await register.complete_registration(store, reg_id, user, now, policy)
     reg = await store.get_pending_registration(reg_id)
     if reg is None:
         raise NotFound(f"no pending registration with id {reg_id!r} (it may have expired)")

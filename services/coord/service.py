@@ -1,11 +1,16 @@
-"""The coordinator service: control listener + change-log follower + map fan-out."""
+"""The coordinator service: control listener + change-log follower + map fan-out.
+
+`serve(options, store, ...)` reports a :class:`CoordService` when started: the coordinator (which
+the admin API is handed), the control listener's accounting and its address.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,19 +18,18 @@ from urllib.parse import urlparse
 
 import trio
 
-from trioscale.context import ServiceContext
-from trioscale.services.dns.txt import txt_records_in
-from trioscale.shared.net.limits import connection_limiter
+from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.proto import keys
+from trioscale.shared.proto.control import TransportStats
 
-from . import register
 from .coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.netmap import Settings, dns_config
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
+from .options import CoordOptions, DnsConfigOptions
 from .presence import PresenceTracker
-from .control_server import TransportConfig, TransportStats, serve_control
+from .control_server import serve_control
 
 log = logging.getLogger("trioscale.coord")
 
@@ -45,101 +49,96 @@ def reverse_zones(prefix: str) -> list[str]:
     return [".".join(reversed(nibbles)) + ".ip6.arpa"]
 
 
-def static_regions(config) -> list[dict[str, Any]]:
-    regions = [dict(r) for r in config.derp.regions]
-    for path in config.derp.paths:
+def static_regions(options: CoordOptions) -> list[dict[str, Any]]:
+    regions = [dict(r) for r in options.derp_regions]
+    for path in options.derp_map_paths:
         data = json.loads(Path(path).read_text())
         regions.extend((data.get("Regions") or data.get("regions") or {}).values())
     return regions
 
 
-def dns_config_from(config, file_records: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+def dns_config_from(options: DnsConfigOptions, file_records: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     """The tailnet-wide DNSConfig: the `dns:` keys plus the records read from extra_records_path."""
     zones: list[str] = []
-    for prefix in (config.prefixes.v4, config.prefixes.v6):
-        if prefix:
-            zones.extend(reverse_zones(prefix))
+    for prefix in options.prefixes:
+        zones.extend(reverse_zones(prefix))
     return dns_config(
-        magic_dns=config.dns.magic_dns,
-        base_domain=config.dns.base_domain,
-        search_domains=config.dns.search_domains,
-        nameservers=config.dns.nameservers.global_,
-        override_local_dns=config.dns.override_local_dns,
-        split={k: list(v) for k, v in config.dns.nameservers.split.items()},
-        extra_records=[*config.dns.extra_records, *file_records],
+        magic_dns=options.magic_dns,
+        base_domain=options.base_domain,
+        search_domains=options.search_domains,
+        nameservers=options.nameservers,
+        override_local_dns=options.override_local_dns,
+        split={k: list(v) for k, v in options.split_nameservers.items()},
+        extra_records=[*options.extra_records, *file_records],
         reverse_zones=zones,
     )
 
 
-def settings_from_config(config, file_records: Sequence[dict[str, str]] = ()) -> Settings:
+def settings_from(options: CoordOptions, file_records: Sequence[dict[str, str]] = ()) -> Settings:
     return Settings(
-        base_domain=config.dns.base_domain,
-        domain=urlparse(config.server_url).hostname or "",
-        dns_config=dns_config_from(config, file_records),
+        base_domain=options.dns.base_domain,
+        domain=urlparse(options.server_url).hostname or "",
+        dns_config=dns_config_from(options.dns, file_records),
     )
 
 
-def transport_config(config) -> TransportConfig:
-    """The control listener's limits and deadlines from the `control:` keys."""
-    c = config.control
-    return TransportConfig(
-        first_byte_timeout=c.first_byte_timeout.total_seconds(),
-        request_timeout=c.request_timeout.total_seconds(),
-        h2_preface_timeout=c.handshake_timeout.total_seconds(),
-        first_request_timeout=c.first_request_timeout.total_seconds(),
-        request_body_timeout=c.request_body_timeout.total_seconds(),
-        h2_idle_timeout=c.idle_timeout.total_seconds(),
-        max_request_body=c.max_request_body,
-        max_connection_body=c.max_connection_body,
-        max_buffered_bodies=c.max_buffered_bodies,
-        max_concurrent_streams=c.max_streams,
-        unregistered_concurrent_streams=c.max_streams_unregistered,
+@dataclass(frozen=True)
+class CoordService:
+    """The running coordinator, as `serve` reports it when started."""
+
+    coordinator: Coordinator
+    #: the control listener's accounting (connections, streams, buffered request bodies)
+    control_stats: TransportStats
+    control_address: str
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {"control": self.control_address}
+
+
+async def serve(
+    options: CoordOptions,
+    store: Any,
+    *,
+    limiter: ConnectionLimiter | None = None,
+    reload: Callable[[], CoordOptions] | None = None,
+    task_status: trio.TaskStatus[CoordService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the coordinator and its control listener until cancelled. `limiter` caps the control
+    listener (default: a listener of its own); `reload` re-reads the configuration file when it
+    changes, for the DNSConfig (None: no watching)."""
+    noise_key = keys.load_or_create_private_key(options.noise_private_key_path)
+    regions = static_regions(options)
+    dns_watch = DnsConfigWatcher(
+        options.dns, dns_config_from, config_file=options.config_file,
+        reload=None if reload is None else (lambda: reload().dns),
     )
-
-
-def registration_policy(config) -> register.Policy:
-    return register.Policy(
-        server_url=config.server_url,
-        prefix_v4=config.prefixes.v4 or None,
-        prefix_v6=config.prefixes.v6 or None,
-        allocation=config.prefixes.allocation,
-        node_expiry=config.node.expiry,
-    )
-
-
-async def serve(ctx: ServiceContext, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    config = ctx.config
-    noise_key = keys.load_or_create_private_key(config.noise.private_key_path)
-    regions = static_regions(config)
-    dns_watch = DnsConfigWatcher(config, dns_config_from)
     dns_watch.load_records()
     coordinator = Coordinator(
-        ctx.store,
-        settings_from_config(config, dns_watch.records),
+        store,
+        settings_from(options, dns_watch.records),
         build_derp_map=lambda relays: tailcfg.derp_map(relays, regions),
-        ephemeral_timeout=config.node.ephemeral.inactivity_timeout,
-        policy_mode=config.policy.mode,
-        policy_path=str(config.policy.path) if config.policy.path else None,
-        presence=PresenceTracker(ctx.store, lease=config.presence.lease, heartbeat=config.presence.heartbeat),
-        relay_timeout=config.derp.relay_timeout,
+        ephemeral_timeout=options.ephemeral_timeout,
+        policy_mode=options.policy.mode,
+        policy_path=str(options.policy.path) if options.policy.path else None,
+        presence=PresenceTracker(store, lease=options.presence_lease, heartbeat=options.presence_heartbeat),
+        relay_timeout=options.relay_timeout,
     )
     log.info("coordinator replica %s (presence lease %ss)", coordinator.presence.replica_id,
-             config.presence.lease.total_seconds())
-    handlers = ControlHandlers(coordinator, registration_policy(config), txt_records_in(ctx.registry))
-    ctx.registry["coord"] = coordinator
-    #: the control listener's accounting (connections, streams, buffered request bodies)
-    control_stats = ctx.registry["control"] = TransportStats()
+             options.presence_lease.total_seconds())
+    handlers = ControlHandlers(coordinator, options.registration)
+    control_stats = TransportStats()
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
-        if config.policy.mode == "file":
+        if options.policy.mode == "file":
             from .policysource import watch_policy_file
 
             await nursery.start(watch_policy_file, coordinator.policy_source)
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
         address = await nursery.start(
-            partial(serve_control, limiter=connection_limiter(ctx, "control"), stats=control_stats,
-                    config=transport_config(config)),
-            config.listen_addr, noise_key, handlers.noise, handlers.http,
+            partial(serve_control, limiter=limiter or standalone_limiter("control"), stats=control_stats,
+                    config=options.control),
+            options.listen_addr, noise_key, handlers.noise, handlers.http,
         )
-        log.info("control listening on %s (server_url %s)", address, config.server_url)
-        task_status.started({"control": address})
+        log.info("control listening on %s (server_url %s)", address, options.server_url)
+        task_status.started(CoordService(coordinator, control_stats, address))

@@ -17,22 +17,20 @@ Rules (each refusal is a 4xx with a one-line reason, and nothing is stored):
 
 Values are kept per name, newest last, at most :data:`MAX_VALUES_PER_NAME` (a wildcard order asks
 for two values under one name at once), and expire after :data:`TXT_TTL` seconds. The records are
-written to the process's TXT table (``ctx.registry["dns_txt"]``, read by the DNS service in the same
-process) and, when the store supports it, to the store, whose change log carries them to DNS
-servers in other processes.
+written to the store, whose change log carries them to every DNS server, in this process or
+another: that is the only way they reach DNS.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from trioscale.services.dns.txt import TxtRecords, normalize_name
-from trioscale.shared.model import Node
-
 from trioscale.shared.domain.dnsconfig import cert_domain
+from trioscale.shared.domain.extrarecords import normalize_name
+from trioscale.shared.model import Node
 
 log = logging.getLogger("trioscale.coord.setdns")
 
@@ -85,32 +83,22 @@ def check(body: dict[str, Any], node: Node, base_domain: str, now: datetime) -> 
     return wanted, value
 
 
-def publish(
-    txt: TxtRecords, name: str, value: str, *, now: float | None = None, existing: tuple[str, ...] | None = None
-) -> tuple[str, ...]:
-    """Add `value` to the live values of `name` (newest last, bounded); returns the new values.
-    `existing` (e.g. from the store) replaces what the in-process table holds."""
-    now = time.time() if now is None else now
-    values = [v for v in (txt.get(name, now) if existing is None else existing) if v != value]
+def publish(existing: tuple[str, ...], value: str) -> tuple[str, ...]:
+    """The live values of a name once `value` is added to `existing`: newest last, repeated values
+    moved to the end, at most :data:`MAX_VALUES_PER_NAME`."""
+    values = [v for v in existing if v != value]
     values.append(value)
-    values = values[-MAX_VALUES_PER_NAME:]
-    txt.set(name, values, now + TXT_TTL, now=now)
-    return tuple(values)
+    return tuple(values[-MAX_VALUES_PER_NAME:])
 
 
-async def apply(coord: Any, txt: TxtRecords, node: Node, body: dict[str, Any]) -> None:
+async def apply(coord: Any, node: Node, body: dict[str, Any]) -> None:
     """Check and carry out a SetDNSRequest from `node`; :class:`Refused` on any problem."""
     now = coord.now()
     name, value = check(body, node, coord.tailnet.settings.base_domain, now)
-    wall = time.time()
     store = coord.store
-    if not hasattr(store, "set_dns_txt"):
-        values = publish(txt, name, value, now=wall)
-    else:
-        # the store is the shared copy (DNS servers in other processes follow its change log)
-        at = datetime.fromtimestamp(wall, tz=timezone.utc)
-        await store.purge_dns_txt(at)
-        got = await store.get_dns_txt(name, at)
-        values = publish(txt, name, value, now=wall, existing=() if got is None else got[0])
-        await store.set_dns_txt(name, values, datetime.fromtimestamp(wall + TXT_TTL, tz=timezone.utc))
+    at = datetime.fromtimestamp(time.time(), tz=timezone.utc)
+    await store.purge_dns_txt(at)
+    got = await store.get_dns_txt(name, at)
+    values = publish(() if got is None else got[0], value)
+    await store.set_dns_txt(name, values, at + timedelta(seconds=TXT_TTL))
     log.info("node %s (%s) set TXT %s (%d value(s))", node.id, node.given_name, name, len(values))

@@ -1,10 +1,10 @@
 """The DERP relay service: TLS listener, HTTP front (h11), `/derp` upgrade, relay loop.
 
-    async def serve(ctx, *, task_status=trio.TASK_STATUS_IGNORED, ...)
+    async def serve(options, store, *, task_status=trio.TASK_STATUS_IGNORED, ...)
 
-binds ``ctx.config.derp.server.listen_addr`` (TLS), registers itself in the store as a
-`DerpRelay` (heartbeat every 10 s, removed on shutdown), exposes its `DerpServer` (counters in
-``.stats``) as ``ctx.registry["derp"]`` and reports ``{"derp": "host:port"}``.
+binds ``derp.server.listen_addr`` (TLS), registers itself in the store as a `DerpRelay`
+(heartbeat every 10 s, removed on shutdown) and reports its `DerpService` when started (counters
+in ``.stats``, the bound ``.address`` and ``.port``).
 
 Every connection's task runs in a shielded cancel scope of its own, so that a shutdown (cancel
 of `serve`) can first queue Restarting to every client, let the writers flush for a moment, and
@@ -28,6 +28,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -39,7 +40,7 @@ import trio
 from trioscale.shared.net import tls as tlsutil
 from trioscale.shared.model import DerpRelay, utcnow
 from trioscale.shared.net.addr import join_host_port, split_host_port
-from trioscale.shared.net.limits import connection_limiter, limiter_stats
+from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.net.listen import accept_loop
 from trioscale.shared.net.rawstream import RawStream, listen_socket, shared_buffer_bytes
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
@@ -48,6 +49,7 @@ from trioscale.shared.proto.derp import RemoteProtocolError
 from trioscale.shared.store.base import ChangesTrimmed
 
 from .mesh import Mesh
+from .options import DerpOptions
 from .ratelog import RateLimitedLog
 from .server import Client, ConnectionClosed, DerpServer, keepalive_delay
 from .stats import DerpStats
@@ -63,6 +65,8 @@ UPGRADE_TIMEOUT = 20.0
 HANDSHAKE_TIMEOUT = 15.0
 _CHALLENGE_OK = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
+
+log = logging.getLogger("trioscale.derp")
 
 
 def _ip_version(host: str) -> int | None:
@@ -102,8 +106,10 @@ class DerpService:
 
     def __init__(
         self,
-        ctx: Any,
+        store: Any,
         *,
+        log: logging.Logger,
+        listener_stats: Callable[[], dict[str, dict[str, int]]],
         private_key: bytes,
         ssl_context: ssl.SSLContext,
         keepalive_interval: float,
@@ -116,8 +122,10 @@ class DerpService:
         first_byte_timeout: float = FIRST_BYTE_TIMEOUT,
         upgrade_timeout: float = UPGRADE_TIMEOUT,
     ):
-        self.ctx = ctx
-        self.log: logging.Logger = ctx.log.getChild("derp") if hasattr(ctx.log, "getChild") else ctx.log
+        self.store = store
+        self.log = log
+        #: connection caps of every listener in this process, for the stats
+        self.listener_stats = listener_stats
         self.server = DerpServer(private_key, stats=DerpStats(), queue_depth=queue_depth)
         self.stats = self.server.stats
         self.ssl_context = ssl_context
@@ -128,7 +136,7 @@ class DerpService:
         self.first_byte_timeout = first_byte_timeout
         self.upgrade_timeout = upgrade_timeout
         self.mesh_key = mesh_key
-        self.verifier = ClientVerifier(ctx.store) if verify_clients else None
+        self.verifier = ClientVerifier(store) if verify_clients else None
         self._scopes: set[trio.CancelScope] = set()
         self._conns: set[_Conn] = set()
         self.refusals = RateLimitedLog(self.log)
@@ -401,7 +409,7 @@ class DerpService:
     # -- store integration -------------------------------------------------------------------------
     async def follow_changes(self) -> None:
         """Keep the admission cache honest and drop deleted nodes' connections."""
-        store = self.ctx.store
+        store = self.store
         first = True
         while True:
             try:
@@ -449,7 +457,7 @@ class DerpService:
             return
         for c in affected:
             try:
-                node = await self.ctx.store.get_node_by_node_key(c.key)
+                node = await self.store.get_node_by_node_key(c.key)
             except Exception:
                 self.log.warning("derp: store lookup failed", exc_info=True)
                 continue
@@ -463,7 +471,7 @@ class DerpService:
         """After missed changes: look every connected node up again (deleted, re-keyed, expiry)."""
         for c in [c for c in self.server.clients() if c.node_id is not None]:
             try:
-                node = await self.ctx.store.get_node_by_node_key(c.key)
+                node = await self.store.get_node_by_node_key(c.key)
             except Exception:
                 self.log.warning("derp: store lookup failed", exc_info=True)
                 return
@@ -538,10 +546,14 @@ class DerpService:
             "total": shared + streams + http + handshake + queues,
         }
 
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {"derp": self.address}
+
     def stats_dict(self) -> dict[str, Any]:
         d = self.stats.as_dict()
         d["buffers"] = self.buffered()
-        d["listeners"] = limiter_stats(self.ctx)  # connection caps of every listener in this process
+        d["listeners"] = self.listener_stats()
         if self.verifier is not None:
             d["verify_cache"] = {"size": len(self.verifier), "hits": self.verifier.hits, "misses": self.verifier.misses}
         return d
@@ -590,10 +602,10 @@ def _parse_mesh_key(value: Any) -> bytes | None:
     return bytes.fromhex(text)
 
 
-def _load_tls(cfg: Any, data_dir: Path, names: list[str]) -> tuple[ssl.SSLContext, str]:
+def _load_tls(
+    cert_path: Path | None, key_path: Path | None, data_dir: Path, names: list[str]
+) -> tuple[ssl.SSLContext, str]:
     """SSLContext and the DERP map CertName ("sha256-raw:<hex>" for our self-signed cert)."""
-    cert_path = getattr(cfg, "tls_cert_path", None)
-    key_path = getattr(cfg, "tls_key_path", None)
     if cert_path and key_path:
         return _no_tickets(tlsutil.server_context(cert_path, key_path)), ""
     cert_path = Path(data_dir) / "derp_tls_cert.pem"
@@ -621,109 +633,124 @@ def _load_private_key(path: Path) -> bytes:
 
 
 async def serve(
-    ctx: Any,
+    options: DerpOptions,
+    store: Any,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
+    limiter: ConnectionLimiter | None = None,
+    stun_port: int | None = None,
+    listener_stats: Callable[[], dict[str, dict[str, int]]] | None = None,
     keepalive_interval: float = proto.KEEPALIVE_INTERVAL,
     keepalive_jitter: float = 5.0,
     queue_depth: int = 32,
     write_timeout: float | None = 2.0,
-    handshake_timeout: float | None = None,  # default: derp.server.handshake_timeout (15 s)
-    first_byte_timeout: float | None = None,  # default: derp.server.first_byte_timeout (10 s)
-    upgrade_timeout: float | None = None,  # default: derp.server.upgrade_timeout (20 s)
-    heartbeat_interval: float | None = None,  # default: derp.server.heartbeat_interval (10 s)
+    handshake_timeout: float | None = None,  # default: options.handshake_timeout
+    first_byte_timeout: float | None = None,  # default: options.first_byte_timeout
+    upgrade_timeout: float | None = None,  # default: options.upgrade_timeout
+    heartbeat_interval: float | None = None,  # default: options.heartbeat_interval
     shutdown_grace: float = 1.0,
     reuse_port: bool | None = None,
 ) -> None:
-    """Run the DERP relay until cancelled (see the module docstring). `reuse_port` (default:
-    config ``derp.server.reuse_port``, off) binds with SO_REUSEPORT so that several relay
-    processes of one host share the port; give each its own ``private_key_path`` and a common
-    ``mesh_key`` so that they mesh like the relays of a region."""
-    cfg = ctx.config.derp.server
-    host, port = split_host_port(cfg.listen_addr.strip())
-    data_dir = Path(ctx.config.data_dir)
+    """Run the DERP relay until cancelled (see the module docstring).
+
+    `limiter` caps the listener (default: a listener of its own); `stun_port` is the port of the
+    STUN responder in this process, published in the DERP map (default: the configured one);
+    `listener_stats` gives the caps of every listener in the process for the debug stats
+    (default: this listener's). `reuse_port` (default: ``options.reuse_port``) binds with
+    SO_REUSEPORT so that several relay processes of one host share the port; give each its own
+    ``private_key_path`` and a common ``mesh_key`` so that they mesh like the relays of a region."""
+    host, port = options.listen_host, options.listen_port
+    data_dir = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    private_key = await trio.to_thread.run_sync(_load_private_key, Path(cfg.private_key_path))
-    publish_host = getattr(cfg, "hostname", "") or (host if host not in _WILDCARDS else socket.gethostname())
+    private_key = await trio.to_thread.run_sync(_load_private_key, options.private_key_path)
+    publish_host = options.hostname or (host if host not in _WILDCARDS else socket.gethostname())
     names = [publish_host, "localhost", "127.0.0.1", "::1"]
     if host not in _WILDCARDS:
         names.append(host)
-    for extra in (getattr(cfg, "ipv4", ""), getattr(cfg, "ipv6", "")):
+    for extra in (options.ipv4, options.ipv6):
         if extra and _ip_version(extra):
             names.append(extra)
-    ssl_context, cert_name = await trio.to_thread.run_sync(_load_tls, cfg, data_dir, names)
+    ssl_context, cert_name = await trio.to_thread.run_sync(
+        _load_tls, options.tls_cert_path, options.tls_key_path, data_dir, names)
+    if limiter is None:
+        limiter = standalone_limiter("derp")
+    if listener_stats is None:
+        own = limiter
+
+        def listener_stats() -> dict[str, dict[str, int]]:
+            return {own.name: own.stats()}
 
     svc = DerpService(
-        ctx,
+        store,
+        log=log,
+        listener_stats=listener_stats,
         private_key=private_key,
         ssl_context=ssl_context,
         keepalive_interval=keepalive_interval,
         keepalive_jitter=keepalive_jitter,
         queue_depth=queue_depth,
         write_timeout=write_timeout,
-        handshake_timeout=_seconds(handshake_timeout, cfg, "handshake_timeout", HANDSHAKE_TIMEOUT),
-        first_byte_timeout=_seconds(first_byte_timeout, cfg, "first_byte_timeout", FIRST_BYTE_TIMEOUT),
-        upgrade_timeout=_seconds(upgrade_timeout, cfg, "upgrade_timeout", UPGRADE_TIMEOUT),
-        mesh_key=_parse_mesh_key(getattr(cfg, "mesh_key", None)),
-        verify_clients=bool(getattr(cfg, "verify_clients", True)),
+        handshake_timeout=_seconds(handshake_timeout, options.handshake_timeout, HANDSHAKE_TIMEOUT),
+        first_byte_timeout=_seconds(first_byte_timeout, options.first_byte_timeout, FIRST_BYTE_TIMEOUT),
+        upgrade_timeout=_seconds(upgrade_timeout, options.upgrade_timeout, UPGRADE_TIMEOUT),
+        mesh_key=_parse_mesh_key(options.mesh_key),
+        verify_clients=options.verify_clients,
     )
     if reuse_port is None:
-        reuse_port = bool(getattr(cfg, "reuse_port", False))
+        reuse_port = options.reuse_port
     listener = await open_listener(host, port, reuse_port=reuse_port)
     bound_host, bound_port = listener.getsockname()[:2]
     address = join_host_port(host or bound_host, bound_port)
     svc.port = bound_port
     svc.address = address
     svc.cert_name = cert_name
-    ctx.registry["derp"] = svc
     svc.log.info("DERP relay listening on %s (TLS), server key %s", address, svc.server.public_key.hex())
 
-    ipv4 = getattr(cfg, "ipv4", "") or (publish_host if _ip_version(publish_host) == 4 else "")
-    ipv6 = getattr(cfg, "ipv6", "") or (publish_host if _ip_version(publish_host) == 6 else "")
-    region_id = int(getattr(cfg, "region_id", 999))
-    name = getattr(cfg, "name", "") or f"{region_id}-{publish_host}-{bound_port}"
+    ipv4 = options.ipv4 or (publish_host if _ip_version(publish_host) == 4 else "")
+    ipv6 = options.ipv6 or (publish_host if _ip_version(publish_host) == 6 else "")
+    region_id = options.region_id
+    name = f"{region_id}-{publish_host}-{bound_port}"
     if reuse_port:  # several processes share host:port: tell their rows apart by server key
         name += "-" + svc.server.public_key.hex()[:8]
     relay = DerpRelay(
         region_id=region_id,
         name=name,
         host=publish_host,
-        region_code=getattr(cfg, "region_code", "") or "",
-        region_name=getattr(cfg, "region_name", "") or "",
+        region_code=options.region_code,
+        region_name=options.region_name,
         ipv4=ipv4,
         ipv6=ipv6,
         derp_port=bound_port,
-        stun_port=_stun_port(ctx, cfg),
+        # a configured port 0 is picked at bind time by a STUN responder elsewhere: publish the usual one
+        stun_port=stun_port or options.stun_port or 3478,
         cert_name=cert_name,
-        insecure_for_tests=bool(getattr(cfg, "insecure_for_tests", False)),
+        insecure_for_tests=bool(options.insecure_for_tests),
     )
     svc.relay = relay
 
     async with trio.open_nursery() as nursery:
         try:
-            limiter = connection_limiter(ctx, "derp")
             if svc.keepalive_interval:
                 nursery.start_soon(svc.server.keepalives, svc.keepalive_interval, svc.keepalive_jitter)
             nursery.start_soon(partial(accept_loop, listener, svc.handle_tcp, nursery, limiter=limiter, log=svc.log))
             if svc.verifier is not None:
                 nursery.start_soon(svc.follow_changes)
                 nursery.start_soon(svc.expire_clients)
-            await _upsert_relay(ctx, svc, relay)
+            await _upsert_relay(svc, relay)
             if heartbeat_interval is None:
-                beat = getattr(cfg, "heartbeat_interval", None)
-                heartbeat_interval = beat.total_seconds() if beat is not None else 10.0
-            nursery.start_soon(_heartbeat, ctx, svc, relay, cfg, heartbeat_interval)
+                heartbeat_interval = options.heartbeat_interval
+            nursery.start_soon(_heartbeat, svc, relay, heartbeat_interval)
             if svc.mesh_key is not None:
                 svc.mesh = Mesh(
                     svc.server,
                     svc.mesh_key,
                     own=relay,
-                    store=ctx.store,
-                    relay_timeout=_relay_timeout(ctx, heartbeat_interval),
+                    store=store,
+                    relay_timeout=_relay_timeout(options.relay_timeout, heartbeat_interval),
                     resync_interval=max(1.0, min(heartbeat_interval, 10.0)),
                 )
                 await nursery.start(svc.mesh.run)
-            task_status.started({"derp": address})
+            task_status.started(svc)
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
@@ -732,54 +759,34 @@ async def serve(
                 await svc.close_all(shutdown_grace)
                 with trio.move_on_after(2.0):
                     try:
-                        await ctx.store.delete_relay(relay.region_id, relay.name)
+                        await store.delete_relay(relay.region_id, relay.name)
                     except Exception:
                         svc.log.warning("derp: could not delete relay row", exc_info=True)
                 svc.log.info("DERP relay on %s stopped", address)
 
 
-def _seconds(explicit: float | None, cfg: Any, name: str, default: float) -> float:
-    """A deadline in seconds: the explicit argument, else the config key, else `default`."""
+def _seconds(explicit: float | None, configured: float, default: float) -> float:
+    """A deadline in seconds: the explicit argument, else the configured one (0: `default`)."""
     if explicit is not None:
         return float(explicit)
-    value = getattr(cfg, name, None)
-    if value is None:
-        return default
-    seconds = value.total_seconds() if hasattr(value, "total_seconds") else float(value)
-    return seconds if seconds > 0 else default
+    return configured if configured > 0 else default
 
 
-def _relay_timeout(ctx: Any, heartbeat_interval: float) -> float:
+def _relay_timeout(configured: float, heartbeat_interval: float) -> float:
     """Rows older than this are dead relays (``derp.relay_timeout``, else 3 heartbeats + 5 s)."""
-    value = getattr(getattr(ctx.config, "derp", None), "relay_timeout", None)
-    if value is not None:
-        seconds = value.total_seconds() if hasattr(value, "total_seconds") else float(value)
-        if seconds > 0:
-            return seconds
-    return 3 * heartbeat_interval + 5.0
+    return configured if configured > 0 else 3 * heartbeat_interval + 5.0
 
 
-def _stun_port(ctx: Any, cfg: Any) -> int:
-    stun = ctx.registry.get("stun")
-    port = getattr(stun, "port", None)
-    if port:
-        return int(port)
+async def _upsert_relay(svc: DerpService, relay: DerpRelay) -> None:
     try:
-        return split_host_port(cfg.stun_listen_addr.strip())[1] or 3478
-    except (AttributeError, ValueError):
-        return 3478
-
-
-async def _upsert_relay(ctx: Any, svc: DerpService, relay: DerpRelay) -> None:
-    try:
-        await ctx.store.upsert_relay(relay)
+        await svc.store.upsert_relay(relay)
     except Exception:
         svc.log.warning("derp: relay heartbeat to the store failed", exc_info=True)
 
 
-async def _heartbeat(ctx: Any, svc: DerpService, relay: DerpRelay, cfg: Any, interval: float) -> None:
+async def _heartbeat(svc: DerpService, relay: DerpRelay, interval: float) -> None:
     while True:
         await trio.sleep(interval)
-        relay = replace(relay, stun_port=_stun_port(ctx, cfg), heartbeat_at=utcnow())
+        relay = replace(relay, heartbeat_at=utcnow())
         svc.relay = relay
-        await _upsert_relay(ctx, svc, relay)
+        await _upsert_relay(svc, relay)

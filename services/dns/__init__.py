@@ -2,8 +2,9 @@
 the store's change log.
 
 - ``zone.py``: the pure data (names → addresses, built from nodes, extra records, TXT values);
-- ``txt.py``: the shared TXT table for ACME DNS-01 (``ctx.registry["dns_txt"]``);
+- ``txt.py``: the TXT values for ACME DNS-01, as the change log brings them;
 - ``ratelimit.py``: per-source token buckets;
 - ``resolver.py``: the sans-IO core, ``Resolver.handle(query, source=, now=, transport=)``;
-- ``service.py``: ``serve(ctx, *, task_status)``, the Trio UDP+TCP adapter.
+- ``options.py``: what the server is told at start (`DnsOptions`, `DnsTuning`);
+- ``service.py``: ``serve(options, store, *, task_status)``, the Trio UDP+TCP adapter.
 """

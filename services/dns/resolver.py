@@ -58,7 +58,7 @@ EDNS_ADVERTISED = 1232
 
 @dataclass
 class DnsStats:
-    """Counters, shared with the adapter (``ctx.registry["dns"].stats``)."""
+    """Counters, shared with the adapter (`DnsService.stats`, what `serve` reports when started)."""
 
     queries: int = 0  # messages received (UDP datagrams and TCP messages)
     dropped: int = 0  # not answered: runts, responses, unparseable headers

@@ -1,4 +1,4 @@
-"""The DNS server's Trio adapter: UDP and TCP on ``ctx.config.dns.listen_addr``.
+"""The DNS server's Trio adapter: UDP and TCP on ``dns.listen_addr`` (`DnsOptions.listen`).
 
 Binds both transports on the same port (a configured port 0 picks one free for both), loads every
 node from the store, then follows the store's change log (no polling) so a node added anywhere
@@ -9,9 +9,9 @@ content hash changes), and the configuration file (``dns.extra_records`` and
 when any are configured, for sources in the tailnet's prefixes and ``dns.forward_allowed_from`` only
 (REFUSED for everyone else: no open resolver).
 
-Registers ``ctx.registry["dns"]`` (a :class:`DnsService`: ``.stats`` counters, ``.zone``,
-``.address``, ``.port``) and makes sure ``ctx.registry["dns_txt"]`` (the shared TXT table, see
-``txt.py``) exists. Reports ``{"dns": "host:port"}``. Cancel = clean shutdown.
+Reports a :class:`DnsService` when started (``.stats`` counters, ``.zone``, ``.address``,
+``.port``, ``.wait_seq``), None when ``dns.listen_addr`` is empty. TXT values for ACME DNS-01 come
+from the change log like everything else (see ``txt.py``). Cancel = clean shutdown.
 
 Safety: per-source token buckets (default 100 q/s, burst 200; a UDP source over its rate gets no
 answer, a TCP one gets REFUSED), at most 128 TCP connections, 10 s idle timeout per connection,
@@ -23,29 +23,33 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from trioscale.config import split_hostport
-from trioscale.shared.net.limits import connection_limiter
+from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 
 from .ratelimit import RateLimiter
+from .options import DnsOptions, DnsTuning
 from .resolver import DnsStats, Forward, Resolver, parse_upstreams
 from .sources import SourceNetworks
-from .txt import TxtRecords, txt_records_in
+from .txt import TxtRecords
 from .zone import Zone, parse_extra_records
 
-__all__ = ["serve", "DnsService", "DnsOptions"]
+__all__ = ["serve", "DnsService", "DnsOptions", "DnsTuning"]
+
+log = logging.getLogger("trioscale")
 
 #: node fields the zone depends on; other node updates (endpoints, last_seen, ...) are skipped
 _DNS_FIELDS = frozenset({"given_name", "ipv4", "ipv6"})
@@ -57,31 +61,14 @@ _MAX_RECORDS_FILE = 4 * 1024 * 1024
 
 
 @dataclass
-class DnsOptions:
-    """Tunables (no configuration keys yet; `serve(..., options=)` for tests and tools)."""
-
-    rate: float = 100.0
-    burst: float = 200.0
-    max_sources: int = 10_000
-    max_tcp_connections: int = 128
-    tcp_idle_timeout: float = 10.0
-    tcp_write_timeout: float = 10.0
-    forward_timeout: float = 2.0
-    max_forwards: int = 256
-    watch_interval: float = 0.5
-    max_udp_size: int = 4096
-    ttl: int = 60
-
-
-@dataclass
 class DnsService:
-    """What the running DNS service shares through ``ctx.registry["dns"]``."""
+    """The running DNS server, as `serve` reports it when started."""
 
     zone: Zone
     resolver: Resolver
     txt: TxtRecords
     stats: DnsStats
-    options: DnsOptions
+    tuning: DnsTuning
     address: str = ""
     port: int = 0
     #: seq of the last store change applied
@@ -89,6 +76,22 @@ class DnsService:
     tcp_active: int = 0
     forwards_active: int = 0
     extra_records_problems: list[str] = field(default_factory=list)
+    _seq_moved: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {"dns": self.address}
+
+    def applied(self, seq: int) -> None:
+        """Note that the store's changes up to `seq` are in the zone."""
+        self.seq = seq
+        self._seq_moved.set()
+        self._seq_moved = trio.Event()
+
+    async def wait_seq(self, seq: int) -> None:
+        """Return once the store's changes up to `seq` are in the zone."""
+        while self.seq < seq:
+            await self._seq_moved.wait()
 
 
 # -- binding ---------------------------------------------------------------------------------
@@ -191,23 +194,23 @@ async def _apply(store: Any, zone: Zone, change: Any) -> None:
                 zone.txt.set(name, got[0], got[1])
 
 
-async def _follow_store(ctx: Any, svc: DnsService) -> None:
+async def _follow_store(store: Any, svc: DnsService) -> None:
     """Apply node changes as they commit; on a failure, wait, reload everything, resubscribe."""
     while True:
         try:
-            async with ctx.store.subscribe(since=svc.seq) as changes:
+            async with store.subscribe(since=svc.seq) as changes:
                 async for change in changes:
-                    await _apply(ctx.store, svc.zone, change)
-                    svc.seq = change.seq
+                    await _apply(store, svc.zone, change)
+                    svc.applied(change.seq)
             # the feed ended without an error (the store is closing): resubscribe, but not in a busy loop
             await trio.sleep(0.5)
         except Exception as exc:  # the store raised: keep serving the data we have
-            ctx.log.warning("dns: store change feed failed (%s); reloading", exc)
+            log.warning("dns: store change feed failed (%s); reloading", exc)
             await trio.sleep(1)
             try:
-                svc.seq = await _load_all(ctx.store, svc.zone)
+                svc.applied(await _load_all(store, svc.zone))
             except Exception as exc2:
-                ctx.log.warning("dns: reloading nodes failed (%s); retrying", exc2)
+                log.warning("dns: reloading nodes failed (%s); retrying", exc2)
 
 
 # -- extra records file ----------------------------------------------------------------------
@@ -220,12 +223,12 @@ class _RecordsFile:
         self.digest: bytes | None = None
         self.missing_logged = False
 
-    async def check(self, ctx: Any, svc: DnsService) -> None:
+    async def check(self, svc: DnsService) -> None:
         try:
             st = os.stat(self.path)
         except OSError as exc:
             if not self.missing_logged:
-                ctx.log.warning("dns: extra_records_path %s: %s (keeping the records loaded before)", self.path, exc.strerror)
+                log.warning("dns: extra_records_path %s: %s (keeping the records loaded before)", self.path, exc.strerror)
                 self.missing_logged = True
             self.stamp = None
             return
@@ -235,12 +238,12 @@ class _RecordsFile:
             return
         self.stamp = stamp
         if st.st_size > _MAX_RECORDS_FILE:
-            ctx.log.warning("dns: extra_records_path %s is larger than %d bytes; ignored", self.path, _MAX_RECORDS_FILE)
+            log.warning("dns: extra_records_path %s is larger than %d bytes; ignored", self.path, _MAX_RECORDS_FILE)
             return
         try:
             data = await trio.to_thread.run_sync(self.path.read_bytes)
         except OSError as exc:
-            ctx.log.warning("dns: cannot read extra_records_path %s: %s", self.path, exc)
+            log.warning("dns: cannot read extra_records_path %s: %s", self.path, exc)
             self.stamp = None
             return
         digest = hashlib.sha256(data).digest()
@@ -249,24 +252,30 @@ class _RecordsFile:
         try:
             good, problems = parse_extra_records(data)
         except ValueError as exc:
-            ctx.log.warning("dns: extra_records_path %s: %s (keeping the records loaded before)", self.path, exc)
+            log.warning("dns: extra_records_path %s: %s (keeping the records loaded before)", self.path, exc)
             return
         self.digest = digest
         for p in problems:
-            ctx.log.warning("dns: extra_records_path %s: %s (skipped)", self.path, p)
+            log.warning("dns: extra_records_path %s: %s (skipped)", self.path, p)
         svc.extra_records_problems = problems
         svc.zone.set_source("file", good)
         svc.zone.bump()
-        ctx.log.info("dns: loaded %d extra record(s) from %s", len(good), self.path)
+        log.info("dns: loaded %d extra record(s) from %s", len(good), self.path)
+
+
+#: re-reads the configuration file into new options; ValueError or OSError when it cannot be used
+Reload = Callable[[], DnsOptions]
 
 
 class _ConfigFile:
-    """The configuration file, re-read when it changes: ``dns.extra_records`` and
-    ``dns.extra_records_path`` apply live (the coordinator pushes the matching DNSConfig)."""
+    """The configuration file, re-read when it changes: ``dns.extra_records``,
+    ``dns.extra_records_path`` and ``dns.forward_allowed_from`` apply live (the coordinator pushes
+    the matching DNSConfig)."""
 
-    def __init__(self, ctx: Any) -> None:
-        self.path: Path | None = ctx.config.source
-        self.dns = ctx.config.dns
+    def __init__(self, options: DnsOptions, reload: Reload | None) -> None:
+        self.path: Path | None = options.config_file if reload is not None else None
+        self.reload = reload
+        self.options = options
         self.stamp = self._stamp()
 
     def _stamp(self) -> tuple[int, int, int] | None:
@@ -278,54 +287,53 @@ class _ConfigFile:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    async def check(self, ctx: Any, svc: DnsService, records_file: _RecordsFile | None) -> _RecordsFile | None:
+    async def check(self, svc: DnsService, records_file: _RecordsFile | None) -> _RecordsFile | None:
         """Returns the records file to watch from now on."""
         stamp = self._stamp()
-        if stamp is None or stamp == self.stamp:
+        if stamp is None or stamp == self.stamp or self.reload is None:
             return records_file
         self.stamp = stamp
-        from trioscale.config import ConfigError, load_config
-
         try:
-            new = (await trio.to_thread.run_sync(load_config, self.path)).dns
-        except (ConfigError, OSError) as exc:
-            ctx.log.warning("dns: configuration %s changed but cannot be used (%s)", self.path, exc)
+            new = await trio.to_thread.run_sync(self.reload)
+        except (ValueError, OSError) as exc:
+            log.warning("dns: configuration %s changed but cannot be used (%s)", self.path, exc)
             return records_file
-        if new.extra_records != self.dns.extra_records:
+        # the zones were cut from the prefixes at start; only a restart moves them
+        new = replace(new, prefixes=self.options.prefixes)
+        if new.extra_records != self.options.extra_records:
             for problem in svc.zone.set_extra_records(new.extra_records, "config"):
-                ctx.log.warning("dns: extra_records: %s (skipped)", problem)
+                log.warning("dns: extra_records: %s (skipped)", problem)
             svc.zone.bump()
-            ctx.log.info("dns: extra_records reloaded from %s", self.path)
-        if new.forward_allowed_from != self.dns.forward_allowed_from:
-            svc.resolver.forward_from = forward_sources(ctx.config, new)
-            ctx.log.info("dns: forwarding now for queries from %s",
-                         ", ".join(map(str, svc.resolver.forward_from.networks)))
-        if new.extra_records_path != self.dns.extra_records_path:
+            log.info("dns: extra_records reloaded from %s", self.path)
+        if new.forward_allowed_from != self.options.forward_allowed_from:
+            svc.resolver.forward_from = forward_sources(new)
+            log.info("dns: forwarding now for queries from %s",
+                     ", ".join(map(str, svc.resolver.forward_from.networks)))
+        if new.extra_records_path != self.options.extra_records_path:
             if new.extra_records_path is None:
                 svc.zone.set_source("file", [])
                 svc.zone.bump()
                 records_file = None
             else:
                 records_file = _RecordsFile(Path(new.extra_records_path))
-                await records_file.check(ctx, svc)
-        self.dns = new
+                await records_file.check(svc)
+        self.options = new
         return records_file
 
 
-def forward_sources(config: Any, dns: Any) -> SourceNetworks:
+def forward_sources(options: DnsOptions) -> SourceNetworks:
     """The tailnet's own prefixes (tailscaled forwards a node's queries from its tailnet address)
     and the operator's ``dns.forward_allowed_from``."""
-    return SourceNetworks((config.prefixes.v4, config.prefixes.v6, *dns.forward_allowed_from))
+    return SourceNetworks((*options.prefixes, *options.forward_allowed_from))
 
 
-async def _housekeeping(ctx: Any, svc: DnsService, records_file: _RecordsFile | None) -> None:
-    config_file = _ConfigFile(ctx)
+async def _housekeeping(config_file: _ConfigFile, svc: DnsService, records_file: _RecordsFile | None) -> None:
     while True:
-        await trio.sleep(svc.options.watch_interval)
+        await trio.sleep(svc.tuning.watch_interval)
         svc.txt.purge(time.time())
-        records_file = await config_file.check(ctx, svc, records_file)
+        records_file = await config_file.check(svc, records_file)
         if records_file is not None:
-            await records_file.check(ctx, svc)
+            await records_file.check(svc)
 
 
 # -- forwarding ------------------------------------------------------------------------------
@@ -376,7 +384,7 @@ async def _tcp_exchange(host: str, port: int, fwd: Forward) -> bytes | None:
 
 async def _forward(svc: DnsService, fwd: Forward) -> bytes:
     """Ask the upstreams in order; the client's reply (SERVFAIL if none answered)."""
-    timeout = svc.options.forward_timeout
+    timeout = svc.tuning.forward_timeout
     reply = None
     for host, port in fwd.upstreams:
         with trio.move_on_after(timeout):
@@ -428,7 +436,7 @@ async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: tri
                 if result is None:
                     continue
                 if isinstance(result, Forward):
-                    if svc.forwards_active >= svc.options.max_forwards:
+                    if svc.forwards_active >= svc.tuning.max_forwards:
                         result = svc.resolver.forward_reply(result, None)
                     else:
                         svc.forwards_active += 1
@@ -444,7 +452,7 @@ async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: tri
 
 
 def _tcp_handler(svc: DnsService) -> Any:
-    opts = svc.options
+    opts = svc.tuning
     stats = svc.stats
 
     async def handle_conn(stream: trio.SocketStream) -> None:
@@ -497,18 +505,22 @@ def _tcp_handler(svc: DnsService) -> Any:
 
 
 async def serve(
-    ctx: Any,
+    options: DnsOptions,
+    store: Any,
     *,
-    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
-    options: DnsOptions | None = None,
+    limiter: ConnectionLimiter | None = None,
+    reload: Reload | None = None,
+    tuning: DnsTuning | None = None,
+    task_status: trio.TaskStatus[DnsService | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    opts = options or DnsOptions()
-    cfg = ctx.config.dns
-    if not cfg.listen_addr:
-        ctx.log.info("DNS server disabled (dns.listen_addr is empty)")
-        task_status.started({})
+    """Serve DNS until cancelled. `limiter` caps the TCP listener (default: a listener of its own);
+    `reload` re-reads the configuration file when it changes (None: no watching)."""
+    opts = tuning or DnsTuning()
+    if options.listen is None:
+        log.info("DNS server disabled (dns.listen_addr is empty)")
+        task_status.started(None)
         await trio.sleep_forever()
-    host, port = split_hostport(cfg.listen_addr)
+    host, port = options.listen
     udp_sock, tcp_sock = await _bind_pair(host, port)
     with udp_sock, tcp_sock:
         bound_host, bound_port = udp_sock.getsockname()[:2]
@@ -521,20 +533,14 @@ async def serve(
                 ns_addresses.append(str(ip))
         except ValueError:
             pass
-        txt = txt_records_in(ctx.registry)
-        zone = Zone(
-            cfg.base_domain,
-            (ctx.config.prefixes.v4, ctx.config.prefixes.v6),
-            txt=txt,
-            ttl=opts.ttl,
-            ns_addresses=ns_addresses,
-        )
-        for problem in zone.set_extra_records(cfg.extra_records, "config"):
-            ctx.log.warning("dns: extra_records: %s (skipped)", problem)
-        upstreams, problems = parse_upstreams(cfg.nameservers.global_)
+        txt = TxtRecords()
+        zone = Zone(options.base_domain, options.prefixes, txt=txt, ttl=opts.ttl, ns_addresses=ns_addresses)
+        for problem in zone.set_extra_records(options.extra_records, "config"):
+            log.warning("dns: extra_records: %s (skipped)", problem)
+        upstreams, problems = parse_upstreams(options.upstreams)
         for problem in problems:
-            ctx.log.warning("dns: %s; not used for forwarding", problem)
-        forward_from = forward_sources(ctx.config, cfg)
+            log.warning("dns: %s; not used for forwarding", problem)
+        forward_from = forward_sources(options)
         stats = DnsStats()
         resolver = Resolver(
             zone,
@@ -544,25 +550,25 @@ async def serve(
             max_udp_size=opts.max_udp_size,
             forward_from=forward_from,
         )
-        svc = DnsService(zone=zone, resolver=resolver, txt=txt, stats=stats, options=opts, address=shown, port=bound_port)
-        svc.seq = await _load_all(ctx.store, zone)
+        svc = DnsService(zone=zone, resolver=resolver, txt=txt, stats=stats, tuning=opts, address=shown, port=bound_port)
+        svc.applied(await _load_all(store, zone))
         records_file = None
-        if cfg.extra_records_path is not None:
-            records_file = _RecordsFile(Path(cfg.extra_records_path))
-            await records_file.check(ctx, svc)
-        ctx.registry["dns"] = svc
+        if options.extra_records_path is not None:
+            records_file = _RecordsFile(Path(options.extra_records_path))
+            await records_file.check(svc)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_follow_store, ctx, svc)
-            nursery.start_soon(_housekeeping, ctx, svc, records_file)
+            nursery.start_soon(_follow_store, store, svc)
+            nursery.start_soon(_housekeeping, _ConfigFile(options, reload), svc, records_file)
             nursery.start_soon(_serve_udp, udp_sock, svc, nursery)
             # the accept loop owns the listening socket from here (it closes it on the way out)
             tcp_listening = listener_sockets([trio.SocketListener(tcp_sock)])
-            limiter = connection_limiter(ctx, "dns")
+            if limiter is None:
+                limiter = standalone_limiter("dns")
             nursery.start_soon(
-                partial(serve_stream_sockets, _tcp_handler(svc), tcp_listening, limiter=limiter, log=ctx.log)
+                partial(serve_stream_sockets, _tcp_handler(svc), tcp_listening, limiter=limiter, log=log)
             )
-            ctx.log.info(
+            log.info(
                 "DNS listening on %s (udp+tcp) for %s and %d reverse zone(s)%s",
                 shown,
                 zone.base_domain,
@@ -570,4 +576,4 @@ async def serve(
                 f", forwarding to {', '.join(_show(h, p) for h, p in upstreams)} for queries from "
                 f"{', '.join(map(str, forward_from.networks))}" if upstreams else "",
             )
-            task_status.started({"dns": shown})
+            task_status.started(svc)

@@ -1,16 +1,11 @@
-"""TXT records set by the coordinator (ACME DNS-01 through ``/machine/set-dns``), pure data.
+"""The DNS server's TXT records for ACME DNS-01 (values a node set through ``/machine/set-dns``), pure data.
 
-One ``TxtRecords`` object is shared in the process as ``ctx.registry["dns_txt"]``; whichever service
-starts first creates it with :func:`txt_records_in` (the DNS service does so if it is missing). The
-coordinator calls ``set(name, values, expires_at)`` and ``clear(name)``; the DNS zone reads it on
-every TXT query. Values expire (default: 10 minutes after they were set), so a forgotten
+The coordinator writes every value to the store's ``dns_txt`` table (``Store.set_dns_txt``, change
+kind ``dnstxt.set``); the DNS service loads that table at start and follows its changes into the
+table here, which the zone reads on every TXT query. So a DNS server in the coordinator's process,
+in another process or on another host (PostgreSQL) serves the same values, and the change log is
+the only way they travel. Values expire (default: 10 minutes after they were set), so a forgotten
 challenge never lingers.
-
-Across processes: the coordinator also writes every value to the store's ``dns_txt`` table
-(``Store.set_dns_txt``, change kind ``dnstxt.set``); every DNS service loads that table at start and
-follows its changes, so ``trioscale coord`` + ``trioscale dns`` as separate processes (or replicas
-on PostgreSQL) serve the same values. In one process the table here is written directly as well,
-so a value is served before set-dns answers.
 
 Times are wall-clock seconds since the epoch (``time.time()``) or aware datetimes; ``now`` is an
 argument wherever the answer depends on it.
@@ -19,11 +14,12 @@ argument wherever the answer depends on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
-__all__ = ["TxtRecords", "txt_records_in", "DEFAULT_TXT_TTL", "normalize_name"]
+from trioscale.shared.domain.extrarecords import normalize_name
+
+__all__ = ["TxtRecords", "DEFAULT_TXT_TTL"]
 
 #: how long a TXT value lives when the caller gives no expiry (seconds)
 DEFAULT_TXT_TTL = 600.0
@@ -31,11 +27,6 @@ DEFAULT_TXT_TTL = 600.0
 MAX_NAMES = 10_000
 MAX_VALUES = 16
 MAX_VALUE_BYTES = 255  # one DNS character-string; ACME tokens are 43 characters
-
-
-def normalize_name(name: str) -> str:
-    """Lower case, no trailing dot: the form every table in the DNS service is keyed by."""
-    return name.strip().rstrip(".").lower()
 
 
 def _as_epoch(value: float | datetime) -> float:
@@ -47,7 +38,7 @@ def _as_epoch(value: float | datetime) -> float:
 
 
 class TxtRecords:
-    """name → (values, expires_at). Not a cache of the store: the only copy (see module doc)."""
+    """name → (values, expires_at), as the store's change log last said (see the module doc)."""
 
     def __init__(self, *, default_ttl: float = DEFAULT_TXT_TTL, max_names: int = MAX_NAMES) -> None:
         self.default_ttl = default_ttl
@@ -123,11 +114,3 @@ class TxtRecords:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def txt_records_in(registry: MutableMapping[str, Any]) -> TxtRecords:
-    """The process's shared TXT table, created on first use: ``registry["dns_txt"]``."""
-    obj = registry.get("dns_txt")
-    if obj is None:
-        obj = registry["dns_txt"] = TxtRecords()
-    return obj

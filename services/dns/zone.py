@@ -21,14 +21,15 @@ non-terminals, e.g. ``0.64.100.in-addr.arpa``) exist: NODATA, not NXDOMAIN.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .txt import TxtRecords, normalize_name
+from trioscale.shared.domain.extrarecords import check_extra_records, normalize_name, parse_extra_records, valid_name
+
+from .txt import TxtRecords
 
 __all__ = [
     "Record",
@@ -88,56 +89,6 @@ def reverse_zones(prefix: str) -> list[str]:
         total = (32 if net.version == 4 else 128) // step
         out.append(".".join(labels[total - keep :]))
     return out
-
-
-def _valid_name(name: str) -> bool:
-    if not name or len(name) > 253:
-        return False
-    return all(0 < len(label) <= 63 for label in name.split("."))
-
-
-def check_extra_records(records: Iterable[Any]) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Validate {name, type, value} mappings → ([(name, "A"|"AAAA", ip)], [problems])."""
-    good: list[tuple[str, str, str]] = []
-    problems: list[str] = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, Mapping):
-            problems.append(f"item {i}: not an object")
-            continue
-        name, rtype, value = rec.get("name"), rec.get("type", "A"), rec.get("value")
-        if not isinstance(name, str) or not isinstance(value, str) or not isinstance(rtype, str):
-            problems.append(f"item {i}: needs string fields name, type and value")
-            continue
-        key = normalize_name(name)
-        rtype = (rtype or "A").upper()
-        if not _valid_name(key):
-            problems.append(f"item {i}: bad name {name!r}")
-            continue
-        if rtype not in ("A", "AAAA"):
-            problems.append(f"item {i}: type must be A or AAAA, got {rtype!r}")
-            continue
-        try:
-            ip = ipaddress.ip_address(value.strip())
-        except ValueError:
-            problems.append(f"item {i}: value is not an IP address: {value!r}")
-            continue
-        if (ip.version == 4) != (rtype == "A"):
-            problems.append(f"item {i}: {rtype} record with value {value!r}")
-            continue
-        good.append((key, rtype, str(ip)))
-    return good, problems
-
-
-def parse_extra_records(data: bytes | str) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Parse an extra_records file (a JSON array of {name, type, value}). ValueError if the file
-    is not such an array; bad items are skipped and reported in the second list."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    if not isinstance(doc, list):
-        raise ValueError("expected a JSON array of {name, type, value} objects")
-    return check_extra_records(doc)
 
 
 _Key = tuple[str, str, str]  # (name, rtype, value)
@@ -247,7 +198,7 @@ class Zone:
         """Insert or replace a node's records (idempotent)."""
         keys: list[_Key] = []
         name = self.node_name(given_name)
-        if given_name and _valid_name(name) and "." not in normalize_name(given_name):
+        if given_name and valid_name(name) and "." not in normalize_name(given_name):
             for ip_text, rtype in ((ipv4, "A"), (ipv6, "AAAA")):
                 if not ip_text:
                     continue

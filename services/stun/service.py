@@ -1,23 +1,27 @@
-"""The STUN responder: UDP on ``ctx.config.derp.server.stun_listen_addr``.
+"""The STUN responder: UDP on ``derp.server.stun_listen_addr`` (`StunOptions`).
 
 Answers Tailscale binding requests with the source address it saw, from the same socket, and
 ignores every other datagram. ``[::]:port`` is one dual-stack socket (IPv4 clients are answered
-as IPv4); ``0.0.0.0:port`` is IPv4 only. Registers itself as ``ctx.registry["stun"]`` (counters
-in ``.stats``, bound port in ``.port``) and reports ``{"stun": "host:port"}``.
+as IPv4); ``0.0.0.0:port`` is IPv4 only. Reports a :class:`StunService` when started (counters in
+``.stats``, bound port in ``.port``: the DERP relay in the same process publishes it).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from typing import Any
 
 import trio
 
-from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.proto import stun as proto
 
-__all__ = ["serve", "StunStats", "StunService"]
+from .options import StunOptions
+
+__all__ = ["serve", "StunOptions", "StunStats", "StunService"]
+
+log = logging.getLogger("trioscale")
 
 
 class StunStats:
@@ -36,6 +40,10 @@ class StunService:
         self.stats = StunStats()
         self.port = 0
         self.address = ""
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {"stun": self.address}
 
 
 def _family(host: str) -> int:
@@ -86,8 +94,8 @@ async def serve_socket(sock: trio.socket.SocketType, stats: StunStats) -> None:
             stats.send_errors += 1
 
 
-async def serve(ctx: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    host, port = split_host_port(ctx.config.derp.server.stun_listen_addr.strip())
+async def serve(options: StunOptions, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    host, port = options.listen_host, options.listen_port
     sock = await _open_socket(host, port)
     with sock:
         bound = sock.getsockname()
@@ -95,7 +103,6 @@ async def serve(ctx: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> Non
         svc.port = bound[1]
         shown = host or bound[0]
         svc.address = f"[{shown}]:{svc.port}" if ":" in shown else f"{shown}:{svc.port}"
-        ctx.registry["stun"] = svc
-        ctx.log.info("STUN listening on %s (udp)", svc.address)
-        task_status.started({"stun": svc.address})
+        log.info("STUN listening on %s (udp)", svc.address)
+        task_status.started(svc)
         await serve_socket(sock, svc.stats)

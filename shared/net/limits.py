@@ -22,13 +22,13 @@ __all__ = [
     "ListenerCaps",
     "LogThrottle",
     "configured_caps",
-    "connection_limiter",
     "install_budget",
     "limiter_stats",
     "plan_budget",
     "raise_descriptor_limit",
     "reserved_descriptors",
     "source_key",
+    "standalone_limiter",
     "DEFAULT_CAPS",
     "LISTENERS",
 ]
@@ -248,9 +248,7 @@ def _current_descriptor_limit() -> int:
     return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
-# --- wiring to a ServiceContext -------------------------------------------------------------------
-
-_REGISTRY_KEY = "connection_limits"
+# --- the limiters of a process ------------------------------------------------------------------
 
 
 def configured_caps(config: Any, names: Any = LISTENERS) -> dict[str, ListenerCaps]:
@@ -273,31 +271,20 @@ def reserved_descriptors(config: Any) -> int:
     return int(getattr(getattr(config, "limits", None), "reserved_descriptors", 1024))
 
 
-def install_budget(registry: dict[str, Any], caps: Mapping[str, ListenerCaps]) -> dict[str, ConnectionLimiter]:
-    """Create this process's limiters from planned caps (by `trioscale serve` before services start)."""
-    limiters = {n: ConnectionLimiter(n, c.max_connections, c.max_connections_per_source) for n, c in caps.items()}
-    registry[_REGISTRY_KEY] = limiters
-    return limiters
+def install_budget(caps: Mapping[str, ListenerCaps]) -> dict[str, ConnectionLimiter]:
+    """This process's limiters, by listener name, from planned caps (by `trioscale serve`, which
+    hands each service the limiters of its listeners)."""
+    return {n: ConnectionLimiter(n, c.max_connections, c.max_connections_per_source) for n, c in caps.items()}
 
 
-def connection_limiter(ctx: Any, name: str) -> ConnectionLimiter:
-    """Listener `name`'s limiter in this process: planned at start by `trioscale serve`, or (a
-    service started on its own, e.g. in a test) built from the config and fitted to the limit."""
-    registry = getattr(ctx, "registry", None)
-    if registry is None:
-        registry = {}
-    limiters = registry.setdefault(_REGISTRY_KEY, {})
-    found = limiters.get(name)
-    if found is None:
-        config = getattr(ctx, "config", None)
-        caps, _ = plan_budget(configured_caps(config, [name]), _current_descriptor_limit(), reserved_descriptors(config))
-        c = caps[name]
-        found = limiters[name] = ConnectionLimiter(name, c.max_connections, c.max_connections_per_source)
-    return found
+def standalone_limiter(name: str) -> ConnectionLimiter:
+    """A limiter for listener `name` run on its own (a test, a benchmark, a tool): the default caps
+    fitted to the current descriptor limit."""
+    caps, _ = plan_budget(configured_caps(None, [name]), _current_descriptor_limit(), reserved_descriptors(None))
+    c = caps[name]
+    return ConnectionLimiter(name, c.max_connections, c.max_connections_per_source)
 
 
-def limiter_stats(ctx: Any) -> dict[str, dict[str, int]]:
-    """Counters of every limiter of this process, by listener name (for debug endpoints and tests)."""
-    limiters = getattr(ctx, "registry", {}).get(_REGISTRY_KEY, {})
+def limiter_stats(limiters: Mapping[str, ConnectionLimiter]) -> dict[str, dict[str, int]]:
+    """Counters of `limiters` by listener name (for debug endpoints and tests)."""
     return {n: lim.stats() for n, lim in limiters.items()}
-

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from trioscale.config import config_from_dict
-from trioscale.context import ServiceContext
+from trioscale.options import admin_options
 from trioscale.services.coord.admin import create_admin_app
 from util import TrioscaleServer, free_port, free_ports_config, free_tcp_udp_port, free_udp_port
 
@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrioscaleServer
 
 def routes() -> list[tuple[str, str]]:
     """(method, concrete path) for every rule of the admin app, plus some unknown paths."""
-    app = create_admin_app(ServiceContext(config=config_from_dict({}), store=None))  # type: ignore[arg-type]
+    app = create_admin_app(admin_options(config_from_dict({})), None, coordinator=None)  # type: ignore[arg-type]
     out = []
     for rule in app.url_map.iter_rules():
         path = rule.rule

@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from trioscale.config import config_from_dict
-from trioscale.context import ServiceContext
+from trioscale.options import derp_options, dns_options, stun_options
 from trioscale.services.coord import register
 from trioscale.services.coord.control_server import TransportConfig, serve_control
 from trioscale.services.coord.coordinator import Coordinator
@@ -86,10 +86,10 @@ async def _world(nursery, store, tmp_path):
                             "private_key_path": str(tmp_path / "data" / "derp.key")}},
         "dns": {"base_domain": BASE, "listen_addr": "127.0.0.1:0"},
     })
-    ctx = ServiceContext(config=cfg, store=store, log=logging.getLogger("trioscale.fuzz"))
-    stun_addr = (await nursery.start(stun_service.serve, ctx))
-    derp_addr = (await nursery.start(partial(derp_service.serve, ctx, heartbeat_interval=3600.0)))["derp"]
-    dns_addr = (await nursery.start(dns_service.serve, ctx))["dns"]
+    stun = await nursery.start(stun_service.serve, stun_options(cfg))
+    derp = await nursery.start(partial(derp_service.serve, derp_options(cfg), store, stun_port=stun.port,
+                                       heartbeat_interval=3600.0))
+    dns = await nursery.start(dns_service.serve, dns_options(cfg), store)
 
     # one real node (registered over Noise), for DERP admission and DNS answers
     node_priv = keys.generate_private_key()
@@ -101,8 +101,7 @@ async def _world(nursery, store, tmp_path):
         assert r.status == 200 and r.json()["MachineAuthorized"] is True
     w = SimpleNamespace(
         store=store, host=host, port=int(port), authkey=authkey.text, node_priv=node_priv,
-        derp_port=int(derp_addr.rsplit(":", 1)[1]), stun_port=int(_addr_of(stun_addr).rsplit(":", 1)[1]),
-        dns_port=int(dns_addr.rsplit(":", 1)[1]), rng=random.Random(SEED), ctx=ctx,
+        derp_port=derp.port, stun_port=stun.port, dns_port=dns.port, rng=random.Random(SEED), derp=derp,
     )
     w.seq0 = await store.latest_seq()
     w.nodes0 = [(n.id, n.node_key) for n in await store.list_nodes()]
@@ -110,9 +109,3 @@ async def _world(nursery, store, tmp_path):
     yield w
     assert await store.latest_seq() == w.seq0, "the store changed"
     assert [(n.id, n.node_key) for n in await store.list_nodes()] == w.nodes0
-
-
-def _addr_of(started) -> str:
-    if isinstance(started, dict):
-        return next(v for k, v in started.items() if "stun" in k)
-    return str(started)

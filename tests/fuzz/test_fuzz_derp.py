@@ -82,7 +82,7 @@ async def test_fuzz_derp(world):
 
     await in_batches([partial(after_handshake, rng.randrange(1 << 30)) for _ in range(n_cases(30))])
     await derp_healthy(w)
-    svc = w.ctx.registry["derp"]
+    svc = w.derp
     with trio.fail_after(5):  # every fuzzed connection is gone, none is stuck
         while svc.stats.clients_current:
             await trio.sleep(0.02)

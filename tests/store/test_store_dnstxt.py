@@ -47,7 +47,7 @@ async def test_a_dns_service_on_another_store_follows_the_table(backend, store):
     import trio
 
     from trioscale.config import config_from_dict
-    from trioscale.context import ServiceContext
+    from trioscale.options import dns_options
     from trioscale.services.dns.service import serve
 
     def txt(port, name):
@@ -60,10 +60,9 @@ async def test_a_dns_service_on_another_store_follows_the_table(backend, store):
     cfg = config_from_dict({"dns": {"base_domain": "ts.test", "listen_addr": "127.0.0.1:0"}})
     # SQLite wakes subscribers in-process only; another process polls (poll_interval, 2 s by default)
     async with backend.open(**({"poll_interval": 0.2} if backend.name == "sqlite" else {})) as other:
-        ctx = ServiceContext(config=cfg, store=other)
         async with trio.open_nursery() as nursery:
-            addrs = await nursery.start(serve, ctx)
-            port = int(addrs["dns"].rsplit(":", 1)[1])
+            svc = await nursery.start(serve, dns_options(cfg), other)
+            port = svc.port
             assert await trio.to_thread.run_sync(txt, port, "_acme-challenge.early.ts.test") == ["before-start"]
             await store.set_dns_txt(NAME, ["tok"], future)
             start = time.monotonic()

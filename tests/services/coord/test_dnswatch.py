@@ -10,6 +10,7 @@ import trio
 import yaml
 
 from trioscale.config import load_config
+from trioscale.options import dns_config_options, reloader
 from trioscale.services.coord.dnswatch import DnsConfigWatcher
 from trioscale.services.coord.service import dns_config_from
 
@@ -25,13 +26,20 @@ def records(cfg):
     return [r["Name"] for r in cfg.get("ExtraRecords", [])]
 
 
+def watcher(conf: Path) -> DnsConfigWatcher:
+    """A watcher as `trioscale serve` makes one: the options from the file, and a way to read it again."""
+    config = load_config(conf, env={})
+    return DnsConfigWatcher(dns_config_options(config), dns_config_from, config_file=conf,
+                            reload=reloader(config, dns_config_options))
+
+
 def test_records_file_and_config_file_changes(tmp_path):
     rec = tmp_path / "records.json"
     write(rec, json.dumps([{"name": "a.ts.test", "type": "A", "value": "100.64.0.7"}]))
     conf = tmp_path / "trioscale.yaml"
     doc = {"dns": {"base_domain": "ts.test", "extra_records_path": str(rec)}}
     write(conf, yaml.safe_dump(doc))
-    w = DnsConfigWatcher(load_config(conf, env={}), dns_config_from)
+    w = watcher(conf)
     assert w.load_records() is True
     assert records(w.current()) == ["a.ts.test"]
     assert w.poll() is None  # nothing changed
@@ -71,7 +79,7 @@ async def test_run_pushes_changes_within_a_second(tmp_path):
     write(rec, "[]")
     conf = tmp_path / "trioscale.yaml"
     write(conf, yaml.safe_dump({"dns": {"base_domain": "ts.test", "extra_records_path": str(rec)}}))
-    w = DnsConfigWatcher(load_config(conf, env={}), dns_config_from)
+    w = watcher(conf)
     w.load_records()
     pushed = []
     async with trio.open_nursery() as nursery:

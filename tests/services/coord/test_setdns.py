@@ -1,9 +1,10 @@
 """/machine/set-dns and per-node DNSConfig (CertDomains), in memory, with the real DNS service on
-loopback answering dnspython queries from the same process's TXT table."""
+loopback answering dnspython queries with what the store's change log brought it."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 
 import dns.message
@@ -13,15 +14,14 @@ import pytest
 import trio
 
 from trioscale.config import config_from_dict
-from trioscale.context import ServiceContext
+from trioscale.options import dns_config_options, dns_options
 from trioscale.services.coord import setdns
 from trioscale.services.coord.coordinator import Coordinator
 from trioscale.shared.domain import dnsconfig, tailcfg
 from trioscale.shared.domain.netmap import Settings, dns_config
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.service import dns_config_from
-from trioscale.services.dns.service import DnsOptions, serve as serve_dns
-from trioscale.services.dns.txt import TxtRecords, txt_records_in
+from trioscale.services.dns.service import DnsService, DnsTuning, serve as serve_dns
 from trioscale.shared.domain import secrets
 from trioscale.shared.model import utcnow
 from trioscale.shared.store.sqlite import SqliteStore
@@ -34,7 +34,7 @@ SHARED = {"Proxied": True, "Domains": [BASE]}
 
 @pytest.fixture
 async def env():
-    """Coordinator + handlers + the DNS service, sharing one registry (as `trioscale serve` does)."""
+    """Coordinator + handlers + the DNS service on one store (as `trioscale serve` runs them)."""
     store = await SqliteStore.open(":memory:")
     async with trio.open_nursery() as nursery:
         async for item in _env(store, nursery):
@@ -45,19 +45,18 @@ async def env():
 
 async def _env(store, nursery):
     cfg = config_from_dict({"dns": {"base_domain": BASE, "listen_addr": "127.0.0.1:0"}})
-    ctx = ServiceContext(config=cfg, store=store)
     coord = Coordinator(store, Settings(base_domain=BASE, dns_config=dict(SHARED)),
                         build_derp_map=lambda relays: tailcfg.derp_map(relays),
                         ephemeral_timeout=timedelta(seconds=60))
     await nursery.start(coord.run)
-    handlers = ControlHandlers(coord, POLICY, txt_records_in(ctx.registry))
-    addrs = await nursery.start(lambda task_status: serve_dns(ctx, task_status=task_status,
-                                                              options=DnsOptions(watch_interval=0.05)))
-    host, port = addrs["dns"].rsplit(":", 1)
+    handlers = ControlHandlers(coord, POLICY)
+    svc = await nursery.start(lambda task_status: serve_dns(dns_options(cfg), store, task_status=task_status,
+                                                            tuning=DnsTuning(watch_interval=0.05)))
+    host, port = svc.addresses["dns"].rsplit(":", 1)
     user = await store.create_user("alice")
     key = secrets.generate_preauth_key()
     await store.create_preauth_key(user.id, key.prefix, key.key_hash, reusable=True)
-    yield store, coord, handlers, key.text, (host, int(port))
+    yield store, coord, handlers, key.text, DnsUnderTest(host, int(port), svc, store)
 
 
 async def join(handlers, key, *names):
@@ -76,9 +75,20 @@ def set_dns_body(machine, name, value="x" * 43, rtype="TXT"):
     return {"Version": 130, "NodeKey": keys.NODE.format(machine.node_key), "Name": name, "Type": rtype, "Value": value}
 
 
-async def txt_query(addr, name):
+@dataclass
+class DnsUnderTest:
+    host: str
+    port: int
+    svc: DnsService
+    store: SqliteStore
+
+
+async def txt_query(addr: DnsUnderTest, name):
+    """Ask once the DNS service has applied every change stored so far (TXT values reach it
+    through the change log)."""
+    await addr.svc.wait_seq(await addr.store.latest_seq())
     q = dns.message.make_query(name, "TXT")
-    return await trio.to_thread.run_sync(lambda: dns.query.udp(q, addr[0], port=addr[1], timeout=2))
+    return await trio.to_thread.run_sync(lambda: dns.query.udp(q, addr.host, port=addr.port, timeout=2))
 
 
 def txt_values(msg):
@@ -104,7 +114,6 @@ async def test_node_sets_its_own_acme_txt_and_the_dns_service_serves_it(env):
 async def test_a_node_cannot_set_another_nodes_record_and_nothing_is_served(env):
     store, coord, handlers, key, addr = env
     web, mallory = await join(handlers, key, "web", "mallory")
-    txt = handlers.txt
     refused = [
         set_dns_body(mallory, "_acme-challenge.web.ts.test"),          # another node's name
         set_dns_body(mallory, "web.ts.test"),                           # not a challenge name
@@ -127,7 +136,7 @@ async def test_a_node_cannot_set_another_nodes_record_and_nothing_is_served(env)
     assert resp.status == 404
     # not JSON, too old a client
     assert (await call(handlers, web, "/machine/set-dns", {**set_dns_body(web, "_acme-challenge.web.ts.test"), "Version": 90})).status == 400
-    assert len(txt) == 0
+    assert await store.list_dns_txt(utcnow()) == []
     for name in ("_acme-challenge.web.ts.test", "_acme-challenge.mallory.ts.test", "web.ts.test"):
         msg = await txt_query(addr, name)
         assert msg.answer == [], name
@@ -141,17 +150,24 @@ async def test_expired_node_is_refused(env):
     await store.update_node(node.id, expiry=utcnow() - timedelta(minutes=1))
     resp = await call(handlers, web, "/machine/set-dns", set_dns_body(web, "_acme-challenge.web.ts.test"))
     assert resp.status == 403 and b"expired" in resp.chunks[0]
-    assert len(handlers.txt) == 0
+    assert await store.list_dns_txt(utcnow()) == []
 
 
-def test_publish_keeps_a_bounded_newest_last_list_and_expires():
-    txt = TxtRecords()
+async def test_publish_keeps_a_bounded_newest_last_list_and_expires(env):
+    values: tuple[str, ...] = ()
     for i in range(setdns.MAX_VALUES_PER_NAME + 2):
-        setdns.publish(txt, "_acme-challenge.a.ts.test", f"v{i}", now=1000.0)
-    assert txt.get("_acme-challenge.a.ts.test", 1000.0) == tuple(f"v{i}" for i in range(2, setdns.MAX_VALUES_PER_NAME + 2))
-    setdns.publish(txt, "_acme-challenge.a.ts.test", "v3", now=1000.0)  # repeated: moves to the end
-    assert txt.get("_acme-challenge.a.ts.test", 1000.0)[-1] == "v3"
-    assert txt.get("_acme-challenge.a.ts.test", 1000.0 + setdns.TXT_TTL + 1) == ()
+        values = setdns.publish(values, f"v{i}")
+    assert values == tuple(f"v{i}" for i in range(2, setdns.MAX_VALUES_PER_NAME + 2))
+    values = setdns.publish(values, "v3")  # repeated: moves to the end
+    assert values[-1] == "v3" and len(values) == setdns.MAX_VALUES_PER_NAME
+    # what set-dns stores lives TXT_TTL seconds
+    store, coord, handlers, key, addr = env
+    (web,) = await join(handlers, key, "web")
+    before = utcnow()
+    assert (await call(handlers, web, "/machine/set-dns", set_dns_body(web, "_acme-challenge.web.ts.test", "v"))).status == 200
+    name = "_acme-challenge.web.ts.test"
+    assert (await store.get_dns_txt(name, before + timedelta(seconds=setdns.TXT_TTL - 5)))[0] == ("v",)
+    assert await store.get_dns_txt(name, utcnow() + timedelta(seconds=setdns.TXT_TTL + 1)) is None
 
 
 # -- per-node DNSConfig ---------------------------------------------------------------------------
@@ -236,7 +252,7 @@ def test_for_node_and_cert_domain():
 
 def test_dns_config_from_configuration_includes_file_records():
     cfg = config_from_dict({"dns": {"base_domain": BASE, "extra_records": [{"name": "a.ts.test", "type": "A", "value": "100.64.0.7"}]}})
-    out = dns_config_from(cfg, [{"name": "b.ts.test", "type": "A", "value": "100.64.0.8"}])
+    out = dns_config_from(dns_config_options(cfg), [{"name": "b.ts.test", "type": "A", "value": "100.64.0.8"}])
     assert [r["Name"] for r in out["ExtraRecords"]] == ["a.ts.test", "b.ts.test"]
     assert len([k for k, v in out["Routes"].items() if v is None]) == 64 + 1
     json.dumps(out)

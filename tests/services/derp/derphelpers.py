@@ -1,18 +1,21 @@
-"""Helpers for the DERP relay tests: a stand-in config and store, and a relay runner."""
+"""Helpers for the DERP relay tests: options, a stand-in store, and a relay runner."""
 
 from __future__ import annotations
 
 import itertools
-import logging
 import types
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import trio
 from nacl.public import PrivateKey
 
+from trioscale.services.derp.options import DerpOptions
+from trioscale.services.derp.service import FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, UPGRADE_TIMEOUT
 from trioscale.shared.model import Change
+from trioscale.shared.net.addr import split_host_port
 
 
 def new_key() -> bytes:
@@ -95,32 +98,48 @@ class FakeStore:
                 pass
 
 
-def make_ctx(tmp_path: Path, *, verify: bool = True, store: FakeStore | None = None, **overrides: Any) -> Any:
-    server = types.SimpleNamespace(
-        enabled=True,
-        region_id=999,
-        region_code="test",
-        region_name="Test",
-        listen_addr="127.0.0.1:0",
-        stun_listen_addr="127.0.0.1:0",
+@dataclass
+class RelaySetup:
+    """What a relay under test is started with."""
+
+    options: DerpOptions
+    store: Any
+
+
+def make_setup(tmp_path: Path, *, verify: bool = True, store: FakeStore | None = None, **overrides: Any) -> RelaySetup:
+    """Options of a relay on a free loopback port; `overrides` replace fields (``listen_addr``
+    is split into host and port)."""
+    listen = overrides.pop("listen_addr", "127.0.0.1:0")
+    host, port = split_host_port(listen)
+    options = DerpOptions(
+        listen_host=host,
+        listen_port=port,
+        stun_port=0,
         private_key_path=tmp_path / "derp_server.key",
-        verify_clients=verify,
+        data_dir=tmp_path / "data",
         tls_cert_path=None,
         tls_key_path=None,
+        verify_clients=verify,
         hostname="127.0.0.1",
         ipv4="",
         ipv6="",
+        region_id=999,
+        region_code="test",
+        region_name="Test",
+        insecure_for_tests=False,
+        mesh_key="",
+        reuse_port=False,
+        heartbeat_interval=10.0,
+        first_byte_timeout=FIRST_BYTE_TIMEOUT,
+        upgrade_timeout=UPGRADE_TIMEOUT,
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+        relay_timeout=0.0,
     )
-    for k, v in overrides.items():
-        setattr(server, k, v)
-    config = types.SimpleNamespace(data_dir=tmp_path / "data", derp=types.SimpleNamespace(server=server))
-    return types.SimpleNamespace(
-        config=config, store=store or FakeStore(), log=logging.getLogger("test.derp"), registry={}
-    )
+    return RelaySetup(replace(options, **overrides), store or FakeStore())
 
 
 class RunningRelay:
-    ctx: Any
+    setup: RelaySetup
     svc: Any
     port: int
     scope: trio.CancelScope
@@ -128,7 +147,7 @@ class RunningRelay:
 
     @property
     def store(self) -> FakeStore:
-        return self.ctx.store
+        return self.setup.store
 
     @property
     def stats(self) -> Any:
@@ -138,23 +157,23 @@ class RunningRelay:
         self.scope.cancel()
 
 
-async def start_relay(nursery: trio.Nursery, tmp_path: Path, *, verify: bool = True, ctx: Any = None,
-                      **serve_kwargs: Any) -> RunningRelay:
+async def start_relay(nursery: trio.Nursery, tmp_path: Path, *, verify: bool = True,
+                      setup: RelaySetup | None = None, **serve_kwargs: Any) -> RunningRelay:
     from trioscale.services.derp.service import serve
 
     relay = RunningRelay()
-    relay.ctx = ctx or make_ctx(tmp_path, verify=verify)
+    relay.setup = setup or make_setup(tmp_path, verify=verify)
     relay.done = trio.Event()
 
     async def runner(task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
             with trio.CancelScope() as cs:
                 relay.scope = cs
-                await serve(relay.ctx, task_status=task_status, **serve_kwargs)
+                await serve(relay.setup.options, relay.setup.store, task_status=task_status, **serve_kwargs)
         finally:
             relay.done.set()
 
-    relay.addresses = await nursery.start(runner)
-    relay.svc = relay.ctx.registry["derp"]
+    relay.svc = await nursery.start(runner)
+    relay.addresses = relay.svc.addresses
     relay.port = relay.svc.port
     return relay

@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from derphelpers import FakeStore, make_ctx, new_key, public, start_relay
+from derphelpers import FakeStore, make_setup, new_key, public, start_relay
 from trioscale.services.derp.mesh import MeshLink
 from trioscale.shared.testing.derpclient import open_derp_client
 from trioscale.shared.proto import derp as d
@@ -25,8 +25,8 @@ async def _two_relays(nursery, tmp_path, store=None, **kw):
     relays = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        ctx = make_ctx(tmp_path / name, verify=False, store=store, mesh_key=MESH_KEY)
-        relays.append(await start_relay(nursery, tmp_path / name, ctx=ctx, heartbeat_interval=0.5, **kw))
+        setup = make_setup(tmp_path / name, verify=False, store=store, mesh_key=MESH_KEY)
+        relays.append(await start_relay(nursery, tmp_path / name, setup=setup, heartbeat_interval=0.5, **kw))
     return store, relays
 
 
@@ -107,9 +107,9 @@ async def test_wrong_mesh_key_is_not_a_mesh_peer(nursery, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     ra = await start_relay(nursery, tmp_path / "a", heartbeat_interval=0.5,
-                           ctx=make_ctx(tmp_path / "a", verify=True, store=store, mesh_key=MESH_KEY))
+                           setup=make_setup(tmp_path / "a", verify=True, store=store, mesh_key=MESH_KEY))
     rb = await start_relay(nursery, tmp_path / "b", heartbeat_interval=0.5,
-                           ctx=make_ctx(tmp_path / "b", verify=True, store=store, mesh_key=os.urandom(32).hex()))
+                           setup=make_setup(tmp_path / "b", verify=True, store=store, mesh_key=os.urandom(32).hex()))
     # each refuses the other's link: its mesh key is wrong and its key is no known node (a link
     # counts as up only once the handshake is through, so a refused one never was)
     await _wait(lambda: ra.stats.clients_rejected >= 1 and rb.stats.clients_rejected >= 1, what="both links refused")
@@ -139,10 +139,10 @@ async def test_reuse_port_processes_share_a_port_and_mesh(nursery, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     ra = await start_relay(nursery, tmp_path / "a", reuse_port=True, heartbeat_interval=0.5,
-                           ctx=make_ctx(tmp_path / "a", verify=False, store=store, mesh_key=MESH_KEY))
-    ctx_b = make_ctx(tmp_path / "b", verify=False, store=store, mesh_key=MESH_KEY,
+                           setup=make_setup(tmp_path / "a", verify=False, store=store, mesh_key=MESH_KEY))
+    setup_b = make_setup(tmp_path / "b", verify=False, store=store, mesh_key=MESH_KEY,
                      listen_addr=f"127.0.0.1:{ra.port}")
-    rb = await start_relay(nursery, tmp_path / "b", reuse_port=True, heartbeat_interval=0.5, ctx=ctx_b)
+    rb = await start_relay(nursery, tmp_path / "b", reuse_port=True, heartbeat_interval=0.5, setup=setup_b)
     assert rb.port == ra.port
     assert ra.svc.relay.name != rb.svc.relay.name
     await _wait(lambda: ra.svc.mesh.links_up == 1 and rb.svc.mesh.links_up == 1, timeout=10)

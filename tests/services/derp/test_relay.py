@@ -10,7 +10,7 @@ import stat
 import h11
 import pytest
 import trio
-from derphelpers import FakeStore, make_ctx, new_key, public, start_relay
+from derphelpers import FakeStore, make_setup, new_key, public, start_relay
 
 from trioscale.services.derp.server import Client, DerpServer
 from trioscale.shared.net import tls as tlsutil
@@ -335,8 +335,8 @@ async def test_graceful_shutdown_sends_restarting_and_deregisters(relay_factory)
 
 async def test_relay_row_pins_generated_cert_and_keys_persist(nursery, tmp_path):
     store = FakeStore()
-    ctx = make_ctx(tmp_path, store=store)
-    relay = await start_relay(nursery, tmp_path, ctx=ctx)
+    setup = make_setup(tmp_path, store=store)
+    relay = await start_relay(nursery, tmp_path, setup=setup)
     cert = (tmp_path / "data" / "derp_tls_cert.pem").read_bytes()
     [row] = store.relays.values()
     assert row.cert_name == "sha256-raw:" + tlsutil.cert_sha256(cert)
@@ -357,7 +357,7 @@ async def test_relay_row_pins_generated_cert_and_keys_persist(nursery, tmp_path)
     relay.stop()
     await relay.done.wait()
     # restart: same DERP key and same certificate
-    relay2 = await start_relay(nursery, tmp_path, ctx=make_ctx(tmp_path, store=store))
+    relay2 = await start_relay(nursery, tmp_path, setup=make_setup(tmp_path, store=store))
     assert relay2.svc.server.public_key == pub
     assert (tmp_path / "data" / "derp_tls_cert.pem").read_bytes() == cert
     relay2.stop()
@@ -414,8 +414,8 @@ async def test_websocket_derp(relay_factory):
 
 async def test_mesh_watcher_gets_presence(nursery, tmp_path):
     mesh_key = os.urandom(32)
-    ctx = make_ctx(tmp_path, mesh_key=mesh_key.hex())
-    relay = await start_relay(nursery, tmp_path, ctx=ctx)
+    setup = make_setup(tmp_path, mesh_key=mesh_key.hex())
+    relay = await start_relay(nursery, tmp_path, setup=setup)
     a, b = await known_client(relay), await known_client(relay)
     src = public(new_key())
     async with open_derp_client("127.0.0.1", relay.port, a) as ca:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from derphelpers import make_ctx, new_key, public, start_relay
+from derphelpers import make_setup, new_key, public, start_relay
 from trioscale.shared.testing.derpclient import DerpHandshakeError, connect_derp
 from trioscale.shared.model import Node
 from trioscale.shared.store.sqlite import SqliteStore
@@ -42,7 +42,7 @@ async def test_node_created_by_another_process_is_admitted_and_deletion_closes(n
     relay_store = await SqliteStore.open(str(db))
     other = await SqliteStore.open(str(db))
     try:
-        relay = await start_relay(nursery, tmp_path, ctx=make_ctx(tmp_path, verify=True, store=relay_store),
+        relay = await start_relay(nursery, tmp_path, setup=make_setup(tmp_path, verify=True, store=relay_store),
                                   heartbeat_interval=3600.0)
         key = new_key()
         assert await _connected_and_admitted(relay.port, key) is None  # unknown: refused (and cached)

@@ -9,6 +9,8 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import dns.exception
@@ -23,8 +25,8 @@ import trio
 from dnslib import RR, DNSRecord
 
 from trioscale.config import config_from_dict
-from trioscale.context import ServiceContext
-from trioscale.services.dns.service import DnsOptions, serve
+from trioscale.options import dns_options
+from trioscale.services.dns.service import DnsService, DnsTuning, serve
 from trioscale.shared.model import Node
 from trioscale.shared.store.sqlite import SqliteStore
 
@@ -49,23 +51,30 @@ def make_node(given_name: str, ipv4: str | None, ipv6: str | None = None, *, use
     )
 
 
-FAST = DnsOptions(watch_interval=0.05)
+FAST = DnsTuning(watch_interval=0.05)
+
+
+@dataclass
+class Running:
+    """A DNS service under test and what it was started with."""
+
+    svc: DnsService
+    store: SqliteStore
+    user_id: int
 
 
 @asynccontextmanager
-async def running(dns_cfg: dict[str, Any] | None = None, options: DnsOptions = FAST, nodes=()) -> AsyncIterator[tuple[ServiceContext, str, int]]:
+async def running(dns_cfg: dict[str, Any] | None = None, tuning: DnsTuning = FAST, nodes=()) -> AsyncIterator[tuple[Running, str, int]]:
     cfg = config_from_dict({"dns": {"base_domain": BASE, "listen_addr": "127.0.0.1:0", **(dns_cfg or {})}})
     store = await SqliteStore.open(":memory:")
     try:
         user = await store.create_user("alice")
         for n in nodes:
             await store.create_node(n.replace(user_id=user.id))
-        ctx = ServiceContext(config=cfg, store=store)
-        ctx.registry["user_id"] = user.id
         async with trio.open_nursery() as nursery:
-            addrs = await nursery.start(lambda task_status: serve(ctx, task_status=task_status, options=options))
-            host, port = addrs["dns"].rsplit(":", 1)
-            yield ctx, host, int(port)
+            svc = await nursery.start(lambda task_status: serve(dns_options(cfg), store, task_status=task_status, tuning=tuning))
+            host, port = svc.addresses["dns"].rsplit(":", 1)
+            yield Running(svc, store, user.id), host, int(port)
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
@@ -107,14 +116,17 @@ async def test_every_record_kind_over_udp_and_tcp():
         ns = await udp(host, port, BASE, "NS")
         assert addrs(ns) == [f"ns.{BASE}."]
         assert addrs(await udp(host, port, f"ns.{BASE}", "A")) == ["127.0.0.1"]
-        # TXT set through the shared table
-        ctx.registry["dns_txt"].set(f"_acme-challenge.alpha.{BASE}", ["tok-1"])
+        # TXT values come through the store's change log, like every other record
+        expires = datetime.now(timezone.utc) + timedelta(minutes=10)
+        await ctx.store.set_dns_txt(f"_acme-challenge.alpha.{BASE}", ["tok-1"], expires)
+        await ctx.svc.wait_seq(await ctx.store.latest_seq())
         txt = await udp(host, port, f"_acme-challenge.alpha.{BASE}", "TXT")
         assert addrs(txt) == ['"tok-1"']
-        ctx.registry["dns_txt"].clear(f"_acme-challenge.alpha.{BASE}")
+        await ctx.store.set_dns_txt(f"_acme-challenge.alpha.{BASE}", [], expires)
+        await ctx.svc.wait_seq(await ctx.store.latest_seq())
         gone = await udp(host, port, f"_acme-challenge.alpha.{BASE}", "TXT")
         assert gone.rcode() == dns.rcode.NXDOMAIN
-        stats = ctx.registry["dns"].stats
+        stats = ctx.svc.stats
         assert stats.queries >= 9 and stats.rcodes["NOERROR"] >= 8
 
 
@@ -138,7 +150,7 @@ async def test_nxdomain_nodata_refused():
         assert nx.rcode() == dns.rcode.NXDOMAIN and nx.authority[0].rdtype == dns.rdatatype.SOA
         refused = await udp(host, port, "example.com", "A")
         assert refused.rcode() == dns.rcode.REFUSED
-        assert ctx.registry["dns"].stats.rcodes["REFUSED"] == 1
+        assert ctx.svc.stats.rcodes["REFUSED"] == 1
 
 
 async def test_truncation_then_tcp_gets_everything():
@@ -153,13 +165,13 @@ async def test_truncation_then_tcp_gets_everything():
         # with a big enough EDNS buffer it fits in one datagram
         r = await udp(host, port, f"many.{BASE}", "A", use_edns=0, payload=4096)
         assert not r.flags & dns.flags.TC and len(addrs(r)) == 60
-        assert ctx.registry["dns"].stats.truncated >= 2
+        assert ctx.svc.stats.truncated >= 2
 
 
 async def test_node_added_through_the_store_resolves_within_a_second():
     async with running() as (ctx, host, port):
         assert (await udp(host, port, f"newbie.{BASE}")).rcode() == dns.rcode.NXDOMAIN
-        uid = ctx.registry["user_id"]
+        uid = ctx.user_id
         t0 = time.monotonic()
         node = await ctx.store.create_node(make_node("newbie", "100.64.0.77", "fd7a:115c:a1e0::77", user_id=uid))
         while True:
@@ -172,13 +184,13 @@ async def test_node_added_through_the_store_resolves_within_a_second():
         assert time.monotonic() - t0 < 1.0
         # rename, then delete: both seen without a restart
         await ctx.store.update_node(node.id, given_name="renamed")
-        await wait_until(lambda: "renamed.tailnet.internal" in ctx.registry["dns"].zone)
+        await wait_until(lambda: "renamed.tailnet.internal" in ctx.svc.zone)
         assert addrs(await udp(host, port, f"renamed.{BASE}")) == ["100.64.0.77"]
         assert (await udp(host, port, f"newbie.{BASE}")).rcode() == dns.rcode.NXDOMAIN
         await ctx.store.delete_node(node.id)
-        await wait_until(lambda: "renamed.tailnet.internal" not in ctx.registry["dns"].zone)
+        await wait_until(lambda: "renamed.tailnet.internal" not in ctx.svc.zone)
         assert (await udp(host, port, f"renamed.{BASE}")).rcode() == dns.rcode.NXDOMAIN
-        assert ctx.registry["dns"].seq == await ctx.store.latest_seq()
+        assert ctx.svc.seq == await ctx.store.latest_seq()
 
 
 async def wait_until(cond, timeout: float = 1.0) -> None:
@@ -195,7 +207,7 @@ async def test_extra_records_file_is_watched(tmp_path, caplog):
         path.write_text(json.dumps([{"name": f"db.{BASE}", "type": "A", "value": "100.64.5.6"},
                                     {"name": f"cache.{BASE}", "type": "A", "value": "100.64.5.7"}]))
         os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-        await wait_until(lambda: "cache.tailnet.internal" in ctx.registry["dns"].zone, 2.0)
+        await wait_until(lambda: "cache.tailnet.internal" in ctx.svc.zone, 2.0)
         assert addrs(await udp(host, port, f"db.{BASE}")) == ["100.64.5.6"]
         # a broken file keeps the records loaded before
         path.write_text("[{")
@@ -230,21 +242,21 @@ async def test_forwarding_to_upstreams_and_servfail(nursery):
         q = dns.message.make_query("big.example.com", "A")
         r, used_tcp = await trio.to_thread.run_sync(lambda: dns.query.udp_with_fallback(q, host, port=port, timeout=3))
         assert used_tcp and len(r.answer[0]) == 40
-        assert ctx.registry["dns"].stats.forwarded >= 3
+        assert ctx.svc.stats.forwarded >= 3
     # an upstream that does not answer → SERVFAIL
     dead = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await dead.bind(("127.0.0.1", 0))
     with dead:
         dead_port = dead.getsockname()[1]
-        opts = DnsOptions(forward_timeout=0.2)
-        async with running({"nameservers": {"global": [f"127.0.0.1:{dead_port}"]}}, options=opts) as (ctx, host, port):
+        opts = DnsTuning(forward_timeout=0.2)
+        async with running({"nameservers": {"global": [f"127.0.0.1:{dead_port}"]}}, tuning=opts) as (ctx, host, port):
             r = await udp(host, port, "example.com", "A")
             assert r.rcode() == dns.rcode.SERVFAIL
-            assert ctx.registry["dns"].stats.forward_failures == 1
+            assert ctx.svc.stats.forward_failures == 1
 
 
 async def test_rate_limit_and_malformed_on_the_wire():
-    async with running(options=DnsOptions(rate=1, burst=5), nodes=NODES) as (ctx, host, port):
+    async with running(tuning=DnsTuning(rate=1, burst=5), nodes=NODES) as (ctx, host, port):
         answered = 0
         for _ in range(8):
             try:
@@ -252,7 +264,7 @@ async def test_rate_limit_and_malformed_on_the_wire():
                 answered += 1
             except dns.exception.Timeout:
                 pass
-        assert answered <= 6 and ctx.registry["dns"].stats.rate_limited >= 2
+        assert answered <= 6 and ctx.svc.stats.rate_limited >= 2
     async with running() as (ctx, host, port):
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
@@ -262,22 +274,22 @@ async def test_rate_limit_and_malformed_on_the_wire():
             with trio.fail_after(2):
                 reply = await sock.recv(512)
             assert reply[:2] == struct.pack("!H", 4321) and reply[3] & 0xF == dns.rcode.FORMERR
-        stats = ctx.registry["dns"].stats
+        stats = ctx.svc.stats
         await wait_until(lambda: stats.dropped == 1)
         # still serving
         assert (await udp(host, port, f"x.{BASE}")).rcode() == dns.rcode.NXDOMAIN
 
 
 async def test_tcp_connection_bound_and_idle_timeout():
-    opts = DnsOptions(max_tcp_connections=2, tcp_idle_timeout=0.3)
-    async with running(options=opts, nodes=NODES) as (ctx, host, port):
+    opts = DnsTuning(max_tcp_connections=2, tcp_idle_timeout=0.3)
+    async with running(tuning=opts, nodes=NODES) as (ctx, host, port):
         s1 = await trio.open_tcp_stream(host, port)
         s2 = await trio.open_tcp_stream(host, port)
-        await wait_until(lambda: ctx.registry["dns"].tcp_active == 2)
+        await wait_until(lambda: ctx.svc.tcp_active == 2)
         s3 = await trio.open_tcp_stream(host, port)
         with trio.fail_after(1):
             assert await s3.receive_some(10) == b""  # refused: closed at once
-        assert ctx.registry["dns"].stats.tcp_rejected == 1
+        assert ctx.svc.stats.tcp_rejected == 1
         # a pipelined query on a held connection is answered
         q = dns.message.make_query(f"alpha.{BASE}", "A").to_wire()
         await s1.send_all(struct.pack("!H", len(q)) + q + struct.pack("!H", len(q)) + q)
@@ -291,14 +303,14 @@ async def test_tcp_connection_bound_and_idle_timeout():
                 pass
             while await s1.receive_some(4096):
                 pass
-        await wait_until(lambda: ctx.registry["dns"].tcp_active == 0)
+        await wait_until(lambda: ctx.svc.tcp_active == 0)
         for s in (s1, s2, s3):
             await s.aclose()
 
 
 async def test_port_zero_is_usable_for_udp_and_tcp_and_shutdown_is_clean():
     async with running(nodes=NODES) as (ctx, host, port):
-        assert port != 0 and ctx.registry["dns"].port == port
+        assert port != 0 and ctx.svc.port == port
         assert addrs(await udp(host, port, f"alpha.{BASE}")) == ["100.64.0.1"]
         assert addrs(await tcp(host, port, f"alpha.{BASE}")) == ["100.64.0.1"]
     # after cancel both ports are free again
@@ -312,11 +324,11 @@ async def test_port_zero_is_usable_for_udp_and_tcp_and_shutdown_is_clean():
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0"])
-async def test_registry_objects(listen):
+async def test_started_object(listen):
     async with running({"listen_addr": listen}) as (ctx, host, port):
-        svc = ctx.registry["dns"]
-        assert svc.address == f"127.0.0.1:{port}"
-        assert ctx.registry["dns_txt"] is svc.txt is svc.zone.txt
+        svc = ctx.svc
+        assert svc.address == f"127.0.0.1:{port}" and svc.addresses == {"dns": svc.address}
+        assert svc.txt is svc.zone.txt
         assert set(svc.stats.as_dict()) >= {"queries", "rcodes", "rate_limited"}
 
 
@@ -324,10 +336,8 @@ async def test_empty_listen_addr_disables_the_server():
     cfg = config_from_dict({"dns": {"listen_addr": ""}})
     store = await SqliteStore.open(":memory:")
     try:
-        ctx = ServiceContext(config=cfg, store=store)
         async with trio.open_nursery() as nursery:
-            assert await nursery.start(serve, ctx) == {}
-            assert "dns" not in ctx.registry
+            assert await nursery.start(serve, dns_options(cfg), store) is None
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()

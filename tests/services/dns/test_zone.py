@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from trioscale.services.dns.txt import TxtRecords, txt_records_in
+from trioscale.services.dns.txt import TxtRecords
 from trioscale.services.dns.zone import NOERROR, NXDOMAIN, Zone, parse_extra_records, reverse_zones
 
 
@@ -144,10 +144,13 @@ def test_txt_table_is_bounded_and_purged():
     assert txt.purge(100) == 2 and txt.names() == ["n9"]
 
 
-def test_txt_records_in_registry_is_shared():
-    reg: dict = {}
-    a = txt_records_in(reg)
-    assert txt_records_in(reg) is a and reg["dns_txt"] is a
+def test_zone_serves_the_txt_table_it_is_given():
+    # the DNS service fills one table from the change log and its zone answers from that table
+    txt = TxtRecords()
+    zone = Zone("ts.test", txt=txt)
+    assert zone.txt is txt and Zone("ts.test").txt is not txt
+    txt.set("_acme-challenge.a.ts.test", ["tok"], now=0, expires_at=100)
+    assert [r.value for r in zone.lookup("_acme-challenge.a.ts.test", "TXT", 50).answers] == [("tok",)]
 
 
 def test_invalid_node_names_are_skipped():

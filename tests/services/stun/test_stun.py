@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
-import types
 import zlib
 
 import pytest
@@ -14,6 +12,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trioscale.services.stun.options import StunOptions
+from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.proto import stun
 
 TXID = bytes.fromhex("0102030405060708090a0b0c")
@@ -115,14 +115,9 @@ def test_response_round_trip(txid, ip, port):
 # --- the service ------------------------------------------------------------------------------------
 
 
-def _ctx(addr: str):
-    server = types.SimpleNamespace(stun_listen_addr=addr)
-    return types.SimpleNamespace(
-        config=types.SimpleNamespace(derp=types.SimpleNamespace(server=server)),
-        store=None,
-        log=logging.getLogger("test.stun"),
-        registry={},
-    )
+def _options(addr: str) -> StunOptions:
+    host, port = split_host_port(addr)
+    return StunOptions(listen_host=host, listen_port=port)
 
 
 def _has_ipv6() -> bool:
@@ -145,10 +140,8 @@ def _has_ipv6() -> bool:
 async def test_service_answers_on_loopback(nursery, listen, client_host):
     from trioscale.services.stun.service import serve
 
-    ctx = _ctx(listen)
-    addrs = await nursery.start(serve, ctx)
-    svc = ctx.registry["stun"]
-    assert addrs == {"stun": svc.address} and svc.port
+    svc = await nursery.start(serve, _options(listen))
+    assert svc.addresses == {"stun": svc.address} and svc.port
     family = socket.AF_INET6 if ":" in client_host else socket.AF_INET
     with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
         await sock.bind((client_host, 0))
