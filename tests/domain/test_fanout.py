@@ -1,0 +1,347 @@
+"""The fan-out (shared/domain/fanout.py) over plain data: who is told what after a change.
+
+The strongest check is a model of the client: a map stream is an upsert/remove log, so replaying a
+session's messages on top of its first map must give exactly the map a client connecting now would
+get. Hypothesis drives random tailnets, policies and change sequences through it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from trioscale.shared.domain import fanout
+from trioscale.shared.domain.fanout import (
+    DERPMapSet, DNSConfigSet, NodeRemoved, NodeSet, OnlineSet, PolicySet, SessionView, ShareSet, UserSet,
+    fan_out, first_map,
+)
+from trioscale.shared.domain.netmap import Settings, Tailnet
+from trioscale.shared.domain.policy import Policy
+from trioscale.shared.domain.policy.host import PolicyHost
+from trioscale.shared.model import Node, User
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+POLICIES = [
+    None,
+    '{"acls": []}',
+    '{"acls": [{"action": "accept", "src": ["u0@"], "dst": ["*:22"]},'
+    ' {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}',
+    '{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},'
+    ' "grants": [{"src": ["autogroup:member"], "dst": ["tag:web"], "ip": ["80", "443"]},'
+    '            {"src": ["tag:web"], "dst": ["tag:db"], "ip": ["5432"]},'
+    '            {"src": ["u1@"], "dst": ["10.1.0.0/16"], "ip": ["*"]}]}',
+    '{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},'
+    ' "grants": [{"src": ["autogroup:member"], "dst": ["10.1.0.0/16"], "ip": ["*"]},'
+    '            {"src": ["u1@"], "dst": ["10.1.0.0/16"], "via": ["tag:web"], "ip": ["*"]}]}',
+    '{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},'
+    ' "nodeAttrs": [{"target": ["tag:db"], "attr": ["disable-ipv4"]}],'
+    ' "grants": [{"src": ["*"], "dst": ["*"], "ip": ["*"]}]}',
+    '{"tagOwners": {"tag:web": ["u0@"], "tag:db": ["u0@"]},'
+    ' "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],'
+    ' "ssh": [{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web"], "users": ["root"]}]}',
+]
+TAG_SETS = [(), (), ("tag:web",), ("tag:db",)]
+
+
+def make_node(i: int, user_id: int, tags: tuple[str, ...] = (), *, routes: bool = False, **kw: Any) -> Node:
+    prefixes = ("10.1.0.0/16",) if routes else ()
+    return Node(id=i, machine_key=bytes([i]) * 32, node_key=bytes([i + 100]) * 32, user_id=user_id,
+                hostname=f"n{i}", given_name=f"n{i}", ipv4=f"100.64.0.{i}", ipv6=f"fd7a:115c:a1e0::{i:x}",
+                disco_key=bytes([i + 50]) * 32, tags=tags, created_at=NOW,
+                hostinfo={"RoutableIPs": list(prefixes)} if prefixes else {}, approved_routes=prefixes, **kw)
+
+
+def make_tailnet(nodes: list[Node], users: list[User], text: str | None, *, policy: bool = True) -> Tailnet:
+    """A tailnet wired to a live policy the way the coordinator wires it (or none: allow all)."""
+    tailnet = Tailnet(Settings(base_domain="ts.test"))
+    tailnet.users = {u.id: u for u in users}
+    tailnet.nodes = {n.id: n for n in nodes}
+    tailnet.online = {n.id for n in nodes}
+    if policy:
+        host = PolicyHost(online=lambda: tailnet.online)
+        host.load(users, nodes, [], Policy.parse(text) if text else None, text, None)
+        tailnet.policy = host
+        tailnet.visibility = host.can_see
+    return tailnet
+
+
+def open_sessions(tailnet: Tailnet) -> tuple[dict[int, list[SessionView]], dict[SessionView, "Client"]]:
+    sessions: dict[int, list[SessionView]] = {}
+    clients: dict[SessionView, Client] = {}
+    for node_id in tailnet.nodes:
+        view, client = open_one(tailnet, node_id)
+        sessions[node_id] = [view]
+        clients[view] = client
+    return sessions, clients
+
+
+def open_one(tailnet: Tailnet, node_id: int) -> tuple[SessionView, "Client"]:
+    view = SessionView(node_id)
+    return view, Client(first_map(tailnet, view, NOW))
+
+
+def body(message: fanout.Message) -> dict[str, Any]:
+    return json.loads(message.json())
+
+
+class Client:
+    """What a client knows, built from its first map and then the messages of its stream."""
+
+    #: PeersChangedPatch field -> the tailcfg.Node field it replaces
+    PATCH = {"Endpoints": "Endpoints", "DERPRegion": "HomeDERP", "DiscoKey": "DiscoKey", "Key": "Key",
+             "KeyExpiry": "KeyExpiry", "LastSeen": "LastSeen", "Online": "Online"}
+    #: what a node reports about itself: it is not told these back
+    SELF_REPORTED = ("Endpoints", "HomeDERP", "DiscoKey", "Hostinfo", "LastSeen")
+
+    def __init__(self, first: dict[str, Any]) -> None:
+        first = json.loads(json.dumps(first))
+        self.peers = {p["ID"]: p for p in first.get("Peers", [])}
+        self.node = first["Node"]
+        self.filter = first.get("PacketFilter")
+        self.ssh = first.get("SSHPolicy")
+        self.derp = first.get("DERPMap")
+        self.dns = first.get("DNSConfig")
+
+    def receive(self, msg: dict[str, Any]) -> None:
+        for p in msg.get("PeersChanged", ()):
+            self.peers[p["ID"]] = p
+        for pid in msg.get("PeersRemoved", ()):
+            assert pid in self.peers, f"PeersRemoved of a peer never announced: {pid}"
+            del self.peers[pid]
+        for patch in msg.get("PeersChangedPatch", ()):
+            peer = self.peers[patch["NodeID"]]  # a patch of an unknown peer is a protocol error
+            for k, v in patch.items():
+                if k != "NodeID":
+                    peer[self.PATCH[k]] = v
+        for key, attr in (("Node", "node"), ("PacketFilter", "filter"), ("SSHPolicy", "ssh"),
+                          ("DERPMap", "derp"), ("DNSConfig", "dns")):
+            if key in msg:
+                setattr(self, attr, msg[key])
+
+    def state(self) -> dict[str, Any]:
+        node = {k: v for k, v in self.node.items() if k not in self.SELF_REPORTED}
+        return {"peers": self.peers, "node": node, "filter": self.filter, "ssh": self.ssh,
+                "derp": self.derp, "dns": self.dns}
+
+
+def deliver(messages, clients: dict[SessionView, Client], tailnet: Tailnet) -> None:
+    decoded: dict[int, dict[str, Any]] = {}
+    for view, message in messages:
+        msg = decoded.get(id(message))
+        if msg is None:
+            msg = decoded[id(message)] = body(message)
+        viewer = tailnet.nodes[view.node_id]
+        for p in msg.get("PeersChanged", ()):  # never a peer the viewer may not see
+            assert tailnet.can_see(viewer, tailnet.nodes[p["ID"]]), (view.node_id, p["ID"])
+        clients[view].receive(msg)
+
+
+def assert_like_fresh_maps(tailnet: Tailnet, sessions, clients, what: str) -> None:
+    for node_id, views in sessions.items():
+        for view in views:
+            fresh = Client(first_map(tailnet, SessionView(node_id), NOW)).state()
+            got = clients[view].state()
+            if fresh["ssh"] is None:  # no `ssh` section: what is left of an earlier one is the xfail below
+                got["ssh"] = None
+            assert got == fresh, (what, node_id, _diff(got, fresh))
+            assert set(view.sent) == set(clients[view].peers), (what, node_id)
+
+
+def _diff(a: dict, b: dict) -> dict:
+    out = {}
+    for k in a:
+        if a[k] != b[k]:
+            if k == "peers":
+                out[k] = {p: (a[k].get(p), b[k].get(p)) for p in set(a[k]) | set(b[k]) if a[k].get(p) != b[k].get(p)}
+            else:
+                out[k] = (a[k], b[k])
+    return out
+
+
+# -- unit tests -----------------------------------------------------------------------------------------
+def test_without_a_policy_everyone_sees_everyone_and_a_new_node_reaches_all():
+    users = [User(id=1, name="u0")]
+    tailnet = make_tailnet([make_node(i, 1) for i in range(1, 5)], users, None, policy=False)
+    sessions, clients = open_sessions(tailnet)
+    for node_id, (view,) in sessions.items():
+        assert set(view.sent) == set(tailnet.nodes) - {node_id}
+    out = fan_out(tailnet, sessions, NodeSet(make_node(5, 1)), NOW)
+    assert sorted(v.node_id for v, _ in out) == [1, 2, 3, 4]
+    assert len({id(m) for _, m in out}) == 1  # one message, built once, for all of them
+    assert [p["ID"] for p in body(out[0][1])["PeersChanged"]] == [5]
+
+
+def test_a_peer_change_reaches_exactly_the_sessions_that_can_see_it():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    text = '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}'
+    nodes = [make_node(1, 1), make_node(2, 1), make_node(3, 2), make_node(4, 2)]
+    tailnet = make_tailnet(nodes, users, text)
+    sessions, clients = open_sessions(tailnet)
+    moved = nodes[0].replace(endpoints=("192.0.2.1:41641",))
+    out = fan_out(tailnet, sessions, NodeSet(moved, ("endpoints",)), NOW)
+    assert [v.node_id for v, _ in out] == [2]  # alice's other device; not bob's, not itself
+    assert body(out[0][1]) == {"PeersChangedPatch": [{"NodeID": 1, "Endpoints": ["192.0.2.1:41641"]}]}
+
+
+def test_a_policy_change_sends_filters_and_peers_and_nothing_to_the_unaffected():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    nodes = [make_node(1, 1), make_node(2, 2), make_node(3, 2, ("tag:web",))]
+    owners = '"tagOwners": {"tag:web": ["u0@"]}'
+    tailnet = make_tailnet(nodes, users, '{%s, "acls": [{"action": "accept", "src": ["u0@"], "dst": ["tag:web:80"]}]}' % owners)
+    sessions, clients = open_sessions(tailnet)
+    assert set(sessions[2][0].sent) == set()
+    new = '{%s, "acls": [{"action": "accept", "src": ["u0@", "u1@"], "dst": ["tag:web:80"]}]}' % owners
+    out = fan_out(tailnet, sessions, PolicySet(Policy.parse(new), new), NOW)
+    deliver(out, clients, tailnet)
+    assert 1 not in {v.node_id for v, _ in out}  # u0's device: same peers, same (empty) filter
+    assert set(clients[sessions[2][0]].peers) == {3}
+    assert_like_fresh_maps(tailnet, sessions, clients, "policy")
+
+
+def test_a_removed_node_is_removed_from_those_that_had_it_only():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    text = '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}'
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 1), make_node(3, 2)], users, text)
+    sessions, clients = open_sessions(tailnet)
+    del sessions[1]  # the coordinator closes the node's own sessions first
+    out = fan_out(tailnet, sessions, NodeRemoved(1), NOW)
+    # alice's other device: its filter loses node 1's addresses, then node 1 goes; bob's: nothing
+    assert [(v.node_id, list(body(m))) for v, m in out] == [(2, ["PacketFilter"]), (2, ["PeersRemoved"])]
+    assert body(out[1][1]) == {"PeersRemoved": [1]}
+    assert 1 not in tailnet.nodes and 1 not in tailnet.online
+
+
+def test_online_patches_go_to_the_sessions_that_know_the_node():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    text = '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}'
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 1), make_node(3, 2)], users, text)
+    sessions, _ = open_sessions(tailnet)
+    out = fan_out(tailnet, sessions, OnlineSet(1, False), NOW)
+    assert [(v.node_id, body(m)) for v, m in out] == [(2, {"PeersChangedPatch": [{"NodeID": 1, "Online": False}]})]
+    assert fan_out(tailnet, sessions, OnlineSet(1, False), NOW) == []  # no news, no message
+
+
+def test_old_clients_get_a_derp_map_they_can_read_and_settings_changes_reach_everyone():
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 1)], [User(id=1, name="u0")], None)
+    old = SessionView(1, capver=1)
+    first_map(tailnet, old, NOW)
+    new = SessionView(2)
+    first_map(tailnet, new, NOW)
+    derp = {"Regions": {"900": {"RegionID": 900, "Nodes": [{"Name": "a", "RegionID": 900, "HostName": "d",
+                                                            "CertName": "sha256-raw:00"}]}}}
+    out = fan_out(tailnet, {1: [old], 2: [new]}, DERPMapSet(derp), NOW)
+    assert {v.node_id for v, _ in out} == {1, 2}
+    assert out[0][1] is not out[1][1]  # the old client's map is its own
+    assert fan_out(tailnet, {1: [old], 2: [new]}, DERPMapSet(derp), NOW) == []
+    out = fan_out(tailnet, {1: [old], 2: [new]}, DNSConfigSet({"Domains": ["ts.test"]}), NOW)
+    assert {v.node_id for v, _ in out} == {1, 2}
+
+
+@pytest.mark.xfail(strict=True, reason="a policy without an `ssh` section sends no SSHPolicy, so a connected "
+                   "client keeps the rules of the previous policy until it reconnects (reported, issue 11)")
+def test_dropping_the_ssh_section_takes_the_rules_away_from_connected_clients():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 1, ("tag:web",))], users, POLICIES[6])
+    sessions, clients = open_sessions(tailnet)
+    web = clients[sessions[2][0]]
+    assert web.ssh["rules"]
+    deliver(fan_out(tailnet, sessions, PolicySet(None, None), NOW), clients, tailnet)
+    assert not (web.ssh or {}).get("rules")
+
+
+@pytest.mark.xfail(strict=True, reason="a node joining or leaving a sharee's untagged devices (new, deleted, "
+                   "tagged, moved to another user) is not reflected in the shared node's PacketFilter until "
+                   "something else refreshes it (reported, issue 11)")
+def test_a_shared_nodes_filter_follows_its_sharees_devices():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 2)], users, '{"acls": []}')
+    sessions, clients = open_sessions(tailnet)
+    deliver(fan_out(tailnet, sessions, ShareSet(1, 2, True), NOW), clients, tailnet)
+    assert "100.64.0.2" in clients[sessions[1][0]].filter[0]["SrcIPs"]
+    deliver(fan_out(tailnet, sessions, NodeSet(tailnet.nodes[2].replace(tags=("tag:web",))), NOW), clients, tailnet)
+    assert_like_fresh_maps(tailnet, sessions, clients, "tagged")
+
+
+def test_filter_json_is_shared_per_object():
+    keys: dict = {}
+    srcs = ["100.64.0.1", "100.64.0.2"]
+    filt = [{"SrcIPs": srcs, "DstPorts": [{"IP": "*", "Ports": {"First": 22, "Last": 22}}]}]
+    assert fanout.filter_key(keys, filt) == fanout.dumps(filt)
+    assert fanout.filter_key(keys, filt) is fanout.filter_key(keys, filt)
+
+
+# -- property: replaying the stream equals a fresh map ---------------------------------------------------
+NODE_KINDS = ["tag", "untag", "user", "endpoints", "routes", "new", "remove", "offline", "online", "policy",
+              "rename", "derp", "dns"]
+#: with shares, node changes that add a node to a user's untagged devices or take one away (new,
+#: removed, tagged, moved) are left out: see the xfail test_a_shared_nodes_filter_follows_its_sharees_devices
+SHARE_KINDS = ["share", "unshare", "endpoints", "routes", "offline", "online", "policy", "rename"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(min_value=2, max_value=7),
+    seed_tags=st.lists(st.integers(0, 3), min_size=7, max_size=7),
+    seed_users=st.lists(st.integers(1, 3), min_size=7, max_size=7),
+    routers=st.sets(st.integers(1, 7), max_size=3),
+    start=st.integers(0, len(POLICIES) - 1),
+    kinds=st.sampled_from([NODE_KINDS, SHARE_KINDS]),
+    data=st.data(),
+)
+def test_replaying_every_sessions_messages_gives_a_fresh_map(n, seed_tags, seed_users, routers, start, kinds, data):
+    steps = data.draw(st.lists(st.tuples(st.sampled_from(kinds), st.integers(0, 1000), st.integers(0, 1000)),
+                               max_size=12), label="steps")
+    users = [User(id=i + 1, name=f"u{i}", email=f"u{i}@example.com") for i in range(3)]
+    nodes = [make_node(i, seed_users[i - 1], TAG_SETS[seed_tags[i - 1]], routes=i in routers) for i in range(1, n + 1)]
+    tailnet = make_tailnet(nodes, users, POLICIES[start])
+    sessions, clients = open_sessions(tailnet)
+    assert_like_fresh_maps(tailnet, sessions, clients, "start")
+    next_id = n + 1
+    for step, (kind, a, b) in enumerate(steps):
+        ids = sorted(tailnet.nodes)
+        target = tailnet.nodes[ids[a % len(ids)]] if ids else None
+        change: Any = None
+        if kind == "new" or target is None:
+            change = NodeSet(make_node(next_id, 1 + b % 3, TAG_SETS[a % 4], routes=bool(b % 2)))
+            next_id += 1
+        elif kind == "tag":
+            change = NodeSet(target.replace(tags=TAG_SETS[2 + b % 2]))
+        elif kind == "untag":
+            change = NodeSet(target.replace(tags=()))
+        elif kind == "user":
+            change = NodeSet(target.replace(user_id=1 + b % 3))
+        elif kind == "endpoints":
+            change = NodeSet(target.replace(endpoints=(f"192.0.2.{b % 250}:41641",)), ("endpoints",))
+        elif kind == "routes":
+            routes = () if target.approved_routes else ("10.1.0.0/16",)
+            change = NodeSet(target.replace(hostinfo={"RoutableIPs": list(routes)} if routes else {},
+                                            approved_routes=routes))
+        elif kind == "remove":
+            sessions.pop(target.id, None)  # the coordinator closes the node's own sessions first
+            change = NodeRemoved(target.id)
+        elif kind in ("offline", "online"):
+            change = OnlineSet(target.id, kind == "online")
+        elif kind == "policy":
+            text = POLICIES[b % len(POLICIES)]
+            change = PolicySet(Policy.parse(text) if text else None, text)
+        elif kind in ("share", "unshare"):
+            change = ShareSet(target.id, 1 + b % 3, kind == "share")
+        elif kind == "rename":
+            user = tailnet.users[1 + b % 3]
+            change = UserSet(user.replace(name=f"{user.name}x") if hasattr(user, "replace") else
+                             User(id=user.id, name=f"{user.name}x", email=user.email))
+        elif kind == "derp":
+            change = DERPMapSet({"Regions": {str(900 + b % 3): {"RegionID": 900 + b % 3, "Nodes": []}}})
+        elif kind == "dns":
+            change = DNSConfigSet({"Domains": [f"d{b % 3}.example"]})  # None sends nothing: not a change clients see
+        deliver(fan_out(tailnet, sessions, change, NOW), clients, tailnet)
+        if isinstance(change, NodeSet) and change.node.id not in sessions:  # a new node connects too
+            view, client = open_one(tailnet, change.node.id)
+            sessions[change.node.id] = [view]
+            clients[view] = client
+        assert_like_fresh_maps(tailnet, sessions, clients, f"step {step}: {change!r}")
