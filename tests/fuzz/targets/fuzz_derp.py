@@ -76,7 +76,7 @@ def _raw_client(data: bytes) -> None:
 
 def _sealed_client_info(data: bytes) -> None:
     info_json, rest = (pieces(data[1:], 2) + [b""])[:2]
-    sealed = d._seal(_CLIENT, _SERVER_PUB, info_json, _NONCE)  # noqa: SLF001
+    sealed = d.handshake._seal(_CLIENT, _SERVER_PUB, info_json, _NONCE)  # noqa: SLF001
     wire = d.encode_frame(d.FrameType.CLIENT_INFO, _CLIENT_PUB + sealed) + rest
     conn = d.DerpServerConnection(_SERVER)
     events = _handshake(size_byte(data) + wire, conn)
@@ -95,7 +95,7 @@ def _client_side(data: bytes) -> None:
     for ev in client.receive_data(wire):
         assert type(ev) is d.ServerKey
     client.client_info(nonce=_NONCE)
-    sealed = d._seal(_SERVER, _CLIENT_PUB, server_info, _NONCE)  # noqa: SLF001
+    sealed = d.handshake._seal(_SERVER, _CLIENT_PUB, server_info, _NONCE)  # noqa: SLF001
     for piece in chunks(size_byte(data) + d.encode_frame(d.FrameType.SERVER_INFO, sealed) + rest):
         client.receive_data(piece)
     # and a client that meets garbage first

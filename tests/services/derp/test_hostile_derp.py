@@ -166,7 +166,7 @@ async def test_deep_or_oversized_client_info_is_a_clean_close_with_one_warning(r
     priv = new_key()
     server_pub = relay.svc.server.public_key
     deep = b"[" * 100_000 + b"]" * 100_000
-    sealed = d._seal(priv, server_pub, b'{"version":2,"x":' + deep + b"}", None)
+    sealed = d.handshake._seal(priv, server_pub, b'{"version":2,"x":' + deep + b"}", None)
     for frame in (
         d.encode_frame(d.FrameType.CLIENT_INFO, public(priv) + sealed),
         # oversized: the header alone is enough to refuse it

@@ -344,3 +344,74 @@ def test_frame_trickled_a_byte_at_a_time_is_held_compactly():
     assert dec.buffered == len(frame) - 1
     assert dec.feed(frame[-1:]) == [(d.FrameType.CLIENT_INFO, payload)]
     assert dec.buffered == 0
+
+
+# --- the one size check of SendPacket / ForwardPacket ----------------------------------------------
+
+
+@pytest.mark.parametrize("n", [32, 33, 32 + d.MAX_PACKET_SIZE])
+def test_split_send_packet_in_range(n):
+    payload = bytes(range(32)) + bytes(n - 32)
+    dst, packet = d.split_send_packet(payload)
+    assert dst == bytes(range(32)) and len(packet) == n - 32
+
+
+@pytest.mark.parametrize("n", [0, 31, 33 + d.MAX_PACKET_SIZE])
+def test_split_send_packet_out_of_range(n):
+    with pytest.raises(d.RemoteProtocolError, match=f"SendPacket of {n} bytes"):
+        d.split_send_packet(bytes(n))
+
+
+@pytest.mark.parametrize("n", [63, 65 + d.MAX_PACKET_SIZE])
+def test_split_forward_packet_out_of_range(n):
+    with pytest.raises(d.RemoteProtocolError, match=f"ForwardPacket of {n} bytes"):
+        d.split_forward_packet(bytes(n))
+
+
+def test_split_forward_packet():
+    src, dst, packet = d.split_forward_packet(b"s" * 32 + b"d" * 32 + b"p")
+    assert (src, dst, packet) == (b"s" * 32, b"d" * 32, b"p")
+
+
+def test_frame_header():
+    assert d.frame_header(d.FrameType.RECV_PACKET, 300) == b"\x05\x00\x00\x01\x2c"
+
+
+# --- the HTTP/1.1 upgrade ------------------------------------------------------------------------------
+
+
+def test_client_upgrade_request_and_101():
+    up = d.ClientUpgrade("relay.example", headers={"X-Extra": "1"})
+    request = up.request()
+    assert request.startswith(b"GET /derp HTTP/1.1\r\n")
+    assert b"Upgrade: DERP\r\n" in request and b"Host: relay.example\r\n" in request and b"X-Extra: 1\r\n" in request
+    assert b"Derp-Fast-Start" not in request
+    answer = b"HTTP/1.1 101 Switching Protocols\r\n" + b"".join(
+        k + b": " + v + b"\r\n" for k, v in d.switching_protocols_headers(SERVER_PUB)
+    ) + b"\r\n"
+    frame0 = frame(0x01, d.MAGIC + SERVER_PUB)
+    assert up.receive_data(answer[:20]) is None
+    assert up.receive_data(answer[20:] + frame0) == frame0
+
+
+def test_client_upgrade_fast_start_header():
+    assert b"Derp-Fast-Start: 1\r\n" in d.ClientUpgrade("h", fast_start=True).request()
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n", "upgrade refused: HTTP/1.1 426 Upgrade Required"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "bad HTTP answer"),
+    ],
+)
+def test_client_upgrade_refused(answer, message):
+    up = d.ClientUpgrade("h")
+    up.request()
+    with pytest.raises(d.UpgradeRefused, match=message):
+        up.receive_data(answer)
+
+
+def test_switching_protocols_headers_name_the_key():
+    headers = dict(d.switching_protocols_headers(SERVER_PUB))
+    assert headers[b"Derp-Public-Key"] == SERVER_PUB.hex().encode() and headers[b"Derp-Version"] == b"2"

@@ -1,0 +1,223 @@
+"""The control protocol's sans-IO core (shared/proto/control.py): bytes and times in, events and
+bytes out, no sockets, no clock. The Trio adapter is tested over loopback in tests/services/coord."""
+
+from __future__ import annotations
+
+import base64
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from trioscale.shared.proto import control, keys, noise
+
+SERVER = keys.generate_private_key()
+MACHINE = keys.generate_private_key()
+
+
+def _initiation(version: int = 130) -> tuple[noise.Initiator, bytes]:
+    init = noise.Initiator(keys.public_key(SERVER), MACHINE, version)
+    return init, init.initiation
+
+
+# --- the upgrade ----------------------------------------------------------------------------------
+
+
+def test_parse_upgrade_noise():
+    _, initiation = _initiation()
+    up = control.parse_upgrade(
+        {"upgrade": "Tailscale-Control-Protocol", "x-tailscale-handshake": base64.b64encode(initiation).decode()}, ""
+    )
+    assert isinstance(up, control.Upgrade) and not up.websocket
+    assert up.initiation == initiation
+    assert ("Upgrade", control.UPGRADE_PROTOCOL) in up.headers
+
+
+@pytest.mark.parametrize(
+    "headers, status, text",
+    [
+        ({}, 400, "missing next protocol"),
+        ({"upgrade": "h2c"}, 400, "unsupported protocol switch"),
+        ({"upgrade": control.UPGRADE_PROTOCOL}, 400, "no tailscale handshake header"),
+        ({"upgrade": control.UPGRADE_PROTOCOL, "x-tailscale-handshake": "not base64!"}, 400, "invalid tailscale"),
+        ({"upgrade": "websocket", "sec-websocket-key": "k"}, 400, "subprotocol"),
+        ({"upgrade": "websocket", "sec-websocket-key": "k", "sec-websocket-protocol": control.UPGRADE_PROTOCOL},
+         400, "X-Tailscale-Handshake parameter"),
+    ],
+)
+def test_parse_upgrade_refusals(headers, status, text):
+    refusal = control.parse_upgrade(headers, "")
+    assert isinstance(refusal, control.Refusal)
+    assert refusal.status == status and text in refusal.text
+
+
+def test_parse_upgrade_websocket_takes_the_initiation_from_the_query():
+    _, initiation = _initiation()
+    query = "X-Tailscale-Handshake=" + base64.b64encode(initiation).decode().replace("+", "%2B").replace("=", "%3D")
+    up = control.parse_upgrade(
+        {"upgrade": "websocket", "sec-websocket-key": "abc", "sec-websocket-protocol": control.UPGRADE_PROTOCOL},
+        query, lambda key: b"accept-" + key.encode(),
+    )
+    assert isinstance(up, control.Upgrade) and up.websocket and up.initiation == initiation
+    assert ("Sec-WebSocket-Accept", "accept-abc") in up.headers
+
+
+def test_answer_initiation_enforces_the_minimum_version():
+    _, old = _initiation(100)
+    with pytest.raises(noise.RemoteProtocolError, match="minimum 113"):
+        control.answer_initiation(old, SERVER, 113)
+    _, current = _initiation(130)
+    hs = control.answer_initiation(current, SERVER, 113)
+    assert hs.machine_key == keys.public_key(MACHINE) and hs.version == 130
+
+
+def test_answer_key():
+    assert control.answer_key("GET", "v=130", 113) is None
+    assert control.answer_key("POST", "v=130", 113).status == 405
+    assert "must be set" in control.answer_key("GET", "", 113).text
+    assert "integer" in control.answer_key("GET", "v=x", 113).text
+    assert "older than the minimum 113" in control.answer_key("GET", "v=90", 113).text
+
+
+# --- HTTP/2 inside Noise --------------------------------------------------------------------------
+
+
+class Peer:
+    """A client (Noise initiator + h2 client) talking to one ControlConnection, by hand."""
+
+    def __init__(self, cfg: control.TransportConfig | None = None, now: float = 0.0):
+        self.cfg = cfg or control.TransportConfig()
+        self.stats = control.TransportStats()
+        init, initiation = _initiation()
+        hs = control.answer_initiation(initiation, SERVER, self.cfg.min_capability_version)
+        self.client_noise = init.receive_response(hs.response).connection
+        self.conn = control.ControlConnection(self.cfg, self.stats, hs.connection, now)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.h2.initiate_connection()
+        self.client_events: list = []
+        self.take(self.conn.initiate(b""))
+
+    def take(self, records: bytes) -> None:
+        """What the server sent, into the client."""
+        for chunk in self.client_noise.receive_data(records):
+            self.client_events += self.h2.receive_data(chunk)
+
+    def push(self, now: float = 0.0) -> list:
+        """What the client has queued, into the server; the server's events (its answer is taken)."""
+        events = self.conn.receive_data(self.client_noise.encrypt(self.h2.data_to_send()), now)
+        self.take(self.conn.data_to_send())
+        return events
+
+    def request(self, path: str, body: bytes = b"", *, end: bool = True, length: int | None = None) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", "x")]
+        if length is not None:
+            headers.append(("content-length", str(length)))
+        self.h2.send_headers(sid, headers, end_stream=end and not body)
+        if body:
+            self.h2.send_data(sid, body, end_stream=end)
+        return sid
+
+
+def _responses(events: list) -> dict[int, int]:
+    return {ev.stream_id: int(dict(ev.headers)[":status"]) for ev in events if isinstance(ev, h2.events.ResponseReceived)}
+
+
+def test_a_request_is_an_event_once_its_body_is_complete_and_its_credit_goes_back():
+    p = Peer()
+    p.push()
+    assert p.conn.got_preface
+    sid = p.request("/machine/map", b"x" * 1000, end=False)
+    assert [type(e) for e in p.push()] == []
+    assert p.stats.buffered_body_bytes == 1000
+    p.h2.send_data(sid, b"y" * 24, end_stream=True)
+    [ready] = [e for e in p.push() if isinstance(e, control.RequestReceived)]
+    assert ready.stream.path == "/machine/map" and ready.body == b"x" * 1000 + b"y" * 24
+    assert p.stats.buffered_body_bytes == 0 and p.stats.open_streams == 1
+    # the credit for the consumed body went back to the client
+    assert any(isinstance(e, h2.events.WindowUpdated) and e.stream_id == 0 for e in p.client_events)
+    p.conn.send_headers(ready.stream, [(":status", "200")])
+    assert p.conn.send_data(ready.stream, memoryview(b"ok"), 0, end=True) == 2
+    p.take(p.conn.data_to_send())
+    assert _responses(p.client_events) == {sid: 200}
+    p.conn.forget(ready.stream, now=5.0)
+    assert p.stats.open_streams == 0 and p.conn.idle_since == 5.0
+
+
+def test_bodies_over_the_limits_are_refused():
+    p = Peer(control.TransportConfig(max_request_body=100))
+    p.push()
+    declared = p.request("/machine/register", length=101, end=False)
+    p.push()
+    sent = p.request("/machine/register", b"z" * 101, end=False)
+    p.push()
+    assert _responses(p.client_events) == {declared: 413, sent: 413}
+    assert p.stats.bodies_refused == 2 and p.stats.open_streams == 0 and p.stats.buffered_body_bytes == 0
+
+
+def test_streams_over_the_unregistered_limit_are_refused_until_registered():
+    p = Peer(control.TransportConfig(unregistered_concurrent_streams=1))
+    p.push()
+    p.request("/a")
+    [ready] = [e for e in p.push() if isinstance(e, control.RequestReceived)]
+    # the response ended (h2 sees the stream closed) but its handler still runs: it still counts
+    p.conn.send_headers(ready.stream, [(":status", "200")])
+    p.conn.send_data(ready.stream, memoryview(b""), 0, end=True)
+    p.take(p.conn.data_to_send())
+    second = p.request("/b")
+    p.push()
+    assert p.stats.streams_refused == 1
+    assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == second for e in p.client_events)
+    p.conn.mark_registered()
+    assert p.conn.stream_limit == p.cfg.max_concurrent_streams
+
+
+def test_deadlines_are_the_callers_clock():
+    p = Peer(control.TransportConfig(h2_preface_timeout=10.0, request_body_timeout=30.0), now=100.0)
+    assert p.conn.next_deadline() == 110.0
+    p.push(now=101.0)
+    sid = p.request("/slow", b"a", end=False)
+    p.push(now=102.0)
+    assert p.conn.next_deadline() == 132.0
+    assert p.conn.on_deadline(132.0) == (1, None)
+    p.take(p.conn.data_to_send())
+    assert _responses(p.client_events) == {sid: 408}
+    assert p.stats.requests_timed_out == 1
+    # idle from then on: the connection is to close after h2_idle_timeout (a GOAWAY first)
+    assert p.conn.next_deadline() == 132.0 + p.cfg.h2_idle_timeout
+    assert p.conn.on_deadline(132.0 + p.cfg.h2_idle_timeout) == (0, "idle HTTP/2 connection")
+    p.take(p.conn.data_to_send())
+    assert any(isinstance(e, h2.events.ConnectionTerminated) for e in p.client_events)
+
+
+def test_no_preface_in_time():
+    p = Peer(now=0.0)
+    assert p.conn.on_deadline(p.cfg.h2_preface_timeout) == (0, "no HTTP/2 preface in time")
+    assert p.stats.connections_timed_out == 1
+
+
+def test_reset_and_goaway_from_the_client():
+    p = Peer()
+    p.push()
+    sid = p.request("/stream")
+    [ready] = [e for e in p.push() if isinstance(e, control.RequestReceived)]
+    p.h2.reset_stream(sid)
+    assert control.StreamReset(sid) in p.push()
+    assert ready.stream.gone
+    with pytest.raises(control.StreamGone):
+        p.conn.send_headers(ready.stream, [(":status", "200")])
+    p.h2.close_connection()
+    [ended] = p.push()
+    assert isinstance(ended, control.ConnectionTerminated) and p.conn.closed
+    p.conn.teardown()
+    assert p.stats.open_streams == 0
+
+
+def test_garbage_is_a_protocol_error():
+    p = Peer()
+    with pytest.raises(control.ControlProtocolError, match="noise"):
+        p.conn.receive_data(b"\x04\x00\x10" + bytes(16), 0.0)
+    q = Peer()
+    with pytest.raises(control.ControlProtocolError, match="h2"):
+        q.conn.receive_data(q.client_noise.encrypt(b"GET / HTTP/1.1\r\n\r\n" + bytes(40)), 0.0)
