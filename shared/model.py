@@ -101,7 +101,9 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class PolicyVersion:
+    """One stored version of the policy text (the policy itself is shared.domain.policy.Policy)."""
+
     version: int
     text: str
     created_at: datetime = field(default_factory=utcnow)

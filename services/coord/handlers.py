@@ -50,7 +50,9 @@ _NETINFO_NOISE = ("DERPLatency",)
 MAX_JSON_DEPTH = 32
 
 
-class BadRequest(Exception):
+class RequestRefused(Exception):
+    """A /machine/* request answered with an HTTP error `status` and the message as its body."""
+
     def __init__(self, status: int, message: str, *, hostile: bool = False) -> None:
         super().__init__(message)
         self.status = status
@@ -80,15 +82,15 @@ def _json_body(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body or b"{}", parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(400, f"request body is not JSON: {exc}") from None
+        raise RequestRefused(400, f"request body is not JSON: {exc}") from None
     except ValueError as exc:  # NaN/Infinity, or an integer longer than Python converts (4,300 digits)
-        raise BadRequest(400, f"request body is not JSON: {str(exc)[:120]}") from None
+        raise RequestRefused(400, f"request body is not JSON: {str(exc)[:120]}") from None
     except RecursionError:
-        raise BadRequest(400, "request body is nested too deeply", hostile=True) from None
+        raise RequestRefused(400, "request body is nested too deeply", hostile=True) from None
     if not isinstance(obj, dict):
-        raise BadRequest(400, "request body must be a JSON object")
+        raise RequestRefused(400, "request body must be a JSON object")
     if _too_deep(obj, MAX_JSON_DEPTH):
-        raise BadRequest(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", hostile=True)
+        raise RequestRefused(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", hostile=True)
     return obj
 
 
@@ -102,7 +104,7 @@ def _mark_registered(response: Any) -> None:
 def _check_version(obj: dict[str, Any]) -> int:
     version = obj.get("Version")
     if not isinstance(version, int) or version < MIN_CAPABILITY_VERSION:
-        raise BadRequest(
+        raise RequestRefused(
             400,
             f"unsupported client version {version!r}: trioscale needs capability version "
             f">= {MIN_CAPABILITY_VERSION} (Tailscale v1.80 or newer)",
@@ -135,7 +137,7 @@ def map_request_updates(node: Node, req: dict[str, Any],
     try:
         disco = keys.DISCO.from_json(req.get("DiscoKey"))
     except keys.KeyFormatError as exc:
-        raise BadRequest(400, f"bad DiscoKey: {exc}") from None
+        raise RequestRefused(400, f"bad DiscoKey: {exc}") from None
     if disco is not None and disco != node.disco_key:
         updates["disco_key"] = disco
     endpoints = req.get("Endpoints")
@@ -169,7 +171,7 @@ def map_request_updates(node: Node, req: dict[str, Any],
 class ControlHandlers:
     """The coordinator's request handlers, plugged into the control transport."""
 
-    def __init__(self, coordinator: Coordinator, policy: register.Policy) -> None:
+    def __init__(self, coordinator: Coordinator, policy: register.RegistrationPolicy) -> None:
         self.coord = coordinator
         self.store = coordinator.store
         self.policy = policy
@@ -195,7 +197,7 @@ class ControlHandlers:
                 await response.send(501, b"not implemented\n", [("content-type", "text/plain")])
             else:
                 await response.send(404, b"not found\n", [("content-type", "text/plain")])
-        except BadRequest as exc:
+        except RequestRefused as exc:
             held = self.hostile_log.ready(trio.current_time()) if exc.hostile else None
             if held is not None:
                 log.warning("%s from machine %s refused: %s%s", request.path,
@@ -211,9 +213,9 @@ class ControlHandlers:
                 self.store, request.path, self.coord.tailnet.nodes.get, request.machine_key, "https://unused",
                 self.coord.now(), self.coord.wait_for_ssh_decision)
         except sshcheck.CheckRefused as exc:
-            raise BadRequest(exc.status, str(exc)) from None
+            raise RequestRefused(exc.status, str(exc)) from None
         except StoreFull as exc:
-            raise BadRequest(503, str(exc)) from None
+            raise RequestRefused(503, str(exc)) from None
         await response.send(200, sshcheck.encode(action), [("content-type", "application/json")])
 
     async def register(self, request, response) -> None:
@@ -222,7 +224,7 @@ class ControlHandlers:
         try:
             req = register.RegisterRequest.from_json(body)
         except (ValueError, TypeError) as exc:
-            raise BadRequest(400, f"bad register request: {exc}") from None
+            raise RequestRefused(400, f"bad register request: {exc}") from None
         result = await register.handle(
             self.store, self.policy, req, request.machine_key, self.coord.now(), self.coord.wait_for_approval,
             self.coord, source=register.source_of(getattr(request, "peer", "")),
@@ -241,19 +243,19 @@ class ControlHandlers:
             await setdns.apply(self.coord, node, body)
         except setdns.Refused as exc:
             log.info("set-dns from node %s refused: %s", node.id, exc)
-            raise BadRequest(exc.status, str(exc)) from None
+            raise RequestRefused(exc.status, str(exc)) from None
         await response.send(200, b"{}", [("content-type", "application/json")])
 
     async def _node_for(self, body: dict[str, Any], machine_key: bytes) -> Node:
         try:
             node_key = keys.NODE.from_json(body.get("NodeKey"))
         except keys.KeyFormatError as exc:
-            raise BadRequest(400, f"bad NodeKey: {exc}") from None
+            raise RequestRefused(400, f"bad NodeKey: {exc}") from None
         if node_key is None:
-            raise BadRequest(400, "request has no NodeKey")
+            raise RequestRefused(400, "request has no NodeKey")
         node = await self.store.get_node_by_node_key(node_key)
         if node is None or not hmac.compare_digest(node.machine_key, machine_key):
-            raise BadRequest(404, "node not found")
+            raise RequestRefused(404, "node not found")
         return node
 
     async def map(self, request, response) -> None:
@@ -268,10 +270,10 @@ class ControlHandlers:
             try:
                 node = await self.store.update_node(node.id, **updates)
             except TooLarge as exc:  # never stored; the client is told why in one line
-                raise BadRequest(400, f"bad map request: {exc}") from None
+                raise RequestRefused(400, f"bad map request: {exc}") from None
         await self.coord.caught_up()
         if node.id not in self.coord.tailnet.nodes:
-            raise BadRequest(404, "node not found")
+            raise RequestRefused(404, "node not found")
         if not body.get("Stream"):
             if body.get("OmitPeers"):
                 await response.send(200, b"", [])

@@ -11,7 +11,7 @@ from typing import Any
 
 from trioscale.shared.proto.control import TransportConfig
 
-from .register import Policy as RegistrationPolicy
+from .register import RegistrationPolicy
 
 __all__ = ["AdminOptions", "CoordOptions", "DnsConfigOptions", "PolicyOptions", "RegistrationPolicy"]
 

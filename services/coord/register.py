@@ -97,7 +97,7 @@ class RegisterRequest:
 
 
 @dataclass(frozen=True)
-class Policy:
+class RegistrationPolicy:
     """What registration needs from configuration."""
 
     server_url: str
@@ -164,7 +164,7 @@ async def _taken(store: Store) -> tuple[set[str], set[str]]:
 
 async def create_or_update_node(
     store: Store,
-    policy: Policy,
+    policy: RegistrationPolicy,
     *,
     machine_key: bytes,
     node_key: bytes,
@@ -266,7 +266,7 @@ async def check_auth_key(store: Store, text: str, now: datetime):
 
 
 async def complete_registration(
-    store: Store, reg_id: str, user: User, now: datetime, policy: Policy
+    store: Store, reg_id: str, user: User, now: datetime, policy: RegistrationPolicy
 ) -> Node:
     """Approve a pending interactive login for `user` (the CLI's `nodes register`)."""
     reg = await store.get_pending_registration(reg_id)
@@ -290,9 +290,9 @@ async def complete_registration(
 
 def _check_requested_tags(coordinator, user: User, key_tags, hostinfo: dict[str, Any]) -> None:
     """`tailscale up --advertise-tags` (Hostinfo.RequestTags) with an untagged key: the user must own
-    every tag under the policy's tagOwners (PolicyHost.tags_not_permitted, shared/domain/policy/host.py), else the
-    registration is refused with Tailscale's wording. Permitted tags are applied by the
-    coordinator once the node exists (policyfanout._policy_node_followup)."""
+    every tag under the policy's tagOwners (PolicyHost.tags_not_permitted), else the registration
+    is refused with Tailscale's wording. Permitted tags are applied by the coordinator once the
+    node exists (policywrites.after_node_change)."""
     requested = hostinfo.get("RequestTags") if isinstance(hostinfo, dict) else None
     policy = getattr(coordinator, "policy", None)
     if not requested or key_tags or policy is None or not isinstance(requested, list):
@@ -304,7 +304,7 @@ def _check_requested_tags(coordinator, user: User, key_tags, hostinfo: dict[str,
 
 async def handle(
     store: Store,
-    policy: Policy,
+    policy: RegistrationPolicy,
     req: RegisterRequest,
     machine_key: bytes,
     now: datetime,

@@ -1,6 +1,6 @@
 """Completing an interactive registration (`trioscale nodes register --user U --key REGID`).
 
-The admin API only ever calls `complete_registration`. With the registration policy at hand it
+The admin API only ever calls `approve_registration`. With the registration policy at hand it
 delegates to the coordinator's `register.complete_registration` (which creates the node: addresses,
 name, expiry); without it, it only marks the pending registration approved.
 """
@@ -15,8 +15,8 @@ from trioscale.shared.store.base import Conflict, NotFound, Store
 from . import register
 
 
-async def complete_registration(
-    store: Store, reg_id: str, user: User, now: datetime, *, policy: register.Policy | None = None
+async def approve_registration(
+    store: Store, reg_id: str, user: User, now: datetime, *, policy: register.RegistrationPolicy | None = None
 ) -> Node | PendingRegistration:
     """Approve pending registration `reg_id` for `user`. Returns the new Node (with `policy`), else
     the completed registration. NotFound if unknown or expired; Conflict if already completed."""

@@ -25,7 +25,7 @@ from trioscale.shared.model import (
     DerpRelay,
     Node,
     PendingRegistration,
-    Policy,
+    PolicyVersion,
     Presence,
     PreAuthKey,
     Share,
@@ -220,11 +220,11 @@ class Store(abc.ABC):
 
     # -- policy (versioned) --------------------------------------------------------------------
     @abc.abstractmethod
-    async def get_policy(self) -> Policy | None:
+    async def get_policy(self) -> PolicyVersion | None:
         """The newest version, or None if none was ever set."""
 
     @abc.abstractmethod
-    async def set_policy(self, text: str) -> Policy:
+    async def set_policy(self, text: str) -> PolicyVersion:
         """Store a new version (previous versions stay for history)."""
 
     # -- pending interactive registrations (bounded) -------------------------------------------

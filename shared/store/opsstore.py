@@ -19,7 +19,7 @@ from trioscale.shared.model import (
     DerpRelay,
     Node,
     PendingRegistration,
-    Policy,
+    PolicyVersion,
     Presence,
     PreAuthKey,
     Share,
@@ -231,10 +231,10 @@ class OpsStore(Store):
         await self._write(op_touch_api_key, key_id, utc(now))
 
     # policy
-    async def get_policy(self) -> Policy | None:
+    async def get_policy(self) -> PolicyVersion | None:
         return await self._read(op_get_policy)
 
-    async def set_policy(self, text: str) -> Policy:
+    async def set_policy(self, text: str) -> PolicyVersion:
         return await self._write(op_set_policy, text, utcnow())
 
     # pending registrations

@@ -25,7 +25,7 @@ from trioscale.shared.model import (
     DerpRelay,
     Node,
     PendingRegistration,
-    Policy,
+    PolicyVersion,
     Presence,
     PreAuthKey,
     Share,
@@ -218,8 +218,8 @@ def api_key_from_row(r: Mapping[str, Any]) -> ApiKey:
     )
 
 
-def policy_from_row(r: Mapping[str, Any]) -> Policy:
-    return Policy(version=int(r["version"]), text=r["text"], created_at=read_time(r["created_at"]))
+def policy_from_row(r: Mapping[str, Any]) -> PolicyVersion:
+    return PolicyVersion(version=int(r["version"]), text=r["text"], created_at=read_time(r["created_at"]))
 
 
 def registration_from_row(r: Mapping[str, Any]) -> PendingRegistration:

@@ -70,7 +70,7 @@ async def _world(nursery, store, tmp_path):
     coord = Coordinator(store, Settings(base_domain=BASE), build_derp_map=lambda r: tailcfg.derp_map(r),
                         ephemeral_timeout=timedelta(seconds=600))
     await nursery.start(coord.run)
-    policy = register.Policy(server_url="http://127.0.0.1", prefix_v4="100.64.0.0/10",
+    policy = register.RegistrationPolicy(server_url="http://127.0.0.1", prefix_v4="100.64.0.0/10",
                              prefix_v6="fd7a:115c:a1e0::/48")
     handlers = ControlHandlers(coord, policy)
     tcfg = TransportConfig(request_timeout=3.0, h2_preface_timeout=2.0, h2_idle_timeout=5.0, send_timeout=3.0)

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from trioscale.config import parse_duration
 from trioscale.context import ServiceContext
 from trioscale.shared.domain.names import InvalidName, validate_label
-from trioscale.services.coord.registration import complete_registration
+from trioscale.services.coord.registration import approve_registration as complete_registration
 from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, User, utcnow
 from trioscale.shared.store.base import Conflict, NotFound, StoreError, StoreUnavailable

@@ -7,11 +7,11 @@
 See docs/policy-conformance.md for how it is checked against Tailscale's own compiler.
 """
 
-from .compile import CompiledPolicy, Policy, Tailnet, compile_policy
+from .compile import CompiledPolicy, Policy, TailnetIndex, compile_policy
 from .errors import PolicyError
 from .model import NodeInfo, UserInfo, node_info, user_info
 
 __all__ = [
-    "CompiledPolicy", "NodeInfo", "Policy", "PolicyError", "Tailnet", "UserInfo", "compile_policy",
+    "CompiledPolicy", "NodeInfo", "Policy", "PolicyError", "TailnetIndex", "UserInfo", "compile_policy",
     "node_info", "user_info",
 ]

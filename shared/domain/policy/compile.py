@@ -2,7 +2,7 @@
 
 Shape of the work (10,000 nodes in mind):
 
-* `Tailnet` keeps the nodes and the indexes every selector is answered from (tag → nodes,
+* `TailnetIndex` keeps the nodes and the indexes every selector is answered from (tag → nodes,
   user → untagged nodes, tagged / untagged sets, effective routes, HA primaries). It is updated per
   node with `set_node` / `remove_node`; nothing is rebuilt from scratch when one node changes.
 * `CompiledPolicy` holds the policy's rules in normalised form and, lazily, each rule's resolved
@@ -111,7 +111,7 @@ class _NodeState:
     cidrs: tuple[str, ...] = ()  # the addresses as text, with length ("100.64.0.1/32")
 
 
-class Tailnet:
+class TailnetIndex:
     """Users and nodes with the indexes selectors are resolved from; updated per node."""
 
     def __init__(self, users: Iterable[UserInfo] = (), nodes: Iterable[NodeInfo] = ()) -> None:
@@ -283,7 +283,7 @@ def _covers(prefixes: Iterable[IPNetwork], route: IPNetwork) -> bool:
 class CompiledPolicy:
     """The policy applied to a tailnet. All node ids are the tailnet's ids."""
 
-    def __init__(self, policy: Policy | None, tailnet: Tailnet) -> None:
+    def __init__(self, policy: Policy | None, tailnet: TailnetIndex) -> None:
         self.policy = policy
         self.p: ParsedPolicy | None = policy.parsed if policy is not None else None
         self.net = tailnet
@@ -1008,7 +1008,7 @@ def compile_policy(
     policy: Policy | None, users: Iterable[UserInfo], nodes: Iterable[NodeInfo]
 ) -> CompiledPolicy:
     """Apply `policy` (None = no policy: allow all) to the tailnet."""
-    return CompiledPolicy(policy, Tailnet(users, nodes))
+    return CompiledPolicy(policy, TailnetIndex(users, nodes))
 
 
-__all__ = ["Policy", "PolicyError", "CompiledPolicy", "Tailnet", "compile_policy"]
+__all__ = ["Policy", "PolicyError", "CompiledPolicy", "TailnetIndex", "compile_policy"]

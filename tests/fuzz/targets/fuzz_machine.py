@@ -2,7 +2,7 @@
 /machine/register or /machine/map body, up to the point where the store is called.
 
 The first byte picks the request; the rest is the HTTP/2 request body as the client sent it.
-Invariants: bad input ends in the handler's own 400 (BadRequest, or ValueError/TypeError from
+Invariants: bad input ends in the handler's own 400 (RequestRefused, or ValueError/TypeError from
 RegisterRequest.from_json, which the handler turns into a 400) and nothing else escapes; what
 reaches the store can be stored: the body is strict JSON (no NaN/Infinity, which Go clients never
 send and PostgreSQL's jsonb refuses), integers fit the store's 64-bit columns, times are aware
@@ -54,7 +54,7 @@ def _register(data: bytes) -> None:
             req = register.RegisterRequest.from_json(body)
         except (ValueError, TypeError):
             return
-    except handlers.BadRequest:
+    except handlers.RequestRefused:
         return
     _storable(body)
     assert len(req.node_key) == keys.KEY_LEN  # (Version is checked, never stored)
@@ -76,7 +76,7 @@ def _map(data: bytes) -> None:
         except keys.KeyFormatError:
             return
         updates = handlers.map_request_updates(_NODE, body)
-    except handlers.BadRequest:
+    except handlers.RequestRefused:
         return
     _storable(body)
     assert node_key is None or len(node_key) == keys.KEY_LEN

@@ -14,7 +14,7 @@ from trioscale.services.coord.control_server import ControlRequest
 from trioscale.shared.model import DerpRelay
 from trioscale.shared.proto import keys, mapframe
 
-POLICY = register.Policy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
+POLICY = register.RegistrationPolicy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
                          prefix_v6="fd7a:115c:a1e0::/48")
 
 

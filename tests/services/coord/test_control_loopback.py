@@ -28,7 +28,7 @@ async def control(nursery):
     coord = Coordinator(store, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r),
                         ephemeral_timeout=timedelta(seconds=60))
     await nursery.start(coord.run)
-    policy = register.Policy(server_url="http://127.0.0.1", prefix_v4="100.64.0.0/10", prefix_v6="fd7a:115c:a1e0::/48")
+    policy = register.RegistrationPolicy(server_url="http://127.0.0.1", prefix_v4="100.64.0.0/10", prefix_v6="fd7a:115c:a1e0::/48")
     handlers = ControlHandlers(coord, policy)
     addr = await nursery.start(serve_control, "127.0.0.1:0", keys.generate_private_key(), handlers.noise, handlers.http)
     host, port = addr.rsplit(":", 1)

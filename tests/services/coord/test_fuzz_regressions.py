@@ -26,7 +26,7 @@ NODE = Node(7, b"m" * 32, b"n" * 32, 1, "laptop", "laptop", "100.64.0.7", None, 
     ],
 )
 def test_json_body_refuses_what_go_never_sends(body: bytes) -> None:
-    with pytest.raises(handlers.BadRequest) as info:
+    with pytest.raises(handlers.RequestRefused) as info:
         handlers._json_body(body)
     assert info.value.status == 400 and "\n" not in str(info.value)
 

@@ -242,7 +242,7 @@ async def test_pings_do_not_keep_an_idle_connection_open(nursery):
 
 # --- the real handlers: deep JSON, and registration lifting the stream limit -----------------------
 
-POLICY = register.Policy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
+POLICY = register.RegistrationPolicy(server_url="http://ctl.example:8080", prefix_v4="100.64.0.0/10",
                          prefix_v6="fd7a:115c:a1e0::/48")
 
 

@@ -246,7 +246,7 @@ async def test_a_coordinator_behind_a_trim_reloads_and_its_sessions_end_right(tm
         coord = Coordinator(store, Settings(base_domain="ts.test"),
                             build_derp_map=lambda relays: tailcfg.derp_map(relays))
         await nursery.start(coord.run)
-        handlers = ControlHandlers(coord, register.Policy(server_url="http://ctl", prefix_v4="100.64.0.0/10",
+        handlers = ControlHandlers(coord, register.RegistrationPolicy(server_url="http://ctl", prefix_v4="100.64.0.0/10",
                                                           prefix_v6=None))
         user = await store.create_user("alice")
         new = secrets.generate_preauth_key()
