@@ -43,7 +43,7 @@ from trioscale.shared.proto.derp import KEY_LEN, PeerGone, PeerPresent, PeerPres
 from trioscale.shared.store.base import ChangesTrimmed
 
 if TYPE_CHECKING:
-    from .server import DerpServer
+    from .router import DerpServer
 
 log = logging.getLogger("trioscale.derp.mesh")
 

@@ -51,7 +51,7 @@ from trioscale.shared.store.base import ChangesTrimmed
 from .mesh import Mesh
 from .options import DerpOptions
 from .ratelog import RateLimitedLog
-from .server import Client, ConnectionClosed, DerpServer, keepalive_delay
+from .router import Client, ConnectionClosed, DerpServer, keepalive_delay
 from .stats import DerpStats
 from .verify import ClientVerifier
 

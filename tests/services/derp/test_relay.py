@@ -12,7 +12,7 @@ import pytest
 import trio
 from derphelpers import FakeStore, make_setup, new_key, public, start_relay
 
-from trioscale.services.derp.server import Client, DerpServer
+from trioscale.services.derp.router import Client, DerpServer
 from trioscale.shared.net import tls as tlsutil
 from trioscale.shared.testing.derpclient import DerpHandshakeError, connect_derp, open_derp_client
 from trioscale.shared.proto import derp as d

@@ -1,4 +1,4 @@
-"""The relay's in-memory core: who is connected, where a key is, per-client send queues.
+"""The relay's router: who is connected, where a key is, per-client send queues.
 
 `DerpServer` owns the key → connection tables and routes packets; it never awaits. Each
 connection is a `Client` with bounded queues (dropping the oldest packet when full, so a reader
