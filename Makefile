@@ -11,6 +11,7 @@ run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
 test: postgres pebble labtools clients $(STAMP)
+	$(VENV)/bin/python tools/lint_layers.py
 	$(VENV)/bin/pytest
 
 # The virtualenv is (re)built only when the packaging files change.

@@ -42,7 +42,7 @@ def check(extra: Mapping[str, str] = {}) -> subprocess.CompletedProcess:
             path.write_text(text)
         lint = Path(sys.executable).with_name("lint-imports")
         return subprocess.run(
-            [str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+            [str(lint), str(REPO / "pyproject.toml"), "--no-cache"],
             cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
             capture_output=True, text=True,
         )
