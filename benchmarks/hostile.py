@@ -89,6 +89,7 @@ from trioscale.shared.testing.noiseclient import (
     open_noise_client,
 )
 from trioscale.shared.proto import keys, mapframe
+from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.net.tls import client_context
 
 READY_TEXT = "trioscale is running"
@@ -131,8 +132,8 @@ def require_loopback(host: str) -> str:
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
-    host, port = addr.rsplit(":", 1)
-    return require_loopback(host.strip("[]")), int(port)
+    host, port = split_host_port(addr)
+    return require_loopback(host), port
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
