@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from trioscale.shared.domain.durations import MAX_DURATION, parse_duration
+from trioscale.shared.net.addr import split_host_port
 
 __all__ = [
     "Kind",
@@ -67,21 +68,8 @@ def show_duration(d: timedelta) -> str:
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' -> (host, port). ValueError if not."""
-    if not isinstance(addr, str) or ":" not in addr:
-        raise ValueError(f"expected host:port, got {addr!r}")
-    if addr.startswith("["):
-        end = addr.find("]")
-        if end < 0 or addr[end + 1 : end + 2] != ":":
-            raise ValueError(f"expected [v6-address]:port, got {addr!r}")
-        host, port_text = addr[1:end], addr[end + 2 :]
-    else:
-        host, port_text = addr.rsplit(":", 1)
-        if ":" in host:
-            raise ValueError(f"write IPv6 addresses as [addr]:port, got {addr!r}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"bad port in {addr!r}")
-    return host, int(port_text)
+    """'host:port' or '[v6]:port' -> (host, port). ValueError if not (the one parser: shared/net/addr)."""
+    return split_host_port(addr)
 
 
 _TRUE = {"1", "true", "yes", "on"}
