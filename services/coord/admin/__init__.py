@@ -1,21 +1,11 @@
-"""The admin API: REST under /api/v1, shaped like Headscale's (app: the routes; server: the listeners)."""
+"""The admin API: REST under /api/v1, shaped like Headscale's.
 
-from .app import (
-    DEFAULT_API_KEY_EXPIRATION,
-    DEFAULT_PREAUTH_EXPIRATION,
-    BadRequest,
-    create_admin_app,
-    validate_tag,
-    validate_user_name,
-)
+app: the app and its error shape; api: what every route shares (handles, auth, body parsing);
+one module per resource, each a blueprint (users, preauthkeys, apikeys, nodes, registrations, tags,
+routes, sharing, policy, sshcheck, health); server: the listeners (unix socket, TCP).
+"""
+
+from .app import create_admin_app
 from .server import serve_admin
 
-__all__ = [
-    "create_admin_app",
-    "serve_admin",
-    "BadRequest",
-    "DEFAULT_PREAUTH_EXPIRATION",
-    "DEFAULT_API_KEY_EXPIRATION",
-    "validate_tag",
-    "validate_user_name",
-]
+__all__ = ["create_admin_app", "serve_admin"]

@@ -1,0 +1,75 @@
+"""Finding the user, node or key a request names; NotFound (404) when there is none."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from trioscale.shared.domain import secrets as keys
+from trioscale.shared.model import ApiKey, Node, PreAuthKey, User
+from trioscale.shared.store.base import NotFound
+
+from .api import InvalidRequest, admin, given, int_id, key_prefix, short
+
+__all__ = ["find_user", "find_node", "find_preauth_key", "find_api_key", "users_by_id"]
+
+
+async def find_user(ref: Any) -> User:
+    """A user by name, or by id when the reference is a number (names are never all digits)."""
+    store = admin().store
+    if isinstance(ref, bool) or ref is None or ref == "":
+        raise InvalidRequest("a user is required")
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        # an id: range-checked, or a 20-digit number would overflow in the database driver
+        user = await store.get_user(int_id(ref, "user"))
+    elif isinstance(ref, str):
+        if len(ref) > 256:
+            raise InvalidRequest(f"invalid user {short(ref)}")
+        user = await store.get_user_by_name(ref)
+    else:
+        raise InvalidRequest(f"invalid user {short(ref)}")
+    if user is None:
+        raise NotFound(f"user {short(ref)} not found")
+    return user
+
+
+async def users_by_id() -> dict[int, User]:
+    return {u.id: u for u in await admin().store.list_users()}
+
+
+async def _find_key(what: str, kind: str, by_id: Callable[[int], Awaitable[Any]],
+                    by_prefix: Callable[[str], Awaitable[Any]], key_id: Any, prefix: Any) -> Any:
+    """A pre-auth or API key named by exactly one of its id or its prefix (or whole key)."""
+    if given(key_id) and given(prefix):
+        raise InvalidRequest(f"give the {what}'s id or its prefix, not both")
+    if given(key_id):
+        key_id = int_id(key_id, what)
+        found, named = await by_id(key_id), f"id {key_id}"
+    elif given(prefix):
+        prefix = key_prefix(prefix, kind, what)
+        shown = prefix if len(prefix) <= 80 else prefix[:60] + "…"
+        found, named = await by_prefix(prefix), f"prefix {shown}"
+    else:
+        raise InvalidRequest(f"give the {what}'s id or prefix")
+    if found is None:
+        raise NotFound(f"{what} {named} not found")
+    return found
+
+
+async def find_preauth_key(key_id: Any, prefix: Any = None) -> PreAuthKey:
+    store = admin().store
+    return await _find_key("pre-auth key", keys.KIND_AUTH, store.get_preauth_key,
+                           store.get_preauth_key_by_prefix, key_id, prefix)
+
+
+async def find_api_key(key_id: Any, prefix: Any = None) -> ApiKey:
+    store = admin().store
+    return await _find_key("API key", keys.KIND_API, store.get_api_key, store.get_api_key_by_prefix,
+                           key_id, prefix)
+
+
+async def find_node(ref: str) -> Node:
+    node = await admin().store.get_node(int_id(ref, "node"))
+    if node is None:
+        raise NotFound(f"node {ref} not found")
+    return node

@@ -1,0 +1,78 @@
+"""Pre-auth keys (`tskey-auth-…`): list, create (the key is in the answer once), expire, delete."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from quart import Blueprint, request
+
+from trioscale.shared.domain import secrets as keys
+from trioscale.shared.model import utcnow
+
+from .api import InvalidRequest, admin, flag, given, json_body, parse_expiration, tag_list, validate_tag
+from .lookups import find_preauth_key, find_user, users_by_id
+from .shapes import preauth_json
+
+DEFAULT_PREAUTH_EXPIRATION = timedelta(hours=1)
+
+blueprint = Blueprint("preauthkeys", __name__)
+
+
+@blueprint.get("/api/v1/preauthkey")
+async def list_preauth_keys() -> Any:
+    ref = request.args.get("user")
+    user_id = (await find_user(ref)).id if ref else None
+    now = utcnow()
+    users = await users_by_id()
+    pks = await admin().store.list_preauth_keys(user_id)
+    return {"pre_auth_keys": [preauth_json(k, users, now) for k in pks]}
+
+
+@blueprint.post("/api/v1/preauthkey")
+async def create_preauth_key() -> Any:
+    store, log = admin().store, admin().log
+    data = await json_body()
+    user = await find_user(data.get("user"))
+    reusable = flag(data, "reusable")
+    ephemeral = flag(data, "ephemeral")
+    tags_in = tag_list(data.get("acl_tags", data.get("tags", [])) or [], "acl_tags")
+    tags = tuple(dict.fromkeys(validate_tag(t) for t in tags_in))
+    now = utcnow()
+    expiration = parse_expiration(data.get("expiration"), DEFAULT_PREAUTH_EXPIRATION, now)
+    new = keys.generate_preauth_key()
+    pk = await store.create_preauth_key(
+        user.id,
+        new.prefix,
+        new.key_hash,
+        reusable=reusable,
+        ephemeral=ephemeral,
+        tags=tags,
+        expiration=expiration,
+    )
+    log.info("pre-auth key created: id %d prefix %s for user %s", pk.id, pk.prefix, user.name)
+    body = preauth_json(pk, {user.id: user}, now)
+    body["key"] = new.text
+    return {"pre_auth_key": body}, 201
+
+
+@blueprint.post("/api/v1/preauthkey/expire")
+async def expire_preauth_key() -> Any:
+    data = await json_body()
+    pk = await find_preauth_key(data.get("id"), data.get("prefix") or data.get("key"))
+    now = utcnow()
+    pk = await admin().store.expire_preauth_key(pk.id, now)
+    admin().log.info("pre-auth key expired: id %d", pk.id)
+    return {"pre_auth_key": preauth_json(pk, await users_by_id(), now)}
+
+
+# Headscale (0.28+) names the key by id only, in the query: a DELETE has no body
+@blueprint.delete("/api/v1/preauthkey")
+async def delete_preauth_key() -> Any:
+    if not given(request.args.get("id")):
+        raise InvalidRequest("give the pre-auth key's id (?id=N)")
+    pk = await find_preauth_key(request.args.get("id"))
+    users = await users_by_id()
+    await admin().store.delete_preauth_key(pk.id)
+    admin().log.info("pre-auth key deleted: id %d prefix %s", pk.id, pk.prefix)
+    return {"pre_auth_key": preauth_json(pk, users, utcnow())}

@@ -1,0 +1,59 @@
+"""Sharing a node with another user:
+
+    POST   /api/v1/node/{id}/share         {"user": "bob"}   share a node with a user
+    DELETE /api/v1/node/{id}/share/{user}                     stop sharing it
+    GET    /api/v1/shares[?node=ID]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, request
+
+from trioscale.shared.store.base import Conflict, NotFound
+
+from .api import admin, json_body
+from .lookups import find_node, find_user, users_by_id
+from .shapes import share_json
+
+blueprint = Blueprint("sharing", __name__)
+
+
+@blueprint.post("/api/v1/node/<ref>/share")
+async def share_node(ref: str) -> Any:
+    handles = admin()
+    node = await find_node(ref)
+    data = await json_body()
+    user = await find_user(data.get("user"))
+    if node.user_id == user.id and not node.tags:
+        raise Conflict(f"node {node.id} already belongs to user {user.name!r}")
+    share = await handles.store.add_share(node.id, user.id)
+    handles.log.info("node %d shared with user %s", node.id, user.name)
+    await handles.caught_up()
+    return {"share": share_json(share, {node.id: node}, {user.id: user})}, 201
+
+
+@blueprint.delete("/api/v1/node/<ref>/share/<user_ref>")
+async def unshare_node(ref: str, user_ref: str) -> Any:
+    handles = admin()
+    node = await find_node(ref)
+    user = await find_user(user_ref)
+    try:
+        await handles.store.remove_share(node.id, user.id)
+    except NotFound:
+        raise NotFound(f"node {node.id} is not shared with user {user.name!r}") from None
+    handles.log.info("node %d no longer shared with user %s", node.id, user.name)
+    await handles.caught_up()
+    return {}
+
+
+@blueprint.get("/api/v1/shares")
+async def list_shares() -> Any:
+    store = admin().store
+    ref = request.args.get("node")
+    node_id = (await find_node(ref)).id if ref else None
+    shares = await store.list_shares(node_id)
+    nodes = {n.id: n for n in await store.list_nodes()}
+    users = await users_by_id()
+    return {"shares": [share_json(s, nodes, users) for s in shares]}

@@ -1,0 +1,36 @@
+"""POST /api/v1/node/{id}/tags {"tags": ["tag:a"]}: set (or, with [], clear) a node's tags. A
+tagged node is owned by its tags and does not expire; with a policy, each tag must be in tagOwners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+
+from trioscale.shared.model import utcnow
+
+from .api import InvalidRequest, admin, json_body, tag_list, validate_tag
+from .lookups import find_node, users_by_id
+from .shapes import node_json
+
+blueprint = Blueprint("tags", __name__)
+
+
+@blueprint.post("/api/v1/node/<ref>/tags")
+async def tag_node(ref: str) -> Any:
+    handles = admin()
+    node = await find_node(ref)
+    data = await json_body()
+    tags = tuple(sorted(dict.fromkeys(validate_tag(t) for t in tag_list(data.get("tags", []), "tags"))))
+    c = handles.coordinator
+    if tags and c is not None and c.policy.has_policy:
+        undefined = [t for t in tags if not c.policy.tag_defined(t)]
+        if undefined:
+            raise InvalidRequest(f"tag(s) {', '.join(undefined)} not defined in the policy's tagOwners")
+    fields: dict[str, Any] = {"tags": tags}
+    if tags:
+        fields["expiry"] = None  # a tagged node does not expire
+    node = await handles.store.update_node(node.id, **fields)
+    handles.log.info("node %d tags set to %s", node.id, ",".join(tags) or "(none)")
+    await handles.caught_up()
+    return {"node": node_json(node, await users_by_id(), utcnow(), handles.is_online(node.id))}
