@@ -83,7 +83,7 @@ def test_real_clients_on_two_hosts_join_through_the_lb_and_get_hello(cluster, cl
 
 
 async def admin(replica, method: str, path: str):
-    from trioscale.services.coord.adminclient import AdminClient
+    from trioscale.cli.client import AdminClient
 
     client = AdminClient(socket_path=str(replica.cluster.sockdir / f"{replica.name}.sock"))
     return await trio.to_thread.run_sync(client.request, method, path)

@@ -1,18 +1,18 @@
 """A small blocking client for the admin API (used by the CLI): the unix socket, or TCP + API key.
 
-Standard library only (http.client), so the CLI starts fast and needs no event loop.
+Blocking http.client and no event loop, so the CLI starts fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import socket
 import ssl
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+from trioscale.shared.net.unixpath import short_unix_path
 
 __all__ = ["AdminClient", "ApiError", "ConnectError"]
 
@@ -28,26 +28,6 @@ class ApiError(Exception):
 
 class ConnectError(Exception):
     """The server could not be reached."""
-
-
-#: longest unix socket path we hand to bind/connect directly (sun_path is 108 bytes on Linux)
-MAX_UNIX_PATH = 100
-
-
-@contextlib.contextmanager
-def short_unix_path(path: str | os.PathLike[str]):
-    """Yield a path usable with bind()/connect() for `path`, however long: a path longer than
-    sun_path is reached through /proc/self/fd/<dir-fd>/<name> (Linux)."""
-    path = os.fspath(path)
-    if len(path.encode()) <= MAX_UNIX_PATH or not os.path.isdir("/proc/self/fd"):
-        yield path
-        return
-    folder, name = os.path.split(path)
-    fd = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0))
-    try:
-        yield f"/proc/self/fd/{fd}/{name}"
-    finally:
-        os.close(fd)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

@@ -1,9 +1,9 @@
-"""`trioscale debug policy-case FILE -o json`: run one policy conformance case through the engine.
+"""What `trioscale debug policy-case FILE -o json` computes: one policy conformance case run through the engine.
 
 `run_case(path)` returns what the engine computes, in the shape of the case's `expect` (hostname →
 packet_filter_rules, peers, ssh_policy, self_cap_map, self_allowed_ips, self_primary_routes) plus
 two top-level keys, `"accepted"` (bool) and `"error"` (the rejection reason or None). When the
-policy is rejected only those two keys are present. `python -m trioscale.debug_policy FILE` prints it as JSON.
+policy is rejected only those two keys are present. `python -m trioscale.cli.policycase FILE` prints it as JSON.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def run_case(path: str | Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m trioscale.debug_policy CASE.json", file=sys.stderr)
+        print("usage: python -m trioscale.cli.policycase CASE.json", file=sys.stderr)
         return 2
     json.dump(run_case(args[0]), sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")

@@ -1,0 +1,23 @@
+"""`trioscale version`."""
+
+from __future__ import annotations
+
+import click
+
+from .base import emit_json, fmt, output_option
+
+
+@click.command("version")
+@output_option
+def version(output: str | None) -> None:
+    """Print the version."""
+    from importlib.metadata import PackageNotFoundError, version as pkg_version
+
+    try:
+        v = pkg_version("trioscale")
+    except PackageNotFoundError:  # pragma: no cover
+        v = "unknown"
+    if fmt(output) == "json":
+        emit_json({"version": v})
+    else:
+        click.echo(f"trioscale {v}")
