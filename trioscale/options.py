@@ -11,7 +11,7 @@ same rules as at start, and builds its options anew.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,9 +28,11 @@ from trioscale.services.derp.options import DerpOptions
 from trioscale.services.dns.options import DnsOptions
 from trioscale.services.stun.options import StunOptions
 from trioscale.shared.net.addr import split_host_port
+from trioscale.shared.net.limits import ListenerCaps, listener_caps
 
 __all__ = [
     "admin_options",
+    "connection_caps",
     "coord_options",
     "derp_options",
     "dns_config_options",
@@ -169,6 +171,15 @@ def admin_options(config: Config) -> AdminOptions:
         policy=_policy(config),
         registration=registration_policy(config),
     )
+
+
+def connection_caps(config: Config, listeners: Sequence[str]) -> dict[str, ListenerCaps]:
+    """The configured caps (``limits.<name>.*``) of `listeners`; "admin_unix" shares the admin keys."""
+    out: dict[str, ListenerCaps] = {}
+    for name in listeners:
+        keys = getattr(config.limits, name.split("_", 1)[0])
+        out[name] = listener_caps(name, keys.max_connections, keys.max_connections_per_source)
+    return out
 
 
 def reloader(config: Config, build: Callable[[Config], T]) -> Callable[[], T] | None:

@@ -27,12 +27,10 @@ from trioscale.config import Config, split_hostport
 from trioscale.shared.net.limits import (
     ConnectionLimiter,
     ListenerCaps,
-    configured_caps,
     install_budget,
     limiter_stats,
     plan_budget,
     raise_descriptor_limit,
-    reserved_descriptors,
     standalone_limiter,
 )
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
@@ -218,7 +216,7 @@ def _plan_connection_caps(config: Config, listeners: Sequence[str]) -> dict[str,
     """Raise the descriptor limit as far as allowed, then fit every listener's cap under it, so a
     flood that fills one listener leaves descriptors for the others (and for files and the store)."""
     soft, hard = raise_descriptor_limit()
-    caps, note = plan_budget(configured_caps(config, listeners), soft, reserved_descriptors(config))
+    caps, note = plan_budget(options.connection_caps(config, listeners), soft, config.limits.reserved_descriptors)
     if note is not None:
         log.warning("%s", note)
     log.debug("descriptor limit %d (hard %s); connection caps %s", soft, hard,

@@ -21,15 +21,16 @@ __all__ = [
     "ConnectionLimiter",
     "ListenerCaps",
     "LogThrottle",
-    "configured_caps",
+    "default_caps",
     "install_budget",
     "limiter_stats",
     "plan_budget",
     "raise_descriptor_limit",
-    "reserved_descriptors",
+    "listener_caps",
     "source_key",
     "standalone_limiter",
     "DEFAULT_CAPS",
+    "DEFAULT_RESERVED",
     "LISTENERS",
 ]
 
@@ -43,7 +44,8 @@ class ListenerCaps:
     max_connections_per_source: int
 
 
-#: mirror of the config defaults, for callers that run a listener without a Config
+#: mirror of the config defaults (``limits.*``), for callers that run a listener without a
+#: configuration: tests, tools, a service started on its own
 DEFAULT_CAPS: dict[str, ListenerCaps] = {
     "control": ListenerCaps(16384, 4096),
     "derp": ListenerCaps(16384, 4096),
@@ -51,6 +53,7 @@ DEFAULT_CAPS: dict[str, ListenerCaps] = {
     "dns": ListenerCaps(128, 32),
     "health": ListenerCaps(64, 16),
 }
+DEFAULT_RESERVED = 1024
 
 
 def source_key(host: Any) -> str:
@@ -251,24 +254,21 @@ def _current_descriptor_limit() -> int:
 # --- the limiters of a process ------------------------------------------------------------------
 
 
-def configured_caps(config: Any, names: Any = LISTENERS) -> dict[str, ListenerCaps]:
-    """The caps of `names` as configured (``limits.<name>.*``), defaults where there is no key."""
-    limits = getattr(config, "limits", None)
+def listener_caps(name: str, max_connections: int, max_per_source: int) -> ListenerCaps:
+    """The caps of listener `name`. The admin unix socket ("admin_unix") shares the admin keys, but
+    every local peer there is the same (empty) source, so its per-source cap is its total."""
+    if name == "admin_unix":
+        max_per_source = max_connections
+    return ListenerCaps(max_connections, min(max_per_source, max_connections))
+
+
+def default_caps(names: Any = LISTENERS) -> dict[str, ListenerCaps]:
+    """The caps of `names` for listeners run without a configuration (tests, tools)."""
     out: dict[str, ListenerCaps] = {}
     for name in names:
-        base = name.split("_", 1)[0]  # "admin_unix" shares the admin keys
-        default = DEFAULT_CAPS[base]
-        rec = getattr(limits, base, None)
-        total = int(getattr(rec, "max_connections", default.max_connections))
-        per = int(getattr(rec, "max_connections_per_source", default.max_connections_per_source))
-        if name == "admin_unix":
-            per = total  # every local peer is the same (empty) source
-        out[name] = ListenerCaps(total, min(per, total))
+        c = DEFAULT_CAPS[name.split("_", 1)[0]]
+        out[name] = listener_caps(name, c.max_connections, c.max_connections_per_source)
     return out
-
-
-def reserved_descriptors(config: Any) -> int:
-    return int(getattr(getattr(config, "limits", None), "reserved_descriptors", 1024))
 
 
 def install_budget(caps: Mapping[str, ListenerCaps]) -> dict[str, ConnectionLimiter]:
@@ -280,7 +280,7 @@ def install_budget(caps: Mapping[str, ListenerCaps]) -> dict[str, ConnectionLimi
 def standalone_limiter(name: str) -> ConnectionLimiter:
     """A limiter for listener `name` run on its own (a test, a benchmark, a tool): the default caps
     fitted to the current descriptor limit."""
-    caps, _ = plan_budget(configured_caps(None, [name]), _current_descriptor_limit(), reserved_descriptors(None))
+    caps, _ = plan_budget(default_caps([name]), _current_descriptor_limit(), DEFAULT_RESERVED)
     c = caps[name]
     return ConnectionLimiter(name, c.max_connections, c.max_connections_per_source)
 

@@ -64,3 +64,14 @@ def test_reloader_reads_the_file_again(tmp_path: Path):
     conf.write_text(yaml.safe_dump({"dns": {"magic_dns": "perhaps"}}))
     with pytest.raises(ValueError, match="magic_dns"):
         reload()
+
+
+def test_connection_caps_from_the_limits_keys():
+    from trioscale.options import connection_caps
+    from trioscale.shared.net.limits import ListenerCaps
+
+    cfg = config_from_dict({"limits": {"admin": {"max_connections": 40, "max_connections_per_source": 4},
+                                       "dns": {"max_connections": 8, "max_connections_per_source": 2}}})
+    caps = connection_caps(cfg, ["dns", "admin", "admin_unix"])
+    assert caps == {"dns": ListenerCaps(8, 2), "admin": ListenerCaps(40, 4),
+                    "admin_unix": ListenerCaps(40, 40)}  # every local peer is one source

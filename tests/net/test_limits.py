@@ -16,7 +16,7 @@ from trioscale.shared.net.limits import (
     ConnectionLimiter,
     ListenerCaps,
     LogThrottle,
-    configured_caps,
+    default_caps,
     plan_budget,
     source_key,
 )
@@ -100,7 +100,7 @@ def test_log_throttle_counts_what_it_held_back() -> None:
 
 
 def test_budget_keeps_caps_that_fit() -> None:
-    caps = configured_caps(None, ["control", "derp", "admin", "admin_unix", "dns"])
+    caps = default_caps(["control", "derp", "admin", "admin_unix", "dns"])
     planned, note = plan_budget(caps, 1 << 20, 1024)
     assert note is None and planned == caps
     assert planned["control"] == ListenerCaps(16384, 4096)
@@ -109,7 +109,7 @@ def test_budget_keeps_caps_that_fit() -> None:
 
 @given(nofile=st.integers(8, 200_000), reserved=st.integers(0, 5000))
 def test_budget_scales_caps_below_the_limit(nofile: int, reserved: int) -> None:
-    caps = configured_caps(None, ["control", "derp", "admin", "admin_unix", "dns", "health"])
+    caps = default_caps(["control", "derp", "admin", "admin_unix", "dns", "health"])
     planned, note = plan_budget(caps, nofile, reserved)
     total = sum(c.max_connections for c in planned.values())
     if note is None:
@@ -123,7 +123,7 @@ def test_budget_scales_caps_below_the_limit(nofile: int, reserved: int) -> None:
 
 
 def test_budget_note_for_a_low_limit() -> None:
-    caps = configured_caps(None, ["control", "derp", "admin", "admin_unix", "dns"])
+    caps = default_caps(["control", "derp", "admin", "admin_unix", "dns"])
     planned, note = plan_budget(caps, 1024, 1024)
     assert note is not None and note.startswith("descriptor limit 1024 is too low")
     assert sum(c.max_connections for c in planned.values()) <= 1024 - 256
