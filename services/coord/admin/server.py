@@ -21,12 +21,12 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
-from trioscale.config import split_hostport
-from trioscale.context import ServiceContext
-from trioscale.services.coord.adminclient import short_unix_path
-from trioscale.shared.net.limits import ConnectionLimiter, connection_limiter
+from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
+from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.net.listen import serve_stream_sockets
+from trioscale.shared.net.unixpath import short_unix_path
 
+from ..options import AdminOptions
 from .app import create_admin_app
 
 __all__ = ["serve_admin"]
@@ -68,7 +68,7 @@ def _bind_unix(path: Path, mode: int) -> socket.socket:
 
 
 def _bind_tcp(addr: str) -> tuple[socket.socket, str]:
-    host, port = split_hostport(addr)
+    host, port = split_host_port(addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -123,34 +123,41 @@ async def _serve_app(
 
 
 async def serve_admin(
-    ctx: ServiceContext, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
+    options: AdminOptions,
+    store: Any,
+    *,
+    coordinator: Any | None,
+    limiter: ConnectionLimiter | None = None,
+    unix_limiter: ConnectionLimiter | None = None,
+    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin API on the unix socket (+ TCP with API keys when admin.listen_addr is set).
 
+    `coordinator` is this process's (None: the answers do not wait for one); `limiter` and
+    `unix_limiter` cap the TCP listener and the unix socket (default: listeners of their own).
     Reports {"admin_unix": path, "admin_tcp": "host:port"?}. Removes the socket file on the way out.
     """
-    cfg = ctx.config
-    log = ctx.log.getChild("admin")
+    log = logging.getLogger("trioscale.admin")
     http_log = logging.getLogger("trioscale.admin.http")
-    path = Path(cfg.unix_socket)
-    unix_sock = _bind_unix(path, cfg.unix_socket_mode)
+    path = options.unix_socket
+    unix_sock = _bind_unix(path, options.unix_socket_mode)
     inode = os.stat(path).st_ino
     addresses: dict[str, str] = {"admin_unix": str(path)}
     tcp_sock = None
     try:
-        if cfg.admin.listen_addr:
-            tcp_sock, shown = _bind_tcp(cfg.admin.listen_addr)
+        if options.listen_addr:
+            tcp_sock, shown = _bind_tcp(options.listen_addr)
             addresses["admin_tcp"] = shown
         async with trio.open_nursery() as nursery:
-            unix_limiter = connection_limiter(ctx, "admin_unix")
+            local_app = create_admin_app(options, store, coordinator=coordinator, require_auth=False)
             await nursery.start(
-                partial(_serve_app, limiter=unix_limiter), create_admin_app(ctx, require_auth=False), unix_sock, http_log
+                partial(_serve_app, limiter=unix_limiter or standalone_limiter("admin_unix")), local_app, unix_sock, http_log
             )
             log.info("admin API (local, no auth) on unix socket %s", path)
             if tcp_sock is not None:
-                tcp_limiter = connection_limiter(ctx, "admin")
+                remote_app = create_admin_app(options, store, coordinator=coordinator, require_auth=True)
                 await nursery.start(
-                    partial(_serve_app, limiter=tcp_limiter), create_admin_app(ctx, require_auth=True), tcp_sock, http_log
+                    partial(_serve_app, limiter=limiter or standalone_limiter("admin")), remote_app, tcp_sock, http_log
                 )
                 log.info("admin API (API keys required) on http://%s", addresses["admin_tcp"])
             task_status.started(addresses)
