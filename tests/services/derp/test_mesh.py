@@ -141,7 +141,7 @@ async def test_reuse_port_processes_share_a_port_and_mesh(nursery, tmp_path):
     ra = await start_relay(nursery, tmp_path / "a", reuse_port=True, heartbeat_interval=0.5,
                            setup=make_setup(tmp_path / "a", verify=False, store=store, mesh_key=MESH_KEY))
     setup_b = make_setup(tmp_path / "b", verify=False, store=store, mesh_key=MESH_KEY,
-                     listen_addr=f"127.0.0.1:{ra.port}")
+                         listen_addr=f"127.0.0.1:{ra.port}")
     rb = await start_relay(nursery, tmp_path / "b", reuse_port=True, heartbeat_interval=0.5, setup=setup_b)
     assert rb.port == ra.port
     assert ra.svc.relay.name != rb.svc.relay.name
