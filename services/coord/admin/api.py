@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from quart import Response, current_app, jsonify, request
@@ -24,16 +24,23 @@ from trioscale.shared.store.base import Store
 
 from ..options import AdminOptions
 
+if TYPE_CHECKING:
+    from ..coordinator import Coordinator
+
 __all__ = [
     "Admin",
+    "APPLY_WAIT",
     "InvalidRequest",
+    "install",
     "admin",
     "error_response",
     "api_key_accepted",
+    "parse_json_object",
     "json_body",
     "flag",
     "text_field",
     "int_id",
+    "MAX_ID",
     "given",
     "short",
     "key_prefix",
@@ -48,19 +55,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Admin:
-    """The handles the routes work with, one per app (the unix socket's and TCP's share them)."""
+    """The handles the routes work with, installed on each app (the unix socket's and TCP's hold
+    the same ones) and found from the request with `admin()`."""
 
     options: AdminOptions
     store: Store
     log: logging.Logger
     #: this process's coordinator, or None (the admin API may run where no coordinator does)
-    coordinator: Any | None
+    coordinator: Coordinator | None
 
     def is_online(self, node_id: int) -> bool | None:
         """Whether a map session of this process serves the node (None: no coordinator here)."""
         coord = self.coordinator
         return None if coord is None else node_id in coord.tailnet.online
-
 
     async def caught_up(self) -> None:
         """Wait (at most `APPLY_WAIT`) until this process's coordinator has installed the change
