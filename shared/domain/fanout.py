@@ -194,17 +194,25 @@ def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any
 
 
 def sessions_that_may_know(tailnet: Tailnet, sessions: Sessions, node_id: int) -> list[Collection[SessionView]]:
-    """The session sets whose `sent` may hold `node_id`. Visibility is symmetric (the policy's
-    peers are "traffic allowed in either direction", shares show both sides) and the fan-out
-    keeps every session's `sent` equal to what its viewer may see, so only the viewers among
-    the node's own visible peers qualify: O(peers), not O(sessions) per online change (10,000
-    sessions coming online were O(N²)). Without a policy view of the node: every session."""
+    """The session sets whose `sent` may hold `node_id` (see `viewers_that_may_know`)."""
+    viewers = viewers_that_may_know(tailnet, sessions, node_id)
+    return list(sessions.values()) if viewers is None else [views for _, views in viewers]
+
+
+def viewers_that_may_know(tailnet: Tailnet, sessions: Sessions,
+                          node_id: int) -> list[tuple[int, Collection[SessionView]]] | None:
+    """(viewer id, its sessions) for the viewers that may see `node_id`; None = maybe anyone.
+    Visibility is symmetric (the policy's peers are "traffic allowed in either direction", shares
+    show both sides) and the fan-out keeps every session's `sent` equal to what its viewer may see,
+    so only the viewers among the node's own visible peers qualify: O(peers), not O(sessions) per
+    online or endpoint change (10,000 sessions coming online were O(N²)). Without a policy view of
+    the node: anyone."""
     policy = tailnet.policy
     if policy is not None and tailnet.visibility == policy.can_see and policy.known(node_id):
         peers = policy.visible_ids(node_id)
         if len(peers) < len(sessions):
-            return [sessions[v] for v in peers if v in sessions]
-    return list(sessions.values())
+            return [(v, sessions[v]) for v in peers if v in sessions]
+    return None
 
 
 # -- filter text ---------------------------------------------------------------------------------------
@@ -343,7 +351,16 @@ class _Run:
         policy_changed, routers_moved, audience = self.policy_node_set(new)
         now = self.now
         cache: dict[Any, Message] = {}
-        for viewer_id, views in self.sessions.items():
+        # when the policy's picture of the node is unchanged, so is who may see it: only the node's
+        # own sessions and those of its visible peers can be told anything (endpoint churn)
+        viewers = None if policy_changed else viewers_that_may_know(tailnet, self.sessions, new.id)
+        if viewers is None:
+            viewers = list(self.sessions.items())
+        else:
+            viewers = [(v, views) for v, views in viewers if v != new.id]  # its own: once, below
+            if new.id in self.sessions:
+                viewers.append((new.id, self.sessions[new.id]))
+        for viewer_id, views in viewers:
             viewer = tailnet.nodes.get(viewer_id)
             if viewer is None:
                 continue
