@@ -16,13 +16,13 @@ import trio
 from trioscale.shared.model import utcnow
 from trioscale.shared.store.base import NotFound, Store, StoreError, StoreUnavailable
 
+from .register import PENDING_LIFETIME
+
 log = logging.getLogger("trioscale.coord")
 
 #: how often a coordinator drops expired pending logins and trims the change log below the
 #: positions of its live subscribers
 HOUSEKEEPING_INTERVAL = 60.0
-#: pending interactive logins older than this are gone (register.PENDING_LIFETIME)
-PENDING_LIFETIME = timedelta(minutes=15)
 
 
 class Housekeeping:

@@ -50,10 +50,6 @@ def parse_and_check(text: str, users: Iterable[User], nodes: Iterable[Node]) -> 
     return policy
 
 
-def error_text(exc: PolicyError) -> str:
-    return str(exc)
-
-
 class PolicyHost:
     def __init__(self, online: Callable[[], set[int]] | None = None) -> None:
         self.policy: Policy | None = None
