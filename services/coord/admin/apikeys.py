@@ -11,7 +11,8 @@ from quart import Blueprint, request
 from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import utcnow
 
-from .api import admin, json_body, parse_expiration
+from .api import admin, json_body
+from .fields import parse_expiration
 from .lookups import find_api_key
 from .shapes import apikey_json
 

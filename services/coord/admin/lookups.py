@@ -9,7 +9,8 @@ from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import ApiKey, Node, PreAuthKey, User
 from trioscale.shared.store.base import NotFound
 
-from .api import InvalidRequest, admin, given, int_id, key_prefix, short
+from .api import InvalidRequest, admin
+from .fields import given, int_id, key_prefix, short
 
 __all__ = ["find_user", "find_node", "find_preauth_key", "find_api_key", "users_by_id"]
 

@@ -10,7 +10,8 @@ from trioscale.shared.domain.names import validate_label
 from trioscale.shared.model import utcnow
 from trioscale.shared.store.base import Conflict
 
-from .api import admin, json_body, parse_timestamp
+from .api import admin, json_body
+from .fields import parse_timestamp
 from .lookups import find_node, find_user, users_by_id
 from .shapes import node_json
 

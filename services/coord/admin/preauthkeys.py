@@ -10,7 +10,8 @@ from quart import Blueprint, request
 from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import utcnow
 
-from .api import InvalidRequest, admin, flag, given, json_body, parse_expiration, tag_list, validate_tag
+from .api import InvalidRequest, admin, json_body
+from .fields import flag, given, parse_expiration, tag_list, validate_tag
 from .lookups import find_preauth_key, find_user, users_by_id
 from .shapes import preauth_json
 

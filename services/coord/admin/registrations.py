@@ -10,7 +10,8 @@ from quart import Blueprint, request
 from trioscale.services.coord.registration import approve_registration
 from trioscale.shared.model import Node, utcnow
 
-from .api import InvalidRequest, admin, json_body, short
+from .api import InvalidRequest, admin, json_body
+from .fields import short
 from .lookups import find_user, users_by_id
 from .shapes import node_json, registration_json
 

@@ -21,8 +21,8 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
-from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.net.addr import split_host_port
+from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.net.listen import serve_stream_sockets
 from trioscale.shared.net.unixpath import short_unix_path
 

@@ -9,7 +9,8 @@ from quart import Blueprint
 
 from trioscale.shared.model import utcnow
 
-from .api import InvalidRequest, admin, json_body, short
+from .api import InvalidRequest, admin, json_body
+from .fields import short
 
 _AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 

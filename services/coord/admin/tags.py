@@ -9,7 +9,8 @@ from quart import Blueprint
 
 from trioscale.shared.model import utcnow
 
-from .api import InvalidRequest, admin, json_body, tag_list, validate_tag
+from .api import InvalidRequest, admin, json_body
+from .fields import tag_list, validate_tag
 from .lookups import find_node, users_by_id
 from .shapes import node_json
 

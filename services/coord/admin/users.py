@@ -8,7 +8,8 @@ from quart import Blueprint, request
 
 from trioscale.shared.store.base import Conflict
 
-from .api import InvalidRequest, admin, int_id, json_body, text_field, validate_user_name
+from .api import InvalidRequest, admin, json_body
+from .fields import int_id, text_field, validate_user_name
 from .lookups import find_user
 from .shapes import user_json
 
