@@ -41,7 +41,7 @@ def _check_round_trip(t: int, payload: bytes, ev: object) -> None:
 
 
 def _steady(conn: d.DerpServerConnection, data: bytes) -> None:
-    """The relay's reader loop (services/derp/server.py Client.reader), mesh peer, minus I/O."""
+    """The relay's reader loop (services/derp/router.py Client.reader), mesh peer, minus I/O."""
     for piece in chunks(data):
         for t, payload in conn.receive_frames(piece):
             assert conn._decoder.buffered <= 5 + _MAXF  # noqa: SLF001
