@@ -6,7 +6,6 @@ the admin API is handed), the control listener's accounting and its address.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from trioscale.shared.proto.control import TransportStats
 from .coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.netmap import Settings, dns_config
+from trioscale.shared.domain.reversedns import reverse_zones
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .options import CoordOptions, DnsConfigOptions
@@ -32,21 +32,6 @@ from .presence import PresenceTracker
 from .control_server import serve_control
 
 log = logging.getLogger("trioscale.coord")
-
-
-def reverse_zones(prefix: str) -> list[str]:
-    """The reverse-DNS zones covering a tailnet prefix (on octet / nibble boundaries)."""
-    net = ipaddress.ip_network(prefix)
-    if net.version == 4:
-        boundary = ((net.prefixlen + 7) // 8) * 8
-        subnets = net.subnets(new_prefix=boundary) if boundary > net.prefixlen else [net]
-        return [
-            ".".join(reversed(str(sub.network_address).split(".")[: boundary // 8])) + ".in-addr.arpa"
-            for sub in subnets
-        ]
-    boundary = ((net.prefixlen + 3) // 4) * 4
-    nibbles = net.network_address.exploded.replace(":", "")[: boundary // 4]
-    return [".".join(reversed(nibbles)) + ".ip6.arpa"]
 
 
 def static_regions(options: CoordOptions) -> list[dict[str, Any]]:

@@ -21,13 +21,13 @@ non-terminals, e.g. ``0.64.100.in-addr.arpa``) exist: NODATA, not NXDOMAIN.
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from trioscale.shared.domain.extrarecords import check_extra_records, normalize_name, parse_extra_records, valid_name
+from trioscale.shared.domain.reversedns import reverse_zones
 
 from .txt import TxtRecords
 
@@ -47,8 +47,6 @@ NXDOMAIN = "NXDOMAIN"
 
 DEFAULT_TTL = 60
 NEGATIVE_TTL = 30
-#: most reverse zones generated for one prefix (100.64.0.0/10 needs 64)
-MAX_REVERSE_ZONES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +69,6 @@ class Lookup:
     answers: tuple[Record, ...] = ()
     authority: tuple[Record, ...] = ()
     apex: str | None = None
-
-
-def reverse_zones(prefix: str) -> list[str]:
-    """The reverse zones covering `prefix`, cut at octet (IPv4) or nibble (IPv6) boundaries."""
-    net = ipaddress.ip_network(prefix, strict=False)
-    step = 8 if net.version == 4 else 4
-    bits = max(step, math.ceil(net.prefixlen / step) * step)
-    count = 1 << (bits - net.prefixlen) if bits > net.prefixlen else 1
-    if count > MAX_REVERSE_ZONES:
-        raise ValueError(f"{prefix}: would need {count} reverse zones (limit {MAX_REVERSE_ZONES})")
-    out = []
-    for sub in net.subnets(new_prefix=bits) if bits > net.prefixlen else [net]:
-        labels = sub.network_address.reverse_pointer.split(".")
-        # reverse_pointer has one label per octet/nibble plus the 2-label suffix
-        keep = bits // step
-        total = (32 if net.version == 4 else 128) // step
-        out.append(".".join(labels[total - keep :]))
-    return out
 
 
 _Key = tuple[str, str, str]  # (name, rtype, value)

@@ -20,8 +20,10 @@ from trioscale.services.coord.coordinator import Coordinator
 from trioscale.shared.domain import dnsconfig, tailcfg
 from trioscale.shared.domain.netmap import Settings, dns_config
 from trioscale.services.coord.handlers import ControlHandlers
+from trioscale.services.coord.options import DnsConfigOptions
 from trioscale.services.coord.service import dns_config_from
 from trioscale.services.dns.service import DnsService, DnsTuning, serve as serve_dns
+from trioscale.services.dns.zone import Zone
 from trioscale.shared.domain import secrets
 from trioscale.shared.model import utcnow
 from trioscale.shared.store.sqlite import SqliteStore
@@ -240,6 +242,18 @@ def test_dns_config_resolvers_routes_and_extra_records():
     assert over["Resolvers"] == [{"Addr": "9.9.9.9"}] and "FallbackResolvers" not in over
     assert "Routes" not in over and over["Proxied"] is False  # reverse zones only with MagicDNS
     assert "CertDomains" not in over  # CertDomains are per node
+
+
+def test_magicdns_routes_every_reverse_zone_the_dns_server_answers():
+    # a prefix between two nibbles (/49) is eight zones: routing one of them sent the other
+    # seven's PTR queries elsewhere
+    prefixes = ("100.64.0.0/10", "fd7a:115c:a1e0::/49")
+    options = DnsConfigOptions(magic_dns=True, base_domain=BASE, override_local_dns=False, nameservers=(),
+                               split_nameservers={}, search_domains=(), extra_records=(),
+                               extra_records_path=None, prefixes=prefixes)
+    routed = {name for name, resolvers in dns_config_from(options)["Routes"].items() if resolvers is None}
+    assert routed == Zone(BASE, prefixes).apexes - {BASE}
+    assert len(routed) == 64 + 8
 
 
 def test_for_node_and_cert_domain():
