@@ -373,6 +373,7 @@ class _Run:
                             body["DNSConfig"] = dns
                     message = Message(body)
                     for view in views:
+                        view.self_node = body["Node"]  # or the policy's part below sends it again
                         self.push(view, message)
                 continue
             for view in views:

@@ -218,6 +218,19 @@ def test_a_removed_node_is_removed_from_those_that_had_it_only():
     assert 1 not in tailnet.nodes and 1 not in tailnet.online
 
 
+def test_a_renamed_node_is_sent_its_own_node_once():
+    # the name is in the policy's picture too (host names), so the policy's part of the change
+    # looks at the node's own Node again: it must find it already sent
+    users = [User(id=1, name="u0")]
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 1)], users, '{"acls": []}')
+    sessions, clients = open_sessions(tailnet)
+    out = fan_out(tailnet, sessions, NodeSet(tailnet.nodes[1].replace(given_name="renamed")), NOW)
+    own = [body(m) for v, m in out if v.node_id == 1 and "Node" in body(m)]
+    assert len(own) == 1 and own[0]["Node"]["Name"].startswith("renamed.")
+    deliver(out, clients, tailnet)
+    assert_like_fresh_maps(tailnet, sessions, clients, "rename")
+
+
 def test_online_patches_go_to_the_sessions_that_know_the_node():
     users = [User(id=1, name="u0"), User(id=2, name="u1")]
     text = '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}'
