@@ -74,6 +74,11 @@ class SessionView:
         self.views: dict[int, Any] = {}
 
 
+#: the SSHPolicy that takes back every rule a client was given: to a client a missing SSHPolicy
+#: means "unchanged" (tailcfg.MapResponse.SSHPolicy), so a policy that drops its `ssh` section
+#: must say so to the sessions that were sent rules. Shared, never mutated.
+NO_SSH_RULES: dict[str, Any] = {"rules": []}
+
 Sessions = Mapping[int, Collection[SessionView]]
 Messages = list[tuple[SessionView, Message]]
 
@@ -213,6 +218,11 @@ def viewers_that_may_know(tailnet: Tailnet, sessions: Sessions,
         if len(peers) < len(sessions):
             return [(v, sessions[v]) for v in peers if v in sessions]
     return None
+
+
+def _same_ssh(ssh: Any, told: Any) -> bool:
+    """Whether a session told `told` holds SSHPolicy `ssh` (None: no `ssh` section) already."""
+    return ssh == told or (ssh is None and told == NO_SSH_RULES)
 
 
 # -- filter text ---------------------------------------------------------------------------------------
@@ -511,6 +521,8 @@ class _Run:
         tailnet = self.tailnet
         vid = viewer.id
         send_filter = filt is not None and filt != view.filter
+        if ssh is None and view.ssh is not None:
+            ssh = NO_SSH_RULES
         send_ssh = ssh is not None and ssh != view.ssh
         views = view.views
         sent = view.sent
@@ -712,7 +724,7 @@ class _Run:
             ssh = tailnet.ssh_policy(viewer)
             for view in views:
                 view_peers = routers_changed & view.sent
-                if filt == view.filter and ssh == view.ssh and not view_peers:
+                if filt == view.filter and _same_ssh(ssh, view.ssh) and not view_peers:
                     continue
                 self.session_update(view, viewer, filt, fkeys, ssh, None, [], [], view_peers, cache)
             if vid in routers_changed:

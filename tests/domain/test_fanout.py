@@ -148,7 +148,7 @@ def assert_like_fresh_maps(tailnet: Tailnet, sessions, clients, what: str) -> No
         for view in views:
             fresh = Client(first_map(tailnet, SessionView(node_id), NOW)).state()
             got = clients[view].state()
-            if fresh["ssh"] is None:  # no `ssh` section: what is left of an earlier one is the xfail below
+            if fresh["ssh"] is None and got["ssh"] == {"rules": []}:  # no rules either way: no SSH
                 got["ssh"] = None
             assert got == fresh, (what, node_id, _diff(got, fresh))
             assert set(view.sent) == set(clients[view].peers), (what, node_id)
@@ -257,16 +257,22 @@ def test_old_clients_get_a_derp_map_they_can_read_and_settings_changes_reach_eve
     assert {v.node_id for v, _ in out} == {1, 2}
 
 
-@pytest.mark.xfail(strict=True, reason="a policy without an `ssh` section sends no SSHPolicy, so a connected "
-                   "client keeps the rules of the previous policy until it reconnects (reported, issue 11)")
-def test_dropping_the_ssh_section_takes_the_rules_away_from_connected_clients():
+@pytest.mark.parametrize("then", [None, POLICIES[2]], ids=["no policy", "a policy without ssh"])
+def test_dropping_the_ssh_section_takes_the_rules_away_from_connected_clients(then):
+    # a client keeps its SSH rules until told otherwise (a missing SSHPolicy means "unchanged"):
+    # without an explicit empty policy the tagged node went on accepting SSH per the old rules
     users = [User(id=1, name="u0"), User(id=2, name="u1")]
     tailnet = make_tailnet([make_node(1, 1), make_node(2, 1, ("tag:web",))], users, POLICIES[6])
     sessions, clients = open_sessions(tailnet)
     web = clients[sessions[2][0]]
     assert web.ssh["rules"]
-    deliver(fan_out(tailnet, sessions, PolicySet(None, None), NOW), clients, tailnet)
-    assert not (web.ssh or {}).get("rules")
+    out = fan_out(tailnet, sessions, PolicySet(Policy.parse(then) if then else None, then), NOW)
+    deliver(out, clients, tailnet)
+    assert web.ssh == {"rules": []}
+    assert_like_fresh_maps(tailnet, sessions, clients, "ssh dropped")
+    # said once: the next change does not repeat it
+    again = fan_out(tailnet, sessions, NodeSet(tailnet.nodes[1].replace(tags=("tag:db",))), NOW)
+    assert not any("SSHPolicy" in body(m) for _, m in again)
 
 
 @pytest.mark.xfail(strict=True, reason="a node joining or leaving a sharee's untagged devices (new, deleted, "
