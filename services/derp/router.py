@@ -3,7 +3,7 @@
 `DerpServer` owns the key → connection tables and routes packets; it never awaits. Each
 connection is a `Client` with bounded queues (dropping the oldest packet when full, so a reader
 never blocks on a slow receiver) and one writer task that drains everything queued into a
-single TLS write. The Trio listener and HTTP front live in service.py.
+single TLS write. The connections themselves (TLS, HTTP front, session) are run by session.py.
 
 Routing follows the spec's decision procedure: a local active connection wins; else a mesh
 forwarder (the hook for region meshes: `add_forwarder`/`remove_forwarder`); else drop, answering

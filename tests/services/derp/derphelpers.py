@@ -13,7 +13,7 @@ import trio
 from nacl.public import PrivateKey
 
 from trioscale.services.derp.options import DerpOptions
-from trioscale.services.derp.service import FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, UPGRADE_TIMEOUT
+from trioscale.services.derp.session import FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, UPGRADE_TIMEOUT
 from trioscale.shared.model import Change
 from trioscale.shared.net.addr import split_host_port
 
