@@ -143,11 +143,21 @@ async def test_writes_by_another_store_on_the_same_database(backend):
     (PostgreSQL: NOTIFY; SQLite: the store-wide poll of the log)."""
     async with backend.open(poll_interval=0.05) as store, backend.open() as other:
         got = []
+        waiting = trio.Event()
+        read_log = store.changes_since
+
+        async def changes_since(*args, **kw):
+            batch = await read_log(*args, **kw)
+            if not batch:
+                waiting.set()  # the subscriber found nothing and waits: the writes must wake it
+            return batch
+
+        store.changes_since = changes_since
         with trio.fail_after(10):
             async with store.subscribe() as changes:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(collect, changes, 3, got)
-                    await trio.sleep(0.1)
+                    await waiting.wait()
                     for name in ("a", "b", "c"):
                         await other.create_user(name)
         assert [(c.seq, c.data["name"]) for c in got] == [(1, "a"), (2, "b"), (3, "c")]

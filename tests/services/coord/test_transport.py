@@ -437,6 +437,7 @@ async def test_client_cancel_cancels_handler_and_later_writes_raise(server):
     entered = trio.Event()
     cancelled = trio.Event()
     reset_done = trio.Event()
+    late_write_done = trio.Event()
     outcome = {}
 
     async def forever(req, resp):
@@ -454,6 +455,8 @@ async def test_client_cancel_cancels_handler_and_later_writes_raise(server):
                     await resp.write(b"after")
                 except StreamGone:
                     outcome["gone"] = True
+                finally:
+                    late_write_done.set()
             raise
 
     server.routes.routes["/machine/map"] = forever
@@ -466,7 +469,7 @@ async def test_client_cancel_cancels_handler_and_later_writes_raise(server):
             # leaving the block sent RST_STREAM(CANCEL)
             await cancelled.wait()
             reset_done.set()
-            await trio.sleep(0.1)
+            await late_write_done.wait()  # the write after the reset has failed
             # the connection itself is still fine
             server.routes.routes["/ping"] = lambda req, resp: resp.send(200, b"pong")
             assert (await c.request("GET", "/ping")).body == b"pong"
