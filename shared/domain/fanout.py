@@ -474,9 +474,11 @@ class _Run:
         (None = anyone's). A node's addresses appear in others' filters only as a source: in the
         filters of the destinations of the rules it is a source of (for autogroup:self rules, its
         user's devices), and, for app grants it is a destination of, in the companion-capability
-        rules of their sources. Route changes (every `*` source lists the subnet routes) and SSH
-        rules (principals) reach further: then everyone is looked at."""
-        c = self.policy.compiled
+        rules of their sources; and in the filters of the nodes shared with its user, while it is
+        one of the user's untagged devices. Route changes (every `*` source lists the subnet
+        routes) and SSH rules (principals) reach further: then everyone is looked at."""
+        host = self.policy
+        c = host.compiled
         if c.p is not None and c.p.ssh:
             return None
         if old_info is not None and new_info is not None and (
@@ -499,6 +501,10 @@ class _Run:
                 return None
             if c._rules[i].app:
                 out |= c._rule(i).src_nodes
+        if host.shared_to:
+            for info in (old_info, new_info):
+                if info is not None and not info.tags and info.user_id is not None:
+                    out |= host.shared_to.get(info.user_id, set())
         return out
 
     # -- building one session's update ------------------------------------------------------------------

@@ -275,17 +275,28 @@ def test_dropping_the_ssh_section_takes_the_rules_away_from_connected_clients(th
     assert not any("SSHPolicy" in body(m) for _, m in again)
 
 
-@pytest.mark.xfail(strict=True, reason="a node joining or leaving a sharee's untagged devices (new, deleted, "
-                   "tagged, moved to another user) is not reflected in the shared node's PacketFilter until "
-                   "something else refreshes it (reported, issue 11)")
-def test_a_shared_nodes_filter_follows_its_sharees_devices():
-    users = [User(id=1, name="u0"), User(id=2, name="u1")]
-    tailnet = make_tailnet([make_node(1, 1), make_node(2, 2)], users, '{"acls": []}')
+@pytest.mark.parametrize("change", ["tagged", "moved", "new", "removed"])
+def test_a_shared_nodes_filter_follows_its_sharees_devices(change):
+    # node 1 is shared with u1: its filter lets in u1's untagged devices, whichever they are now
+    users = [User(id=1, name="u0"), User(id=2, name="u1"), User(id=3, name="u2")]
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 2), make_node(3, 2)], users, '{"acls": []}')
     sessions, clients = open_sessions(tailnet)
     deliver(fan_out(tailnet, sessions, ShareSet(1, 2, True), NOW), clients, tailnet)
-    assert "100.64.0.2" in clients[sessions[1][0]].filter[0]["SrcIPs"]
-    deliver(fan_out(tailnet, sessions, NodeSet(tailnet.nodes[2].replace(tags=("tag:web",))), NOW), clients, tailnet)
-    assert_like_fresh_maps(tailnet, sessions, clients, "tagged")
+    shared = clients[sessions[1][0]]
+    assert "100.64.0.2" in shared.filter[0]["SrcIPs"]
+    if change == "tagged":
+        step: Any = NodeSet(tailnet.nodes[2].replace(tags=("tag:web",)))
+    elif change == "moved":
+        step = NodeSet(tailnet.nodes[2].replace(user_id=3))
+    elif change == "new":
+        step = NodeSet(make_node(4, 2))
+    else:
+        del sessions[2]
+        step = NodeRemoved(2)
+    deliver(fan_out(tailnet, sessions, step, NOW), clients, tailnet)
+    assert ("100.64.0.2" in shared.filter[0]["SrcIPs"]) == (change == "new")
+    assert ("100.64.0.4" in shared.filter[0]["SrcIPs"]) == (change == "new")
+    assert_like_fresh_maps(tailnet, sessions, clients, change)
 
 
 def test_filter_json_is_shared_per_object():
@@ -299,9 +310,9 @@ def test_filter_json_is_shared_per_object():
 # -- property: replaying the stream equals a fresh map ---------------------------------------------------
 NODE_KINDS = ["tag", "untag", "user", "endpoints", "rekey", "name", "routes", "new", "remove", "offline", "online",
               "policy", "rename", "derp", "dns"]
-#: with shares, node changes that add a node to a user's untagged devices or take one away (new,
-#: removed, tagged, moved) are left out: see the xfail test_a_shared_nodes_filter_follows_its_sharees_devices
-SHARE_KINDS = ["share", "unshare", "endpoints", "rekey", "name", "routes", "offline", "online", "policy", "rename"]
+#: shares with the node changes that move a user's untagged devices (new, removed, tagged, moved)
+SHARE_KINDS = ["share", "unshare", "tag", "untag", "user", "new", "remove", "endpoints", "rekey", "name", "routes",
+               "offline", "online", "policy", "rename"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
