@@ -220,11 +220,6 @@ def viewers_that_may_know(tailnet: Tailnet, sessions: Sessions,
     return None
 
 
-def _same_ssh(ssh: Any, told: Any) -> bool:
-    """Whether a session told `told` holds SSHPolicy `ssh` (None: no `ssh` section) already."""
-    return ssh == told or (ssh is None and told == NO_SSH_RULES)
-
-
 # -- filter text ---------------------------------------------------------------------------------------
 def filter_key(keys: dict[int, tuple[Any, str]], filt: Any) -> str:
     """The filter's JSON text, doubling as its dedup key; computed once per filter object (objects
@@ -730,7 +725,8 @@ class _Run:
             ssh = tailnet.ssh_policy(viewer)
             for view in views:
                 view_peers = routers_changed & view.sent
-                if filt == view.filter and _same_ssh(ssh, view.ssh) and not view_peers:
+                same_ssh = ssh == view.ssh or (ssh is None and view.ssh == NO_SSH_RULES)
+                if filt == view.filter and same_ssh and not view_peers:
                     continue
                 self.session_update(view, viewer, filt, fkeys, ssh, None, [], [], view_peers, cache)
             if vid in routers_changed:
