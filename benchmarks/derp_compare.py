@@ -143,20 +143,23 @@ def start_go(tailcat: str, work: Path) -> Relay:
     return Relay("go-derper", f"https://127.0.0.1:{port}/derp", [proc])
 
 
-def start_ours(python: str, work: Path, nprocs: int, port: int) -> Relay:
-    """`nprocs` processes of our relay on one port; two or more share it and mesh."""
-    data = work / f"ours{nprocs}"
+def start_ours(python: str, work: Path, nprocs: int, port: int, checkout: Path | None = None,
+               name: str = "ours") -> Relay:
+    """`nprocs` processes of our relay on one port; two or more share it and mesh. With `checkout`,
+    the relay is that checkout's code, started by its own copy of this script (for before/after)."""
+    data = work / f"{name}{nprocs}"
     data.mkdir(parents=True, exist_ok=True)
     mesh_key = os.urandom(32).hex() if nprocs > 1 else ""
     procs = []
     for i in range(nprocs):
         log = open(data / f"relay{i}.log", "wb")
-        args = [python, str(Path(__file__).resolve()), "--run-relay", "--data", str(data), "--port", str(port),
+        script = (checkout / "benchmarks" / "derp_compare.py") if checkout else Path(__file__).resolve()
+        args = [python, str(script), "--run-relay", "--data", str(data), "--port", str(port),
                 "--index", str(i), "--mesh-key", mesh_key, "--reuse-port", "1" if nprocs > 1 else "0"]
-        procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+        procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=checkout or REPO))
         if i == 0:
             _wait_port(port)  # the first one writes the shared self-signed certificate
-    relay = Relay(f"ours-{nprocs}p", f"https://127.0.0.1:{port}/derp", procs)
+    relay = Relay(f"{name}-{nprocs}p", f"https://127.0.0.1:{port}/derp", procs)
     if nprocs > 1:
         _wait_mesh(data, nprocs)
     return relay
@@ -261,6 +264,10 @@ def compare(a: argparse.Namespace) -> int:
         relays.append(start_go(find_tailcat(a.tailcat), work))
         for i, n in enumerate(int(x) for x in a.ours_procs.split(",")):
             relays.append(start_ours(py, work, n, 18443 + i))
+        if a.baseline:
+            base = Path(a.baseline).resolve()
+            relays.append(start_ours(str(base / ".venv" / "bin" / "python"), work, 1, 18440, checkout=base,
+                                     name="baseline"))
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.platform(),
             "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
@@ -361,6 +368,8 @@ def main() -> int:
     ap.add_argument("--python", help="python with PyNaCl and trioscale (default: this one)")
     ap.add_argument("--json-out", default="derp_compare.jsonl")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--baseline", help="a checkout of other relay code with its own .venv (e.g. a git worktree "
+                    "of an older commit): its one-process relay runs too, alternating with the others")
     ap.add_argument("--no-netns", action="store_true", help="already in a private namespace")
     # child mode
     ap.add_argument("--run-relay", action="store_true", help=argparse.SUPPRESS)
