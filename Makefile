@@ -5,12 +5,12 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test postgres pebble clients labtools clean-venv
+.PHONY: run test postgres pebble clients headscale labtools clean-venv
 
 run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
-test: postgres pebble labtools clients $(STAMP)
+test: postgres pebble labtools clients headscale $(STAMP)
 	$(VENV)/bin/python tools/lint_layers.py
 	$(VENV)/bin/pytest
 
@@ -63,6 +63,23 @@ clients:
 	if command -v npm >/dev/null 2>&1 && [ ! -d "$(CLIENTS_DIR)/npm/node_modules/ws" ]; then \
 		npm install --silent --prefix "$(CLIENTS_DIR)/npm" ws@8.23.1 || exit 1; \
 	fi
+
+# Headscale, for the test that moves real clients from it to trioscale (`trioscale import headscale`,
+# tests/tailscaled/test_import_headscale.py), into the same cache. `go install pkg@version` can be
+# refused while the proxy's version list for the module is (it looks for a deprecation notice
+# there), so the module is then downloaded at that exact version and built in place.
+HEADSCALE_VERSION ?= 0.29.2
+headscale:
+	@if ! command -v go >/dev/null 2>&1; then \
+		echo "go not found: the Headscale import test will be skipped"; exit 0; fi; \
+	d="$(CLIENTS_DIR)/headscale-$(HEADSCALE_VERSION)"; \
+	if [ -x "$$d/headscale" ]; then exit 0; fi; \
+	echo "building Headscale v$(HEADSCALE_VERSION) into $$d"; \
+	GOTOOLCHAIN=local GOBIN="$$d" go install github.com/juanfont/headscale/cmd/headscale@v$(HEADSCALE_VERSION) 2>/dev/null || { \
+		m=$$(GOTOOLCHAIN=local go mod download -json github.com/juanfont/headscale@v$(HEADSCALE_VERSION) \
+			| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && [ -n "$$m" ] && \
+		(cd "$$m" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$$d/headscale" ./cmd/headscale); } \
+	|| echo "Headscale v$(HEADSCALE_VERSION) could not be built: the Headscale import test will be skipped"
 
 # Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP),
 # ping (ICMP across the tailnet) and the OpenSSH client (under `tailscale ssh`).
