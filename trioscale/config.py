@@ -21,6 +21,10 @@ checker, sees every attribute path where it is defined.
 
 Every problem found is reported in one :class:`ConfigError`, one line per problem, each naming the
 file (or environment variable) and the key.
+
+Headscale's configuration file is read too (trioscale/configheadscale.py): its older spellings of our
+keys are the same settings, and its keys trioscale does not implement are accepted and listed in
+``Config.unsupported`` (one warning, :func:`unsupported_warning`), or refused with ``strict``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from trioscale.configheadscale import RENAMED, SHARED, UNSUPPORTED
 from trioscale.configschema import (
     AUTOBOOL,
     BOOL,
@@ -45,6 +50,7 @@ from trioscale.configschema import (
     DURATION,
     INT,
     MAX_DURATION,
+    MODE,
     OPTDURATION,
     OPTPATH,
     PATH,
@@ -78,14 +84,17 @@ __all__ = [
     "as_dict",
     "replace_keys",
     "MAX_DURATION",
+    "unsupported_warning",
 ]
 
 
 class ConfigError(Exception):
-    """Configuration problems: the message has one line per problem, each naming the key."""
+    """Configuration problems: the message has one line per problem, each naming the key.
+    `warnings` holds what a valid file would have been warned about (unsupported Headscale keys)."""
 
-    def __init__(self, problems: str | Iterable[str]) -> None:
+    def __init__(self, problems: str | Iterable[str], warnings: Iterable[str] = ()) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(self.problems))
 
 
@@ -121,8 +130,8 @@ def _hostport_or_off(value: str) -> Iterable[str]:
 
 
 def _octal_mode(value: str) -> Iterable[str]:
-    if not re.fullmatch(r"0?[0-7]{3}", value):
-        yield f"expected an octal mode like 0770, got {value!r}"
+    if not re.fullmatch(r"(0o?)?[0-7]{3}", value):
+        yield f"expected an octal mode like 0770 (or Go's 0o770), got {value!r}"
 
 
 def _prefix_inside(allowed: ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -391,7 +400,7 @@ class PolicyConfig:
     mode: str = setting(
         STR,
         "database",
-        "`database`: set with `trioscale policy set -f FILE` (checked, versioned, applied live); `file`: `policy.path` is required ([access-control.md](access-control.md))",
+        "`database`: set with `trioscale policy set -f FILE` (checked, versioned, applied live); `file`: read from `policy.path`, and without one no policy (all traffic allowed, as in Headscale) ([access-control.md](access-control.md))",
         choices=("file", "database"),
     )
     path: Path | None = setting(
@@ -542,7 +551,13 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = setting(WORD, "info", "least severe messages logged", choices=("debug", "info", "warning", "error", "critical"))
+    level: str = setting(
+        WORD,
+        "info",
+        "least severe messages logged",
+        choices=("debug", "info", "warning", "error", "critical"),
+        synonyms={"trace": "debug", "warn": "warning", "fatal": "critical", "panic": "critical"},
+    )
     format: str = setting(STR, "text", "log line format", choices=("text", "json"))
 
 
@@ -552,7 +567,7 @@ class Config:
     listen_addr: str = setting(STR, "127.0.0.1:8080", "control protocol (HTTP, `/ts2021`)", check=_hostport)
     data_dir: Path = setting(PATH, Path("var"), "where the keys, the SQLite database and the unix socket live unless set")
     unix_socket: Path = setting(DATAFILE, Path("trioscale.sock"), "local admin API, no authentication")
-    unix_socket_permission: str = setting(STR, "0770", "the unix socket's file mode", check=_octal_mode)
+    unix_socket_permission: str = setting(MODE, "0770", "the unix socket's file mode, octal (`0770`, `0o770`)", check=_octal_mode)
     health_listen_addr: str = setting(STR, "", "`/health` for standalone `stun`/`dns` processes; empty = off", check=_hostport_or_off)
     admin: AdminConfig = section(AdminConfig)
     noise: NoiseConfig = section(NoiseConfig)
@@ -568,6 +583,8 @@ class Config:
     control: ControlConfig = section(ControlConfig)
     #: the file this was read from (None = embedded defaults); not a key
     source: Path | None = not_a_key(default=None, compare=False)
+    #: Headscale keys the file gives that have no effect here (trioscale/configheadscale.py); not a key
+    unsupported: tuple[str, ...] = not_a_key(default=(), compare=False)
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy with dotted keys changed: ``cfg.replace(**{"derp.server.enabled": False})``."""
@@ -575,7 +592,17 @@ class Config:
 
     @property
     def unix_socket_mode(self) -> int:
-        return int(self.unix_socket_permission, 8)
+        return int(self.unix_socket_permission, 8)  # Python reads Go's 0o770 the same way
+
+
+def unsupported_warning(keys: Iterable[str], where: str = "") -> str:
+    """The one warning naming every Headscale key given that trioscale does not implement."""
+    keys = list(keys)
+    prefix = f"{where}: " if where else ""
+    return (
+        f"{prefix}{len(keys)} Headscale key{'s' if len(keys) != 1 else ''} not implemented by trioscale, "
+        f"ignored (an error with --strict; docs/configuration.md, Coming from Headscale): {', '.join(keys)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,12 +617,6 @@ def _rule(*keys: str):
         return check
 
     return register
-
-
-@_rule("policy.path", "policy.mode")
-def _file_policy_needs_a_path(path: Path | None, mode: str) -> Iterable[str]:
-    if mode == "file" and path is None:
-        yield "policy.mode is file but no policy.path is set"
 
 
 @_rule("derp.server.tls_cert_path", "derp.server.tls_key_path")
@@ -648,7 +669,7 @@ def _relay_outlives_heartbeat(timeout: timedelta, heartbeat: timedelta) -> Itera
         yield "must be longer than derp.server.heartbeat_interval"
 
 
-SCHEMA = Schema(Config, _RULES)
+SCHEMA = Schema(Config, _RULES, renamed=RENAMED, foreign=UNSUPPORTED)
 
 KNOWN_KEYS: tuple[str, ...] = tuple(SCHEMA.keys)
 
@@ -686,8 +707,10 @@ def load_config(
     env: Mapping[str, str] | None = None,
     *,
     cwd: Path | None = None,
+    strict: bool = False,
 ) -> Config:
-    """Read the configuration: defaults, then the file (`path`, else $TRIOSCALE_CONFIG), then env."""
+    """Read the configuration: defaults, then the file (`path`, else $TRIOSCALE_CONFIG), then env.
+    With `strict`, Headscale keys trioscale does not implement are problems, not warnings."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else Path(cwd)
     if path is None and env.get("TRIOSCALE_CONFIG"):
@@ -699,7 +722,7 @@ def load_config(
         if not file_path.is_absolute():
             file_path = cwd / file_path
         data = _read_file(file_path)
-    return _build(data, env, file_path=file_path, cwd=cwd)
+    return _build(data, env, file_path=file_path, cwd=cwd, strict=strict)
 
 
 def config_from_dict(
@@ -707,14 +730,17 @@ def config_from_dict(
     env: Mapping[str, str] | None = None,
     *,
     base_dir: Path | None = None,
+    strict: bool = False,
 ) -> Config:
     """Build a Config from a nested dict shaped like the file (tests). No environment unless
     `env` is given; relative paths resolve against `base_dir` (default: the current directory)."""
     base = Path.cwd() if base_dir is None else Path(base_dir)
-    return _build(dict(data), env or {}, file_path=None, cwd=base)
+    return _build(dict(data), env or {}, file_path=None, cwd=base, strict=strict)
 
 
-def _build(data: Mapping[str, Any], env: Mapping[str, str], *, file_path: Path | None, cwd: Path) -> Config:
+def _build(
+    data: Mapping[str, Any], env: Mapping[str, str], *, file_path: Path | None, cwd: Path, strict: bool = False
+) -> Config:
     label = str(file_path) if file_path is not None else "config"
     file_base = file_path.parent if file_path is not None else cwd
     problems: list[str] = []
@@ -722,19 +748,25 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], *, file_path: Path |
     failed: set[str] = set()
     given: dict[str, Any] = {}
 
-    flat, found = SCHEMA.flatten(data)
-    problems.extend(f"{label}: {key}: {problem}" for key, problem in found)
-    for key, raw in flat.items():
-        where[key] = f"{label}: {key}"
+    read = SCHEMA.read(data)
+    problems.extend(f"{label}: {key}: {problem}" for key, problem in read.problems)
+    for key, raw in read.values.items():
+        where[key] = f"{label}: {read.spelled.get(key, key)}"
         try:
             given[key] = SCHEMA.keys[key].convert(raw, file_base)
         except ValueError as exc:
             problems.append(f"{where[key]}: {exc}")
             failed.add(key)
+    from_env: dict[str, tuple[str, str]] = {}  # key -> (variable, text)
     for name, text in env.items():
         key = SCHEMA.by_env.get(name)
         if key is None:
             continue
+        if key in from_env and from_env[key][1] != text:
+            other = from_env[key][0]
+            problems.append(f"environment {name} ({key}): {other} names the same setting with another value; set one of them")
+            continue
+        from_env[key] = (name, text)
         where[key] = f"environment {name} ({key})"
         spec = SCHEMA.keys[key]
         try:
@@ -751,10 +783,19 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], *, file_path: Path |
     _fill_data_files(values, unset=[k for k in KNOWN_KEYS if given.get(k) is None])
     for key, problem in SCHEMA.check(values, skip=failed):
         problems.append(f"{where.get(key, f'{label}: {key}')}: {problem}")
+    unsupported = tuple(read.reported(SCHEMA.foreign))
+    warnings: list[str] = []
+    if strict:
+        problems.extend(
+            f"{label}: {key}: a Headscale key trioscale does not implement, refused by --strict: {SCHEMA.foreign[key].reason}"
+            for key in unsupported
+        )
+    elif unsupported:
+        warnings.append(unsupported_warning(unsupported, label))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     _derive(values, unset=[k for k in KNOWN_KEYS if given.get(k) in (None, "")])
-    return SCHEMA.build(values, source=file_path)
+    return SCHEMA.build(values, source=file_path, unsupported=unsupported)
 
 
 def _fill_data_files(values: dict[str, Any], unset: Iterable[str]) -> None:
@@ -822,7 +863,7 @@ def replace_keys(cfg: Config, changes: Mapping[str, Any]) -> Config:
     if problems:
         raise ConfigError(problems)
     _derive(values, [k for k, v in changed.items() if v in (None, "")])
-    return SCHEMA.build(values, source=source)
+    return SCHEMA.build(values, source=source, unsupported=cfg.unsupported)
 
 
 _MISSING = object()
@@ -840,10 +881,36 @@ _TABLE_START = "<!-- the settings table: generated from trioscale/config.py by `
 _TABLE_END = "<!-- end of the settings table -->"
 
 
+_HEADSCALE_START = "<!-- the Headscale keys: generated from trioscale/configheadscale.py by `python -m trioscale.config --markdown docs/configuration.md` -->"
+_HEADSCALE_END = "<!-- end of the Headscale keys -->"
+
+
+def _between(text: str, start: str, end: str, body: str) -> str:
+    i, j = text.index(start), text.index(end)
+    return text[: i + len(start)] + "\n\n" + body + "\n" + text[j:]
+
+
 def doc_with_table(text: str) -> str:
-    """`text` (docs/configuration.md) with the settings table between its markers regenerated."""
-    start, end = text.index(_TABLE_START), text.index(_TABLE_END)
-    return text[: start + len(_TABLE_START)] + "\n\n" + SCHEMA.markdown() + "\n" + text[end:]
+    """`text` (docs/configuration.md) with the generated parts between their markers regenerated:
+    the settings table and the lists of Headscale's keys."""
+    text = _between(text, _TABLE_START, _TABLE_END, SCHEMA.markdown())
+    return _between(text, _HEADSCALE_START, _HEADSCALE_END, headscale_markdown())
+
+
+def headscale_markdown() -> str:
+    """What becomes of each of Headscale's keys here: the same key, another name, or not implemented."""
+    same = ", ".join(f"`{key}`" for key in SHARED)
+    lines = [f"Honoured under the same name: {same}.", ""]
+    lines += ["| Headscale's other spelling | the key here |", "|---|---|"]
+    lines += [f"| `{old}` | `{new}` |" for old, new in RENAMED.items()]
+    lines += ["", "| not implemented | not reported when | why |", "|---|---|---|"]
+    for key, spec in UNSUPPORTED.items():
+        quiet = [f"the value is {spec.inert_doc}"] if spec.inert_doc else []
+        if spec.only_with:
+            quiet.append(f"`{spec.only_with}` is not reported")
+        reason = spec.reason.replace("|", "\\|")
+        lines.append(f"| `{key}` | {' or '.join(quiet) or '—'} | {reason} |")
+    return "\n".join(lines) + "\n"
 
 
 def _main(argv: list[str]) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "Setting",
     "Rule",
     "Key",
+    "Foreign",
     "Schema",
     "setting",
     "section",
@@ -48,7 +49,7 @@ __all__ = [
     "MAX_DURATION",
     # the kinds
     "STR", "WORD", "INT", "BOOL", "AUTOBOOL", "PATH", "OPTPATH", "DATAFILE", "DURATION", "OPTDURATION",
-    "SSL", "STRLIST", "PATHLIST", "RECORDS", "ROUTES",
+    "SSL", "STRLIST", "PATHLIST", "RECORDS", "ROUTES", "MODE",
 ]
 
 Problem = tuple[str, str]  # (dotted key, what is wrong with it)
@@ -222,6 +223,15 @@ STR = Kind("string", "str", lambda v, base: _to_str(v), _code)
 WORD = Kind("string", "str", lambda v, base: _to_str(v).lower(), _code)
 INT = Kind("integer", "int", lambda v, base: _to_int(v), lambda v: _code(str(v)))
 BOOL = Kind("boolean", "bool", lambda v, base: _to_bool(v), lambda v: _code(str(v).lower()))
+def _convert_mode(value: Any, base: Path) -> str:
+    # YAML 1.1 reads an unquoted 0770 as the octal number 504: give it back its spelling
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"0{value:o}"
+    return _to_str(value)
+
+
+#: a file mode in octal, as text
+MODE = Kind("string", "str", _convert_mode, _code)
 #: a boolean whose default is computed at load from other keys (the schema's default is shown only)
 AUTOBOOL = Kind("boolean", "bool", _optional(lambda v, base: _to_bool(v)), lambda v: _code(str(v).lower()))
 PATH = Kind("path", "Path", _to_path, _show_path)
@@ -281,6 +291,8 @@ class Setting:
     aliases: tuple[str, ...] = ()
     #: the default as the doc shows it when the value is computed at load from other keys
     shown_default: str = ""
+    #: other spellings of a value, mapped to the value (Headscale's log level `warn` is `warning`)
+    synonyms: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -300,10 +312,11 @@ def setting(
     name: str = "",
     aliases: Sequence[str] = (),
     shown_default: str = "",
+    synonyms: Mapping[str, str] | None = None,
 ) -> Any:
     """A dataclass field that is one configuration key."""
     checks = (check,) if callable(check) else tuple(check)
-    spec = Setting(kind, default, doc, tuple(choices), checks, name, tuple(aliases), shown_default)
+    spec = Setting(kind, default, doc, tuple(choices), checks, name, tuple(aliases), shown_default, dict(synonyms or {}))
     metadata = {_SETTING: spec}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -331,6 +344,53 @@ class Rule:
     check: Callable[..., Iterable[str]]
 
 
+@dataclass(frozen=True)
+class Foreign:
+    """A key of another server's configuration (Headscale's) that trioscale does not implement.
+
+    A file that gives it is accepted, and the key is reported, unless its value asks for nothing
+    trioscale does not do anyway: `inert` says which values those are, and `only_with` names a key
+    without which this one has no effect at all (ACME settings without an ACME hostname): when
+    that key is absent, or foreign and not reported, neither is this one."""
+
+    reason: str
+    inert: Callable[[Any], bool] = lambda value: False
+    only_with: str = ""
+    #: how the doc describes the values that are not reported ("" = every value is)
+    inert_doc: str = ""
+
+
+@dataclass
+class Read:
+    """A nested mapping shaped like the file, read against the schema."""
+
+    #: {dotted key: raw value}, aliases already resolved to the key
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: (where, what is wrong) for unknown keys, misshapen sections and conflicting spellings
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    #: {foreign dotted key: raw value} in the order met
+    foreign: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: {key: the spelling it was given under}
+    spelled: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def given(self, key: str) -> Any:
+        """The raw value of a key of ours or a foreign key; None when not given."""
+        return self.values.get(key, self.foreign.get(key))
+
+    def reported(self, foreign: Mapping[str, Foreign]) -> list[str]:
+        """The foreign keys given with a value that asks for something trioscale does not do."""
+
+        def asks(key: str) -> bool:
+            if key not in self.foreign:
+                return key not in foreign and self.given(key) not in (None, "", [], {})
+            spec = foreign[key]
+            if spec.only_with and not asks(spec.only_with):
+                return False
+            return not spec.inert(self.foreign[key])
+
+        return [key for key in self.foreign if asks(key)]
+
+
 # ---------------------------------------------------------------------------------------------
 # the walked schema
 
@@ -348,6 +408,8 @@ class Key:
     def convert(self, raw: Any, base: Path) -> Any:
         """The typed value of `raw`; ValueError if it cannot be one."""
         value = self.setting.kind.convert(raw, base)
+        if isinstance(value, str):
+            value = self.setting.synonyms.get(value, value)
         choices = self.setting.choices
         if choices and value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
@@ -373,12 +435,38 @@ def env_name(key: str) -> str:
 class Schema:
     """Every key of the record tree under `root`, and what is done with all of them at once."""
 
-    def __init__(self, root: type, rules: Sequence[Rule] = ()) -> None:
+    def __init__(
+        self,
+        root: type,
+        rules: Sequence[Rule] = (),
+        *,
+        renamed: Mapping[str, str] | None = None,
+        foreign: Mapping[str, Foreign] | None = None,
+    ) -> None:
+        """`renamed` maps other full spellings of a key (another server's, an older one) to the key;
+        `foreign` lists another server's keys that are accepted but not implemented."""
         self.root = root
         self.keys: dict[str, Key] = {}
         self.sections: dict[str, SectionKey] = {}
         self.aliases: dict[str, str] = {}
         self._walk(root, "", (), {})
+        for alias, key in (renamed or {}).items():
+            if key not in self.keys or alias in self.keys or alias in self.aliases:
+                raise TypeError(f"renamed key {alias} -> {key}: the target must be a key, the name new")
+            self.aliases[alias] = key
+        self.foreign: dict[str, Foreign] = dict(foreign or {})
+        for key, spec in self.foreign.items():
+            if key in self.keys or key in self.aliases or key in self.sections:
+                raise TypeError(f"foreign key {key} is also ours")
+            if spec.only_with and spec.only_with not in self.keys and spec.only_with not in self.foreign:
+                raise TypeError(f"foreign key {key} depends on unknown key {spec.only_with}")
+        #: sections that hold only renamed or foreign keys (Headscale's `oidc`, `dns_config`)
+        self.foreign_sections = {
+            ".".join(parts[:i])
+            for name in list(self.foreign) + list(self.aliases)
+            for parts in [name.split(".")]
+            for i in range(1, len(parts))
+        } - set(self.sections)
         self.rules = tuple(rules)
         for r in self.rules:
             unknown = [k for k in r.keys if k not in self.keys]
@@ -413,30 +501,46 @@ class Schema:
     # -- reading nested data ----------------------------------------------------------------
     def flatten(self, data: Mapping[Any, Any]) -> tuple[dict[str, Any], list[Problem]]:
         """A nested mapping shaped like the file -> ({dotted key: raw value}, problems)."""
-        flat: dict[str, Any] = {}
-        problems: list[Problem] = []
+        read = self.read(data)
+        return read.values, read.problems
+
+    def read(self, data: Mapping[Any, Any]) -> Read:
+        """A nested mapping shaped like the file, every key sorted: ours (under any spelling),
+        foreign, or unknown. Two spellings of one key with different values are a problem."""
+        read = Read()
 
         def walk(node: Mapping[Any, Any], prefix: str) -> None:
             for raw_key, value in node.items():
                 if not isinstance(raw_key, str):
                     where = prefix.rstrip(".") or "top level"
-                    problems.append((f"key {raw_key!r} under {where}", "keys must be strings"))
+                    read.problems.append((f"key {raw_key!r} under {where}", "keys must be strings"))
                     continue
-                key = self.aliases.get(prefix + raw_key, prefix + raw_key)
+                spelling = prefix + raw_key
+                key = self.aliases.get(spelling, spelling)
                 if key in self.keys:
-                    flat[key] = value
-                elif key in self.sections:
+                    first = read.spelled.get(key)
+                    if first is not None and first != spelling and read.values[key] != value:
+                        read.problems.append(
+                            (spelling, f"is another name of {first}, which is given a different value "
+                                       f"({read.values[key]!r}, here {value!r}); give one of them")
+                        )
+                        continue
+                    read.values[key] = value
+                    read.spelled.setdefault(key, spelling)
+                elif key in self.foreign:
+                    read.foreign[key] = value
+                elif key in self.sections or key in self.foreign_sections:
                     if value is None:
                         continue
                     if not isinstance(value, Mapping):
-                        problems.append((key, f"expected a mapping, got {value!r}"))
+                        read.problems.append((key, f"expected a mapping, got {value!r}"))
                         continue
                     walk(value, key + ".")
                 else:
-                    problems.append((key, "unknown key"))
+                    read.problems.append((key, "unknown key"))
 
         walk(data, "")
-        return flat, problems
+        return read
 
     # -- validation -------------------------------------------------------------------------
     def check(self, values: Mapping[str, Any], skip: Iterable[str] = ()) -> list[Problem]:
@@ -518,6 +622,8 @@ class Schema:
             doc = s.doc
             if s.choices:
                 doc = _sentence(doc, "one of " + ", ".join(f"`{c}`" for c in s.choices))
+            if s.synonyms:
+                doc = _sentence(doc, "also " + ", ".join(f"`{a}` (= `{v}`)" for a, v in s.synonyms.items()))
             aliases = [a for a, k in self.aliases.items() if k == key]
             if aliases:
                 doc = _sentence(doc, "also spelled " + ", ".join(f"`{a}`" for a in aliases))

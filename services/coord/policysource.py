@@ -6,7 +6,8 @@
 * File: read at start (an invalid file stops the start with the reason); then checked every second
   (mtime/size, then a hash of the content) and re-read on SIGHUP. A changed file that is invalid is
   logged with line and column and the previous policy stays in force.
-* No policy at all (database mode, nothing stored) = allow all, like Tailscale's default policy.
+* No policy at all (database mode, nothing stored; file mode without `policy.path`, as Headscale
+  allows) = allow all, like Tailscale's default policy.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class PolicySource:
     async def initial(self) -> tuple[Policy | None, str | None, int | None]:
         if self.mode == "file":
             path = self.path
+            if path is None:
+                log.info("policy.mode is file and no policy.path is set: all traffic is allowed")
+                return None, None, None
             try:
                 text, digest = read_policy_file(path)  # type: ignore[arg-type]
                 policy = Policy.parse(text)

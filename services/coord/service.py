@@ -115,7 +115,7 @@ async def serve(
     control_stats = TransportStats()
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
-        if options.policy.mode == "file":
+        if options.policy.mode == "file" and options.policy.path is not None:
             from .policysource import watch_policy_file
 
             await nursery.start(watch_policy_file, coordinator.policy_source)

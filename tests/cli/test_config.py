@@ -290,7 +290,6 @@ def test_postgres_pass_env_alias(tmp_path: Path) -> None:
         ({"log": {"format": "xml"}}, "log.format", "json"),
         ({"log": {"level": "chatty"}}, "log.level", "debug"),
         ({"policy": {"mode": "magic"}}, "policy.mode", "file"),
-        ({"policy": {"mode": "file"}}, "policy.path", "policy.path"),
         ({"server_url": "hs.example.com"}, "server_url", "URL"),
         ({"listen_addr": "8080"}, "listen_addr", "host:port"),
         ({"dns": {"base_domain": "example.com"}, "server_url": "https://hs.example.com"}, "dns.base_domain", "differ"),

@@ -1,18 +1,40 @@
-"""`trioscale configtest`: check the configuration file (and environment)."""
+"""`trioscale configtest`: check the configuration file (and environment), every problem in one run.
+
+A Headscale file is checked too: its keys trioscale does not implement are listed in one warning
+(with why each has no effect here), and refused with `--strict`."""
 
 from __future__ import annotations
 
 import click
 
+from trioscale.config import SCHEMA, ConfigError, load_config
+
 from .base import emit_json, fmt, output_option, state
 
 
 @click.command("configtest")
+@click.option("--strict", is_flag=True, help="Headscale keys trioscale does not implement are errors, not warnings")
 @output_option
-def configtest(output: str | None) -> None:
+def configtest(output: str | None, strict: bool) -> None:
     """Check the configuration file (and environment)."""
-    cfg = state().config()
+    try:
+        cfg = load_config(state().config_path, strict=strict)
+    except ConfigError as exc:
+        for warning in exc.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        for problem in exc.problems:
+            click.echo(f"Error: {problem}", err=True)
+        raise click.exceptions.Exit(1) from None
+    unsupported = [{"key": key, "reason": SCHEMA.foreign[key].reason} for key in cfg.unsupported]
     if fmt(output) == "json":
-        emit_json({"ok": True, "source": str(cfg.source) if cfg.source else None})
-    else:
-        click.echo("config OK" + (f" ({cfg.source})" if cfg.source else " (embedded defaults)"))
+        emit_json({"ok": True, "source": str(cfg.source) if cfg.source else None, "unsupported": unsupported})
+        return
+    if unsupported:
+        click.echo(
+            f"Warning: {len(unsupported)} Headscale key{'s' if len(unsupported) != 1 else ''} in {cfg.source} "
+            "not implemented by trioscale, ignored (an error with --strict):",
+            err=True,
+        )
+        for item in unsupported:
+            click.echo(f"  {item['key']}: {item['reason']}", err=True)
+    click.echo("config OK" + (f" ({cfg.source})" if cfg.source else " (embedded defaults)"))

@@ -1,0 +1,209 @@
+"""Headscale's configuration keys, as trioscale reads them (Headscale v0.29.2's file starts trioscale).
+
+Most of Headscale's keys are ours under the same name (`server_url`, `noise.private_key_path`,
+`prefixes.*`, `derp.server.*`, `dns.*`, `policy.*`, `node.*`, …) and need nothing here. This module
+holds the rest:
+
+* :data:`RENAMED`: Headscale's other spellings of one of our keys (older names Headscale still
+  reads). Each is the same setting under a second name: giving both with different values is an error.
+* :data:`UNSUPPORTED`: Headscale's keys trioscale does not implement. A file may give them; they
+  are reported together in one warning (an error with ``--strict``), except where the value asks
+  for nothing trioscale does not do anyway (`trusted_proxies: []`, `logtail.enabled: false`: we
+  never trust proxy headers and always tell clients not to send logs), or where the key has no
+  effect without another one (the ACME keys without `tls_letsencrypt_hostname`, the `oidc` keys
+  without `oidc.issuer`).
+
+Keys Headscale itself refuses (`randomize_client_port` since 0.29, `oidc.strip_email_domain`, …)
+and keys neither server knows stay errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from trioscale.configschema import Foreign, parse_duration
+
+__all__ = ["RENAMED", "SHARED", "UNSUPPORTED"]
+
+#: Headscale v0.29.2's keys that are ours under the same name (`database.postgres.pass` is the
+#: alias of our `database.postgres.password`); listed for the doc, checked against the schema by a test
+SHARED: tuple[str, ...] = (
+    "server_url",
+    "listen_addr",
+    "noise.private_key_path",
+    "prefixes.v4",
+    "prefixes.v6",
+    "prefixes.allocation",
+    "derp.server.enabled",
+    "derp.server.region_id",
+    "derp.server.region_code",
+    "derp.server.region_name",
+    "derp.server.verify_clients",
+    "derp.server.stun_listen_addr",
+    "derp.server.private_key_path",
+    "derp.server.ipv4",
+    "derp.server.ipv6",
+    "derp.paths",
+    "node.expiry",
+    "node.ephemeral.inactivity_timeout",
+    "database.type",
+    "database.sqlite.path",
+    "database.postgres.host",
+    "database.postgres.port",
+    "database.postgres.name",
+    "database.postgres.user",
+    "database.postgres.pass",
+    "database.postgres.ssl",
+    "log.level",
+    "log.format",
+    "policy.mode",
+    "policy.path",
+    "dns.magic_dns",
+    "dns.base_domain",
+    "dns.override_local_dns",
+    "dns.nameservers.global",
+    "dns.nameservers.split",
+    "dns.search_domains",
+    "dns.extra_records",
+    "dns.extra_records_path",
+    "unix_socket",
+    "unix_socket_permission",
+)
+
+RENAMED: dict[str, str] = {
+    # Headscale reads the old name when the new one is absent (hscontrol/types/config.go)
+    "ephemeral_node_inactivity_timeout": "node.ephemeral.inactivity_timeout",
+    "acl_policy_path": "policy.path",
+    "dns_config.magic_dns": "dns.magic_dns",
+    "dns_config.base_domain": "dns.base_domain",
+    "dns_config.override_local_dns": "dns.override_local_dns",
+    "dns_config.nameservers": "dns.nameservers.global",
+    "dns_config.restricted_nameservers": "dns.nameservers.split",
+    "dns_config.domains": "dns.search_domains",
+    "dns_config.extra_records": "dns.extra_records",
+}
+
+
+def _is(*values: Any) -> Callable[[Any], bool]:
+    """Inert when the value is one of `values` (YAML's true/false/numbers compared as typed)."""
+    return lambda value: any(value == v and type(value) is type(v) for v in values)
+
+
+def _empty(value: Any) -> bool:
+    return value in (None, "", [], {})
+
+
+def _any(value: Any) -> bool:
+    return True
+
+
+def _duration_is(expected: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        try:
+            return parse_duration(value) == parse_duration(expected)
+        except ValueError:
+            return False
+
+    return check
+
+
+_OFF = "empty (or absent)"
+_NO_GRPC = "trioscale has no gRPC API: the admin API is HTTP (`admin.listen_addr`, the unix socket)"
+_NO_ACME = "trioscale serves plain HTTP on `listen_addr`: put a TLS proxy in front (the DERP relay has its own `derp.server.tls_*`)"
+_NO_OIDC = "OpenID Connect login is not implemented yet (issue #14)"
+_GORM = "Headscale's ORM setting: trioscale has no ORM"
+_TUNING = "Headscale's internal batching and caches: trioscale has no counterpart"
+
+UNSUPPORTED: dict[str, Foreign] = {
+    "metrics_listen_addr": Foreign("no Prometheus endpoint yet (issue #15)", _empty, inert_doc=_OFF),
+    "grpc_listen_addr": Foreign(_NO_GRPC, _empty, inert_doc=_OFF),
+    "grpc_allow_insecure": Foreign(_NO_GRPC, _is(False), inert_doc="`false`"),
+    "trusted_proxies": Foreign(
+        "client addresses are never taken from proxy headers", _empty, inert_doc="`[]`"
+    ),
+    "disable_check_updates": Foreign("trioscale never checks for updates", _any, inert_doc="anything"),
+    "derp.server.automatically_add_embedded_derp_region": Foreign(
+        "the embedded relay always appears in the DERP map", _is(True), inert_doc="`true`"
+    ),
+    "derp.urls": Foreign(
+        "DERP maps are not fetched over HTTP: list regions in `derp.regions` or files in `derp.paths`",
+        _empty,
+        inert_doc="`[]`",
+    ),
+    "derp.auto_update_enabled": Foreign("DERP maps are not fetched (see `derp.urls`)", only_with="derp.urls"),
+    "derp.update_frequency": Foreign("DERP maps are not fetched (see `derp.urls`)", only_with="derp.urls"),
+    "node.routes.ha.probe_interval": Foreign(
+        "subnet routers are not pinged: a primary route moves when its router goes offline",
+        _duration_is("0s"),
+        inert_doc="`0`",
+    ),
+    "node.routes.ha.probe_timeout": Foreign(
+        "subnet routers are not pinged (see `node.routes.ha.probe_interval`)", only_with="node.routes.ha.probe_interval"
+    ),
+    "preauth_keys.revoked_retention": Foreign("expired pre-auth keys are kept until deleted"),
+    "database.debug": Foreign("no SQL statement log", _is(False), inert_doc="`false`"),
+    "database.gorm.prepare_stmt": Foreign(_GORM, _is(True), inert_doc="`true` (statements are prepared anyway)"),
+    "database.gorm.parameterized_queries": Foreign(_GORM, _is(True), inert_doc="`true` (queries are parameterized anyway)"),
+    "database.gorm.skip_err_record_not_found": Foreign(_GORM, _is(True), inert_doc="`true` (nothing found is not logged anyway)"),
+    "database.gorm.slow_threshold": Foreign("slow queries are not logged"),
+    "database.sqlite.write_ahead_log": Foreign(
+        "the SQLite database is always in WAL mode", _is(True), inert_doc="`true`"
+    ),
+    "database.sqlite.wal_autocheckpoint": Foreign(
+        "SQLite's own checkpoint interval is used", _is(1000), inert_doc="`1000` (SQLite's default)"
+    ),
+    "database.postgres.max_open_conns": Foreign("the PostgreSQL pool holds at most 10 connections"),
+    "database.postgres.max_idle_conns": Foreign("the PostgreSQL pool's idle connections are not capped"),
+    "database.postgres.conn_max_idle_time_secs": Foreign("the PostgreSQL pool closes connections idle for 300 s"),
+    "acme_url": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
+    "acme_email": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
+    "tls_letsencrypt_hostname": Foreign(_NO_ACME, _empty, inert_doc=_OFF),
+    "tls_letsencrypt_cache_dir": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
+    "tls_letsencrypt_challenge_type": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
+    "tls_letsencrypt_listen": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
+    "tls_cert_path": Foreign(_NO_ACME, _empty, inert_doc=_OFF),
+    "tls_key_path": Foreign(_NO_ACME, _empty, inert_doc=_OFF),
+    "logtail.enabled": Foreign(
+        "clients are always told not to send logs to Tailscale Inc. (`DisableLogTail`)", _is(False), inert_doc="`false`"
+    ),
+    "taildrop.enabled": Foreign("every node is given the file-sharing capability", _is(True), inert_doc="`true`"),
+    "auto_update.enabled": Foreign("nodes are not told to update themselves", _is(False), inert_doc="`false`"),
+    "oidc.issuer": Foreign(_NO_OIDC, _empty, inert_doc=_OFF),
+    **{
+        f"oidc.{name}": Foreign(_NO_OIDC, only_with="oidc.issuer")
+        for name in (
+            "enabled",
+            "only_start_if_oidc_is_available",
+            "client_id",
+            "client_secret",
+            "client_secret_path",
+            "use_expiry_from_token",
+            "scope",
+            "email_verified_required",
+            "extra_params",
+            "allowed_domains",
+            "allowed_users",
+            "allowed_groups",
+            "pkce.enabled",
+            "pkce.method",
+        )
+    },
+    **{
+        f"tuning.{name}": Foreign(_TUNING)
+        for name in (
+            "batch_change_delay",
+            "batcher_workers",
+            "node_mapsession_buffered_chan_size",
+            "node_store_batch_size",
+            "node_store_batch_timeout",
+            "notifier_send_timeout",
+            "register_cache_expiration",
+            "register_cache_max_entries",
+        )
+    },
+    **{
+        f"cli.{name}": Foreign("the CLI reads `--address`/`--api-key` or TRIOSCALE_CLI_ADDRESS/TRIOSCALE_CLI_API_KEY")
+        for name in ("address", "api_key", "timeout", "insecure")
+    },
+}
