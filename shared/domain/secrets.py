@@ -3,6 +3,12 @@
 The prefix (12 url-safe characters, no dash) identifies the key and is stored in clear; the secret
 (43 url-safe characters, 32 random bytes) is only ever stored as its SHA-256 (`hash_secret`) and
 compared in constant time (`verify`). The full key is shown once, at creation.
+
+Keys brought over from Headscale (`trioscale import headscale`) keep working as their holders wrote
+them: `hskey-auth-<prefix>-<secret>`, `hskey-api-<prefix>-<secret>` (a 12-character url-safe
+prefix, which may itself hold dashes, so the key is cut at fixed places) and the older API-key
+form `<7-character prefix>.<secret>`. Headscale stored bcrypt hashes of those secrets; `verify`
+recognises such a hash by its `$2…$` form and checks it with bcrypt.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import hmac
 import re
 import secrets
 from typing import NamedTuple
+
+import bcrypt
 
 __all__ = [
     "KIND_AUTH",
@@ -41,7 +49,17 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9]{%d}$" % PREFIX_LEN)
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43,}$")
 
 #: matches anything that looks like a key (for log masking); group 1 is the part safe to show
-KEY_PATTERN = re.compile(r"(tskey-(?:auth|api)-[A-Za-z0-9]*)(-[A-Za-z0-9_-]+)?")
+KEY_PATTERN = re.compile(
+    r"(tskey-(?:auth|api)-[A-Za-z0-9]*|hskey-(?:auth|api)-[A-Za-z0-9_-]{0,12})(-[A-Za-z0-9_-]+)?"
+)
+
+#: Headscale's key forms (v0.23 and later), cut at fixed places since its prefix may hold dashes
+_HS_PREFIX_LEN = 12
+_HS_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{%d}-([A-Za-z0-9_-]{32,})$" % _HS_PREFIX_LEN)
+#: Headscale's API keys before v0.23: `<prefix>.<secret>`
+_HS_LEGACY_API_RE = re.compile(r"^([A-Za-z0-9_-]{7})\.([A-Za-z0-9_-]{16,})$")
+#: bcrypt's modular crypt form: `$2a$`, `$2b$` or `$2y$`, cost, 53 characters of salt and hash
+_BCRYPT_RE = re.compile(rb"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 
 
 class KeyFormatError(ValueError):
@@ -94,6 +112,11 @@ def split_key(text: str) -> tuple[str, str, str]:
     if not isinstance(text, str):
         raise KeyFormatError("a key must be text")
     text = text.strip()
+    if text.startswith("hskey-"):
+        return _split_headscale_key(text)
+    legacy = _HS_LEGACY_API_RE.match(text)
+    if legacy:
+        return KIND_API, legacy.group(1), legacy.group(2)
     if not text.startswith("tskey-"):
         raise KeyFormatError("not a trioscale key (expected tskey-auth-… or tskey-api-…)")
     parts = text.split("-", 3)
@@ -109,12 +132,22 @@ def split_key(text: str) -> tuple[str, str, str]:
     return kind, prefix, secret
 
 
+def _split_headscale_key(text: str) -> tuple[str, str, str]:
+    kind, _, rest = text[len("hskey-"):].partition("-")
+    if kind not in _KINDS:
+        raise KeyFormatError(f"unknown key kind {kind!r} (expected auth or api)")
+    m = _HS_SECRET_RE.match(rest)
+    if not m:
+        raise KeyFormatError("malformed key (expected hskey-<kind>-<12-character prefix>-<secret>)")
+    return kind, rest[:_HS_PREFIX_LEN], m.group(1)
+
+
 def prefix_of(text: str, kind: str) -> str:
     """The prefix named by `text`: a prefix as it is, or a whole key of `kind` (its secret is
     dropped, so it goes no further: not into a URL, a log line or an error). KeyFormatError for a
     malformed key or one of another kind."""
     text = text.strip()
-    if not text.startswith("tskey-"):
+    if not text.startswith(("tskey-", "hskey-")) and not _HS_LEGACY_API_RE.match(text):
         return text
     found, prefix, _ = split_key(text)
     if found != kind:
@@ -123,9 +156,14 @@ def prefix_of(text: str, kind: str) -> str:
 
 
 def verify(secret: str | bytes, key_hash: bytes) -> bool:
-    """Constant-time check that `secret` hashes to `key_hash`."""
+    """Constant-time check that `secret` hashes to `key_hash` (SHA-256, or bcrypt for a key
+    brought over from Headscale)."""
     try:
-        return hmac.compare_digest(hash_secret(secret), bytes(key_hash))
+        stored = bytes(key_hash)
+        if _BCRYPT_RE.match(stored):
+            data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+            return bcrypt.checkpw(data, stored)
+        return hmac.compare_digest(hash_secret(secret), stored)
     except (TypeError, ValueError):
         return False
 

@@ -1,0 +1,301 @@
+"""`trioscale import headscale` against databases made from Headscale's published schema (v0.29.2's
+hscontrol/db/schema.sql, and the v0.27 layout it grew from): what comes over, in what form, what is
+skipped and why, a second run, a tailnet that is not empty, a layout the import does not know."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from trioscale.cli import main
+from trioscale.importer.apply import ImportRefused, ImportReport, import_noise_key, import_tailnet
+from trioscale.importer.headscale_db import UnknownSchema, read_sqlite
+from trioscale.importer.headscale_records import TAGGED_DEVICES, convert, parse_time
+from trioscale.services.coord.admin.api import api_key_accepted
+from trioscale.services.coord.register import RegisterError, check_auth_key
+from trioscale.shared.domain import secrets
+from trioscale.shared.proto import keys
+from trioscale.shared.store import open_sqlite
+
+SCHEMA = Path("/work/shared/reference/headscale/v0.29.2-schema.sql")
+if not SCHEMA.is_file():  # the reference folder sits next to the repository
+    SCHEMA = Path(__file__).resolve().parents[3] / "shared/reference/headscale/v0.29.2-schema.sql"
+
+NOW = datetime.now(timezone.utc)
+LATER = NOW + timedelta(days=30)
+
+# Headscale's secrets are 64 url-safe characters; its prefixes 12, which may hold '-' and '_'
+API_PREFIX, API_SECRET = "Ab-d_fGh1jK2", "s" * 40 + "-_" + "t" * 22
+AUTH_PREFIX, AUTH_SECRET = "rE_us-able01", "r" * 64
+ONCE_PREFIX, ONCE_SECRET = "0nce0nce0nce", "o" * 64
+SPENT_PREFIX = "spentspent00"
+TAGKEY_PREFIX, TAGKEY_SECRET = "tagkeytagkey", "g" * 64
+
+POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
+
+
+def _bcrypt(secret: str) -> bytes:
+    # Go's bcrypt writes the $2a$ form at cost 10
+    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(4)).replace(b"$2b$", b"$2a$", 1)
+
+
+def _go_time(t: datetime) -> str:
+    # as Headscale's SQLite driver writes it: nanoseconds and an offset
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f") + "123+00:00"
+
+
+def _key_text(kind: keys.KeyType, byte: int) -> str:
+    return kind.format(bytes([byte]) * 32)
+
+
+def make_headscale_db(path: Path, *, legacy: bool = False) -> Path:
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.read_text())
+    db.execute("INSERT INTO migrations (id) VALUES ('202312101416')")
+    db.execute("INSERT INTO database_versions (id, version, updated_at) VALUES (1, 'v0.29.2', ?)", (_go_time(NOW),))
+    users = [
+        (1, "alice", "Alice A", "alice@example.com", None, None, None),
+        (2, "bob", "", "bob@example.com", "https://idp.example.com/bob-sub", "oidc", None),
+        (3, "carol", "", "", None, None, "2020-01-01 00:00:00+00:00"),
+    ]
+    for uid, name, display, email, ident, provider, deleted in users:
+        db.execute(
+            "INSERT INTO users (id, name, display_name, email, provider_identifier, provider, created_at, deleted_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, name, display, email, ident, provider, _go_time(NOW), deleted),
+        )
+    keyrows = [
+        (1, AUTH_PREFIX, _bcrypt(AUTH_SECRET), 1, 1, 0, 0, None, _go_time(LATER)),
+        (2, ONCE_PREFIX, _bcrypt(ONCE_SECRET), 1, 0, 0, 1, None, None),
+        (3, SPENT_PREFIX, _bcrypt("x" * 64), 1, 0, 0, 1, None, None),
+        (4, TAGKEY_PREFIX, _bcrypt(TAGKEY_SECRET), None, 1, 1, 0, '["tag:server"]', None),
+    ]
+    for kid, prefix, h, uid, reusable, ephemeral, used, tags, exp in keyrows:
+        db.execute(
+            "INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (kid, prefix, h, uid, reusable, ephemeral, used, tags, exp, _go_time(NOW)),
+        )
+    db.execute(
+        "INSERT INTO api_keys (id, prefix, hash, expiration, created_at) VALUES (1, ?, ?, ?, ?)",
+        (API_PREFIX, _bcrypt(API_SECRET), _go_time(LATER), _go_time(NOW)),
+    )
+    hostinfo = {"Hostname": "laptop", "OS": "linux", "NetInfo": {"PreferredDERP": 7}}
+    nodes = [
+        # id, mkey byte, name, user, auth key, tags, routes, expiry, deleted, ipv4, ipv6, method
+        (1, 0x11, "laptop", 1, 1, None, '["10.1.0.0/24"]', _go_time(LATER), None, "100.64.0.1", "fd7a:115c:a1e0::1", "authkey"),
+        (2, 0x12, "phone", 1, 2, None, "[]", "0001-01-01 00:00:00+00:00", None, "100.64.0.2", "fd7a:115c:a1e0::2", "authkey"),
+        (3, 0x13, "server", None, 4, '["tag:server"]', None, None, None, "100.64.0.3", None, "authkey"),
+        (4, 0x14, "bobs-box", 2, None, None, None, None, None, "100.64.0.4", "fd7a:115c:a1e0::4", "oidc"),
+        (5, 0x15, "gone", 1, None, None, None, None, "2024-01-01 00:00:00+00:00", "100.64.0.5", None, "cli"),
+    ]
+    for nid, b, name, uid, kid, tags, routes, expiry, deleted, v4, v6, method in nodes:
+        db.execute(
+            "INSERT INTO nodes (id, machine_key, node_key, disco_key, endpoints, host_info, ipv4, ipv6, hostname,"
+            " given_name, user_id, register_method, tags, auth_key_id, last_seen, expiry, approved_routes,"
+            " created_at, updated_at, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                nid, _key_text(keys.MACHINE, b), _key_text(keys.NODE, b), _key_text(keys.DISCO, b),
+                '["192.0.2.1:41641","[2001:db8::1]:41641"]', json.dumps({**hostinfo, "Hostname": name}),
+                v4, v6, name, name, uid, method, tags, kid, _go_time(NOW), expiry, routes,
+                _go_time(NOW - timedelta(days=3)), _go_time(NOW), deleted,
+            ),
+        )
+    db.execute("INSERT INTO policies (id, data, created_at) VALUES (1, ?, ?)", ('{"acls": []}', _go_time(NOW)))
+    db.execute("INSERT INTO policies (id, data, created_at) VALUES (2, ?, ?)", (POLICY, _go_time(NOW)))
+    if legacy:
+        # v0.27: tags were forced_tags, pre-auth keys were kept in clear, no database_versions
+        db.execute("ALTER TABLE nodes RENAME COLUMN tags TO forced_tags")
+        db.execute("DROP TABLE database_versions")
+        db.execute(
+            "INSERT INTO pre_auth_keys (id, key, user_id, reusable, ephemeral, used, created_at)"
+            " VALUES (9, 'a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6', 1, 1, 0, 0, ?)",
+            (_go_time(NOW),),
+        )
+    db.commit()
+    db.close()
+    return path
+
+
+async def _import(store, path: Path, **kw) -> ImportReport:
+    return await import_tailnet(store, convert(read_sqlite(path)), ImportReport(source=str(path)), **kw)
+
+
+def _results(report: ImportReport) -> dict[tuple[str, str], str]:
+    return {(o.kind, o.name): o.result for o in report.outcomes}
+
+
+async def test_import_brings_the_tailnet_over(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        report = await _import(store, src)
+        results = _results(report)
+        assert results[("user", "alice")] == "brought"
+        assert results[("user", "bob")] == "brought"
+        assert ("user", "carol") not in results  # deleted in Headscale (soft delete)
+        assert results[("node", "laptop")] == "brought"
+        assert ("node", "gone") not in results
+        assert results[("preauthkey", SPENT_PREFIX)] == "skipped"
+        assert results[("policy", "policy")] == "brought"
+        bob = next(o for o in report.outcomes if o.name == "bob")
+        assert "https://idp.example.com/bob-sub" in bob.reason
+
+        users = {u.name: u for u in await store.list_users()}
+        assert set(users) == {"alice", "bob", TAGGED_DEVICES}
+        assert users["alice"].display_name == "Alice A" and users["alice"].email == "alice@example.com"
+
+        laptop = await store.get_node_by_machine_key(bytes([0x11]) * 32)
+        assert laptop is not None
+        assert laptop.node_key == bytes([0x11]) * 32 and laptop.disco_key == bytes([0x11]) * 32
+        assert (laptop.ipv4, laptop.ipv6) == ("100.64.0.1", "fd7a:115c:a1e0::1")
+        assert laptop.given_name == "laptop" and laptop.user_id == users["alice"].id
+        assert laptop.endpoints == ("192.0.2.1:41641", "[2001:db8::1]:41641")
+        assert laptop.hostinfo["OS"] == "linux" and laptop.home_derp == 7
+        assert laptop.approved_routes == ("10.1.0.0/24",)
+        assert laptop.expiry is not None and abs(laptop.expiry - LATER) < timedelta(seconds=1)
+        assert laptop.register_method == "authkey"
+        phone = await store.get_node_by_machine_key(bytes([0x12]) * 32)
+        assert phone.expiry is None  # Go's zero time: no expiry
+        server = await store.get_node_by_machine_key(bytes([0x13]) * 32)
+        assert server.tags == ("tag:server",) and server.ipv6 is None and server.ephemeral
+        assert server.user_id == users[TAGGED_DEVICES].id
+        bobs = await store.get_node_by_machine_key(bytes([0x14]) * 32)
+        assert bobs.user_id == users["bob"].id and bobs.register_method == "interactive"
+
+        once = await store.get_preauth_key_by_prefix(ONCE_PREFIX)
+        assert once.used and phone.auth_key_id == once.id  # spent by the node that used it
+        tagkey = await store.get_preauth_key_by_prefix(TAGKEY_PREFIX)
+        assert tagkey.tags == ("tag:server",) and tagkey.user_id == users[TAGGED_DEVICES].id
+        assert (await store.get_policy()).text == POLICY
+
+
+async def test_imported_keys_keep_working(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        await _import(store, src)
+        assert await api_key_accepted(store, f"Bearer hskey-api-{API_PREFIX}-{API_SECRET}")
+        assert not await api_key_accepted(store, f"Bearer hskey-api-{API_PREFIX}-{'u' * 64}")
+        key = await check_auth_key(store, f"hskey-auth-{AUTH_PREFIX}-{AUTH_SECRET}", NOW)
+        assert key.reusable
+        with pytest.raises(RegisterError, match="already used"):
+            await check_auth_key(store, f"hskey-auth-{ONCE_PREFIX}-{ONCE_SECRET}", NOW)
+        with pytest.raises(RegisterError, match="invalid"):
+            await check_auth_key(store, f"hskey-auth-{AUTH_PREFIX}-{'q' * 64}", NOW)
+
+
+async def test_second_run_brings_nothing(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        await _import(store, src)
+        seq = await store.latest_seq()
+        again = await _import(store, src)
+        assert {o.result for o in again.outcomes if o.kind != "preauthkey" or o.name != SPENT_PREFIX} == {"already here"}
+        assert await store.latest_seq() == seq
+
+
+async def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        report = await _import(store, src, dry_run=True)
+        assert _results(report)[("node", "laptop")] == "brought"
+        assert await store.list_users() == [] and await store.latest_seq() == 0
+
+
+async def test_non_empty_tailnet_needs_force(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        await store.create_user("dave")
+        with pytest.raises(ImportRefused, match=r"1 user not from this Headscale database.*--force"):
+            await _import(store, src)
+        assert [u.name for u in await store.list_users()] == ["dave"]
+        report = await _import(store, src, force=True)
+        assert _results(report)[("node", "laptop")] == "brought"
+
+
+async def test_force_skips_what_collides(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        dave = await store.create_user("dave")
+        from trioscale.shared.model import Node
+
+        await store.create_node(Node(0, b"\x99" * 32, b"\x99" * 32, dave.id, "x", "laptop", ipv4="100.64.0.9"))
+        report = await _import(store, src, force=True)
+        laptop = next(o for o in report.outcomes if o.kind == "node" and o.name == "laptop")
+        assert laptop.result == "skipped" and "laptop" in laptop.reason
+        assert _results(report)[("node", "phone")] == "brought"
+
+
+async def test_older_layout_and_clear_keys(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db", legacy=True)
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        report = await _import(store, src)
+        assert report.version == ""
+        skipped = [o for o in report.outcomes if o.kind == "preauthkey" and o.result == "skipped"]
+        assert any("in clear" in o.reason for o in skipped)
+        server = await store.get_node_by_machine_key(bytes([0x13]) * 32)
+        assert server.tags == ("tag:server",)
+
+
+def test_unknown_layouts_are_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(UnknownSchema, match="not a Headscale database"):
+        read_sqlite(empty)
+    src = make_headscale_db(tmp_path / "headscale.db")
+    db = sqlite3.connect(src)
+    db.execute("ALTER TABLE nodes DROP COLUMN approved_routes")
+    db.execute("CREATE TABLE routes (id integer)")
+    db.commit()
+    db.close()
+    with pytest.raises(UnknownSchema, match="before v0.26"):
+        read_sqlite(src)
+    notdb = tmp_path / "notdb"
+    notdb.write_text("hello" * 100)
+    with pytest.raises(UnknownSchema, match="not an SQLite database"):
+        read_sqlite(notdb)
+
+
+def test_go_times() -> None:
+    assert parse_time("0001-01-01 00:00:00+00:00") is None
+    assert parse_time("2026-12-04 19:15:53.123456789+01:00") == datetime(2026, 12, 4, 18, 15, 53, 123456, timezone.utc)
+    assert parse_time("2026-12-04T19:15:53Z").tzinfo is timezone.utc
+
+
+def test_headscale_key_forms() -> None:
+    assert secrets.split_key(f"hskey-api-{API_PREFIX}-{API_SECRET}") == ("api", API_PREFIX, API_SECRET)
+    assert secrets.split_key("abcdefg." + "z" * 32) == ("api", "abcdefg", "z" * 32)
+    assert secrets.prefix_of(f"hskey-auth-{AUTH_PREFIX}-{AUTH_SECRET}", "auth") == AUTH_PREFIX
+    assert AUTH_SECRET not in secrets.mask(f"key hskey-auth-{AUTH_PREFIX}-{AUTH_SECRET} used")
+    with pytest.raises(secrets.KeyFormatError):
+        secrets.split_key("hskey-api-short-" + "x" * 64)
+    h = _bcrypt("p" * 64)
+    assert secrets.verify("p" * 64, h) and not secrets.verify("q" * 64, h)
+    new = secrets.generate_api_key()  # our own keys are unchanged
+    assert secrets.verify(new.secret, new.key_hash) and not secrets.verify(new.secret, h)
+
+
+def test_noise_key(tmp_path: Path) -> None:
+    raw = keys.generate_private_key()
+    src = tmp_path / "noise_private.key"
+    src.write_text(keys.PRIVATE.format(raw) + "\n")
+    dest = tmp_path / "data" / "noise.key"
+    report = ImportReport()
+    import_noise_key(src, dest, report, force=False, dry_run=False)
+    assert keys.load_or_create_private_key(dest) == raw
+    import_noise_key(src, dest, report, force=False, dry_run=False)
+    assert [o.result for o in report.outcomes] == ["brought", "already here"]
+    other = tmp_path / "other.key"
+    other.write_text(keys.PRIVATE.format(keys.generate_private_key()))
+    with pytest.raises(ImportRefused, match="another Noise key"):
+        import_noise_key(other, dest, report, force=False, dry_run=False)
+    import_noise_key(other, dest, report, force=True, dry_run=False)
+    assert keys.load_or_create_private_key(dest) != raw
+    bad = tmp_path / "bad.key"
+    bad.write_text("hello")
+    with pytest.raises(ImportRefused, match="not a Noise private key"):
+        import_noise_key(bad, dest, report, force=True, dry_run=False)
