@@ -299,3 +299,59 @@ def test_noise_key(tmp_path: Path) -> None:
     bad.write_text("hello")
     with pytest.raises(ImportRefused, match="not a Noise private key"):
         import_noise_key(bad, dest, report, force=True, dry_run=False)
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_import(tmp_path: Path, capsys) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    data = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {data}\n")
+    raw = keys.generate_private_key()
+    noise = tmp_path / "noise_private.key"
+    noise.write_text(keys.PRIVATE.format(raw))
+    policy = tmp_path / "policy.hujson"
+    policy.write_text('// file mode\n{"acls": [{"action": "accept", "src": ["alice@"], "dst": ["*:*"]},]}\n')
+
+    rc, out, err = _cli(capsys, "-c", str(config), "import", "headscale")
+    assert rc == 2 and "--db FILE or --postgres-dsn" in err
+
+    rc, out, err = _cli(capsys, "-c", str(config), "import", "headscale", "--db", str(src), "--dry-run",
+                          "--noise-key", str(noise), "-o", "json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["dryRun"] and report["counts"]["node"]["brought"] == 4
+    assert report["counts"]["noisekey"]["brought"] == 1 and not (data / "noise_private.key").exists()
+
+    args = ["-c", str(config), "import", "headscale", "--db", str(src), "--noise-key", str(noise),
+            "--policy-file", str(policy)]
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 0, err
+    assert "Headscale v0.29.2" in out and "single-use key already spent" in out
+    nodes_line = next(line for line in out.splitlines() if line.startswith("nodes"))
+    assert nodes_line.split()[1:] == ["4", "0", "0"]
+    assert keys.load_or_create_private_key(data / "noise_private.key") == raw
+
+    rc, out, err = _cli(capsys, *args, "-o", "json")
+    assert rc == 0, err
+    counts = json.loads(out)["counts"]
+    assert counts["node"] == {"brought": 0, "already here": 4, "skipped": 0}
+    assert counts["noisekey"] == {"brought": 0, "already here": 1, "skipped": 0}
+    assert counts["policy"]["already here"] == 1
+
+    other = tmp_path / "other.db"
+    make_headscale_db(other)
+    db = sqlite3.connect(other)
+    db.execute("UPDATE users SET name = 'erin' WHERE id = 1")
+    db.commit()
+    db.close()
+    rc, out, err = _cli(capsys, "-c", str(config), "import", "headscale", "--db", str(other))
+    assert rc == 1 and "not empty" in err and "--force" in err
+
+    rc, out, err = _cli(capsys, "-c", str(config), "import", "headscale", "--db", str(tmp_path / "missing.db"))
+    assert rc == 1 and "no such database file" in err

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from . import apikeys, auth, configtest, debug, nodes, policy, preauthkeys, services, users, version
+from . import apikeys, auth, configtest, debug, importcmd, nodes, policy, preauthkeys, services, users, version
 from .base import OUTPUTS, AliasGroup, State
 
 
@@ -35,7 +35,8 @@ def cli(ctx: click.Context, config_path: str | None, output: str | None, address
 
 
 for _command in (users.users, preauthkeys.preauthkeys, apikeys.apikeys, nodes.nodes, auth.auth, policy.policy,
-                 debug.debug, configtest.configtest, version.version, *services.COMMANDS):
+                 debug.debug, configtest.configtest, version.version, importcmd.import_,
+                 *services.COMMANDS):
     cli.add_command(_command)
 
 
