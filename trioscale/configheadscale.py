@@ -13,8 +13,9 @@ holds the rest:
   effect without another one (the ACME keys without `tls_letsencrypt_hostname`, the `oidc` keys
   without `oidc.issuer`).
 
-Keys Headscale itself refuses (`randomize_client_port` since 0.29, `oidc.strip_email_domain`, …)
-and keys neither server knows stay errors.
+Keys Headscale itself refuses (`oidc.strip_email_domain`, `dns.use_username_in_magic_dns`, …) and
+keys neither server knows stay errors; `randomize_client_port`, which Headscale 0.29 moved into the
+policy, is reported like an unsupported key so that files of earlier releases still start.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ SHARED: tuple[str, ...] = (
     "database.postgres.user",
     "database.postgres.pass",
     "database.postgres.ssl",
+    "database.postgres.max_open_conns",
+    "database.postgres.conn_max_idle_time_secs",
     "log.level",
     "log.format",
     "policy.mode",
@@ -122,6 +125,10 @@ UNSUPPORTED: dict[str, Foreign] = {
     "trusted_proxies": Foreign(
         "client addresses are never taken from proxy headers", _empty, inert_doc="`[]`"
     ),
+    # Headscale before 0.29 (0.29 refuses it): older files still have it
+    "randomize_client_port": Foreign(
+        "set `randomizeClientPort` in the policy (as Headscale 0.29 does)", _is(False), inert_doc="`false`"
+    ),
     "disable_check_updates": Foreign("trioscale never checks for updates", _any, inert_doc="anything"),
     "derp.server.automatically_add_embedded_derp_region": Foreign(
         "the embedded relay always appears in the DERP map", _is(True), inert_doc="`true`"
@@ -153,9 +160,9 @@ UNSUPPORTED: dict[str, Foreign] = {
     "database.sqlite.wal_autocheckpoint": Foreign(
         "SQLite's own checkpoint interval is used", _is(1000), inert_doc="`1000` (SQLite's default)"
     ),
-    "database.postgres.max_open_conns": Foreign("the PostgreSQL pool holds at most 10 connections"),
-    "database.postgres.max_idle_conns": Foreign("the PostgreSQL pool's idle connections are not capped"),
-    "database.postgres.conn_max_idle_time_secs": Foreign("the PostgreSQL pool closes connections idle for 300 s"),
+    "database.postgres.max_idle_conns": Foreign(
+        "idle pooled connections are not capped, only closed after `conn_max_idle_time_secs`"
+    ),
     "acme_url": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
     "acme_email": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
     "tls_letsencrypt_hostname": Foreign(_NO_ACME, _empty, inert_doc=_OFF),

@@ -112,6 +112,10 @@ def open_store(config: Any, **kw: Any):
         }
         if params["port"] is not None:
             params["port"] = int(params["port"])
+        # the pool's size and idle lifetime, under Headscale's names
+        params["max_size"] = getattr(pg, "max_open_conns", None)
+        idle = getattr(pg, "conn_max_idle_time_secs", None)
+        params["max_inactive_connection_lifetime"] = float(idle) if idle is not None else None
         dsn = getattr(pg, "dsn", None) or None
         return open_postgres(dsn, **{k: v for k, v in params.items() if v is not None}, **kw)
     raise ValueError(f'unknown database type "{kind}" (expected "sqlite" or "postgres")')

@@ -122,8 +122,11 @@ async def _aio_migrate(conn: asyncpg.Connection, migrations: list[list[str]]) ->
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
 
 
-async def _aio_open_pool(connect: dict, min_size: int, max_size: int, migrations) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(**connect, min_size=min_size, max_size=max_size, init=_init_connection)
+async def _aio_open_pool(connect: dict, min_size: int, max_size: int, idle_lifetime: float, migrations) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        **connect, min_size=min_size, max_size=max_size, max_inactive_connection_lifetime=idle_lifetime,
+        init=_init_connection,
+    )
     try:
         async with pool.acquire() as conn:
             await _aio_migrate(conn, migrations)
@@ -230,6 +233,7 @@ class PostgresStore(WakeUps, OpsStore):
         ssl: Any = None,
         min_size: int = 1,
         max_size: int = 10,
+        max_inactive_connection_lifetime: float = 300.0,
         max_pending_registrations: int | None = None,
         poll_interval: float = 5.0,
         retry_for: float = 10.0,
@@ -249,7 +253,9 @@ class PostgresStore(WakeUps, OpsStore):
             connect["ssl"] = ssl
         migrations = POSTGRES_MIGRATIONS if migrations is None else migrations
         try:
-            pool = await trio_asyncio.aio_as_trio(_aio_open_pool, loop=loop)(connect, min_size, max_size, migrations)
+            pool = await trio_asyncio.aio_as_trio(_aio_open_pool, loop=loop)(
+                connect, min_size, max_size, max_inactive_connection_lifetime, migrations
+            )
         except StoreError:
             raise
         except Exception as e:

@@ -175,6 +175,8 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "database.postgres.user": "dbu",
         "database.postgres.password": "dbp",
         "database.postgres.ssl": "true",
+        "database.postgres.max_open_conns": "20",
+        "database.postgres.conn_max_idle_time_secs": "60",
         "derp.server.enabled": "false",
         "derp.server.region_id": "42",
         "derp.server.region_code": "rc",

@@ -222,11 +222,14 @@ def test_unsupported_keys_are_quiet_when_they_ask_for_nothing() -> None:
 
 def test_keys_neither_server_knows_stay_errors() -> None:
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"oidc": {"issuer": "https://id.example", "clientid": "typo"}, "randomize_client_port": True,
-                          "tuning": {"speed": 11}})
+        config_from_dict({"oidc": {"issuer": "https://id.example", "clientid": "typo"},
+                          "dns": {"use_username_in_magic_dns": True}, "tuning": {"speed": 11}})
     problems = info.value.problems
     assert len(problems) == 3 and all("unknown key" in p for p in problems), problems
     assert info.value.warnings and "oidc.issuer" in info.value.warnings[0]
+    # Headscale 0.29 moved it into the policy; files of earlier releases still start
+    assert config_from_dict({"randomize_client_port": True}).unsupported == ("randomize_client_port",)
+    assert config_from_dict({"randomize_client_port": False}).unsupported == ()
 
 
 def test_file_policy_without_a_path_is_no_policy() -> None:
@@ -248,3 +251,17 @@ def test_the_doc_lists_every_headscale_key() -> None:
         assert f"`{key}`" in section, key
     for key in list(RENAMED) + list(UNSUPPORTED):
         assert f"| `{key}` |" in section, key
+
+
+def test_postgres_pool_keys_reach_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trioscale.shared.store as store
+
+    opened = {}
+    monkeypatch.setattr(store, "open_postgres", lambda dsn=None, **kw: opened.update(kw))
+    cfg = config_from_dict({"database": {"type": "postgres", "postgres": {
+        "user": "hs", "pass": "pw", "max_open_conns": 25, "conn_max_idle_time_secs": 3600, "max_idle_conns": 10}}})
+    store.open_store(cfg)
+    assert opened["max_size"] == 25 and opened["max_inactive_connection_lifetime"] == 3600.0
+    assert opened["password"] == "pw" and cfg.unsupported == ("database.postgres.max_idle_conns",)
+    with pytest.raises(ConfigError, match="max_open_conns"):
+        config_from_dict({"database": {"postgres": {"max_open_conns": 0}}})
