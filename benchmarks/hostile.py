@@ -953,7 +953,7 @@ async def run_flood(name: str, args: argparse.Namespace, upstream: FakeUpstream,
         status, listing = await server.api("GET", "/api/v1/node")
         for n in listing["nodes"]:
             for node in (watcher, mover):
-                if n["node_key"] == "nodekey:" + keys.public_key(node.node_key).hex():
+                if n["nodeKey"] == "nodekey:" + keys.public_key(node.node_key).hex():
                     node.id = n["id"]
         assert watcher.id and mover.id, listing
         pending_id = ""

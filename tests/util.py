@@ -95,7 +95,7 @@ class ServerCli:
 
     def node_named(self, name: str) -> dict | None:
         for node in self.nodes():
-            if name in (node.get("given_name"), node.get("name"), node.get("hostname")):
+            if name in (node.get("givenName"), node.get("name")):
                 return node
         return None
 

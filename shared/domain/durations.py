@@ -1,4 +1,4 @@
-"""Durations as people write them (``30s``, ``5m``, ``1h30m``, ``90d``, or a number of seconds):
+"""Durations as people write them (``30s``, ``5m``, ``1h30m``, ``90d``, ``2y``, or a number of seconds):
 the configuration file and the admin API (key and node expirations) read them the same way."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 
 __all__ = ["MAX_DURATION", "parse_duration"]
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+#: Headscale's (Prometheus') units too: a year is 365 days
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
 #: the longest duration accepted anywhere: beyond it a number is a typo or an attack, and
 #: `now + duration` must still be a datetime
@@ -37,7 +38,7 @@ def _cut(value: Any) -> str:
 
 
 def parse_duration(value: Any) -> timedelta:
-    """'30s', '5m', '1h', '90d', '1h30m', '0', or a number of seconds, at most `MAX_DURATION`.
+    """'30s', '5m', '1h', '90d', '2y', '1h30m', '0', or a number of seconds, at most `MAX_DURATION`.
     ValueError if not."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 30s, 5m, 1h or 90d, got {value!r}")

@@ -42,7 +42,7 @@ def test_users_create_and_list(server: TrioscaleServer) -> None:
     out = server.cli_ok("users", "create", "carol", "--display-name", "Carol C", "--email", "carol@example.com")
     assert out.startswith("User created: carol (id ")
     user = server.cli_json("users", "create", "dave")
-    assert user["name"] == "dave" and isinstance(user["id"], int)
+    assert user["name"] == "dave" and user["id"].isdigit()  # ids are strings, as in Headscale's JSON
 
     table = server.cli_ok("users", "list")
     header, *rows = table.splitlines()
@@ -51,11 +51,22 @@ def test_users_create_and_list(server: TrioscaleServer) -> None:
     listed = server.cli_json("users", "list")
     assert {"carol", "dave"} <= {u["name"] for u in listed}
     carol = next(u for u in listed if u["name"] == "carol")
-    assert carol["display_name"] == "Carol C" and carol["email"] == "carol@example.com"
+    assert carol["displayName"] == "Carol C" and carol["email"] == "carol@example.com"
     assert server.cli_json("users", "list", "--name", "dave") == [user]
     # aliases and the group-level -o
     assert json.loads(server.cli_ok("-o", "json", "user", "ls", "-n", "dave")) == [user]
+    assert server.cli_json("users", "list", "--email", "carol@example.com") == [carol]
 
+
+def test_output_formats_print_the_api_record(server: TrioscaleServer) -> None:
+    import yaml
+
+    user = server.cli_json("users", "create", "olga", "-d", "Olga O")
+    line = server.cli_ok("users", "list", "-n", "olga", "-o", "json-line")
+    assert line.count("\n") == 1 and json.loads(line) == [user]
+    assert yaml.safe_load(server.cli_ok("users", "list", "-n", "olga", "-o", "yaml")) == [user]
+    assert yaml.safe_load(server.cli_ok("-o", "yaml", "users", "rename", "olga", "olga2"))["name"] == "olga2"
+    assert set(user) >= {"id", "name", "createdAt", "displayName", "email", "providerId", "provider", "profilePicUrl"}
 
 def test_users_rename_every_form(server: TrioscaleServer) -> None:
     u = server.cli_json("users", "create", "erin")
@@ -71,7 +82,7 @@ def test_users_delete_by_name_and_id(server: TrioscaleServer) -> None:
     a = server.cli_json("users", "create", "frank")
     b = server.cli_json("users", "create", "grace")
     assert "frank" in server.cli_ok("users", "delete", "frank")
-    assert server.cli_json("users", "delete", "--identifier", str(b["id"])) == {"deleted": str(b["id"])}
+    assert server.cli_json("users", "delete", "--identifier", str(b["id"])) == {}  # Headscale's DeleteUserResponse
     names = {u["name"] for u in server.cli_json("users", "list")}
     assert not {"frank", "grace"} & names
     assert a["id"] != b["id"]
@@ -92,7 +103,7 @@ def test_users_bad_input(server: TrioscaleServer) -> None:
     assert_one_line_error(server.cli("users", "delete", "nobody"), "not found")
     assert_one_line_error(server.cli("users", "delete", "--identifier", "99999"), "not found")
     assert_one_line_error(server.cli("users", "delete"))
-    assert_one_line_error(server.cli("users", "list", "-o", "yaml"))  # click usage error, one line too
+    assert_one_line_error(server.cli("users", "list", "-o", "xml"))  # click usage error, one line too
     assert_one_line_error(server.cli("users", "frobnicate"))
     assert server.cli_ok("users", "list", "-o", "json") == before
 
@@ -112,15 +123,15 @@ def test_preauthkeys_create_list_expire(server: TrioscaleServer) -> None:
         "--expiration", "24h", "--tags", "tag:server,tag:prod",
     )
     assert KEY_RE.match(data["key"])
-    assert data["reusable"] and data["ephemeral"] and data["acl_tags"] == ["tag:server", "tag:prod"]
+    assert data["reusable"] and data["ephemeral"] and data["aclTags"] == ["tag:server", "tag:prod"]
     assert data["user"]["name"] == "judy" and not data["expired"]
 
     listed = server.cli_json("preauthkeys", "list", "--user", "judy")
     assert [k["id"] for k in listed] == sorted(k["id"] for k in listed)
-    assert len(listed) == 2 and all("key" not in k for k in listed)
+    assert len(listed) == 2 and all(k["key"] == f"tskey-auth-{k['prefix']}-***" for k in listed)
     assert {k["prefix"] for k in listed} == {key.split("-")[2], data["prefix"]}
     table = server.cli_ok("preauthkeys", "list", "-u", "judy")
-    assert table.splitlines()[0].split()[:3] == ["ID", "Prefix", "User"]
+    assert table.splitlines()[0].split()[:3] == ["ID", "Key", "User"]
     assert data["prefix"] in table and "tag:server,tag:prod" in table
     assert key.split("-", 3)[3] not in table
 
@@ -155,6 +166,8 @@ def test_preauthkeys_delete_keeps_the_nodes(server: TrioscaleServer) -> None:
         assert register_node(server, host, key["key"])["MachineAuthorized"] is True
     nodes = server.cli_json("nodes", "list", "--user", "kim")
     assert len(nodes) == 2 and all(n["tags"] == ["tag:kept"] for n in nodes)
+    assert all(n["preAuthKey"]["id"] == key["id"] and n["registerMethod"] == "REGISTER_METHOD_AUTH_KEY" for n in nodes)
+    nodes = [dict(n, preAuthKey=None) for n in nodes]  # the key they registered with goes below
 
     out = server.cli_ok("preauthkeys", "delete", "--id", str(key["id"]))
     assert out.strip() == f"Pre-auth key deleted: id {key['id']} prefix {key['prefix']}"
@@ -165,7 +178,7 @@ def test_preauthkeys_delete_keeps_the_nodes(server: TrioscaleServer) -> None:
     assert server.cli_json("nodes", "list", "--user", "kim") == nodes
     deleted = server.cli_json("preauthkey", "rm", "-i", str(other["id"]))
     assert (deleted["id"], deleted["prefix"], deleted["user"]["name"]) == (other["id"], other["prefix"], "kim")
-    assert "key" not in deleted
+    assert deleted["key"] == f"tskey-auth-{other['prefix']}-***"
     assert server.cli_json("preauthkeys", "list", "--user", "kim") == []
 
     before = server.cli_ok("preauthkeys", "list", "-o", "json")
@@ -204,14 +217,23 @@ def test_preauth_key_secret_never_stored_or_logged(server: TrioscaleServer) -> N
 # -- API keys ------------------------------------------------------------------------------------
 
 
+def new_api_key(server: TrioscaleServer, *args: str) -> dict:
+    """`apikeys create -o json` prints the key's text (Headscale's CreateApiKeyResponse.apiKey); its
+    record (id, prefix) is found in the list."""
+    text = server.cli_json("apikeys", "create", *args)
+    assert isinstance(text, str)
+    (record,) = [k for k in server.cli_json("apikeys", "list") if k["prefix"] == text.split("-")[2]]
+    return dict(record, key=text)
+
+
 def test_apikeys(server: TrioscaleServer) -> None:
     key = server.cli_ok("apikeys", "create").strip()
     assert re.match(r"^tskey-api-[A-Za-z0-9]{12}-[A-Za-z0-9_-]{43}$", key)
-    data = server.cli_json("apikeys", "create", "--expiration", "1h")
+    data = new_api_key(server, "--expiration", "1h")
     assert data["key"].startswith(f"tskey-api-{data['prefix']}-")
     listed = server.cli_json("apikeys", "list")
     assert {key.split("-")[2], data["prefix"]} <= {k["prefix"] for k in listed}
-    assert all("key" not in k for k in listed)
+    assert all("key" not in k and set(k) >= {"id", "prefix", "expiration", "createdAt", "lastSeen"} for k in listed)
     table = server.cli_ok("apikeys", "list")
     assert table.splitlines()[0].split()[:2] == ["ID", "Prefix"] and data["prefix"] in table
 
@@ -228,7 +250,7 @@ def test_apikeys(server: TrioscaleServer) -> None:
 
 
 def test_apikeys_delete(server: TrioscaleServer) -> None:
-    by_prefix, by_id, whole, me = (server.cli_json("apikeys", "create") for _ in range(4))
+    by_prefix, by_id, whole, me = (new_api_key(server) for _ in range(4))
     remote = ("--address", server.admin_url, "--api-key")
     for k in (by_prefix, by_id, whole, me):
         assert server.cli(*remote, k["key"], "users", "list").returncode == 0
@@ -313,20 +335,25 @@ def test_nodes_list_rename_expire_delete(server: TrioscaleServer) -> None:
     nodes = server.cli_json("nodes", "list", "--user", "nina")
     assert len(nodes) == 1
     node = nodes[0]
-    assert node["given_name"] == "nina-laptop" and node["user"]["name"] == "nina"
-    assert node["ip_addresses"] and node["ip_addresses"][0].startswith("100.")
+    assert node["givenName"] == "nina-laptop" and node["user"]["name"] == "nina"
+    assert node["ipAddresses"] and node["ipAddresses"][0].startswith("100.")
     table = server.cli_ok("nodes", "list")
     assert table.splitlines()[0].split()[:2] == ["ID", "Name"] and "nina-laptop" in table
     assert server.cli_json("nodes", "list", "-u", "nina") == nodes
 
     nid = str(node["id"])
     assert "nina-box" in server.cli_ok("nodes", "rename", "--identifier", nid, "nina-box")
-    assert server.cli_json("nodes", "rename", "-i", nid, "nina-pc")["given_name"] == "nina-pc"
+    assert server.cli_json("nodes", "rename", "-i", nid, "nina-pc")["givenName"] == "nina-pc"
     before = server.cli_ok("nodes", "list", "-o", "json")
     assert_one_line_error(server.cli("nodes", "rename", "-i", nid, "Not_A_Label"), "not a dns label")
     assert_one_line_error(server.cli("nodes", "rename", "-i", "99999", "x"), "not found")
     assert server.cli_ok("nodes", "list", "-o", "json") == before
 
+    later = server.cli_json("nodes", "expire", "-i", nid, "--expiry", "2031-01-02T03:04:05Z")
+    assert later["expiry"] == "2031-01-02T03:04:05Z" and later["expired"] is False
+    never = server.cli_json("nodes", "expire", "-i", nid, "--disable")
+    assert never["expiry"] is None and never["expired"] is False
+    assert_one_line_error(server.cli("nodes", "expire", "-i", nid, "-d", "-e", "2031-01-02T03:04:05Z"), "not both")
     assert "expired" in server.cli_ok("nodes", "expire", "--identifier", nid).lower()
     assert server.cli_json("nodes", "expire", "-i", nid)["expired"] is True
     # a user who still owns a node cannot be deleted
@@ -350,7 +377,8 @@ def test_nodes_register_interactive(server: TrioscaleServer) -> None:
     assert_one_line_error(server.cli("nodes", "register", "--user", "oscar", "--key", "bad id!"), "registration id")
     assert server.cli_ok("nodes", "list", "-o", "json") == before
     node = server.cli_json("nodes", "register", "--user", "oscar", "--key", reg_id)
-    assert node["user"]["name"] == "oscar" and node["given_name"] == "oscar-phone"
+    assert node["user"]["name"] == "oscar" and node["givenName"] == "oscar-phone"
+    assert node["registerMethod"] == "REGISTER_METHOD_CLI"
     assert [n["id"] for n in server.cli_json("nodes", "list", "--user", "oscar")] == [node["id"]]
     assert_one_line_error(server.cli("nodes", "register", "--user", "oscar", "--key", reg_id))
 
@@ -368,6 +396,8 @@ def test_nodes_list_empty_and_unknown_user(server: TrioscaleServer) -> None:
 def test_version_and_health(server: TrioscaleServer) -> None:
     assert server.cli_ok("version").startswith("trioscale ")
     assert "version" in server.cli_json("version")
+    assert server.cli_json("health") == {"databaseConnectivity": True}
+    assert "healthy" in server.cli_ok("health").lower()
 
 
 def test_server_not_running(tmp_path: Path) -> None:

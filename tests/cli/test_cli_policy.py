@@ -57,7 +57,7 @@ def register(server: TrioscaleServer, hostname: str, authkey: str, **hostinfo) -
             return resp.json()
 
     assert trio.run(go)["MachineAuthorized"] is True
-    return next(n["id"] for n in server.cli_json("nodes", "list") if n["hostname"] == hostname)
+    return next(n["id"] for n in server.cli_json("nodes", "list") if n["name"] == hostname)
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -72,7 +72,7 @@ def test_policy_get_set_check(server: TrioscaleServer, tmp_path: Path) -> None:
     server.cli_ok("users", "create", "bob")
     good = write(tmp_path, "good.hujson", GOOD)
     assert server.cli_ok("policy", "check", "-f", good).strip() == "Policy is valid"
-    assert server.cli_json("policy", "check", "-f", good) == {"ok": True}
+    assert server.cli_json("policy", "check", "-f", good) == {}  # Headscale's CheckPolicyResponse
     out = server.cli_ok("policy", "set", "-f", good)
     assert out.startswith("Policy set (version ")
     assert server.cli_ok("policy", "get").strip() == GOOD.strip()
@@ -120,23 +120,22 @@ def test_nodes_tag_and_routes(server: TrioscaleServer, tmp_path: Path) -> None:
     import time
 
     for _ in range(50):
-        if routes()["approved_routes"] == ["10.20.0.0/16"]:
+        if routes()["approvedRoutes"] == ["10.20.0.0/16"]:
             break
         time.sleep(0.1)
     r = routes()
-    assert r["approved_routes"] == ["10.20.0.0/16"]
-    assert r["available_routes"] == ["0.0.0.0/0", "10.20.0.0/16", "::/0"]
-    assert r["serving_routes"] == ["10.20.0.0/16"] and r["exit_node"] is False
-    out = server.cli_json("nodes", "approve-routes", "-i", str(node_id), "-r", "10.20.0.0/16,0.0.0.0/0")
-    assert out["approved_routes"] == ["0.0.0.0/0", "10.20.0.0/16", "::/0"]  # exit routes together
-    assert out["exit_node"] is True
-    assert out["primary_routes"] == ["10.20.0.0/16"]
+    assert r["approvedRoutes"] == ["10.20.0.0/16"]
+    assert r["availableRoutes"] == ["0.0.0.0/0", "10.20.0.0/16", "::/0"]
+    assert r["subnetRoutes"] == ["10.20.0.0/16"]  # primary, and no exit route in use
+    out = server.cli_json("nodes", "approve-routes", "-i", str(node_id), "-r", "10.20.0.0/16", "-r", "0.0.0.0/0")
+    assert out["approvedRoutes"] == ["0.0.0.0/0", "10.20.0.0/16", "::/0"]  # exit routes together
+    assert out["subnetRoutes"] == ["0.0.0.0/0", "10.20.0.0/16", "::/0"]  # an exit node now, and primary
     table = server.cli_ok("nodes", "list-routes")
     assert "rtr" in table and "10.20.0.0/16" in table
     assert_one_line_error(server.cli("nodes", "approve-routes", "-i", str(node_id), "-r", "10.0.0.300/8"),
                           "invalid route")
     cleared = server.cli_json("nodes", "approve-routes", "-i", str(node_id), "-r", "")
-    assert cleared["approved_routes"] == []
+    assert cleared["approvedRoutes"] == []
     # clearing the tags gives the node back to alice
     assert server.cli_json("nodes", "tag", "-i", str(node_id), "-t", "")["tags"] == []
 
@@ -184,7 +183,7 @@ def test_file_mode_refuses_policy_set(tmp_path: Path) -> None:
         assert_one_line_error(srv.cli("policy", "set", "-f", str(policy)), "policy.mode is file")
         srv.cli_ok("users", "create", "alice")
         srv.cli_ok("users", "create", "bob")
-        assert srv.cli_json("policy", "check", "-f", str(policy)) == {"ok": True}
+        assert srv.cli_json("policy", "check", "-f", str(policy)) == {}
         # SIGHUP re-reads the file (the server keeps running); an edit applies; a bad edit is logged
         import signal
         import time

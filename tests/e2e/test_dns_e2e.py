@@ -109,7 +109,7 @@ def test_a_magicdns_fqdn_and_a_watched_extra_record(tmp_path, caddies):
             # 2. an extra record written while both nodes are connected: pushed, then dialable
             status, _ = http_get(f"http://127.0.0.1:{extra_port}/", timeout=10)
             assert status != 200  # app.e2e.test does not exist yet
-            web_ip = next(a for a in web_node["ip_addresses"] if ipaddress.ip_address(a).version == 4)
+            web_ip = next(a for a in web_node["ipAddresses"] if ipaddress.ip_address(a).version == 4)
             tmp = records.with_suffix(".tmp")
             tmp.write_text(json.dumps([{"name": "app.e2e.test", "type": "A", "value": web_ip}]))
             os.replace(tmp, records)

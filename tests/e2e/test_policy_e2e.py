@@ -169,8 +169,8 @@ def test_subnet_route_approved_by_auto_approvers_is_a_primary_route_in_the_peer_
     assert router and router["tags"] == ["tag:router"]
 
     routes = wait_for(lambda: (r := server.cli_json("nodes", "list-routes", "-i", str(router["id"]))[0])
-                      ["primary_routes"] == ["10.99.0.0/24"] and r, 10, "route approved and primary")
-    assert routes["approved_routes"] == ["10.99.0.0/24"]  # recorded by autoApprovers
+                      ["subnetRoutes"] == ["10.99.0.0/24"] and r, 10, "route approved and primary")
+    assert routes["approvedRoutes"] == ["10.99.0.0/24"]  # recorded by autoApprovers
 
     def peer_has_primary_route() -> bool:
         return any(peer.get("Name", "").startswith("router.") and "10.99.0.0/24" in (peer.get("PrimaryRoutes") or [])
@@ -355,8 +355,8 @@ def test_ha_subnet_routers_fail_over_within_15s_without_flapping_back(server, ca
         wait_for(lambda: node_online(server, "r1"), 10, "r1 back online")
         time.sleep(2)
         assert primary_in_client() == ["r2"]  # no flapping back
-        routes = {r["given_name"]: r for r in server.cli_json("nodes", "list-routes")}
-        assert routes["r2"]["primary_routes"] == ["10.99.0.0/24"] and routes["r1"]["primary_routes"] == []
+        routes = {r["givenName"]: r for r in server.cli_json("nodes", "list-routes")}
+        assert routes["r2"]["subnetRoutes"] == ["10.99.0.0/24"] and routes["r1"]["subnetRoutes"] == []
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnostics(server, client)}") from None
     finally:

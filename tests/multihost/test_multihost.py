@@ -47,7 +47,7 @@ def clients(cluster, authkey):
 
 
 def nodes_by_name(replica) -> dict[str, dict]:
-    return {n["given_name"]: n for n in replica.cli_json("nodes", "list")}
+    return {n["givenName"]: n for n in replica.cli_json("nodes", "list")}
 
 
 def hello(cluster, timeout: float = JOIN_TIMEOUT) -> str:
@@ -172,7 +172,7 @@ async def test_sigkill_a_replica_clients_move_and_its_sessions_go_offline_within
     # no node, key or route lost
     after = nodes_by_name(survivor)
     for name, node in before.items():
-        for field in ("id", "node_key", "machine_key", "ip_addresses", "approved_routes", "user", "tags"):
+        for field in ("id", "nodeKey", "machineKey", "ipAddresses", "approvedRoutes", "user", "tags"):
             assert after[name].get(field) == node.get(field), (name, field)
     assert survivor.cli_json("preauthkeys", "list") == keys_before
     # the victim comes back (with a new replica id) for the tests after this one

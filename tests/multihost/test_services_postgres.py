@@ -50,7 +50,7 @@ def test_stun_and_dns_processes_follow_the_postgres_store(tmp_path: Path, pg_clu
         host, port = coord.config["listen_addr"].rsplit(":", 1)
         trio.run(Sim("alpha").register, (host, int(port)), key)
         node = coord.cli_json("nodes", "list")[0]
-        ipv4 = next(a for a in node["ip_addresses"] if "." in a)
+        ipv4 = next(a for a in node["ipAddresses"] if "." in a)
 
         # a node registered through the coordinator resolves at the separate DNS process
         wait_for(lambda: resolve(dns_port, "alpha.pg.test.") == (dns.rcode.NOERROR, [ipv4]), 5, "alpha resolves")

@@ -22,15 +22,15 @@ def test_status_shows_every_peer(tailnet, version):
     st = me.status()
     assert st["BackendState"] == "Running"
     assert st["Self"]["DNSName"] == f"{me.name}.{BASE}."
-    server_nodes = {n["given_name"]: n for n in tailnet.server.nodes()}
-    assert sorted(st["Self"]["TailscaleIPs"]) == sorted(server_nodes[me.name]["ip_addresses"])
+    server_nodes = {n["givenName"]: n for n in tailnet.server.nodes()}
+    assert sorted(st["Self"]["TailscaleIPs"]) == sorted(server_nodes[me.name]["ipAddresses"])
     peers = {p["HostName"]: p for p in (st.get("Peer") or {}).values()}
     others = [n for n in tailnet.nodes.values() if n is not me]
     for other in others:
         peer = peers.get(other.name)
         assert peer is not None, f"{other.name} missing from {me.name}'s status: {sorted(peers)}"
         assert peer["DNSName"] == f"{other.name}.{BASE}."
-        assert sorted(peer["TailscaleIPs"]) == sorted(server_nodes[other.name]["ip_addresses"])
+        assert sorted(peer["TailscaleIPs"]) == sorted(server_nodes[other.name]["ipAddresses"])
 
 
 @pytest.mark.scenario("ping by IP and by name, direct")

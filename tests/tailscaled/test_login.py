@@ -32,7 +32,7 @@ def test_interactive_login_logout_relogin(login_tailnet, version):
     _approve(net, node, "alice")
     assert node.user_login().startswith("alice")
     again = net.server.node_named(node.name)
-    assert again["ip_addresses"] == first["ip_addresses"], (first, again)
+    assert again["ipAddresses"] == first["ipAddresses"], (first, again)
     node.logout()
     wait_for(lambda: node.backend_state() == "NeedsLogin", 30, f"{node.name} NeedsLogin after logout")
     _approve(net, node, "bob")

@@ -304,8 +304,10 @@ class Tailnet:
         self.plain_hosts: set[str] = set()
         self._links = 0
 
-    def start_server(self, **overrides: Any) -> Server:
-        ip = self.lab.add_host("ctl")
+    def start_server(self, start: bool = True, **overrides: Any) -> Server:
+        """`trioscale serve` on host "ctl" (made here unless another control server made it first);
+        with start=False only its configuration is written (the caller starts it)."""
+        ip = self.lab.ip("ctl") if "ctl" in self.lab.hosts else self.lab.add_host("ctl")
         data_dir = self.workdir / "ctl" / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {
@@ -321,8 +323,8 @@ class Tailnet:
             "log": {"level": "debug"},
         }
         _merge(config, overrides)
-        self.server = Server(self, config).start()
-        return self.server
+        self.server = Server(self, config)
+        return self.server.start() if start else self.server
 
     def add_node(self, name: str, version: str, start: bool = True, env: dict[str, str] | None = None) -> Node:
         node = Node(self, name, version, env)
@@ -448,7 +450,7 @@ class Tailnet:
 
     def record_capvers(self, into: dict[str, int]) -> None:
         """The capability version each node's client sent, as the server logged it at map time."""
-        ids = {str(n.get("id")): n.get("given_name") or n.get("name") for n in self.server.nodes()}
+        ids = {str(n.get("id")): n.get("givenName") or n.get("name") for n in self.server.nodes()}
         for match in re.finditer(r"map session of node (\d+) opened \(capver (\d+)\)", self.server.log()):
             node = self.nodes.get(ids.get(match.group(1), ""))
             if node is not None:

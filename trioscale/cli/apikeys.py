@@ -1,4 +1,4 @@
-"""`trioscale apikeys create|list|expire|delete`."""
+"""`trioscale apikeys create|list|expire|delete`, with Headscale's flags and aliases."""
 
 from __future__ import annotations
 
@@ -9,37 +9,34 @@ import click
 
 from trioscale.shared.domain import secrets
 
-from .base import ID, AliasGroup, CLIError, call, emit_json, emit_record, emit_table, fmt, output_option, path_segment, when
+from .base import ID, AliasGroup, CLIError, call, emit, emit_table, output_option, path_segment, when
 
 
-@click.group(cls=AliasGroup, aliases={"ls": "list", "rm": "delete", "del": "delete"})
+@click.group(cls=AliasGroup, aliases={"ls": "list", "show": "list", "c": "create", "new": "create",
+                                      "revoke": "expire", "exp": "expire", "e": "expire",
+                                      "rm": "delete", "remove": "delete", "del": "delete"})
 def apikeys() -> None:
     """Manage API keys (`tskey-api-…`) for the TCP admin API."""
 
 
 @apikeys.command("create")
-@click.option("-e", "--expiration", default="90d", show_default=True, help="e.g. 24h, 90d")
+@click.option("-e", "--expiration", default="90d", show_default=True, help="e.g. 24h, 90d, 1y")
 @output_option
 def apikeys_create(expiration: str, output: str | None) -> None:
-    """Create an API key; the key is printed once."""
-    key = call("POST", "/api/v1/apikey", {"expiration": expiration})["api_key"]
-    if fmt(output) == "json":
-        emit_json(key)
-    else:
-        click.echo(key["key"])
+    """Create an API key; the key is printed once (as Headscale's: -o json prints it as a string)."""
+    key = call("POST", "/api/v1/apikey", {"expiration": expiration})["apiKey"]
+    emit(key, output, key)
 
 
 @apikeys.command("list")
 @output_option
 def apikeys_list(output: str | None) -> None:
     """List API keys."""
-    items = call("GET", "/api/v1/apikey")["api_keys"]
-    if fmt(output) == "json":
-        emit_json(items)
-    else:
-        emit_table(("ID", "Prefix", "Expired", "Expiration", "Created", "Last seen"),
-                   [[k["id"], k["prefix"], k["expired"], when(k["expiration"]), when(k["created_at"]),
-                     when(k["last_seen"])] for k in items])
+    items = call("GET", "/api/v1/apikey")["apiKeys"]
+    emit(items, output, lambda: emit_table(
+        ("ID", "Prefix", "Expired", "Expiration", "Created", "Last seen"),
+        [[k["id"], k["prefix"], k["expired"], when(k["expiration"]), when(k["createdAt"]), when(k["lastSeen"])]
+         for k in items]))
 
 
 def api_key_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,9 +64,9 @@ def _api_key_prefix(prefix: str | None, key_id: int | None) -> str | None:
 def apikeys_expire(prefix: str | None, key_id: int | None, output: str | None) -> None:
     """Expire an API key now (by --prefix or --id)."""
     prefix = _api_key_prefix(prefix, key_id)
-    body = {"id": key_id} if prefix is None else {"prefix": prefix}
-    key = call("POST", "/api/v1/apikey/expire", body)["api_key"]
-    emit_record(key, output, f"API key expired: id {key['id']} prefix {key['prefix']}")
+    body = {"id": str(key_id)} if prefix is None else {"prefix": prefix}
+    key = call("POST", "/api/v1/apikey/expire", body)["apiKeyRecord"]
+    emit(key, output, f"API key expired: id {key['id']} prefix {key['prefix']}")
 
 
 @apikeys.command("delete")
@@ -78,7 +75,7 @@ def apikeys_delete(prefix: str | None, key_id: int | None, output: str | None) -
     """Delete an API key (by --prefix or --id); it stops working at once."""
     prefix = _api_key_prefix(prefix, key_id)
     if prefix is None:
-        key = call("DELETE", "/api/v1/apikey", query={"id": key_id})["api_key"]
+        key = call("DELETE", "/api/v1/apikey", query={"id": key_id})["apiKeyRecord"]
     else:
-        key = call("DELETE", f"/api/v1/apikey/{path_segment(prefix)}")["api_key"]
-    emit_record(key, output, f"API key deleted: id {key['id']} prefix {key['prefix']}")
+        key = call("DELETE", f"/api/v1/apikey/{path_segment(prefix)}")["apiKeyRecord"]
+    emit(key, output, f"API key deleted: id {key['id']} prefix {key['prefix']}")

@@ -1,5 +1,6 @@
 """What every command group shares: the options every command takes, the admin client, errors,
-and how answers are printed (`-o table|json`).
+and how answers are printed: a table or a line for people, or (`-o json|json-line|yaml`) the admin
+API's own record, as Headscale's CLI prints it.
 
 Any failure is one line `Error: ...` on stderr (see `trioscale.cli.root.main`): commands raise
 `CLIError` with that line.
@@ -14,12 +15,15 @@ from typing import Any
 from urllib.parse import quote
 
 import click
+import yaml
 
 from trioscale.config import Config, ConfigError, load_config
 
 from .client import AdminClient, ApiError, ConnectError
 
-OUTPUTS = ("table", "json")
+#: "" and "table": for people; the others print the API's record (Headscale's -o values)
+OUTPUTS = ("table", "json", "json-line", "yaml", "")
+MACHINE_OUTPUTS = ("json", "json-line", "yaml")
 #: ids of users, nodes and keys: 64-bit signed in both databases, never negative
 ID = click.IntRange(0, 2**63 - 1)
 
@@ -49,6 +53,7 @@ class State:
     def __init__(self) -> None:
         self.config_path: str | None = None
         self.output: str | None = None
+        self.force = False
         self.address: str | None = None
         self.api_key: str | None = None
         self._config: Config | None = None
@@ -87,7 +92,8 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def output_option(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "-o", "--output", type=click.Choice(OUTPUTS), default=None, help="table (default) or json"
+        "-o", "--output", type=click.Choice(OUTPUTS), default=None,
+        help="table (default), or the API's record as json, json-line or yaml",
     )(f)
     return config_option(f)
 
@@ -101,6 +107,11 @@ def fmt(output: str | None) -> str:
     return output or state().output or "table"
 
 
+def machine(output: str | None) -> bool:
+    """Whether the answer is printed as data (json, json-line, yaml) rather than for people."""
+    return fmt(output) in MACHINE_OUTPUTS
+
+
 def call(method: str, path: str, body: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> dict[str, Any]:
     """One admin API request; its error (or an unreachable server) is the command's error."""
     try:
@@ -111,8 +122,26 @@ def call(method: str, path: str, body: dict[str, Any] | None = None, query: dict
         raise CLIError(str(exc)) from None
 
 
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2))
+def emit_json(obj: Any, output: str | None = None) -> None:
+    """`obj` in the machine format asked for (json when none was)."""
+    kind = fmt(output)
+    if kind == "json-line":
+        click.echo(json.dumps(obj, separators=(",", ":")))
+    elif kind == "yaml":
+        click.echo(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True), nl=False)
+    else:
+        click.echo(json.dumps(obj, indent=2))
+
+
+def emit(obj: Any, output: str | None, message: str | Callable[[], None]) -> None:
+    """`obj` as data when a machine format is asked for, else `message` (a line, or a function
+    that prints a table)."""
+    if machine(output):
+        emit_json(obj, output)
+    elif callable(message):
+        message()
+    else:
+        click.echo(message)
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -138,11 +167,8 @@ def _cell(v: Any) -> str:
 
 
 def emit_record(record: dict[str, Any], output: str | None, message: str) -> None:
-    """The record as JSON, or the one-line message."""
-    if fmt(output) == "json":
-        emit_json(record)
-    else:
-        click.echo(message)
+    """The record as data, or the one-line message."""
+    emit(record, output, message)
 
 
 def when(ts: str | None) -> str:
@@ -157,6 +183,11 @@ def user_ref(text: str) -> str:
     if not text:
         raise CLIError("a user name or id is required")
     return text
+
+
+def split_list(values: tuple[str, ...] | list[str]) -> list[str]:
+    """A list flag as Headscale's (cobra's string slices): repeated, comma-separated, or both."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 def path_segment(segment: str) -> str:

@@ -18,7 +18,7 @@ __all__ = ["AdminClient", "ApiError", "ConnectError"]
 
 
 class ApiError(Exception):
-    """The server answered with an error status; `message` is its `error` text."""
+    """The server answered with an error status; `message` is the problem's detail."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -122,7 +122,8 @@ class AdminClient:
         except ValueError:
             data = None
         if resp.status >= 400:
-            message = data.get("error") if isinstance(data, dict) else None
+            # a problem document's detail; "error" is what servers before RFC 7807 answered
+            message = (data.get("detail") or data.get("error")) if isinstance(data, dict) else None
             raise ApiError(resp.status, message or f"the server answered {resp.status} {resp.reason}")
         if not isinstance(data, dict):
             raise ApiError(resp.status, "the server sent an answer that is not a JSON object")

@@ -1,4 +1,5 @@
-"""`trioscale debug policy-case FILE`: tools for checking the server's behaviour offline."""
+"""`trioscale debug create-node` (Headscale's: a made-up pending login) and `debug policy-case
+FILE` (the policy engine offline)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,26 @@ from typing import Any
 
 import click
 
-from .base import AliasGroup, CLIError, fmt, output_option
+from .base import AliasGroup, CLIError, call, emit, fmt, output_option, split_list, user_ref
 
 
 @click.group("debug", cls=AliasGroup)
 def debug() -> None:
-    """Tools for checking the server's behaviour offline."""
+    """Tools for trying the server's behaviour: made-up nodes, policy cases."""
+
+
+@debug.command("create-node")
+@click.option("--name", required=True, help="the node's hostname")
+@click.option("-u", "--user", required=True, help="user name or id")
+@click.option("-k", "--key", required=True, help="the registration id to complete it with (`auth register`)")
+@click.option("-r", "--route", multiple=True, help="a route it advertises (comma-separated, or the flag repeated)")
+@output_option
+def debug_create_node(name: str, user: str, key: str, route: tuple[str, ...], output: str | None) -> None:
+    """A pending login for a machine that does not exist, for trying policies and routes; `auth
+    register --auth-id KEY` makes it a node."""
+    node = call("POST", "/api/v1/debug/node", {"user": user_ref(user), "key": key, "name": name,
+                                               "routes": split_list(route)})["node"]
+    emit(node, output, f"Node {name} is waiting: `trioscale auth register --user {user} --auth-id {key}`")
 
 
 @debug.command("policy-case")

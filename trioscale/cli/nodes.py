@@ -1,4 +1,7 @@
-"""`trioscale nodes …`: list, delete, expire, rename, register; tags, routes and sharing."""
+"""`trioscale nodes …`: list, delete, expire, rename, register, backfillips; tags, routes and sharing.
+
+Flags, aliases and -o output as Headscale's `nodes`; share, unshare and shares are ours.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +12,33 @@ import click
 from .base import (
     ID,
     AliasGroup,
+    CLIError,
     call,
-    emit_json,
-    emit_record,
+    emit,
     emit_table,
-    fmt,
     output_option,
     path_segment,
+    split_list,
+    state,
     user_ref,
     when,
 )
 
 
-@click.group(cls=AliasGroup, aliases={"ls": "list", "logout": "expire", "rm": "delete"})
+@click.group(cls=AliasGroup, aliases={"ls": "list", "show": "list", "logout": "expire", "exp": "expire",
+                                      "e": "expire", "rm": "delete", "del": "delete", "lsr": "list-routes",
+                                      "routes": "list-routes", "tags": "tag", "t": "tag"})
 def nodes() -> None:
     """Manage nodes."""
 
 
-NODE_HEADERS = ("ID", "Name", "Hostname", "User", "IP addresses", "Tags", "Ephemeral", "Expired", "Last seen")
+NODE_HEADERS = ("ID", "Name", "Hostname", "User", "IP addresses", "Tags", "Ephemeral", "Expired", "Online",
+                "Last seen")
 
 
 def _node_row(n: dict[str, Any]) -> list[Any]:
-    return [n["id"], n["given_name"], n["name"], n["user"]["name"], n["ip_addresses"], n["tags"],
-            n["ephemeral"], n["expired"], when(n.get("last_seen"))]
+    return [n["id"], n["givenName"], n["name"], (n.get("user") or {}).get("name", ""), n["ipAddresses"], n["tags"],
+            n["ephemeral"], n["expired"], n["online"], when(n.get("lastSeen"))]
 
 
 @nodes.command("list")
@@ -40,10 +47,7 @@ def _node_row(n: dict[str, Any]) -> list[Any]:
 def nodes_list(user: str | None, output: str | None) -> None:
     """List nodes."""
     items = call("GET", "/api/v1/node", query={"user": user})["nodes"]
-    if fmt(output) == "json":
-        emit_json(items)
-    else:
-        emit_table(NODE_HEADERS, [_node_row(n) for n in items])
+    emit(items, output, lambda: emit_table(NODE_HEADERS, [_node_row(n) for n in items]))
 
 
 @nodes.command("delete")
@@ -52,20 +56,24 @@ def nodes_list(user: str | None, output: str | None) -> None:
 @output_option
 def nodes_delete(identifier: int, force: bool, output: str | None) -> None:
     """Delete a node."""
-    call("DELETE", f"/api/v1/node/{identifier}")
-    if fmt(output) == "json":
-        emit_json({"deleted": identifier})
-    else:
-        click.echo(f"Node deleted: {identifier}")
+    out = call("DELETE", f"/api/v1/node/{identifier}")
+    emit(out, output, f"Node deleted: {identifier}")
 
 
 @nodes.command("expire")
 @click.option("-i", "--identifier", type=ID, required=True, help="node id")
+@click.option("-e", "--expiry", default=None, metavar="TIME",
+              help="when it expires (RFC 3339, e.g. 2030-08-27T10:00:00Z); default: now")
+@click.option("-d", "--disable", is_flag=True, help="the node never expires")
 @output_option
-def nodes_expire(identifier: int, output: str | None) -> None:
-    """Expire a node's key now (the node must log in again)."""
-    node = call("POST", f"/api/v1/node/{identifier}/expire")["node"]
-    emit_record(node, output, f"Node expired: {node['given_name']} (id {node['id']})")
+def nodes_expire(identifier: int, expiry: str | None, disable: bool, output: str | None) -> None:
+    """Expire a node's key now (the node must log in again), at --expiry, or never (--disable)."""
+    if disable and expiry:
+        raise CLIError("give --expiry or --disable, not both")
+    query = {"disableExpiry": "true"} if disable else {"expiry": expiry} if expiry else None
+    node = call("POST", f"/api/v1/node/{identifier}/expire", query=query)["node"]
+    message = ("Node expiry disabled" if disable else "Node expiration updated" if expiry else "Node expired")
+    emit(node, output, f"{message}: {node['givenName']} (id {node['id']})")
 
 
 @nodes.command("rename")
@@ -75,7 +83,17 @@ def nodes_expire(identifier: int, output: str | None) -> None:
 def nodes_rename(new_name: str, identifier: int, output: str | None) -> None:
     """Give node --identifier the DNS name NEW_NAME."""
     node = call("POST", f"/api/v1/node/{identifier}/rename/{path_segment(new_name)}")["node"]
-    emit_record(node, output, f"Node renamed: {node['given_name']} (id {node['id']})")
+    emit(node, output, f"Node renamed: {node['givenName']} (id {node['id']})")
+
+
+def register(user: str, auth_id: str, output: str | None) -> None:
+    """Complete pending login `auth_id` for `user` (`auth register`, `nodes register`)."""
+    out = call("POST", "/api/v1/auth/register", {"user": user_ref(user), "authId": auth_id})
+    n = out.get("node")
+    if n is None:
+        emit(out.get("registration") or {}, output, f"Registration {auth_id} approved for user {user}")
+        return
+    emit(n, output, f"Node registered: {n['givenName']} (id {n['id']}) for user {(n.get('user') or {}).get('name', user)}")
 
 
 @nodes.command("register")
@@ -83,15 +101,19 @@ def nodes_rename(new_name: str, identifier: int, output: str | None) -> None:
 @click.option("-k", "--key", required=True, help="the registration id shown to the client")
 @output_option
 def nodes_register(user: str, key: str, output: str | None) -> None:
-    """Complete a pending interactive login for USER."""
-    out = call("POST", "/api/v1/node/register", query={"user": user_ref(user), "key": key})
-    if fmt(output) == "json":
-        emit_json(out.get("node") or out["registration"])
-    elif out.get("node"):
-        n = out["node"]
-        click.echo(f"Node registered: {n['given_name']} (id {n['id']}) for user {n['user']['name']}")
-    else:
-        click.echo(f"Registration {out['registration']['id']} approved for user {user}")
+    """Complete a pending interactive login for USER (as `auth register`)."""
+    register(user, key, output)
+
+
+@nodes.command("backfillips")
+@click.option("--force", is_flag=True, help="do not ask")
+@output_option
+def nodes_backfillips(force: bool, output: str | None) -> None:
+    """Give every node an address from each configured prefix it has none from."""
+    if not (force or state().force) and not click.confirm("Assign addresses to nodes that lack one?", default=False):
+        raise CLIError("not confirmed (use --force)")
+    out = call("POST", "/api/v1/node/backfillips", query={"confirmed": "true"})
+    emit(out, output, "\n".join(out.get("changes") or []) or "No node lacked an address")
 
 
 # -- tags ------------------------------------------------------------------------------------------
@@ -99,16 +121,12 @@ def nodes_register(user: str, key: str, output: str | None) -> None:
 
 @nodes.command("tag")
 @click.option("-i", "--identifier", type=ID, required=True, help="node id")
-@click.option("-t", "--tags", default="", help="comma-separated, e.g. tag:server,tag:prod (empty clears)")
+@click.option("-t", "--tags", multiple=True, help="tag:a,tag:b, or the flag repeated (empty clears)")
 @output_option
-def nodes_tag(identifier: int, tags: str, output: str | None) -> None:
+def nodes_tag(identifier: int, tags: tuple[str, ...], output: str | None) -> None:
     """Set a node's tags: a tagged node is owned by its tags and does not expire."""
-    tag_list = [t.strip() for t in tags.split(",") if t.strip()]
-    node = call("POST", f"/api/v1/node/{identifier}/tags", {"tags": tag_list})["node"]
-    if fmt(output) == "json":
-        emit_json(node)
-    else:
-        click.echo(f"Node {node['id']} tags: {','.join(node['tags']) or '(none)'}")
+    node = call("POST", f"/api/v1/node/{identifier}/tags", {"tags": split_list(tags)})["node"]
+    emit(node, output, f"Node {node['id']} tags: {','.join(node['tags']) or '(none)'}")
 
 
 # -- routes ----------------------------------------------------------------------------------------
@@ -116,31 +134,33 @@ def nodes_tag(identifier: int, tags: str, output: str | None) -> None:
 
 @nodes.command("approve-routes")
 @click.option("-i", "--identifier", type=ID, required=True, help="node id")
-@click.option("-r", "--routes", default="", help="comma-separated prefixes, e.g. 10.0.0.0/8,0.0.0.0/0 "
+@click.option("-r", "--routes", multiple=True, help="prefixes, e.g. 10.0.0.0/8,0.0.0.0/0, or the flag repeated "
               "(empty clears; an exit route approves both 0.0.0.0/0 and ::/0)")
 @output_option
-def nodes_approve_routes(identifier: int, routes: str, output: str | None) -> None:
+def nodes_approve_routes(identifier: int, routes: tuple[str, ...], output: str | None) -> None:
     """Approve routes a node advertises (replaces the approved set)."""
-    route_list = [r.strip() for r in routes.split(",") if r.strip()]
-    out = call("POST", f"/api/v1/node/{identifier}/approve_routes", {"routes": route_list})
-    if fmt(output) == "json":
-        emit_json(out["routes"])
-    else:
-        click.echo(f"Node {identifier} approved routes: {','.join(out['routes']['approved_routes']) or '(none)'}")
+    node = call("POST", f"/api/v1/node/{identifier}/approve_routes", {"routes": split_list(routes)})["node"]
+    emit(node, output, f"Node {identifier} approved routes: {','.join(node['approvedRoutes']) or '(none)'}")
 
 
 @nodes.command("list-routes")
 @click.option("-i", "--identifier", type=ID, default=None, help="only this node")
 @output_option
 def nodes_list_routes(identifier: int | None, output: str | None) -> None:
-    """Routes per node: advertised, approved, serving (advertised and approved) and primary."""
-    items = call("GET", "/api/v1/routes", query={"node": identifier})["routes"]
-    if fmt(output) == "json":
-        emit_json(items)
+    """Routes per node: advertised, approved, serving (advertised and approved) and primary. As data:
+    the nodes that have routes (Headscale's shape)."""
+    if identifier is not None:
+        found = [call("GET", f"/api/v1/node/{identifier}")["node"]]
     else:
+        found = [n for n in call("GET", "/api/v1/node")["nodes"] if n["approvedRoutes"] or n["availableRoutes"]]
+
+    def table() -> None:
+        items = call("GET", "/api/v1/routes", query={"node": identifier})["routes"]
         emit_table(("ID", "Name", "Advertised", "Approved", "Serving", "Primary", "Exit node"),
-                   [[r["id"], r["given_name"], r["available_routes"], r["approved_routes"],
-                     r["serving_routes"], r["primary_routes"], r["exit_node"]] for r in items])
+                   [[r["id"], r["givenName"], r["availableRoutes"], r["approvedRoutes"],
+                     r["servingRoutes"], r["primaryRoutes"], r["exitNode"]] for r in items])
+
+    emit(found, output, table)
 
 
 # -- sharing ---------------------------------------------------------------------------------------
@@ -153,10 +173,7 @@ def nodes_list_routes(identifier: int | None, output: str | None) -> None:
 def nodes_share(identifier: int, user: str, output: str | None) -> None:
     """Share a node with another user: that user's nodes see it and may connect to it."""
     share = call("POST", f"/api/v1/node/{identifier}/share", {"user": user_ref(user)})["share"]
-    if fmt(output) == "json":
-        emit_json(share)
-    else:
-        click.echo(f"Node {identifier} shared with user {share['user']['name']}")
+    emit(share, output, f"Node {identifier} shared with user {(share.get('user') or {}).get('name', user)}")
 
 
 @nodes.command("unshare")
@@ -165,11 +182,8 @@ def nodes_share(identifier: int, user: str, output: str | None) -> None:
 @output_option
 def nodes_unshare(identifier: int, user: str, output: str | None) -> None:
     """Stop sharing a node with a user."""
-    call("DELETE", f"/api/v1/node/{identifier}/share/{path_segment(user_ref(user))}")
-    if fmt(output) == "json":
-        emit_json({"unshared": identifier, "user": user})
-    else:
-        click.echo(f"Node {identifier} no longer shared with user {user}")
+    out = call("DELETE", f"/api/v1/node/{identifier}/share/{path_segment(user_ref(user))}")
+    emit(out, output, f"Node {identifier} no longer shared with user {user}")
 
 
 @nodes.command("shares")
@@ -178,8 +192,6 @@ def nodes_unshare(identifier: int, user: str, output: str | None) -> None:
 def nodes_shares(identifier: int | None, output: str | None) -> None:
     """List shared nodes."""
     items = call("GET", "/api/v1/shares", query={"node": identifier})["shares"]
-    if fmt(output) == "json":
-        emit_json(items)
-    else:
-        emit_table(("Node", "Name", "Shared with"),
-                   [[s["node"]["id"], s["node"]["given_name"], s["user"]["name"]] for s in items])
+    emit(items, output, lambda: emit_table(
+        ("Node", "Name", "Shared with"),
+        [[s["node"]["id"], s["node"]["givenName"], (s.get("user") or {}).get("name", "")] for s in items]))

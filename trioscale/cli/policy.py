@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .base import AliasGroup, call, emit_json, fmt, output_option, read_text_file
+from .base import AliasGroup, call, emit, output_option, read_text_file
 
 
-@click.group("policy", cls=AliasGroup)
+@click.group("policy", cls=AliasGroup, aliases={"show": "get", "view": "get", "fetch": "get",
+                                                "put": "set", "update": "set"})
 def policy() -> None:
     """Show, set or check the access control policy (HuJSON, Tailscale's syntax)."""
 
@@ -17,11 +18,8 @@ def policy() -> None:
 def policy_get(output: str | None) -> None:
     """Print the policy in force."""
     out = call("GET", "/api/v1/policy")
-    if fmt(output) == "json":
-        emit_json(out)
-    else:
-        text = out.get("policy") or ""
-        click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+    text = out.get("policy") or ""
+    emit(out, output, lambda: click.echo(text if text.endswith("\n") else text + "\n", nl=False))
 
 
 @policy.command("set")
@@ -31,10 +29,7 @@ def policy_set(path: str, output: str | None) -> None:
     """Check FILE against the tailnet and make it the policy (database mode). A policy that does
     not check is refused and nothing changes."""
     out = call("PUT", "/api/v1/policy", {"policy": read_text_file(path)})
-    if fmt(output) == "json":
-        emit_json({k: v for k, v in out.items() if k != "policy"})
-    else:
-        click.echo(f"Policy set (version {out.get('version')})")
+    emit(out, output, f"Policy set (version {out.get('version')})")
 
 
 @policy.command("check")
@@ -42,8 +37,5 @@ def policy_set(path: str, output: str | None) -> None:
 @output_option
 def policy_check(path: str, output: str | None) -> None:
     """Check FILE against the tailnet (syntax, groups, tags, tests) without changing anything."""
-    call("POST", "/api/v1/policy/check", {"policy": read_text_file(path)})
-    if fmt(output) == "json":
-        emit_json({"ok": True})
-    else:
-        click.echo("Policy is valid")
+    out = call("POST", "/api/v1/policy/check", {"policy": read_text_file(path)})
+    emit(out, output, "Policy is valid")

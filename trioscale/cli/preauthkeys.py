@@ -1,50 +1,47 @@
-"""`trioscale preauthkeys create|list|expire|delete`."""
+"""`trioscale preauthkeys create|list|expire|delete`, with Headscale's flags and aliases."""
 
 from __future__ import annotations
 
 import click
 
-from .base import ID, AliasGroup, CLIError, call, emit_json, emit_record, emit_table, fmt, output_option, user_ref, when
+from .base import ID, AliasGroup, CLIError, call, emit, emit_table, output_option, split_list, user_ref, when
 
 
-@click.group(cls=AliasGroup, aliases={"ls": "list", "rm": "delete", "del": "delete"})
+@click.group(cls=AliasGroup, aliases={"ls": "list", "show": "list", "c": "create", "new": "create",
+                                      "revoke": "expire", "exp": "expire", "e": "expire",
+                                      "rm": "delete", "del": "delete", "d": "delete"})
 def preauthkeys() -> None:
     """Manage pre-auth keys (`tskey-auth-…`)."""
 
 
-PAK_HEADERS = ("ID", "Prefix", "User", "Reusable", "Ephemeral", "Used", "Expired", "Expiration", "Tags")
+PAK_HEADERS = ("ID", "Key", "User", "Reusable", "Ephemeral", "Used", "Expired", "Expiration", "Tags")
 
 
 @preauthkeys.command("create")
-@click.option("-u", "--user", required=True, help="user name or id")
+@click.option("-u", "--user", required=True, help="user id (as in Headscale) or name")
 @click.option("--reusable", is_flag=True, help="the key can register many nodes")
 @click.option("--ephemeral", is_flag=True, help="nodes registered with it are removed when they go offline")
-@click.option("-e", "--expiration", default="1h", show_default=True, help="e.g. 30m, 24h, 90d")
-@click.option("--tags", default="", help="comma-separated, e.g. tag:server,tag:prod")
+@click.option("-e", "--expiration", default="1h", show_default=True, help="e.g. 30m, 24h, 90d, 1y")
+@click.option("--tags", multiple=True, help="tags for the nodes it registers: tag:a,tag:b (or the flag repeated)")
 @output_option
-def preauthkeys_create(user: str, reusable: bool, ephemeral: bool, expiration: str, tags: str, output: str | None) -> None:
+def preauthkeys_create(user: str, reusable: bool, ephemeral: bool, expiration: str, tags: tuple[str, ...],
+                       output: str | None) -> None:
     """Create a pre-auth key; the key is printed once."""
-    tag_list = [t.strip() for t in tags.split(",") if t.strip()]
     body = {"user": user_ref(user), "reusable": reusable, "ephemeral": ephemeral,
-            "expiration": expiration, "acl_tags": tag_list}
-    key = call("POST", "/api/v1/preauthkey", body)["pre_auth_key"]
-    if fmt(output) == "json":
-        emit_json(key)
-    else:
-        click.echo(key["key"])
+            "expiration": expiration, "aclTags": split_list(tags)}
+    key = call("POST", "/api/v1/preauthkey", body)["preAuthKey"]
+    emit(key, output, key["key"])
 
 
 @preauthkeys.command("list")
-@click.option("-u", "--user", default=None, help="only this user's keys (name or id)")
+@click.option("-u", "--user", default=None, help="only this user's keys (id or name)")
 @output_option
 def preauthkeys_list(user: str | None, output: str | None) -> None:
     """List pre-auth keys (prefixes only; secrets are never stored)."""
-    items = call("GET", "/api/v1/preauthkey", query={"user": user})["pre_auth_keys"]
-    if fmt(output) == "json":
-        emit_json(items)
-    else:
-        emit_table(PAK_HEADERS, [[k["id"], k["prefix"], k["user"]["name"], k["reusable"], k["ephemeral"],
-                                  k["used"], k["expired"], when(k["expiration"]), k["acl_tags"]] for k in items])
+    items = call("GET", "/api/v1/preauthkey", query={"user": user})["preAuthKeys"]
+    emit(items, output, lambda: emit_table(PAK_HEADERS, [
+        [k["id"], k["key"], (k.get("user") or {}).get("name", ""), k["reusable"], k["ephemeral"], k["used"],
+         k["expired"], when(k["expiration"]), k["aclTags"]] for k in items]))
 
 
 @preauthkeys.command("expire")
@@ -55,9 +52,9 @@ def preauthkeys_expire(key_id: int | None, prefix: str | None, output: str | Non
     """Expire a pre-auth key now."""
     if (key_id is None) == (prefix is None):
         raise CLIError("give the key's --id (or --prefix)")
-    body = {"id": key_id} if key_id is not None else {"prefix": prefix}
-    key = call("POST", "/api/v1/preauthkey/expire", body)["pre_auth_key"]
-    emit_record(key, output, f"Pre-auth key expired: id {key['id']} prefix {key['prefix']}")
+    body = {"id": str(key_id)} if key_id is not None else {"prefix": prefix}
+    key = call("POST", "/api/v1/preauthkey/expire", body)["preAuthKey"]
+    emit(key, output, f"Pre-auth key expired: id {key['id']} prefix {key['prefix']}")
 
 
 @preauthkeys.command("delete")
@@ -65,5 +62,5 @@ def preauthkeys_expire(key_id: int | None, prefix: str | None, output: str | Non
 @output_option
 def preauthkeys_delete(key_id: int, output: str | None) -> None:
     """Delete a pre-auth key; nodes registered with it keep working."""
-    key = call("DELETE", "/api/v1/preauthkey", query={"id": key_id})["pre_auth_key"]
-    emit_record(key, output, f"Pre-auth key deleted: id {key['id']} prefix {key['prefix']}")
+    key = call("DELETE", "/api/v1/preauthkey", query={"id": key_id})["preAuthKey"]
+    emit(key, output, f"Pre-auth key deleted: id {key['id']} prefix {key['prefix']}")

@@ -2,7 +2,8 @@
 
 Admin commands talk to the running server through its unix socket (found from the configuration),
 or over TCP with `--address URL --api-key KEY` (env TRIOSCALE_CLI_ADDRESS, TRIOSCALE_CLI_API_KEY).
-Every command takes `-o/--output table|json`. Any failure is one line `Error: ...` on stderr and
+Every command takes `-o/--output table|json|json-line|yaml` (the data formats print the API's record,
+as Headscale's CLI does). Any failure is one line `Error: ...` on stderr and
 exit status 1 (2 for a usage mistake).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from . import apikeys, auth, configtest, debug, importcmd, nodes, policy, preauthkeys, services, users, version
+from . import apikeys, auth, configtest, debug, health, importcmd, nodes, policy, preauthkeys, services, users, version
 from .base import OUTPUTS, AliasGroup, State
 
 
@@ -19,23 +20,27 @@ from .base import OUTPUTS, AliasGroup, State
                       "pre": "preauthkeys", "apikey": "apikeys", "api": "apikeys"})
 @click.option("-c", "--config", "config_path", envvar="TRIOSCALE_CONFIG", default=None, metavar="FILE",
               help="configuration file (default: $TRIOSCALE_CONFIG, else the embedded defaults)")
-@click.option("-o", "--output", type=click.Choice(OUTPUTS), default=None, help="table (default) or json")
+@click.option("-o", "--output", type=click.Choice(OUTPUTS), default=None,
+              help="table (default), or the API's record as json, json-line or yaml")
+@click.option("--force", is_flag=True, help="never ask for confirmation (as Headscale's --force)")
 @click.option("--address", envvar="TRIOSCALE_CLI_ADDRESS", default=None, metavar="URL",
               help="admin API over TCP, e.g. http://127.0.0.1:9090 (default: the local unix socket)")
 @click.option("--api-key", envvar="TRIOSCALE_CLI_API_KEY", default=None, metavar="KEY",
               help="API key for --address")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, output: str | None, address: str | None, api_key: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, output: str | None, force: bool, address: str | None,
+        api_key: str | None) -> None:
     """trioscale: a self-hosted Tailscale control server, DERP relay, STUN and DNS server."""
     st = ctx.ensure_object(State)
     st.config_path = config_path or None
     st.output = output
+    st.force = force
     st.address = address or None
     st.api_key = api_key or None
 
 
 for _command in (users.users, preauthkeys.preauthkeys, apikeys.apikeys, nodes.nodes, auth.auth, policy.policy,
-                 debug.debug, configtest.configtest, version.version, importcmd.import_,
+                 debug.debug, health.health, configtest.configtest, version.version, importcmd.import_,
                  *services.COMMANDS):
     cli.add_command(_command)
 

@@ -1,4 +1,4 @@
-"""`trioscale users create|list|rename|delete`."""
+"""`trioscale users create|list|rename|destroy`, with Headscale's flags and aliases."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ from typing import Any
 
 import click
 
-from .base import ID, AliasGroup, CLIError, call, emit_json, emit_table, fmt, output_option, path_segment, user_ref, when
+from .base import ID, AliasGroup, CLIError, call, emit, emit_table, output_option, path_segment, user_ref, when
 
 
-@click.group(cls=AliasGroup, aliases={"ls": "list", "show": "list", "destroy": "delete", "rm": "delete"})
+@click.group(cls=AliasGroup, aliases={"ls": "list", "show": "list", "c": "create", "new": "create",
+                                      "destroy": "delete", "rm": "delete", "mv": "rename"})
 def users() -> None:
     """Manage users."""
 
 
 def _user_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[u["id"], u["name"], u.get("display_name", ""), u.get("email", ""), when(u.get("created_at"))] for u in items]
+    return [[u["id"], u["name"], u.get("displayName", ""), u.get("email", ""), when(u.get("createdAt"))] for u in items]
 
 
 USER_HEADERS = ("ID", "Name", "Display name", "Email", "Created")
@@ -25,27 +26,26 @@ USER_HEADERS = ("ID", "Name", "Display name", "Email", "Created")
 @click.argument("name")
 @click.option("-d", "--display-name", default="")
 @click.option("-e", "--email", default="")
+@click.option("-p", "--picture-url", default="", help="refused: profile pictures are not kept")
 @output_option
-def users_create(name: str, display_name: str, email: str, output: str | None) -> None:
+def users_create(name: str, display_name: str, email: str, picture_url: str, output: str | None) -> None:
     """Create user NAME."""
-    user = call("POST", "/api/v1/user", {"name": name, "display_name": display_name, "email": email})["user"]
-    if fmt(output) == "json":
-        emit_json(user)
-    else:
-        click.echo(f"User created: {user['name']} (id {user['id']})")
+    body = {"name": name, "displayName": display_name, "email": email}
+    if picture_url:
+        body["pictureUrl"] = picture_url
+    user = call("POST", "/api/v1/user", body)["user"]
+    emit(user, output, f"User created: {user['name']} (id {user['id']})")
 
 
 @users.command("list")
 @click.option("-n", "--name", default=None, help="only this user")
 @click.option("-i", "--identifier", default=None, type=ID, help="only the user with this id")
+@click.option("-e", "--email", default=None, help="only the user with this email")
 @output_option
-def users_list(name: str | None, identifier: int | None, output: str | None) -> None:
+def users_list(name: str | None, identifier: int | None, email: str | None, output: str | None) -> None:
     """List users."""
-    items = call("GET", "/api/v1/user", query={"name": name, "id": identifier})["users"]
-    if fmt(output) == "json":
-        emit_json(items)
-    else:
-        emit_table(USER_HEADERS, _user_rows(items))
+    items = call("GET", "/api/v1/user", query={"name": name, "id": identifier, "email": email})["users"]
+    emit(items, output, lambda: emit_table(USER_HEADERS, _user_rows(items)))
 
 
 @users.command("rename")
@@ -71,10 +71,7 @@ def users_rename(names: tuple[str, ...], identifier: int | None, old_name: str |
     if identifier is None and ref.isdigit():
         raise CLIError(f"{ref!r} is not a user name; use --identifier for ids")
     user = call("POST", f"/api/v1/user/{path_segment(ref)}/rename/{path_segment(new_name)}")["user"]
-    if fmt(output) == "json":
-        emit_json(user)
-    else:
-        click.echo(f"User renamed: {user['name']} (id {user['id']})")
+    emit(user, output, f"User renamed: {user['name']} (id {user['id']})")
 
 
 @users.command("delete")
@@ -96,8 +93,5 @@ def users_delete(name: str | None, identifier: int | None, name_opt: str | None,
             raise CLIError(f"{ref!r} is not a user name; use --identifier for ids")
     else:
         ref = str(identifier)
-    call("DELETE", f"/api/v1/user/{path_segment(ref)}")
-    if fmt(output) == "json":
-        emit_json({"deleted": ref})
-    else:
-        click.echo(f"User deleted: {ref}")
+    out = call("DELETE", f"/api/v1/user/{path_segment(ref)}")
+    emit(out, output, f"User deleted: {ref}")

@@ -1,8 +1,9 @@
 """What every admin route shares: the handles it works with, the error shape, the API-key check
 (fails closed), and reading the JSON body (its fields: fields.py).
 
-Errors are `{"error": "..."}` with a 4xx status (503 when the database is unreachable); a route
-refuses input by raising `InvalidRequest`, whose message is shown to the user.
+Errors are RFC 7807 problem details (`application/problem+json`: type, title, status, detail), as
+Headscale's next release answers; a 4xx status (503 when the database is unreachable). A route
+refuses input by raising `InvalidRequest`, whose message is the problem's detail.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -81,9 +83,18 @@ class InvalidRequest(Exception):
     """Input the admin API refuses (400); the message is shown to the user."""
 
 
+PROBLEM_JSON = "application/problem+json"
+
+
 def error_response(status: int, message: str) -> Response:
-    resp = jsonify({"error": message})
+    """A problem document: `detail` is the one line a user reads, `title` the status's phrase."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    resp = jsonify({"type": "about:blank", "title": title, "status": status, "detail": message})
     resp.status_code = status
+    resp.mimetype = PROBLEM_JSON
     return resp
 
 

@@ -12,7 +12,7 @@ from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import utcnow
 
 from .api import admin, json_body
-from .fields import parse_expiration
+from .fields import known_fields, known_query, parse_expiration
 from .lookups import find_api_key
 from .shapes import apikey_json
 
@@ -24,30 +24,30 @@ blueprint = Blueprint("apikeys", __name__)
 @blueprint.get("/api/v1/apikey")
 async def list_api_keys() -> Any:
     now = utcnow()
-    return {"api_keys": [apikey_json(k, now) for k in await admin().store.list_api_keys()]}
+    keys_ = sorted(await admin().store.list_api_keys(), key=lambda k: k.id)
+    return {"apiKeys": [apikey_json(k, now) for k in keys_]}
 
 
 @blueprint.post("/api/v1/apikey")
 async def create_api_key() -> Any:
-    data = await json_body()
+    data = known_fields(await json_body(), ("expiration",))
     now = utcnow()
     expiration = parse_expiration(data.get("expiration"), DEFAULT_API_KEY_EXPIRATION, now)
     new = keys.generate_api_key()
     ak = await admin().store.create_api_key(new.prefix, new.key_hash, expiration)
     admin().log.info("API key created: id %d prefix %s", ak.id, ak.prefix)
-    body = apikey_json(ak, now)
-    body["key"] = new.text
-    return {"api_key": body}, 201
+    # Headscale's answer is the key's text alone; the record is ours
+    return {"apiKey": new.text, "apiKeyRecord": apikey_json(ak, now)}
 
 
 @blueprint.post("/api/v1/apikey/expire")
 async def expire_api_key() -> Any:
-    data = await json_body()
+    data = known_fields(await json_body(), ("id", "prefix"))
     ak = await find_api_key(data.get("id"), data.get("prefix"))
     now = utcnow()
     ak = await admin().store.expire_api_key(ak.id, now)
     admin().log.info("API key expired: id %d prefix %s", ak.id, ak.prefix)
-    return {"api_key": apikey_json(ak, now)}
+    return {"apiKeyRecord": apikey_json(ak, now)}
 
 
 # Headscale's route takes the prefix in the path; `?id=N` (without a path prefix) is the id
@@ -56,7 +56,7 @@ async def expire_api_key() -> Any:
 @blueprint.delete("/api/v1/apikey", defaults={"prefix": None})
 @blueprint.delete("/api/v1/apikey/<path:prefix>")
 async def delete_api_key(prefix: str | None) -> Any:
-    ak = await find_api_key(request.args.get("id"), prefix)
+    ak = await find_api_key(known_query(request.args, ("id",)).get("id"), prefix)
     await admin().store.delete_api_key(ak.id)
     admin().log.info("API key deleted: id %d prefix %s", ak.id, ak.prefix)
-    return {"api_key": apikey_json(ak, utcnow())}
+    return {"apiKeyRecord": apikey_json(ak, utcnow())}

@@ -1,4 +1,4 @@
-"""The admin API app: REST under /api/v1, shaped like Headscale's, one blueprint per resource.
+"""The admin API app: REST under /api/v1, Headscale's routes and shapes, one blueprint per resource.
 
 On the unix socket (local and trusted) no authentication; on TCP EVERY request (unknown paths too)
 needs `Authorization: Bearer tskey-api-…` naming a known, unexpired API key. Any doubt -> 401.
@@ -8,6 +8,7 @@ Secrets are never logged: the access log is off and keys are masked.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from quart import Response, request
@@ -21,7 +22,7 @@ from ..options import AdminOptions
 from . import apikeys, health, nodes, policy, preauthkeys, registrations, routes, sharing, sshcheck, tags, users
 from .api import Admin, InvalidRequest, admin, api_key_accepted, error_response, install
 
-__all__ = ["create_admin_app", "MAX_BODY"]
+__all__ = ["create_admin_app", "route_table", "MAX_BODY"]
 
 MAX_BODY = 64 * 1024
 
@@ -46,6 +47,18 @@ def create_admin_app(
     return app
 
 
+def route_table(app: QuartTrio) -> list[tuple[str, str]]:
+    """Every (verb, path) the app serves, paths written as OpenAPI writes them (`/node/{nodeId}`):
+    the one list of routes, read by the test against Headscale's document."""
+    out = set()
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/v1/"):
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule.rule)
+        out.update((m, path) for m in rule.methods or () if m not in ("HEAD", "OPTIONS"))
+    return sorted(out, key=lambda r: (r[1], r[0]))
+
+
 async def _authenticate() -> Response | None:
     if await api_key_accepted(admin().store, request.headers.get("Authorization", "")):
         return None
@@ -55,7 +68,8 @@ async def _authenticate() -> Response | None:
 
 
 def _install_error_handlers(app: QuartTrio) -> None:
-    """Every error is `{"error": "..."}` with its status; an unexpected one is logged and is a 500."""
+    """Every error is a problem document (api.error_response) with its status; an unexpected one is
+    logged and is a 500."""
 
     @app.errorhandler(InvalidRequest)
     async def _invalid(exc: InvalidRequest) -> Response:

@@ -13,7 +13,10 @@ from trioscale.shared.domain.durations import parse_duration
 from .api import InvalidRequest
 
 __all__ = [
+    "known_fields",
+    "known_query",
     "flag",
+    "query_flag",
     "text_field",
     "int_id",
     "MAX_ID",
@@ -29,11 +32,58 @@ __all__ = [
 ]
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def known_fields(data: dict[str, Any], names: tuple[str, ...], where: str = "the request body") -> dict[str, Any]:
+    """`data` under the camelCase `names`, each also accepted under its proto (snake_case) name as
+    Headscale's gateway accepts both. Any other field is refused: a field we do not read would
+    otherwise be silently dropped (a misspelt `aclTags` made an untagged key)."""
+    aliases = {_snake(n): n for n in names}
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in data.items():
+        name = key if key in names else aliases.get(key)
+        if name is None:
+            unknown.append(key)
+            continue
+        if name in out:
+            raise InvalidRequest(f"{name} is given twice in {where} (as {name} and {_snake(name)})")
+        out[name] = value
+    if unknown:
+        accepted = ", ".join(names) or "none"
+        raise InvalidRequest(f"unknown field(s) in {where}: {', '.join(short(k) for k in unknown[:5])} "
+                             f"(accepted: {accepted})")
+    return out
+
+
+def known_query(args: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The query parameters under `names` (camelCase or snake_case); any other is refused."""
+    single: dict[str, Any] = {}
+    for key in args.keys():
+        values = args.getlist(key)
+        if len(values) > 1:
+            raise InvalidRequest(f"query parameter {short(key)} is given more than once")
+        single[key] = values[0]
+    return known_fields(single, names, "the query")
+
+
 def flag(data: dict[str, Any], name: str) -> bool:
     value = data.get(name, False)
     if not isinstance(value, bool):
         raise InvalidRequest(f"{name} must be true or false")
     return value
+
+
+def query_flag(query: dict[str, Any], name: str) -> bool:
+    """A boolean query parameter as grpc-gateway reads one: true/false (1/0)."""
+    value = str(query.get(name, "false")).strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise InvalidRequest(f"{name} must be true or false, not {short(value)}")
 
 
 def text_field(data: dict[str, Any], name: str, default: str = "") -> str:

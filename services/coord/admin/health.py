@@ -14,4 +14,4 @@ blueprint = Blueprint("health", __name__)
 @blueprint.get("/api/v1/health")
 async def health() -> Any:
     await admin().store.latest_seq()
-    return {"status": "ok", "database_connectivity": True}
+    return {"databaseConnectivity": True}

@@ -1,8 +1,9 @@
 """The access control policy:
 
-    GET  /api/v1/policy                       the policy in force ({"policy", "version", "mode", ...})
+    GET  /api/v1/policy                       the policy in force ({"policy", "updatedAt"}; ours: "mode",
+                                              "version" or "path")
     PUT  /api/v1/policy        {"policy": T}  check and store a new version (database mode)
-    POST /api/v1/policy/check  {"policy": T}  check only: {"ok": true} or 400 with the reason
+    POST /api/v1/policy/check  {"policy": T}  check only: {} or 400 with the reason
 
 A policy is checked against the current tailnet (users and nodes): syntax (line and column),
 structure, unknown groups / tags, and its `tests` / `sshTests`. A refused policy changes nothing.
@@ -12,20 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from trioscale.shared.domain.policy import PolicyError
 from trioscale.shared.store.base import NotFound
 
 from trioscale.shared.domain.policy.host import parse_and_check
 from .api import InvalidRequest, admin, json_body
-from .shapes import ts
+from .fields import known_fields, known_query
+from .shapes import id_text, ts
 
 blueprint = Blueprint("policy", __name__)
 
 
-def _policy_text(data: dict[str, Any]) -> str:
-    text = data.get("policy")
+def _policy_text(body: dict[str, Any]) -> str:
+    known_query(request.args, ())
+    text = known_fields(body, ("policy",)).get("policy")
     if not isinstance(text, str):
         raise InvalidRequest("give the policy text in \"policy\"")
     if not text.strip():
@@ -54,12 +57,12 @@ async def get_policy() -> Any:
                 text = open(path, encoding="utf-8").read() if path else None
             except OSError as exc:
                 raise InvalidRequest(f"policy file {path}: {exc.strerror}") from None
-        return {"policy": text or "", "mode": "file", "path": str(settings.path)}
+        return {"policy": text or "", "updatedAt": None, "mode": "file", "path": str(settings.path)}
     record = await handles.store.get_policy()
     if record is None:
         raise NotFound("no policy is set: all traffic is allowed (set one with `trioscale policy set -f FILE`)")
-    return {"policy": record.text, "mode": "database", "version": record.version,
-            "updated_at": ts(record.created_at)}
+    return {"policy": record.text, "updatedAt": ts(record.created_at), "mode": "database",
+            "version": id_text(record.version)}
 
 
 @blueprint.put("/api/v1/policy")
@@ -74,12 +77,12 @@ async def set_policy() -> Any:
     record = await handles.store.set_policy(text)
     handles.log.info("policy version %d stored", record.version)
     await handles.caught_up()
-    return {"policy": record.text, "mode": "database", "version": record.version,
-            "updated_at": ts(record.created_at)}
+    return {"policy": record.text, "updatedAt": ts(record.created_at), "mode": "database",
+            "version": id_text(record.version)}
 
 
 @blueprint.post("/api/v1/policy/check")
 async def check_policy() -> Any:
     data = await json_body()
     await _check(_policy_text(data))
-    return {"ok": True}
+    return {}

@@ -1,4 +1,6 @@
-"""Pre-auth keys (`tskey-auth-…`): list, create (the key is in the answer once), expire, delete."""
+"""Pre-auth keys (`tskey-auth-…`): list, create (the key is in the answer once), expire, delete.
+
+Headscale answers expire and delete with `{}`; ours carry the key's record too (`preAuthKey`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import utcnow
 
 from .api import InvalidRequest, admin, json_body
-from .fields import flag, given, parse_expiration, tag_list, validate_tag
+from .fields import flag, given, known_fields, known_query, parse_expiration, tag_list, validate_tag
 from .lookups import find_preauth_key, find_user, users_by_id
 from .shapes import preauth_json
 
@@ -22,22 +24,22 @@ blueprint = Blueprint("preauthkeys", __name__)
 
 @blueprint.get("/api/v1/preauthkey")
 async def list_preauth_keys() -> Any:
-    ref = request.args.get("user")
+    ref = known_query(request.args, ("user",)).get("user")
     user_id = (await find_user(ref)).id if ref else None
     now = utcnow()
     users = await users_by_id()
     pks = await admin().store.list_preauth_keys(user_id)
-    return {"pre_auth_keys": [preauth_json(k, users, now) for k in pks]}
+    return {"preAuthKeys": [preauth_json(k, users, now) for k in sorted(pks, key=lambda k: k.id)]}
 
 
 @blueprint.post("/api/v1/preauthkey")
 async def create_preauth_key() -> Any:
     store, log = admin().store, admin().log
-    data = await json_body()
+    data = known_fields(await json_body(), ("user", "reusable", "ephemeral", "expiration", "aclTags"))
     user = await find_user(data.get("user"))
     reusable = flag(data, "reusable")
     ephemeral = flag(data, "ephemeral")
-    tags_in = tag_list(data.get("acl_tags", data.get("tags", [])) or [], "acl_tags")
+    tags_in = tag_list(data.get("aclTags") or [], "aclTags")
     tags = tuple(dict.fromkeys(validate_tag(t) for t in tags_in))
     now = utcnow()
     expiration = parse_expiration(data.get("expiration"), DEFAULT_PREAUTH_EXPIRATION, now)
@@ -52,28 +54,27 @@ async def create_preauth_key() -> Any:
         expiration=expiration,
     )
     log.info("pre-auth key created: id %d prefix %s for user %s", pk.id, pk.prefix, user.name)
-    body = preauth_json(pk, {user.id: user}, now)
-    body["key"] = new.text
-    return {"pre_auth_key": body}, 201
+    return {"preAuthKey": preauth_json(pk, {user.id: user}, now, key=new.text)}
 
 
 @blueprint.post("/api/v1/preauthkey/expire")
 async def expire_preauth_key() -> Any:
-    data = await json_body()
-    pk = await find_preauth_key(data.get("id"), data.get("prefix") or data.get("key"))
+    data = known_fields(await json_body(), ("id", "prefix"))
+    pk = await find_preauth_key(data.get("id"), data.get("prefix"))
     now = utcnow()
     pk = await admin().store.expire_preauth_key(pk.id, now)
     admin().log.info("pre-auth key expired: id %d", pk.id)
-    return {"pre_auth_key": preauth_json(pk, await users_by_id(), now)}
+    return {"preAuthKey": preauth_json(pk, await users_by_id(), now)}
 
 
 # Headscale (0.28+) names the key by id only, in the query: a DELETE has no body
 @blueprint.delete("/api/v1/preauthkey")
 async def delete_preauth_key() -> Any:
-    if not given(request.args.get("id")):
+    key_id = known_query(request.args, ("id",)).get("id")
+    if not given(key_id):
         raise InvalidRequest("give the pre-auth key's id (?id=N)")
-    pk = await find_preauth_key(request.args.get("id"))
+    pk = await find_preauth_key(key_id)
     users = await users_by_id()
     await admin().store.delete_preauth_key(pk.id)
     admin().log.info("pre-auth key deleted: id %d prefix %s", pk.id, pk.prefix)
-    return {"pre_auth_key": preauth_json(pk, users, utcnow())}
+    return {"preAuthKey": preauth_json(pk, users, utcnow())}

@@ -1,4 +1,10 @@
-"""The JSON shapes of the admin API's records (field names as Headscale's API has them)."""
+"""The JSON shapes of the admin API's records: Headscale's (protobuf JSON through grpc-gateway).
+
+Field names are camelCase, 64-bit ids are strings (`"id": "1"`), enums go by name
+(`REGISTER_METHOD_AUTH_KEY`), times are RFC 3339 in UTC (null when unset) and every field is
+present. Fields Headscale's messages do not have are ours and named the same way (`expired`,
+`ephemeral`, `prefix`); a client written for Headscale reads past them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,18 @@ from typing import Any
 
 from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, Share, User
 
-__all__ = ["ts", "user_json", "preauth_json", "apikey_json", "node_json", "registration_json", "share_json"]
+__all__ = [
+    "ts",
+    "id_text",
+    "REGISTER_METHODS",
+    "user_json",
+    "preauth_json",
+    "masked_preauth_key",
+    "apikey_json",
+    "node_json",
+    "registration_json",
+    "share_json",
+]
 
 
 def ts(value: datetime | None) -> str | None:
@@ -16,64 +33,101 @@ def ts(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def user_json(u: User) -> dict[str, Any]:
+def id_text(value: int | None) -> str:
+    """A uint64 as protobuf JSON writes it: a string (JavaScript's numbers stop at 2**53)."""
+    return str(value or 0)
+
+
+#: our node records' register_method -> Headscale's RegisterMethod enum
+REGISTER_METHODS = {
+    "authkey": "REGISTER_METHOD_AUTH_KEY",
+    "cli": "REGISTER_METHOD_CLI",
+    "interactive": "REGISTER_METHOD_CLI",  # a pending login an admin completed
+    "oidc": "REGISTER_METHOD_OIDC",
+}
+
+
+def user_json(u: User | None) -> dict[str, Any] | None:
+    if u is None:
+        return None
     return {
-        "id": u.id,
+        "id": id_text(u.id),
         "name": u.name,
-        "display_name": u.display_name,
+        "createdAt": ts(u.created_at),
+        "displayName": u.display_name,
         "email": u.email,
-        "created_at": ts(u.created_at),
+        "providerId": "",
+        "provider": "",
+        "profilePicUrl": "",
     }
 
 
-def preauth_json(k: PreAuthKey, users: dict[int, User], now: datetime) -> dict[str, Any]:
-    u = users.get(k.user_id)
+def masked_preauth_key(prefix: str) -> str:
+    """How a stored key is shown after its creation: the secret is not kept, so never shown."""
+    return f"tskey-auth-{prefix}-***"
+
+
+def preauth_json(k: PreAuthKey, users: dict[int, User], now: datetime, *, key: str = "") -> dict[str, Any]:
     return {
-        "id": k.id,
-        "prefix": k.prefix,
-        "user": {"id": k.user_id, "name": u.name if u else ""},
+        "user": user_json(users.get(k.user_id)),
+        "id": id_text(k.id),
+        "key": key or masked_preauth_key(k.prefix),
         "reusable": k.reusable,
         "ephemeral": k.ephemeral,
         "used": k.used,
-        "expired": k.is_expired(now),
-        "acl_tags": list(k.tags),
         "expiration": ts(k.expiration),
-        "created_at": ts(k.created_at),
+        "createdAt": ts(k.created_at),
+        "aclTags": list(k.tags),
+        "prefix": k.prefix,
+        "expired": k.is_expired(now),
     }
 
 
 def apikey_json(k: ApiKey, now: datetime) -> dict[str, Any]:
     return {
-        "id": k.id,
+        "id": id_text(k.id),
         "prefix": k.prefix,
-        "expired": k.is_expired(now),
         "expiration": ts(k.expiration),
-        "created_at": ts(k.created_at),
-        "last_seen": ts(k.last_seen),
+        "createdAt": ts(k.created_at),
+        "lastSeen": ts(k.last_seen),
+        "expired": k.is_expired(now),
     }
 
 
-def node_json(n: Node, users: dict[int, User], now: datetime, online: bool | None = None) -> dict[str, Any]:
-    u = users.get(n.user_id)
+def node_json(
+    n: Node,
+    users: dict[int, User],
+    now: datetime,
+    *,
+    online: bool | None = None,
+    available_routes: list[str] | tuple[str, ...] = (),
+    subnet_routes: list[str] | tuple[str, ...] = (),
+    preauth_keys: dict[int, PreAuthKey] | None = None,
+) -> dict[str, Any]:
+    """`subnet_routes` are the routes the node serves now (approved, advertised and primary);
+    `preauth_keys` by id, to show the key the node registered with."""
+    key = (preauth_keys or {}).get(n.auth_key_id) if n.auth_key_id else None
     return {
-        "online": online,
-        "id": n.id,
+        "id": id_text(n.id),
+        "machineKey": "mkey:" + n.machine_key.hex(),
+        "nodeKey": "nodekey:" + n.node_key.hex(),
+        "discoKey": ("discokey:" + n.disco_key.hex()) if n.disco_key else "",
+        "ipAddresses": [a for a in (n.ipv4, n.ipv6) if a],
         "name": n.hostname,
-        "hostname": n.hostname,
-        "given_name": n.given_name,
-        "user": {"id": n.user_id, "name": u.name if u else ""},
-        "ip_addresses": [a for a in (n.ipv4, n.ipv6) if a],
-        "machine_key": "mkey:" + n.machine_key.hex(),
-        "node_key": "nodekey:" + n.node_key.hex(),
-        "disco_key": ("discokey:" + n.disco_key.hex()) if n.disco_key else "",
-        "tags": list(n.tags),
-        "approved_routes": list(n.approved_routes),
-        "ephemeral": n.ephemeral,
-        "register_method": n.register_method,
+        "user": user_json(users.get(n.user_id)),
+        "lastSeen": ts(n.last_seen),
         "expiry": ts(n.expiry),
+        "preAuthKey": preauth_json(key, users, now) if key is not None else None,
+        "createdAt": ts(n.created_at),
+        "registerMethod": REGISTER_METHODS.get(n.register_method, "REGISTER_METHOD_UNSPECIFIED"),
+        "givenName": n.given_name,
+        "online": bool(online),
+        "approvedRoutes": list(n.approved_routes),
+        "availableRoutes": list(available_routes),
+        "subnetRoutes": list(subnet_routes),
+        "tags": list(n.tags),
+        "ephemeral": n.ephemeral,
         "expired": n.is_expired(now),
-        "created_at": ts(n.created_at),
-        "last_seen": ts(n.last_seen),
     }
 
 
@@ -81,14 +135,14 @@ def registration_json(r: PendingRegistration) -> dict[str, Any]:
     return {
         "id": r.id,
         "hostname": str((r.hostinfo or {}).get("Hostname", "")),
-        "node_id": r.node_id or None,
-        "user_id": r.user_id,
-        "created_at": ts(r.created_at),
+        "nodeId": id_text(r.node_id) if r.node_id else None,
+        "userId": id_text(r.user_id) if r.user_id is not None else None,
+        "createdAt": ts(r.created_at),
     }
 
 
 def share_json(s: Share, nodes: dict[int, Node], users: dict[int, User]) -> dict[str, Any]:
-    n, u = nodes.get(s.node_id), users.get(s.user_id)
-    return {"node": {"id": s.node_id, "given_name": n.given_name if n else ""},
-            "user": {"id": s.user_id, "name": u.name if u else ""},
-            "created_at": ts(s.created_at)}
+    n = nodes.get(s.node_id)
+    return {"node": {"id": id_text(s.node_id), "givenName": n.given_name if n else ""},
+            "user": user_json(users.get(s.user_id)),
+            "createdAt": ts(s.created_at)}

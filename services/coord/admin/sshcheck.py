@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from trioscale.shared.model import utcnow
 
 from .api import InvalidRequest, admin, json_body
-from .fields import short
+from .fields import known_fields, known_query, short
 
 _AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
@@ -18,8 +18,8 @@ blueprint = Blueprint("sshcheck", __name__)
 
 
 async def decide_ssh_check(decision: str) -> Any:
-    data = await json_body()
-    auth_id = data.get("authId") if "authId" in data else data.get("auth_id")
+    known_query(request.args, ())
+    auth_id = known_fields(await json_body(), ("authId",)).get("authId")
     if not isinstance(auth_id, str) or not _AUTH_ID.match(auth_id):
         raise InvalidRequest(f"give the authId of a held SSH session, not {short(auth_id)}")
     check = await admin().store.decide_ssh_check(auth_id, decision, utcnow())

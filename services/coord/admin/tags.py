@@ -5,23 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
-
-from trioscale.shared.model import utcnow
+from quart import Blueprint, request
 
 from .api import InvalidRequest, admin, json_body
-from .fields import tag_list, validate_tag
-from .lookups import find_node, users_by_id
-from .shapes import node_json
+from .fields import known_fields, known_query, tag_list, validate_tag
+from .lookups import find_node
+from .nodeview import node_view
 
 blueprint = Blueprint("tags", __name__)
 
 
-@blueprint.post("/api/v1/node/<ref>/tags")
-async def tag_node(ref: str) -> Any:
+@blueprint.post("/api/v1/node/<nodeId>/tags")
+async def tag_node(nodeId: str) -> Any:
     handles = admin()
-    node = await find_node(ref)
-    data = await json_body()
+    node = await find_node(nodeId)
+    known_query(request.args, ())
+    data = known_fields(await json_body(), ("tags",))
     tags = tuple(sorted(dict.fromkeys(validate_tag(t) for t in tag_list(data.get("tags", []), "tags"))))
     c = handles.coordinator
     if tags and c is not None and c.policy.has_policy:
@@ -34,4 +33,4 @@ async def tag_node(ref: str) -> Any:
     node = await handles.store.update_node(node.id, **fields)
     handles.log.info("node %d tags set to %s", node.id, ",".join(tags) or "(none)")
     await handles.caught_up()
-    return {"node": node_json(node, await users_by_id(), utcnow(), handles.is_online(node.id))}
+    return {"node": await node_view(node)}

@@ -1,4 +1,5 @@
-"""Users: list, create, rename, delete (one that still owns nodes cannot be deleted)."""
+"""Users: list (by id, name or email), create, rename, delete (one that still owns nodes cannot be
+deleted). The path's user is an id as in Headscale, or a name (names are never all digits)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from quart import Blueprint, request
 from trioscale.shared.store.base import Conflict
 
 from .api import InvalidRequest, admin, json_body
-from .fields import int_id, text_field, validate_user_name
+from .fields import int_id, known_fields, known_query, text_field, validate_user_name
 from .lookups import find_user
 from .shapes import user_json
 
@@ -18,12 +19,14 @@ blueprint = Blueprint("users", __name__)
 
 @blueprint.get("/api/v1/user")
 async def list_users() -> Any:
-    name = request.args.get("name")
-    uid = request.args.get("id")
-    uid = int_id(uid, "user") if uid else None
-    users = await admin().store.list_users()
+    query = known_query(request.args, ("id", "name", "email"))
+    name, email, uid = query.get("name"), query.get("email"), query.get("id")
+    uid = int_id(uid, "user") if uid not in (None, "", "0") else None
+    users = sorted(await admin().store.list_users(), key=lambda u: u.id)
     if name:
         users = [u for u in users if u.name == name]
+    if email:
+        users = [u for u in users if u.email == email]
     if uid is not None:
         users = [u for u in users if u.id == uid]
     return {"users": [user_json(u) for u in users]}
@@ -32,38 +35,42 @@ async def list_users() -> Any:
 @blueprint.post("/api/v1/user")
 async def create_user() -> Any:
     store, log = admin().store, admin().log
-    data = await json_body()
+    data = known_fields(await json_body(), ("name", "displayName", "email", "pictureUrl"))
     name = validate_user_name(data.get("name"))
-    display = text_field(data, "display_name")
+    display = text_field(data, "displayName")
     email = text_field(data, "email")
+    if text_field(data, "pictureUrl"):
+        raise InvalidRequest("pictureUrl: profile pictures are not kept here (leave it out)")
     if len(display) > 256 or len(email) > 256:
-        raise InvalidRequest("display_name and email are limited to 256 characters")
+        raise InvalidRequest("displayName and email are limited to 256 characters")
     if email and "@" not in email:
         raise InvalidRequest(f"invalid email {email!r}")
     if await store.get_user_by_name(name) is not None:
         raise Conflict(f"user {name!r} already exists")
     user = await store.create_user(name, display_name=display, email=email)
     log.info("user created: %s (id %d)", user.name, user.id)
-    return {"user": user_json(user)}, 201
+    return {"user": user_json(user)}
 
 
-@blueprint.post("/api/v1/user/<ref>/rename/<path:new_name>")
-async def rename_user(ref: str, new_name: str) -> Any:
+@blueprint.post("/api/v1/user/<oldId>/rename/<path:newName>")
+async def rename_user(oldId: str, newName: str) -> Any:
     store, log = admin().store, admin().log
-    user = await find_user(ref)
-    validate_user_name(new_name)
-    other = await store.get_user_by_name(new_name)
+    known_query(request.args, ())
+    user = await find_user(oldId)
+    validate_user_name(newName)
+    other = await store.get_user_by_name(newName)
     if other is not None and other.id != user.id:
-        raise Conflict(f"user {new_name!r} already exists")
-    renamed = await store.rename_user(user.id, new_name)
+        raise Conflict(f"user {newName!r} already exists")
+    renamed = await store.rename_user(user.id, newName)
     log.info("user renamed: %s -> %s", user.name, renamed.name)
     return {"user": user_json(renamed)}
 
 
-@blueprint.delete("/api/v1/user/<ref>")
-async def delete_user(ref: str) -> Any:
+@blueprint.delete("/api/v1/user/<id>")
+async def delete_user(id: str) -> Any:
     store, log = admin().store, admin().log
-    user = await find_user(ref)
+    known_query(request.args, ())
+    user = await find_user(id)
     if await store.list_nodes(user.id):
         raise Conflict(f"user {user.name!r} still owns nodes; delete them first")
     await store.delete_user(user.id)

@@ -144,8 +144,8 @@ async def test_names_follow_the_api_within_a_second_and_set_dns_is_served(triosc
 
             # 7. rename through the CLI: the new name resolves within 1 s, the old one is gone,
             #    and the node's CertDomains follow
-            beta_id = next(n["id"] for n in json.loads(await cli("nodes", "list", "-o", "json")) if n["given_name"] == "beta")
-            alpha_id = next(n["id"] for n in json.loads(await cli("nodes", "list", "-o", "json")) if n["given_name"] == "alpha")
+            beta_id = next(n["id"] for n in json.loads(await cli("nodes", "list", "-o", "json")) if n["givenName"] == "beta")
+            alpha_id = next(n["id"] for n in json.loads(await cli("nodes", "list", "-o", "json")) if n["givenName"] == "alpha")
             await cli("nodes", "rename", "--identifier", str(alpha_id), "delta")
             await within(1, "delta.ts.test A", lambda: answers(query(dns_port, "delta.ts.test")) == ["100.64.0.1"])
             assert query(dns_port, "alpha.ts.test").rcode() == dns.rcode.NXDOMAIN
