@@ -136,6 +136,8 @@ def _octal_mode(value: str) -> Iterable[str]:
 
 def _prefix_inside(allowed: ipaddress.IPv4Network | ipaddress.IPv6Network):
     def check(value: str) -> Iterable[str]:
+        if value == "":  # this address family is off (a rule wants the other one on)
+            return
         try:
             net = ipaddress.ip_network(value, strict=True)
         except ValueError:
@@ -263,8 +265,8 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class PrefixesConfig:
-    v4: str = setting(STR, "100.64.0.0/10", "must be inside 100.64.0.0/10", check=_prefix_inside(_V4_RANGE))
-    v6: str = setting(STR, "fd7a:115c:a1e0::/48", "must be inside fd7a:115c:a1e0::/48", check=_prefix_inside(_V6_RANGE))
+    v4: str = setting(STR, "100.64.0.0/10", "must be inside 100.64.0.0/10; `\"\"`: nodes get no IPv4 address", check=_prefix_inside(_V4_RANGE))
+    v6: str = setting(STR, "fd7a:115c:a1e0::/48", "must be inside fd7a:115c:a1e0::/48; `\"\"`: nodes get no IPv6 address", check=_prefix_inside(_V6_RANGE))
     allocation: str = setting(STR, "sequential", "how a new node's addresses are picked", choices=("sequential", "random"))
 
 
@@ -621,6 +623,12 @@ def _rule(*keys: str):
         return check
 
     return register
+
+
+@_rule("prefixes.v4", "prefixes.v6")
+def _an_address_family(v4: str, v6: str) -> Iterable[str]:
+    if not v4 and not v6:
+        yield "and prefixes.v6 are both empty: nodes would get no address"
 
 
 @_rule("derp.server.tls_cert_path", "derp.server.tls_key_path")

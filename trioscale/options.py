@@ -88,7 +88,7 @@ def dns_options(config: Config) -> DnsOptions:
     return DnsOptions(
         listen=split_host_port(d.listen_addr) if d.listen_addr else None,
         base_domain=d.base_domain,
-        prefixes=(config.prefixes.v4, config.prefixes.v6),
+        prefixes=tuple(p for p in (config.prefixes.v4, config.prefixes.v6) if p),
         extra_records=tuple(d.extra_records),
         extra_records_path=d.extra_records_path,
         upstreams=tuple(d.nameservers.global_),

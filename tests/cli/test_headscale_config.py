@@ -265,3 +265,14 @@ def test_postgres_pool_keys_reach_the_store(monkeypatch: pytest.MonkeyPatch) -> 
     assert opened["password"] == "pw" and cfg.unsupported == ("database.postgres.max_idle_conns",)
     with pytest.raises(ConfigError, match="max_open_conns"):
         config_from_dict({"database": {"postgres": {"max_open_conns": 0}}})
+
+
+def test_one_address_family_may_be_off() -> None:
+    # Headscale: an empty prefix turns that family off; at least one is needed
+    from trioscale.options import dns_options
+
+    cfg = config_from_dict({"prefixes": {"v6": ""}})
+    assert registration_policy(cfg).prefix_v6 is None and registration_policy(cfg).prefix_v4 == "100.64.0.0/10"
+    assert dns_options(cfg).prefixes == ("100.64.0.0/10",) and dns_config_options(cfg).prefixes == ("100.64.0.0/10",)
+    with pytest.raises(ConfigError, match="prefixes.v4: and prefixes.v6 are both empty"):
+        config_from_dict({"prefixes": {"v4": "", "v6": ""}})
