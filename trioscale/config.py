@@ -291,7 +291,7 @@ class PostgresConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    type: str = setting(STR, "sqlite", "the store", choices=("sqlite", "postgres"))
+    type: str = setting(STR, "sqlite", "the store", choices=("sqlite", "postgres"), synonyms={"sqlite3": "sqlite"})
     sqlite: SqliteConfig = section(SqliteConfig)
     postgres: PostgresConfig = section(PostgresConfig)
 
@@ -564,7 +564,7 @@ class LogConfig:
         choices=("debug", "info", "warning", "error", "critical"),
         synonyms={"trace": "debug", "warn": "warning", "fatal": "critical", "panic": "critical"},
     )
-    format: str = setting(STR, "text", "log line format", choices=("text", "json"))
+    format: str = setting(STR, "text", "log line format", choices=("text", "json"), synonyms={"": "text"})
 
 
 @dataclass(frozen=True)

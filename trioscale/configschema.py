@@ -518,6 +518,8 @@ class Schema:
                 spelling = prefix + raw_key
                 key = self.aliases.get(spelling, spelling)
                 if key in self.keys:
+                    if value is None:  # `port:` with nothing after it keeps the default, as in Headscale
+                        continue
                     first = read.spelled.get(key)
                     if first is not None and first != spelling and read.values[key] != value:
                         read.problems.append(

@@ -276,3 +276,12 @@ def test_one_address_family_may_be_off() -> None:
     assert dns_options(cfg).prefixes == ("100.64.0.0/10",) and dns_config_options(cfg).prefixes == ("100.64.0.0/10",)
     with pytest.raises(ConfigError, match="prefixes.v4: and prefixes.v6 are both empty"):
         config_from_dict({"prefixes": {"v4": "", "v6": ""}})
+
+
+def test_a_key_without_a_value_keeps_its_default(tmp_path: Path) -> None:
+    # Headscale's example: a unix socket in `host`, `port` left blank
+    path = tmp_path / "c.yaml"
+    path.write_text("database:\n  type: sqlite3\n  postgres:\n    host: /run/postgresql\n    port:\nlog:\n  format: ''\n")
+    cfg = load_config(path, env={})
+    assert cfg.database.type == "sqlite" and cfg.database.postgres.port == 5432
+    assert cfg.database.postgres.host == "/run/postgresql" and cfg.log.format == "text"
