@@ -285,3 +285,13 @@ def test_a_key_without_a_value_keeps_its_default(tmp_path: Path) -> None:
     cfg = load_config(path, env={})
     assert cfg.database.type == "sqlite" and cfg.database.postgres.port == 5432
     assert cfg.database.postgres.host == "/run/postgresql" and cfg.log.format == "text"
+
+
+def test_configtest_prints_warning_and_every_problem_together(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("grpc_listen_addr: 0.0.0.0:50443\ncolour: red\nlog:\n  level: loud\n")
+    proc = _run("configtest", "-c", str(path), cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("Warning: ") and "grpc_listen_addr" in lines[0]
+    assert lines[1] == f"Error: {path}: colour: unknown key" and lines[2].startswith(f"Error: {path}: log.level: ")
