@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import emit_json, fmt, output_option
+from .base import emit, output_option
 
 
 @click.command("version")
@@ -17,7 +17,4 @@ def version(output: str | None) -> None:
         v = pkg_version("trioscale")
     except PackageNotFoundError:  # pragma: no cover
         v = "unknown"
-    if fmt(output) == "json":
-        emit_json({"version": v})
-    else:
-        click.echo(f"trioscale {v}")
+    emit({"version": v}, output, f"trioscale {v}")

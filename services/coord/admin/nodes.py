@@ -1,5 +1,5 @@
 """Nodes: list, show, delete, expire (now, at a time, or never), rename (the DNS name, unique in the
-tailnet), and give addresses to nodes that lack one (backfillips)."""
+tailnet), and bring nodes' addresses in line with the configured prefixes (backfillips)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ async def rename_node(nodeId: str, newName: str) -> Any:
 @blueprint.post("/api/v1/node/backfillips")
 async def backfill_ips() -> Any:
     """Give every node an address from each configured prefix it has none from (after a prefix was
-    added to the configuration). Needs `confirmed=true`, as in Headscale."""
+    added to the configuration), and take back the addresses of a family no longer configured, as
+    Headscale's backfill does. Needs `confirmed=true`, as in Headscale."""
     handles = admin()
     query = known_query(request.args, ("confirmed",))
     if not query_flag(query, "confirmed"):
@@ -94,18 +95,22 @@ async def backfill_ips() -> Any:
     taken = {a for n in nodes for a in (n.ipv4, n.ipv6) if a}
     changes: list[str] = []
     for node in nodes:
-        fields: dict[str, str] = {}
+        fields: dict[str, str | None] = {}
         for column, prefix in (("ipv4", policy.prefix_v4), ("ipv6", policy.prefix_v6)):
-            if prefix and not getattr(node, column):
+            held = getattr(node, column)
+            if prefix and not held:
                 try:
                     addr = ipalloc.allocate(prefix, taken, strategy=policy.allocation)
                 except ipalloc.PrefixExhausted as exc:
                     raise Conflict(f"cannot give node {node.id} an address: {exc}") from None
                 taken.add(addr)
                 fields[column] = addr
+                changes.append(f"assigned {column} {addr} to node {node.given_name}")
+            elif held and not prefix:
+                fields[column] = None
+                changes.append(f"removed {column} {held} from node {node.given_name}")
         if fields:
             await handles.store.update_node(node.id, **fields)
-            changes += [f"assigned {column} {addr} to node {node.given_name}" for column, addr in fields.items()]
     if changes:
         handles.log.info("backfillips: %s", "; ".join(changes))
         await handles.caught_up()

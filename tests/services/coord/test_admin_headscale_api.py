@@ -340,3 +340,14 @@ async def test_times_are_utc_rfc3339(api: Api) -> None:
     key = (await api.ok("POST", "/api/v1/preauthkey",
                         {"user": user["id"], "expiration": "2031-05-06T07:08:09+02:00"}))["preAuthKey"]
     assert key["expiration"] == "2031-05-06T05:08:09Z"
+
+
+async def test_backfill_takes_back_addresses_of_a_family_no_longer_configured(store: Store) -> None:
+    v4_only = admin_options(config_from_dict({"prefixes": {"v6": ""}}))
+    api = Api(create_admin_app(v4_only, store, coordinator=None, require_auth=False))
+    user = (await api.ok("POST", "/api/v1/user", {"name": "lena"}))["user"]
+    node = await a_node(store, int(user["id"]), "lenabox")
+    changes = (await api.ok("POST", "/api/v1/node/backfillips", confirmed="true"))["changes"]
+    assert changes == [f"removed ipv6 {node.ipv6} from node lenabox"]
+    kept = await store.get_node(node.id)
+    assert kept is not None and (kept.ipv4, kept.ipv6) == (node.ipv4, None)
