@@ -406,3 +406,34 @@ def test_server_not_running(tmp_path: Path) -> None:
         assert_one_line_error(srv.cli(*args), "cannot reach", "trioscale serve")
     assert not (tmp_path / "data" / "db.sqlite").exists()
     assert_one_line_error(srv.cli("--address", "http://127.0.0.1:1", "--api-key", "k", "users", "list"), "cannot reach")
+
+
+def test_headscale_commands_and_flags(server: TrioscaleServer) -> None:
+    """`auth register` (and `nodes register` as its alias), `debug create-node`, `nodes backfillips`,
+    the list flags given repeated or comma-separated, Headscale's duration forms and aliases."""
+    user = server.cli_json("users", "new", "quinn")
+    node = server.cli_json("debug", "create-node", "--name", "made-up", "-u", "quinn", "-k", "debugkey-q1",
+                           "-r", "10.5.0.0/24", "--route", "10.6.0.0/24,10.7.0.0/24")
+    assert node["id"] == "0" and node["availableRoutes"] == ["10.5.0.0/24", "10.6.0.0/24", "10.7.0.0/24"]
+    assert_one_line_error(server.cli("debug", "create-node", "--name", "again", "-u", "quinn", "-k", "debugkey-q1"),
+                          "exists")
+    joined = server.cli_json("auth", "register", "--user", user["id"], "--auth-id", "debugkey-q1")
+    assert joined["givenName"] == "made-up" and joined["user"]["name"] == "quinn" and joined["id"] != "0"
+    assert "waiting" in server.cli_ok("debug", "create-node", "--name", "other", "-u", "quinn", "-k", "debugkey-q2")
+    assert "Node registered: other" in server.cli_ok("auth", "register", "-u", "quinn", "--auth-id", "debugkey-q2")
+
+    tagged = server.cli_json("nodes", "tags", "-i", joined["id"], "-t", "tag:a", "-t", "tag:b,tag:c")
+    assert tagged["tags"] == ["tag:a", "tag:b", "tag:c"]
+    routed = server.cli_json("nodes", "approve-routes", "-i", joined["id"], "-r", "10.5.0.0/24", "-r", "10.6.0.0/24")
+    assert routed["approvedRoutes"] == ["10.5.0.0/24", "10.6.0.0/24"]
+    assert [n["id"] for n in server.cli_json("nodes", "lsr", "-i", joined["id"])] == [joined["id"]]
+
+    assert server.cli_json("--force", "nodes", "backfillips") == {"changes": []}
+    assert server.cli_json("nodes", "backfillips", "--force") == {"changes": []}
+    assert_one_line_error(server.cli("nodes", "backfillips"), "not confirmed")  # no terminal to ask
+
+    for duration in ("2y", "1h30m", "90d"):
+        key = server.cli_json("preauthkeys", "c", "-u", "quinn", "-e", duration)
+        assert not key["expired"] and key["expiration"] > key["createdAt"]
+        assert server.cli_json("preauthkeys", "revoke", "-i", key["id"])["expired"] is True
+    assert isinstance(server.cli_json("apikeys", "new", "-e", "1y"), str)

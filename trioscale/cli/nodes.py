@@ -5,6 +5,7 @@ Flags, aliases and -o output as Headscale's `nodes`; share, unshare and shares a
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -109,9 +110,13 @@ def nodes_register(user: str, key: str, output: str | None) -> None:
 @click.option("--force", is_flag=True, help="do not ask")
 @output_option
 def nodes_backfillips(force: bool, output: str | None) -> None:
-    """Give every node an address from each configured prefix it has none from."""
-    if not (force or state().force) and not click.confirm("Assign addresses to nodes that lack one?", default=False):
-        raise CLIError("not confirmed (use --force)")
+    """Give every node an address from each configured prefix it has none from, and take back those
+    of a family no longer configured."""
+    if not (force or state().force):
+        # a question nobody can answer (no terminal) is a no
+        if not sys.stdin.isatty() or not click.confirm("Change nodes' addresses to match the prefixes?",
+                                                       default=False, err=True):
+            raise CLIError("not confirmed (use --force)")
     out = call("POST", "/api/v1/node/backfillips", query={"confirmed": "true"})
     emit(out, output, "\n".join(out.get("changes") or []) or "No node lacked an address")
 
