@@ -218,3 +218,30 @@ def test_invalid_policy_file_stops_the_start(tmp_path: Path) -> None:
         srv.start(timeout=10)
     srv.stop()
     assert "group not found" in srv.stderr() + srv.stdout()
+
+
+def test_policy_bypassing_the_server(tmp_path: Path) -> None:
+    """Headscale's --bypass-grpc-and-access-database-directly: the commands work on the database
+    while the server is down, and a running server serves what was set that way."""
+    bypass = "--bypass-grpc-and-access-database-directly"
+    good = write(tmp_path, "good.hujson", GOOD)
+    bad = write(tmp_path, "bad.hujson", '{"acls": [{"action": "accept", "src": ["group:nope"], "dst": ["*:*"]}]}')
+    config = free_ports_config(tmp_path / "data")
+    srv = TrioscaleServer(tmp_path, config)
+    assert_one_line_error(srv.cli("policy", "get", bypass), "no database")
+    srv.start()
+    try:
+        srv.cli_ok("users", "create", "alice")
+        srv.cli_ok("users", "create", "bob")
+        assert srv.cli_json("policy", "set", "-f", good, bypass)["version"] == "1"
+        assert srv.cli_json("policy", "get")["policy"] == GOOD  # the server reads what was stored
+    finally:
+        assert srv.stop() == 0, srv.stderr()[-3000:]
+    down = TrioscaleServer(tmp_path, config)
+    got = down.cli_json("policy", "get", bypass)
+    assert (got["policy"], got["version"], got["mode"]) == (GOOD, "1", "database") and got["updatedAt"]
+    assert down.cli_json("policy", "check", "-f", good, bypass) == {}
+    assert_one_line_error(down.cli("policy", "check", "-f", bad, bypass), "group not found")
+    assert_one_line_error(down.cli("policy", "set", "-f", bad, bypass), "group not found")
+    assert down.cli_json("policy", "set", "-f", good, bypass)["version"] == "2"
+    assert_one_line_error(down.cli("policy", "get"), "cannot reach")
