@@ -345,7 +345,7 @@ class DerpConfig:
     regions: tuple[dict[str, Any], ...] = setting(
         RECORDS, (), "extra regions, DERPMap JSON shape (`RegionID`, `Nodes`, …)", check=_derp_regions
     )
-    paths: tuple[Path, ...] = setting(PATHLIST, (), "files with DERP maps")
+    paths: tuple[Path, ...] = setting(PATHLIST, (), "files with DERP maps, read at start: Tailscale's DERPMap JSON or Headscale's YAML (`regionid`, `hostname`, …)")
     relay_timeout: timedelta = setting(
         DURATION,
         timedelta(seconds=30),

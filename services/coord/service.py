@@ -6,7 +6,6 @@ the admin API is handed), the control listener's accounting and its address.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from trioscale.shared.proto.control import TransportStats
 
 from .coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
+from trioscale.shared.domain.derpmapfile import DerpMapFileError, parse_derp_map_file
 from trioscale.shared.domain.netmap import Settings, dns_config
 from trioscale.shared.domain.reversedns import reverse_zones
 from .dnswatch import DnsConfigWatcher
@@ -35,10 +35,13 @@ log = logging.getLogger("trioscale.coord")
 
 
 def static_regions(options: CoordOptions) -> list[dict[str, Any]]:
+    """`derp.regions`, then the regions of each `derp.paths` file (JSON, or Headscale's YAML)."""
     regions = [dict(r) for r in options.derp_regions]
     for path in options.derp_map_paths:
-        data = json.loads(Path(path).read_text())
-        regions.extend((data.get("Regions") or data.get("regions") or {}).values())
+        try:
+            regions.extend(parse_derp_map_file(Path(path).read_text(encoding="utf-8")))
+        except DerpMapFileError as exc:
+            raise DerpMapFileError(f"DERP map file {path}: {exc}") from None
     return regions
 
 
