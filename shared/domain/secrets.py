@@ -161,11 +161,31 @@ def verify(secret: str | bytes, key_hash: bytes) -> bool:
     try:
         stored = bytes(key_hash)
         if _BCRYPT_RE.match(stored):
-            data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-            return bcrypt.checkpw(data, stored)
+            return _bcrypt_matches(secret, stored)
         return hmac.compare_digest(hash_secret(secret), stored)
     except (TypeError, ValueError):
         return False
+
+
+#: (SHA-256 of a secret, bcrypt hash) pairs bcrypt has already matched: a bcrypt check costs tens
+#: of milliseconds of CPU, and an API key is checked on every admin request, in the coordinator's
+#: process. Only matches are kept (a wrong secret always pays), and a revoked key is refused before
+#: its hash is looked at, so the cache never lets anything in that the store would not.
+_BCRYPT_MATCHED: dict[tuple[bytes, bytes], None] = {}
+_BCRYPT_MATCHED_MAX = 256
+
+
+def _bcrypt_matches(secret: str | bytes, stored: bytes) -> bool:
+    data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    memo = (hashlib.sha256(data).digest(), stored)
+    if memo in _BCRYPT_MATCHED:
+        return True
+    if not bcrypt.checkpw(data, stored):
+        return False
+    if len(_BCRYPT_MATCHED) >= _BCRYPT_MATCHED_MAX:
+        _BCRYPT_MATCHED.pop(next(iter(_BCRYPT_MATCHED)))
+    _BCRYPT_MATCHED[memo] = None
+    return True
 
 
 def mask(text: str) -> str:
