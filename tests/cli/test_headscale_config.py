@@ -91,6 +91,8 @@ def test_configtest_json_lists_the_unsupported_keys(tmp_path: Path) -> None:
     body = json.loads(proc.stdout)
     assert body["ok"] is True and [item["key"] for item in body["unsupported"]] == list(EXAMPLE_UNSUPPORTED)
     assert all(item["reason"] for item in body["unsupported"])
+    proc = _run("configtest", "-o", "yaml", "-c", str(EXAMPLE), cwd=tmp_path)
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout) == body
 
 
 def test_serve_logs_the_warning_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -9,7 +9,7 @@ import click
 
 from trioscale.config import SCHEMA, ConfigError, load_config
 
-from .base import emit_json, fmt, output_option, state
+from .base import emit_json, machine, output_option, state
 
 
 @click.command("configtest")
@@ -26,8 +26,8 @@ def configtest(output: str | None, strict: bool) -> None:
             click.echo(f"Error: {problem}", err=True)
         raise click.exceptions.Exit(1) from None
     unsupported = [{"key": key, "reason": SCHEMA.foreign[key].reason} for key in cfg.unsupported]
-    if fmt(output) == "json":
-        emit_json({"ok": True, "source": str(cfg.source) if cfg.source else None, "unsupported": unsupported})
+    if machine(output):
+        emit_json({"ok": True, "source": str(cfg.source) if cfg.source else None, "unsupported": unsupported}, output)
         return
     if unsupported:
         click.echo(
