@@ -117,6 +117,11 @@ def _url(value: str) -> Iterable[str]:
         yield f"expected an http:// or https:// URL, got {value!r}"
 
 
+def _urls(values: tuple[str, ...]) -> Iterable[str]:
+    for value in values:
+        yield from _url(value)
+
+
 def _hostport(value: str) -> Iterable[str]:
     try:
         split_hostport(value)
@@ -345,7 +350,21 @@ class DerpConfig:
     regions: tuple[dict[str, Any], ...] = setting(
         RECORDS, (), "extra regions, DERPMap JSON shape (`RegionID`, `Nodes`, …)", check=_derp_regions
     )
-    paths: tuple[Path, ...] = setting(PATHLIST, (), "files with DERP maps, read at start: Tailscale's DERPMap JSON or Headscale's YAML (`regionid`, `hostname`, …)")
+    urls: tuple[str, ...] = setting(
+        STRLIST,
+        (),
+        "DERP maps fetched over HTTP(S) by each coordinator (Tailscale's: `https://controlplane.tailscale.com/derpmap/default`); "
+        "fetched once it runs, a URL that fails is logged and tried again every minute until it answers",
+        check=_urls,
+    )
+    auto_update_enabled: bool = setting(BOOL, False, "fetch `urls` again every `update_frequency`; a failed fetch keeps the last map")
+    update_frequency: timedelta = setting(DURATION, timedelta(hours=3), "see `auto_update_enabled`", check=_at_least(timedelta(seconds=10)))
+    paths: tuple[Path, ...] = setting(
+        PATHLIST,
+        (),
+        "files with DERP maps, read at start: Tailscale's DERPMap JSON or Headscale's YAML (`regionid`, `hostname`, …); "
+        "their regions replace those of `urls` and `regions` with the same id, a null region drops one",
+    )
     relay_timeout: timedelta = setting(
         DURATION,
         timedelta(seconds=30),

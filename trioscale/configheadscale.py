@@ -45,6 +45,9 @@ SHARED: tuple[str, ...] = (
     "derp.server.private_key_path",
     "derp.server.ipv4",
     "derp.server.ipv6",
+    "derp.urls",
+    "derp.auto_update_enabled",
+    "derp.update_frequency",
     "derp.paths",
     "node.expiry",
     "node.ephemeral.inactivity_timeout",
@@ -133,13 +136,6 @@ UNSUPPORTED: dict[str, Foreign] = {
     "derp.server.automatically_add_embedded_derp_region": Foreign(
         "the embedded relay always appears in the DERP map", _is(True), inert_doc="`true`"
     ),
-    "derp.urls": Foreign(
-        "DERP maps are not fetched over HTTP: list regions in `derp.regions` or files in `derp.paths`",
-        _empty,
-        inert_doc="`[]`",
-    ),
-    "derp.auto_update_enabled": Foreign("DERP maps are not fetched (see `derp.urls`)", only_with="derp.urls"),
-    "derp.update_frequency": Foreign("DERP maps are not fetched (see `derp.urls`)", only_with="derp.urls"),
     "node.routes.ha.probe_interval": Foreign(
         "subnet routers are not pinged: a primary route moves when its router goes offline",
         _duration_is("0s"),

@@ -155,6 +155,8 @@ def coord_options(config: Config) -> CoordOptions:
         policy=_policy(config),
         derp_regions=tuple(config.derp.regions),
         derp_map_paths=tuple(config.derp.paths),
+        derp_map_urls=tuple(config.derp.urls),
+        derp_map_refresh=config.derp.update_frequency if config.derp.auto_update_enabled else None,
         relay_timeout=config.derp.relay_timeout,
         ephemeral_timeout=config.node.ephemeral.inactivity_timeout,
         presence_lease=config.presence.lease,

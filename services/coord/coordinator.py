@@ -214,6 +214,10 @@ class Coordinator:
         """Replace the tailnet's DNSConfig and send it to every session."""
         self._fan_out(fanout.DNSConfigSet(dns_config))
 
+    def refresh_derp_map(self) -> None:
+        """The configured DERP regions changed (a fetched map): send every session the new map."""
+        self._fan_out(fanout.DERPMapSet(self.build_derp_map(self._relays)))
+
     def install_policy(self, policy, text: str | None, version: int | None = None) -> None:
         """Swap in a validated policy (None = no policy: allow all) and tell every session."""
         self._fan_out(fanout.PolicySet(policy, text, version))

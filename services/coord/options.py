@@ -57,6 +57,9 @@ class CoordOptions:
     presence_heartbeat: timedelta
     #: the configuration file, watched for DNS changes (None: the options do not come from a file)
     config_file: Path | None
+    #: DERP maps fetched over HTTP(S), and how often again (None: once)
+    derp_map_urls: tuple[str, ...] = ()
+    derp_map_refresh: timedelta | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,9 +21,9 @@ from trioscale.shared.proto.control import TransportStats
 
 from .coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
-from trioscale.shared.domain.derpmapfile import DerpMapFileError, parse_derp_map_file
 from trioscale.shared.domain.netmap import Settings, dns_config
 from trioscale.shared.domain.reversedns import reverse_zones
+from .derpregions import DerpRegions
 from .dnswatch import DnsConfigWatcher
 from .handlers import ControlHandlers
 from .options import CoordOptions, DnsConfigOptions
@@ -36,13 +35,7 @@ log = logging.getLogger("trioscale.coord")
 
 def static_regions(options: CoordOptions) -> list[dict[str, Any]]:
     """`derp.regions`, then the regions of each `derp.paths` file (JSON, or Headscale's YAML)."""
-    regions = [dict(r) for r in options.derp_regions]
-    for path in options.derp_map_paths:
-        try:
-            regions.extend(parse_derp_map_file(Path(path).read_text(encoding="utf-8")))
-        except DerpMapFileError as exc:
-            raise DerpMapFileError(f"DERP map file {path}: {exc}") from None
-    return regions
+    return DerpRegions((), options.derp_regions, options.derp_map_paths).regions()
 
 
 def dns_config_from(options: DnsConfigOptions, file_records: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
@@ -96,7 +89,7 @@ async def serve(
     listener (default: a listener of its own); `reload` re-reads the configuration file when it
     changes, for the DNSConfig (None: no watching)."""
     noise_key = keys.load_or_create_private_key(options.noise_private_key_path)
-    regions = static_regions(options)
+    regions = DerpRegions(options.derp_map_urls, options.derp_regions, options.derp_map_paths)
     dns_watch = DnsConfigWatcher(
         options.dns, dns_config_from, config_file=options.config_file,
         reload=None if reload is None else (lambda: reload().dns),
@@ -105,7 +98,7 @@ async def serve(
     coordinator = Coordinator(
         store,
         settings_from(options, dns_watch.records),
-        build_derp_map=lambda relays: tailcfg.derp_map(relays, regions),
+        build_derp_map=lambda relays: tailcfg.derp_map(relays, regions.regions()),
         ephemeral_timeout=options.ephemeral_timeout,
         policy_mode=options.policy.mode,
         policy_path=str(options.policy.path) if options.policy.path else None,
@@ -123,6 +116,8 @@ async def serve(
 
             await nursery.start(watch_policy_file, coordinator.policy_source)
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
+        if regions.urls:
+            nursery.start_soon(regions.run, options.derp_map_refresh, coordinator.refresh_derp_map)
         address = await nursery.start(
             partial(serve_control, limiter=limiter or standalone_limiter("control"), stats=control_stats,
                     config=options.control),

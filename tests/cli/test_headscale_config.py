@@ -27,9 +27,6 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 EXAMPLE_UNSUPPORTED = (
     "metrics_listen_addr",
     "grpc_listen_addr",
-    "derp.urls",
-    "derp.auto_update_enabled",
-    "derp.update_frequency",
     "node.routes.ha.probe_interval",
     "node.routes.ha.probe_timeout",
     "database.gorm.slow_threshold",
@@ -59,7 +56,7 @@ def test_the_example_passes_configtest_with_one_warning(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"config OK ({EXAMPLE})\n"
     lines = proc.stderr.splitlines()
-    assert lines[0].startswith("Warning: 8 Headscale keys") and "--strict" in lines[0]
+    assert lines[0].startswith("Warning: 5 Headscale keys") and "--strict" in lines[0]
     assert [line.split(":")[0].strip() for line in lines[1:]] == list(EXAMPLE_UNSUPPORTED)
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr
 
@@ -135,6 +132,11 @@ def test_the_examples_keys_reach_the_services() -> None:
     assert derp.private_key_path == Path("/var/lib/headscale/derp_server_private.key")
     assert (stun_options(cfg).listen_host, stun_options(cfg).listen_port) == ("0.0.0.0", 3478)
     assert cfg.derp.server.enabled is False and cfg.derp.paths == ()
+    assert coord.derp_map_urls == ("https://controlplane.tailscale.com/derpmap/default",)
+    assert coord.derp_map_refresh == timedelta(hours=3)  # derp.auto_update_enabled, derp.update_frequency
+    assert coord_options(config_from_dict({"derp": {"urls": ["https://d.example/map"]}})).derp_map_refresh is None
+    with pytest.raises(ConfigError, match="derp.urls: expected an http"):
+        config_from_dict({"derp": {"urls": ["ftp://d.example/map"]}})
     admin = admin_options(cfg)
     assert admin.unix_socket == Path("/var/run/headscale/headscale.sock") and admin.unix_socket_mode == 0o770
     assert cfg.database.type == "sqlite" and cfg.database.sqlite.path == Path("/var/lib/headscale/db.sqlite")
