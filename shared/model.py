@@ -20,11 +20,18 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """A person (or the owner of tagged devices). `provider` and `provider_id` name the login
+    provider and the identity it knows the user by (for a user brought over from Headscale's OIDC
+    login: "oidc" and issuer/subject); both are "" for a user made here."""
+
     id: int
     name: str
     display_name: str = ""
     email: str = ""
     created_at: datetime = field(default_factory=utcnow)
+    provider: str = ""
+    provider_id: str = ""
+    profile_pic_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,8 +104,11 @@ class Store(abc.ABC):
 
     # -- users ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_user(self, name: str, display_name: str = "", email: str = "") -> User:
-        """Conflict if the name is taken."""
+    async def create_user(
+        self, name: str, display_name: str = "", email: str = "", *,
+        provider: str = "", provider_id: str = "", profile_pic_url: str = "",
+    ) -> User:
+        """Conflict if the name, or a non-empty provider_id, is taken."""
 
     @abc.abstractmethod
     async def get_user(self, user_id: int) -> User | None: ...

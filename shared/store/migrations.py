@@ -156,6 +156,13 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX ssh_checks_expires ON ssh_checks (expires_at)",
     ],
+    # 6: the login provider's identity of a user (kept from Headscale's OIDC users), one user per identity
+    [
+        "ALTER TABLE users ADD COLUMN provider TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE users ADD COLUMN provider_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE users ADD COLUMN profile_pic_url TEXT NOT NULL DEFAULT ''",
+        "CREATE UNIQUE INDEX users_provider_id ON users (provider_id) WHERE provider_id != ''",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: list[list[str]] = [
@@ -306,12 +313,21 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX ssh_checks_expires ON ssh_checks (expires_at)",
     ],
+    # 6: the login provider's identity of a user (kept from Headscale's OIDC users), one user per identity
+    [
+        "ALTER TABLE users ADD COLUMN provider text NOT NULL DEFAULT ''",
+        "ALTER TABLE users ADD COLUMN provider_id text NOT NULL DEFAULT ''",
+        "ALTER TABLE users ADD COLUMN profile_pic_url text NOT NULL DEFAULT ''",
+        "CREATE UNIQUE INDEX users_provider_id ON users (provider_id) WHERE provider_id <> ''",
+    ],
 ]
 
 #: unique constraint (PostgreSQL name or SQLite "table.column") -> the message for a Conflict
 UNIQUE_MESSAGES = {
     "users_name_unique": "user name already exists",
     "users.name": "user name already exists",
+    "users_provider_id": "another user has this login identity",
+    "users.provider_id": "another user has this login identity",
     "preauth_keys_prefix_unique": "a pre-auth key with this prefix already exists",
     "preauth_keys.prefix": "a pre-auth key with this prefix already exists",
     "api_keys_prefix_unique": "an API key with this prefix already exists",

@@ -137,8 +137,12 @@ class OpsStore(Store):
         return int(base.MAX_PENDING_REGISTRATIONS)
 
     # users
-    async def create_user(self, name: str, display_name: str = "", email: str = "") -> User:
-        return await self._write(op_create_user, name, display_name, email, utcnow())
+    async def create_user(
+        self, name: str, display_name: str = "", email: str = "", *,
+        provider: str = "", provider_id: str = "", profile_pic_url: str = "",
+    ) -> User:
+        identity = (provider, provider_id, profile_pic_url)
+        return await self._write(op_create_user, name, display_name, email, utcnow(), identity)
 
     async def get_user(self, user_id: int) -> User | None:
         return await self._read(op_get_user, user_id)

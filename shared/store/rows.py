@@ -128,6 +128,9 @@ def user_from_row(r: Mapping[str, Any]) -> User:
         display_name=r["display_name"],
         email=r["email"],
         created_at=read_time(r["created_at"]),
+        provider=r["provider"],
+        provider_id=r["provider_id"],
+        profile_pic_url=r["profile_pic_url"],
     )
 
 

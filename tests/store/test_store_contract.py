@@ -51,6 +51,22 @@ async def test_users_crud(store):
     assert await changes_after(store, seq) == [("user.deleted", {"id": bob.id, "name": "bob"})]
 
 
+async def test_user_login_identity(store):
+    """A login provider's identity of a user (kept from Headscale's OIDC users): one user each."""
+    bob = await store.create_user("bob", email="bob@example.com", provider="oidc",
+                                  provider_id="https://idp.example.com/bob", profile_pic_url="https://p.example/b.png")
+    assert (bob.provider, bob.provider_id, bob.profile_pic_url) == ("oidc", "https://idp.example.com/bob",
+                                                                    "https://p.example/b.png")
+    assert await store.get_user(bob.id) == bob
+    local = await store.create_user("carol")
+    assert (local.provider, local.provider_id, local.profile_pic_url) == ("", "", "")
+    await store.create_user("dave")  # many users without an identity
+    seq = await store.latest_seq()
+    with pytest.raises(Conflict, match='^another user has the login identity "https://idp.example.com/bob"$'):
+        await store.create_user("bob2", provider="oidc", provider_id="https://idp.example.com/bob")
+    assert await store.latest_seq() == seq
+
+
 async def test_user_errors(store):
     alice = await store.create_user("alice")
     bob = await store.create_user("bob")

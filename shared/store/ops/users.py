@@ -38,15 +38,23 @@ def need_user(user_id: int):
     return user_from_row(r)
 
 
-def op_create_user(name: str, display_name: str, email: str, now: datetime):
+def op_create_user(name: str, display_name: str, email: str, now: datetime, identity=("", "", "")):
+    """`identity`: (provider, provider_id, profile_pic_url), as a login provider knows the user."""
+    provider, provider_id, profile_pic_url = (v or "" for v in identity)
     if (yield One("SELECT id FROM users WHERE name = ?", name)) is not None:
         raise Conflict(f'user "{name}" already exists')
+    if provider_id and (yield One("SELECT id FROM users WHERE provider_id = ?", provider_id)) is not None:
+        raise Conflict(f'another user has the login identity "{provider_id}"')
     r = yield One(
-        "INSERT INTO users (name, display_name, email, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+        "INSERT INTO users (name, display_name, email, created_at, provider, provider_id, profile_pic_url)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
         name,
         display_name or "",
         email or "",
         now,
+        provider,
+        provider_id,
+        profile_pic_url,
     )
     user = user_from_row(r)
     yield Emit("user.created", {"id": user.id, "name": user.name})
