@@ -142,12 +142,12 @@ async def test_import_brings_the_tailnet_over(tmp_path: Path) -> None:
         assert ("node", "gone") not in results
         assert results[("preauthkey", SPENT_PREFIX)] == "skipped"
         assert results[("policy", "policy")] == "brought"
-        bob = next(o for o in report.outcomes if o.name == "bob")
-        assert "https://idp.example.com/bob-sub" in bob.reason
 
         users = {u.name: u for u in await store.list_users()}
         assert set(users) == {"alice", "bob", TAGGED_DEVICES}
         assert users["alice"].display_name == "Alice A" and users["alice"].email == "alice@example.com"
+        assert (users["bob"].provider, users["bob"].provider_id) == ("oidc", "https://idp.example.com/bob-sub")
+        assert users["alice"].provider_id == ""
 
         laptop = await store.get_node_by_machine_key(bytes([0x11]) * 32)
         assert laptop is not None
@@ -228,6 +228,16 @@ async def test_force_skips_what_collides(tmp_path: Path) -> None:
         laptop = next(o for o in report.outcomes if o.kind == "node" and o.name == "laptop")
         assert laptop.result == "skipped" and "laptop" in laptop.reason
         assert _results(report)[("node", "phone")] == "brought"
+
+
+async def test_force_skips_a_user_whose_identity_is_taken(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        await store.create_user("robert", provider="oidc", provider_id="https://idp.example.com/bob-sub")
+        report = await _import(store, src, force=True)
+        results = _results(report)
+        assert results[("user", "bob")] == "skipped" and results[("node", "bobs-box")] == "skipped"
+        assert await store.get_user_by_name("bob") is None
 
 
 async def test_older_layout_and_clear_keys(tmp_path: Path) -> None:

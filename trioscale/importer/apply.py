@@ -128,6 +128,7 @@ class _Run:
         self.key_ids: dict[int, int] = {}
         self.fresh_keys: set[int] = set()  # Headscale ids of single-use keys created unused here
         self.keys_by_hs: dict[int, object] = {}
+        self.skipped_users: set[int] = set()  # their nodes and keys stay behind too
         self._tagged_owner: int | None = None
         self._placeholder = 0
 
@@ -156,7 +157,6 @@ class _Run:
 
     async def users(self, tailnet: HeadscaleTailnet) -> None:
         for u in tailnet.users:
-            note = f"OIDC identity {u.oidc} not kept (trioscale has no OIDC login)" if u.oidc else ""
             found = await self.store.get_user_by_name(u.name)
             if found is not None:
                 self.user_ids[u.hs_id] = found.id
@@ -165,9 +165,17 @@ class _Run:
             if self.dry_run:
                 self.user_ids[u.hs_id] = self._fake_id()
             else:
-                created = await self.store.create_user(u.name, u.display_name, u.email)
+                try:
+                    created = await self.store.create_user(
+                        u.name, u.display_name, u.email, provider=u.provider, provider_id=u.provider_id,
+                        profile_pic_url=u.profile_pic_url,
+                    )
+                except Conflict as exc:
+                    self.skipped_users.add(u.hs_id)
+                    self.report.add("user", u.name, SKIPPED, str(exc))
+                    continue
                 self.user_ids[u.hs_id] = created.id
-            self.report.add("user", u.name, BROUGHT, note)
+            self.report.add("user", u.name, BROUGHT)
 
     async def preauth_keys(self, tailnet: HeadscaleTailnet) -> None:
         named = {n.auth_key_hs_id for n in tailnet.nodes if n.auth_key_hs_id is not None}
@@ -177,6 +185,9 @@ class _Run:
                 self.key_ids[k.hs_id] = found.id
                 self.keys_by_hs[k.hs_id] = k
                 self.report.add("preauthkey", k.prefix, PRESENT)
+                continue
+            if k.user_hs_id in self.skipped_users:
+                self.report.add("preauthkey", k.prefix, SKIPPED, "its user was skipped")
                 continue
             if k.used and not k.reusable and k.hs_id not in named:
                 self.report.add("preauthkey", k.prefix, SKIPPED, "single-use key already spent")
@@ -209,6 +220,9 @@ class _Run:
             name = n.node.given_name or n.node.hostname
             if await self.store.get_node_by_machine_key(n.node.machine_key) is not None:
                 self.report.add("node", name, PRESENT)
+                continue
+            if n.user_hs_id in self.skipped_users:
+                self.report.add("node", name, SKIPPED, "its user was skipped")
                 continue
             node = await self._node(n)
             if self.dry_run:

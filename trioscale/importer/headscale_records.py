@@ -11,6 +11,7 @@ zero time (year 1) means none. Rows with `deleted_at` set are deleted (soft dele
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -48,9 +49,10 @@ class HsUser:
     name: str
     display_name: str = ""
     email: str = ""
-    #: the OIDC identity (issuer and subject) Headscale knew the user by; trioscale has no OIDC
-    #: login, so it is reported, not stored
-    oidc: str = ""
+    #: the login provider ("oidc") and the identity it knows the user by (issuer and subject)
+    provider: str = ""
+    provider_id: str = ""
+    profile_pic_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,14 +164,15 @@ def _hash(value: Any) -> bytes:
 
 
 def _user(row: dict[str, Any]) -> HsUser:
-    provider = _text(row.get("provider"))
-    ident = _text(row.get("provider_identifier"))
+    provider_id = _text(row.get("provider_identifier"))
     return HsUser(
         hs_id=int(row["id"]),
         name=_text(row["name"]),
         display_name=_text(row.get("display_name")),
         email=_text(row.get("email")),
-        oidc=ident if provider in ("", "oidc") else f"{provider}:{ident}" if ident else "",
+        provider=_text(row.get("provider")) or ("oidc" if provider_id else ""),
+        provider_id=provider_id,
+        profile_pic_url=_text(row.get("profile_pic_url")),
     )
 
 
@@ -266,7 +269,7 @@ def convert(data: HeadscaleData) -> HeadscaleTailnet:
             continue
         if user.name in taken:
             # Headscale allows one name per login provider; trioscale's names are unique
-            user = HsUser(user.hs_id, f"{user.name}-{user.hs_id}", user.display_name, user.email, user.oidc)
+            user = dataclasses.replace(user, name=f"{user.name}-{user.hs_id}")
         taken.add(user.name)
         out.users.append(user)
     for row in data.rows("pre_auth_keys"):
