@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from trioscale.shared.domain.tailcfg import TAGGED_DEVICES_USER_ID
 from trioscale.shared.model import ApiKey, Node, PendingRegistration, PreAuthKey, Share, User
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "id_text",
     "REGISTER_METHODS",
     "user_json",
+    "TAGGED_DEVICES",
     "preauth_json",
     "masked_preauth_key",
     "apikey_json",
@@ -60,6 +62,19 @@ def user_json(u: User | None) -> dict[str, Any] | None:
         "provider": "",
         "profilePicUrl": "",
     }
+
+
+#: the owner a tagged node shows, as in Headscale (and in the netmap): its tags are its identity
+TAGGED_DEVICES = {
+    "id": id_text(TAGGED_DEVICES_USER_ID),
+    "name": "tagged-devices",
+    "createdAt": None,
+    "displayName": "Tagged Devices",
+    "email": "",
+    "providerId": "",
+    "provider": "",
+    "profilePicUrl": "",
+}
 
 
 def masked_preauth_key(prefix: str) -> str:
@@ -114,7 +129,7 @@ def node_json(
         "discoKey": ("discokey:" + n.disco_key.hex()) if n.disco_key else "",
         "ipAddresses": [a for a in (n.ipv4, n.ipv6) if a],
         "name": n.hostname,
-        "user": user_json(users.get(n.user_id)),
+        "user": dict(TAGGED_DEVICES) if n.tags else user_json(users.get(n.user_id)),
         "lastSeen": ts(n.last_seen),
         "expiry": ts(n.expiry),
         "preAuthKey": preauth_json(key, users, now) if key is not None else None,

@@ -351,3 +351,12 @@ async def test_backfill_takes_back_addresses_of_a_family_no_longer_configured(st
     assert changes == [f"removed ipv6 {node.ipv6} from node lenabox"]
     kept = await store.get_node(node.id)
     assert kept is not None and (kept.ipv4, kept.ipv6) == (node.ipv4, None)
+
+
+async def test_a_tagged_node_shows_the_tagged_devices_user(api: Api, store: Store) -> None:
+    user = (await api.ok("POST", "/api/v1/user", {"name": "mia"}))["user"]
+    node = await a_node(store, int(user["id"]), "miabox")
+    assert (await api.ok("GET", f"/api/v1/node/{node.id}"))["node"]["user"] == user
+    tagged = (await api.ok("POST", f"/api/v1/node/{node.id}/tags", {"tags": ["tag:srv"]}))["node"]
+    assert (tagged["user"]["id"], tagged["user"]["name"]) == ("2147455555", "tagged-devices")
+    assert [n["id"] for n in (await api.ok("GET", "/api/v1/node", user="mia"))["nodes"]] == [tagged["id"]]
