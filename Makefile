@@ -64,22 +64,27 @@ clients:
 		npm install --silent --prefix "$(CLIENTS_DIR)/npm" ws@8.23.1 || exit 1; \
 	fi
 
-# Headscale, for the test that moves real clients from it to trioscale (`trioscale import headscale`,
-# tests/tailscaled/test_import_headscale.py), into the same cache. `go install pkg@version` can be
-# refused while the proxy's version list for the module is (it looks for a deprecation notice
-# there), so the module is then downloaded at that exact version and built in place.
+# Headscale, for the tests that move a tailnet from it to trioscale (`trioscale import headscale`:
+# tests/cli/test_import_headscale_real.py, tests/tailscaled/test_import_headscale.py), into the
+# same cache. `go install pkg@version` is refused while the proxy refuses the module's version list
+# (it looks for a deprecation notice there); then the module and its dependencies are downloaded
+# at that exact version (checked against the checksum database and Headscale's go.sum) and
+# installed from the module cache, used as the proxy, so the binary still knows its version.
 HEADSCALE_VERSION ?= 0.29.2
+HEADSCALE_MODULE := github.com/juanfont/headscale
 headscale:
 	@if ! command -v go >/dev/null 2>&1; then \
-		echo "go not found: the Headscale import test will be skipped"; exit 0; fi; \
+		echo "go not found: the Headscale import tests will be skipped"; exit 0; fi; \
 	d="$(CLIENTS_DIR)/headscale-$(HEADSCALE_VERSION)"; \
 	if [ -x "$$d/headscale" ]; then exit 0; fi; \
 	echo "building Headscale v$(HEADSCALE_VERSION) into $$d"; \
-	GOTOOLCHAIN=local GOBIN="$$d" go install github.com/juanfont/headscale/cmd/headscale@v$(HEADSCALE_VERSION) 2>/dev/null || { \
-		m=$$(GOTOOLCHAIN=local go mod download -json github.com/juanfont/headscale@v$(HEADSCALE_VERSION) \
+	GOTOOLCHAIN=local GOBIN="$$d" go install $(HEADSCALE_MODULE)/cmd/headscale@v$(HEADSCALE_VERSION) 2>/dev/null || { \
+		m=$$(GOTOOLCHAIN=local go mod download -json $(HEADSCALE_MODULE)@v$(HEADSCALE_VERSION) \
 			| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && [ -n "$$m" ] && \
-		(cd "$$m" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$$d/headscale" ./cmd/headscale); } \
-	|| echo "Headscale v$(HEADSCALE_VERSION) could not be built: the Headscale import test will be skipped"
+		(cd "$$m" && GOTOOLCHAIN=local go mod download) && \
+		GOTOOLCHAIN=local GOPROXY="file://$$(go env GOMODCACHE)/cache/download" GOSUMDB=off GOBIN="$$d" \
+			go install $(HEADSCALE_MODULE)/cmd/headscale@v$(HEADSCALE_VERSION); } \
+	|| echo "Headscale v$(HEADSCALE_VERSION) could not be built: the Headscale import tests will be skipped"
 
 # Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP),
 # ping (ICMP across the tailnet) and the OpenSSH client (under `tailscale ssh`).
