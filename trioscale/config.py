@@ -788,6 +788,18 @@ def _build(
         except ValueError as exc:
             problems.append(f"{where[key]}: {exc}")
             failed.add(key)
+            continue
+        for spelling, other in read.again.get(key, ()):
+            try:
+                same = SCHEMA.keys[key].convert(other, file_base) == given[key]
+            except ValueError:
+                same = False
+            if not same:
+                problems.append(
+                    f"{label}: {spelling}: is another name of {read.spelled[key]}, which is given another value "
+                    f"({raw!r}, here {other!r}); give one of them"
+                )
+                failed.add(key)
     from_env: dict[str, tuple[str, str]] = {}  # key -> (variable, text)
     for name, text in env.items():
         key = SCHEMA.by_env.get(name)

@@ -212,6 +212,13 @@ def _convert_routes(value: Any, base: Path) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _convert_mode(value: Any) -> str:
+    # YAML 1.1 reads an unquoted 0770 as the octal number 504: give it back its spelling
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"0{value:o}"
+    return _to_str(value)
+
+
 def _show_path(p: Path | None) -> str:
     if p is None:
         return "none"
@@ -223,15 +230,8 @@ STR = Kind("string", "str", lambda v, base: _to_str(v), _code)
 WORD = Kind("string", "str", lambda v, base: _to_str(v).lower(), _code)
 INT = Kind("integer", "int", lambda v, base: _to_int(v), lambda v: _code(str(v)))
 BOOL = Kind("boolean", "bool", lambda v, base: _to_bool(v), lambda v: _code(str(v).lower()))
-def _convert_mode(value: Any, base: Path) -> str:
-    # YAML 1.1 reads an unquoted 0770 as the octal number 504: give it back its spelling
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"0{value:o}"
-    return _to_str(value)
-
-
 #: a file mode in octal, as text
-MODE = Kind("string", "str", _convert_mode, _code)
+MODE = Kind("string", "str", lambda v, base: _convert_mode(v), _code)
 #: a boolean whose default is computed at load from other keys (the schema's default is shown only)
 AUTOBOOL = Kind("boolean", "bool", _optional(lambda v, base: _to_bool(v)), lambda v: _code(str(v).lower()))
 PATH = Kind("path", "Path", _to_path, _show_path)
@@ -372,6 +372,8 @@ class Read:
     foreign: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: {key: the spelling it was given under}
     spelled: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: {key: [(another spelling, its raw value)]}: one setting given twice, to compare once typed
+    again: dict[str, list[tuple[str, Any]]] = dataclasses.field(default_factory=dict)
 
     def given(self, key: str) -> Any:
         """The raw value of a key of ours or a foreign key; None when not given."""
@@ -506,7 +508,7 @@ class Schema:
 
     def read(self, data: Mapping[Any, Any]) -> Read:
         """A nested mapping shaped like the file, every key sorted: ours (under any spelling),
-        foreign, or unknown. Two spellings of one key with different values are a problem."""
+        foreign, or unknown. A key given under a second spelling is kept aside in `again`."""
         read = Read()
 
         def walk(node: Mapping[Any, Any], prefix: str) -> None:
@@ -520,15 +522,11 @@ class Schema:
                 if key in self.keys:
                     if value is None:  # `port:` with nothing after it keeps the default, as in Headscale
                         continue
-                    first = read.spelled.get(key)
-                    if first is not None and first != spelling and read.values[key] != value:
-                        read.problems.append(
-                            (spelling, f"is another name of {first}, which is given a different value "
-                                       f"({read.values[key]!r}, here {value!r}); give one of them")
-                        )
+                    if key in read.spelled and read.spelled[key] != spelling:
+                        read.again.setdefault(key, []).append((spelling, value))
                         continue
                     read.values[key] = value
-                    read.spelled.setdefault(key, spelling)
+                    read.spelled[key] = spelling
                 elif key in self.foreign:
                     read.foreign[key] = value
                 elif key in self.sections or key in self.foreign_sections:

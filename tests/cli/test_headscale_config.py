@@ -168,7 +168,7 @@ def test_older_spellings_are_the_same_setting(tmp_path: Path) -> None:
     assert dns.nameservers == ("9.9.9.9",) and dns.split_nameservers == {"corp.example": ("10.0.0.53",)}
     assert dns.search_domains == ("corp.example",) and dns.extra_records[0]["name"] == "a.hs.test"
     # the same value under both names is one setting given twice
-    same = config_from_dict({"ephemeral_node_inactivity_timeout": "5m", "node": {"ephemeral": {"inactivity_timeout": "5m"}}})
+    same = config_from_dict({"ephemeral_node_inactivity_timeout": "5m", "node": {"ephemeral": {"inactivity_timeout": "300s"}}})
     assert same.node.ephemeral.inactivity_timeout == timedelta(minutes=5)
 
 
