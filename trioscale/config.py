@@ -795,9 +795,9 @@ def _build(
             except ValueError:
                 same = False
             if not same:
+                # values left out: the setting may be a password
                 problems.append(
-                    f"{label}: {spelling}: is another name of {read.spelled[key]}, which is given another value "
-                    f"({raw!r}, here {other!r}); give one of them"
+                    f"{label}: {spelling}: is another name of {read.spelled[key]}, which is given another value; give one of them"
                 )
                 failed.add(key)
     from_env: dict[str, tuple[str, str]] = {}  # key -> (variable, text)

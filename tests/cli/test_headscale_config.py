@@ -184,6 +184,7 @@ def test_two_names_with_different_values_are_an_error() -> None:
     assert len(problems) == 3, problems
     assert any("node.ephemeral.inactivity_timeout" in p and "ephemeral_node_inactivity_timeout" in p for p in problems)
     assert any("database.postgres.pass" in p and "database.postgres.password" in p for p in problems)
+    assert not any("'a'" in p or "'b'" in p for p in problems)  # a password is never shown
     assert any("log.format" in p for p in problems)  # every problem in one run
     with pytest.raises(ConfigError, match="TRIOSCALE_DATABASE_POSTGRES_PASS"):
         config_from_dict({}, env={"TRIOSCALE_DATABASE_POSTGRES_PASSWORD": "a", "TRIOSCALE_DATABASE_POSTGRES_PASS": "b"})
