@@ -365,3 +365,12 @@ def test_cli_import(tmp_path: Path, capsys) -> None:
 
     rc, out, err = _cli(capsys, "-c", str(config), "import", "headscale", "--db", str(tmp_path / "missing.db"))
     assert rc == 1 and "no such database file" in err
+
+
+def test_report_names_a_dsn_without_its_password() -> None:
+    from trioscale.cli.importcmd import _without_password
+
+    assert _without_password("postgresql://hs:s3cret@db:5432/headscale") == "postgresql://hs:****@db:5432/headscale"
+    assert _without_password("postgresql://hs@db/headscale?password=s3cret&sslmode=disable") == (
+        "postgresql://hs@db/headscale?password=****&sslmode=disable")
+    assert _without_password("host=db user=hs password=s3cret") == "host=db user=hs password=****"

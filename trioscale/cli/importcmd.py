@@ -7,6 +7,7 @@ configured key file. Run it while trioscale is stopped, then start trioscale on 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -76,6 +77,8 @@ async def _run(config, tailnet, report: ImportReport, force: bool, dry_run: bool
 
 
 def _without_password(dsn: str) -> str:
+    """The DSN for the report: a password in it (URL or key=value form) becomes ****."""
+    dsn = re.sub(r"(password\s*=\s*)([^\s&]+)", r"\1****", dsn)
     head, at, tail = dsn.rpartition("@")
     if not at or ":" not in head.split("//", 1)[-1]:
         return dsn
