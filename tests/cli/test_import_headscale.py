@@ -240,6 +240,17 @@ async def test_force_skips_a_user_whose_identity_is_taken(tmp_path: Path) -> Non
         assert await store.get_user_by_name("bob") is None
 
 
+async def test_addresses_outside_the_prefixes_are_reported(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        report = await import_tailnet(store, convert(read_sqlite(src)), ImportReport(),
+                                      prefixes=("100.64.0.0/30", "fd7a:115c:a1e0::/48"))
+        notes = {o.name: o.reason for o in report.outcomes if o.kind == "node"}
+        assert notes["laptop"] == "" and notes["phone"] == ""
+        assert notes["bobs-box"] == "100.64.0.4 outside the configured prefixes: set prefixes to Headscale's"
+        assert await store.get_node_by_machine_key(bytes([0x14]) * 32) is not None  # still brought
+
+
 async def test_older_layout_and_clear_keys(tmp_path: Path) -> None:
     src = make_headscale_db(tmp_path / "headscale.db", legacy=True)
     async with open_sqlite(tmp_path / "trioscale.db") as store:

@@ -73,7 +73,8 @@ def headscale(db_path: str | None, postgres_dsn: str | None, noise_key: str | No
 
 async def _run(config, tailnet, report: ImportReport, force: bool, dry_run: bool) -> None:
     async with open_store(config) as store:
-        await import_tailnet(store, tailnet, report, force=force, dry_run=dry_run)
+        await import_tailnet(store, tailnet, report, force=force, dry_run=dry_run,
+                             prefixes=(config.prefixes.v4, config.prefixes.v6))
 
 
 def _without_password(dsn: str) -> str:

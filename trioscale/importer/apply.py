@@ -9,6 +9,7 @@ caller forces it; then whatever collides (a name, an address) is skipped with th
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,8 +67,12 @@ class ImportRefused(Exception):
 
 
 async def import_tailnet(
-    store: Store, tailnet: HeadscaleTailnet, report: ImportReport, *, force: bool = False, dry_run: bool = False
+    store: Store, tailnet: HeadscaleTailnet, report: ImportReport, *, force: bool = False, dry_run: bool = False,
+    prefixes: tuple[str, ...] = (),
 ) -> ImportReport:
+    """`prefixes`: the tailnet's address ranges here (prefixes.v4, prefixes.v6); a node brought
+    with an address outside them is reported (its clients keep it, but the DNS server and new
+    nodes follow the configured ranges)."""
     report.version = tailnet.version
     report.dry_run = dry_run
     for s in tailnet.skipped:
@@ -75,6 +80,7 @@ async def import_tailnet(
     policy = _checked_policy(tailnet, report)
     await _refuse_foreign(store, tailnet, policy, force)
     run = _Run(store, report, dry_run)
+    run.prefixes = [ipaddress.ip_network(p) for p in prefixes if p]
     await run.users(tailnet)
     await run.preauth_keys(tailnet)
     await run.api_keys(tailnet)
@@ -129,6 +135,7 @@ class _Run:
         self.fresh_keys: set[int] = set()  # Headscale ids of single-use keys created unused here
         self.keys_by_hs: dict[int, object] = {}
         self.skipped_users: set[int] = set()  # their nodes and keys stay behind too
+        self.prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._tagged_owner: int | None = None
         self._placeholder = 0
 
@@ -225,15 +232,27 @@ class _Run:
                 self.report.add("node", name, SKIPPED, "its user was skipped")
                 continue
             node = await self._node(n)
-            if self.dry_run:
-                self.report.add("node", name, BROUGHT)
+            if not self.dry_run:
+                try:
+                    await self.store.create_node(node)
+                except (Conflict, StoreError) as exc:
+                    self.report.add("node", name, SKIPPED, str(exc))
+                    continue
+            self.report.add("node", name, BROUGHT, self._outside(node))
+
+    def _outside(self, node: Node) -> str:
+        if not self.prefixes:
+            return ""
+        outside = []
+        for text in (node.ipv4, node.ipv6):
+            if not text:
                 continue
-            try:
-                await self.store.create_node(node)
-            except (Conflict, StoreError) as exc:
-                self.report.add("node", name, SKIPPED, str(exc))
-                continue
-            self.report.add("node", name, BROUGHT)
+            addr = ipaddress.ip_address(text)
+            if not any(addr.version == p.version and addr in p for p in self.prefixes):
+                outside.append(text)
+        if not outside:
+            return ""
+        return f"{' and '.join(outside)} outside the configured prefixes: set prefixes to Headscale's"
 
     async def _node(self, n: HsNode) -> Node:
         key = self.keys_by_hs.get(n.auth_key_hs_id) if n.auth_key_hs_id is not None else None
