@@ -61,7 +61,8 @@ def test_users_create_and_list(server: TrioscaleServer) -> None:
 def test_output_formats_print_the_api_record(server: TrioscaleServer) -> None:
     import yaml
 
-    user = server.cli_json("users", "create", "olga", "-d", "Olga O")
+    user = server.cli_json("users", "create", "olga", "-d", "Olga O", "-p", "https://pic.example/olga.png")
+    assert user["profilePicUrl"] == "https://pic.example/olga.png"
     line = server.cli_ok("users", "list", "-n", "olga", "-o", "json-line")
     assert line.count("\n") == 1 and json.loads(line) == [user]
     assert yaml.safe_load(server.cli_ok("users", "list", "-n", "olga", "-o", "yaml")) == [user]

@@ -26,7 +26,7 @@ USER_HEADERS = ("ID", "Name", "Display name", "Email", "Created")
 @click.argument("name")
 @click.option("-d", "--display-name", default="")
 @click.option("-e", "--email", default="")
-@click.option("-p", "--picture-url", default="", help="refused: profile pictures are not kept")
+@click.option("-p", "--picture-url", default="", help="profile picture URL")
 @output_option
 def users_create(name: str, display_name: str, email: str, picture_url: str, output: str | None) -> None:
     """Create user NAME."""

@@ -58,9 +58,9 @@ def user_json(u: User | None) -> dict[str, Any] | None:
         "createdAt": ts(u.created_at),
         "displayName": u.display_name,
         "email": u.email,
-        "providerId": "",
-        "provider": "",
-        "profilePicUrl": "",
+        "providerId": u.provider_id,
+        "provider": u.provider,
+        "profilePicUrl": u.profile_pic_url,
     }
 
 

@@ -39,15 +39,16 @@ async def create_user() -> Any:
     name = validate_user_name(data.get("name"))
     display = text_field(data, "displayName")
     email = text_field(data, "email")
-    if text_field(data, "pictureUrl"):
-        raise InvalidRequest("pictureUrl: profile pictures are not kept here (leave it out)")
+    picture = text_field(data, "pictureUrl")
     if len(display) > 256 or len(email) > 256:
         raise InvalidRequest("displayName and email are limited to 256 characters")
+    if len(picture) > 2048 or (picture and not picture.startswith(("https://", "http://"))):
+        raise InvalidRequest("pictureUrl must be an http(s) URL of at most 2048 characters")
     if email and "@" not in email:
         raise InvalidRequest(f"invalid email {email!r}")
     if await store.get_user_by_name(name) is not None:
         raise Conflict(f"user {name!r} already exists")
-    user = await store.create_user(name, display_name=display, email=email)
+    user = await store.create_user(name, display_name=display, email=email, profile_pic_url=picture)
     log.info("user created: %s (id %d)", user.name, user.id)
     return {"user": user_json(user)}
 

@@ -284,9 +284,11 @@ async def test_display_name_and_email(api: Api) -> None:
     assert (await api.ok("GET", "/api/v1/user", email="nobody@x.org"))["users"] == []
     assert [u["name"] for u in (await api.ok("GET", "/api/v1/user", id=erin["id"]))["users"]] == ["erin"]
     assert "display" in (await api.refused(400, "POST", "/api/v1/user", {"name": "gina", "display": "G"}))
-    assert "pictureUrl" in await api.refused(400, "POST", "/api/v1/user", {"name": "gina", "pictureUrl": "http://p"})
+    gina = (await api.ok("POST", "/api/v1/user", {"name": "gina", "pictureUrl": "https://pic.example/g.png"}))["user"]
+    assert gina["profilePicUrl"] == "https://pic.example/g.png" and (gina["provider"], gina["providerId"]) == ("", "")
+    assert "pictureUrl" in await api.refused(400, "POST", "/api/v1/user", {"name": "hugo", "pictureUrl": "file:///x"})
     assert "frobnicate" in await api.refused(400, "GET", "/api/v1/user", frobnicate="1")
-    assert [u["name"] for u in (await api.ok("GET", "/api/v1/user"))["users"]] == ["erin", "frank"]
+    assert [u["name"] for u in (await api.ok("GET", "/api/v1/user"))["users"]] == ["erin", "frank", "gina"]
 
 
 async def test_unknown_fields_are_refused_everywhere(api: Api, store: Store) -> None:
