@@ -36,6 +36,9 @@ async def list_preauth_keys() -> Any:
 async def create_preauth_key() -> Any:
     store, log = admin().store, admin().log
     data = known_fields(await json_body(), ("user", "reusable", "ephemeral", "expiration", "aclTags"))
+    if not given(data.get("user")) or data.get("user") in (0, "0"):
+        # Headscale 0.29 makes a key owned by its tags alone here; every key of ours has a user
+        raise InvalidRequest("a user is required: keys owned by their tags alone are not supported")
     user = await find_user(data.get("user"))
     reusable = flag(data, "reusable")
     ephemeral = flag(data, "ephemeral")
