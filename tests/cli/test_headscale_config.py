@@ -300,3 +300,22 @@ def test_configtest_prints_warning_and_every_problem_together(tmp_path: Path) ->
     lines = proc.stderr.splitlines()
     assert len(lines) == 3 and lines[0].startswith("Warning: ") and "grpc_listen_addr" in lines[0]
     assert lines[1] == f"Error: {path}: colour: unknown key" and lines[2].startswith(f"Error: {path}: log.level: ")
+
+
+def test_a_server_in_file_mode_without_a_file_allows_all_and_has_nothing_to_set(tmp_path: Path) -> None:
+    from util import TrioscaleServer, free_ports_config
+
+    policy = tmp_path / "p.hujson"
+    policy.write_text('{"acls": []}')
+    config = free_ports_config(tmp_path / "data")
+    config["policy"] = {"mode": "file", "path": ""}  # as Headscale's example has it
+    srv = TrioscaleServer(tmp_path, config)
+    srv.start()
+    try:
+        got = srv.cli_json("policy", "get")
+        assert got["mode"] == "file" and got["policy"] == "" and got["path"] is None
+        proc = srv.cli("policy", "set", "-f", str(policy))
+        assert proc.returncode == 1 and "no policy.path is set" in proc.stderr
+        assert "all traffic is allowed" in srv.stderr()
+    finally:
+        srv.stop()

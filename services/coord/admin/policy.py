@@ -57,7 +57,8 @@ async def get_policy() -> Any:
                 text = open(path, encoding="utf-8").read() if path else None
             except OSError as exc:
                 raise InvalidRequest(f"policy file {path}: {exc.strerror}") from None
-        return {"policy": text or "", "updatedAt": None, "mode": "file", "path": str(settings.path)}
+        return {"policy": text or "", "updatedAt": None, "mode": "file",
+                "path": str(settings.path) if settings.path else None}
     record = await handles.store.get_policy()
     if record is None:
         raise NotFound("no policy is set: all traffic is allowed (set one with `trioscale policy set -f FILE`)")
@@ -71,7 +72,11 @@ async def set_policy() -> Any:
     data = await json_body()
     text = _policy_text(data)
     if handles.options.policy.mode == "file":
-        raise InvalidRequest(f"policy.mode is file: edit {handles.options.policy.path} instead "
+        path = handles.options.policy.path
+        if path is None:  # Headscale's file mode without a file: no policy, and none to set
+            raise InvalidRequest("policy.mode is file and no policy.path is set: name a policy file in the "
+                                 "configuration (or use policy.mode: database) to set one")
+        raise InvalidRequest(f"policy.mode is file: edit {path} instead "
                              "(it is reloaded when it changes and on SIGHUP)")
     await _check(text)
     record = await handles.store.set_policy(text)
