@@ -146,6 +146,11 @@ async def serve_services(
                 if name == "derp" and not config.derp.server.enabled:
                     log.info("embedded DERP relay disabled (derp.server.enabled: false)")
                     continue
+                if name == "stun" and "derp" in wanted and not config.derp.server.enabled:
+                    # As in Headscale, STUN belongs to the embedded relay: no DERP map names it
+                    # when the relay is off, so opening its UDP port would serve nobody.
+                    log.info("STUN not started with the embedded DERP relay disabled")
+                    continue
                 service = _load_service(name)
                 if service is None:
                     log.warning("service %s is not available in this build; skipping it", name)

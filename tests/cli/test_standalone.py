@@ -34,6 +34,18 @@ def test_standalone_stun_with_health_endpoint(tmp_path: Path) -> None:
     assert "Traceback" not in srv.stderr()
 
 
+def test_serve_without_the_embedded_relay_opens_no_stun_port(tmp_path: Path) -> None:
+    cfg = free_ports_config(tmp_path / "data", derp={"server": {"enabled": False}})
+    srv = TrioscaleServer(tmp_path, cfg)
+    srv.start()
+    try:
+        assert "STUN not started with the embedded DERP relay disabled" in srv.stderr() + srv.stdout()
+        assert "stun=" not in srv.stdout() and "derp=" not in srv.stdout()
+        assert "control=" in srv.stdout() or "Control server URL" in srv.stdout()
+    finally:
+        srv.stop()
+
+
 def test_standalone_coord_has_admin_api(tmp_path: Path) -> None:
     srv = TrioscaleServer(tmp_path, free_ports_config(tmp_path / "data"), command=("coord",))
     srv.start()
