@@ -6,8 +6,10 @@ compared in constant time (`verify`). The full key is shown once, at creation.
 
 Keys brought over from Headscale (`trioscale import headscale`) keep working as their holders wrote
 them: `hskey-auth-<prefix>-<secret>`, `hskey-api-<prefix>-<secret>` (a 12-character url-safe
-prefix, which may itself hold dashes, so the key is cut at fixed places) and the older API-key
-form `<7-character prefix>.<secret>`. Headscale stored bcrypt hashes of those secrets; `verify`
+prefix, which may itself hold dashes, so the key is cut at fixed places), the older API-key
+form `<7-character prefix>.<secret>`, and the pre-auth keys of Headscale before v0.28 (48 hex
+digits, which it stored in clear; brought over, they are cut into a prefix and a secret like ours
+and stored as the prefix and the secret's SHA-256). Headscale stored bcrypt hashes of those secrets; `verify`
 recognises such a hash by its `$2…$` form and checks it with bcrypt.
 """
 
@@ -58,6 +60,8 @@ _HS_PREFIX_LEN = 12
 _HS_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{%d}-([A-Za-z0-9_-]{32,})$" % _HS_PREFIX_LEN)
 #: Headscale's API keys before v0.23: `<prefix>.<secret>`
 _HS_LEGACY_API_RE = re.compile(r"^([A-Za-z0-9_-]{7})\.([A-Za-z0-9_-]{16,})$")
+#: Headscale's pre-auth keys before v0.28: 48 hex digits, cut here into a prefix and a secret
+_HS_LEGACY_AUTH_RE = re.compile(r"^[0-9a-f]{48}$")
 #: bcrypt's modular crypt form: `$2a$`, `$2b$` or `$2y$`, cost, 53 characters of salt and hash
 _BCRYPT_RE = re.compile(rb"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 
@@ -117,6 +121,8 @@ def split_key(text: str) -> tuple[str, str, str]:
     legacy = _HS_LEGACY_API_RE.match(text)
     if legacy:
         return KIND_API, legacy.group(1), legacy.group(2)
+    if _HS_LEGACY_AUTH_RE.match(text):
+        return KIND_AUTH, text[:PREFIX_LEN], text[PREFIX_LEN:]
     if not text.startswith("tskey-"):
         raise KeyFormatError("not a trioscale key (expected tskey-auth-… or tskey-api-…)")
     parts = text.split("-", 3)
@@ -147,7 +153,8 @@ def prefix_of(text: str, kind: str) -> str:
     dropped, so it goes no further: not into a URL, a log line or an error). KeyFormatError for a
     malformed key or one of another kind."""
     text = text.strip()
-    if not text.startswith(("tskey-", "hskey-")) and not _HS_LEGACY_API_RE.match(text):
+    if not text.startswith(("tskey-", "hskey-")) and not _HS_LEGACY_API_RE.match(text) \
+            and not _HS_LEGACY_AUTH_RE.match(text):
         return text
     found, prefix, _ = split_key(text)
     if found != kind:

@@ -256,8 +256,11 @@ async def test_older_layout_and_clear_keys(tmp_path: Path) -> None:
     async with open_sqlite(tmp_path / "trioscale.db") as store:
         report = await _import(store, src)
         assert report.version == ""
-        skipped = [o for o in report.outcomes if o.kind == "preauthkey" and o.result == "skipped"]
-        assert any("in clear" in o.reason for o in skipped)
+        clear = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6"
+        assert _results(report)[("preauthkey", clear[:12])] == "brought"
+        stored = await store.get_preauth_key_by_prefix(clear[:12])
+        assert clear[12:].encode() not in stored.key_hash  # kept as a hash here
+        assert (await check_auth_key(store, clear, NOW)).reusable
         server = await store.get_node_by_machine_key(bytes([0x13]) * 32)
         assert server.tags == ("tag:server",)
 
@@ -290,6 +293,8 @@ def test_go_times() -> None:
 def test_headscale_key_forms() -> None:
     assert secrets.split_key(f"hskey-api-{API_PREFIX}-{API_SECRET}") == ("api", API_PREFIX, API_SECRET)
     assert secrets.split_key("abcdefg." + "z" * 32) == ("api", "abcdefg", "z" * 32)
+    assert secrets.split_key("0a" * 24) == ("auth", "0a" * 6, "0a" * 18)
+    assert secrets.prefix_of("0a" * 24, "auth") == "0a" * 6
     assert secrets.prefix_of(f"hskey-auth-{AUTH_PREFIX}-{AUTH_SECRET}", "auth") == AUTH_PREFIX
     assert AUTH_SECRET not in secrets.mask(f"key hskey-auth-{AUTH_PREFIX}-{AUTH_SECRET} used")
     with pytest.raises(secrets.KeyFormatError):

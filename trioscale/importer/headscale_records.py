@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from trioscale.shared.domain import secrets
 from trioscale.shared.model import Node
 from trioscale.shared.proto import keys
 
@@ -179,11 +180,16 @@ def _user(row: dict[str, Any]) -> HsUser:
 def _preauth_key(row: dict[str, Any]) -> HsPreAuthKey | Skipped:
     prefix = _text(row.get("prefix"))
     key_hash = _hash(row.get("hash"))
+    clear = _text(row.get("key"))
+    if (not prefix or not key_hash) and clear:
+        # kept in clear before v0.28: stored here as ours are, so the same text keeps working
+        try:
+            _, prefix, secret = secrets.split_key(clear)
+        except secrets.KeyFormatError:
+            return Skipped("preauthkey", f"id {row['id']}", "kept in clear in a form trioscale does not know")
+        key_hash = secrets.hash_secret(secret)
     if not prefix or not key_hash:
-        return Skipped(
-            "preauthkey", f"id {row['id']}",
-            "kept in clear by Headscale before v0.28, a form trioscale does not accept: make a new key",
-        )
+        return Skipped("preauthkey", f"id {row['id']}", "no prefix and hash, nor a key")
     return HsPreAuthKey(
         hs_id=int(row["id"]),
         user_hs_id=None if row.get("user_id") is None else int(row["user_id"]),
