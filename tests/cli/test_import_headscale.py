@@ -1,5 +1,5 @@
 """`trioscale import headscale` against databases made from Headscale's published schema (v0.29.2's
-hscontrol/db/schema.sql, and the v0.27 layout it grew from): what comes over, in what form, what is
+hscontrol/db/schema.sql, and the v0.26-v0.27 layout it grew from): what comes over, in what form, what is
 skipped and why, a second run, a tailnet that is not empty, a layout the import does not know."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def make_headscale_db(path: Path, *, legacy: bool = False) -> Path:
     db.execute("INSERT INTO policies (id, data, created_at) VALUES (1, ?, ?)", ('{"acls": []}', _go_time(NOW)))
     db.execute("INSERT INTO policies (id, data, created_at) VALUES (2, ?, ?)", (POLICY, _go_time(NOW)))
     if legacy:
-        # v0.27: tags were forced_tags, pre-auth keys were kept in clear, no database_versions
+        # v0.26 and v0.27: tags were forced_tags, pre-auth keys were kept in clear, no database_versions
         db.execute("ALTER TABLE nodes RENAME COLUMN tags TO forced_tags")
         db.execute("DROP TABLE database_versions")
         db.execute(

@@ -45,7 +45,7 @@ def import_() -> None:
 def headscale(db_path: str | None, postgres_dsn: str | None, noise_key: str | None, policy_file: str | None,
               force: bool, dry_run: bool, output: str | None) -> None:
     """Import users, nodes, pre-auth keys, API keys and the policy from a Headscale database
-    (v0.27 to v0.29), and its Noise key, so existing clients and keys keep working."""
+    (v0.26 to v0.29), and its Noise key, so existing clients and keys keep working."""
     if bool(db_path) == bool(postgres_dsn):
         raise click.UsageError("name Headscale's database: --db FILE or --postgres-dsn DSN")
     policy_text = read_text_file(policy_file) if policy_file else None

@@ -1,6 +1,6 @@
 """Reading a Headscale database: every row of the tables an import needs, as plain dicts.
 
-Headscale (v0.27 to v0.29; the layout is in its hscontrol/db/schema.sql) keeps one table per
+Headscale (v0.26 to v0.29; the layout is in its hscontrol/db/schema.sql) keeps one table per
 record: `users`, `nodes`, `pre_auth_keys`, `api_keys`, `policies`. Releases differ in a few
 columns (v0.28 renamed `forced_tags` to `tags` and began storing pre-auth keys as a prefix and a
 bcrypt hash), so the reader checks the columns it needs and refuses a database that lacks them,
@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["HeadscaleData", "UnknownSchema", "read_sqlite", "read_postgres", "check_schema", "KNOWN_RELEASES"]
 
-KNOWN_RELEASES = "v0.27 to v0.29"
+KNOWN_RELEASES = "v0.26 to v0.29"
 
 #: the columns an import cannot do without, per table; `tags` may be the older `forced_tags`
 REQUIRED: dict[str, frozenset[str]] = {
