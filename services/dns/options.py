@@ -38,6 +38,11 @@ class DnsTuning:
     tcp_write_timeout: float = 10.0
     forward_timeout: float = 2.0
     max_forwards: int = 256
+    #: store reads of ACME TXT names in flight (and queries waiting on them), and how long one may take
+    max_txt_reads: int = 64
+    txt_read_timeout: float = 2.0
+    #: how long a TXT name the store lacked is answered from the table without asking again
+    txt_miss_ttl: float = 1.0
     watch_interval: float = 0.5
     max_udp_size: int = 4096
     ttl: int = 60

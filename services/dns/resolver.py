@@ -7,6 +7,12 @@ is outside our zones and upstreams are configured. For a Forward the adapter sen
 which ``forward.matches(reply)`` is true, and sends ``resolver.forward_reply(forward, reply)`` (or
 ``forward_reply(forward, None)``, a SERVFAIL, when every upstream failed) back to the client.
 
+With ``read_through`` on, a TXT or ANY query for ``_acme-challenge.<label>.<base_domain>`` that the
+TXT table lacks (and that the store was not found lacking within the last second, see ``txt.py``)
+gets a :class:`TxtLookup` instead: the adapter reads ``lookup.name`` from the store into the table
+(``begin_read``/``end_read``) and sends ``resolver.resume(lookup, now=)`` to the client, or
+``resume`` straight away when it will not read (too many reads in flight): the answer of today.
+
 What it answers (zone data in ``zone.py``): A/AAAA/PTR/TXT/SOA/NS and ANY; names that exist with
 other types → NOERROR, no answer, SOA in authority (NODATA); names that do not exist → NXDOMAIN +
 SOA; names outside the zones → forwarded when upstreams are configured and the source is in
@@ -38,7 +44,7 @@ from .ratelimit import RateLimiter
 from .sources import SourceNetworks
 from .zone import NXDOMAIN, Record, Zone
 
-__all__ = ["Resolver", "Forward", "DnsStats", "parse_upstreams", "RCODE_NAMES"]
+__all__ = ["Resolver", "Forward", "TxtLookup", "DnsStats", "parse_upstreams", "RCODE_NAMES"]
 
 NOERROR, FORMERR, SERVFAIL, RC_NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
@@ -67,6 +73,8 @@ class DnsStats:
     forwarded: int = 0
     forward_failures: int = 0
     forward_refused: int = 0  # names outside our zones from a source not allowed to recurse
+    txt_reads: int = 0  # TXT names read from the store before answering (a TxtLookup)
+    txt_reads_skipped: int = 0  # TxtLookups answered from the table: too many reads in flight
     internal_errors: int = 0
     tcp_connections: int = 0
     tcp_rejected: int = 0
@@ -256,6 +264,16 @@ class Forward:
         return reply[12 : 12 + len(self.question)].lower() == self.question.lower()
 
 
+@dataclass
+class TxtLookup:
+    """Read TXT `name` from the store, then answer with ``Resolver.resume(lookup, now=)``."""
+
+    name: str
+    query: bytes
+    source: Any
+    transport: str
+
+
 class Resolver:
     def __init__(
         self,
@@ -267,8 +285,11 @@ class Resolver:
         max_udp_size: int = MAX_UDP_SIZE,
         random_id: Callable[[], int] | None = None,
         forward_from: SourceNetworks | None = None,
+        read_through: bool = False,
     ) -> None:
-        """`forward_from`: the sources whose queries may be forwarded; None or empty: nobody."""
+        """`forward_from`: the sources whose queries may be forwarded; None or empty: nobody.
+        `read_through`: answer :class:`TxtLookup` for ACME TXT names the table lacks."""
+        self.read_through = read_through
         self.zone = zone
         self.upstreams = tuple(upstreams)
         self.forward_from = forward_from if forward_from is not None else SourceNetworks()
@@ -280,7 +301,7 @@ class Resolver:
     # -- entry points -------------------------------------------------------------------------
     def handle(
         self, data: bytes, *, source: Any, now: float, transport: str = "udp"
-    ) -> bytes | Forward | None:
+    ) -> bytes | Forward | TxtLookup | None:
         """Answer one DNS message. `source` is the client's (ip, port) or ip; `transport` is
         "udp" or "tcp" (no size limit, rate-limited clients get REFUSED instead of silence)."""
         stats = self.stats
@@ -300,10 +321,24 @@ class Resolver:
                     return None
                 return self._count(_header_only(qid, flags, REFUSED), REFUSED)
         try:
-            return self._handle(data, qid, flags, now, transport, source)
+            return self._handle(data, qid, flags, now, transport, source, self.read_through)
         except Exception:
             stats.internal_errors += 1
             return self._count(_header_only(qid, flags, SERVFAIL), SERVFAIL)
+
+    def resume(self, lookup: TxtLookup, *, now: float) -> bytes:
+        """The reply to a query that gave `lookup`, from the TXT table as it is now (not counted
+        or rate-limited a second time)."""
+        qid, flags = struct.unpack_from("!HH", lookup.query)
+        try:
+            out = self._handle(lookup.query, qid, flags, now, lookup.transport, lookup.source, False)
+            if isinstance(out, bytes):
+                return out
+        except Exception:
+            pass
+        # a name in our zone is never forwarded: anything else here is a fault
+        self.stats.internal_errors += 1
+        return self._count(_header_only(qid, flags, SERVFAIL), SERVFAIL)
 
     def forward_reply(self, fwd: Forward, reply: bytes | None) -> bytes:
         """The client's reply for a Forward: the upstream answer under the client's id (cut with TC
@@ -325,7 +360,9 @@ class Resolver:
         self.stats.rcodes[RCODE_NAMES.get(rcode, str(rcode))] += 1
         return reply
 
-    def _handle(self, data: bytes, qid: int, flags: int, now: float, transport: str, source: Any) -> bytes | Forward:
+    def _handle(
+        self, data: bytes, qid: int, flags: int, now: float, transport: str, source: Any, read_through: bool
+    ) -> bytes | Forward | TxtLookup:
         opcode = (flags >> 11) & 0xF
         if opcode != 0:
             return self._count(_header_only(qid, flags, NOTIMP), NOTIMP)
@@ -352,6 +389,13 @@ class Resolver:
 
         name = _name_key(q.labels)
         rtype = _TYPE_NAMES.get(q.qtype) or f"TYPE{q.qtype}"
+        if (
+            read_through
+            and (rtype == "TXT" or rtype == "ANY")
+            and self.zone.is_acme_challenge(name)
+            and self.zone.txt.wants_read(name, now)
+        ):
+            return TxtLookup(name, bytes(data), source, transport)
         result = self.zone.lookup(name, rtype, now)
         if result is None:
             if ra:

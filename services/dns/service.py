@@ -11,11 +11,14 @@ when any are configured, for sources in the tailnet's prefixes and ``dns.forward
 
 Reports a :class:`DnsService` when started (``.stats`` counters, ``.zone``, ``.address``,
 ``.port``, ``.wait_seq``), None when ``dns.listen_addr`` is empty. TXT values for ACME DNS-01 come
-from the change log like everything else (see ``txt.py``). Cancel = clean shutdown.
+from the change log like everything else (see ``txt.py``), and a query for an ACME name the table
+lacks reads that name from the store before it is answered (the write may be ahead of the change
+log, and the ACME server asks at once). Cancel = clean shutdown.
 
 Safety: per-source token buckets (default 100 q/s, burst 200; a UDP source over its rate gets no
 answer, a TCP one gets REFUSED), at most 128 TCP connections, 10 s idle timeout per connection,
-bounded reads, at most 256 forwards in flight.
+bounded reads, at most 256 forwards in flight, at most 64 queries reading (or waiting on) a TXT name
+from the store, one read per name at a time and none for a second after the store lacked it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 
 from .ratelimit import RateLimiter
 from .options import DnsOptions, DnsTuning
-from .resolver import DnsStats, Forward, Resolver, parse_upstreams
+from .resolver import DnsStats, Forward, Resolver, TxtLookup, parse_upstreams
 from .sources import SourceNetworks
 from .txt import TxtRecords
 from .zone import Zone, parse_extra_records
@@ -75,8 +78,12 @@ class DnsService:
     seq: int = 0
     tcp_active: int = 0
     forwards_active: int = 0
+    #: queries reading a TXT name from the store or waiting on such a read
+    txt_reads_active: int = 0
     extra_records_problems: list[str] = field(default_factory=list)
     _seq_moved: trio.Event = field(default_factory=trio.Event, repr=False)
+    #: TXT names being read from the store -> set when the read is over
+    _txt_reading: dict[str, trio.Event] = field(default_factory=dict, repr=False)
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -400,12 +407,55 @@ async def _forward(svc: DnsService, fwd: Forward) -> bytes:
     return svc.resolver.forward_reply(fwd, reply)
 
 
+# -- TXT read-through ------------------------------------------------------------------------
+
+
+async def _read_txt(store: Any, svc: DnsService, name: str) -> None:
+    """Bring TXT `name` from the store into the table; with a read of it already under way, wait
+    for that one instead. A failed or slow read leaves the table as it was (the answer of today)."""
+    pending = svc._txt_reading.get(name)
+    if pending is not None:
+        await pending.wait()
+        return
+    done = svc._txt_reading[name] = trio.Event()
+    txt = svc.txt
+    txt.begin_read(name)
+    found, failed = None, True
+    try:
+        svc.stats.txt_reads += 1
+        with trio.move_on_after(svc.tuning.txt_read_timeout):
+            got = await store.get_dns_txt(name, datetime.now(timezone.utc))
+            found, failed = got, False
+    except Exception as exc:
+        log.warning("dns: reading TXT %s from the store failed (%s)", name, exc)
+    finally:
+        txt.end_read(name, found, time.time(), failed=failed)
+        del svc._txt_reading[name]
+        done.set()
+
+
+async def _answer_txt(store: Any, svc: DnsService, lookup: TxtLookup) -> bytes:
+    """The reply to a TxtLookup, the store read done first (the caller holds a read slot)."""
+    await _read_txt(store, svc, lookup.name)
+    return svc.resolver.resume(lookup, now=time.time())
+
+
 # -- listeners -------------------------------------------------------------------------------
 
 
-async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: trio.Nursery) -> None:
+async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, store: Any, nursery: trio.Nursery) -> None:
     handle = svc.resolver.handle
     stats = svc.stats
+
+    async def read_and_reply(lookup: TxtLookup, addr: Any) -> None:
+        try:
+            out = await _answer_txt(store, svc, lookup)
+            try:
+                await sock.sendto(out, addr)
+            except OSError:
+                pass
+        finally:
+            svc.txt_reads_active -= 1
 
     async def forward_and_reply(fwd: Forward, addr: Any) -> None:
         try:
@@ -435,7 +485,15 @@ async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: tri
                 result = handle(data, source=addr, now=time.time(), transport="udp")
                 if result is None:
                     continue
-                if isinstance(result, Forward):
+                if isinstance(result, TxtLookup):
+                    if svc.txt_reads_active >= svc.tuning.max_txt_reads:
+                        stats.txt_reads_skipped += 1
+                        result = svc.resolver.resume(result, now=time.time())
+                    else:
+                        svc.txt_reads_active += 1
+                        nursery.start_soon(read_and_reply, result, addr)
+                        continue
+                elif isinstance(result, Forward):
                     if svc.forwards_active >= svc.tuning.max_forwards:
                         result = svc.resolver.forward_reply(result, None)
                     else:
@@ -451,7 +509,7 @@ async def _serve_udp(sock: trio.socket.SocketType, svc: DnsService, nursery: tri
         raw.detach()
 
 
-def _tcp_handler(svc: DnsService) -> Any:
+def _tcp_handler(svc: DnsService, store: Any) -> Any:
     opts = svc.tuning
     stats = svc.stats
 
@@ -479,7 +537,17 @@ def _tcp_handler(svc: DnsService) -> Any:
                 result = svc.resolver.handle(msg, source=peer, now=time.time(), transport="tcp")
                 if result is None:
                     continue
-                if isinstance(result, Forward):
+                if isinstance(result, TxtLookup):
+                    if svc.txt_reads_active >= opts.max_txt_reads:
+                        stats.txt_reads_skipped += 1
+                        result = svc.resolver.resume(result, now=time.time())
+                    else:
+                        svc.txt_reads_active += 1
+                        try:
+                            result = await _answer_txt(store, svc, result)
+                        finally:
+                            svc.txt_reads_active -= 1
+                elif isinstance(result, Forward):
                     if svc.forwards_active >= opts.max_forwards:
                         result = svc.resolver.forward_reply(result, None)
                     else:
@@ -533,7 +601,7 @@ async def serve(
                 ns_addresses.append(str(ip))
         except ValueError:
             pass
-        txt = TxtRecords()
+        txt = TxtRecords(miss_ttl=opts.txt_miss_ttl)
         zone = Zone(options.base_domain, options.prefixes, txt=txt, ttl=opts.ttl, ns_addresses=ns_addresses)
         for problem in zone.set_extra_records(options.extra_records, "config"):
             log.warning("dns: extra_records: %s (skipped)", problem)
@@ -549,6 +617,7 @@ async def serve(
             stats=stats,
             max_udp_size=opts.max_udp_size,
             forward_from=forward_from,
+            read_through=hasattr(store, "get_dns_txt"),
         )
         svc = DnsService(zone=zone, resolver=resolver, txt=txt, stats=stats, tuning=opts, address=shown, port=bound_port)
         svc.applied(await _load_all(store, zone))
@@ -560,13 +629,13 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_follow_store, store, svc)
             nursery.start_soon(_housekeeping, _ConfigFile(options, reload), svc, records_file)
-            nursery.start_soon(_serve_udp, udp_sock, svc, nursery)
+            nursery.start_soon(_serve_udp, udp_sock, svc, store, nursery)
             # the accept loop owns the listening socket from here (it closes it on the way out)
             tcp_listening = listener_sockets([trio.SocketListener(tcp_sock)])
             if limiter is None:
                 limiter = standalone_limiter("dns")
             nursery.start_soon(
-                partial(serve_stream_sockets, _tcp_handler(svc), tcp_listening, limiter=limiter, log=log)
+                partial(serve_stream_sockets, _tcp_handler(svc, store), tcp_listening, limiter=limiter, log=log)
             )
             log.info(
                 "DNS listening on %s (udp+tcp) for %s and %d reverse zone(s)%s",

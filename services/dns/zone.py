@@ -21,6 +21,7 @@ non-terminals, e.g. ``0.64.100.in-addr.arpa``) exist: NODATA, not NXDOMAIN.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ class Lookup:
 
 
 _Key = tuple[str, str, str]  # (name, rtype, value)
+
+_ACME_PREFIX = "_acme-challenge."
+#: a node's label and the dot before the base domain (node names are letters, digits, hyphens)
+_ACME_LABEL = re.compile(r"[a-z0-9_-]{1,63}\.")
 
 
 class Zone:
@@ -132,6 +137,15 @@ class Zone:
                 return suffix
             i = name.find(".", i + 1)
         return None
+
+    def is_acme_challenge(self, name: str) -> bool:
+        """Is `name` (normalised) of the form ``_acme-challenge.<one label>.<base_domain>``: the only
+        TXT names a node can set (``/machine/set-dns``), so the only ones worth a store read."""
+        suffix = self.base_domain
+        if not name.startswith(_ACME_PREFIX) or not name.endswith(suffix):
+            return False
+        label = name[len(_ACME_PREFIX) : len(name) - len(suffix)]
+        return _ACME_LABEL.fullmatch(label) is not None
 
     def node_name(self, given_name: str) -> str:
         return f"{normalize_name(given_name)}.{self.base_domain}"

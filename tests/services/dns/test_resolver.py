@@ -8,7 +8,7 @@ import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from trioscale.services.dns.ratelimit import RateLimiter, source_key
-from trioscale.services.dns.resolver import Forward, Resolver, parse_upstreams
+from trioscale.services.dns.resolver import Forward, Resolver, TxtLookup, parse_upstreams
 from trioscale.services.dns.sources import SourceNetworks
 from trioscale.services.dns.txt import TxtRecords
 from trioscale.services.dns.zone import Zone
@@ -322,4 +322,73 @@ def test_internal_error_becomes_servfail(zone):
 
     zone.lookup = boom  # type: ignore[method-assign]
     r = DNSRecord.parse(res.handle(query("alpha.tailnet.internal"), source=SRC, now=0))
+    assert rcode(r) == "SERVFAIL" and res.stats.internal_errors == 1
+
+
+ACME = "_acme-challenge.alpha.tailnet.internal"
+
+
+def test_txt_read_through_asks_the_adapter_to_read_the_store(zone):
+    res = Resolver(zone, read_through=True, rate_limiter=RateLimiter(rate=0.001, burst=2))
+    wire = query("_ACME-challenge.Alpha.tailnet.internal", "TXT", edns=1232, qid=77)
+    out = res.handle(wire, source=SRC, now=10.0)
+    assert isinstance(out, TxtLookup) and out.name == ACME and out.transport == "udp"
+    # the adapter reads the store into the table, then resumes: one query, one token
+    zone.txt.begin_read(out.name)
+    zone.txt.end_read(out.name, (("tok-1",), 100.0), 10.0)
+    r = DNSRecord.parse(res.resume(out, now=10.0))
+    assert rcode(r) == "NOERROR" and r.header.id == 77 and [a.rdata.data for a in r.rr] == [[b"tok-1"]]
+    assert str(r.q.qname) == "_ACME-challenge.Alpha.tailnet.internal." and r.header.aa == 1
+    assert res.stats.queries == 1 and res.stats.rcodes["NOERROR"] == 1
+    # in the table now: answered at once
+    assert [a.rdata.data for a in ask(res, query(ACME, "TXT"), now=11.0).rr] == [[b"tok-1"]]
+
+
+def test_txt_read_through_only_for_acme_txt_names_the_table_lacks(zone):
+    res = Resolver(zone, read_through=True)
+    assert isinstance(res.handle(query(ACME, "ANY"), source=SRC, now=0, transport="tcp"), TxtLookup)
+    for name, qtype in (
+        (ACME, "A"),
+        (ACME, "AAAA"),
+        ("_acme-challenge.a.b.tailnet.internal", "TXT"),
+        ("_acme-challenge.tailnet.internal", "TXT"),
+        ("alpha.tailnet.internal", "TXT"),
+        ("_acme-challenge.alpha.example.com", "TXT"),
+    ):
+        assert isinstance(res.handle(query(name, qtype), source=SRC, now=0), bytes), (name, qtype)
+    # without read-through (a resolver with no store behind it) the table answers alone
+    assert rcode(ask(Resolver(zone), query(ACME, "TXT"))) == "NXDOMAIN"
+    zone.txt.set(ACME, ["v"], now=0)
+    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=1), bytes)
+
+
+def test_txt_read_through_misses_are_remembered_for_a_second(zone):
+    res = Resolver(zone, read_through=True)
+    lookup = res.handle(query(ACME, "TXT"), source=SRC, now=5.0)
+    assert isinstance(lookup, TxtLookup)
+    zone.txt.begin_read(ACME)
+    zone.txt.end_read(ACME, None, 5.0)  # the store has nothing
+    r = DNSRecord.parse(res.resume(lookup, now=5.0))
+    assert rcode(r) == "NXDOMAIN" and r.auth[0].rtype == QTYPE.SOA
+    # a flood for the missing name is answered from the table until the miss is a second old
+    for t in (5.1, 5.5, 5.99):
+        assert rcode(ask(res, query(ACME, "TXT"), now=t)) == "NXDOMAIN"
+    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=6.0), TxtLookup)
+    # the change log's value is answered at once, miss or not
+    zone.txt.begin_read(ACME)
+    zone.txt.end_read(ACME, None, 6.0)
+    zone.txt.set(ACME, ["late"], now=6.1)
+    assert [a.rdata.data for a in ask(res, query(ACME, "TXT"), now=6.2).rr] == [[b"late"]]
+
+
+def test_txt_read_through_resume_faults_become_servfail(zone):
+    res = Resolver(zone, read_through=True)
+    lookup = res.handle(query(ACME, "TXT"), source=SRC, now=0)
+    assert isinstance(lookup, TxtLookup)
+
+    def boom(*a, **k):
+        raise RuntimeError("bug")
+
+    zone.lookup = boom  # type: ignore[method-assign]
+    r = DNSRecord.parse(res.resume(lookup, now=0))
     assert rcode(r) == "SERVFAIL" and res.stats.internal_errors == 1
