@@ -141,6 +141,8 @@ async def test_import_brings_the_tailnet_over(tmp_path: Path) -> None:
         assert results[("node", "laptop")] == "brought"
         assert ("node", "gone") not in results
         assert results[("preauthkey", SPENT_PREFIX)] == "skipped"
+        notes = {(o.kind, o.name): o.reason for o in report.outcomes}
+        assert notes[("node", "laptop")] == "" and notes[("user", "alice")] == ""
         assert results[("policy", "policy")] == "brought"
 
         users = {u.name: u for u in await store.list_users()}
@@ -215,6 +217,9 @@ async def test_non_empty_tailnet_needs_force(tmp_path: Path) -> None:
         assert [u.name for u in await store.list_users()] == ["dave"]
         report = await _import(store, src, force=True)
         assert _results(report)[("node", "laptop")] == "brought"
+        # ids are the store's: whoever names records by id is told where they went
+        alice = next(o for o in report.outcomes if o.kind == "user" and o.name == "alice")
+        assert alice.reason == "id 2 here (was 1 in Headscale)"
 
 
 async def test_force_skips_what_collides(tmp_path: Path) -> None:

@@ -182,7 +182,7 @@ class _Run:
                     self.report.add("user", u.name, SKIPPED, str(exc))
                     continue
                 self.user_ids[u.hs_id] = created.id
-            self.report.add("user", u.name, BROUGHT)
+            self.report.add("user", u.name, BROUGHT, _renumbered(u.hs_id, self.user_ids[u.hs_id]))
 
     async def preauth_keys(self, tailnet: HeadscaleTailnet) -> None:
         named = {n.auth_key_hs_id for n in tailnet.nodes if n.auth_key_hs_id is not None}
@@ -232,13 +232,15 @@ class _Run:
                 self.report.add("node", name, SKIPPED, "its user was skipped")
                 continue
             node = await self._node(n)
+            notes = [self._outside(node)]
             if not self.dry_run:
                 try:
-                    await self.store.create_node(node)
+                    created = await self.store.create_node(node)
                 except (Conflict, StoreError) as exc:
                     self.report.add("node", name, SKIPPED, str(exc))
                     continue
-            self.report.add("node", name, BROUGHT, self._outside(node))
+                notes.append(_renumbered(n.hs_id, created.id))
+            self.report.add("node", name, BROUGHT, "; ".join(note for note in notes if note))
 
     def _outside(self, node: Node) -> str:
         if not self.prefixes:
@@ -278,6 +280,12 @@ class _Run:
         if not self.dry_run:
             await self.store.set_policy(text)
         self.report.add("policy", "policy", BROUGHT)
+
+
+def _renumbered(hs_id: int, new_id: int) -> str:
+    """A note when the store gave a record another id than Headscale's: scripts that name users
+    or nodes by id must be told (ids here are the store's own)."""
+    return "" if new_id < 0 or new_id == hs_id else f"id {new_id} here (was {hs_id} in Headscale)"
 
 
 def import_noise_key(source: Path, dest: Path, report: ImportReport, *, force: bool, dry_run: bool) -> None:
