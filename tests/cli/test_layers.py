@@ -51,3 +51,13 @@ def test_a_wrong_import_breaks_its_contract(contract: str, path: str, text: str,
     assert f"{CONTRACTS[contract]} BROKEN" in result.stdout, out
     assert reported in result.stdout, out
     assert not (REPO / path).exists()  # check() adds it to a staged copy, never to the repository
+
+
+def test_every_top_level_module_is_in_the_top_layer() -> None:
+    """A module of trioscale/ left out of the `layers` contract would be checked by nothing."""
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    top = next(c for c in contracts if c["id"] == "layers")["layers"][0]
+    named = {part.strip() for part in top.replace("|", ":").split(":")}
+    present = {f"trioscale.{p.stem}" for p in (REPO / "trioscale").glob("*.py") if p.stem != "__init__"}
+    present |= {f"trioscale.{p.parent.name}" for p in (REPO / "trioscale").glob("*/__init__.py")}
+    assert present <= named, f"not in the top layer: {sorted(present - named)}"
