@@ -1,7 +1,8 @@
 """The admin API app: REST under /api/v1, Headscale's routes and shapes, one blueprint per resource.
 
-On the unix socket (local and trusted) no authentication; on TCP EVERY request (unknown paths too)
-needs `Authorization: Bearer tskey-api-…` naming a known, unexpired API key. Any doubt -> 401.
+On the unix socket (local and trusted) no authentication; on TCP every request (unknown paths too),
+but for the API's own document and its page (openapi.py), needs `Authorization: Bearer tskey-api-…`
+naming a known, unexpired API key. Any doubt -> 401.
 Secrets are never logged: the access log is off and keys are masked.
 """
 
@@ -19,14 +20,14 @@ from trioscale.shared.domain.names import InvalidName
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError, StoreUnavailable
 
 from ..options import AdminOptions
-from . import apikeys, health, nodes, policy, preauthkeys, registrations, routes, sharing, sshcheck, tags, users
+from . import apikeys, health, nodes, openapi, policy, preauthkeys, registrations, routes, sharing, sshcheck, tags, users
 from .api import Admin, InvalidRequest, admin, api_key_accepted, error_response, install
 
 __all__ = ["create_admin_app", "route_table", "MAX_BODY"]
 
 MAX_BODY = 64 * 1024
 
-BLUEPRINTS = (health, users, preauthkeys, apikeys, nodes, registrations, tags, routes, sharing, policy, sshcheck)
+BLUEPRINTS = (health, users, preauthkeys, apikeys, nodes, registrations, tags, routes, sharing, policy, sshcheck, openapi)
 
 
 def create_admin_app(
@@ -60,6 +61,8 @@ def route_table(app: QuartTrio) -> list[tuple[str, str]]:
 
 
 async def _authenticate() -> Response | None:
+    if request.method == "GET" and request.path in openapi.PUBLIC_PATHS:
+        return None  # the API's document and its page: nothing of the tailnet (openapi.py says why)
     if await api_key_accepted(admin().store, request.headers.get("Authorization", "")):
         return None
     resp = error_response(401, "unauthorized: a valid API key is required (Authorization: Bearer tskey-api-…)")
