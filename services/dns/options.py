@@ -41,8 +41,10 @@ class DnsTuning:
     #: store reads of ACME TXT names in flight (and queries waiting on them), and how long one may take
     max_txt_reads: int = 64
     txt_read_timeout: float = 2.0
-    #: how long a TXT name the store lacked is answered from the table without asking again
-    txt_miss_ttl: float = 1.0
+    #: store reads per ACME TXT name: a burst (tailscaled's own look-up, then the ACME server's
+    #: perspectives), then this many a second; the TXT table answers the rest
+    txt_read_burst: float = 4.0
+    txt_read_rate: float = 1.0
     watch_interval: float = 0.5
     max_udp_size: int = 4096
     ttl: int = 60

@@ -7,11 +7,14 @@ is outside our zones and upstreams are configured. For a Forward the adapter sen
 which ``forward.matches(reply)`` is true, and sends ``resolver.forward_reply(forward, reply)`` (or
 ``forward_reply(forward, None)``, a SERVFAIL, when every upstream failed) back to the client.
 
-With ``read_through`` on, a TXT or ANY query for ``_acme-challenge.<label>.<base_domain>`` that the
-TXT table lacks (and that the store was not found lacking within the last second, see ``txt.py``)
-gets a :class:`TxtLookup` instead: the adapter reads ``lookup.name`` from the store into the table
-(``begin_read``/``end_read``) and sends ``resolver.resume(lookup, now=)`` to the client, or
-``resume`` straight away when it will not read (too many reads in flight): the answer of today.
+With `txt_reads` (a budget per name), a TXT or ANY query for ``_acme-challenge.<label>.<base_domain>``
+gets a :class:`TxtLookup` while the name's budget lasts: the adapter reads ``lookup.name`` from the
+store into the TXT table (``begin_read``/``end_read``) and sends ``resolver.resume(lookup, now=)``
+to the client, or ``resume`` straight away when it will not read (too many reads in flight). The
+store, not the table, is asked because the table follows the change log, which lags the write that
+``/machine/set-dns`` answers after, and tailscaled looks the name up just before that write (so a
+remembered miss, or an older value, would be wrong just when the ACME server asks). Over budget, the
+table answers alone.
 
 What it answers (zone data in ``zone.py``): A/AAAA/PTR/TXT/SOA/NS and ANY; names that exist with
 other types → NOERROR, no answer, SOA in authority (NODATA); names that do not exist → NXDOMAIN +
@@ -285,11 +288,12 @@ class Resolver:
         max_udp_size: int = MAX_UDP_SIZE,
         random_id: Callable[[], int] | None = None,
         forward_from: SourceNetworks | None = None,
-        read_through: bool = False,
+        txt_reads: RateLimiter | None = None,
     ) -> None:
         """`forward_from`: the sources whose queries may be forwarded; None or empty: nobody.
-        `read_through`: answer :class:`TxtLookup` for ACME TXT names the table lacks."""
-        self.read_through = read_through
+        `txt_reads`: store reads allowed per ACME TXT name (keyed by the name); None: no reads,
+        the TXT table answers alone."""
+        self.txt_reads = txt_reads
         self.zone = zone
         self.upstreams = tuple(upstreams)
         self.forward_from = forward_from if forward_from is not None else SourceNetworks()
@@ -321,7 +325,7 @@ class Resolver:
                     return None
                 return self._count(_header_only(qid, flags, REFUSED), REFUSED)
         try:
-            return self._handle(data, qid, flags, now, transport, source, self.read_through)
+            return self._handle(data, qid, flags, now, transport, source, self.txt_reads)
         except Exception:
             stats.internal_errors += 1
             return self._count(_header_only(qid, flags, SERVFAIL), SERVFAIL)
@@ -331,7 +335,7 @@ class Resolver:
         or rate-limited a second time)."""
         qid, flags = struct.unpack_from("!HH", lookup.query)
         try:
-            out = self._handle(lookup.query, qid, flags, now, lookup.transport, lookup.source, False)
+            out = self._handle(lookup.query, qid, flags, now, lookup.transport, lookup.source, None)
             if isinstance(out, bytes):
                 return out
         except Exception:
@@ -361,7 +365,8 @@ class Resolver:
         return reply
 
     def _handle(
-        self, data: bytes, qid: int, flags: int, now: float, transport: str, source: Any, read_through: bool
+        self, data: bytes, qid: int, flags: int, now: float, transport: str, source: Any,
+        txt_reads: RateLimiter | None,
     ) -> bytes | Forward | TxtLookup:
         opcode = (flags >> 11) & 0xF
         if opcode != 0:
@@ -390,10 +395,10 @@ class Resolver:
         name = _name_key(q.labels)
         rtype = _TYPE_NAMES.get(q.qtype) or f"TYPE{q.qtype}"
         if (
-            read_through
+            txt_reads is not None
             and (rtype == "TXT" or rtype == "ANY")
             and self.zone.is_acme_challenge(name)
-            and self.zone.txt.wants_read(name, now)
+            and txt_reads.allow(name, now)
         ):
             return TxtLookup(name, bytes(data), source, transport)
         result = self.zone.lookup(name, rtype, now)

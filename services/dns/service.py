@@ -11,14 +11,14 @@ when any are configured, for sources in the tailnet's prefixes and ``dns.forward
 
 Reports a :class:`DnsService` when started (``.stats`` counters, ``.zone``, ``.address``,
 ``.port``, ``.wait_seq``), None when ``dns.listen_addr`` is empty. TXT values for ACME DNS-01 come
-from the change log like everything else (see ``txt.py``), and a query for an ACME name the table
-lacks reads that name from the store before it is answered (the write may be ahead of the change
-log, and the ACME server asks at once). Cancel = clean shutdown.
+from the change log like everything else (see ``txt.py``), and a query for an ACME name reads that
+name from the store before it is answered (the write may be ahead of the change log, and the ACME
+server asks at once; see ``resolver.py``). Cancel = clean shutdown.
 
 Safety: per-source token buckets (default 100 q/s, burst 200; a UDP source over its rate gets no
 answer, a TCP one gets REFUSED), at most 128 TCP connections, 10 s idle timeout per connection,
 bounded reads, at most 256 forwards in flight, at most 64 queries reading (or waiting on) a TXT name
-from the store, one read per name at a time and none for a second after the store lacked it.
+from the store, one read per name at a time, 4 per name and then 1 a second.
 """
 
 from __future__ import annotations
@@ -412,24 +412,28 @@ async def _forward(svc: DnsService, fwd: Forward) -> bytes:
 
 async def _read_txt(store: Any, svc: DnsService, name: str) -> None:
     """Bring TXT `name` from the store into the table; with a read of it already under way, wait
-    for that one instead. A failed or slow read leaves the table as it was (the answer of today)."""
+    for that one instead (it began after the write the query follows: tailscaled waits for the
+    answer to its own look-up before it calls set-dns). A failed or slow read leaves the table as
+    it was."""
     pending = svc._txt_reading.get(name)
     if pending is not None:
         await pending.wait()
         return
-    done = svc._txt_reading[name] = trio.Event()
     txt = svc.txt
+    done = svc._txt_reading[name] = trio.Event()
     txt.begin_read(name)
-    found, failed = None, True
+    read = False
     try:
         svc.stats.txt_reads += 1
         with trio.move_on_after(svc.tuning.txt_read_timeout):
-            got = await store.get_dns_txt(name, datetime.now(timezone.utc))
-            found, failed = got, False
+            found = await store.get_dns_txt(name, datetime.now(timezone.utc))
+            txt.end_read(name, found, now=time.time())
+            read = True
     except Exception as exc:
         log.warning("dns: reading TXT %s from the store failed (%s)", name, exc)
     finally:
-        txt.end_read(name, found, time.time(), failed=failed)
+        if not read:
+            txt.abandon_read(name)
         del svc._txt_reading[name]
         done.set()
 
@@ -601,7 +605,7 @@ async def serve(
                 ns_addresses.append(str(ip))
         except ValueError:
             pass
-        txt = TxtRecords(miss_ttl=opts.txt_miss_ttl)
+        txt = TxtRecords()
         zone = Zone(options.base_domain, options.prefixes, txt=txt, ttl=opts.ttl, ns_addresses=ns_addresses)
         for problem in zone.set_extra_records(options.extra_records, "config"):
             log.warning("dns: extra_records: %s (skipped)", problem)
@@ -617,7 +621,9 @@ async def serve(
             stats=stats,
             max_udp_size=opts.max_udp_size,
             forward_from=forward_from,
-            read_through=hasattr(store, "get_dns_txt"),
+            txt_reads=RateLimiter(opts.txt_read_rate, opts.txt_read_burst, txt.max_names)
+            if hasattr(store, "get_dns_txt")
+            else None,
         )
         svc = DnsService(zone=zone, resolver=resolver, txt=txt, stats=stats, tuning=opts, address=shown, port=bound_port)
         svc.applied(await _load_all(store, zone))

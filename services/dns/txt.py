@@ -3,17 +3,15 @@
 The coordinator writes every value to the store's ``dns_txt`` table (``Store.set_dns_txt``, change
 kind ``dnstxt.set``); the DNS service loads that table at start and follows its changes into the
 table here, which the zone reads on every TXT query. So a DNS server in the coordinator's process,
-in another process or on another host (PostgreSQL) serves the same values, and the change log is
-the only way they travel. Values expire (default: 10 minutes after they were set), so a forgotten
+in another process or on another host (PostgreSQL) serves the same values, and the store is the
+only way they travel. Values expire (default: 10 minutes after they were set), so a forgotten
 challenge never lingers.
 
 The change log arrives milliseconds after the write (more across processes), but an ACME server asks
-as soon as the node's ``/machine/set-dns`` returns: so a query for a name the table lacks reads that
-one name from the store first (the adapter does the read, see ``service.py``). The table remembers
-what it is reading (:meth:`begin_read`, :meth:`end_read`), so a change that lands during the read is
-not overwritten by the older answer, and which names the store lacked, for ``miss_ttl`` seconds
-(:meth:`wants_read`), so a flood of queries for missing names costs one store read per name per
-``miss_ttl``.
+as soon as the node's ``/machine/set-dns`` returns: so a query for an ACME name first reads that
+one name from the store (the adapter does the read, see ``service.py``; the resolver bounds how
+often). The table remembers what it is reading (:meth:`begin_read`, :meth:`end_read`), so a change
+the log brings during the read is not overwritten by the older answer.
 
 Times are wall-clock seconds since the epoch (``time.time()``) or aware datetimes; ``now`` is an
 argument wherever the answer depends on it.
@@ -35,8 +33,6 @@ DEFAULT_TXT_TTL = 600.0
 MAX_NAMES = 10_000
 MAX_VALUES = 16
 MAX_VALUE_BYTES = 255  # one DNS character-string; ACME tokens are 43 characters
-#: how long a name the store lacked is not read again (seconds)
-DEFAULT_MISS_TTL = 1.0
 
 
 def _as_epoch(value: float | datetime) -> float:
@@ -50,16 +46,10 @@ def _as_epoch(value: float | datetime) -> float:
 class TxtRecords:
     """name → (values, expires_at), as the store's change log last said (see the module doc)."""
 
-    def __init__(
-        self, *, default_ttl: float = DEFAULT_TXT_TTL, max_names: int = MAX_NAMES, miss_ttl: float = DEFAULT_MISS_TTL
-    ) -> None:
+    def __init__(self, *, default_ttl: float = DEFAULT_TXT_TTL, max_names: int = MAX_NAMES) -> None:
         self.default_ttl = default_ttl
         self.max_names = max_names
-        self.miss_ttl = miss_ttl
         self._entries: dict[str, tuple[tuple[str, ...], float]] = {}
-        # name -> until when the store is not asked again; in insertion order, which is expiry
-        # order as long as the clock does not step back (then a few entries just live shorter)
-        self._misses: dict[str, float] = {}
         # names being read from the store -> whether set/clear changed them meanwhile
         self._reading: dict[str, bool] = {}
         #: grows on every change; the zone adds it into the SOA serial
@@ -111,55 +101,31 @@ class TxtRecords:
         self._changed(key)
 
     def _changed(self, key: str) -> None:
-        # the change log is newer than any read in flight and than any miss seen before it
-        self._misses.pop(key, None)
+        # the change log is newer than any read in flight
         if key in self._reading:
             self._reading[key] = True
 
     # -- read-through ---------------------------------------------------------------------------
-    def wants_read(self, name: str, now: float) -> bool:
-        """Should a query for `name` (normalised) read the store first: no live value here, and
-        the store was not found lacking it in the last ``miss_ttl`` seconds."""
-        if self.get(name, now):
-            return False
-        until = self._misses.get(name)
-        if until is None:
-            return True
-        if until > now:
-            return False
-        del self._misses[name]
-        return True
-
     def begin_read(self, name: str) -> None:
         """Note that `name` (normalised) is being read from the store."""
         self._reading[name] = False
 
-    def end_read(
-        self, name: str, found: tuple[Iterable[str], float | datetime] | None, now: float, *, failed: bool = False
-    ) -> None:
-        """Apply what the store said of `name`: (values, expires_at), or None when it has none (or
-        `failed`: the read raised, and the store is not asked again for ``miss_ttl`` either). Nothing
-        is applied when the change log set or cleared `name` since :meth:`begin_read`."""
+    def end_read(self, name: str, found: tuple[Iterable[str], float | datetime] | None, *, now: float) -> None:
+        """Apply what the store said of `name`: (values, expires_at), or None when it has none.
+        Nothing is applied when the change log set or cleared `name` since :meth:`begin_read`."""
         if self._reading.pop(name, True):
             return
-        if found is not None and not failed:
+        if found is not None:
             try:
                 self.set(name, found[0], found[1], now=now)
                 return
-            except ValueError:  # values we cannot serve: as if there were none
+            except ValueError:  # values we cannot serve, or a full table: as if there were none
                 pass
-        self._note_miss(name, now)
+        self.clear(name)
 
-    def _note_miss(self, name: str, now: float) -> None:
-        misses = self._misses
-        misses.pop(name, None)
-        # drop the expired from the front; when every entry is live, the oldest makes room
-        while misses:
-            first = next(iter(misses))
-            if misses[first] > now and len(misses) < self.max_names:
-                break
-            del misses[first]
-        misses[name] = now + self.miss_ttl
+    def abandon_read(self, name: str) -> None:
+        """The read of `name` failed or took too long: the table stays as it was."""
+        self._reading.pop(name, None)
 
     def get(self, name: str, now: float) -> tuple[str, ...]:
         """The live values of `name` (already normalised), () if none or expired."""

@@ -329,23 +329,23 @@ ACME = "_acme-challenge.alpha.tailnet.internal"
 
 
 def test_txt_read_through_asks_the_adapter_to_read_the_store(zone):
-    res = Resolver(zone, read_through=True, rate_limiter=RateLimiter(rate=0.001, burst=2))
+    res = Resolver(zone, txt_reads=RateLimiter(rate=1, burst=4), rate_limiter=RateLimiter(rate=0.001, burst=2))
     wire = query("_ACME-challenge.Alpha.tailnet.internal", "TXT", edns=1232, qid=77)
     out = res.handle(wire, source=SRC, now=10.0)
     assert isinstance(out, TxtLookup) and out.name == ACME and out.transport == "udp"
     # the adapter reads the store into the table, then resumes: one query, one token
     zone.txt.begin_read(out.name)
-    zone.txt.end_read(out.name, (("tok-1",), 100.0), 10.0)
+    zone.txt.end_read(out.name, (("tok-1",), 100.0), now=10.0)
     r = DNSRecord.parse(res.resume(out, now=10.0))
     assert rcode(r) == "NOERROR" and r.header.id == 77 and [a.rdata.data for a in r.rr] == [[b"tok-1"]]
     assert str(r.q.qname) == "_ACME-challenge.Alpha.tailnet.internal." and r.header.aa == 1
     assert res.stats.queries == 1 and res.stats.rcodes["NOERROR"] == 1
-    # in the table now: answered at once
-    assert [a.rdata.data for a in ask(res, query(ACME, "TXT"), now=11.0).rr] == [[b"tok-1"]]
+    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=10.0), TxtLookup)
+    assert res.handle(query(ACME, "TXT"), source=SRC, now=10.0) is None  # rate-limited: 2 tokens
 
 
-def test_txt_read_through_only_for_acme_txt_names_the_table_lacks(zone):
-    res = Resolver(zone, read_through=True)
+def test_txt_read_through_only_for_acme_txt_names(zone):
+    res = Resolver(zone, txt_reads=RateLimiter(rate=1, burst=100))
     assert isinstance(res.handle(query(ACME, "ANY"), source=SRC, now=0, transport="tcp"), TxtLookup)
     for name, qtype in (
         (ACME, "A"),
@@ -356,33 +356,28 @@ def test_txt_read_through_only_for_acme_txt_names_the_table_lacks(zone):
         ("_acme-challenge.alpha.example.com", "TXT"),
     ):
         assert isinstance(res.handle(query(name, qtype), source=SRC, now=0), bytes), (name, qtype)
-    # without read-through (a resolver with no store behind it) the table answers alone
+    # without a read budget (a resolver with no store behind it) the table answers alone
     assert rcode(ask(Resolver(zone), query(ACME, "TXT"))) == "NXDOMAIN"
+    # a value in the table is read again too: the store may have a newer list (a retry's new token)
     zone.txt.set(ACME, ["v"], now=0)
-    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=1), bytes)
+    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=1), TxtLookup)
 
 
-def test_txt_read_through_misses_are_remembered_for_a_second(zone):
-    res = Resolver(zone, read_through=True)
-    lookup = res.handle(query(ACME, "TXT"), source=SRC, now=5.0)
-    assert isinstance(lookup, TxtLookup)
-    zone.txt.begin_read(ACME)
-    zone.txt.end_read(ACME, None, 5.0)  # the store has nothing
-    r = DNSRecord.parse(res.resume(lookup, now=5.0))
-    assert rcode(r) == "NXDOMAIN" and r.auth[0].rtype == QTYPE.SOA
-    # a flood for the missing name is answered from the table until the miss is a second old
-    for t in (5.1, 5.5, 5.99):
-        assert rcode(ask(res, query(ACME, "TXT"), now=t)) == "NXDOMAIN"
-    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=6.0), TxtLookup)
-    # the change log's value is answered at once, miss or not
-    zone.txt.begin_read(ACME)
-    zone.txt.end_read(ACME, None, 6.0)
-    zone.txt.set(ACME, ["late"], now=6.1)
-    assert [a.rdata.data for a in ask(res, query(ACME, "TXT"), now=6.2).rr] == [[b"late"]]
+def test_txt_reads_per_name_are_budgeted(zone):
+    res = Resolver(zone, txt_reads=RateLimiter(rate=1, burst=2))
+    other = "_acme-challenge.v4only.tailnet.internal"
+    kinds = [type(res.handle(query(ACME, "TXT"), source=SRC, now=5.0)) for _ in range(5)]
+    assert kinds == [TxtLookup, TxtLookup, bytes, bytes, bytes]
+    # over budget the table answers: what the last read left there, or the change log since
+    assert rcode(ask(res, query(ACME, "TXT"), now=5.5)) == "NXDOMAIN"
+    zone.txt.set(ACME, ["late"], now=5.5)
+    assert [a.rdata.data for a in ask(res, query(ACME, "TXT"), now=5.6).rr] == [[b"late"]]
+    assert isinstance(res.handle(query(other, "TXT"), source=SRC, now=5.6), TxtLookup)  # its own budget
+    assert isinstance(res.handle(query(ACME, "TXT"), source=SRC, now=6.1), TxtLookup)  # one a second
 
 
 def test_txt_read_through_resume_faults_become_servfail(zone):
-    res = Resolver(zone, read_through=True)
+    res = Resolver(zone, txt_reads=RateLimiter())
     lookup = res.handle(query(ACME, "TXT"), source=SRC, now=0)
     assert isinstance(lookup, TxtLookup)
 

@@ -9,7 +9,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -64,15 +64,19 @@ class Running:
 
 
 @asynccontextmanager
-async def running(dns_cfg: dict[str, Any] | None = None, tuning: DnsTuning = FAST, nodes=()) -> AsyncIterator[tuple[Running, str, int]]:
+async def running(
+    dns_cfg: dict[str, Any] | None = None, tuning: DnsTuning = FAST, nodes=(), serve_from: Any = None
+) -> AsyncIterator[tuple[Running, str, int]]:
+    """`serve_from(store)`: what the service is given as its store (default: the store itself)."""
     cfg = config_from_dict({"dns": {"base_domain": BASE, "listen_addr": "127.0.0.1:0", **(dns_cfg or {})}})
     store = await SqliteStore.open(":memory:")
     try:
         user = await store.create_user("alice")
         for n in nodes:
             await store.create_node(n.replace(user_id=user.id))
+        served = store if serve_from is None else serve_from(store)
         async with trio.open_nursery() as nursery:
-            svc = await nursery.start(lambda task_status: serve(dns_options(cfg), store, task_status=task_status, tuning=tuning))
+            svc = await nursery.start(lambda task_status: serve(dns_options(cfg), served, task_status=task_status, tuning=tuning))
             host, port = svc.addresses["dns"].rsplit(":", 1)
             yield Running(svc, store, user.id), host, int(port)
             nursery.cancel_scope.cancel()
@@ -341,3 +345,172 @@ async def test_empty_listen_addr_disables_the_server():
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
+
+
+# -- ACME TXT values ahead of the change log -------------------------------------------------
+
+
+class HeldStore:
+    """The store as the DNS service sees it, with its change feed held back until `feed_open` is
+    set (the lag of the change log, made as long as the test needs) and its TXT reads counted,
+    held while `reads_open` is not set, and failing while `failing`."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.feed_open = trio.Event()
+        self.reads_open = trio.Event()
+        self.reads_open.set()
+        self.failing = False
+        self.txt_reads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def get_dns_txt(self, name: str, now: datetime) -> Any:
+        self.txt_reads.append(name)
+        await self.reads_open.wait()
+        if self.failing:
+            raise RuntimeError("database is gone")
+        return await self._store.get_dns_txt(name, now)
+
+    @asynccontextmanager
+    async def subscribe(self, since: int | None = None) -> AsyncIterator[Any]:
+        async with self._store.subscribe(since=since) as changes:
+            yield self._held(changes)
+
+    async def _held(self, changes: Any) -> AsyncIterator[Any]:
+        async for change in changes:
+            await self.feed_open.wait()
+            yield change
+
+
+def txt_values(msg: dns.message.Message) -> list[str]:
+    return sorted(rd.to_text() for rrset in msg.answer if rrset.rdtype == dns.rdatatype.TXT for rd in rrset)
+
+
+def held(box: dict[str, HeldStore]) -> Any:
+    def wrap(store: SqliteStore) -> HeldStore:
+        box["store"] = box.get("store") or HeldStore(store)
+        return box["store"]
+
+    return wrap
+
+
+async def test_txt_value_is_answered_by_the_first_query_after_the_write():
+    box: dict[str, HeldStore] = {}
+    async with running(nodes=NODES, serve_from=held(box)) as (ctx, host, port):
+        watched = box["store"]
+        expires = datetime.now(timezone.utc) + timedelta(minutes=10)
+        name = f"_acme-challenge.alpha.{BASE}"
+        # tailscaled looks the name up, calls set-dns, and the ACME server asks the moment it returns
+        assert (await udp(host, port, name, "TXT")).rcode() == dns.rcode.NXDOMAIN
+        await ctx.store.set_dns_txt(name, ["tok-1"], expires)
+        r = await udp(host, port, f"_acme-challenge.Alpha.{BASE}", "TXT")
+        assert r.rcode() == dns.rcode.NOERROR and txt_values(r) == ['"tok-1"']
+        await ctx.store.set_dns_txt(f"_acme-challenge.v4only.{BASE}", ["tok-3"], expires)
+        r = await tcp(host, port, f"_acme-challenge.v4only.{BASE}", "ANY")
+        assert txt_values(r) == ['"tok-3"']
+        assert ctx.svc.seq < await ctx.store.latest_seq(), "the change log was not held back"
+        assert watched.txt_reads == [name, name, f"_acme-challenge.v4only.{BASE}"]
+        assert ctx.svc.stats.txt_reads == 3
+        # a retry adds a new token to a live one: the store's list is served, not the table's
+        watched.feed_open.set()
+        await ctx.svc.wait_seq(await ctx.store.latest_seq())
+        watched.feed_open = trio.Event()
+        await ctx.store.set_dns_txt(name, ["tok-1", "tok-2"], expires)
+        assert txt_values(await udp(host, port, name, "TXT")) == ['"tok-1"', '"tok-2"']
+        # the change log catches up and keeps the table current
+        watched.feed_open.set()
+        await ctx.store.set_dns_txt(name, [], expires)
+        await ctx.svc.wait_seq(await ctx.store.latest_seq())
+        assert (await udp(host, port, name, "TXT")).rcode() == dns.rcode.NXDOMAIN
+
+
+async def send_all_then_receive(host: str, port: int, names: list[str], *, replies: int) -> dict[int, int]:
+    """Send a TXT query for each name (id = its index) from one socket; id -> rcode of `replies` replies."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got: dict[int, int] = {}
+    with sock:
+        await sock.connect((host, port))
+        for i, name in enumerate(names):
+            q = dns.message.make_query(name, "TXT")
+            q.id = i
+            await sock.send(q.to_wire())
+        with trio.fail_after(2):
+            while len(got) < replies:
+                reply = dns.message.from_wire(await sock.recv(4096))
+                got[reply.id] = reply.rcode()
+    return got
+
+
+async def test_a_flood_of_txt_queries_costs_a_bounded_number_of_store_reads():
+    box: dict[str, HeldStore] = {}
+    # two reads per name, then (practically) none: the count does not depend on the test's speed
+    tuning = replace(FAST, txt_read_burst=2, txt_read_rate=0.001)
+    async with running(nodes=NODES, tuning=tuning, serve_from=held(box)) as (ctx, host, port):
+        watched, svc = box["store"], ctx.svc
+        missing = f"_acme-challenge.alpha.{BASE}"
+        # two queries within the budget share one read; the other 18 are answered at once
+        watched.reads_open = trio.Event()
+        async with trio.open_nursery() as nursery:
+            results: dict[int, int] = {}
+
+            async def flood() -> None:
+                results.update(await send_all_then_receive(host, port, [missing] * 20, replies=20))
+
+            nursery.start_soon(flood)
+            await wait_until(lambda: svc.txt_reads_active == 2 and svc.stats.rcodes["NXDOMAIN"] == 18)
+            assert watched.txt_reads == [missing]
+            watched.reads_open.set()
+        assert sorted(results) == list(range(20)) and set(results.values()) == {dns.rcode.NXDOMAIN}
+        # the name's budget is spent; other names have their own, no larger
+        others = [f"_acme-challenge.host{i}.{BASE}" for i in range(3)]
+        got = await send_all_then_receive(host, port, [missing] * 10 + others * 10, replies=40)
+        assert set(got.values()) == {dns.rcode.NXDOMAIN}
+        assert watched.txt_reads.count(missing) == 1
+        assert all(1 <= watched.txt_reads.count(n) <= 2 for n in others), watched.txt_reads
+        reads = len(watched.txt_reads)
+        # names no node could set are never read
+        for name, rdtype in ((f"_acme-challenge.a.b.{BASE}", "TXT"), (f"alpha.{BASE}", "TXT"), (missing, "A")):
+            await udp(host, port, name, rdtype)
+        assert len(watched.txt_reads) == reads and svc.stats.txt_reads == reads
+        # over budget the table answers, as the change log keeps it
+        await ctx.store.set_dns_txt(missing, ["tok"], datetime.now(timezone.utc) + timedelta(minutes=1))
+        assert (await udp(host, port, missing, "TXT")).rcode() == dns.rcode.NXDOMAIN
+        watched.feed_open.set()
+        await svc.wait_seq(await ctx.store.latest_seq())
+        assert addrs(await udp(host, port, missing, "TXT")) == ['"tok"']
+        assert svc.txt_reads_active == 0 and not svc._txt_reading
+
+
+async def test_txt_reads_are_bounded_and_a_failing_store_answers_as_before(caplog):
+    box: dict[str, HeldStore] = {}
+    tuning = replace(FAST, max_txt_reads=2)
+    async with running(nodes=NODES, tuning=tuning, serve_from=held(box)) as (ctx, host, port):
+        watched, svc = box["store"], ctx.svc
+        names = [f"_acme-challenge.n{i}.{BASE}" for i in range(4)]
+        watched.reads_open = trio.Event()
+        async with trio.open_nursery() as nursery:
+            results: dict[int, int] = {}
+
+            async def ask_all() -> None:
+                results.update(await send_all_then_receive(host, port, names, replies=4))
+
+            nursery.start_soon(ask_all)
+            # two reads in flight; the other two are answered from the table without waiting
+            await wait_until(lambda: svc.stats.txt_reads_skipped == 2 and len(watched.txt_reads) == 2)
+            assert sorted(watched.txt_reads) == names[:2]  # the first two to arrive
+            watched.reads_open.set()
+        assert set(results.values()) == {dns.rcode.NXDOMAIN}
+        # the store fails: the table answers, as the change log filled it
+        name = f"_acme-challenge.alpha.{BASE}"
+        watched.feed_open.set()
+        await ctx.store.set_dns_txt(name, ["tok"], datetime.now(timezone.utc) + timedelta(minutes=1))
+        await svc.wait_seq(await ctx.store.latest_seq())
+        watched.failing = True
+        before = svc.stats.txt_reads
+        assert txt_values(await tcp(host, port, name, "TXT")) == ['"tok"']
+        assert txt_values(await udp(host, port, name, "TXT")) == ['"tok"']
+        assert svc.stats.txt_reads == before + 2
+        assert f"reading TXT {name} from the store failed" in caplog.text
+        assert svc.stats.internal_errors == 0 and svc.txt_reads_active == 0

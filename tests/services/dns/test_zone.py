@@ -180,45 +180,34 @@ def test_acme_challenge_names_are_one_label_under_the_base_domain():
 
 def test_txt_read_through_bookkeeping():
     name = "_acme-challenge.a.ts.test"
-    txt = TxtRecords(miss_ttl=1.0)
-    assert txt.wants_read(name, 0)
+    txt = TxtRecords()
     txt.begin_read(name)
-    txt.end_read(name, (("tok",), 100.0), 0)
-    assert txt.get(name, 0) == ("tok",) and not txt.wants_read(name, 0)
-    assert txt.wants_read(name, 100)  # expired: ask again
-    # the store had nothing: not asked again for miss_ttl, unless the change log brings a value
+    txt.end_read(name, (("tok",), 100.0), now=0)
+    assert txt.get(name, 0) == ("tok",)
+    # the store is newer than the table: its answer replaces the values, or their absence clears them
     txt.begin_read(name)
-    txt.end_read(name, None, 100)
-    assert not txt.wants_read(name, 100.5) and txt.wants_read(name, 101)
+    txt.end_read(name, (("tok", "tok-2"), 100.0), now=1)
+    assert txt.get(name, 1) == ("tok", "tok-2")
     txt.begin_read(name)
-    txt.end_read(name, None, 200, failed=True)  # a failed read counts as a miss too
-    assert not txt.wants_read(name, 200.5)
-    txt.set(name, ["new"], now=200.5)
-    assert txt.get(name, 200.5) == ("new",)
-    txt.clear(name)
-    assert txt.wants_read(name, 200.5)  # a change forgets the miss
+    txt.end_read(name, None, now=2)
+    assert txt.get(name, 2) == () and len(txt) == 0
+    # a failed read leaves the table as it was
+    txt.set(name, ["kept"], now=3)
+    txt.begin_read(name)
+    txt.abandon_read(name)
+    txt.end_read(name, None, now=3)  # too late: not reading any more
+    assert txt.get(name, 3) == ("kept",)
     # the change log is newer than a read in flight: its value stays
     txt.begin_read(name)
     txt.set(name, ["from-the-log"], now=300)
-    txt.end_read(name, (("older",), 900.0), 300)
+    txt.end_read(name, (("older",), 900.0), now=300)
     assert txt.get(name, 300) == ("from-the-log",)
     txt.begin_read(name)
     txt.clear(name)
-    txt.end_read(name, (("older",), 900.0), 300)
-    assert txt.get(name, 300) == () and txt.wants_read(name, 300)
-    # values the table cannot serve are a miss
+    txt.end_read(name, (("older",), 900.0), now=300)
+    assert txt.get(name, 300) == ()
+    # values the table cannot serve are as good as none
+    txt.set(name, ["old"], now=300)
     txt.begin_read(name)
-    txt.end_read(name, (["x" * 256], 900.0), 300)
-    assert txt.get(name, 300) == () and not txt.wants_read(name, 300)
-
-
-def test_txt_misses_are_bounded():
-    txt = TxtRecords(max_names=3, miss_ttl=10.0)
-    for i in range(5):
-        txt.begin_read(f"n{i}")
-        txt.end_read(f"n{i}", None, float(i))
-    assert len(txt._misses) == 3  # the oldest made room
-    assert txt.wants_read("n0", 5) and txt.wants_read("n1", 5) and not txt.wants_read("n4", 5)
-    txt.begin_read("n5")
-    txt.end_read("n5", None, 100.0)  # the expired go first
-    assert list(txt._misses) == ["n5"]
+    txt.end_read(name, (["x" * 256], 900.0), now=300)
+    assert txt.get(name, 300) == ()
