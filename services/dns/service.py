@@ -412,9 +412,9 @@ async def _forward(svc: DnsService, fwd: Forward) -> bytes:
 
 async def _read_txt(store: Any, svc: DnsService, name: str) -> None:
     """Bring TXT `name` from the store into the table; with a read of it already under way, wait
-    for that one instead (it began after the write the query follows: tailscaled waits for the
-    answer to its own look-up before it calls set-dns). A failed or slow read leaves the table as
-    it was."""
+    for that one instead (one a query of the same moment started: the look-up tailscaled makes
+    before set-dns is answered before it writes, so no read of it is still under way when the ACME
+    server asks). A failed or slow read leaves the table as it was."""
     pending = svc._txt_reading.get(name)
     if pending is not None:
         await pending.wait()
