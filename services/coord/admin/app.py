@@ -42,6 +42,7 @@ def create_admin_app(
     install(app, Admin(options=options, store=store, log=logging.getLogger("trioscale.admin"), coordinator=coordinator))
     if require_auth:
         app.before_request(_authenticate)
+    app.after_request(_finish_body)
     _install_error_handlers(app)
     for module in BLUEPRINTS:
         app.register_blueprint(module.blueprint)
@@ -67,6 +68,20 @@ async def _authenticate() -> Response | None:
         return None
     resp = error_response(401, "unauthorized: a valid API key is required (Authorization: Bearer tskey-api-…)")
     resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+async def _finish_body(resp: Response) -> Response:
+    """Receive the rest of a body the answer did not need (a refusal, a route that reads none): left
+    unread, it held up the next request on the same connection (found by Schemathesis). A body too
+    large to take closes the connection instead."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not (request.content_length or chunked):
+        return resp
+    try:
+        await request.get_data(cache=True)
+    except Exception:
+        resp.headers["Connection"] = "close"
     return resp
 
 
