@@ -104,7 +104,10 @@ def test_answers_flow_on_after_bodies_the_answers_did_not_need(server: Trioscale
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # refusals that read no body (a verb the path does not serve), then a request on the same connection
         for verb in ("POST", "PATCH", "TRACE", "DELETE") * 5:
-            assert b" 405 " in _exchange(sock, _request(verb, "/api/v1/policy", body, key)).split(b"\r\n")[0]
+            head = _exchange(sock, _request(verb, "/api/v1/policy", body, key))
+            assert b" 405 " in head.split(b"\r\n")[0]
+            allow = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"allow:")]
+            assert [set(allow[0].decode().replace(" ", "").split(","))] == [{"GET", "HEAD", "OPTIONS", "PUT"}]  # RFC 9110
         assert b" 200 " in _exchange(sock, _request("GET", "/api/v1/health", b"", key)).split(b"\r\n")[0]
         # a route that reads none
         assert b" 200 " in _exchange(sock, _request("GET", "/api/v1/user", body, key)).split(b"\r\n")[0]

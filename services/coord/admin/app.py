@@ -119,7 +119,11 @@ def _install_error_handlers(app: QuartTrio) -> None:
         if exc.code == 404:
             return error_response(404, f"no such API endpoint: {request.method} {request.path}")
         if exc.code == 405:
-            return error_response(405, f"method {request.method} not allowed on {request.path}")
+            resp = error_response(405, f"method {request.method} not allowed on {request.path}")
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:  # RFC 9110 wants the methods the path serves named
+                resp.headers["Allow"] = ", ".join(sorted(allowed))
+            return resp
         return error_response(exc.code or 500, (exc.description or exc.name or "error").split("\n")[0])
 
     @app.errorhandler(Exception)

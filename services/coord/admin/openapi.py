@@ -106,8 +106,20 @@ SCHEMAS: dict[str, Any] = {
 # -- parameters and bodies --------------------------------------------------------------------------
 
 _USER_REF = {"type": "string", "minLength": 1, "description": "a user's id or name"}
-_NODE_REF = {"type": "string", "minLength": 1, "description": "a node's id"}
+_USER_REF_BODY = {"type": ["string", "integer"], "minLength": 1, "minimum": 1, "description": "a user's id or name"}
+_NODE_REF = {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "a node's id"}
 _EXPIRATION = {"type": "string", "description": "a duration (30m, 24h, 90d) or an RFC 3339 time"}
+# what fields.py and the domain accept, so a client (and Schemathesis) knows before asking
+_USER_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$", "not": {"pattern": "^[0-9]+$"},
+              "description": "letters, digits and . _ @ + - (not all digits: those are ids)"}
+_NODE_NAME = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+              "not": {"pattern": "--"}, "description": "a DNS label"}
+_TAG = {"type": "string", "pattern": "^tag:[A-Za-z][A-Za-z0-9_-]{0,62}$"}
+_TAGS = {"type": ["array", "string"], "items": _TAG,
+         "description": "a list of tags, or one string of comma-separated tags"}
+_REGISTRATION_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$", "description": "a pending login's id"}
+_SSH_AUTH_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$", "description": "a held SSH session's id"}
+_POLICY_TEXT = {"type": "string", "pattern": "\\S", "description": "the policy (HuJSON)"}
 
 
 def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -180,13 +192,15 @@ def _paths() -> dict[str, Any]:
                                   _query("id", _TEXT, "a user's id"), _query("name", _TEXT, "a user's name"),
                                   _query("email", _TEXT, "a user's email")]),
             "post": _operation("createUser", "Create a user", "users", _wrap("user", user), body=_body({
-                "name": _TEXT, "displayName": _TEXT_OR_NULL, "email": _TEXT_OR_NULL,
-                "pictureUrl": _TEXT_OR_NULL}, ("name",))),
+                "name": _USER_NAME, "displayName": {"type": ["string", "null"], "maxLength": 256},
+                "email": {"type": ["string", "null"], "maxLength": 256, "pattern": "^$|@"},
+                "pictureUrl": {"type": ["string", "null"], "maxLength": 2048, "pattern": "^$|^https?://"}},
+                ("name",))),
         },
         "/api/v1/user/{oldId}/rename/{newName}": {"post": _operation(
             "renameUser", "Rename a user", "users", _wrap("user", user),
             parameters=[_path("oldId", _USER_REF, "the user's id or name"),
-                        _path("newName", {"type": "string", "minLength": 1}, "the new name")])},
+                        _path("newName", _USER_NAME, "the new name")])},
         "/api/v1/user/{id}": {"delete": _operation(
             "deleteUser", "Delete a user who owns no nodes", "users", _EMPTY,
             parameters=[_path("id", _USER_REF, "the user's id or name")])},
@@ -196,9 +210,9 @@ def _paths() -> dict[str, Any]:
                               parameters=[_query("user", _TEXT, "a user's id or name")]),
             "post": _operation("createPreAuthKey", "Create a pre-auth key (its text is in this answer only)",
                                "preauthkeys", _wrap("preAuthKey", key), body=_body({
-                                   "user": {"type": ["string", "integer"], "description": "the owner's id or name"},
+                                   "user": _USER_REF_BODY,
                                    "reusable": _BOOL, "ephemeral": _BOOL, "expiration": _EXPIRATION,
-                                   "aclTags": {"type": ["array", "string"], "items": _TEXT}}, ("user",))),
+                                   "aclTags": _TAGS}, ("user",))),
             "delete": _operation("deletePreAuthKey", "Delete a pre-auth key", "preauthkeys",
                                  _wrap("preAuthKey", key),
                                  parameters=[_query("id", _ID, "the key's id", required=True)]),
@@ -234,58 +248,58 @@ def _paths() -> dict[str, Any]:
                 _query("disableExpiry", _BOOL, "true: it never expires")])},
         "/api/v1/node/{nodeId}/rename/{newName}": {"post": _operation(
             "renameNode", "Rename a node (its DNS name, unique in the tailnet)", "nodes", _wrap("node", node),
-            parameters=[_NODE_ID, _path("newName", {"type": "string", "minLength": 1}, "the new name")])},
+            parameters=[_NODE_ID, _path("newName", _NODE_NAME, "the new name")])},
         "/api/v1/node/backfillips": {"post": _operation(
             "backfillNodeIps", "Give nodes addresses from every configured prefix", "nodes",
             _wrap("changes", _TEXTS),
-            parameters=[_query("confirmed", _BOOL, "must be true", required=True)])},
+            parameters=[_query("confirmed", {"type": "boolean", "const": True}, "must be true", required=True)])},
         "/api/v1/node/register": {"post": _operation(
             "registerNode", "Complete a pending login for a user (Headscale's older route)", "registrations",
             _object({"node": _nullable(node), "registration": _ref("Registration")}, required=("node",)),
-            parameters=[_query("user", _TEXT, "a user's id or name", required=True),
-                        _query("key", _TEXT, "the registration id", required=True)])},
+            parameters=[_query("user", _USER_REF, "a user's id or name", required=True),
+                        _query("key", _REGISTRATION_ID, "the registration id", required=True)])},
         "/api/v1/auth/register": {"post": _operation(
             "authRegister", "Complete a pending login for a user", "registrations",
             _object({"node": _nullable(node), "registration": _ref("Registration")}, required=("node",)),
-            body=_body({"user": {"type": ["string", "integer"]}, "authId": _TEXT}, ("user", "authId")))},
+            body=_body({"user": _USER_REF_BODY, "authId": _REGISTRATION_ID}, ("user", "authId")))},
         "/api/v1/debug/node": {"post": _operation(
             "debugCreateNode", "A pending login for a made-up machine (to try policies and routes)",
             "registrations", _wrap("node", node), body=_body({
-                "user": {"type": ["string", "integer"]}, "key": _TEXT, "name": _TEXT, "routes": _PREFIXES},
+                "user": _USER_REF_BODY, "key": _REGISTRATION_ID, "name": _NODE_NAME, "routes": _PREFIXES},
                 ("user", "key", "name")))},
         "/api/v1/auth/approve": {"post": _operation(
             "authApprove", "Approve a held SSH session (check mode)", "sshcheck", _EMPTY,
-            body=_body({"authId": _TEXT}, ("authId",)))},
+            body=_body({"authId": _SSH_AUTH_ID}, ("authId",)))},
         "/api/v1/auth/reject": {"post": _operation(
             "authReject", "Reject a held SSH session (check mode)", "sshcheck", _EMPTY,
-            body=_body({"authId": _TEXT}, ("authId",)))},
+            body=_body({"authId": _SSH_AUTH_ID}, ("authId",)))},
         "/api/v1/node/{nodeId}/tags": {"post": _operation(
             "setTags", "Set a node's tags ([] clears them)", "nodes", _wrap("node", node),
-            parameters=[_NODE_ID], body=_body({"tags": {"type": ["array", "string"], "items": _TEXT}}))},
+            parameters=[_NODE_ID], body=_body({"tags": _TAGS}))},
         "/api/v1/node/{nodeId}/approve_routes": {"post": _operation(
             "approveRoutes", "Set a node's approved routes ([] clears them)", "routes",
             _object({"node": node, "routes": _ref("Routes")}),
             parameters=[_NODE_ID], body=_body({"routes": {"type": ["array", "string"], "items": _TEXT}}))},
         "/api/v1/routes": {"get": _operation(
             "listRoutes", "Nodes' subnet routes (all that have any, or one node's)", "routes",
-            _list_of("routes", "Routes"), parameters=[_query("node", _TEXT, "a node's id")])},
+            _list_of("routes", "Routes"), parameters=[_query("node", _NODE_REF, "a node's id")])},
         "/api/v1/node/{nodeId}/share": {"post": _operation(
             "shareNode", "Share a node with a user", "sharing", _wrap("share", _ref("Share")),
-            parameters=[_NODE_ID], body=_body({"user": {"type": ["string", "integer"]}}, ("user",)))},
+            parameters=[_NODE_ID], body=_body({"user": _USER_REF_BODY}, ("user",)))},
         "/api/v1/node/{nodeId}/share/{user}": {"delete": _operation(
             "unshareNode", "Stop sharing a node with a user", "sharing", _EMPTY,
             parameters=[_NODE_ID, _path("user", _USER_REF, "the user's id or name")])},
         "/api/v1/shares": {"get": _operation(
             "listShares", "Shares (all, or a node's)", "sharing", _list_of("shares", "Share"),
-            parameters=[_query("node", _TEXT, "a node's id")])},
+            parameters=[_query("node", _NODE_REF, "a node's id")])},
         "/api/v1/policy": {
             "get": _operation("getPolicy", "The policy in force", "policy", _ref("Policy")),
             "put": _operation("setPolicy", "Check and store a new policy (database mode)", "policy",
-                              _ref("Policy"), body=_body({"policy": _TEXT}, ("policy",))),
+                              _ref("Policy"), body=_body({"policy": _POLICY_TEXT}, ("policy",))),
         },
         "/api/v1/policy/check": {"post": _operation(
             "checkPolicy", "Check a policy against the tailnet without storing it", "policy", _EMPTY,
-            body=_body({"policy": _TEXT}, ("policy",)))},
+            body=_body({"policy": _POLICY_TEXT}, ("policy",)))},
         **_doc_paths(),
     }
 
