@@ -282,7 +282,7 @@ def _paths() -> dict[str, Any]:
             parameters=[_NODE_ID], body=_body({"routes": {"type": ["array", "string"], "items": _TEXT}}))},
         "/api/v1/routes": {"get": _operation(
             "listRoutes", "Nodes' subnet routes (all that have any, or one node's)", "routes",
-            _list_of("routes", "Routes"), parameters=[_query("node", _NODE_REF, "a node's id")])},
+            _list_of("routes", "Routes"), parameters=[_query("node", {"type": "string", "pattern": "^([0-9]{1,19})?$"}, "a node's id (empty: every node)")])},
         "/api/v1/node/{nodeId}/share": {"post": _operation(
             "shareNode", "Share a node with a user", "sharing", _wrap("share", _ref("Share")),
             parameters=[_NODE_ID], body=_body({"user": _USER_REF_BODY}, ("user",)))},
@@ -291,7 +291,7 @@ def _paths() -> dict[str, Any]:
             parameters=[_NODE_ID, _path("user", _USER_REF, "the user's id or name")])},
         "/api/v1/shares": {"get": _operation(
             "listShares", "Shares (all, or a node's)", "sharing", _list_of("shares", "Share"),
-            parameters=[_query("node", _NODE_REF, "a node's id")])},
+            parameters=[_query("node", {"type": "string", "pattern": "^([0-9]{1,19})?$"}, "a node's id (empty: every node)")])},
         "/api/v1/policy": {
             "get": _operation("getPolicy", "The policy in force", "policy", _ref("Policy")),
             "put": _operation("setPolicy", "Check and store a new policy (database mode)", "policy",
