@@ -11,7 +11,7 @@ run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
 test: postgres pebble labtools clients headscale $(STAMP)
-	$(VENV)/bin/python tools/lint_layers.py
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
 # The virtualenv is (re)built only when the packaging files change.

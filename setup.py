@@ -1,4 +1,8 @@
-"""Maps the top-level services/ and shared/ folders into the trioscale package (see pyproject.toml)."""
+"""Maps the top-level services/ and shared/ folders into the trioscale package (see pyproject.toml).
+
+trioscale/services and trioscale/shared are symlinks to those folders, so tools that read the package
+from the filesystem (lint-imports) see it as installed; the packages below come from the folders
+themselves, so the symlinks are skipped here."""
 
 from setuptools import find_packages, setup
 
@@ -9,6 +13,7 @@ package_dir = {}
 for name, folder in ROOTS.items():
     package_dir[name] = folder
     packages.append(name)
-    packages += [f"{name}.{sub}" for sub in find_packages(folder)]
+    nested = [] if name != "trioscale" else ["services", "services.*", "shared", "shared.*"]
+    packages += [f"{name}.{sub}" for sub in find_packages(folder, exclude=nested)]
 
 setup(packages=packages, package_dir=package_dir, package_data={"trioscale": ["web/*"]})

@@ -1,10 +1,10 @@
-"""Check the import-linter contracts in pyproject.toml against the source tree.
+"""Run the import-linter contracts in pyproject.toml over a staged copy of the package.
 
-The installed package maps the top-level services/ and shared/ folders into `trioscale` (setup.py),
-which import-linter cannot see through an editable install: it reads packages from the filesystem.
-So the three folders are copied into one `trioscale` package in a temporary directory and
-`lint-imports` runs there. `make test` runs this; tests/cli/test_layers.py uses `check` with a
-deliberately wrong import to show the contracts fail.
+`make test` runs plain `lint-imports` in the repository: trioscale/services and trioscale/shared are
+symlinks to the top-level folders, so it reads the package laid out as installed. This module copies
+the three folders into one `trioscale` package in a temporary directory, so tests/cli/test_layers.py
+can add a deliberately wrong import there (`check`) and show the contracts fail, without touching
+the working tree.
 
     python tools/lint_layers.py            # exit status 0 when every contract holds
 """
