@@ -174,7 +174,8 @@ async def serve_services(
                     from trioscale.services.coord.admin import serve_admin
 
                     admin = partial(serve_admin, options.admin_options(config), store, coordinator=coord.coordinator,
-                                    limiter=limiters.get("admin"), unix_limiter=limiters.get("admin_unix"))
+                                    limiter=limiters.get("admin"), unix_limiter=limiters.get("admin_unix"),
+                                    mount_api=coord.mount_api)
                     _merge(addresses, "admin", await nursery.start(admin))
                 elif name == "dns":
                     dns = await nursery.start(partial(

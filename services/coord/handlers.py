@@ -178,6 +178,12 @@ class ControlHandlers:
         #: requests no real client sends (deep JSON) are worth a WARNING, but anyone can send them:
         #: one line per interval, with a count of those held back
         self.hostile_log = LogThrottle(10.0)
+        #: the admin API's `/api/v1` on this listener, as Headscale serves it on server_url (set by
+        #: mount_api once the API app exists; until then those paths are 503)
+        self.api: Callable[..., Any] | None = None
+
+    def mount_api(self, handler: Callable[..., Any]) -> None:
+        self.api = handler
 
     # -- Noise (HTTP/2) requests -----------------------------------------------------------------
     async def noise(self, request, response) -> None:
@@ -322,6 +328,10 @@ class ControlHandlers:
     # -- plain HTTP on the control port ----------------------------------------------------------
     async def http(self, method: str, path: str, headers, body: bytes):
         path_only = path.split("?", 1)[0]
+        if path_only == "/api/v1" or path_only.startswith("/api/v1/"):
+            if self.api is None:
+                return 503, [("content-type", "text/plain")], b"the API is starting\n"
+            return await self.api(method, path, headers, body)
         if path_only == "/health" and method in ("GET", "HEAD"):
             return 200, [("content-type", "application/json")], b'{"status":"pass"}\n'
         if path_only.startswith("/register/") and method == "GET":

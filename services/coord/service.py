@@ -71,6 +71,8 @@ class CoordService:
     #: the control listener's accounting (connections, streams, buffered request bodies)
     control_stats: TransportStats
     control_address: str
+    #: serves the admin API's /api/v1 on the control listener too (ControlHandlers.mount_api)
+    mount_api: Callable[..., None] | None = None
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -124,4 +126,4 @@ async def serve(
             options.listen_addr, noise_key, handlers.noise, handlers.http,
         )
         log.info("control listening on %s (server_url %s)", address, options.server_url)
-        task_status.started(CoordService(coordinator, control_stats, address))
+        task_status.started(CoordService(coordinator, control_stats, address, handlers.mount_api))

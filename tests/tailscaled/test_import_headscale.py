@@ -20,7 +20,6 @@ from tsclients import NEWEST, OLDEST, clients_dir, missing
 from tslab import BASE_DOMAIN, CONTROL_PORT, TRIOSCALE, Tailnet, tools_missing, wait_for
 
 HEADSCALE_VERSION = "0.29.2"
-ADMIN_PORT = 9099
 
 
 def skip_unless_ready() -> None:
@@ -151,7 +150,7 @@ def test_clients_move_from_headscale(tmp_path: Path) -> None:
 
         hs.stop()
         log_marks = {n.name: len(n.log()) for n in (a, b)}
-        srv = net.start_server(start=False, admin={"listen_addr": f"127.0.0.1:{ADMIN_PORT}"})
+        srv = net.start_server(start=False)
         assert srv.url == hs.url
         imported = subprocess.run(
             [*TRIOSCALE, "-c", str(srv.config_path), "import", "headscale", "--db", str(hs.db),
@@ -173,8 +172,8 @@ def test_clients_move_from_headscale(tmp_path: Path) -> None:
         wait_for(lambda: _reaches(a, b.ipv4()) and _reaches(b, a.ipv4()), 60, "a and b to reach each other on trioscale")
         assert sorted(n["given_name"] if "given_name" in n else n["givenName"] for n in srv.nodes()) == ["a", "b"]
 
-        request = urllib.request.Request(f"http://127.0.0.1:{ADMIN_PORT}/api/v1/user",
-                                         headers={"Authorization": f"Bearer {api_key}"})
+        # Headscale's API key, on Headscale's URL (server_url/api/v1, as Headplane and scripts call it)
+        request = urllib.request.Request(f"{srv.url}/api/v1/user", headers={"Authorization": f"Bearer {api_key}"})
         with net.lab.inside("ctl"), urllib.request.urlopen(request, timeout=10) as resp:
             users = json.loads(resp.read())["users"]
         assert "alice" in {u["name"] for u in users}

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from trioscale.shared.net.unixpath import short_unix_path
 
 from ..options import AdminOptions
 from .app import create_admin_app
+from .oncontrol import API_PREFIX, AsgiOnControl
 
 __all__ = ["serve_admin"]
 
@@ -129,12 +131,14 @@ async def serve_admin(
     coordinator: Any | None,
     limiter: ConnectionLimiter | None = None,
     unix_limiter: ConnectionLimiter | None = None,
+    mount_api: Callable[[AsgiOnControl], None] | None = None,
     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin API on the unix socket (+ TCP with API keys when admin.listen_addr is set).
 
     `coordinator` is this process's (None: the answers do not wait for one); `limiter` and
-    `unix_limiter` cap the TCP listener and the unix socket (default: listeners of their own).
+    `unix_limiter` cap the TCP listener and the unix socket (default: listeners of their own);
+    `mount_api` puts the API-key app on the control listener too (Headscale serves /api/v1 on server_url).
     Reports {"admin_unix": path, "admin_tcp": "host:port"?}. Removes the socket file on the way out.
     """
     log = logging.getLogger("trioscale.admin")
@@ -154,8 +158,11 @@ async def serve_admin(
                 partial(_serve_app, limiter=unix_limiter or standalone_limiter("admin_unix")), local_app, unix_sock, http_log
             )
             log.info("admin API (local, no auth) on unix socket %s", path)
+            remote_app = create_admin_app(options, store, coordinator=coordinator, require_auth=True)
+            if mount_api is not None:
+                mount_api(AsgiOnControl(remote_app))
+                log.info("admin API (API keys required) on the control listener under %s", API_PREFIX)
             if tcp_sock is not None:
-                remote_app = create_admin_app(options, store, coordinator=coordinator, require_auth=True)
                 await nursery.start(
                     partial(_serve_app, limiter=limiter or standalone_limiter("admin")), remote_app, tcp_sock, http_log
                 )
