@@ -21,6 +21,7 @@ from typing import Any
 
 from trioscale.shared.model import (
     ApiKey,
+    OAuthClient,
     Change,
     DerpRelay,
     Node,
@@ -172,6 +173,7 @@ class Store(abc.ABC):
         ephemeral: bool = False,
         tags: Sequence[str] = (),
         expiration: datetime | None = None,
+        description: str = "",
     ) -> PreAuthKey: ...
 
     @abc.abstractmethod
@@ -197,8 +199,9 @@ class Store(abc.ABC):
     # -- API keys ------------------------------------------------------------------------------
     @abc.abstractmethod
     async def create_api_key(
-        self, prefix: str, key_hash: bytes, expiration: datetime | None = None
-    ) -> ApiKey: ...
+        self, prefix: str, key_hash: bytes, expiration: datetime | None = None, *, scopes: Sequence[str] = ()
+    ) -> ApiKey:
+        """A key with no `scopes` may do everything; with scopes, only what they allow (API v2)."""
 
     @abc.abstractmethod
     async def get_api_key(self, key_id: int) -> ApiKey | None: ...
@@ -221,6 +224,44 @@ class Store(abc.ABC):
     async def touch_api_key(self, key_id: int, now: datetime) -> None:
         """Record last use; records no change-log row. An absent key is ignored."""
 
+    # -- OAuth clients and their access tokens (API v2) -----------------------------------------
+    @abc.abstractmethod
+    async def create_oauth_client(
+        self, client_id: str, secret_hash: bytes, *, description: str = "", scopes: Sequence[str] = (),
+        tags: Sequence[str] = (),
+    ) -> OAuthClient:
+        """Conflict if `client_id` is taken."""
+
+    @abc.abstractmethod
+    async def get_oauth_client(self, key_id: int) -> OAuthClient | None: ...
+
+    @abc.abstractmethod
+    async def get_oauth_client_by_client_id(self, client_id: str) -> OAuthClient | None: ...
+
+    @abc.abstractmethod
+    async def list_oauth_clients(self) -> list[OAuthClient]: ...
+
+    @abc.abstractmethod
+    async def delete_oauth_client(self, key_id: int) -> None:
+        """NotFound if absent. Its access tokens go with it (they authenticate nothing from the commit on)."""
+
+    @abc.abstractmethod
+    async def issue_access_token(
+        self, client_key_id: int, prefix: str, key_hash: bytes, *, scopes: Sequence[str], tags: Sequence[str],
+        expiration: datetime,
+    ) -> ApiKey:
+        """An API key for the client (NotFound if it is gone) with these (non-empty) scopes; the
+        client's expired tokens are dropped and at most MAX_TOKENS_PER_CLIENT stay live (the oldest go)."""
+
+    # -- tailnet settings set through the API --------------------------------------------------
+    @abc.abstractmethod
+    async def get_setting(self, name: str) -> Any:
+        """The JSON value stored under `name`, or None."""
+
+    @abc.abstractmethod
+    async def set_setting(self, name: str, value: Any) -> None:
+        """Replace the value under `name` (JSON-able); records `settings.set`."""
+
     # -- policy (versioned) --------------------------------------------------------------------
     @abc.abstractmethod
     async def get_policy(self) -> PolicyVersion | None:
@@ -241,6 +282,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None: ...
+
+    @abc.abstractmethod
+    async def list_pending_registrations(self) -> list[PendingRegistration]:
+        """The logins still waiting for approval (not completed), oldest first."""
 
     @abc.abstractmethod
     async def complete_pending_registration(

@@ -18,6 +18,7 @@ from trioscale.shared.model import (
     Change,
     DerpRelay,
     Node,
+    OAuthClient,
     PendingRegistration,
     PolicyVersion,
     Presence,
@@ -60,6 +61,14 @@ from trioscale.shared.store.ops.nodes import (
     op_list_nodes,
     op_update_node,
 )
+from trioscale.shared.store.ops.oauth_clients import (
+    op_create_oauth_client,
+    op_delete_oauth_client,
+    op_get_oauth_client,
+    op_get_oauth_client_by_client_id,
+    op_issue_access_token,
+    op_list_oauth_clients,
+)
 from trioscale.shared.store.ops.policy import (
     op_get_policy,
     op_set_policy,
@@ -83,6 +92,7 @@ from trioscale.shared.store.ops.registrations import (
     op_delete_pending_registration,
     op_delete_pending_registrations_before,
     op_get_pending_registration,
+    op_list_pending_registrations,
     op_put_pending_registration,
 )
 from trioscale.shared.store.ops.relays import (
@@ -90,6 +100,7 @@ from trioscale.shared.store.ops.relays import (
     op_list_relays,
     op_upsert_relay,
 )
+from trioscale.shared.store.ops.settings import op_get_setting, op_set_setting
 from trioscale.shared.store.ops.shares import (
     op_add_share,
     op_list_shares,
@@ -192,9 +203,11 @@ class OpsStore(Store):
         ephemeral: bool = False,
         tags: Sequence[str] = (),
         expiration: datetime | None = None,
+        description: str = "",
     ) -> PreAuthKey:
         return await self._write(
-            op_create_preauth_key, user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, utcnow()
+            op_create_preauth_key, user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, utcnow(),
+            description,
         )
 
     async def get_preauth_key(self, key_id: int) -> PreAuthKey | None:
@@ -213,8 +226,9 @@ class OpsStore(Store):
         await self._write(op_delete_preauth_key, key_id)
 
     # API keys
-    async def create_api_key(self, prefix: str, key_hash: bytes, expiration: datetime | None = None) -> ApiKey:
-        return await self._write(op_create_api_key, prefix, key_hash, expiration, utcnow())
+    async def create_api_key(self, prefix: str, key_hash: bytes, expiration: datetime | None = None, *,
+                             scopes: Sequence[str] = ()) -> ApiKey:
+        return await self._write(op_create_api_key, prefix, key_hash, expiration, utcnow(), scopes)
 
     async def get_api_key(self, key_id: int) -> ApiKey | None:
         return await self._read(op_get_api_key, key_id)
@@ -233,6 +247,35 @@ class OpsStore(Store):
 
     async def touch_api_key(self, key_id: int, now: datetime) -> None:
         await self._write(op_touch_api_key, key_id, utc(now))
+
+    # -- OAuth clients and their access tokens --------------------------------------------------
+    async def create_oauth_client(self, client_id: str, secret_hash: bytes, *, description: str = "",
+                                  scopes: Sequence[str] = (), tags: Sequence[str] = ()) -> OAuthClient:
+        return await self._write(op_create_oauth_client, client_id, secret_hash, description, scopes, tags, utcnow())
+
+    async def get_oauth_client(self, key_id: int) -> OAuthClient | None:
+        return await self._read(op_get_oauth_client, key_id)
+
+    async def get_oauth_client_by_client_id(self, client_id: str) -> OAuthClient | None:
+        return await self._read(op_get_oauth_client_by_client_id, client_id)
+
+    async def list_oauth_clients(self) -> list[OAuthClient]:
+        return await self._read(op_list_oauth_clients)
+
+    async def delete_oauth_client(self, key_id: int) -> None:
+        await self._write(op_delete_oauth_client, key_id)
+
+    async def issue_access_token(self, client_key_id: int, prefix: str, key_hash: bytes, *,
+                                 scopes: Sequence[str], tags: Sequence[str], expiration: datetime) -> ApiKey:
+        return await self._write(op_issue_access_token, client_key_id, prefix, key_hash, tuple(scopes), tuple(tags),
+                                 utc(expiration), utcnow())
+
+    # -- tailnet settings -------------------------------------------------------------------------
+    async def get_setting(self, name: str) -> Any:
+        return await self._read(op_get_setting, name)
+
+    async def set_setting(self, name: str, value: Any) -> None:
+        await self._write(op_set_setting, name, value)
 
     # policy
     async def get_policy(self) -> PolicyVersion | None:
@@ -254,6 +297,9 @@ class OpsStore(Store):
 
     async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None:
         return await self._read(op_get_pending_registration, reg_id)
+
+    async def list_pending_registrations(self) -> list[PendingRegistration]:
+        return await self._read(op_list_pending_registrations)
 
     async def complete_pending_registration(self, reg_id: str, node_id: int, user_id: int) -> PendingRegistration:
         return await self._write(op_complete_pending_registration, reg_id, node_id, user_id)

@@ -441,6 +441,7 @@ async def test_pending_registrations(store):
     assert await store.put_pending_registration(r) == r
     assert await store.get_pending_registration("reg-a") == r
     assert await store.get_pending_registration("nope") is None
+    assert await store.list_pending_registrations() == [r]
     r2 = dataclasses.replace(r, hostinfo={"Hostname": "changed"})
     assert await store.put_pending_registration(r2) == r2  # replace by id
     assert await store.get_pending_registration("reg-a") == r2
@@ -448,6 +449,7 @@ async def test_pending_registrations(store):
     done = await store.complete_pending_registration("reg-a", n.id, u.id)
     assert done == dataclasses.replace(r2, node_id=n.id, user_id=u.id)
     assert await store.get_pending_registration("reg-a") == done
+    assert await store.list_pending_registrations() == []  # completed: no longer waiting
     with pytest.raises(NotFound, match="reg-zzz"):
         await store.complete_pending_registration("reg-zzz", n.id, u.id)
     await store.delete_pending_registration("reg-a")

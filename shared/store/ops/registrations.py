@@ -87,6 +87,11 @@ def op_get_pending_registration(reg_id: str):
     return None if r is None else registration_from_row(r)
 
 
+def op_list_pending_registrations():
+    rows = yield All("SELECT * FROM pending_registrations WHERE node_id IS NULL ORDER BY created_at, id")
+    return [registration_from_row(r) for r in rows]
+
+
 def op_complete_pending_registration(reg_id: str, node_id: int, user_id: int):
     r = yield One(
         "UPDATE pending_registrations SET node_id = ?, user_id = ? WHERE id = ? RETURNING *",
