@@ -47,6 +47,9 @@ class FakeResponse:
         self.chunks.append(body)
         self.ended = True
 
+    def mark_registered(self):
+        pass
+
     def json(self):
         return json.loads(b"".join(self.chunks))
 

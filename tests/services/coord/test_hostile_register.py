@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from util import READY_TEXT, wait_for
+from coordhelpers import FakeResponse
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
@@ -30,7 +31,7 @@ from trioscale.services.coord.control_server import ControlRequest
 from trioscale.shared.domain import secrets
 from trioscale.shared.model import utcnow
 from trioscale.shared.testing.noiseclient import open_noise_client
-from trioscale.shared.proto import keys, mapframe
+from trioscale.shared.proto import keys
 from trioscale.shared.store import base
 from trioscale.shared.store.sqlite import SqliteStore
 
@@ -188,43 +189,6 @@ async def test_a_pending_login_flood_stays_bounded_and_keeps_real_logins(triosca
 
 
 # -- the change log is trimmed; a coordinator behind the trim reloads ---------------------------------
-
-
-class FakeResponse:
-    def __init__(self) -> None:
-        self.status = None
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.arrived = trio.Event()
-
-    async def start(self, status, headers=()):
-        self.status = status
-
-    async def write(self, data):
-        self.chunks.append(data)
-        self.arrived.set()
-
-    def write_nowait(self, data):
-        self.chunks.append(data)
-        self.arrived.set()
-        return True
-
-    async def end(self, data=b""):
-        self.ended = True
-
-    async def send(self, status, body=b"", headers=()):
-        self.status = status
-        self.chunks.append(body)
-        self.ended = True
-
-    def mark_registered(self):
-        pass
-
-    def json(self):
-        return json.loads(b"".join(self.chunks))
-
-    def messages(self):
-        return mapframe.MapStreamDecoder("zstd").receive_messages(b"".join(self.chunks))
 
 
 def noise_request(m: Machine, path: str, body: dict) -> ControlRequest:
