@@ -5,12 +5,12 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test postgres pebble clients headscale labtools clean-venv
+.PHONY: run test postgres pebble clients headscale labtools idp browser clean-venv
 
 run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
-test: postgres pebble labtools clients headscale $(STAMP)
+test: postgres pebble labtools clients headscale idp browser $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
@@ -92,6 +92,24 @@ labtools:
 	@if ! command -v nft >/dev/null 2>&1 || ! command -v ping >/dev/null 2>&1 || ! command -v ssh >/dev/null 2>&1; then \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y nftables iputils-ping openssh-client; \
 	fi
+
+# The OIDC login tests' OpenID provider: npm's oidc-provider (pinned), run by Node.js, installed
+# into a cache outside the repository (tests/oidcidp.py starts it).
+IDP_DIR ?= $(HOME)/.cache/trioscale/idp
+OIDC_PROVIDER_VERSION := 9.13.3
+idp:
+	@if ! command -v npm >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y nodejs npm; fi
+	@if [ "$$(node -p "require('$(IDP_DIR)/node_modules/oidc-provider/package.json').version" 2>/dev/null)" != "$(OIDC_PROVIDER_VERSION)" ]; then \
+		mkdir -p "$(IDP_DIR)" && cd "$(IDP_DIR)" && \
+		{ [ -f package.json ] || echo '{"name":"trioscale-test-idp","private":true,"type":"module"}' > package.json; } && \
+		npm install --no-audit --no-fund --save-exact oidc-provider@$(OIDC_PROVIDER_VERSION); fi
+
+# The browser tests' Chromium: Debian's package, driven by Playwright (from the test extra), which
+# never downloads browsers of its own.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; fi
 
 clean-venv:
 	rm -rf $(VENV)
