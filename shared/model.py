@@ -89,6 +89,7 @@ class PreAuthKey:
     tags: tuple[str, ...] = ()
     expiration: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
+    description: str = ""
 
     def is_expired(self, now: datetime) -> bool:
         return self.expiration is not None and self.expiration <= now
@@ -96,15 +97,37 @@ class PreAuthKey:
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
+    """An API key (`tskey-api-…`). `scopes` empty: all access, as every key had before scopes; an
+    OAuth client's access token is a key naming its client (`oauth_client_id`), with the scopes and
+    tags it was issued with."""
+
     id: int
     prefix: str
     key_hash: bytes
     expiration: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
     last_seen: datetime | None = None
+    scopes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    oauth_client_id: int | None = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.expiration is not None and self.expiration <= now
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """An OAuth client of Tailscale's API v2: `client_id` in clear, the secret only as its hash.
+    Its access tokens get (a subset of) `scopes`; keys and devices it creates carry `tags`."""
+
+    id: int
+    client_id: str
+    secret_hash: bytes
+    description: str = ""
+    scopes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    created_at: datetime = field(default_factory=utcnow)
+    last_used: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +237,9 @@ CHANGE_KINDS = frozenset(
         "apikey.created",
         "apikey.updated",
         "apikey.deleted",
+        "oauthclient.created",
+        "oauthclient.deleted",
+        "settings.set",  # data: {"name"}: a tailnet setting set through the API (tailnet_settings)
         "policy.set",
         "registration.pending",
         "registration.completed",

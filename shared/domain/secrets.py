@@ -27,6 +27,7 @@ import bcrypt
 __all__ = [
     "KIND_AUTH",
     "KIND_API",
+    "KIND_CLIENT",
     "KeyFormatError",
     "NewKey",
     "generate_key",
@@ -42,7 +43,9 @@ __all__ = [
 
 KIND_AUTH = "auth"
 KIND_API = "api"
-_KINDS = (KIND_AUTH, KIND_API)
+#: an OAuth client's secret (`tskey-client-<client id>-<secret>`, Tailscale's form; API v2)
+KIND_CLIENT = "client"
+_KINDS = (KIND_AUTH, KIND_API, KIND_CLIENT)
 
 PREFIX_LEN = 12
 SECRET_BYTES = 32
@@ -52,7 +55,7 @@ _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43,}$")
 
 #: matches anything that looks like a key (for log masking); group 1 is the part safe to show
 KEY_PATTERN = re.compile(
-    r"(tskey-(?:auth|api)-[A-Za-z0-9]*|hskey-(?:auth|api)-[A-Za-z0-9_-]{0,12})(-[A-Za-z0-9_-]+)?"
+    r"(tskey-(?:auth|api|client)-[A-Za-z0-9]*|hskey-(?:auth|api)-[A-Za-z0-9_-]{0,12})(-[A-Za-z0-9_-]+)?"
 )
 
 #: Headscale's key forms (v0.23 and later), cut at fixed places since its prefix may hold dashes
@@ -130,7 +133,7 @@ def split_key(text: str) -> tuple[str, str, str]:
         raise KeyFormatError("malformed key (expected tskey-<kind>-<prefix>-<secret>)")
     _, kind, prefix, secret = parts
     if kind not in _KINDS:
-        raise KeyFormatError(f"unknown key kind {kind!r} (expected auth or api)")
+        raise KeyFormatError(f"unknown key kind {kind!r} (expected auth, api or client)")
     if not _PREFIX_RE.match(prefix):
         raise KeyFormatError(f"malformed key prefix (expected {PREFIX_LEN} letters or digits)")
     if not _SECRET_RE.match(secret):

@@ -24,6 +24,7 @@ from trioscale.shared.model import (
     Change,
     DerpRelay,
     Node,
+    OAuthClient,
     PendingRegistration,
     PolicyVersion,
     Presence,
@@ -207,6 +208,7 @@ def preauth_key_from_row(r: Mapping[str, Any]) -> PreAuthKey:
         tags=read_tuple(r["tags"]),
         expiration=read_time(r["expiration"]),
         created_at=read_time(r["created_at"]),
+        description=r["description"],
     )
 
 
@@ -218,6 +220,22 @@ def api_key_from_row(r: Mapping[str, Any]) -> ApiKey:
         expiration=read_time(r["expiration"]),
         created_at=read_time(r["created_at"]),
         last_seen=read_time(r["last_seen"]),
+        scopes=read_tuple(r["scopes"]),
+        tags=read_tuple(r["tags"]),
+        oauth_client_id=None if r["oauth_client_id"] is None else int(r["oauth_client_id"]),
+    )
+
+
+def oauth_client_from_row(r: Mapping[str, Any]) -> OAuthClient:
+    return OAuthClient(
+        id=int(r["id"]),
+        client_id=r["client_id"],
+        secret_hash=bytes(r["secret_hash"]),
+        description=r["description"],
+        scopes=read_tuple(r["scopes"]),
+        tags=read_tuple(r["tags"]),
+        created_at=read_time(r["created_at"]),
+        last_used=read_time(r["last_used"]),
     )
 
 

@@ -631,6 +631,9 @@ async def test_every_change_kind_is_known(store):
     await store.create_ssh_check(SSHCheck(id="check-1", src_node_id=n.id, dst_node_id=n.id, local_user="root",
                                           created_at=T0, expires_at=T0 + timedelta(minutes=5)))
     await store.decide_ssh_check("check-1", "approved", T0)
+    oc = await store.create_oauth_client("kClientZZZZZ", b"h", scopes=("dns",))
+    await store.delete_oauth_client(oc.id)
+    await store.set_setting("dns", {})
     await store.delete_node(n.id)
     await store.rename_user(v.id, "robert")
     await store.delete_user(v.id)

@@ -7,22 +7,25 @@ replica acts on it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime
 
 from trioscale.shared.store.base import Conflict, NotFound
 from trioscale.shared.store.ops.query import All, Emit, Exec, One
-from trioscale.shared.store.rows import api_key_from_row, opt_utc
+from trioscale.shared.store.rows import api_key_from_row, opt_utc, str_tuple
 
 
-def op_create_api_key(prefix: str, key_hash: bytes, expiration: datetime | None, now: datetime):
+def op_create_api_key(prefix: str, key_hash: bytes, expiration: datetime | None, now: datetime,
+                      scopes: Sequence[str] = ()):
     if (yield One("SELECT id FROM api_keys WHERE prefix = ?", prefix)) is not None:
         raise Conflict(f'an API key with prefix "{prefix}" already exists')
     r = yield One(
-        "INSERT INTO api_keys (prefix, key_hash, expiration, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+        "INSERT INTO api_keys (prefix, key_hash, expiration, created_at, scopes) VALUES (?, ?, ?, ?, ?) RETURNING *",
         prefix,
         bytes(key_hash),
         opt_utc(expiration),
         now,
+        str_tuple(scopes),
     )
     key = api_key_from_row(r)
     yield Emit("apikey.created", {"id": key.id, "prefix": key.prefix})
@@ -40,7 +43,9 @@ def op_get_api_key_by_prefix(prefix: str):
 
 
 def op_list_api_keys():
-    return [api_key_from_row(r) for r in (yield All("SELECT * FROM api_keys ORDER BY id"))]
+    """The keys people made: an OAuth client's access tokens are not listed (they live an hour)."""
+    rows = yield All("SELECT * FROM api_keys WHERE oauth_client_id IS NULL ORDER BY id")
+    return [api_key_from_row(r) for r in rows]
 
 
 def op_expire_api_key(key_id: int, now: datetime):

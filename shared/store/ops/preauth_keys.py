@@ -16,13 +16,13 @@ from trioscale.shared.store.ops.users import need_user
 from trioscale.shared.store.rows import opt_utc, preauth_key_from_row, str_tuple
 
 
-def op_create_preauth_key(user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, now):
+def op_create_preauth_key(user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, now, description=""):
     yield from need_user(user_id)
     if (yield One("SELECT id FROM preauth_keys WHERE prefix = ?", prefix)) is not None:
         raise Conflict(f'a pre-auth key with prefix "{prefix}" already exists')
     r = yield One(
         "INSERT INTO preauth_keys (prefix, key_hash, user_id, reusable, ephemeral, used, tags,"
-        " expiration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        " expiration, created_at, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
         prefix,
         bytes(key_hash),
         int(user_id),
@@ -32,6 +32,7 @@ def op_create_preauth_key(user_id, prefix, key_hash, reusable, ephemeral, tags, 
         str_tuple(tags),
         opt_utc(expiration),
         now,
+        str(description),
     )
     key = preauth_key_from_row(r)
     yield Emit("preauthkey.created", {"id": key.id, "user_id": key.user_id, "prefix": key.prefix})

@@ -1,0 +1,24 @@
+"""Tailnet settings set through the API (`tailnet_settings`): one JSON text per name, replaced
+whole. Setting one records `settings.set` so every replica picks it up."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from trioscale.shared.store.ops.query import Emit, Exec, One
+from trioscale.shared.store.rows import json_text
+
+
+def op_get_setting(name: str):
+    r = yield One("SELECT value FROM tailnet_settings WHERE name = ?", name)
+    return None if r is None else json.loads(r["value"])
+
+
+def op_set_setting(name: str, value: Any):
+    text = json_text(value)
+    if (yield One("SELECT name FROM tailnet_settings WHERE name = ?", name)) is None:
+        yield Exec("INSERT INTO tailnet_settings (name, value) VALUES (?, ?)", name, text)
+    else:
+        yield Exec("UPDATE tailnet_settings SET value = ? WHERE name = ?", text, name)
+    yield Emit("settings.set", {"name": name})
