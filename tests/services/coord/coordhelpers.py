@@ -27,6 +27,7 @@ class FakeResponse:
 
     async def start(self, status, headers=()):
         self.status = status
+        self.arrived.set()
 
     async def write(self, data):
         self.chunks.append(data)
@@ -41,11 +42,19 @@ class FakeResponse:
         if data:
             self.chunks.append(data)
         self.ended = True
+        self.arrived.set()
 
     async def send(self, status, body=b"", headers=()):
         self.status = status
         self.chunks.append(body)
         self.ended = True
+        self.arrived.set()
+
+    async def until(self, predicate) -> None:
+        """Until `predicate()` holds, woken by each write: no polling (the caller bounds the wait)."""
+        while not predicate():
+            self.arrived = trio.Event()
+            await self.arrived.wait()
 
     def mark_registered(self):
         pass
@@ -108,5 +117,5 @@ async def settled(coord, *streams: FakeResponse) -> None:
     with trio.fail_after(5):
         await coord.caught_up()
         for stream in streams:
-            while not any(str(region) in m.get("DERPMap", {}).get("Regions", {}) for m in stream.messages()):
-                await trio.sleep(0.01)
+            await stream.until(lambda: any(str(region) in m.get("DERPMap", {}).get("Regions", {})
+                                           for m in stream.messages()))

@@ -54,10 +54,8 @@ async def test_register_with_key_then_stream_map_and_deltas(env, nursery):
     stream_b = FakeResponse()
     nursery.start_soon(handlers.noise, b.request("/machine/map", b.map_body()), stream_b)
     with trio.fail_after(2):
-        while not any("PeersChanged" in m for m in stream_a.messages()):
-            await trio.sleep(0.01)
-        while not stream_b.chunks:
-            await trio.sleep(0.01)
+        await stream_a.until(lambda: any("PeersChanged" in m for m in stream_a.messages()))
+        await stream_b.until(lambda: stream_b.chunks)
     peers_b = stream_b.messages()[0]["Peers"]
     assert [p["Name"] for p in peers_b] == ["alpha.ts.test."]
     changed = next(m for m in stream_a.messages() if "PeersChanged" in m)
@@ -69,23 +67,20 @@ async def test_register_with_key_then_stream_map_and_deltas(env, nursery):
                                                              Hostinfo={"Hostname": "beta", "NetInfo": {"PreferredDERP": 900}}))
     assert lite.status == 200
     with trio.fail_after(2):
-        while not any(p.get("Endpoints") == ["127.0.0.1:41641"]
-                      for m in stream_a.messages() for p in m.get("PeersChangedPatch", []) + m.get("PeersChanged", [])):
-            await trio.sleep(0.01)
+        await stream_a.until(lambda: any(p.get("Endpoints") == ["127.0.0.1:41641"] for m in stream_a.messages()
+                                         for p in m.get("PeersChangedPatch", []) + m.get("PeersChanged", [])))
     lite = await call(handlers, b, "/machine/map", b.map_body(stream=False, OmitPeers=True,
                                                              Endpoints=["127.0.0.1:41642"],
                                                              Hostinfo={"Hostname": "beta"}))
     with trio.fail_after(2):  # NetInfo kept from before, so only the endpoints changed: a patch
-        while not any(m.get("PeersChangedPatch") == [{"NodeID": 2, "Endpoints": ["127.0.0.1:41642"]}]
-                      for m in stream_a.messages()):
-            await trio.sleep(0.01)
+        await stream_a.until(lambda: any(m.get("PeersChangedPatch") == [{"NodeID": 2, "Endpoints": ["127.0.0.1:41642"]}]
+                                         for m in stream_a.messages()))
 
     # deleting b removes it from a's map
     node_b = await store.get_node_by_node_key(b.node_key)
     await store.delete_node(node_b.id)
     with trio.fail_after(2):
-        while not any(m.get("PeersRemoved") == [node_b.id] for m in stream_a.messages()):
-            await trio.sleep(0.01)
+        await stream_a.until(lambda: any(m.get("PeersRemoved") == [node_b.id] for m in stream_a.messages()))
 
 
 async def test_restart_with_used_single_use_key_is_recognised(env):
@@ -113,8 +108,7 @@ async def test_nodes_of_a_deleted_preauth_key_keep_working(env, nursery):
         with trio.fail_after(2):
             await stream.arrived.wait()
     with trio.fail_after(2):
-        while not any("PeersChanged" in m for m in stream_a.messages()):
-            await trio.sleep(0.01)
+        await stream_a.until(lambda: any("PeersChanged" in m for m in stream_a.messages()))
     before = await store.list_nodes()
 
     (pk,) = await store.list_preauth_keys()
@@ -127,9 +121,8 @@ async def test_nodes_of_a_deleted_preauth_key_keep_working(env, nursery):
     # and the tailnet goes on: b's new endpoints reach a's stream
     await call(handlers, b, "/machine/map", b.map_body(stream=False, OmitPeers=True, Endpoints=["127.0.0.1:41641"]))
     with trio.fail_after(2):
-        while not any(p.get("Endpoints") == ["127.0.0.1:41641"]
-                      for m in stream_a.messages() for p in m.get("PeersChangedPatch", []) + m.get("PeersChanged", [])):
-            await trio.sleep(0.01)
+        await stream_a.until(lambda: any(p.get("Endpoints") == ["127.0.0.1:41641"] for m in stream_a.messages()
+                                         for p in m.get("PeersChangedPatch", []) + m.get("PeersChanged", [])))
     assert not any("PeersRemoved" in m for m in stream_a.messages())
 
     # what the deleted key can no longer do: register a new machine, or log a logged-out one back in
@@ -186,8 +179,7 @@ async def test_interactive_login(env, nursery):
     node = await register.complete_registration(store, register.registration_id_from_url(url), user,
                                                 coord.now(), POLICY)
     with trio.fail_after(2):
-        while followup.status is None:
-            await trio.sleep(0.01)
+        await followup.until(lambda: followup.status is not None)
     assert followup.json()["MachineAuthorized"] is True
     assert node.given_name == "laptop"
 
@@ -233,8 +225,8 @@ async def test_relay_change_pushes_derp_map(env, nursery):
         await stream.arrived.wait()
     await store.upsert_relay(DerpRelay(region_id=901, name="r1", host="127.0.0.1", derp_port=4443))
     with trio.fail_after(2):
-        while not any("DERPMap" in msg and "901" in msg["DERPMap"]["Regions"] for msg in stream.messages()[1:]):
-            await trio.sleep(0.01)
+        await stream.until(lambda: any("DERPMap" in msg and "901" in msg["DERPMap"]["Regions"]
+                                       for msg in stream.messages()[1:]))
 
 
 async def test_a_change_that_fails_oddly_is_tried_again_then_skipped(autojump_clock):

@@ -167,14 +167,12 @@ async def test_a_changed_fetched_map_reaches_every_session(nursery) -> None:
     stream = FakeResponse()
     nursery.start_soon(handlers.noise, machine.request("/machine/map", machine.map_body()), stream)
     with trio.fail_after(5):
-        while not stream.messages():
-            await trio.sleep(0.01)
+        await stream.until(lambda: stream.messages())
     assert stream.messages()[0]["DERPMap"]["Regions"] == {}  # the URL has not been fetched yet
     assert await regions.fetch()
     coord.refresh_derp_map()
     with trio.fail_after(5):
-        while not any("DERPMap" in m for m in stream.messages()[1:]):
-            await trio.sleep(0.01)
+        await stream.until(lambda: any("DERPMap" in m for m in stream.messages()[1:]))
     pushed = [m["DERPMap"] for m in stream.messages()[1:] if "DERPMap" in m][-1]
     assert sorted(pushed["Regions"]) == ["1", "2"] and pushed["Regions"]["1"]["Nodes"][0]["HostName"] == "derp1.example"
     await store.aclose()

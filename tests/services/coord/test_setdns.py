@@ -196,8 +196,7 @@ async def test_each_node_gets_its_own_cert_domains_first_map_push_and_rename(env
     coord.set_dns_config({**SHARED, "Domains": [BASE, "corp.example"]})
     for name in ("alpha", "beta"):
         with trio.fail_after(2):
-            while not any("DNSConfig" in m for m in streams[name].messages()[1:]):
-                await trio.sleep(0.01)
+            await streams[name].until(lambda: any("DNSConfig" in m for m in streams[name].messages()[1:]))
         pushed = [m["DNSConfig"] for m in streams[name].messages()[1:] if "DNSConfig" in m][-1]
         assert pushed == {"Proxied": True, "Domains": [BASE, "corp.example"], "CertDomains": [f"{name}.ts.test"]}
 
