@@ -335,7 +335,7 @@ class _Parser:
                     raise _err(f"{domain} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions")
         period = None
         if action == "check":
-            period = parse_duration(rule.get("checkPeriod"))
+            period = parse_check_period(rule.get("checkPeriod"))
         accept_env = self._list(rule.get("acceptEnv"), "acceptEnv")
         for e in accept_env:
             if not isinstance(e, str) or e == "":
@@ -379,8 +379,9 @@ _ALLOWED_TS_CAPS = re.compile(r"^tailscale\.com/cap/(relay|drive|drive-sharer|ku
 _DURATION_RE = re.compile(r"(-?\d+(?:\.\d+)?)(h|m|s|ms)")
 
 
-def parse_duration(value: Any) -> float | None:
-    """A Go duration string ("12h", "1h30m", "-1m") → seconds; None when absent."""
+def parse_check_period(value: Any) -> float | None:
+    """An SSH rule's checkPeriod, a Go duration string ("12h", "1h30m"; no days, unlike the
+    durations of config and CLI in shared/domain/durations.py) → seconds; None when absent."""
     if value in (None, ""):
         return None
     if not isinstance(value, str):
