@@ -125,6 +125,19 @@ class Store(abc.ABC):
         """NotFound, or Conflict if the new name is taken."""
 
     @abc.abstractmethod
+    async def get_user_by_provider_id(self, provider_id: str) -> User | None:
+        """The user a login provider knows by `provider_id` (OIDC: issuer/subject), or None."""
+
+    @abc.abstractmethod
+    async def login_user(
+        self, name: str, *, provider: str, provider_id: str, display_name: str = "", email: str = "",
+        profile_pic_url: str = "",
+    ) -> tuple[User, bool]:
+        """A login through `provider`: the user known by `provider_id` gets the profile given (its
+        name only when no other user has it), or is created (the first free name of `name`,
+        `name-2`, …). One transaction. Returns (user, created)."""
+
+    @abc.abstractmethod
     async def delete_user(self, user_id: int) -> None:
         """NotFound, or Conflict while the user still owns nodes. Removes the user's keys and shares."""
 

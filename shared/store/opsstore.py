@@ -117,7 +117,9 @@ from trioscale.shared.store.ops.users import (
     op_delete_user,
     op_get_user,
     op_get_user_by_name,
+    op_get_user_by_provider_id,
     op_list_users,
+    op_login_user,
     op_rename_user,
 )
 from trioscale.shared.store.rows import utc
@@ -166,6 +168,16 @@ class OpsStore(Store):
 
     async def rename_user(self, user_id: int, new_name: str) -> User:
         return await self._write(op_rename_user, user_id, new_name)
+
+    async def get_user_by_provider_id(self, provider_id: str) -> User | None:
+        return await self._read(op_get_user_by_provider_id, provider_id)
+
+    async def login_user(
+        self, name: str, *, provider: str, provider_id: str, display_name: str = "", email: str = "",
+        profile_pic_url: str = "",
+    ) -> tuple[User, bool]:
+        return await self._write(op_login_user, name, display_name, email, provider, provider_id,
+                                 profile_pic_url, utcnow())
 
     async def delete_user(self, user_id: int) -> None:
         await self._write(op_delete_user, user_id)

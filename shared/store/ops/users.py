@@ -61,6 +61,46 @@ def op_create_user(name: str, display_name: str, email: str, now: datetime, iden
     return user
 
 
+def op_login_user(name: str, display_name: str, email: str, provider: str, provider_id: str,
+                  profile_pic_url: str, now: datetime):
+    """The user a login provider knows as `provider_id`, its profile set to what the provider says
+    now; created when first seen. Returns (user, created). `name` is kept when another user has it
+    (an existing user keeps its name, a new one gets the first free `name-2`, `name-3`, …)."""
+    r = yield One("SELECT * FROM users WHERE provider_id = ?", provider_id)
+    if r is None:
+        free = yield from _free_name(name, None)
+        user = yield from op_create_user(free, display_name, email, now, (provider, provider_id, profile_pic_url))
+        return user, True
+    user = user_from_row(r)
+    wanted = {"display_name": display_name, "email": email, "profile_pic_url": profile_pic_url, "provider": provider}
+    if name != user.name and (yield One("SELECT id FROM users WHERE name = ?", name)) is None:
+        wanted["name"] = name
+    changed = {k: v for k, v in wanted.items() if getattr(user, k) != v}
+    if not changed:
+        return user, False
+    columns = sorted(changed)
+    yield Exec(f"UPDATE users SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+               *(changed[c] for c in columns), user.id)
+    event = {"id": user.id, "name": changed.get("name", user.name), "fields": columns}
+    if "name" in changed:
+        event["old_name"] = user.name
+    yield Emit("user.updated", event)
+    return dataclasses.replace(user, **changed), False
+
+
+def _free_name(name: str, own_id: int | None):
+    for candidate in (name, *(f"{name}-{i}" for i in range(2, 100))):
+        r = yield One("SELECT id FROM users WHERE name = ?", candidate)
+        if r is None or int(r["id"]) == own_id:
+            return candidate
+    raise Conflict(f'no free user name like "{name}"')
+
+
+def op_get_user_by_provider_id(provider_id: str):
+    r = yield One("SELECT * FROM users WHERE provider_id = ?", provider_id)
+    return None if r is None else user_from_row(r)
+
+
 def op_rename_user(user_id: int, new_name: str):
     user = yield from need_user(user_id)
     if user.name == new_name:
