@@ -71,6 +71,7 @@ from trioscale.configschema import (
     show_duration,
     split_hostport,
 )
+from trioscale.shared.net.limits import DEFAULT_CAPS, DEFAULT_RESERVED
 
 __all__ = [
     "ConfigError",
@@ -534,8 +535,10 @@ class ControlConfig:
 class ListenerLimitsConfig:
     """Concurrent connections one listener holds: in total, and from one source address (IPv6: /64)."""
 
-    max_connections: int = setting(INT, 16384, _LISTENER_TOTAL, check=_AT_LEAST_ONE)
-    max_connections_per_source: int = setting(INT, 4096, _LISTENER_PER_SOURCE, check=_AT_LEAST_ONE)
+    max_connections: int = setting(INT, DEFAULT_CAPS["control"].max_connections, _LISTENER_TOTAL, check=_AT_LEAST_ONE)
+    max_connections_per_source: int = setting(
+        INT, DEFAULT_CAPS["control"].max_connections_per_source, _LISTENER_PER_SOURCE, check=_AT_LEAST_ONE
+    )
 
 
 @dataclass(frozen=True)
@@ -551,24 +554,24 @@ class LimitsConfig:
     admin: ListenerLimitsConfig = section(
         ListenerLimitsConfig,
         "the TCP admin API (tools and the CLI, not nodes); the unix socket has its own cap of `max_connections`",
-        max_connections=256,
-        max_connections_per_source=64,
+        max_connections=DEFAULT_CAPS["admin"].max_connections,
+        max_connections_per_source=DEFAULT_CAPS["admin"].max_connections_per_source,
     )
     dns: ListenerLimitsConfig = section(
         ListenerLimitsConfig,
         "DNS over TCP (clients fall back to it only for truncated answers; UDP has its own per-source rate limit)",
-        max_connections=128,
-        max_connections_per_source=32,
+        max_connections=DEFAULT_CAPS["dns"].max_connections,
+        max_connections_per_source=DEFAULT_CAPS["dns"].max_connections_per_source,
     )
     health: ListenerLimitsConfig = section(
         ListenerLimitsConfig,
         "`health_listen_addr` (probes from a load balancer or orchestrator)",
-        max_connections=64,
-        max_connections_per_source=16,
+        max_connections=DEFAULT_CAPS["health"].max_connections,
+        max_connections_per_source=DEFAULT_CAPS["health"].max_connections_per_source,
     )
     reserved_descriptors: int = setting(
         INT,
-        1024,
+        DEFAULT_RESERVED,
         "descriptors kept out of the caps for the database, files and outgoing sockets (at most a quarter of the limit)",
         check=_not_negative,
     )

@@ -44,8 +44,8 @@ class ListenerCaps:
     max_connections_per_source: int
 
 
-#: mirror of the config defaults (``limits.*``), for callers that run a listener without a
-#: configuration: tests, tools, a service started on its own
+#: the default caps per listener: the config's ``limits.*`` defaults (trioscale/config.py reads them
+#: from here) and what a listener run without a configuration gets (tests, tools)
 DEFAULT_CAPS: dict[str, ListenerCaps] = {
     "control": ListenerCaps(16384, 4096),
     "derp": ListenerCaps(16384, 4096),
