@@ -26,7 +26,7 @@ import collections
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -178,6 +178,37 @@ def _single_leaf(eg: BaseExceptionGroup) -> BaseException | None:
 
     walk(eg)
     return leaves[0] if len(leaves) == 1 else None
+
+
+def read_tables(
+    dsn: str, choose: Callable[[dict[str, set[str]]], Iterable[str]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows of another PostgreSQL database's tables (an import's source), read on an asyncio loop of
+    its own before any store is open. `choose` is given every table's columns in the current schema
+    and names the tables to read (or raises, for a layout it does not know); they are read in one
+    read-only, repeatable-read transaction so they agree with each other, ordered by `id` when they
+    have one."""
+    return asyncio.run(_aio_read_tables(dsn, choose))
+
+
+async def _aio_read_tables(dsn: str, choose: Callable[[dict[str, set[str]]], Iterable[str]]) -> dict[str, list[dict[str, Any]]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        columns: dict[str, set[str]] = {}
+        for r in await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        ):
+            columns.setdefault(r["table_name"], set()).add(r["column_name"])
+        tables = list(choose(columns))
+        out: dict[str, list[dict[str, Any]]] = {}
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            for table in tables:
+                name = '"' + table.replace('"', '""') + '"'
+                order = " ORDER BY id" if "id" in columns.get(table, ()) else ""
+                out[table] = [dict(r) for r in await conn.fetch(f"SELECT * FROM {name}{order}")]
+        return out
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager

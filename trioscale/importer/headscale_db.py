@@ -9,11 +9,12 @@ naming what is missing, rather than guessing. It only reads: the database is ope
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trioscale.shared.store.postgres import read_tables
 
 __all__ = ["HeadscaleData", "UnknownSchema", "read_sqlite", "read_postgres", "check_schema", "KNOWN_RELEASES"]
 
@@ -104,31 +105,15 @@ def read_sqlite(path: str | Path) -> HeadscaleData:
 
 
 def read_postgres(dsn: str) -> HeadscaleData:
-    """Read a Headscale database on PostgreSQL (its own event loop: the import reads before it
-    opens trioscale's store)."""
-    return asyncio.run(_read_postgres(dsn))
+    """Read a Headscale database on PostgreSQL (the store's reader: asyncpg stays in the store)."""
+    data = HeadscaleData()
 
+    def choose(columns: dict[str, set[str]]) -> list[str]:
+        data.tag_column = check_schema(columns)
+        return [*REQUIRED, *(["database_versions"] if "database_versions" in columns else [])]
 
-async def _read_postgres(dsn: str) -> HeadscaleData:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT table_name, column_name FROM information_schema.columns"
-            " WHERE table_schema = current_schema()"
-        )
-        columns: dict[str, set[str]] = {}
-        for r in rows:
-            columns.setdefault(r["table_name"], set()).add(r["column_name"])
-        data = HeadscaleData(tag_column=check_schema(columns))
-        async with conn.transaction(readonly=True, isolation="repeatable_read"):
-            for table in REQUIRED:
-                data.tables[table] = [dict(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY id")]
-            if "database_versions" in columns:
-                data.version = await conn.fetchval(
-                    "SELECT version FROM database_versions ORDER BY id DESC LIMIT 1"
-                ) or ""
-        return data
-    finally:
-        await conn.close()
+    tables = read_tables(dsn, choose)
+    versions = tables.pop("database_versions", [])
+    data.tables = tables
+    data.version = (versions[-1].get("version") or "") if versions else ""
+    return data
