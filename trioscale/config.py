@@ -60,6 +60,7 @@ from trioscale.configschema import (
     SSL,
     STR,
     STRLIST,
+    STRMAP,
     WORD,
     Rule,
     Schema,
@@ -71,6 +72,7 @@ from trioscale.configschema import (
     show_duration,
     split_hostport,
 )
+from trioscale.services.derp.session import FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, UPGRADE_TIMEOUT
 from trioscale.shared.net.limits import DEFAULT_CAPS, DEFAULT_RESERVED
 
 __all__ = [
@@ -132,6 +134,17 @@ def _hostport(value: str) -> Iterable[str]:
 
 def _hostport_or_off(value: str) -> Iterable[str]:
     if value != "":
+        yield from _hostport(value)
+
+
+def _domain_or_off(value: str) -> Iterable[str]:
+    if value != "":
+        yield from _domain(value)
+
+
+def _acme_listen(value: str) -> Iterable[str]:
+    # Headscale's default names the port (Go's ":http"); anything else is host:port
+    if value.rsplit(":", 1)[-1] != "http":
         yield from _hostport(value)
 
 
@@ -264,6 +277,55 @@ class AdminConfig:
     listen_addr: str = setting(STR, "", "TCP admin API (API keys required); empty = off", check=_hostport_or_off)
 
 
+def _url_or_off(value: str) -> Iterable[str]:
+    if value != "":
+        yield from _url(value)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = setting(BOOL, False, "the web console at `/console/` on the admin listener (`admin.listen_addr`)")
+    url: str = setting(STR, "", "where browsers reach the console (`https://…`, behind a TLS proxy); empty = `http://` + `admin.listen_addr`, loopback only", check=_url_or_off)
+    admins: tuple[str, ...] = setting(STRLIST, (), "who may sign in through the identity provider: emails or `issuer|subject`; an API key always may")
+    session_lifetime: timedelta = setting(DURATION, timedelta(hours=8), "a console session ends this long after sign-in", check=_between(timedelta(minutes=1), timedelta(days=7), "a lifetime between 1m and 7d"))
+
+
+def _issuer(value: str) -> Iterable[str]:
+    if value != "":
+        yield from _url(value)
+
+
+def _has_openid(scopes: tuple[str, ...]) -> Iterable[str]:
+    if "openid" not in scopes:
+        yield "must include `openid` (an OpenID Connect login)"
+
+
+@dataclass(frozen=True)
+class PkceConfig:
+    enabled: bool = setting(BOOL, False, "send a PKCE code challenge (RFC 7636) with every login")
+    method: str = setting(STR, "S256", "`S256` (a SHA-256 of the verifier) or `plain`", choices=("S256", "plain"))
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    """OpenID Connect login for `tailscale up` without a key (Headscale's `oidc:` keys)."""
+
+    issuer: str = setting(STR, "", "the identity provider's issuer URL (its `/.well-known/openid-configuration` is read); empty = no OIDC login: interactive logins wait for `trioscale nodes register`", check=_issuer)
+    only_start_if_oidc_is_available: bool = setting(BOOL, True, "`true`: `serve` fails at start when the provider's discovery document cannot be read; `false`: it is read again at the first login")
+    client_id: str = setting(STR, "", "the client id trioscale has at the provider (its redirect URL: `server_url` + `/oidc/callback`)")
+    client_secret: str = setting(STR, "", "the client's secret; or `client_secret_path`")
+    client_secret_path: str = setting(STR, "", "a file holding the client's secret (`${VAR}` in the path is expanded, e.g. `${CREDENTIALS_DIRECTORY}/oidc_client_secret`; a relative path is relative to the configuration file's folder)")
+    scope: tuple[str, ...] = setting(STRLIST, ("openid", "profile", "email"), "the scopes asked for (add `groups` where the provider sends groups only then)", check=_has_openid)
+    extra_params: dict[str, str] = setting(STRMAP, {}, "more parameters for the provider's authorization URL (`domain_hint: example.com`)")
+    allowed_domains: tuple[str, ...] = setting(STRLIST, (), "only emails in these domains may log in; `[]` = any")
+    allowed_users: tuple[str, ...] = setting(STRLIST, (), "only these emails may log in; `[]` = any")
+    allowed_groups: tuple[str, ...] = setting(STRLIST, (), "only members of one of these groups (the `groups` claim) may log in; `[]` = any")
+    email_verified_required: bool = setting(BOOL, True, "an email the provider has not verified (`email_verified`) is not kept on the user and fails `allowed_domains`/`allowed_users`")
+    use_expiry_from_token: bool = setting(BOOL, False, "a node logged in through OIDC expires with the ID token (else after `node.expiry`)")
+    pkce: PkceConfig = section(PkceConfig)
+    timeout: timedelta = setting(DURATION, timedelta(seconds=10), "every call to the provider (discovery, keys, token, userinfo) gives up after this", check=_between(timedelta(seconds=1), timedelta(minutes=2), "a timeout between 1s and 2m"))
+
+
 @dataclass(frozen=True)
 class NoiseConfig:
     private_key_path: Path = setting(DATAFILE, Path("noise_private.key"), "the control server's Noise key; generated on first start")
@@ -331,17 +393,20 @@ class DerpServerConfig:
     heartbeat_interval: timedelta = setting(DURATION, timedelta(seconds=10), "how often a relay refreshes its row in the store", check=_MIN_PHASE)
     # total deadlines before a client is admitted, so a trickle of bytes cannot hold a connection
     first_byte_timeout: timedelta = setting(
-        DURATION, timedelta(seconds=10), "a DERP connection that sends nothing for this long after accept is closed"
+        DURATION, timedelta(seconds=FIRST_BYTE_TIMEOUT), "a DERP connection that sends nothing for this long after accept is closed",
+        check=_MIN_PHASE,
     )
     upgrade_timeout: timedelta = setting(
         DURATION,
-        timedelta(seconds=20),
+        timedelta(seconds=UPGRADE_TIMEOUT),
         "total time from accept (or from the end of the previous request on a kept-alive connection) to a complete HTTP request head, TLS handshake included; a peer trickling bytes is closed when it runs out",
+        check=_MIN_PHASE,
     )
     handshake_timeout: timedelta = setting(
         DURATION,
-        timedelta(seconds=15),
+        timedelta(seconds=HANDSHAKE_TIMEOUT),
         "total time from the `/derp` upgrade (DERP or WebSocket) to a verified ClientInfo (client-key check included)",
+        check=_MIN_PHASE,
     )
 
 
@@ -597,8 +662,19 @@ class Config:
     unix_socket: Path = setting(DATAFILE, Path("trioscale.sock"), "local admin API, no authentication")
     unix_socket_permission: str = setting(MODE, "0770", "the unix socket's file mode, octal (`0770`, `0o770`)", check=_octal_mode)
     health_listen_addr: str = setting(STR, "", "`/health` for standalone `stun`/`dns` processes; empty = off", check=_hostport_or_off)
+    tls_cert_path: Path | None = setting(OPTPATH, None, "HTTPS on `listen_addr` and `admin.listen_addr` with this certificate (PEM chain), read again when it changes; none = plain HTTP")
+    tls_key_path: Path | None = setting(OPTPATH, None, "the key of `tls_cert_path` (PEM, unencrypted)")
+    tls_letsencrypt_hostname: str = setting(STR, "", "HTTPS with a certificate for this name from the ACME CA at `acme_url`, renewed at 2/3 of its lifetime; empty = off", check=_domain_or_off)
+    tls_letsencrypt_cache_dir: Path = setting(DATAFILE, Path("acme"), "ACME account key and certificates (0700; files 0600)")
+    tls_letsencrypt_challenge_type: str = setting(STR, "HTTP-01", "how the CA checks the name: `HTTP-01` (on `tls_letsencrypt_listen`) or `TLS-ALPN-01` (on `listen_addr`, which must then be the name's port 443)", choices=("HTTP-01", "TLS-ALPN-01"))
+    tls_letsencrypt_listen: str = setting(STR, ":http", "HTTP-01: where the challenge listener binds (`:http` = port 80)", check=_acme_listen)
+    acme_url: str = setting(STR, "https://acme-v02.api.letsencrypt.org/directory", "the ACME CA's directory", check=_url)
+    acme_email: str = setting(STR, "", "contact address given to the ACME CA (optional)")
+    metrics_listen_addr: str = setting(STR, "127.0.0.1:9090", "`/metrics` (Prometheus), `/health` and `/ready` of this process (docs/operations.md); empty = off", check=_hostport_or_off)
     admin: AdminConfig = section(AdminConfig)
+    console: ConsoleConfig = section(ConsoleConfig)
     noise: NoiseConfig = section(NoiseConfig)
+    oidc: OidcConfig = section(OidcConfig)
     prefixes: PrefixesConfig = section(PrefixesConfig)
     database: DatabaseConfig = section(DatabaseConfig)
     derp: DerpConfig = section(DerpConfig)
@@ -659,6 +735,18 @@ def _certificate_and_key_together(cert: Path | None, key: Path | None) -> Iterab
         yield "set both tls_cert_path and tls_key_path, or neither"
 
 
+@_rule("tls_cert_path", "tls_key_path")
+def _server_certificate_and_key_together(cert: Path | None, key: Path | None) -> Iterable[str]:
+    if (cert is None) != (key is None):
+        yield "set both tls_cert_path and tls_key_path, or neither"
+
+
+@_rule("tls_letsencrypt_hostname", "tls_cert_path")
+def _one_certificate_source(hostname: str, cert: Path | None) -> Iterable[str]:
+    if hostname and cert is not None:
+        yield "and tls_cert_path are both set: use ACME or your own certificate, not both"
+
+
 @_rule("dns.base_domain", "server_url")
 def _base_domain_is_not_the_servers(base: str, url: str) -> Iterable[str]:
     host = (urlsplit(url).hostname or "").lower().rstrip(".")
@@ -671,6 +759,40 @@ def _base_domain_is_not_the_servers(base: str, url: str) -> Iterable[str]:
 def _override_needs_resolvers(override: bool, nameservers: tuple[str, ...]) -> Iterable[str]:
     if override and not nameservers:
         yield "is true but dns.nameservers.global is empty: clients would have no resolver"
+
+
+@_rule("console.enabled", "admin.listen_addr", "console.url")
+def _console_on_a_safe_listener(enabled: bool, listen: str, url: str) -> Iterable[str]:
+    if not enabled:
+        return
+    if not listen:
+        yield "needs admin.listen_addr (the console is served on the admin listener)"
+        return
+    if url.startswith("https://"):
+        return
+    host = split_hostport(listen)[0]
+    loopback = host == "localhost"
+    try:
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not loopback:
+        # session cookies over plain HTTP on a network could be read off the wire
+        yield f"admin.listen_addr {listen} is not a loopback address: serve the console over TLS (a proxy) and set console.url to its https:// address"
+
+
+@_rule("oidc.issuer", "oidc.client_id")
+def _oidc_needs_a_client(issuer: str, client_id: str) -> Iterable[str]:
+    if issuer and not client_id:
+        yield "oidc.issuer is set but oidc.client_id is empty: the provider needs to know trioscale's client"
+    if client_id and not issuer:
+        yield "oidc.client_id is set but oidc.issuer is empty: set the provider's issuer URL (or remove the oidc keys)"
+
+
+@_rule("oidc.client_secret", "oidc.client_secret_path")
+def _oidc_one_secret(secret: str, secret_path: str) -> Iterable[str]:
+    if secret and secret_path:
+        yield "set oidc.client_secret or oidc.client_secret_path, not both"
 
 
 @_rule("presence.lease", "presence.heartbeat")

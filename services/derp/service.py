@@ -248,9 +248,9 @@ async def serve(
         keepalive_jitter=keepalive_jitter,
         queue_depth=queue_depth,
         write_timeout=write_timeout,
-        handshake_timeout=_seconds(handshake_timeout, options.handshake_timeout, HANDSHAKE_TIMEOUT),
-        first_byte_timeout=_seconds(first_byte_timeout, options.first_byte_timeout, FIRST_BYTE_TIMEOUT),
-        upgrade_timeout=_seconds(upgrade_timeout, options.upgrade_timeout, UPGRADE_TIMEOUT),
+        handshake_timeout=_seconds(handshake_timeout, options.handshake_timeout),
+        first_byte_timeout=_seconds(first_byte_timeout, options.first_byte_timeout),
+        upgrade_timeout=_seconds(upgrade_timeout, options.upgrade_timeout),
         mesh_key=_parse_mesh_key(options.mesh_key),
         verify_clients=options.verify_clients,
     )
@@ -320,11 +320,9 @@ async def serve(
                 svc.log.info("DERP relay on %s stopped", address)
 
 
-def _seconds(explicit: float | None, configured: float, default: float) -> float:
-    """A deadline in seconds: the explicit argument, else the configured one (0: `default`)."""
-    if explicit is not None:
-        return float(explicit)
-    return configured if configured > 0 else default
+def _seconds(explicit: float | None, configured: float) -> float:
+    """A deadline in seconds: the explicit argument, else the configured one (config refuses 0)."""
+    return float(explicit) if explicit is not None else configured
 
 
 def _relay_timeout(configured: float, heartbeat_interval: float) -> float:
