@@ -18,17 +18,23 @@ PAK_HEADERS = ("ID", "Key", "User", "Reusable", "Ephemeral", "Used", "Expired", 
 
 
 @preauthkeys.command("create")
-@click.option("-u", "--user", required=True, help="user id (as in Headscale) or name")
+@click.option("-u", "--user", default=None,
+              help="user id (as in Headscale) or name; none (or 0) with --tags: a key owned by its tags")
 @click.option("--reusable", is_flag=True, help="the key can register many nodes")
 @click.option("--ephemeral", is_flag=True, help="nodes registered with it are removed when they go offline")
 @click.option("-e", "--expiration", default="1h", show_default=True, help="e.g. 30m, 24h, 90d, 1y")
 @click.option("--tags", multiple=True, help="tags for the nodes it registers: tag:a,tag:b (or the flag repeated)")
 @output_option
-def preauthkeys_create(user: str, reusable: bool, ephemeral: bool, expiration: str, tags: tuple[str, ...],
+def preauthkeys_create(user: str | None, reusable: bool, ephemeral: bool, expiration: str, tags: tuple[str, ...],
                        output: str | None) -> None:
     """Create a pre-auth key; the key is printed once."""
-    body = {"user": user_ref(user), "reusable": reusable, "ephemeral": ephemeral,
-            "expiration": expiration, "aclTags": split_list(tags)}
+    acl_tags = split_list(tags)
+    owner = None if user is None or user.strip() == "0" else user_ref(user)
+    if owner is None and not acl_tags:
+        raise CLIError("give --user, or --tags for a key owned by its tags")
+    body = {"reusable": reusable, "ephemeral": ephemeral, "expiration": expiration, "aclTags": acl_tags}
+    if owner is not None:
+        body["user"] = owner
     key = call("POST", "/api/v1/preauthkey", body)["preAuthKey"]
     emit(key, output, key["key"])
 

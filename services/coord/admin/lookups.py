@@ -7,12 +7,13 @@ from typing import Any
 
 from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import ApiKey, Node, PreAuthKey, User
-from trioscale.shared.store.base import NotFound
+from trioscale.shared.store.base import Conflict, NotFound
 
 from .api import InvalidRequest, admin
 from .fields import given, int_id, key_prefix, short
+from .shapes import TAGGED_DEVICES
 
-__all__ = ["find_user", "find_node", "find_preauth_key", "find_api_key", "users_by_id"]
+__all__ = ["find_user", "find_node", "find_preauth_key", "find_api_key", "users_by_id", "tagged_devices_user"]
 
 
 async def find_user(ref: Any) -> User:
@@ -31,6 +32,23 @@ async def find_user(ref: Any) -> User:
         raise InvalidRequest(f"invalid user {short(ref)}")
     if user is None:
         raise NotFound(f"user {short(ref)} not found")
+    return user
+
+
+async def tagged_devices_user() -> User:
+    """The user that holds, in the store, what belongs to tags alone (a pre-auth key made without a
+    user; the importer's Headscale nodes and keys without one): made on first need. Every key and
+    node has a user in our store; the API shows this one as none."""
+    store = admin().store
+    name = TAGGED_DEVICES["name"]
+    user = await store.get_user_by_name(name)
+    if user is None:
+        try:
+            user = await store.create_user(name)
+        except Conflict:  # made meanwhile by another request
+            user = await store.get_user_by_name(name)
+            if user is None:
+                raise
     return user
 
 

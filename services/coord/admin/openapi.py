@@ -107,6 +107,8 @@ SCHEMAS: dict[str, Any] = {
 
 _USER_REF = {"type": "string", "minLength": 1, "description": "a user's id or name"}
 _USER_REF_BODY = {"type": ["string", "integer"], "minLength": 1, "minimum": 1, "description": "a user's id or name"}
+_KEY_OWNER = {"type": ["string", "integer"], "minLength": 1, "minimum": 0,
+              "description": "a user's id or name; absent or 0: the key is owned by its aclTags alone"}
 _NODE_REF = {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "a node's id"}
 _EXPIRATION = {"type": "string", "description": "a duration (30m, 24h, 90d) or an RFC 3339 time"}
 # what fields.py and the domain accept, so a client (and Schemathesis) knows before asking
@@ -130,13 +132,15 @@ def _query(name: str, schema: dict[str, Any], description: str, *, required: boo
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
-def _body(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+def _body(props: dict[str, Any], required: tuple[str, ...] = (), *, body_required: bool | None = None,
+          **extra: Any) -> dict[str, Any]:
     """A JSON body; fields also go by their snake_case names (as Headscale's gateway takes them), and
     any other field is refused."""
-    schema = {"type": "object", "properties": props, "additionalProperties": False}
+    schema = {"type": "object", "properties": props, "additionalProperties": False, **extra}
     if required:
         schema["required"] = list(required)
-    return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
+    needed = bool(required) if body_required is None else body_required
+    return {"required": needed, "content": {"application/json": {"schema": schema}}}
 
 
 _NODE_ID = _path("nodeId", _NODE_REF, "the node's id")
@@ -210,9 +214,13 @@ def _paths() -> dict[str, Any]:
                               parameters=[_query("user", _TEXT, "a user's id or name")]),
             "post": _operation("createPreAuthKey", "Create a pre-auth key (its text is in this answer only)",
                                "preauthkeys", _wrap("preAuthKey", key), body=_body({
-                                   "user": _USER_REF_BODY,
+                                   "user": _KEY_OWNER,
                                    "reusable": _BOOL, "ephemeral": _BOOL, "expiration": _EXPIRATION,
-                                   "aclTags": _TAGS}, ("user",))),
+                                   "aclTags": _TAGS}, body_required=True, anyOf=[
+                                   # a user's key, or (no user, or 0) a key owned by its tags alone
+                                   {"required": ["user"], "properties": {"user": {"not": {"enum": [0, "0"]}}}},
+                                   {"required": ["aclTags"], "properties": {"aclTags": {"minItems": 1,
+                                                                                        "minLength": 1}}}])),
             "delete": _operation("deletePreAuthKey", "Delete a pre-auth key", "preauthkeys",
                                  _wrap("preAuthKey", key),
                                  parameters=[_query("id", _ID, "the key's id", required=True)]),

@@ -1,6 +1,8 @@
 """Pre-auth keys (`tskey-auth-…`): list, create (the key is in the answer once), expire, delete.
 
-Headscale answers expire and delete with `{}`; ours carry the key's record too (`preAuthKey`)."""
+Headscale answers expire and delete with `{}`; ours carry the key's record too (`preAuthKey`).
+A key owned by its tags alone (no user) belongs in the store to the reserved user `tagged-devices`
+(lookups.tagged_devices_user), which the API shows as no user (`"user": null`)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from trioscale.shared.model import utcnow
 
 from .api import InvalidRequest, admin, json_body
 from .fields import flag, given, known_fields, known_query, parse_expiration, tag_list, validate_tag
-from .lookups import find_preauth_key, find_user, users_by_id
+from .lookups import find_preauth_key, find_user, tagged_devices_user, users_by_id
 from .shapes import preauth_json
 
 DEFAULT_PREAUTH_EXPIRATION = timedelta(hours=1)
@@ -36,14 +38,19 @@ async def list_preauth_keys() -> Any:
 async def create_preauth_key() -> Any:
     store, log = admin().store, admin().log
     data = known_fields(await json_body(), ("user", "reusable", "ephemeral", "expiration", "aclTags"))
-    if not given(data.get("user")) or data.get("user") in (0, "0"):
-        # Headscale 0.29 makes a key owned by its tags alone here; every key of ours has a user
-        raise InvalidRequest("a user is required: keys owned by their tags alone are not supported")
-    user = await find_user(data.get("user"))
     reusable = flag(data, "reusable")
     ephemeral = flag(data, "ephemeral")
     tags_in = tag_list(data.get("aclTags") or [], "aclTags")
-    tags = tuple(dict.fromkeys(validate_tag(t) for t in tags_in))
+    # sorted and without repeats, as Headscale keeps them
+    tags = tuple(sorted(dict.fromkeys(validate_tag(t) for t in tags_in)))
+    if not given(data.get("user")) or data.get("user") in (0, "0"):
+        # Headscale 0.29: no user (or 0) makes a key owned by its tags alone; nodes joining with
+        # it are tagged nodes of no user. Neither a user nor tags is refused, as there.
+        if not tags:
+            raise InvalidRequest("a pre-auth key needs a user or aclTags (a key owned by its tags)")
+        user = await tagged_devices_user()
+    else:
+        user = await find_user(data.get("user"))
     now = utcnow()
     expiration = parse_expiration(data.get("expiration"), DEFAULT_PREAUTH_EXPIRATION, now)
     new = keys.generate_preauth_key()

@@ -82,9 +82,16 @@ def masked_preauth_key(prefix: str) -> str:
     return f"tskey-auth-{prefix}-***"
 
 
+def _key_owner(u: User | None) -> dict[str, Any] | None:
+    """A key owned by its tags alone has no user, as in Headscale (ours hold it under tagged-devices)."""
+    if u is None or u.name == TAGGED_DEVICES["name"]:
+        return None
+    return user_json(u)
+
+
 def preauth_json(k: PreAuthKey, users: dict[int, User], now: datetime, *, key: str = "") -> dict[str, Any]:
     return {
-        "user": user_json(users.get(k.user_id)),
+        "user": _key_owner(users.get(k.user_id)),
         "id": id_text(k.id),
         "key": key or masked_preauth_key(k.prefix),
         "reusable": k.reusable,

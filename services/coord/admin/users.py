@@ -12,7 +12,7 @@ from trioscale.shared.store.base import Conflict
 from .api import InvalidRequest, admin, json_body
 from .fields import int_id, known_fields, known_query, text_field, validate_user_name
 from .lookups import find_user
-from .shapes import user_json
+from .shapes import TAGGED_DEVICES, user_json
 
 blueprint = Blueprint("users", __name__)
 
@@ -22,7 +22,9 @@ async def list_users() -> Any:
     query = known_query(request.args, ("id", "name", "email"))
     name, email, uid = query.get("name"), query.get("email"), query.get("id")
     uid = int_id(uid, "user") if uid not in (None, "", "0") else None
-    users = sorted(await admin().store.list_users(), key=lambda u: u.id)
+    # the holder of what tags own is no one's account: Headscale lists no such user
+    users = sorted((u for u in await admin().store.list_users() if u.name != TAGGED_DEVICES["name"]),
+                   key=lambda u: u.id)
     if name:
         users = [u for u in users if u.name == name]
     if email:
@@ -46,6 +48,7 @@ async def create_user() -> Any:
         raise InvalidRequest("pictureUrl must be an http(s) URL of at most 2048 characters")
     if email and "@" not in email:
         raise InvalidRequest(f"invalid email {email!r}")
+    _not_reserved(name)
     if await store.get_user_by_name(name) is not None:
         raise Conflict(f"user {name!r} already exists")
     user = await store.create_user(name, display_name=display, email=email, profile_pic_url=picture)
@@ -59,6 +62,8 @@ async def rename_user(oldId: str, newName: str) -> Any:
     known_query(request.args, ())
     user = await find_user(oldId)
     validate_user_name(newName)
+    _not_reserved(newName)
+    _not_reserved(user.name)
     other = await store.get_user_by_name(newName)
     if other is not None and other.id != user.id:
         raise Conflict(f"user {newName!r} already exists")
@@ -77,3 +82,10 @@ async def delete_user(id: str) -> Any:
     await store.delete_user(user.id)
     log.info("user deleted: %s", user.name)
     return {}
+
+
+def _not_reserved(name: str) -> None:
+    """tagged-devices holds what tags own (pre-auth keys made without a user): no person takes the
+    name, and it keeps it."""
+    if name == TAGGED_DEVICES["name"]:
+        raise Conflict(f"the user name {name!r} is reserved for keys and nodes owned by tags")

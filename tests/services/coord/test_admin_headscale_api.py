@@ -255,6 +255,24 @@ async def test_acl_tags_make_a_tagged_key(api: Api) -> None:
     assert len((await api.ok("GET", "/api/v1/preauthkey"))["preAuthKeys"]) == 2
 
 
+async def test_a_key_owned_by_its_tags_alone(api: Api, store: Store) -> None:
+    # Headscale 0.29: no user, or user 0, with aclTags: the key belongs to its tags
+    for body in ({"aclTags": ["tag:b", "tag:a", "tag:b"]}, {"user": "0", "aclTags": ["tag:a"]},
+                 {"user": 0, "acl_tags": ["tag:a"]}):
+        key = (await api.ok("POST", "/api/v1/preauthkey", body))["preAuthKey"]
+        check("HeadscaleService_CreatePreAuthKey", {"preAuthKey": key})
+        assert key["user"] is None and key["aclTags"] in (["tag:a", "tag:b"], ["tag:a"]), key
+    listed = (await api.ok("GET", "/api/v1/preauthkey"))["preAuthKeys"]
+    assert [k["user"] for k in listed] == [None] * 3
+    # neither a user nor tags: refused, as Headscale's "must be tagged or owned"
+    for body in ({}, {"user": "0"}, {"user": 0, "aclTags": []}, {"reusable": True}):
+        assert "aclTags" in await api.refused(400, "POST", "/api/v1/preauthkey", body)
+    # the user that holds them in the store is not a name anyone can take
+    assert "reserved" in await api.refused(409, "POST", "/api/v1/user", {"name": "tagged-devices"})
+    assert (await api.ok("GET", "/api/v1/user"))["users"] == []  # Headscale lists no such user
+    assert len((await api.ok("GET", "/api/v1/preauthkey"))["preAuthKeys"]) == 3
+
+
 async def test_expire_at_a_future_time_is_not_expiring_now(api: Api, store: Store) -> None:
     user = (await api.ok("POST", "/api/v1/user", {"name": "dave"}))["user"]
     node = await a_node(store, int(user["id"]), "box")
