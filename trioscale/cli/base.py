@@ -144,6 +144,17 @@ def emit(obj: Any, output: str | None, message: str | Callable[[], None]) -> Non
         click.echo(message)
 
 
+def error_document(message: str, kind: str, **extra: Any) -> str:
+    """An error as Headscale's CLI prints it with -o json|json-line|yaml: `{"error": message}` (our
+    extra fields after it), in that format."""
+    doc = {"error": message, **extra}
+    if kind == "json-line":
+        return json.dumps(doc, separators=(",", ":"))
+    if kind == "yaml":
+        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip("\n")
+    return json.dumps(doc, indent=2)
+
+
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]

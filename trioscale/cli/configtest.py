@@ -8,8 +8,9 @@ from __future__ import annotations
 import click
 
 from trioscale.config import SCHEMA, ConfigError, load_config
+from trioscale.options import tls_file_problems
 
-from .base import emit_json, machine, output_option, state
+from .base import emit_json, error_document, fmt, machine, output_option, state
 
 
 @click.command("configtest")
@@ -19,7 +20,14 @@ def configtest(output: str | None, strict: bool) -> None:
     """Check the configuration file (and environment)."""
     try:
         cfg = load_config(state().config_path, strict=strict)
+        problems = tls_file_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
+        if machine(output):  # every problem, in the error document Headscale's CLI prints
+            click.echo(error_document("; ".join(exc.problems) or str(exc), fmt(output),
+                                      problems=list(exc.problems), warnings=list(exc.warnings)), err=True)
+            raise click.exceptions.Exit(1) from None
         for warning in exc.warnings:
             click.echo(f"Warning: {warning}", err=True)
         for problem in exc.problems:

@@ -3,16 +3,18 @@
 Admin commands talk to the running server through its unix socket (found from the configuration),
 or over TCP with `--address URL --api-key KEY` (env TRIOSCALE_CLI_ADDRESS, TRIOSCALE_CLI_API_KEY).
 Every command takes `-o/--output table|json|json-line|yaml` (the data formats print the API's record,
-as Headscale's CLI does). Any failure is one line `Error: ...` on stderr and
-exit status 1 (2 for a usage mistake).
+as Headscale's CLI does). Any failure is one line `Error: ...` on stderr (with a data format, the
+error in that format: `{"error": "..."}`, as Headscale's CLI) and exit status 1 (2 for a usage mistake).
 """
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from . import apikeys, auth, configtest, debug, health, importcmd, nodes, policy, preauthkeys, services, users, version
-from .base import OUTPUTS, AliasGroup, State
+from .base import MACHINE_OUTPUTS, OUTPUTS, AliasGroup, State, error_document
 
 
 @click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -46,19 +48,22 @@ for _command in (users.users, preauthkeys.preauthkeys, apikeys.apikeys, nodes.no
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; every error is one `Error: ...` line on stderr, never a traceback."""
+    """Run the CLI; every error is one `Error: ...` line on stderr, never a traceback (with
+    `-o json|json-line|yaml`, the error as `{"error": "..."}` in that format, as Headscale's CLI
+    prints it)."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        rv = cli.main(args=argv, prog_name="trioscale", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="trioscale", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("Error: aborted", err=True)
+        _error("aborted", args)
         return 1
     except click.ClickException as exc:
         message = " ".join(exc.format_message().split())
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             message += f" (see `{exc.ctx.command_path} --help`)"
-        click.echo(f"Error: {message}", err=True)
+        _error(message, args)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -67,6 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line
         from trioscale.shared.domain.secrets import mask
 
-        click.echo(f"Error: internal error: {mask(str(exc)) or type(exc).__name__}", err=True)
+        _error(f"internal error: {mask(str(exc)) or type(exc).__name__}", args)
         return 1
     return rv if isinstance(rv, int) else 0
+
+
+def _error(message: str, args: list[str]) -> None:
+    kind = output_asked(args)
+    click.echo(error_document(message, kind) if kind else f"Error: {message}", err=True)
+
+
+def output_asked(args: list[str]) -> str | None:
+    """The machine format the command line asks for (the last -o/--output before `--`), read from
+    the words themselves: an error may come before click has parsed them (a bad flag)."""
+    found = None
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            break
+        if word in ("-o", "--output"):
+            found = next(words, None)
+        elif word.startswith("--output="):
+            found = word.partition("=")[2]
+        elif word.startswith("-o") and not word.startswith("--"):
+            found = word[2:]
+    return found if found in MACHINE_OUTPUTS else None
