@@ -11,17 +11,22 @@ same rules as at start, and builds its options anew.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from trioscale.config import Config, ConfigError, load_config
 from trioscale.services.coord.options import (
+    AcmeOptions,
     AdminOptions,
+    ConsoleOptions,
     CoordOptions,
     DnsConfigOptions,
+    OidcOptions,
     PolicyOptions,
     RegistrationPolicy,
+    TlsOptions,
 )
 from trioscale.shared.proto.control import TransportConfig
 from trioscale.services.derp.options import DerpOptions
@@ -29,14 +34,19 @@ from trioscale.services.dns.options import DnsOptions
 from trioscale.services.stun.options import StunOptions
 from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.net.limits import ListenerCaps, listener_caps
+from trioscale.shared.net.tls import TlsFilesError, check_pair
 
 __all__ = [
     "admin_options",
+    "tls_options",
+    "tls_file_problems",
+    "console_options",
     "connection_caps",
     "coord_options",
     "derp_options",
     "dns_config_options",
     "dns_options",
+    "oidc_options",
     "registration_policy",
     "reloader",
     "stun_options",
@@ -162,6 +172,69 @@ def coord_options(config: Config) -> CoordOptions:
         presence_lease=config.presence.lease,
         presence_heartbeat=config.presence.heartbeat,
         config_file=config.source,
+        oidc=oidc_options(config),
+        tls=tls_options(config),
+    )
+
+
+def tls_options(config: Config) -> TlsOptions | None:
+    """HTTPS on the control and admin listeners (None: plain HTTP)."""
+    if config.tls_letsencrypt_hostname:
+        return TlsOptions(acme=AcmeOptions(
+            hostname=config.tls_letsencrypt_hostname,
+            cache_dir=Path(config.tls_letsencrypt_cache_dir),
+            challenge_type=config.tls_letsencrypt_challenge_type,
+            listen=config.tls_letsencrypt_listen,
+            directory_url=config.acme_url,
+            email=config.acme_email,
+        ))
+    if config.tls_cert_path is not None and config.tls_key_path is not None:
+        return TlsOptions(cert_path=Path(config.tls_cert_path), key_path=Path(config.tls_key_path))
+    return None
+
+
+def tls_file_problems(config: Config) -> list[str]:
+    """What is wrong with `tls_cert_path`/`tls_key_path` as files (one line each), for configtest;
+    the service refuses to start with the same line."""
+    if config.tls_cert_path is None or config.tls_key_path is None:
+        return []
+    try:
+        check_pair(config.tls_cert_path, config.tls_key_path)
+    except TlsFilesError as exc:
+        return [str(exc)]
+    return []
+
+
+def oidc_options(config: Config) -> OidcOptions | None:
+    """The `oidc:` keys (None without `oidc.issuer`), the client secret read from its file.
+    ConfigError when that file cannot be read."""
+    o = config.oidc
+    if not o.issuer:
+        return None
+    secret = o.client_secret
+    if o.client_secret_path:
+        path = Path(os.path.expandvars(o.client_secret_path)).expanduser()
+        if not path.is_absolute() and config.source is not None:
+            path = Path(config.source).parent / path
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"oidc.client_secret_path: cannot read the client secret: {exc.strerror or exc}") from None
+    return OidcOptions(
+        issuer=o.issuer,
+        client_id=o.client_id,
+        client_secret=secret,
+        scope=tuple(o.scope),
+        extra_params=dict(o.extra_params),
+        allowed_domains=tuple(o.allowed_domains),
+        allowed_users=tuple(o.allowed_users),
+        allowed_groups=tuple(o.allowed_groups),
+        email_verified_required=o.email_verified_required,
+        use_expiry_from_token=o.use_expiry_from_token,
+        pkce_enabled=o.pkce.enabled,
+        pkce_method=o.pkce.method,
+        timeout=o.timeout,
+        required_at_start=o.only_start_if_oidc_is_available,
     )
 
 
@@ -172,7 +245,18 @@ def admin_options(config: Config) -> AdminOptions:
         listen_addr=config.admin.listen_addr,
         policy=_policy(config),
         registration=registration_policy(config),
+        tls_cert_path=config.tls_cert_path,
+        tls_key_path=config.tls_key_path,
+        console=console_options(config),
+        dns=dns_config_options(config),
     )
+
+
+def console_options(config: Config) -> ConsoleOptions | None:
+    c = config.console
+    if not c.enabled:
+        return None
+    return ConsoleOptions(url=c.url.rstrip("/"), admins=tuple(c.admins), session_lifetime=c.session_lifetime)
 
 
 def connection_caps(config: Config, listeners: Sequence[str]) -> dict[str, ListenerCaps]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,7 @@ from trioscale.shared.model import Change, Node, utcnow
 from trioscale.shared.store.base import Store, StoreUnavailable
 
 from . import policywrites
+from .metrics import POLICY_COMPILE_SECONDS
 from .follower import ChangeFollower
 from .housekeeping import EphemeralReaper, Housekeeping, expire_relays
 from trioscale.shared.domain.policy.host import PolicyHost
@@ -40,6 +42,10 @@ from .presence import PresenceTracker
 from .sessions import MapSession, SessionTable
 
 log = logging.getLogger("trioscale.coord")
+
+#: the commit time of the change the current task is applying (the follower's task only): what
+#: the fan-out it causes is timed from (metrics.FANOUT_SECONDS)
+applying_committed: ContextVar[datetime | None] = ContextVar("applying_committed", default=None)
 
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
@@ -86,6 +92,8 @@ class Coordinator:
         self.relay_timeout = relay_timeout
         #: how many times the tailnet was reloaded because the log was trimmed past this replica
         self.reloads = 0
+        #: told the name of a tailnet setting the API stored (`settings.set`); None: nobody listens
+        self.on_settings: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def seq(self) -> int:
@@ -96,7 +104,8 @@ class Coordinator:
         return node_id in self.sessions.by_node or node_id in self.tailnet.online
 
     def _fan_out(self, change: fanout.Change) -> None:
-        self.sessions.deliver(fanout.fan_out(self.tailnet, self.sessions.by_node, change, self.now()))
+        self.sessions.deliver(fanout.fan_out(self.tailnet, self.sessions.by_node, change, self.now()),
+                              applying_committed.get())
 
     # -- loading and following -----------------------------------------------------------------
     async def load(self) -> None:
@@ -110,6 +119,7 @@ class Coordinator:
         policy, text, version = await self.policy_source.initial()
         shares = await self.store.list_shares()
         self.policy.load(self.tailnet.users.values(), self.tailnet.nodes.values(), shares, policy, text, version)
+        POLICY_COMPILE_SECONDS.observe(self.policy.compile_seconds)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await self.load()
@@ -172,6 +182,13 @@ class Coordinator:
         await self.follower.caught_up()
 
     async def apply(self, change: Change) -> None:
+        token = applying_committed.set(change.at)
+        try:
+            await self._apply(change)
+        finally:
+            applying_committed.reset(token)
+
+    async def _apply(self, change: Change) -> None:
         kind, data = change.kind, change.data
         if kind in ("node.created", "node.updated"):
             new = await self.store.get_node(data["id"])
@@ -205,6 +222,9 @@ class Coordinator:
                 self._fan_out(fanout.OnlineSet(node_id, True))
         elif kind == "presence.offline":
             self._presence_offline(int(data["node_id"]), data)
+        elif kind == "settings.set":
+            if self.on_settings is not None:
+                await self.on_settings(str(data.get("name", "")))
         elif kind in ("registration.completed", "sshcheck.decided"):
             event = self._registration_done.get(data.get("id"))
             if event is not None:
@@ -221,6 +241,7 @@ class Coordinator:
     def install_policy(self, policy, text: str | None, version: int | None = None) -> None:
         """Swap in a validated policy (None = no policy: allow all) and tell every session."""
         self._fan_out(fanout.PolicySet(policy, text, version))
+        POLICY_COMPILE_SECONDS.observe(self.policy.compile_seconds)
         if self._nursery is not None:
             self._nursery.start_soon(policywrites.persist_all_auto_approvals, self.store, self.policy, self.tailnet)
 
@@ -251,12 +272,12 @@ class Coordinator:
                      capver: int = tailcfg.CAPVER_CERT_HASH) -> tuple[MapSession, Message]:
         """Register a session and build its first map in one step (see the module docstring)."""
         session = MapSession(node_id, compress, capver)
-        first = fanout.first_map(self.tailnet, session, self.now())
+        first = fanout.first_map_message(self.tailnet, session, self.now())
         self.sessions.add(session)
         self.ephemeral.cancel(node_id)
         self.presence.opened(node_id)
         self._fan_out(fanout.OnlineSet(node_id, True))
-        return session, Message(first)
+        return session, first
 
     async def close_session(self, session: MapSession) -> None:
         last = self.sessions.discard(session)

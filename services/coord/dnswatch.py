@@ -28,6 +28,7 @@ import trio
 
 from trioscale.shared.domain.extrarecords import parse_extra_records
 
+from . import dnssettings
 from .options import DnsConfigOptions
 
 log = logging.getLogger("trioscale.coord.dns")
@@ -78,6 +79,8 @@ class DnsConfigWatcher:
         self.reload = reload
         self.interval = interval
         self.records: Records = []
+        #: the DNS settings API v2 stored (dnssettings.py), over the configured keys
+        self.stored: Any = None
         self._records_stamp: tuple[int, int, int] | None = None
         self._config_stamp = _stamp(self.config_file) if self.config_file is not None else None
 
@@ -139,7 +142,7 @@ class DnsConfigWatcher:
         return True
 
     def current(self) -> dict[str, Any]:
-        return self.build(self.options, self.records)
+        return self.build(dnssettings.apply(self.options, self.stored), self.records)
 
     def poll(self) -> dict[str, Any] | None:
         """One round: the new DNSConfig if anything changed, else None."""

@@ -4,16 +4,17 @@ trioscale.options; `DnsConfigOptions` again whenever the configuration file chan
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from trioscale.shared.proto.control import TransportConfig
 
+from .acme import AcmeOptions
 from .register import RegistrationPolicy
 
-__all__ = ["AdminOptions", "CoordOptions", "DnsConfigOptions", "PolicyOptions", "RegistrationPolicy"]
+__all__ = ["AcmeOptions", "TlsOptions", "AdminOptions", "ConsoleOptions", "CoordOptions", "DnsConfigOptions", "OidcOptions", "PolicyOptions", "RegistrationPolicy"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,38 @@ class PolicyOptions:
 
 
 @dataclass(frozen=True)
+class OidcOptions:
+    """The identity provider for interactive logins (and the console's sign-in): Headscale's `oidc:`
+    keys, the client secret already read from `client_secret_path`."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = field(default="", repr=False)
+    scope: tuple[str, ...] = ("openid", "profile", "email")
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+    allowed_domains: tuple[str, ...] = ()
+    allowed_users: tuple[str, ...] = ()
+    allowed_groups: tuple[str, ...] = ()
+    email_verified_required: bool = True
+    use_expiry_from_token: bool = False
+    pkce_enabled: bool = False
+    pkce_method: str = "S256"
+    #: every call to the provider gives up after this
+    timeout: timedelta = timedelta(seconds=10)
+    #: `serve` fails at start when the discovery document cannot be read
+    required_at_start: bool = True
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """HTTPS on the control and admin listeners: the operator's files, or ACME's (`acme` set)."""
+
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    acme: AcmeOptions | None = None
+
+
+@dataclass(frozen=True)
 class CoordOptions:
     server_url: str
     listen_addr: str
@@ -60,6 +93,24 @@ class CoordOptions:
     #: DERP maps fetched over HTTP(S), and how often again (None: once)
     derp_map_urls: tuple[str, ...] = ()
     derp_map_refresh: timedelta | None = None
+    #: HTTPS on the control listener (None: plain HTTP)
+    tls: TlsOptions | None = None
+    #: OIDC login for /register/<id> (None: the page tells the admin command)
+    oidc: OidcOptions | None = None
+
+
+@dataclass(frozen=True)
+class ConsoleOptions:
+    """The web console on the admin listener (services/coord/console)."""
+
+    #: where browsers reach the console ("https://admin.example.com"); "" = the admin listener's
+    #: own address over plain HTTP (cookies then lack Secure: loopback only, see docs/console.md)
+    url: str
+    #: who may sign in through the identity provider: emails, or "issuer|subject" (API keys always may)
+    admins: tuple[str, ...]
+    session_lifetime: timedelta
+    #: the identity provider for signing in (the `oidc:` options), None = API keys only
+    oidc: Any = None
 
 
 @dataclass(frozen=True)
@@ -70,3 +121,10 @@ class AdminOptions:
     listen_addr: str
     policy: PolicyOptions
     registration: RegistrationPolicy
+    #: the TCP listener's certificate when it runs without a coordinator's (None: plain HTTP)
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    #: the web console on the TCP listener (None: off)
+    console: ConsoleOptions | None = None
+    #: the configured `dns:` keys: what API v2's DNS routes show until they set their own (None: unknown)
+    dns: DnsConfigOptions | None = None

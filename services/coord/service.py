@@ -16,9 +16,13 @@ from urllib.parse import urlparse
 import trio
 
 from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
+from trioscale.shared.net.tls import CertFiles, TlsAcceptor
 from trioscale.shared.proto import keys
 from trioscale.shared.proto.control import TransportStats
 
+from .acme import HTTP01, AcmeManager
+from .acmehttp import serve_http01
+from . import dnssettings
 from .coordinator import Coordinator
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.netmap import Settings, dns_config
@@ -73,10 +77,35 @@ class CoordService:
     control_address: str
     #: serves the admin API's /api/v1 on the control listener too (ControlHandlers.mount_api)
     mount_api: Callable[..., None] | None = None
+    #: the certificate the control listener serves, for the admin listener too (None: plain HTTP)
+    tls: CertFiles | None = None
+    #: the ACME certificate keeper (None: no ACME)
+    acme: AcmeManager | None = None
+    #: the HTTP-01 listener's address ("" = none)
+    http01_address: str = ""
 
     @property
     def addresses(self) -> dict[str, str]:
-        return {"control": self.control_address}
+        out = {"control": self.control_address}
+        if self.http01_address:
+            out["acme_http01"] = self.http01_address
+        return out
+
+
+async def _check_provider(handlers: ControlHandlers, oidc) -> None:
+    """Read the OIDC provider's discovery document at start: with
+    `oidc.only_start_if_oidc_is_available` a failure stops the start, else it is logged and tried
+    again at the first login."""
+    from .oidc import LoginRefused
+
+    try:
+        await handlers.registration_pages.client.discover()
+    except LoginRefused as exc:
+        if oidc.required_at_start:
+            raise RuntimeError(f"oidc.issuer {oidc.issuer}: {exc} (oidc.only_start_if_oidc_is_available is true)") from None
+        log.warning("OIDC provider %s: %s; trying again at the first login", oidc.issuer, exc)
+    else:
+        log.info("OIDC login through %s (client %s)", oidc.issuer, oidc.client_id)
 
 
 async def serve(
@@ -91,6 +120,14 @@ async def serve(
     listener (default: a listener of its own); `reload` re-reads the configuration file when it
     changes, for the DNSConfig (None: no watching)."""
     noise_key = keys.load_or_create_private_key(options.noise_private_key_path)
+    acme: AcmeManager | None = None
+    certs: CertFiles | None = None
+    if options.tls is not None and options.tls.acme is not None:
+        acme = AcmeManager(options.tls.acme)
+        certs = acme.certs
+    elif options.tls is not None and options.tls.cert_path is not None and options.tls.key_path is not None:
+        certs = CertFiles(options.tls.cert_path, options.tls.key_path)  # a bad pair stops the start, in one line
+    tls = None if certs is None else TlsAcceptor(certs, ("http/1.1",), acme.alpn_challenges if acme else None)
     regions = DerpRegions(options.derp_map_urls, options.derp_regions, options.derp_map_paths)
     dns_watch = DnsConfigWatcher(
         options.dns, dns_config_from, config_file=options.config_file,
@@ -107,9 +144,21 @@ async def serve(
         presence=PresenceTracker(store, lease=options.presence_lease, heartbeat=options.presence_heartbeat),
         relay_timeout=options.relay_timeout,
     )
+    # DNS settings API v2 stored replace the configured ones (dnssettings.py), here and on every change
+    dns_watch.stored = await store.get_setting(dnssettings.SETTING)
+    coordinator.tailnet.settings.dns_config = dns_watch.current()
+
+    async def settings_changed(name: str) -> None:
+        if name == dnssettings.SETTING:
+            dns_watch.stored = await store.get_setting(name)
+            coordinator.set_dns_config(dns_watch.current())
+
+    coordinator.on_settings = settings_changed
     log.info("coordinator replica %s (presence lease %ss)", coordinator.presence.replica_id,
              options.presence_lease.total_seconds())
-    handlers = ControlHandlers(coordinator, options.registration)
+    handlers = ControlHandlers(coordinator, options.registration, oidc=options.oidc)
+    if options.oidc is not None:
+        await _check_provider(handlers, options.oidc)
     control_stats = TransportStats()
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
@@ -120,10 +169,16 @@ async def serve(
         await nursery.start(dns_watch.run, coordinator.set_dns_config)
         if regions.urls:
             nursery.start_soon(regions.run, options.derp_map_refresh, coordinator.refresh_derp_map)
+        http01 = ""
+        if acme is not None and acme.options.challenge_type == HTTP01:
+            http01 = await nursery.start(serve_http01, acme.options.listen, acme.http_tokens, acme.hostname)
         address = await nursery.start(
             partial(serve_control, limiter=limiter or standalone_limiter("control"), stats=control_stats,
-                    config=options.control),
+                    config=options.control, tls=tls),
             options.listen_addr, noise_key, handlers.noise, handlers.http,
         )
-        log.info("control listening on %s (server_url %s)", address, options.server_url)
-        task_status.started(CoordService(coordinator, control_stats, address, handlers.mount_api))
+        log.info("control listening on %s (%s; server_url %s)", address, "HTTPS" if tls else "HTTP", options.server_url)
+        if acme is not None:
+            await nursery.start(acme.run)  # after the listeners: the CA validates through them
+        task_status.started(CoordService(coordinator, control_stats, address, handlers.mount_api, tls=certs, acme=acme,
+                                         http01_address=http01))

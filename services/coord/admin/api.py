@@ -114,6 +114,8 @@ async def api_key_accepted(store: Store, header: str) -> bool:
         now = utcnow()
         if key.is_expired(now):
             return False
+        if key.scopes or key.oauth_client_id is not None:
+            return False  # scopes are API v2's; /api/v1 knows none, so only an all-access key may use it
         try:
             await store.touch_api_key(key.id, now)
         except Exception:

@@ -20,14 +20,15 @@ from trioscale.shared.domain.names import InvalidName
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError, StoreUnavailable
 
 from ..options import AdminOptions
-from . import apikeys, health, nodes, openapi, policy, preauthkeys, registrations, routes, sharing, sshcheck, tags, users
+from . import apikeys, apiv2, health, nodes, openapi, policy, preauthkeys, registrations, routes, sharing, sshcheck, tags, users
 from .api import Admin, InvalidRequest, admin, api_key_accepted, error_response, install
 
 __all__ = ["create_admin_app", "route_table", "MAX_BODY"]
 
 MAX_BODY = 64 * 1024
 
-BLUEPRINTS = (health, users, preauthkeys, apikeys, nodes, registrations, tags, routes, sharing, policy, sshcheck, openapi)
+BLUEPRINTS = (health, users, preauthkeys, apikeys, nodes, registrations, tags, routes, sharing, policy, sshcheck, openapi,
+              apiv2)
 
 
 def create_admin_app(
@@ -37,6 +38,7 @@ def create_admin_app(
     none here) to apply what it changes. `require_auth=False` only for the trusted unix socket."""
     app = QuartTrio("trioscale.admin", static_folder=None, template_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config[apiv2.AUTH_REQUIRED] = require_auth
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install(app, Admin(options=options, store=store, log=logging.getLogger("trioscale.admin"), coordinator=coordinator))
@@ -64,6 +66,8 @@ def route_table(app: QuartTrio) -> list[tuple[str, str]]:
 async def _authenticate() -> Response | None:
     if request.method == "GET" and request.path in openapi.PUBLIC_PATHS:
         return None  # the API's document and its page: nothing of the tailnet (openapi.py says why)
+    if apiv2.is_v2_path(request.path):
+        return await apiv2.authenticate()  # Tailscale's credentials and scopes (apiv2/auth.py)
     if await api_key_accepted(admin().store, request.headers.get("Authorization", "")):
         return None
     resp = error_response(401, "unauthorized: a valid API key is required (Authorization: Bearer tskey-api-…)")
