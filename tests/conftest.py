@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from util import TrioscaleServer, free_ports_config  # noqa: E402
+
+# Every `trioscale serve` the suite starts (in-process or a subprocess inheriting this environment)
+# binds its metrics listener on a port the OS picks: the default 127.0.0.1:9090 would be one port
+# fought over by every server running at once. A test that wants a given address sets the key.
+os.environ.setdefault("TRIOSCALE_METRICS_LISTEN_ADDR", "127.0.0.1:0")
 
 
 @pytest.fixture

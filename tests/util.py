@@ -124,6 +124,7 @@ def free_ports_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
             }
         },
         "dns": {"listen_addr": f"127.0.0.1:{free_tcp_udp_port()}"},
+        "metrics_listen_addr": f"127.0.0.1:{free_port()}",
         "log": {"level": "debug"},
     }
     return deep_merge(cfg, overrides)

@@ -32,6 +32,7 @@ __all__ = ["RENAMED", "SHARED", "UNSUPPORTED"]
 SHARED: tuple[str, ...] = (
     "server_url",
     "listen_addr",
+    "metrics_listen_addr",
     "noise.private_key_path",
     "prefixes.v4",
     "prefixes.v6",
@@ -122,7 +123,6 @@ _GORM = "Headscale's ORM setting: trioscale has no ORM"
 _TUNING = "Headscale's internal batching and caches: trioscale has no counterpart"
 
 UNSUPPORTED: dict[str, Foreign] = {
-    "metrics_listen_addr": Foreign("no Prometheus endpoint yet (issue #15)", _empty, inert_doc=_OFF),
     "grpc_listen_addr": Foreign(_NO_GRPC, _empty, inert_doc=_OFF),
     "grpc_allow_insecure": Foreign(_NO_GRPC, _is(False), inert_doc="`false`"),
     "trusted_proxies": Foreign(

@@ -34,6 +34,8 @@ from trioscale.shared.net.limits import (
     standalone_limiter,
 )
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
+from trioscale.shared.net.ops import serve_ops
+from trioscale.metrics import ProcessOps
 
 __all__ = ["run_services", "serve_services", "SERVICE_ORDER", "next_steps_text", "serve_health", "connection_limiters"]
 
@@ -138,10 +140,16 @@ async def serve_services(
 
     secure_data_dir(config)  # 0700 / 0600, fixing what an older trioscale left open
     async with open_store(config) as store:
+        ops = ProcessOps(store)
+        store = ops.store  # every store operation timed (trioscale_store_operation_seconds)
         limiters = install_budget(caps)
         addresses: dict[str, Any] = {}
         stun_port: int | None = None
         async with trio.open_nursery() as nursery:
+            if config.metrics_listen_addr:
+                # first, so /health answers (and /ready says what is still starting) during start
+                host, port = split_hostport(config.metrics_listen_addr)
+                _merge(addresses, "metrics", await nursery.start(serve_ops, host, port, ops.endpoints))
             for name in wanted:
                 if name == "derp" and not config.derp.server.enabled:
                     log.info("embedded DERP relay disabled (derp.server.enabled: false)")
@@ -157,6 +165,7 @@ async def serve_services(
                     continue
                 if name == "stun":
                     stun = await nursery.start(service.serve, options.stun_options(config))
+                    ops.started(name, stun)
                     stun_port = stun.port
                     _merge(addresses, name, stun.addresses)
                 elif name == "derp":
@@ -165,12 +174,14 @@ async def serve_services(
                         stun_port=stun_port, listener_stats=partial(limiter_stats, limiters),
                     ))
                     _merge(addresses, name, derp.addresses)
+                    ops.started(name, derp)
                 elif name == "coord":
                     coord = await nursery.start(partial(
                         service.serve, options.coord_options(config), store, limiter=limiters.get("control"),
                         reload=options.reloader(config, options.coord_options),
                     ))
                     _merge(addresses, name, coord.addresses)
+                    ops.started(name, coord)
                     from trioscale.services.coord.admin import serve_admin
 
                     admin = partial(serve_admin, options.admin_options(config), store, coordinator=coord.coordinator,
@@ -184,6 +195,7 @@ async def serve_services(
                     ))
                     if dns is not None:
                         _merge(addresses, name, dns.addresses)
+                    ops.started(name, dns)
             if "coord" not in wanted and set(wanted) & {"stun", "dns"} and config.health_listen_addr:
                 health = partial(serve_health, limiter=limiters.get("health"))
                 _merge(addresses, "health", await nursery.start(health, config.health_listen_addr))
@@ -195,6 +207,7 @@ async def serve_services(
                 listening = ", ".join(f"{k}={v}" for k, v in addresses.items())
                 sys.stdout.write(f"trioscale is running ({', '.join(wanted)}): {listening}\n")
             sys.stdout.flush()
+            ops.listeners_bound()
             task_status.started(addresses)
 
 

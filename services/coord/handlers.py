@@ -311,7 +311,10 @@ class ControlHandlers:
                 started = trio.current_time()
                 try:
                     if messages:
-                        await response.write(b"".join(frame(m, compress) for m in messages))
+                        data = b"".join(frame(m, compress) for m in messages)
+                        await response.write(data)
+                        session.wrote(len(messages), len(data))
+                        del data
                     else:
                         await response.write(keepalive)
                 finally:
@@ -333,7 +336,7 @@ class ControlHandlers:
                 return 503, [("content-type", "text/plain")], b"the API is starting\n"
             return await self.api(method, path, headers, body)
         if path_only == "/health" and method in ("GET", "HEAD"):
-            return 200, [("content-type", "application/json")], b'{"status":"pass"}\n'
+            return await self.health()
         if path_only.startswith("/register/") and method == "GET":
             reg_id = path_only[len("/register/"):]
             return 200, [("content-type", "text/html; charset=utf-8")], register_page(reg_id)
@@ -342,6 +345,19 @@ class ControlHandlers:
         if path_only == "/verify" and method == "POST":
             return await self.verify_derp_client(body)
         return 404, [("content-type", "text/plain")], b"not found\n"
+
+    async def health(self):
+        """Headscale's /health: pass only when the database answers (a cheap read, bounded), so a
+        load balancer stops sending clients to a replica that cannot register or map them."""
+        reason = "the database did not answer within 2s"
+        with trio.move_on_after(2):
+            try:
+                await self.store.latest_seq()
+                return 200, [("content-type", "application/json")], b'{"status":"pass"}\n'
+            except Exception as exc:  # any failure of the store is the answer: not healthy
+                reason = f"database: {type(exc).__name__}"
+        body = json.dumps({"status": "fail", "output": reason}).encode() + b"\n"
+        return 503, [("content-type", "application/json")], body
 
     async def verify_derp_client(self, body: bytes):
         """`derper --verify-client-url` (Headscale's /verify): may this node key use a relay?

@@ -25,6 +25,7 @@ from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
 from trioscale.shared.store.rows import hostinfo_size
 
 from trioscale.shared.domain import ipalloc, names, tailcfg
+from .metrics import count_registration
 
 log = logging.getLogger("trioscale.coord.register")
 
@@ -316,13 +317,19 @@ async def handle(
     """Answer one RegisterRequest. `wait_for_approval(reg_id, deadline)` waits until the pending
     registration `reg_id` is completed (True) or the deadline passes (False). `source` (see
     `source_of`) is what a new pending login is counted against."""
+    if req.expiry is not None and req.expiry <= now:
+        method = "logout"
+    else:
+        method = "authkey" if req.auth_key is not None else "interactive"
     try:
         _check_sizes(req)
-        return await _handle(store, policy, req, machine_key, now, wait_for_approval, allocations, source)
+        answer = await _handle(store, policy, req, machine_key, now, wait_for_approval, allocations, source)
     except RegisterError as exc:
-        return error(str(exc))
+        answer = error(str(exc))
     except StoreError as exc:
-        return error(str(exc))
+        answer = error(str(exc))
+    count_registration(method, answer)
+    return answer
 
 
 async def _handle(store, policy, req, machine_key, now, wait_for_approval, allocations, source) -> dict[str, Any]:

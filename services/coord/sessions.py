@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -20,6 +21,8 @@ import trio
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.fanout import Message, Messages, SessionView
 from trioscale.shared.proto import mapframe
+
+from .metrics import FanoutWave, observe_written
 
 #: messages a session may have queued before it is considered stuck and closed
 SESSION_QUEUE_LIMIT = 512
@@ -42,6 +45,9 @@ class MapSession(SessionView):
         super().__init__(node_id, capver)
         self.compress = compress
         self.queue: deque[Message] = deque()
+        #: the committed change each queued message carries (None: not from the change log)
+        self.waves: deque[FanoutWave | None] = deque()
+        self._writing_waves: list[FanoutWave | None] = []
         self.wakeup = trio.Event()
         self.closed = False
         self.close_reason = ""
@@ -56,17 +62,20 @@ class MapSession(SessionView):
         self.response = response
         self.mark_dirty = mark_dirty
 
-    def push(self, message: Message) -> None:
+    def push(self, message: Message, wave: FanoutWave | None = None) -> bool:
+        """Queue `message`; False when the session is closed (or just closed for falling behind)."""
         if self.closed:
-            return
+            return False
         if len(self.queue) >= SESSION_QUEUE_LIMIT:
             self.close("fell behind")
-            return
+            return False
         self.queue.append(message)
+        self.waves.append(wave)
         if self.mark_dirty is not None and not self.writing:
             self.mark_dirty(self)
         else:
             self.wakeup.set()
+        return True
 
     def flush_nowait(self) -> None:
         """Write what is queued at once if the connection can take it (one send for all of it);
@@ -77,7 +86,9 @@ class MapSession(SessionView):
             return
         data = b"".join(frame(m, self.compress) for m in self.queue)
         if self.response.write_nowait(data):
+            observe_written(self.waves, len(self.queue), len(data))
             self.queue.clear()
+            self.waves.clear()
         else:
             self.wakeup.set()
 
@@ -85,6 +96,11 @@ class MapSession(SessionView):
         self.closed = True
         self.close_reason = reason
         self.wakeup.set()
+
+    def wrote(self, frames: int, nbytes: int) -> None:
+        """The session's own task wrote what `next_messages` returned (`nbytes` on the stream)."""
+        observe_written(self._writing_waves, frames, nbytes)
+        self._writing_waves = []
 
     async def next_messages(self, timeout: float) -> list[Message]:
         """Queued messages; empty after `timeout` seconds of silence (time for a keepalive)."""
@@ -94,6 +110,8 @@ class MapSession(SessionView):
         self.wakeup = trio.Event()
         out = list(self.queue)
         self.queue.clear()
+        self._writing_waves = list(self.waves)
+        self.waves.clear()
         self.writing = True  # until the caller has written these (or a keepalive): see push()
         return out
 
@@ -106,9 +124,17 @@ class SessionTable:
         self._dirty: dict[MapSession, None] = {}
         self._dirty_wakeup = trio.Event()
 
-    def deliver(self, messages: Messages) -> None:
+    def deliver(self, messages: Messages, committed: datetime | None = None) -> None:
+        """Queue each message on its session; with `committed` (the change's commit time), the
+        write of the last of them is observed as the change's fan-out time."""
+        if committed is None:
+            for session, message in messages:
+                session.push(message)  # type: ignore[attr-defined]
+            return
+        wave = FanoutWave(committed, 0)
         for session, message in messages:
-            session.push(message)  # type: ignore[attr-defined]
+            if session.push(message, wave):  # type: ignore[attr-defined]
+                wave.remaining += 1
 
     def add(self, session: MapSession) -> None:
         self.by_node.setdefault(session.node_id, set()).add(session)

@@ -26,12 +26,17 @@ class RelayRegistration:
         #: the row as last written (its heartbeat_at moves)
         self.relay = relay
         self.log = log
+        #: the last write of the row succeeded (readiness: coordinators see this relay)
+        self.registered = False
 
     async def upsert(self) -> None:
         try:
             await self.store.upsert_relay(self.relay)
         except Exception:
+            self.registered = False
             self.log.warning("derp: relay heartbeat to the store failed", exc_info=True)
+        else:
+            self.registered = True
 
     async def heartbeat(self, interval: float) -> None:
         while True:

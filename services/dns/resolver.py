@@ -54,6 +54,10 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
 
 _TYPE_NAMES = {1: "A", 2: "NS", 6: "SOA", 12: "PTR", 16: "TXT", 28: "AAAA", 255: "ANY"}
 _TYPE_CODES = {v: k for k, v in _TYPE_NAMES.items()}
+#: query types counted by name in DnsStats.qtypes (the zone's and what clients commonly ask);
+#: any other is counted as "other", so the set stays bounded whatever a client sends
+_COUNTED_TYPES = {**_TYPE_NAMES, 5: "CNAME", 15: "MX", 33: "SRV", 64: "SVCB", 65: "HTTPS", 257: "CAA"}
+QUERY_TYPES = (*sorted(set(_COUNTED_TYPES.values())), "other")
 _QTYPE_OPT = 41
 _ZONE_TRANSFERS = {251, 252}  # IXFR, AXFR
 _CLASS_IN, _CLASS_ANY = 1, 255
@@ -82,10 +86,12 @@ class DnsStats:
     tcp_connections: int = 0
     tcp_rejected: int = 0
     rcodes: Counter[str] = field(default_factory=Counter)
+    qtypes: Counter[str] = field(default_factory=Counter)  # questions parsed, by QUERY_TYPES
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "rcodes"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("rcodes", "qtypes")}
         d["rcodes"] = dict(self.rcodes)
+        d["qtypes"] = dict(self.qtypes)
         return d
 
 
@@ -377,6 +383,7 @@ class Resolver:
             if isinstance(parsed, int):
                 return self._count(_header_only(qid, flags, parsed), parsed)
             q = parsed
+        self.stats.qtypes[_COUNTED_TYPES.get(q.qtype, "other")] += 1
         if transport != "udp":
             max_size = 65535
         elif q.has_edns:

@@ -55,6 +55,7 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     assert cfg.node.ephemeral.inactivity_timeout == timedelta(seconds=120)
     assert cfg.log.level == "info" and cfg.log.format == "text"
     assert cfg.health_listen_addr == ""
+    assert cfg.metrics_listen_addr == "127.0.0.1:9090"  # Headscale's default
 
 
 def test_file_with_headscale_names(tmp_path: Path) -> None:
@@ -162,6 +163,7 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "unix_socket": str(tmp_path / "s.sock"),
         "unix_socket_permission": "0700",
         "health_listen_addr": "127.0.0.1:2",
+        "metrics_listen_addr": "127.0.0.1:3",
         "admin.listen_addr": "127.0.0.1:3",
         "noise.private_key_path": str(tmp_path / "n.key"),
         "prefixes.v4": "100.100.0.0/16",

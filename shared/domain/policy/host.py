@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -64,6 +65,8 @@ class PolicyHost:
         self.shared_with: dict[int, set[int]] = {}
         self.shared_to: dict[int, set[int]] = {}
         self.primaries: dict[Any, int] = {}
+        #: how long the last policy compile took (load, set_policy), for the coordinator's metrics
+        self.compile_seconds = 0.0
 
     # -- loading and updates -------------------------------------------------------------------
     def load(self, users: Iterable[User], nodes: Iterable[Node], shares: Iterable[Share],
@@ -72,8 +75,10 @@ class PolicyHost:
         node_list = list(nodes)
         self.infos = {n.id: node_info(n) for n in node_list}
         self.policy, self.text, self.version = policy, text, version
+        started = time.perf_counter()
         self.compiled = compile_policy(policy, [user_info(u) for u in self.users.values()],
                                        list(self.infos.values()))
+        self.compile_seconds = time.perf_counter() - started
         self.shared_with.clear()
         self.shared_to.clear()
         for s in shares:
@@ -82,7 +87,9 @@ class PolicyHost:
 
     def set_policy(self, policy: Policy | None, text: str | None = None, version: int | None = None) -> None:
         self.policy, self.text, self.version = policy, text, version
+        started = time.perf_counter()
         self.compiled = self.compiled.with_policy(policy)
+        self.compile_seconds = time.perf_counter() - started
         self.elect()
 
     def set_node(self, node: Node) -> bool:
