@@ -10,8 +10,7 @@ holds the rest:
   are reported together in one warning (an error with ``--strict``), except where the value asks
   for nothing trioscale does not do anyway (`trusted_proxies: []`, `logtail.enabled: false`: we
   never trust proxy headers and always tell clients not to send logs), or where the key has no
-  effect without another one (the ACME keys without `tls_letsencrypt_hostname`, the `oidc` keys
-  without `oidc.issuer`).
+  effect without another one (the `oidc` keys without `oidc.issuer`).
 
 Keys Headscale itself refuses (`oidc.strip_email_domain`, `dns.use_username_in_magic_dns`, …) and
 keys neither server knows stay errors; `randomize_client_port`, which Headscale 0.29 moved into the
@@ -76,6 +75,14 @@ SHARED: tuple[str, ...] = (
     "dns.extra_records_path",
     "unix_socket",
     "unix_socket_permission",
+    "tls_cert_path",
+    "tls_key_path",
+    "tls_letsencrypt_hostname",
+    "tls_letsencrypt_cache_dir",
+    "tls_letsencrypt_challenge_type",
+    "tls_letsencrypt_listen",
+    "acme_url",
+    "acme_email",
 )
 
 RENAMED: dict[str, str] = {
@@ -117,7 +124,6 @@ def _duration_is(expected: str) -> Callable[[Any], bool]:
 
 _OFF = "empty (or absent)"
 _NO_GRPC = "trioscale has no gRPC API: the admin API is HTTP (`admin.listen_addr`, the unix socket)"
-_NO_ACME = "trioscale serves plain HTTP on `listen_addr`: put a TLS proxy in front (the DERP relay has its own `derp.server.tls_*`)"
 _NO_OIDC = "OpenID Connect login is not implemented yet (issue #14)"
 _GORM = "Headscale's ORM setting: trioscale has no ORM"
 _TUNING = "Headscale's internal batching and caches: trioscale has no counterpart"
@@ -159,14 +165,6 @@ UNSUPPORTED: dict[str, Foreign] = {
     "database.postgres.max_idle_conns": Foreign(
         "idle pooled connections are not capped, only closed after `conn_max_idle_time_secs`"
     ),
-    "acme_url": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
-    "acme_email": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
-    "tls_letsencrypt_hostname": Foreign(_NO_ACME, _empty, inert_doc=_OFF),
-    "tls_letsencrypt_cache_dir": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
-    "tls_letsencrypt_challenge_type": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
-    "tls_letsencrypt_listen": Foreign(_NO_ACME, only_with="tls_letsencrypt_hostname"),
-    "tls_cert_path": Foreign(_NO_ACME, _empty, inert_doc=_OFF),
-    "tls_key_path": Foreign(_NO_ACME, _empty, inert_doc=_OFF),
     "logtail.enabled": Foreign(
         "clients are always told not to send logs to Tailscale Inc. (`DisableLogTail`)", _is(False), inert_doc="`false`"
     ),

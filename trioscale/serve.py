@@ -186,7 +186,7 @@ async def serve_services(
 
                     admin = partial(serve_admin, options.admin_options(config), store, coordinator=coord.coordinator,
                                     limiter=limiters.get("admin"), unix_limiter=limiters.get("admin_unix"),
-                                    mount_api=coord.mount_api)
+                                    mount_api=coord.mount_api, tls=coord.tls)
                     _merge(addresses, "admin", await nursery.start(admin))
                 elif name == "dns":
                     dns = await nursery.start(partial(

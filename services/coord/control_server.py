@@ -30,6 +30,9 @@ config=None, task_status=trio.TASK_STATUS_IGNORED)``
   closes all its handlers are cancelled.  A handler that raises gets a 500 if nothing was sent yet
   (and the error is logged); a handler that returns without finishing its response has it ended.
 * ``config``: a :class:`TransportConfig` (limits and timeouts).
+* ``tls``: a :class:`~trioscale.shared.net.tls.TlsAcceptor` to serve HTTPS (ALPN ``http/1.1``: the
+  client's ts2021 upgrade over TLS offers no ALPN, and nothing here speaks plain HTTP/2); the
+  handshake shares the first-byte deadline. ``None``: plain HTTP.
 
 Limits (see :class:`TransportConfig`): every phase before a request is served has a total deadline
 (first byte, the HTTP/1.1 request, the HTTP/2 preface, the first HTTP/2 request, each request's
@@ -65,6 +68,7 @@ from trioscale.shared.net.addr import format_sockaddr, split_host_port
 from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 from trioscale.shared.net.rawstream import RawStream
+from trioscale.shared.net.tls import TlsAcceptor
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
 from trioscale.shared.proto import control, keys, noise
 from trioscale.shared.proto.control import (
@@ -165,12 +169,14 @@ async def serve_control(
     config: TransportConfig | None = None,
     stats: TransportStats | None = None,
     limiter: ConnectionLimiter | None = None,
+    tls: TlsAcceptor | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control protocol on ``listeners_or_addr`` until cancelled (see the module docstring).
     ``stats``: a :class:`TransportStats` the listener keeps current (pass one to read it)."""
     cfg = config or TransportConfig()
     server = _ControlServer(server_private_key, noise_handler, http_handler, cfg, stats or TransportStats())
+    server.tls = tls
     listeners = await _open_listeners(listeners_or_addr)
     addresses = [_listener_address(lst) for lst in listeners]
     for a in addresses:
@@ -213,6 +219,19 @@ class _ControlServer:
         self.http_handler = http_handler
         self.cfg = cfg
         self.key_body = control.key_body(self.public_key)
+        self.tls: TlsAcceptor | None = None
+
+    async def _start_tls(self, plain: trio.abc.Stream) -> trio.abc.Stream:
+        sock = getattr(plain, "socket", None)
+        if not isinstance(sock, socket.socket) or self.tls is None:
+            raise _Close("TLS needs the connection's socket")
+        with trio.fail_after(self.cfg.first_byte_timeout):
+            ctx = await self.tls.context_for(sock)
+            if ctx is None:
+                raise _Close("no certificate to serve this connection")
+            stream = RawStream(sock, ctx)
+            await stream.do_handshake()
+        return stream
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         peer = "?"
@@ -227,6 +246,8 @@ class _ControlServer:
             pass
         self.stats.connections += 1
         try:
+            if self.tls is not None:
+                stream = await self._start_tls(stream)
             conn = _Http1Connection(self, stream, peer)
             conn.loopback = loopback
             await conn.run()
@@ -555,7 +576,7 @@ class _H2Session:
         self.conn = control.ControlConnection(self.cfg, server.stats, hs.connection, trio.current_time())
         self.lock = trio.Lock()
         #: synchronous sends go straight to the kernel on a plain TCP stream (None: not one)
-        self.raw = stream if isinstance(stream, RawStream) else None
+        self.raw = stream if isinstance(stream, RawStream) and server.tls is None else None
         #: encrypted bytes a synchronous send could not put on the wire yet; they go out first
         self.backlog = b""
         #: streams being served by a handler

@@ -214,11 +214,13 @@ def test_unsupported_keys_are_quiet_when_they_ask_for_nothing() -> None:
     })
     assert quiet.unsupported == ()
     loud = config_from_dict({
-        "trusted_proxies": ["10.0.0.0/8"], "logtail": {"enabled": True}, "tls_letsencrypt_hostname": "hs.example.com",
-        "acme_url": "https://acme.example/dir", "oidc": {"issuer": "https://id.example", "client_id": "x"},
+        "trusted_proxies": ["10.0.0.0/8"], "logtail": {"enabled": True},
+        "oidc": {"issuer": "https://id.example", "client_id": "x"},
     })
-    assert loud.unsupported == ("trusted_proxies", "logtail.enabled", "tls_letsencrypt_hostname", "acme_url",
-                                "oidc.issuer", "oidc.client_id")
+    assert loud.unsupported == ("trusted_proxies", "logtail.enabled", "oidc.issuer", "oidc.client_id")
+    # TLS and ACME are ours since issue #15: Headscale's keys take effect
+    acme = config_from_dict({"tls_letsencrypt_hostname": "hs.example.com", "acme_url": "https://acme.example/dir"})
+    assert acme.unsupported == () and acme.tls_letsencrypt_hostname == "hs.example.com"
     with pytest.raises(ConfigError) as info:
         config_from_dict({"logtail": {"enabled": True}, "oidc": {"issuer": "https://id.example"}}, strict=True)
     assert [p.split(":")[1].strip() for p in info.value.problems] == ["logtail.enabled", "oidc.issuer"]

@@ -25,6 +25,7 @@ from quart_trio import QuartTrio
 from trioscale.shared.net.addr import split_host_port
 from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.net.listen import serve_stream_sockets
+from trioscale.shared.net.tls import CertFiles
 from trioscale.shared.net.unixpath import short_unix_path
 
 from ..options import AdminOptions
@@ -95,7 +96,12 @@ def _hypercorn_config(log: logging.Logger) -> HypercornConfig:
     hc.include_server_header = False
     hc.graceful_timeout = 2.0
     hc.keep_alive_timeout = 30
+    hc.ssl_handshake_timeout = 10
     return hc
+
+
+#: hypercorn speaks both; browsers and API clients pick
+_ADMIN_ALPN = ("h2", "http/1.1")
 
 
 async def _serve_app(
@@ -104,6 +110,7 @@ async def _serve_app(
     log: logging.Logger,
     *,
     limiter: ConnectionLimiter,
+    tls: CertFiles | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """hypercorn's trio worker (`worker_serve`) with our accept loop in place of its own: that one
@@ -116,6 +123,11 @@ async def _serve_app(
     context = WorkerContext(None)
 
     async def handle(stream: trio.SocketStream) -> None:
+        if tls is not None:
+            ctx = tls.context(_ADMIN_ALPN)
+            if ctx is None:
+                return  # no certificate yet (ACME's first one is on its way)
+            stream = trio.SSLStream(stream, ctx, server_side=True)  # TCPServer runs the handshake
         await TCPServer(wrapped, hc, context, ConnectionState(lifespan_state.copy()), stream)
 
     async with trio.open_nursery() as lifespan_nursery:
@@ -132,13 +144,16 @@ async def serve_admin(
     limiter: ConnectionLimiter | None = None,
     unix_limiter: ConnectionLimiter | None = None,
     mount_api: Callable[[AsgiOnControl], None] | None = None,
+    tls: CertFiles | None = None,
     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin API on the unix socket (+ TCP with API keys when admin.listen_addr is set).
 
     `coordinator` is this process's (None: the answers do not wait for one); `limiter` and
     `unix_limiter` cap the TCP listener and the unix socket (default: listeners of their own);
-    `mount_api` puts the API-key app on the control listener too (Headscale serves /api/v1 on server_url).
+    `mount_api` puts the API-key app on the control listener too (Headscale serves /api/v1 on server_url);
+    `tls`: the certificate the TCP listener serves (default: `options.tls_cert_path`'s, if set; the
+    coordinator hands over its own, ACME's included).
     Reports {"admin_unix": path, "admin_tcp": "host:port"?}. Removes the socket file on the way out.
     """
     log = logging.getLogger("trioscale.admin")
@@ -150,6 +165,8 @@ async def serve_admin(
     tcp_sock = None
     try:
         if options.listen_addr:
+            if tls is None and options.tls_cert_path is not None and options.tls_key_path is not None:
+                tls = CertFiles(options.tls_cert_path, options.tls_key_path)
             tcp_sock, shown = _bind_tcp(options.listen_addr)
             addresses["admin_tcp"] = shown
         async with trio.open_nursery() as nursery:
@@ -164,9 +181,10 @@ async def serve_admin(
                 log.info("admin API (API keys required) on the control listener under %s", API_PREFIX)
             if tcp_sock is not None:
                 await nursery.start(
-                    partial(_serve_app, limiter=limiter or standalone_limiter("admin")), remote_app, tcp_sock, http_log
+                    partial(_serve_app, limiter=limiter or standalone_limiter("admin"), tls=tls), remote_app, tcp_sock,
+                    http_log,
                 )
-                log.info("admin API (API keys required) on http://%s", addresses["admin_tcp"])
+                log.info("admin API (API keys required) on %s://%s", "https" if tls else "http", addresses["admin_tcp"])
             task_status.started(addresses)
     finally:
         try:
