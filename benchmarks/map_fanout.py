@@ -16,6 +16,7 @@ peer decoding the PeersChangedPatch, over all rounds; `--json-out FILE` appends 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -93,6 +94,21 @@ class Server:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def start_py_spy(pid: int, out: str) -> subprocess.Popen:
+    """py-spy sampling the server during the join storm (the profile the scale work goes by)."""
+    exe = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                             "--output", out, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(spy: subprocess.Popen) -> None:
+    spy.send_signal(2)  # py-spy writes its output on SIGINT
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
 
 
 def rss_mib(pid: int) -> float:
@@ -177,7 +193,8 @@ class SimNode:
 
 async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str | None, server_pid: int | None,
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
-                peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64) -> dict:
+                peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
+                profile: str | None = None) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others)."""
@@ -187,12 +204,15 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
     peers_of = peers_of or (lambda m: [p for p in nodes if p is not m])
     limiter = trio.CapacityLimiter(concurrency)
     result: dict = {"nodes": n, "controls": len(controls)}
+    spy = start_py_spy(server_pid, profile) if profile and server_pid else None
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
         async with trio.open_nursery() as starting:
             for node in nodes:
                 starting.start_soon(nursery.start, node.run, authkey, limiter)
         result["setup_s"] = round(time.monotonic() - t0, 2)
+        if spy is not None:
+            stop_py_spy(spy)
         print(f"setup of {n} nodes took {result['setup_s']} s; server pid {server_pid}", file=sys.stderr, flush=True)
         # Measure from a quiet tailnet: wait until the join announcements have drained (no node
         # received anything for QUIET_S), at most 5 minutes.
@@ -250,6 +270,7 @@ def main() -> None:
     ap.add_argument("--control", action="append", help="URL of a running coordinator (repeatable)")
     ap.add_argument("--authkey", help="reusable pre-auth key (with --control)")
     ap.add_argument("--json-out")
+    ap.add_argument("--py-spy", metavar="FILE", help="sample the server with py-spy during setup (raw folded stacks)")
     args = ap.parse_args()
     for n in args.nodes:
         server = None
@@ -268,7 +289,8 @@ def main() -> None:
                 hostport = url.split("://", 1)[1].rstrip("/")
                 host, port = hostport.rsplit(":", 1)
                 controls.append((host, int(port)))
-            res = trio.run(bench, n, args.rounds, controls, authkey, server.pid() if server else None)
+            res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
+                                             profile=args.py_spy and f"{args.py_spy}.{n}"))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()
             print(json.dumps(res))

@@ -24,7 +24,7 @@ from . import register, setdns, sshcheck
 from trioscale.shared.domain import names, tailcfg
 from trioscale.shared.domain.fanout import Message
 from .coordinator import Coordinator
-from .sessions import frame
+from .sessions import frame, framed
 
 log = logging.getLogger("trioscale.coord.handlers")
 
@@ -311,7 +311,7 @@ class ControlHandlers:
                 started = trio.current_time()
                 try:
                     if messages:
-                        data = b"".join(frame(m, compress) for m in messages)
+                        data = framed(messages, compress)
                         await response.write(data)
                         session.wrote(len(messages), len(data))
                         del data

@@ -20,6 +20,7 @@ import trio
 
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.fanout import Message, Messages, SessionView
+from trioscale.shared.domain.mapbatch import coalesce
 from trioscale.shared.proto import mapframe
 
 from .metrics import FanoutWave, observe_written
@@ -28,6 +29,11 @@ from .metrics import FanoutWave, observe_written
 SESSION_QUEUE_LIMIT = 512
 #: sessions the flusher writes between two yields to the scheduler
 FLUSH_YIELD_EVERY = 256
+#: after a pass, the flusher lets changes gather for this many times the pass's duration (at most
+#: FLUSH_WINDOW_MAX seconds): the window widens under load, so a join storm's deltas reach each
+#: session in few large writes, and stays near zero when changes come one at a time
+FLUSH_WIDEN = 1.0
+FLUSH_WINDOW_MAX = 1.0
 
 
 def frame(message: Message, compress: str | None) -> bytes:
@@ -35,6 +41,25 @@ def frame(message: Message, compress: str | None) -> bytes:
     out = message.frames.get(compress)
     if out is None:
         out = message.frames[compress] = mapframe.encode_frame(message.json(), compress)
+    return out
+
+
+def framed(messages: list[Message] | deque[Message], compress: str | None,
+           batches: dict[tuple, bytes] | None = None) -> bytes:
+    """A session's queued messages coalesced into as few as give the same result
+    (shared/domain/mapbatch.py) and framed. `batches` shares the bytes between the sessions of a
+    flush pass that queued the same run of messages (the key holds the messages, so none of
+    their ids can be reused while it lives)."""
+    if len(messages) == 1:
+        return frame(messages[0], compress)
+    key = (compress, *messages)
+    if batches is not None:
+        out = batches.get(key)
+        if out is not None:
+            return out
+    out = b"".join(frame(m, compress) for m in coalesce(list(messages)))
+    if batches is not None:
+        batches[key] = out
     return out
 
 
@@ -77,14 +102,14 @@ class MapSession(SessionView):
             self.wakeup.set()
         return True
 
-    def flush_nowait(self) -> None:
+    def flush_nowait(self, batches: dict[tuple, bytes] | None = None) -> None:
         """Write what is queued at once if the connection can take it (one send for all of it);
         else leave it to the session's own task."""
         if self.closed or self.writing or not self.queue or self.response is None:
             if self.queue or self.closed:
                 self.wakeup.set()
             return
-        data = b"".join(frame(m, self.compress) for m in self.queue)
+        data = framed(self.queue, self.compress, batches)
         if self.response.write_nowait(data):
             observe_written(self.waves, len(self.queue), len(data))
             self.queue.clear()
@@ -175,8 +200,12 @@ class SessionTable:
             await self._dirty_wakeup.wait()
             self._dirty_wakeup = trio.Event()
             dirty, self._dirty = self._dirty, {}
+            started = trio.current_time()
+            batches: dict[tuple, bytes] = {}
             for i, session in enumerate(dirty):
-                session.flush_nowait()
+                session.flush_nowait(batches)
                 if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
                     await trio.sleep(0)  # let requests and the follower run during a long pass
-            await trio.sleep(0)
+            del batches
+            # rate control, not synchronisation: the next pass waits in proportion to this one
+            await trio.sleep(min(FLUSH_WINDOW_MAX, (trio.current_time() - started) * FLUSH_WIDEN))

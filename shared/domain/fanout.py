@@ -42,22 +42,36 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+#: a message's dict is kept after encoding below this size (a delta's, for coalescing); a first
+#: map's is dropped
+KEEP_BODY_BELOW = 64 << 10
+
+
 class Message:
     """One MapResponse body, serialised once and shared by every session it goes to. `frames` is
     the transport's cache of its framed (and compressed) forms."""
 
     __slots__ = ("body", "_json", "frames")
 
-    def __init__(self, body: dict[str, Any] | None = None, *, json_text: str | None = None) -> None:
+    def __init__(self, body: dict[str, Any] | None = None, *, json_text: str | None = None,
+                 json_bytes: bytes | None = None) -> None:
         self.body = body
-        self._json: bytes | None = json_text.encode() if json_text is not None else None
+        self._json: bytes | None = json_text.encode() if json_text is not None else json_bytes
         self.frames: dict[str | None, bytes] = {}
 
     def json(self) -> bytes:
         if self._json is None:
             self._json = dumps(self.body).encode()
-            self.body = None  # a full map's dicts are large; the JSON is all that is needed now
+            if len(self._json) > KEEP_BODY_BELOW:
+                self.body = None  # a full map's dicts are large; the JSON is all that is needed now
         return self._json
+
+    def fields(self) -> dict[str, Any]:
+        """The body as a dict (what coalescing reads; shared/domain/mapbatch.py): parsed from the
+        JSON once for a message built from text or too large to keep its dict. Read-only."""
+        if self.body is None:
+            self.body = json.loads(self.json())
+        return self.body
 
 
 class SessionView:
@@ -180,6 +194,20 @@ def first_map(tailnet: Tailnet, view: SessionView, now: datetime) -> dict[str, A
     view.sent = PeerSet(sent)
     remember_first_map(tailnet, view, first)
     return first
+
+
+def first_map_message(tailnet: Tailnet, view: SessionView, now: datetime) -> Message:
+    """`first_map` as a Message, its Peers assembled from each peer's kept JSON (Tailnet.peer_text)
+    rather than encoded again for every new session."""
+    node = tailnet.nodes[view.node_id]
+    head, peers, sent = tailnet.full_map_text(node, now)
+    head["DERPMap"] = tailcfg.derp_map_for_capver(head["DERPMap"], view.capver)
+    view.sent = PeerSet(sent)
+    remember_first_map(tailnet, view, head)
+    rest = dumps(head).encode()
+    if peers is None:
+        return Message(json_bytes=rest)
+    return Message(json_bytes=b'{"Peers":' + peers + b"," + rest[1:])
 
 
 def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any]) -> None:
@@ -481,12 +509,22 @@ class _Run:
         ):
             return None
         by_user = c.net.by_user
+        subject = new_info if new_info is not None else old_info
+        routeless = all(not (i.routable_ips or i.approved_routes) for i in (old_info, new_info) if i is not None)
         users = {i.user_id for i in (old_info, new_info) if i is not None and i.user_id is not None}
         out: set[int] = set()
+        same_selectors = old_info is not None and new_info is not None and (
+            old_info.tags == new_info.tags and old_info.user_id == new_info.user_id)
         for i in set(old_cls[0]) | set(new_cls[0]):
             if i >= len(c._rules):
                 return None
             rc = c._rule(i)
+            if (rc.src.wildcard and routeless and not rc.self_dst and subject.id not in rc.src.nodes
+                    and (old_info is None or same_selectors)):
+                # a `*` source is written as the tailnet's ranges (and the subnet routes, looked
+                # at above), not node by node: the node is in no one's SrcIPs through this rule,
+                # before or after (with no policy, the default rule: a join changes no filter)
+                continue
             out |= rc.dst_nodes
             if rc.self_dst:
                 for uid in users:
@@ -724,7 +762,8 @@ class _Run:
             filt = tailnet.packet_filter(viewer)
             ssh = tailnet.ssh_policy(viewer)
             for view in views:
-                view_peers = routers_changed & view.sent
+                sent = view.sent
+                view_peers = {r for r in routers_changed if r in sent} if routers_changed else set()
                 same_ssh = ssh == view.ssh or (ssh is None and view.ssh == NO_SSH_RULES)
                 if filt == view.filter and same_ssh and not view_peers:
                     continue

@@ -14,6 +14,7 @@ policy object every other node with a disco key is visible and the filter allows
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,9 @@ class Tailnet:
     visibility: Visibility = default_visibility
     #: the live policy (policy/host.PolicyHost); None = allow all, no routes
     policy: Any = None
+    #: node id -> (node version, online, expired, base domain, its peer JSON): a first map is
+    #: assembled from these, not rebuilt peer by peer (see `peer_text`)
+    peer_texts: dict[int, tuple[Node, bool, bool, str, bytes]] = field(default_factory=dict, repr=False)
 
     # -- queries -------------------------------------------------------------------------------
     def announceable(self, node: Node) -> bool:
@@ -96,6 +100,23 @@ class Tailnet:
             is_self=False,
             **extra,
         )
+
+    def peer_text(self, peer: Node, now: datetime) -> bytes:
+        """`peer_json` for a viewer with no picture of its own (`peer_view` None), as JSON bytes,
+        kept per node version: in a join storm each node's JSON goes into thousands of first maps."""
+        online = peer.id in self.online
+        expired = peer.is_expired(now)
+        domain = self.settings.base_domain
+        ent = self.peer_texts.get(peer.id)
+        if ent is not None and ent[0] is peer and ent[1] == online and ent[2] == expired and ent[3] == domain:
+            return ent[4]
+        text = json.dumps(self.peer_json(peer, now, view=None), separators=(",", ":"), ensure_ascii=False).encode()
+        texts = self.peer_texts
+        if ent is None and len(texts) >= len(self.nodes) + 64:
+            for gone in [i for i in texts if i not in self.nodes]:
+                del texts[gone]  # removed nodes' entries, dropped in bulk
+        texts[peer.id] = (peer, online, expired, domain, text)
+        return text
 
     def self_json(self, node: Node, now: datetime) -> dict[str, Any]:
         if self.policy is None:
@@ -143,6 +164,28 @@ class Tailnet:
         msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
         if peers:
             msg["Peers"] = [self.peer_json(p, now, viewer.id) for p in peers]
+        self._map_rest(msg, viewer, peers, now)
+        return msg, {p.id for p in peers}
+
+    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], bytes | None, set[int]]:
+        """`full_map` in two parts: every field but Peers, and the Peers list as JSON bytes (None:
+        no peers), assembled from each peer's kept JSON (`peer_text`)."""
+        peers = self.visible_peers(viewer)
+        msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
+        self._map_rest(msg, viewer, peers, now)
+        if not peers:
+            return msg, None, set()
+        parts = []
+        for p in peers:
+            view = self.peer_view(viewer.id, p)
+            if view is None:
+                parts.append(self.peer_text(p, now))
+            else:
+                parts.append(json.dumps(self.peer_json(p, now, view=view), separators=(",", ":"),
+                                        ensure_ascii=False).encode())
+        return msg, b"[" + b",".join(parts) + b"]", {p.id for p in peers}
+
+    def _map_rest(self, msg: dict[str, Any], viewer: Node, peers: list[Node], now: datetime) -> None:
         msg["DERPMap"] = self.settings.derp_map
         dns = self.dns_config_for(viewer)
         if dns is not None:
@@ -157,7 +200,6 @@ class Tailnet:
         msg["ControlTime"] = tailcfg.format_time(now)
         if self.settings.disable_log_tail:
             msg["Debug"] = {"DisableLogTail": True}
-        return msg, {p.id for p in peers}
 
     # -- deltas --------------------------------------------------------------------------------
     def peer_delta(

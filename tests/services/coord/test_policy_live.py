@@ -159,11 +159,12 @@ async def test_policy_change_reaches_connected_nodes_within_a_second(env):
                      and "100.64.0.3" in src_ips(filter_of(web)), what="bob allowed to web")
     assert trio.current_time() - start < DEADLINE
     assert set(peers_of(b)) == {web_id}  # b1 sees web only, not a1
-    # web got the new filter, then b1 as a changed peer (filter first: it never lags the peers)
+    # web got the new filter, then b1 as a changed peer, or both in one coalesced MapResponse
+    # (sessions.framed), which a client applies at once: the filter never lags the peers
     msgs = web.messages()
     i_filter = max(i for i, m in enumerate(msgs) if "PacketFilter" in m)
     i_peer = max(i for i, m in enumerate(msgs) if any(p["ID"] == b_id for p in m.get("PeersChanged", [])))
-    assert i_filter < i_peer and [p["ID"] for p in msgs[i_peer]["PeersChanged"]] == [b_id]
+    assert i_filter <= i_peer and [p["ID"] for p in msgs[i_peer]["PeersChanged"]] == [b_id]
 
     # back: b1 is removed from web's map and web from b1's; b1's filter stays deny-all
     await env.set_policy(WEB_FOR_GROUP_X)
