@@ -5,12 +5,12 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test postgres pebble clients headscale labtools idp browser clean-venv
+.PHONY: run test postgres pebble clients headscale labtools idp browser kustomize image k8s clean-venv
 
 run: $(STAMP)
 	$(VENV)/bin/trioscale serve
 
-test: postgres pebble labtools clients headscale idp browser $(STAMP)
+test: postgres pebble labtools clients headscale idp browser kustomize $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
@@ -85,6 +85,36 @@ headscale:
 		GOTOOLCHAIN=local GOPROXY="file://$$(go env GOMODCACHE)/cache/download" GOSUMDB=off GOBIN="$$d" \
 			go install $(HEADSCALE_MODULE)/cmd/headscale@v$(HEADSCALE_VERSION); } \
 	|| echo "Headscale v$(HEADSCALE_VERSION) could not be built: the Headscale import tests will be skipped"
+
+# `kubectl kustomize` renders deploy/k8s's overlays in tests/deploy. The overlays need kustomize v5
+# (`labels`, patches by target); Debian bookworm's kubectl (kubernetes-client 1.20) embeds
+# kustomize v2, too old, so where no kubectl with kustomize v5 is found a pinned kustomize is built
+# with Go into the cache (tests/deploy/conftest.py looks for both).
+KUSTOMIZE_VERSION ?= 5.5.0
+KUSTOMIZE_DIR := $(HOME)/.cache/trioscale/kustomize-$(KUSTOMIZE_VERSION)
+kustomize:
+	@if kubectl version --client 2>/dev/null | grep -q '^Kustomize Version: v5'; then exit 0; fi; \
+	if [ -x "$(KUSTOMIZE_DIR)/kustomize" ]; then exit 0; fi; \
+	if ! command -v go >/dev/null 2>&1; then \
+		echo "go not found and no kubectl with kustomize v5: the Kubernetes manifest tests will be skipped"; exit 0; fi; \
+	echo "building kustomize v$(KUSTOMIZE_VERSION) into $(KUSTOMIZE_DIR)"; \
+	GOTOOLCHAIN=local GOBIN="$(KUSTOMIZE_DIR)" go install sigs.k8s.io/kustomize/kustomize/v5@v$(KUSTOMIZE_VERSION)
+
+# Renders every overlay and checks the objects (schemas offline, securityContext, limits, probes,
+# secrets): the same tests `make test` runs, alone.
+k8s: kustomize $(STAMP)
+	$(VENV)/bin/pytest -q tests/deploy
+
+# The container image (Dockerfile), where a Docker daemon answers and the base image is there or can
+# be pulled; elsewhere it says why and succeeds, so `make image` never breaks a build without Docker.
+IMAGE ?= trioscale:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+PYTHON_IMAGE := $(shell sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile)
+image:
+	@if ! docker info >/dev/null 2>&1; then \
+		echo "make image: no Docker daemon answers (docker info failed): image not built"; exit 0; fi; \
+	if ! docker image inspect $(PYTHON_IMAGE) >/dev/null 2>&1 && ! docker pull $(PYTHON_IMAGE); then \
+		echo "make image: base image $(PYTHON_IMAGE) is not available: image not built"; exit 0; fi; \
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) . && echo "built $(IMAGE)"
 
 # Inside the tailscaled tests' namespaces: nft (firewall rules that force traffic through DERP),
 # ping (ICMP across the tailnet) and the OpenSSH client (under `tailscale ssh`).

@@ -1,50 +1,61 @@
-"""deploy/k8s stays consistent with the configuration keys: the ConfigMap's file validates, and every
-TRIOSCALE_* variable the workloads set is a known key's override."""
+"""deploy/k8s stays consistent with the configuration keys: every process's configuration (the
+ConfigMap's file plus the environment its container gets) validates, and every TRIOSCALE_* variable
+the workloads set is a known key's override."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
+from k8sobjects import config_file, container_env, pod_spec, process_config
 
 from trioscale.config import KNOWN_KEYS, NON_KEY_ENV, config_from_dict, env_name
 
-K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+
+def test_configmap_is_a_valid_postgres_config(rendered):
+    for overlay in rendered.values():
+        (cm,) = [d for d in overlay.of_kind("ConfigMap") if d["metadata"]["name"].startswith("trioscale-config-")]
+        cfg = config_from_dict(yaml.safe_load(cm["data"]["config.yaml"]))
+        assert cfg.database.type == "postgres" and cfg.database.postgres.host == "postgres"
+        assert cfg.presence.lease > cfg.presence.heartbeat
+        assert cfg.derp.relay_timeout > cfg.derp.server.heartbeat_interval
+        # the Service the config names is there
+        assert "postgres" in {d["metadata"]["name"] for d in overlay.of_kind("Service")}
 
 
-def documents():
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                yield path.name, doc
-
-
-def test_configmap_is_a_valid_postgres_config():
-    (cm,) = [d for _, d in documents() if d["kind"] == "ConfigMap"]
-    data = yaml.safe_load(cm["data"]["config.yaml"])
-    cfg = config_from_dict(data)
-    assert cfg.database.type == "postgres" and cfg.database.postgres.host == "postgres"
-    assert cfg.presence.lease > cfg.presence.heartbeat
-    assert cfg.derp.relay_timeout > cfg.derp.server.heartbeat_interval
-
-
-def test_every_environment_override_names_a_key():
+def test_every_environment_override_names_a_key(rendered):
     known = {env_name(k) for k in KNOWN_KEYS} | set(NON_KEY_ENV)
     seen = set()
-    for name, doc in documents():
-        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-        for container in spec.get("containers", []):
-            for var in container.get("env", []):
-                if var["name"].startswith("TRIOSCALE_"):
-                    assert var["name"] in known, f"{name}: {var['name']} is not a configuration key"
-                    seen.add(var["name"])
-    assert "TRIOSCALE_DERP_SERVER_MESH_KEY" in seen and "TRIOSCALE_DATABASE_POSTGRES_PASSWORD" in seen
+    for overlay in rendered.values():
+        for workload in overlay.workloads():
+            for container in pod_spec(workload)["containers"]:
+                for var in container_env(overlay.docs, container):
+                    if var.startswith("TRIOSCALE_"):
+                        assert var in known, f"{overlay.name}: {container['name']}: {var} is not a configuration key"
+                        seen.add(var)
+    assert {"TRIOSCALE_DERP_SERVER_MESH_KEY", "TRIOSCALE_DATABASE_POSTGRES_PASSWORD",
+            "TRIOSCALE_DERP_SERVER_REGION_ID", "TRIOSCALE_METRICS_LISTEN_ADDR"} <= seen
 
 
-def test_coordinators_are_two_replicas_sharing_one_noise_key():
-    (dep,) = [d for _, d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "trioscale-coord"]
-    assert dep["spec"]["replicas"] == 2
-    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[-1] == "coord"
-    kinds = {d["kind"] for _, d in documents()}
-    assert {"Deployment", "Service", "DaemonSet", "ConfigMap", "Secret"} <= kinds
+def test_every_process_configuration_validates(rendered):
+    for overlay in rendered.values():
+        for workload in overlay.workloads():
+            for container in pod_spec(workload)["containers"]:
+                cfg = process_config(overlay.docs, workload, container)
+                assert cfg.database.postgres.password, f"{container['name']}: no database password"
+                assert str(cfg.data_dir) == "/var/lib/trioscale"
+
+
+def test_coordinators_are_replicas_sharing_one_noise_key(rendered):
+    for overlay in rendered.values():
+        dep = overlay.one("Deployment", "trioscale-coord")
+        assert dep["spec"]["replicas"] >= 2
+        (container,) = pod_spec(dep)["containers"]
+        assert container["args"] == ["coord"]
+        # the key file every replica reads is the one Secret's key, not generated per pod
+        cfg_path = config_file(overlay.docs, dep, container)["noise"]["private_key_path"]
+        mount = next(m for m in container["volumeMounts"] if cfg_path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod_spec(dep)["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"].startswith("trioscale-secrets-")
+        assert volume["secret"]["items"][0]["path"] == cfg_path.rsplit("/", 1)[1]
+        kinds = {d["kind"] for d in overlay.docs}
+        assert {"Deployment", "Service", "DaemonSet", "ConfigMap", "Secret"} <= kinds
+    assert rendered["multi-region"].one("Deployment", "trioscale-coord")["spec"]["replicas"] >= 2
