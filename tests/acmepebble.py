@@ -3,6 +3,13 @@
     pebble = Pebble(workdir, "127.0.0.1:5353").start()          # on loopback, as the e2e tests run it
     pebble = Pebble(workdir, "10.77.0.2:53", host="10.77.0.2",  # inside a lab host (tests/tailscaled)
                     popen=lambda argv, **kw: lab.popen("ctl", argv, **kw), inside=lambda: lab.inside("ctl"))
+
+HTTP-01 and TLS-ALPN-01 (our own ACME client, services/coord/acme.py): pebble connects for real to
+`http_port` / `tls_port` at the address its DNS server gives; `ChallTestSrv` (Debian's
+pebble-challtestsrv, as a plain DNS server) answers every A query with one address:
+
+    dns = ChallTestSrv(workdir, "127.0.0.1").start()
+    pebble = Pebble(workdir, dns.address, http_port=8080, tls_port=8443).start()
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from util import free_port, wait_for
+from util import free_port, free_tcp_udp_port, wait_for
 
 
 def _write_tls_pair(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
@@ -65,7 +72,8 @@ class Pebble:
 
     def __init__(self, workdir: Path, dns_server: str, *, host: str = "127.0.0.1",
                  popen: Callable[..., subprocess.Popen] = subprocess.Popen,
-                 inside: Callable[[], Any] = contextlib.nullcontext) -> None:
+                 inside: Callable[[], Any] = contextlib.nullcontext,
+                 http_port: int | None = None, tls_port: int | None = None) -> None:
         self.dir = workdir / "pebble"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host, self._popen, self._inside = host, popen, inside
@@ -75,10 +83,12 @@ class Pebble:
             "listenAddress": f"{host}:{self.port}",
             "managementListenAddress": f"{host}:{self.mgmt_port}",
             "certificate": str(cert), "privateKey": str(key),
-            # HTTP-01 / TLS-ALPN-01 ports: nothing listens there, so only DNS-01 can succeed
-            "httpPort": free_port(), "tlsPort": free_port(),
+            # HTTP-01 / TLS-ALPN-01 ports: unless a test names its listeners, nothing listens
+            # there, so only DNS-01 can succeed
+            "httpPort": http_port or free_port(), "tlsPort": tls_port or free_port(),
             "ocspResponderURL": "", "externalAccountBindingRequired": False,
         }}
+        self.http_port, self.tls_port = config["pebble"]["httpPort"], config["pebble"]["tlsPort"]
         self.config = self.dir / "pebble-config.json"
         self.config.write_text(json.dumps(config))
         self.log_path = self.dir / "pebble.log"
@@ -110,6 +120,54 @@ class Pebble:
         """Pebble's root and intermediate (made fresh at each start), PEM."""
         return self._get(f"https://{self.host}:{self.mgmt_port}/roots/0") + self._get(
             f"https://{self.host}:{self.mgmt_port}/intermediates/0")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+class ChallTestSrv:
+    """Debian's pebble-challtestsrv as a DNS server only: every A query is answered with `ipv4`
+    (no AAAA), so pebble's validations connect to our listeners there."""
+
+    def __init__(self, workdir: Path, ipv4: str = "127.0.0.1", *, host: str = "127.0.0.1") -> None:
+        self.dir = workdir / "challtestsrv"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ipv4, self.host = ipv4, host
+        self.dns_port = free_tcp_udp_port(host)
+        self.mgmt_port = free_port(host=host)
+        self.log_path = self.dir / "challtestsrv.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.dns_port}"
+
+    def start(self) -> "ChallTestSrv":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["pebble-challtestsrv", "-dns01", self.address, "-http01", "", "-https01", "", "-tlsalpn01", "",
+             "-management", f"{self.host}:{self.mgmt_port}",
+             "-defaultIPv4", self.ipv4, "-defaultIPv6", ""],
+            stdout=self._log, stderr=subprocess.STDOUT, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        wait_for(self._answers, 20, "pebble-challtestsrv to answer DNS")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"pebble-challtestsrv exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+        import dns.message
+        import dns.query
+
+        answer = dns.query.udp(dns.message.make_query("probe.test.", "A"), self.host, port=self.dns_port, timeout=1)
+        return bool(answer.answer)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

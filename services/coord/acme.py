@@ -111,6 +111,11 @@ class _TlsAlpn01Response(challenges.ChallengeResponse):
 
     typ = "tls-alpn-01"
 
+    def __bool__(self) -> bool:
+        # the library sends an empty payload (a POST-as-GET, which only reads the challenge) for
+        # a falsy object, and a response without fields has length 0
+        return True
+
 
 def challenge_certificate(hostname: str, key_authorization: str) -> ssl.SSLContext:
     """RFC 8737's self-signed certificate for `hostname`, carrying SHA-256(key authorization), in a

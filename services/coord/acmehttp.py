@@ -41,6 +41,7 @@ def _answer(tokens: Mapping[str, str], hostname: str, method: bytes, target: byt
     if method in (b"GET", b"HEAD") and path.startswith(_PREFIX):
         key_authorization = tokens.get(path[len(_PREFIX):])
         if key_authorization is not None:
+            log.info("ACME HTTP-01: answering a validation for %s", hostname)
             return 200, [("Content-Type", "text/plain")], key_authorization.encode("ascii")
         return 404, [("Content-Type", "text/plain")], b"no such challenge\n"
     if method in (b"GET", b"HEAD"):

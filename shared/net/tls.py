@@ -351,13 +351,19 @@ class TlsAcceptor:
         self.alpn = alpn
         self.challenges = challenges if challenges is not None else {}
         self.hello_timeout = hello_timeout
+        #: validators answered with a challenge certificate
+        self.challenges_answered = 0
 
     async def context_for(self, sock: socket.socket) -> ssl.SSLContext | None:
         """The context for a connection on `sock` (None: nothing to serve it)."""
         if self.challenges:
             hello = await _peek_hello(sock, self.hello_timeout)
             if hello is not None and hello.alpn == (ACME_TLS_ALPN,):
-                return self.challenges.get(hello.server_name)
+                ctx = self.challenges.get(hello.server_name)
+                if ctx is not None:
+                    self.challenges_answered += 1
+                    _log.info("ACME TLS-ALPN-01: answering a validation for %s", hello.server_name)
+                return ctx
         return self.certs.context(self.alpn)
 
 
