@@ -2,7 +2,11 @@
 
 Sources, later ones win: the embedded defaults, the YAML file (``-c FILE``, else ``TRIOSCALE_CONFIG``,
 else none), then one environment variable per key: ``TRIOSCALE_`` + the dotted key upper-cased with
-dots replaced by ``_`` (``derp.server.listen_addr`` -> ``TRIOSCALE_DERP_SERVER_LISTEN_ADDR``).
+dots replaced by ``_`` (``derp.server.listen_addr`` -> ``TRIOSCALE_DERP_SERVER_LISTEN_ADDR``), and
+Headscale's name for it, ``HEADSCALE_`` + its Headscale key the same way (``HEADSCALE_SERVER_URL``;
+the two given different values is an error). A HEADSCALE_ variable for a Headscale key we do not
+implement is reported with the file's; one naming no Headscale key is warned about (an error with
+``strict``). ``HEADSCALE_CONFIG`` names the file when ``TRIOSCALE_CONFIG`` does not.
 List values from the environment are JSON (``["a","b"]``) or comma-separated; dict values are JSON.
 
 Relative paths in the file are resolved against the file's folder; relative paths from the defaults
@@ -88,6 +92,8 @@ __all__ = [
     "replace_keys",
     "MAX_DURATION",
     "unsupported_warning",
+    "unknown_env_warning",
+    "headscale_env_name",
 ]
 
 
@@ -689,6 +695,8 @@ class Config:
     source: Path | None = not_a_key(default=None, compare=False)
     #: Headscale keys the file gives that have no effect here (trioscale/configheadscale.py); not a key
     unsupported: tuple[str, ...] = not_a_key(default=(), compare=False)
+    #: HEADSCALE_ environment variables that name no Headscale key (warned about); not a key
+    unknown_env: tuple[str, ...] = not_a_key(default=(), compare=False)
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy with dotted keys changed: ``cfg.replace(**{"derp.server.enabled": False})``."""
@@ -707,6 +715,13 @@ def unsupported_warning(keys: Iterable[str], where: str = "") -> str:
         f"{prefix}{len(keys)} Headscale key{'s' if len(keys) != 1 else ''} not implemented by trioscale, "
         f"ignored (an error with --strict; docs/configuration.md, Coming from Headscale): {', '.join(keys)}"
     )
+
+
+def unknown_env_warning(names: Iterable[str]) -> str:
+    """The one warning naming every HEADSCALE_ variable that is no Headscale key."""
+    names = list(names)
+    return (f"environment: {len(names)} HEADSCALE_ variable{'s' if len(names) != 1 else ''} naming no Headscale "
+            f"key, ignored (an error with --strict): {', '.join(names)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -830,7 +845,31 @@ SCHEMA = Schema(Config, _RULES, renamed=RENAMED, foreign=UNSUPPORTED)
 KNOWN_KEYS: tuple[str, ...] = tuple(SCHEMA.keys)
 
 #: environment variables that start with TRIOSCALE_ but are not configuration keys
-NON_KEY_ENV = frozenset({"TRIOSCALE_CONFIG", "TRIOSCALE_CLI_ADDRESS", "TRIOSCALE_CLI_API_KEY"})
+NON_KEY_ENV = frozenset({"TRIOSCALE_CONFIG", "TRIOSCALE_CLI_ADDRESS", "TRIOSCALE_CLI_API_KEY",
+                         "TRIOSCALE_CLI_INSECURE"})
+
+
+def headscale_env_name(key: str) -> str:
+    """The variable Headscale reads for dotted `key` (viper: HEADSCALE_ prefix, `.` -> `_`)."""
+    return "HEADSCALE_" + key.upper().replace(".", "_")
+
+
+#: Headscale's variables that are not configuration keys here: the config file's path, and the
+#: CLI's remote address, API key and TLS check (read by trioscale's CLI, trioscale/cli/root.py)
+HEADSCALE_NON_KEY_ENV = frozenset({"HEADSCALE_CONFIG", "HEADSCALE_CLI_ADDRESS", "HEADSCALE_CLI_API_KEY",
+                                   "HEADSCALE_CLI_INSECURE"})
+
+def _headscale_env() -> dict[str, str]:
+    names = [(k, k) for k in SCHEMA.keys] + list(SCHEMA.aliases.items()) + [(k, k) for k in SCHEMA.foreign]
+    out: dict[str, str] = {}
+    for name, key in names:  # a key's own name first: `_` inside names could make two alike
+        out.setdefault(headscale_env_name(name), key)
+    return {name: key for name, key in out.items() if name not in HEADSCALE_NON_KEY_ENV}
+
+
+#: HEADSCALE_ variable -> the key it sets (ours, under Headscale's name or an older spelling) or
+#: the Headscale key trioscale does not implement (reported like the file's)
+HEADSCALE_ENV: dict[str, str] = _headscale_env()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -871,6 +910,8 @@ def load_config(
     cwd = Path.cwd() if cwd is None else Path(cwd)
     if path is None and env.get("TRIOSCALE_CONFIG"):
         path = env["TRIOSCALE_CONFIG"]
+    elif path is None and env.get("HEADSCALE_CONFIG"):  # Headscale's own
+        path = env["HEADSCALE_CONFIG"]
     data: dict[str, Any] = {}
     file_path: Path | None = None
     if path is not None and str(path) != "":
@@ -926,8 +967,19 @@ def _build(
                 )
                 failed.add(key)
     from_env: dict[str, tuple[str, str]] = {}  # key -> (variable, text)
-    for name, text in env.items():
+    unknown_env: list[str] = []
+    for name, text in sorted(env.items()):
         key = SCHEMA.by_env.get(name)
+        if key is None and name.startswith("HEADSCALE_"):
+            # Headscale reads every key from the environment too (a container's settings)
+            key = HEADSCALE_ENV.get(name)
+            if key is None:
+                if name not in HEADSCALE_NON_KEY_ENV:
+                    unknown_env.append(name)
+                continue
+            if key in SCHEMA.foreign:
+                read.foreign[key] = _env_value(text)
+                continue
         if key is None:
             continue
         if key in from_env and from_env[key][1] != text:
@@ -937,6 +989,8 @@ def _build(
         from_env[key] = (name, text)
         where[key] = f"environment {name} ({key})"
         spec = SCHEMA.keys[key]
+        if name.startswith("HEADSCALE_") and spec.setting.kind.from_env is STRLIST.from_env:
+            text = _viper_list(text)
         try:
             given[key] = spec.convert(spec.setting.kind.from_env(text), cwd)
         except ValueError as exc:
@@ -960,10 +1014,33 @@ def _build(
         )
     elif unsupported:
         warnings.append(unsupported_warning(unsupported, label))
+    if unknown_env:
+        if strict:
+            problems.extend(f"environment {name}: names no Headscale key, refused by --strict" for name in unknown_env)
+        else:
+            warnings.append(unknown_env_warning(unknown_env))
     if problems:
         raise ConfigError(problems, warnings)
     _derive(values, unset=[k for k in KNOWN_KEYS if given.get(k) in (None, "")])
-    return SCHEMA.build(values, source=file_path, unsupported=unsupported)
+    return SCHEMA.build(values, source=file_path, unsupported=unsupported, unknown_env=tuple(unknown_env))
+
+
+def _viper_list(text: str) -> str:
+    """Headscale (viper) splits a list from the environment at white space ("1.1.1.1 8.8.8.8"); ours
+    is JSON or comma-separated, which a list without commas or brackets becomes."""
+    stripped = text.strip()
+    if stripped.startswith("[") or "," in stripped:
+        return text
+    return ",".join(stripped.split())
+
+
+def _env_value(text: str) -> Any:
+    """A Headscale key's value from the environment, typed as YAML would read it (`false`, `0`,
+    `[]`), so that a value asking for nothing is not reported."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _fill_data_files(values: dict[str, Any], unset: Iterable[str]) -> None:
@@ -1031,7 +1108,7 @@ def replace_keys(cfg: Config, changes: Mapping[str, Any]) -> Config:
     if problems:
         raise ConfigError(problems)
     _derive(values, [k for k, v in changed.items() if v in (None, "")])
-    return SCHEMA.build(values, source=source, unsupported=cfg.unsupported)
+    return SCHEMA.build(values, source=source, unsupported=cfg.unsupported, unknown_env=cfg.unknown_env)
 
 
 _MISSING = object()

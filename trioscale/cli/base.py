@@ -56,6 +56,7 @@ class State:
         self.force = False
         self.address: str | None = None
         self.api_key: str | None = None
+        self.insecure = False
         self._config: Config | None = None
 
     def config(self) -> Config:
@@ -69,8 +70,8 @@ class State:
     def client(self) -> AdminClient:
         if self.address:
             if not self.api_key:
-                raise CLIError("--address needs an API key (--api-key or TRIOSCALE_CLI_API_KEY)")
-            return AdminClient(address=self.address, api_key=self.api_key)
+                raise CLIError("--address needs an API key (--api-key, TRIOSCALE_CLI_API_KEY or HEADSCALE_CLI_API_KEY)")
+            return AdminClient(address=self.address, api_key=self.api_key, insecure=self.insecure)
         return AdminClient(socket_path=str(self.config().unix_socket))
 
 

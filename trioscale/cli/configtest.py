@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from trioscale.config import SCHEMA, ConfigError, load_config
+from trioscale.config import SCHEMA, ConfigError, load_config, unknown_env_warning
 from trioscale.options import tls_file_problems
 
 from .base import emit_json, error_document, fmt, machine, output_option, state
@@ -35,8 +35,11 @@ def configtest(output: str | None, strict: bool) -> None:
         raise click.exceptions.Exit(1) from None
     unsupported = [{"key": key, "reason": SCHEMA.foreign[key].reason} for key in cfg.unsupported]
     if machine(output):
-        emit_json({"ok": True, "source": str(cfg.source) if cfg.source else None, "unsupported": unsupported}, output)
+        emit_json({"ok": True, "source": str(cfg.source) if cfg.source else None, "unsupported": unsupported,
+                   "unknownEnv": list(cfg.unknown_env)}, output)
         return
+    if cfg.unknown_env:
+        click.echo(f"Warning: {unknown_env_warning(cfg.unknown_env)}", err=True)
     if unsupported:
         click.echo(
             f"Warning: {len(unsupported)} Headscale key{'s' if len(unsupported) != 1 else ''} in {cfg.source} "

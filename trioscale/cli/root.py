@@ -1,7 +1,9 @@
 """`trioscale` command line, shaped like Headscale's: the root command and the entry point.
 
 Admin commands talk to the running server through its unix socket (found from the configuration),
-or over TCP with `--address URL --api-key KEY` (env TRIOSCALE_CLI_ADDRESS, TRIOSCALE_CLI_API_KEY).
+or over TCP with `--address URL --api-key KEY` (env TRIOSCALE_CLI_ADDRESS, TRIOSCALE_CLI_API_KEY, or
+Headscale's HEADSCALE_CLI_ADDRESS, HEADSCALE_CLI_API_KEY, HEADSCALE_CLI_INSECURE; HEADSCALE_CONFIG
+names the file when -c and TRIOSCALE_CONFIG do not).
 Every command takes `-o/--output table|json|json-line|yaml` (the data formats print the API's record,
 as Headscale's CLI does). Any failure is one line `Error: ...` on stderr (with a data format, the
 error in that format: `{"error": "..."}`, as Headscale's CLI) and exit status 1 (2 for a usage mistake).
@@ -9,11 +11,13 @@ error in that format: `{"error": "..."}`, as Headscale's CLI) and exit status 1 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from . import apikeys, auth, configtest, debug, health, importcmd, nodes, policy, preauthkeys, services, users, version
+from . import (apikeys, auth, configtest, debug, health, importcmd, nodes, oauthclients, policy, preauthkeys,
+               services, users, version)
 from .base import MACHINE_OUTPUTS, OUTPUTS, AliasGroup, State, error_document
 
 
@@ -29,21 +33,37 @@ from .base import MACHINE_OUTPUTS, OUTPUTS, AliasGroup, State, error_document
               help="admin API over TCP, e.g. http://127.0.0.1:9090 (default: the local unix socket)")
 @click.option("--api-key", envvar="TRIOSCALE_CLI_API_KEY", default=None, metavar="KEY",
               help="API key for --address")
+@click.option("--insecure", is_flag=True, envvar="TRIOSCALE_CLI_INSECURE",
+              help="with an https --address: do not check the server's certificate")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, output: str | None, force: bool, address: str | None,
-        api_key: str | None) -> None:
+        api_key: str | None, insecure: bool) -> None:
     """trioscale: a self-hosted Tailscale control server, DERP relay, STUN and DNS server."""
     st = ctx.ensure_object(State)
-    st.config_path = config_path or None
+    st.config_path = config_path or os.environ.get("HEADSCALE_CONFIG") or None
     st.output = output
     st.force = force
-    st.address = address or None
-    st.api_key = api_key or None
+    st.address = address or headscale_address(os.environ.get("HEADSCALE_CLI_ADDRESS", "")) or None
+    st.api_key = api_key or os.environ.get("HEADSCALE_CLI_API_KEY") or None
+    st.insecure = insecure or _true(os.environ.get("HEADSCALE_CLI_INSECURE", ""))
+
+
+def headscale_address(text: str) -> str:
+    """HEADSCALE_CLI_ADDRESS as our --address: Headscale's CLI takes host:port and always speaks TLS
+    (cli.insecure only skips the certificate check), so an address without a scheme is https."""
+    text = text.strip()
+    if not text or "://" in text:
+        return text
+    return "https://" + text
+
+
+def _true(text: str) -> bool:
+    return text.strip().lower() in ("1", "t", "true", "yes", "on")
 
 
 for _command in (users.users, preauthkeys.preauthkeys, apikeys.apikeys, nodes.nodes, auth.auth, policy.policy,
                  debug.debug, health.health, configtest.configtest, version.version, importcmd.import_,
-                 *services.COMMANDS):
+                 oauthclients.oauthclients, *services.COMMANDS):
     cli.add_command(_command)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from trioscale.config import Config, ConfigError, load_config, unsupported_warning
+from trioscale.config import Config, ConfigError, load_config, unknown_env_warning, unsupported_warning
 
 from .base import CLIError, config_option, state
 
@@ -31,6 +31,8 @@ def _run(names: list[str], strict: bool) -> None:
     setup_logging(cfg.log.level, cfg.log.format)
     if cfg.unsupported:
         logging.getLogger("trioscale").warning("%s", unsupported_warning(cfg.unsupported, str(cfg.source)))
+    if cfg.unknown_env:
+        logging.getLogger("trioscale").warning("%s", unknown_env_warning(cfg.unknown_env))
     code = run_services(names, cfg)
     if code:
         sys.exit(code)
