@@ -123,7 +123,7 @@ class AdminClient:
             data = None
         if resp.status >= 400:
             # a problem document's detail; "error" is what servers before RFC 7807 answered
-            message = (data.get("detail") or data.get("error")) if isinstance(data, dict) else None
+            message = (data.get("detail") or data.get("error") or data.get("message")) if isinstance(data, dict) else None
             raise ApiError(resp.status, message or f"the server answered {resp.status} {resp.reason}")
         if not isinstance(data, dict):
             raise ApiError(resp.status, "the server sent an answer that is not a JSON object")

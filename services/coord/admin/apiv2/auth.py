@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from http import HTTPStatus
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -52,8 +53,13 @@ class Caller:
 
 
 def error(status: int, message: str) -> Response:
-    """Tailscale's error shape: `{"message": …}` with the status."""
-    resp = jsonify({"message": message})
+    """Tailscale's error shape, `{"message": …}`, with the problem document's fields the rest of the
+    admin API answers (api.error_response) alongside, so one client reads both."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    resp = jsonify({"message": message, "type": "about:blank", "title": title, "status": status, "detail": message})
     resp.status_code = status
     return resp
 
@@ -102,8 +108,8 @@ async def key_for(header: str) -> ApiKey | None:
 
 async def authenticate() -> Response | None:
     """Before every /api/v2 request on an authenticated listener: record the caller, or 401."""
-    if request.path == TOKEN_PATH:
-        return None
+    if request.path == TOKEN_PATH and request.method == "POST":
+        return None  # the client authenticates with its own id and secret there
     key = await key_for(request.headers.get("Authorization", ""))
     if key is None:
         resp = error(401, "API token invalid or missing (give a tskey-api-… access token)")

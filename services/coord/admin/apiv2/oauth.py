@@ -33,7 +33,8 @@ _MAX_FORM = 8 * 1024
 
 
 def _oauth_error(status: int, code: str, description: str) -> Response:
-    resp = jsonify({"error": code, "error_description": description})
+    # RFC 6749's fields, and the admin API's problem fields for clients that read those
+    resp = jsonify({"error": code, "error_description": description, "status": status, "detail": description})
     resp.status_code = status
     resp.headers["Cache-Control"] = "no-store"
     if status == 401:
@@ -73,23 +74,22 @@ async def token() -> Any:
     if len(raw) > _MAX_FORM:
         return _oauth_error(400, "invalid_request", "the request body is too large")
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
-        return _oauth_error(400, "invalid_request", "send the parameters form-encoded "
-                                                    "(application/x-www-form-urlencoded)")
-    try:
-        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False).items()}
-    except (UnicodeDecodeError, ValueError):
-        return _oauth_error(400, "invalid_request", "the form is not valid")
+    form: dict[str, str] = {}
+    if ctype == "application/x-www-form-urlencoded":  # RFC 6749's only form; anything else carries nothing
+        try:
+            form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
+        except (UnicodeDecodeError, ValueError):
+            return _oauth_error(400, "invalid_request", "the form is not valid")
     basic = _basic(request.headers.get("Authorization", ""))
     client_id, secret = basic if basic else (form.get("client_id", ""), form.get("client_secret", ""))
     if not secret:
         return _oauth_error(401, "invalid_client", "client authentication is required "
                                                    "(client_id and client_secret, or HTTP Basic)")
-    if form.get("grant_type") != "client_credentials":
-        return _oauth_error(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
     client = await authenticate_client(client_id, secret)
     if client is None:
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
+    if form.get("grant_type") != "client_credentials":
+        return _oauth_error(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
     try:
         asked = sc.normalize(form.get("scope", ""))
     except sc.ScopeError as exc:
