@@ -36,6 +36,7 @@ from trioscale.shared.net.limits import (
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 from trioscale.shared.net.ops import serve_ops
 from trioscale.metrics import ProcessOps
+from trioscale.log import current_format
 
 __all__ = ["run_services", "serve_services", "SERVICE_ORDER", "next_steps_text", "serve_health", "connection_limiters"]
 
@@ -277,7 +278,8 @@ def run_services(names: Sequence[str], config: Config) -> int:
         for err in errors:
             log.error("fatal: %s", err, exc_info=err if log.isEnabledFor(logging.DEBUG) else None)
         first = errors[0] if errors else exc
-        sys.stderr.write(f"Error: {_describe(first)}\n")
+        if current_format() != "json":  # in JSON every stderr line is a record: the "fatal" one says it
+            sys.stderr.write(f"Error: {_describe(first)}\n")
         return 1
     log.info("stopped")
     return 0

@@ -68,6 +68,7 @@ from trioscale.shared.net.addr import format_sockaddr, split_host_port
 from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
 from trioscale.shared.net.rawstream import RawStream
+from trioscale.shared.net.requestid import begin_request
 from trioscale.shared.net.tls import TlsAcceptor
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
 from trioscale.shared.proto import control, keys, noise
@@ -396,6 +397,7 @@ class _Http1Connection:
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
         headers = headers_dict(request.headers)
+        begin_request(headers.get("x-request-id"))
         if method == "CONNECT":
             # a 2xx answer to CONNECT switches protocols in HTTP/1.1 (h11 then refuses a body);
             # nothing here tunnels, so no handler may see one
@@ -783,6 +785,8 @@ class _H2Session:
     async def _run_handler(self, st: _Stream, request: ControlRequest) -> None:
         resp = st.response
         assert resp is not None
+        begin_request()  # this task serves this one request: its lines carry the id
+        log.debug("%s: %s %s (stream %d)", self.peer, request.method, request.path, st.state.id)
         try:
             with st.scope:
                 try:

@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trioscale.shared.domain.names import InvalidName
+from trioscale.shared.net.requestid import begin_request, current_request_id
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError, StoreUnavailable
 
 from ..options import AdminOptions
@@ -42,9 +43,11 @@ def create_admin_app(
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install(app, Admin(options=options, store=store, log=logging.getLogger("trioscale.admin"), coordinator=coordinator))
+    app.before_request(_begin_request)
     if require_auth:
         app.before_request(_authenticate)
     app.after_request(_finish_body)
+    app.after_request(_end_request)
     _install_error_handlers(app)
     for module in BLUEPRINTS:
         app.register_blueprint(module.blueprint)
@@ -61,6 +64,19 @@ def route_table(app: QuartTrio) -> list[tuple[str, str]]:
         path = re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule.rule)
         out.update((m, path) for m in rule.methods or () if m not in ("HEAD", "OPTIONS"))
     return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+async def _begin_request() -> None:
+    # on the control listener (the API mounted there) the control server has begun the request
+    begin_request(request.headers.get("X-Request-Id") or current_request_id() or None)
+
+
+async def _end_request(resp: Response) -> Response:
+    """One DEBUG line per request (no query string, no header: those may carry credentials), and
+    the request's id sent back so a client can quote it."""
+    resp.headers["X-Request-Id"] = current_request_id()
+    admin().log.debug("%s %s -> %d", request.method, request.path, resp.status_code)
+    return resp
 
 
 async def _authenticate() -> Response | None:
