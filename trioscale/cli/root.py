@@ -24,6 +24,8 @@ from .base import MACHINE_OUTPUTS, OUTPUTS, AliasGroup, State, error_document
 @click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"]},
              aliases={"user": "users", "node": "nodes", "preauthkey": "preauthkeys", "authkey": "preauthkeys",
                       "pre": "preauthkeys", "apikey": "apikeys", "api": "apikeys"})
+@click.version_option(package_name="trioscale", prog_name="trioscale", message="%(prog)s %(version)s",
+                      help="print the version (as `trioscale version`) and exit")
 @click.option("-c", "--config", "config_path", envvar="TRIOSCALE_CONFIG", default=None, metavar="FILE",
               help="configuration file (default: $TRIOSCALE_CONFIG, else the embedded defaults)")
 @click.option("-o", "--output", type=click.Choice(OUTPUTS), default=None,
