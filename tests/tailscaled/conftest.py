@@ -216,3 +216,11 @@ def cert_net(tmp_path_factory):
         net.acme_env = {"TS_DEBUG_ACME_DIRECTORY_URL": pebble.directory_url, "SSL_CERT_FILE": str(bundle)}
 
     yield from empty_tailnet(tmp_path_factory, "cert", setup=start_pebble, dns={"base_domain": "certs.ts.net"})
+
+
+@pytest.fixture(scope="module")
+def apiv2_tailnet(tmp_path_factory):
+    """A server whose admin API also listens on TCP (:8081 in its host), the policy in the database:
+    for API clients such as Tailscale's (test_apiv2_client.py)."""
+    yield from empty_tailnet(tmp_path_factory, "apiv2", admin={"listen_addr": "0.0.0.0:8081"},
+                             policy={"mode": "database"})

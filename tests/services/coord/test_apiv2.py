@@ -338,10 +338,9 @@ async def test_dns(app, store) -> None:
     client_id, secret = await a_client(store)
     h = bearer(await a_token(app, client_id, secret))
     c = app.test_client()
-    assert await (await c.get("/api/v2/tailnet/-/dns/nameservers", headers=h)).get_json() == \
-        {"dns": ["9.9.9.9"], "magicDNS": True}
+    assert await (await c.get("/api/v2/tailnet/-/dns/nameservers", headers=h)).get_json() == {"dns": ["9.9.9.9"]}
     resp = await c.post("/api/v2/tailnet/-/dns/nameservers", json={"dns": ["1.1.1.1", "8.8.8.8"]}, headers=h)
-    assert (await resp.get_json())["dns"] == ["1.1.1.1", "8.8.8.8"]
+    assert await resp.get_json() == {"dns": ["1.1.1.1", "8.8.8.8"], "magicDNS": True}
     assert (await c.post("/api/v2/tailnet/-/dns/nameservers", json={"dns": ["not an ip"]}, headers=h)).status_code == 400
     await c.post("/api/v2/tailnet/-/dns/searchpaths", json={"searchPaths": ["corp.example"]}, headers=h)
     assert await (await c.get("/api/v2/tailnet/-/dns/searchpaths", headers=h)).get_json() == \

@@ -1,6 +1,6 @@
 """DNS settings through the API: global nameservers, search paths, split DNS, MagicDNS.
 
-    GET|POST       /api/v2/tailnet/{tailnet}/dns/nameservers  dns(:read)  {"dns": [...]} (+ "magicDNS")
+    GET|POST       /api/v2/tailnet/{tailnet}/dns/nameservers  dns(:read)  {"dns": [...]} (POST: + "magicDNS")
     GET|POST       /api/v2/tailnet/{tailnet}/dns/searchpaths  dns(:read)  {"searchPaths": [...]}
     GET|PUT|PATCH  /api/v2/tailnet/{tailnet}/dns/split-dns    dns(:read)  {"domain": ["ns", ...]}; PATCH
                                                                           merges (null drops a domain)
@@ -69,8 +69,7 @@ def _domain(v: str) -> bool:
 @needs("dns", write=False)
 async def get_nameservers(tailnet: str) -> Any:
     check_tailnet(tailnet)
-    eff = await _effective()
-    return {"dns": eff["nameservers"], "magicDNS": eff["magicDNS"]}
+    return {"dns": (await _effective())["nameservers"]}  # only lists: clients read it as map[string][]string
 
 
 @blueprint.post(PREFIX + "/tailnet/<tailnet>/dns/nameservers")
