@@ -670,7 +670,7 @@ class Config:
     health_listen_addr: str = setting(STR, "", "`/health` for standalone `stun`/`dns` processes; empty = off", check=_hostport_or_off)
     tls_cert_path: Path | None = setting(OPTPATH, None, "HTTPS on `listen_addr` and `admin.listen_addr` with this certificate (PEM chain), read again when it changes; none = plain HTTP")
     tls_key_path: Path | None = setting(OPTPATH, None, "the key of `tls_cert_path` (PEM, unencrypted)")
-    tls_letsencrypt_hostname: str = setting(STR, "", "HTTPS with a certificate for this name from the ACME CA at `acme_url`, renewed at 2/3 of its lifetime; empty = off", check=_domain_or_off)
+    tls_letsencrypt_hostname: str = setting(STR, "", "HTTPS with a certificate for this name from the ACME CA at `acme_url`, renewed at 2/3 of its lifetime (wins over `tls_cert_path`, as in Headscale); empty = off", check=_domain_or_off)
     tls_letsencrypt_cache_dir: Path = setting(DATAFILE, Path("acme"), "ACME account key and certificates (0700; files 0600)")
     tls_letsencrypt_challenge_type: str = setting(STR, "HTTP-01", "how the CA checks the name: `HTTP-01` (on `tls_letsencrypt_listen`) or `TLS-ALPN-01` (on `listen_addr`, which must then be the name's port 443)", choices=("HTTP-01", "TLS-ALPN-01"))
     tls_letsencrypt_listen: str = setting(STR, ":http", "HTTP-01: where the challenge listener binds (`:http` = port 80)", check=_acme_listen)
@@ -754,12 +754,6 @@ def _certificate_and_key_together(cert: Path | None, key: Path | None) -> Iterab
 def _server_certificate_and_key_together(cert: Path | None, key: Path | None) -> Iterable[str]:
     if (cert is None) != (key is None):
         yield "set both tls_cert_path and tls_key_path, or neither"
-
-
-@_rule("tls_letsencrypt_hostname", "tls_cert_path")
-def _one_certificate_source(hostname: str, cert: Path | None) -> Iterable[str]:
-    if hostname and cert is not None:
-        yield "and tls_cert_path are both set: use ACME or your own certificate, not both"
 
 
 @_rule("dns.base_domain", "server_url")

@@ -96,8 +96,6 @@ def test_the_config_rules_for_tls_keys() -> None:
     from trioscale.config import ConfigError, config_from_dict
 
     for data, words in [({"tls_cert_path": "/x.crt"}, "set both"),
-                        ({"tls_letsencrypt_hostname": "ctl.example.com", "tls_cert_path": "/x", "tls_key_path": "/y"},
-                         "not both"),
                         ({"tls_letsencrypt_challenge_type": "DNS-01"}, "tls_letsencrypt_challenge_type"),
                         ({"tls_letsencrypt_hostname": "not a name"}, "not a domain name"),
                         ({"tls_letsencrypt_listen": "nowhere"}, "tls_letsencrypt_listen")]:
@@ -106,6 +104,11 @@ def test_the_config_rules_for_tls_keys() -> None:
         assert any(words in p for p in info.value.problems), (data, info.value.problems)
     cfg = config_from_dict({"tls_letsencrypt_hostname": "ctl.example.com", "tls_letsencrypt_challenge_type": "TLS-ALPN-01"})
     assert cfg.tls_letsencrypt_listen == ":http" and cfg.acme_url.startswith("https://acme-v02.")
+    # both given: ACME wins, as in Headscale (a file that starts Headscale starts trioscale)
+    from trioscale.options import tls_options
+
+    both = config_from_dict({"tls_letsencrypt_hostname": "ctl.example.com", "tls_cert_path": "/x", "tls_key_path": "/y"})
+    assert tls_options(both).acme.hostname == "ctl.example.com" and tls_options(both).cert_path is None
 
 
 # -- reloading ------------------------------------------------------------------------------------
