@@ -124,7 +124,6 @@ def _duration_is(expected: str) -> Callable[[Any], bool]:
 
 _OFF = "empty (or absent)"
 _NO_GRPC = "trioscale has no gRPC API: the admin API is HTTP (`admin.listen_addr`, the unix socket)"
-_NO_OIDC = "OpenID Connect login is not implemented yet (issue #14)"
 _GORM = "Headscale's ORM setting: trioscale has no ORM"
 _TUNING = "Headscale's internal batching and caches: trioscale has no counterpart"
 
@@ -170,26 +169,10 @@ UNSUPPORTED: dict[str, Foreign] = {
     ),
     "taildrop.enabled": Foreign("every node is given the file-sharing capability", _is(True), inert_doc="`true`"),
     "auto_update.enabled": Foreign("nodes are not told to update themselves", _is(False), inert_doc="`false`"),
-    "oidc.issuer": Foreign(_NO_OIDC, _empty, inert_doc=_OFF),
-    **{
-        f"oidc.{name}": Foreign(_NO_OIDC, only_with="oidc.issuer")
-        for name in (
-            "enabled",
-            "only_start_if_oidc_is_available",
-            "client_id",
-            "client_secret",
-            "client_secret_path",
-            "use_expiry_from_token",
-            "scope",
-            "email_verified_required",
-            "extra_params",
-            "allowed_domains",
-            "allowed_users",
-            "allowed_groups",
-            "pkce.enabled",
-            "pkce.method",
-        )
-    },
+    # OIDC login is on when oidc.issuer is set (Headscale also reads this key, undocumented)
+    "oidc.enabled": Foreign("OIDC login is on when `oidc.issuer` is set", only_with="oidc.issuer"),
+    # Headscale 0.29 refuses it (moved to node.expiry); files for older versions still have it
+    "oidc.expiry": Foreign("a node logged in through OIDC expires after `node.expiry` (as in Headscale 0.29)"),
     **{
         f"tuning.{name}": Foreign(_TUNING)
         for name in (

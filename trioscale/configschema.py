@@ -49,7 +49,7 @@ __all__ = [
     "MAX_DURATION",
     # the kinds
     "STR", "WORD", "INT", "BOOL", "AUTOBOOL", "PATH", "OPTPATH", "DATAFILE", "DURATION", "OPTDURATION",
-    "SSL", "STRLIST", "PATHLIST", "RECORDS", "ROUTES", "MODE",
+    "SSL", "STRLIST", "PATHLIST", "RECORDS", "ROUTES", "STRMAP", "MODE",
 ]
 
 Problem = tuple[str, str]  # (dotted key, what is wrong with it)
@@ -263,6 +263,30 @@ ROUTES = Kind(
     "mapping of domain to list of strings",
     "dict[str, tuple[str, ...]]",
     _convert_routes,
+    lambda v: _code(json.dumps(v)) if v else "`{}`",
+    _env_json,
+)
+
+
+
+def _convert_strmap(value: Any, base: Path) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of strings to strings, got {value!r}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, (dict, list, tuple)):
+            raise ValueError(f"{key!r}: expected a string, got {item!r}")
+        out[_to_str(key)] = _to_str(item)
+    return out
+
+
+#: a mapping of names to strings (extra URL parameters)
+STRMAP = Kind(
+    "mapping of strings",
+    "dict[str, str]",
+    _convert_strmap,
     lambda v: _code(json.dumps(v)) if v else "`{}`",
     _env_json,
 )

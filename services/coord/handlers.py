@@ -7,7 +7,6 @@ proved, so one machine can never speak for another's node.
 from __future__ import annotations
 
 import hmac
-import html
 import json
 import logging
 from collections.abc import Callable, Collection
@@ -24,6 +23,8 @@ from . import register, setdns, sshcheck
 from trioscale.shared.domain import names, tailcfg
 from trioscale.shared.domain.fanout import Message
 from .coordinator import Coordinator
+from .oidc import pages
+from .oidc.registration import RegistrationPages
 from .sessions import frame, framed
 
 log = logging.getLogger("trioscale.coord.handlers")
@@ -171,10 +172,12 @@ def map_request_updates(node: Node, req: dict[str, Any],
 class ControlHandlers:
     """The coordinator's request handlers, plugged into the control transport."""
 
-    def __init__(self, coordinator: Coordinator, policy: register.RegistrationPolicy) -> None:
+    def __init__(self, coordinator: Coordinator, policy: register.RegistrationPolicy, *, oidc=None) -> None:
         self.coord = coordinator
         self.store = coordinator.store
         self.policy = policy
+        #: /register/<id> and, with `oidc` (OidcOptions), the OIDC login behind it
+        self.registration_pages = RegistrationPages(self.store, policy, coordinator.now, oidc)
         #: requests no real client sends (deep JSON) are worth a WARNING, but anyone can send them:
         #: one line per interval, with a count of those held back
         self.hostile_log = LogThrottle(10.0)
@@ -337,9 +340,8 @@ class ControlHandlers:
             return await self.api(method, path, headers, body)
         if path_only == "/health" and method in ("GET", "HEAD"):
             return await self.health()
-        if path_only.startswith("/register/") and method == "GET":
-            reg_id = path_only[len("/register/"):]
-            return 200, [("content-type", "text/html; charset=utf-8")], register_page(reg_id)
+        if self.registration_pages.serves(method, path_only):
+            return await self.registration_pages.http(method, path, headers, body)
         if path_only == "/" and method == "GET":
             return 200, [("content-type", "text/plain")], b"trioscale control server\n"
         if path_only == "/verify" and method == "POST":
@@ -376,11 +378,5 @@ class ControlHandlers:
 
 
 def register_page(reg_id: str) -> bytes:
-    safe = html.escape(reg_id)
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>trioscale: approve this machine</title>"
-        "</head><body><h1>Machine registration</h1>"
-        "<p>An administrator approves this machine by running, on the server:</p>"
-        f"<pre>trioscale nodes register --user USERNAME --key {safe}</pre>"
-        "<p>Replace USERNAME with the user the machine will belong to.</p></body></html>\n"
-    ).encode()
+    """The page of a pending registration without OIDC: how the admin approves it."""
+    return pages.admin_approval(reg_id)

@@ -267,9 +267,11 @@ async def check_auth_key(store: Store, text: str, now: datetime):
 
 
 async def complete_registration(
-    store: Store, reg_id: str, user: User, now: datetime, policy: RegistrationPolicy
+    store: Store, reg_id: str, user: User, now: datetime, policy: RegistrationPolicy, *,
+    register_method: str = "cli",
 ) -> Node:
-    """Approve a pending interactive login for `user` (the CLI's `nodes register`)."""
+    """Approve a pending interactive login for `user` (the CLI's `nodes register`, or an OIDC
+    login: `register_method` "oidc")."""
     reg = await store.get_pending_registration(reg_id)
     if reg is None or reg.created_at + PENDING_LIFETIME <= now:
         raise NotFound(f'registration "{reg_id}" not found or expired')
@@ -283,7 +285,7 @@ async def complete_registration(
         user=user,
         hostinfo=reg.hostinfo,
         now=now,
-        register_method="cli",
+        register_method=register_method,
     )
     await store.complete_pending_registration(reg_id, node.id, user.id)
     return node

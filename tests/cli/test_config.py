@@ -253,6 +253,21 @@ def test_every_key_has_an_env_override(tmp_path: Path) -> None:
         "control.max_buffered_bodies": "300000",
         "control.max_streams": "50",
         "control.max_streams_unregistered": "2",
+        "oidc.issuer": "https://id.example",
+        "oidc.only_start_if_oidc_is_available": "false",
+        "oidc.client_id": "trioscale",
+        "oidc.client_secret": "s3cret",
+        "oidc.client_secret_path": "",
+        "oidc.scope": "openid,email,groups",
+        "oidc.extra_params": '{"domain_hint": "example.com"}',
+        "oidc.allowed_domains": "example.com",
+        "oidc.allowed_users": "alice@example.com",
+        "oidc.allowed_groups": "tailnet",
+        "oidc.email_verified_required": "false",
+        "oidc.use_expiry_from_token": "true",
+        "oidc.pkce.enabled": "true",
+        "oidc.pkce.method": "plain",
+        "oidc.timeout": "3s",
     }
     assert set(samples) == set(KNOWN_KEYS)
     env = {env_name(k): v for k, v in samples.items()}

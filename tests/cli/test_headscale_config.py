@@ -210,29 +210,33 @@ def test_unsupported_keys_are_quiet_when_they_ask_for_nothing() -> None:
         "trusted_proxies": [], "logtail": {"enabled": False}, "taildrop": {"enabled": True},
         "tls_cert_path": "", "tls_letsencrypt_hostname": "", "acme_url": "https://acme.example/dir",
         "derp": {"urls": [], "auto_update_enabled": True}, "disable_check_updates": False,
-        "oidc": {"issuer": "", "client_id": "x", "pkce": {"enabled": True}},
+        "oidc": {"enabled": True},
     })
     assert quiet.unsupported == ()
     loud = config_from_dict({
         "trusted_proxies": ["10.0.0.0/8"], "logtail": {"enabled": True},
-        "oidc": {"issuer": "https://id.example", "client_id": "x"},
+        "oidc": {"expiry": "180d"},
     })
-    assert loud.unsupported == ("trusted_proxies", "logtail.enabled", "oidc.issuer", "oidc.client_id")
+    assert loud.unsupported == ("trusted_proxies", "logtail.enabled", "oidc.expiry")
+    # OIDC login is ours since issue #14: Headscale's keys take effect
+    oidc = config_from_dict({"oidc": {"issuer": "https://id.example", "client_id": "x", "pkce": {"enabled": True}}})
+    assert oidc.unsupported == () and oidc.oidc.client_id == "x" and oidc.oidc.pkce.enabled
     # TLS and ACME are ours since issue #15: Headscale's keys take effect
     acme = config_from_dict({"tls_letsencrypt_hostname": "hs.example.com", "acme_url": "https://acme.example/dir"})
     assert acme.unsupported == () and acme.tls_letsencrypt_hostname == "hs.example.com"
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"logtail": {"enabled": True}, "oidc": {"issuer": "https://id.example"}}, strict=True)
-    assert [p.split(":")[1].strip() for p in info.value.problems] == ["logtail.enabled", "oidc.issuer"]
+        config_from_dict({"logtail": {"enabled": True}, "oidc": {"expiry": "180d"}}, strict=True)
+    assert [p.split(":")[1].strip() for p in info.value.problems] == ["logtail.enabled", "oidc.expiry"]
 
 
 def test_keys_neither_server_knows_stay_errors() -> None:
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"oidc": {"issuer": "https://id.example", "clientid": "typo"},
-                          "dns": {"use_username_in_magic_dns": True}, "tuning": {"speed": 11}})
+        config_from_dict({"oidc": {"issuer": "https://id.example", "client_id": "x", "clientid": "typo"},
+                          "dns": {"use_username_in_magic_dns": True}, "tuning": {"speed": 11},
+                          "logtail": {"enabled": True}})
     problems = info.value.problems
     assert len(problems) == 3 and all("unknown key" in p for p in problems), problems
-    assert info.value.warnings and "oidc.issuer" in info.value.warnings[0]
+    assert info.value.warnings and "logtail.enabled" in info.value.warnings[0]
     # Headscale 0.29 moved it into the policy; files of earlier releases still start
     assert config_from_dict({"randomize_client_port": True}).unsupported == ("randomize_client_port",)
     assert config_from_dict({"randomize_client_port": False}).unsupported == ()
