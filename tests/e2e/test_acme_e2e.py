@@ -58,9 +58,9 @@ class _HostsCaddy(Caddy):
         return self
 
 
-def _https(port: int, trust: Path, request: bytes) -> tuple[bytes, str | None]:
+def _https(port: int, trust: Path, request: bytes, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> tuple[bytes, str | None]:
     ctx = ssl.create_default_context(cafile=str(trust))
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname=HOSTNAME) as tls:
             alpn = tls.selected_alpn_protocol()
@@ -124,6 +124,9 @@ def test_a_client_joins_over_https_with_a_certificate_from_acme(tmp_path: Path, 
         assert alpn == "http/1.1" and answer.startswith(b"HTTP/1.1 200") and b'"publicKey":"mkey:' in answer
         _, admin_alpn = _https(admin_port, trust, b"")
         assert admin_alpn == "h2"
+        refused, _ = _https(admin_port, trust, b"GET /api/v1/user HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                            alpn=("http/1.1",))
+        assert refused.startswith(b"HTTP/1.1 401"), refused[:200]  # HTTPS, and still every request needs a key
         with socket.socket() as probe:  # plaintext on the control port is not served
             probe.settimeout(5)
             probe.connect(("127.0.0.1", control_port))
