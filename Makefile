@@ -89,7 +89,7 @@ headscale:
 # `kubectl kustomize` renders deploy/k8s's overlays in tests/deploy. The overlays need kustomize v5
 # (`labels`, patches by target); Debian bookworm's kubectl (kubernetes-client 1.20) embeds
 # kustomize v2, too old, so where no kubectl with kustomize v5 is found a pinned kustomize is built
-# with Go into the cache (tests/deploy/conftest.py looks for both).
+# with Go into the cache (tests/deploy/k8srender.py looks for both).
 KUSTOMIZE_VERSION ?= 5.5.0
 KUSTOMIZE_DIR := $(HOME)/.cache/trioscale/kustomize-$(KUSTOMIZE_VERSION)
 kustomize:

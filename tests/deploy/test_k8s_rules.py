@@ -14,7 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import trio
-from conftest import K8S, ROOT, copy_tree, give_secrets, render
+from k8srender import K8S, ROOT, copy_tree, give_secrets, render
 from k8sobjects import by_name, container_env, container_port, listen_port, pod_spec, process_config, secret_value
 from prometheus_client import CollectorRegistry
 
