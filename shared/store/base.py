@@ -17,7 +17,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from trioscale.shared.model import (
     ApiKey,
@@ -53,6 +53,9 @@ MAX_ENDPOINT_LEN = 64
 MAX_HOSTNAME_LEN = 255
 #: how long a change-log subscriber's recorded position holds the log back without renewal
 SUBSCRIBER_LEASE_SECONDS = 300.0
+
+#: a record import_record inserts and returns
+R = TypeVar("R")
 
 
 class StoreError(Exception):
@@ -208,6 +211,13 @@ class Store(abc.ABC):
         keep working, and their `auth_key_id` still says which key registered them (ids are
         never handed out again, so it cannot come to name another key). Only a new registration
         with the key is refused from then on."""
+
+    # -- records brought from another server ---------------------------------------------------
+    @abc.abstractmethod
+    async def import_record(self, record: R) -> R:
+        """Insert a User, Node, PreAuthKey or ApiKey brought from another server (Headscale) as it
+        was: its id (Conflict if taken) and times (created_at; a key's used, expiration and
+        last_seen). Otherwise checked as the create_ methods check; later ids continue above it."""
 
     # -- API keys ------------------------------------------------------------------------------
     @abc.abstractmethod

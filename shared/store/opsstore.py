@@ -53,6 +53,7 @@ from trioscale.shared.store.ops.dns_txt import (
     op_purge_dns_txt,
     op_set_dns_txt,
 )
+from trioscale.shared.store.ops.imports import op_import_record
 from trioscale.shared.store.ops.nodes import (
     op_create_node,
     op_delete_node,
@@ -135,6 +136,9 @@ class OpsStore(Store):
     pending_lifetime = timedelta(minutes=15)
     #: how long a subscriber's position holds the log back without being renewed (seconds)
     subscriber_lease: float = base.SUBSCRIBER_LEASE_SECONDS
+    #: an explicit id leaves the table's id sequence behind (PostgreSQL identity columns; SQLite's
+    #: AUTOINCREMENT follows it): import_record moves it up
+    explicit_ids_need_sequence_sync = False
 
     @abc.abstractmethod
     async def _read(self, op, *args: Any) -> Any:
@@ -238,6 +242,9 @@ class OpsStore(Store):
         await self._write(op_delete_preauth_key, key_id)
 
     # API keys
+    async def import_record(self, record: Any) -> Any:
+        return await self._write(op_import_record, record, self.explicit_ids_need_sequence_sync)
+
     async def create_api_key(self, prefix: str, key_hash: bytes, expiration: datetime | None = None, *,
                              scopes: Sequence[str] = ()) -> ApiKey:
         return await self._write(op_create_api_key, prefix, key_hash, expiration, utcnow(), scopes)

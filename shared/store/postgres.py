@@ -229,6 +229,8 @@ async def asyncio_loop() -> AsyncIterator[None]:
 
 
 class PostgresStore(WakeUps, OpsStore):
+    explicit_ids_need_sequence_sync = True  # identity columns do not follow an explicit id
+
     def __init__(
         self,
         pool: asyncpg.Pool,

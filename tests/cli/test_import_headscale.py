@@ -5,6 +5,7 @@ skipped and why, a second run, a tailnet that is not empty, a layout the import 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from pgfixtures import pg_cluster  # noqa: F401  (the session cluster fixture)
 from trioscale.cli import main
 from trioscale.importer.apply import ImportRefused, ImportReport, import_noise_key, import_tailnet
 from trioscale.importer.headscale_db import UnknownSchema, read_sqlite
@@ -217,9 +219,10 @@ async def test_non_empty_tailnet_needs_force(tmp_path: Path) -> None:
         assert [u.name for u in await store.list_users()] == ["dave"]
         report = await _import(store, src, force=True)
         assert _results(report)[("node", "laptop")] == "brought"
-        # ids are the store's: whoever names records by id is told where they went
+        # Headscale's ids where free; alice's 1 is dave's, and 2 is bob's in Headscale: whoever
+        # names records by id is told where she went
         alice = next(o for o in report.outcomes if o.kind == "user" and o.name == "alice")
-        assert alice.reason == "id 2 here (was 1 in Headscale)"
+        assert alice.reason == "id 3 here (was 1 in Headscale)"
 
 
 async def test_force_skips_what_collides(tmp_path: Path) -> None:
@@ -395,3 +398,98 @@ def test_report_names_a_dsn_without_its_password() -> None:
     assert _without_password("postgresql://hs@db/headscale?password=s3cret&sslmode=disable") == (
         "postgresql://hs@db/headscale?password=****&sslmode=disable")
     assert _without_password("host=db user=hs password=s3cret") == "host=db user=hs password=****"
+
+
+def _renumber_headscale_ids(path: Path) -> dict[str, datetime]:
+    """Headscale ids with gaps and offsets (as a long-lived Headscale has them), distinct creation
+    times, and an API key last used: what the import must keep."""
+    times = {"alice": datetime(2021, 3, 4, 5, 6, 7, tzinfo=timezone.utc),
+             "bob": datetime(2022, 8, 9, 10, 11, 12, tzinfo=timezone.utc),
+             "key": datetime(2023, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+             "api": datetime(2024, 6, 7, 8, 9, 10, tzinfo=timezone.utc),
+             "seen": datetime(2025, 11, 12, 13, 14, 15, tzinfo=timezone.utc)}
+    db = sqlite3.connect(path)
+    db.execute("UPDATE users SET id = id + 20")
+    db.execute("UPDATE nodes SET id = id + 100, user_id = user_id + 20, auth_key_id = auth_key_id + 50")
+    db.execute("UPDATE pre_auth_keys SET id = id + 50, user_id = user_id + 20")
+    db.execute("UPDATE api_keys SET id = id + 6, created_at = ?, last_seen = ?", (_go_time(times["api"]), _go_time(times["seen"])))
+    db.execute("UPDATE users SET created_at = ? WHERE name = 'alice'", (_go_time(times["alice"]),))
+    db.execute("UPDATE users SET created_at = ? WHERE name = 'bob'", (_go_time(times["bob"]),))
+    db.execute("UPDATE pre_auth_keys SET created_at = ?", (_go_time(times["key"]),))
+    db.commit()
+    db.close()
+    return times
+
+
+def _same_time(a: datetime | None, b: datetime) -> bool:
+    return a is not None and abs(a - b) < timedelta(milliseconds=1)
+
+
+async def _check_ids_and_times_kept(store, src: Path, times: dict[str, datetime]) -> None:
+    report = await _import(store, src)
+    assert not [o for o in report.outcomes if "here (was" in o.reason], report.outcomes
+    users = {u.name: u for u in await store.list_users()}
+    assert (users["alice"].id, users["bob"].id) == (21, 22)
+    assert _same_time(users["alice"].created_at, times["alice"]) and _same_time(users["bob"].created_at, times["bob"])
+    nodes = {n.given_name: n for n in await store.list_nodes()}
+    assert {name: n.id for name, n in nodes.items()} == {"laptop": 101, "phone": 102, "server": 103, "bobs-box": 104}
+    assert nodes["laptop"].user_id == 21 and nodes["laptop"].auth_key_id == 51 and nodes["phone"].auth_key_id == 52
+    assert _same_time(nodes["laptop"].created_at, NOW - timedelta(days=3))
+    pks = {k.prefix: k for k in await store.list_preauth_keys()}
+    assert (pks[AUTH_PREFIX].id, pks[ONCE_PREFIX].id, pks[TAGKEY_PREFIX].id) == (51, 52, 54)
+    assert all(_same_time(k.created_at, times["key"]) for k in pks.values())
+    assert _same_time(pks[AUTH_PREFIX].expiration, LATER) and pks[ONCE_PREFIX].used
+    (api,) = await store.list_api_keys()
+    assert api.id == 7 and _same_time(api.created_at, times["api"]) and _same_time(api.last_seen, times["seen"])
+    assert _same_time(api.expiration, LATER)
+    # a second run finds everything where it is
+    again = await _import(store, src)
+    assert {o.result for o in again.outcomes if o.name != SPENT_PREFIX} == {"already here"}
+    # what is made here afterwards continues above Headscale's ids, on either database
+    assert (await store.create_user("newcomer")).id > 22
+    assert (await store.create_api_key("n" * 12, b"h")).id > 7
+    assert (await store.create_preauth_key(21, "m" * 12, b"h")).id > 54
+    from trioscale.shared.model import Node
+
+    made = await store.create_node(Node(0, b"\x77" * 32, b"\x77" * 32, 21, "new", "new", ipv4="100.64.0.77"))
+    assert made.id > 104
+
+
+async def test_ids_and_times_are_kept_on_sqlite(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    times = _renumber_headscale_ids(src)
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        await _check_ids_and_times_kept(store, src, times)
+
+
+@pytest.mark.postgres
+async def test_ids_and_times_are_kept_on_postgres(tmp_path: Path, pg_cluster) -> None:  # noqa: F811
+    from trioscale.shared.store.postgres import PostgresStore, asyncio_loop
+
+    src = make_headscale_db(tmp_path / "headscale.db")
+    times = _renumber_headscale_ids(src)
+    name = f"imp{os.getpid()}"
+    pg_cluster.create_database(name)
+    try:
+        async with asyncio_loop():
+            store = await PostgresStore.open(pg_cluster.dsn_for(name))
+            try:
+                await _check_ids_and_times_kept(store, src, times)
+            finally:
+                await store.aclose()
+    finally:
+        pg_cluster.drop_database(name)
+
+
+async def test_a_taken_id_gets_the_next_free_one_and_is_reported(tmp_path: Path) -> None:
+    src = make_headscale_db(tmp_path / "headscale.db")
+    async with open_sqlite(tmp_path / "trioscale.db") as store:
+        await store.create_user("zed")  # id 1, which alice has in Headscale
+        report = await _import(store, src, force=True)
+        notes = {(o.kind, o.name): o.reason for o in report.outcomes}
+        alice = await store.get_user_by_name("alice")
+        # not 2, which bob has in Headscale: a renumbered record takes no other record's id
+        assert alice.id == 3 and notes[("user", "alice")] == "id 3 here (was 1 in Headscale)"
+        assert (await store.get_user_by_name("bob")).id == 2 and notes[("user", "bob")] == ""
+        laptop = await store.get_node_by_machine_key(bytes([0x11]) * 32)
+        assert laptop.id == 1 and laptop.user_id == alice.id

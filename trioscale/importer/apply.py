@@ -9,13 +9,16 @@ caller forces it; then whatever collides (a name, an address) is skipped with th
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from trioscale.shared.domain.policy.parse import parse_policy
-from trioscale.shared.model import Node
+from trioscale.shared.model import ApiKey, Node, PreAuthKey, User, utcnow
 from trioscale.shared.proto import keys
 from trioscale.shared.store.base import Conflict, Store, StoreError
 
@@ -24,6 +27,7 @@ from .headscale_records import TAGGED_DEVICES, HeadscaleTailnet, HsNode
 __all__ = ["Outcome", "ImportReport", "ImportRefused", "import_tailnet", "import_noise_key", "KINDS"]
 
 KINDS = ("user", "node", "preauthkey", "apikey", "policy", "noisekey")
+R = TypeVar("R", User, Node, PreAuthKey, ApiKey)
 BROUGHT, PRESENT, SKIPPED = "brought", "already here", "skipped"
 
 
@@ -80,6 +84,7 @@ async def import_tailnet(
     policy = _checked_policy(tailnet, report)
     await _refuse_foreign(store, tailnet, policy, force)
     run = _Run(store, report, dry_run)
+    run.reserve(tailnet)
     run.prefixes = [ipaddress.ip_network(p) for p in prefixes if p]
     await run.users(tailnet)
     await run.preauth_keys(tailnet)
@@ -138,6 +143,16 @@ class _Run:
         self.prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._tagged_owner: int | None = None
         self._placeholder = 0
+        #: Headscale's ids, per kind: a record whose id is taken here gets none of them
+        self.reserved: dict[type, set[int]] = {}
+
+    def reserve(self, tailnet: HeadscaleTailnet) -> None:
+        self.reserved = {
+            User: {u.hs_id for u in tailnet.users},
+            Node: {n.hs_id for n in tailnet.nodes},
+            PreAuthKey: {k.hs_id for k in tailnet.preauth_keys},
+            ApiKey: {k.hs_id for k in tailnet.api_keys},
+        }
 
     def _fake_id(self) -> int:
         self._placeholder -= 1
@@ -172,11 +187,11 @@ class _Run:
             if self.dry_run:
                 self.user_ids[u.hs_id] = self._fake_id()
             else:
+                record = User(id=u.hs_id, name=u.name, display_name=u.display_name, email=u.email,
+                              created_at=u.created_at or utcnow(), provider=u.provider,
+                              provider_id=u.provider_id, profile_pic_url=u.profile_pic_url)
                 try:
-                    created = await self.store.create_user(
-                        u.name, u.display_name, u.email, provider=u.provider, provider_id=u.provider_id,
-                        profile_pic_url=u.profile_pic_url,
-                    )
+                    created = await self._bring(record, self.store.get_user)
                 except Conflict as exc:
                     self.skipped_users.add(u.hs_id)
                     self.report.add("user", u.name, SKIPPED, str(exc))
@@ -203,10 +218,11 @@ class _Run:
             if self.dry_run:
                 self.key_ids[k.hs_id] = self._fake_id()
             else:
-                created = await self.store.create_preauth_key(
-                    owner, k.prefix, k.key_hash, reusable=k.reusable, ephemeral=k.ephemeral,
-                    tags=k.tags, expiration=k.expiration,
-                )
+                # unused: a node Headscale registered with it spends it again here (_node)
+                record = PreAuthKey(id=k.hs_id, prefix=k.prefix, key_hash=k.key_hash, user_id=owner,
+                                    reusable=k.reusable, ephemeral=k.ephemeral, tags=k.tags,
+                                    expiration=k.expiration, created_at=k.created_at or utcnow())
+                created = await self._bring(record, self.store.get_preauth_key)
                 self.key_ids[k.hs_id] = created.id
             self.keys_by_hs[k.hs_id] = k
             if not k.reusable:
@@ -219,7 +235,9 @@ class _Run:
                 self.report.add("apikey", k.prefix, PRESENT)
                 continue
             if not self.dry_run:
-                await self.store.create_api_key(k.prefix, k.key_hash, k.expiration)
+                record = ApiKey(id=k.hs_id, prefix=k.prefix, key_hash=k.key_hash, expiration=k.expiration,
+                                created_at=k.created_at or utcnow(), last_seen=k.last_seen)
+                await self._bring(record, self.store.get_api_key)
             self.report.add("apikey", k.prefix, BROUGHT)
 
     async def nodes(self, tailnet: HeadscaleTailnet) -> None:
@@ -235,12 +253,34 @@ class _Run:
             notes = [self._outside(node)]
             if not self.dry_run:
                 try:
-                    created = await self.store.create_node(node)
+                    created = await self._bring(node.replace(id=n.hs_id), self.store.get_node)
                 except (Conflict, StoreError) as exc:
                     self.report.add("node", name, SKIPPED, str(exc))
                     continue
                 notes.append(_renumbered(n.hs_id, created.id))
             self.report.add("node", name, BROUGHT, "; ".join(note for note in notes if note))
+
+    async def _bring(self, record: R, get_by_id: Callable[[int], Awaitable[object]]) -> R:
+        """`record` with Headscale's id and times (scripts that stored ids keep working); when the
+        id is taken here (an import with --force into a tailnet in use), the store's next id, which
+        the report names."""
+        if record.id > 0 and await get_by_id(record.id) is None:
+            return await self.store.import_record(record)
+        return await self.store.import_record(dataclasses.replace(record, id=await self._free_id(record, get_by_id)))
+
+    async def _free_id(self, record: object, get_by_id: Callable[[int], Awaitable[object]]) -> int:
+        listed = {
+            User: self.store.list_users,
+            Node: self.store.list_nodes,
+            PreAuthKey: self.store.list_preauth_keys,
+            ApiKey: self.store.list_api_keys,
+        }[type(record)]
+        candidate = max((r.id for r in await listed()), default=0) + 1
+        reserved = self.reserved.get(type(record), set())
+        # rows a list leaves out (OAuth tokens) are found by id
+        while candidate in reserved or await get_by_id(candidate) is not None:
+            candidate += 1
+        return candidate
 
     def _outside(self, node: Node) -> str:
         if not self.prefixes:

@@ -54,6 +54,7 @@ class HsUser:
     provider: str = ""
     provider_id: str = ""
     profile_pic_url: str = ""
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class HsPreAuthKey:
     used: bool
     tags: tuple[str, ...]
     expiration: datetime | None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class HsApiKey:
     prefix: str
     key_hash: bytes
     expiration: datetime | None
+    created_at: datetime | None = None
+    last_seen: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ def _user(row: dict[str, Any]) -> HsUser:
         provider=_text(row.get("provider")) or ("oidc" if provider_id else ""),
         provider_id=provider_id,
         profile_pic_url=_text(row.get("profile_pic_url")),
+        created_at=parse_time(row.get("created_at")),
     )
 
 
@@ -200,6 +205,7 @@ def _preauth_key(row: dict[str, Any]) -> HsPreAuthKey | Skipped:
         used=_bool(row.get("used")),
         tags=_strings(row.get("tags")),
         expiration=parse_time(row.get("expiration")),
+        created_at=parse_time(row.get("created_at")),
     )
 
 
@@ -208,7 +214,8 @@ def _api_key(row: dict[str, Any]) -> HsApiKey | Skipped:
     key_hash = _hash(row.get("hash"))
     if not prefix or not key_hash:
         return Skipped("apikey", f"id {row['id']}", "no prefix or hash")
-    return HsApiKey(int(row["id"]), prefix, key_hash, parse_time(row.get("expiration")))
+    return HsApiKey(int(row["id"]), prefix, key_hash, parse_time(row.get("expiration")),
+                    created_at=parse_time(row.get("created_at")), last_seen=parse_time(row.get("last_seen")))
 
 
 def _key(kind: keys.KeyType, value: Any) -> bytes | None:
