@@ -59,3 +59,23 @@ def test_coordinators_are_replicas_sharing_one_noise_key(rendered):
         kinds = {d["kind"] for d in overlay.docs}
         assert {"Deployment", "Service", "DaemonSet", "ConfigMap", "Secret"} <= kinds
     assert rendered["multi-region"].one("Deployment", "trioscale-coord")["spec"]["replicas"] >= 2
+
+
+def test_every_key_and_certificate_file_a_process_reads_is_mounted_from_a_secret(rendered):
+    for overlay in rendered.values():
+        secrets = {d["metadata"]["name"]: d for d in overlay.of_kind("Secret")}
+        for workload in overlay.workloads():
+            spec = pod_spec(workload)
+            for container in spec["containers"]:
+                cfg = process_config(overlay.docs, workload, container)
+                shape = container["args"][0]
+                files = {"coord": [cfg.noise.private_key_path],
+                         "derp": [cfg.derp.server.tls_cert_path, cfg.derp.server.tls_key_path]}.get(shape, [])
+                for path in files:
+                    assert path is not None, f"{overlay.name}: {container['name']}: unset"
+                    mount = next((m for m in container["volumeMounts"] if str(path.parent) == m["mountPath"]), None)
+                    assert mount is not None, f"{overlay.name}: {container['name']}: {path} is not mounted"
+                    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+                    secret = secrets[volume["secret"]["secretName"]]
+                    items = {i["path"]: i["key"] for i in volume["secret"].get("items", [])} or {k: k for k in secret["data"]}
+                    assert items.get(path.name) in secret["data"], f"{overlay.name}: {path.name} not in {secret['metadata']['name']}"
