@@ -220,3 +220,36 @@ def idp_cancel(page) -> None:
     """On the IdP's sign-in form: cancel (the IdP sends the browser back with error=access_denied)."""
     page.wait_for_selector("#cancel", timeout=30_000)
     page.click("#cancel")
+
+
+async def sign_in_without_browser(url: str, username: str | None, password: str = "", *, stop_at: str,
+                                  cookies: dict | None = None) -> str:
+    """Follow a login URL through the IdP with a plain HTTP client (cookies kept, as a browser
+    would) and sign in as `username` (None: cancel on the sign-in form); returns the URL the IdP
+    sends the browser back to (the first redirect starting with `stop_at`), unfollowed. For
+    in-process tests of the callback; the real-client tests use `chromium` and `idp_login`."""
+    import re
+    from urllib.parse import urljoin
+
+    import httpx2
+
+    async with httpx2.AsyncClient(follow_redirects=False, timeout=10.0, cookies=cookies) as http:
+        for _ in range(20):
+            if url.startswith(stop_at):
+                return url
+            resp = await http.get(url)
+            if resp.is_redirect:
+                url = urljoin(url, resp.headers["location"])
+                continue
+            match = re.search(r'action="(/interaction/[A-Za-z0-9_-]+)/login"', resp.text)
+            if resp.status_code != 200 or match is None:
+                raise AssertionError(f"unexpected IdP page at {url}: {resp.status_code} {resp.text[:300]}")
+            base = match.group(1)
+            if username is None:
+                resp = await http.post(urljoin(url, base + "/abort"))
+            else:
+                resp = await http.post(urljoin(url, base + "/login"), data={"username": username, "password": password})
+            if not resp.is_redirect:
+                raise AssertionError(f"the IdP refused the sign-in: {resp.status_code} {resp.text[:300]}")
+            url = urljoin(url, resp.headers["location"])
+    raise AssertionError("too many redirects at the IdP")
