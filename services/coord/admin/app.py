@@ -59,7 +59,7 @@ def route_table(app: QuartTrio) -> list[tuple[str, str]]:
     the one list of routes, read by the test against Headscale's document."""
     out = set()
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith("/api/v1/"):
+        if not rule.rule.startswith(("/api/v1/", "/api/v2/")):
             continue
         path = re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule.rule)
         out.update((m, path) for m in rule.methods or () if m not in ("HEAD", "OPTIONS"))

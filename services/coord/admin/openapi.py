@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from quart import Blueprint, Response
 
+from .apiv2 import openapi as v2
 from .docspage import PAGE
 
 __all__ = ["blueprint", "document", "PUBLIC_PATHS"]
@@ -336,16 +337,19 @@ def document() -> dict[str, Any]:
             "description": "Headscale's v1 REST API (its JSON shapes: camelCase, ids as strings, RFC 3339 "
                            "times) and trioscale's own routes. Errors are application/problem+json. On TCP "
                            "every request needs an API key (`trioscale apikeys create`); on the unix socket "
-                           "none.",
+                           "none. Under /api/v2, Tailscale's API (its shapes, `{\"message\"}` errors): an "
+                           "OAuth client's access token (`trioscale oauth-clients create`, then "
+                           "/api/v2/oauth/token) or an API key, each route checking the token's scopes.",
         },
         "servers": [{"url": "/"}],
         "security": [{"apiKey": []}],
         "tags": [{"name": n} for n in ("health", "users", "preauthkeys", "apikeys", "nodes", "registrations",
-                                       "routes", "sharing", "policy", "sshcheck", "docs")],
-        "paths": _paths(),
+                                       "routes", "sharing", "policy", "sshcheck", "docs", *v2.TAGS)],
+        "paths": {**_paths(), **v2.paths()},  # /api/v2: Tailscale's API (apiv2/openapi.py)
         "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "tskey-api-…"}},
-            "schemas": SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "tskey-api-…"},
+                                **v2.security_schemes()},
+            "schemas": {**SCHEMAS, **v2.schemas()},
             "responses": {code: {"description": text,
                                  "content": {"application/problem+json": {"schema": _ref("Problem")}}}
                           for code, text in _ERRORS.items()},

@@ -80,8 +80,9 @@ async def create_key(tailnet: str) -> Any:
     if key_type != "auth":
         raise InvalidRequest(f"keyType {key_type!r} cannot be created here (auth or client)")
     who = require("auth_keys", True)
-    caps = data.get("capabilities") or {}
-    create = caps.get("devices", {}).get("create", {}) if isinstance(caps, dict) else None
+    create: Any = data.get("capabilities") or {}
+    for field in ("devices", "create"):
+        create = create.get(field) or {} if isinstance(create, dict) else None
     if not isinstance(create, dict):
         raise InvalidRequest("capabilities.devices.create must be an object")
     tags = _tags(create.get("tags"), "capabilities.devices.create.tags")
