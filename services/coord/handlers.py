@@ -334,7 +334,8 @@ class ControlHandlers:
     # -- plain HTTP on the control port ----------------------------------------------------------
     async def http(self, method: str, path: str, headers, body: bytes):
         path_only = path.split("?", 1)[0]
-        if path_only == "/api/v1" or path_only.startswith("/api/v1/"):
+        # /api/v2 too: Tailscale's API clients take one base URL, the server's (admin/apiv2)
+        if path_only in ("/api/v1", "/api/v2") or path_only.startswith(("/api/v1/", "/api/v2/")):
             if self.api is None:
                 return 503, [("content-type", "text/plain")], b"the API is starting\n"
             return await self.api(method, path, headers, body)

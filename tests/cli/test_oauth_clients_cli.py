@@ -66,3 +66,28 @@ def test_oauth_clients_lifecycle(server: TrioscaleServer) -> None:
     assert proc.returncode != 0 and "no OAuth client" in proc.stderr
     assert made["key"].split("-", 3)[3] not in server.stderr()
     assert token["access_token"].split("-", 3)[3] not in server.stderr()
+
+
+def test_api_v2_on_the_control_listener(server: TrioscaleServer) -> None:
+    """Tailscale's API clients take one base URL: server_url serves /api/v2 as the admin listener does."""
+    from urllib.parse import urlsplit
+
+    made = server.cli_json("oauth-clients", "create", "--scope", "users:read")
+    parts = urlsplit(server.config["server_url"])
+
+    def control(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        conn.close()
+        return resp.status, json.loads(raw) if raw else {}
+
+    form = urlencode({"grant_type": "client_credentials", "client_id": made["id"], "client_secret": made["key"]})
+    status, token = control("POST", "/api/v2/oauth/token", form.encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200, token
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    assert control("GET", "/api/v2/tailnet/-/users", headers=auth)[0] == 200
+    assert control("GET", "/api/v2/tailnet/-/devices", headers=auth)[0] == 403
+    assert control("GET", "/api/v2/tailnet/-/devices")[0] == 401
