@@ -286,3 +286,20 @@ async def test_pending_logins_are_bounded(idp, store):
         status, _, _ = await Login(pages).get(f"/register/{reg.id}")
         assert status == 302
     assert len(pages.logins) == 3
+
+
+async def test_a_user_brought_from_headscale_logs_in_as_themselves(idp, store):
+    # `trioscale import headscale` keeps Headscale's provider_identifier (issuer/subject) as provider_id
+    alice = idp.account("alice")
+    imported = await store.create_user("alice-hs", "Old Name", provider="oidc",
+                                       provider_id=f"{idp.issuer}/{alice.sub}")
+    pages = RegistrationPages(store, POLICY, utcnow, _options(idp))
+    reg = await _pending(store)
+    login = Login(pages)
+    _, _, page = await login.sign_in(reg.id, "alice", "alice-pw")
+    status, _, _ = await login.confirm(page)
+    assert status == 200
+    [user] = await store.list_users()
+    assert user.id == imported.id and (user.name, user.display_name) == ("alice", alice.name)
+    [node] = await store.list_nodes()
+    assert node.user_id == imported.id
