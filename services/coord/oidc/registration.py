@@ -31,6 +31,7 @@ from trioscale.shared.proto import keys
 from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
 
 from .. import register
+from ..metrics import count_registration
 from . import pages
 from .client import LoginStart, OidcClient
 from .errors import LoginRefused
@@ -96,6 +97,8 @@ class RegistrationPages:
                 return await self._callback(query, headers)
             return await self._register(path[len("/register/"):])
         except LoginRefused as exc:
+            if path == CALLBACK_PATH or path.startswith(CONFIRM_PREFIX):
+                count_registration("oidc", {"Error": str(exc)})
             return exc.status, [_HTML, _NO_STORE], pages.refused(exc.status, str(exc))
         except StoreError as exc:
             log.warning("a login step failed in the store: %s", exc)
@@ -184,6 +187,7 @@ class RegistrationPages:
                                                         register_method="oidc")
         except (NotFound, Conflict):
             raise LoginRefused(400, "the device stopped waiting for this login: run tailscale up again") from None
+        count_registration("oidc", {"MachineAuthorized": True})
         log.info("node %s logged in through OIDC as user %s (%s)%s", node.id, user.id, user.name,
                  " (a new user)" if created else "")
         verb = "reauthenticated" if existing is not None else "logged in"

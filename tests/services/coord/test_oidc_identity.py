@@ -124,3 +124,20 @@ def test_the_secret_is_read_from_its_file_and_never_shown(tmp_path, monkeypatch)
         oidc_options(missing)
     assert "oidc.client_secret_path" in str(info.value)
     assert oidc_options(config_from_dict({})) is None
+
+
+async def test_start_waits_for_the_provider_only_when_told_to():
+    from trioscale.services.coord import register, service
+    from trioscale.services.coord.oidc.registration import RegistrationPages
+
+    class Handlers:
+        def __init__(self, options):
+            policy = register.RegistrationPolicy(server_url="http://ctl.test", prefix_v4=None, prefix_v6=None)
+            self.registration_pages = RegistrationPages(None, policy, lambda: None, options)
+
+    down = OidcOptions(issuer="http://127.0.0.1:9", client_id="c", timeout=timedelta(seconds=2))
+    with pytest.raises(RuntimeError, match="only_start_if_oidc_is_available"):
+        await service._check_provider(Handlers(down), down)
+    relaxed = OidcOptions(issuer="http://127.0.0.1:9", client_id="c", timeout=timedelta(seconds=2),
+                          required_at_start=False)
+    await service._check_provider(Handlers(relaxed), relaxed)
