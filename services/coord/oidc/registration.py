@@ -128,7 +128,10 @@ class RegistrationPages:
     async def _callback(self, query: str, headers: Mapping[str, str]) -> Answer:
         if self.client is None:
             return 404, [("content-type", "text/plain")], b"not found\n"
-        params = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
+        try:
+            params = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
+        except ValueError:
+            raise LoginRefused(400, "the identity provider's answer could not be read") from None
         state = params.get("state", "")
         if not state:
             raise LoginRefused(400, "the identity provider's answer has no state: start the login again")

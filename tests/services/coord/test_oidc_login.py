@@ -303,3 +303,14 @@ async def test_a_user_brought_from_headscale_logs_in_as_themselves(idp, store):
     assert user.id == imported.id and (user.name, user.display_name) == ("alice", alice.name)
     [node] = await store.list_nodes()
     assert node.user_id == imported.id
+
+
+async def test_hostile_callbacks_get_a_page_not_a_crash(idp, store):
+    pages = RegistrationPages(store, POLICY, utcnow, _options(idp))
+    for target in (CALLBACK_PATH + "?" + "&".join(f"a{i}=b" for i in range(100)),
+                   CALLBACK_PATH + "?state=%ff%fe&code=%00",
+                   CALLBACK_PATH + "?state=" + "s" * 10000):
+        status, headers, body = await pages.http("GET", target, {"cookie": "a=b; =; ;;"}, b"")
+        assert status == 400 and b"Login" in body
+    status, _, _ = await pages.http("POST", "/register/confirm/x", {"cookie": "\x00"}, b"\xff\xfe")
+    assert status in (400, 403)
