@@ -136,12 +136,19 @@ def require(*reasons: str | None) -> None:
 @contextlib.contextmanager
 def oidc_idp(clients: Sequence[IdpClient], accounts: Sequence[IdpAccount] = DEFAULT_ACCOUNTS, *,
              host: str = "127.0.0.1", prefix: Sequence[str] = (), id_token_ttl: int = 3600,
-             start_timeout: float = 30.0) -> Iterator[Idp]:
-    """Start the provider (in `prefix`'s namespace, e.g. `ip netns exec NS`) and stop it on exit."""
+             port: int = 0, signing_key_id: str | None = None, start_timeout: float = 30.0) -> Iterator[Idp]:
+    """Start the provider (in `prefix`'s namespace, e.g. `ip netns exec NS`) and stop it on exit.
+    `port` 0: one the OS picks. `signing_key_id`: sign with a fresh RSA key of that id (else
+    oidc-provider's development key); a restart on the same port with another id rotates the keys."""
     require(idp_missing())
-    config = {"host": host, "clients": [c.as_json() for c in clients],
+    config = {"host": host, "port": port, "clients": [c.as_json() for c in clients],
               "accounts": [{"username": a.username, "password": a.password, "claims": a.claims()} for a in accounts],
               "cookie_key": secrets.token_hex(16), "id_token_ttl": id_token_ttl}
+    if signing_key_id is not None:
+        from joserfc.jwk import RSAKey
+
+        key = RSAKey.generate_key(2048, parameters={"kid": signing_key_id, "use": "sig", "alg": "RS256"})
+        config["jwks"] = [key.as_dict(private=True)]
     env = {**os.environ, "NODE_PATH": str(idp_dir() / "node_modules"), "NODE_ENV": "test"}
     # ESM resolves packages from the script's folder upwards, not NODE_PATH: run a copy in idp_dir
     script = idp_dir() / "provider.mjs"
@@ -154,6 +161,7 @@ def oidc_idp(clients: Sequence[IdpClient], accounts: Sequence[IdpAccount] = DEFA
         proc.stdin.close()
         ready = _first_json_line(proc, start_timeout)
         idp = Idp(ready["issuer"], accounts, proc)
+        idp.port = int(ready["port"])
         # keep reading its output (warnings, errors) so a full pipe never blocks it
         threading.Thread(target=lambda: idp.output.extend(proc.stdout), daemon=True).start()
         yield idp

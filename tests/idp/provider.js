@@ -1,5 +1,5 @@
 // A real OpenID provider for the tests (oidc-provider from npm, installed by `make idp`).
-// Configuration comes as JSON on stdin: {host, issuer_path, clients: [...], accounts: [...]}.
+// Configuration comes as JSON on stdin: {host, port, issuer_path, clients, accounts, jwks}.
 // It listens on a port the OS picks and prints one JSON line {"issuer": ..., "port": ...} once
 // ready, so the fixture never guesses a free port. Accounts sign in with a small form of our
 // own (username and password) instead of oidc-provider's dev interactions, which take any name.
@@ -48,6 +48,8 @@ function makeProvider(issuer) {
     interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     pkce: { required: () => false },
     cookies: { keys: [config.cookie_key] },
+    // the signing keys the fixture made (a test restarts the provider with new ones: key rotation)
+    ...(config.jwks ? { jwks: { keys: config.jwks } } : {}),
     ttl: { IdToken: config.id_token_ttl || 3600, AccessToken: 3600, Interaction: 600, Session: 3600, Grant: 3600 },
     // first-party clients: no consent screen, the grant covers what the client asked for
     loadExistingGrant: async (ctx) => {
@@ -106,7 +108,7 @@ const server = http.createServer(async (req, res) => {
     res.end(`interaction failed: ${err.message}\n`);
   }
 });
-server.listen(0, config.host, () => {
+server.listen(config.port || 0, config.host, () => {
   const { port } = server.address();
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   const issuer = `http://${host}:${port}${config.issuer_path || ''}`;

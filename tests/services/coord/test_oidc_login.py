@@ -314,3 +314,26 @@ async def test_hostile_callbacks_get_a_page_not_a_crash(idp, store):
         assert status == 400 and b"Login" in body
     status, _, _ = await pages.http("POST", "/register/confirm/x", {"cookie": "\x00"}, b"\xff\xfe")
     assert status in (400, 403)
+
+
+async def test_the_providers_new_signing_key_is_fetched_when_it_rotates(store):
+    # one client across a restart of the provider with a new key on the same address: the second
+    # ID token names a key id the client has not seen, and Authlib fetches the keys again
+    clients = [IdpClient("trioscale", "client-secret", [CALLBACK])]
+    with oidc_idp(clients, signing_key_id="key-1") as first:
+        pages = RegistrationPages(store, POLICY, utcnow, _options(first))
+        reg = await _pending(store, "one")
+        login = Login(pages)
+        _, _, page = await login.sign_in(reg.id, "alice", "alice-pw")
+        assert (await login.confirm(page))[0] == 200
+        port = first.port
+    assert pages.client._app.server_metadata["jwks"]["keys"][0]["kid"] == "key-1"
+    with oidc_idp(clients, signing_key_id="key-2", port=port) as second:
+        assert second.issuer == first.issuer
+        reg = await _pending(store, "two")
+        login = Login(pages)
+        _, _, page = await login.sign_in(reg.id, "alice", "alice-pw")
+        assert "Log in this device?" in page, page
+        assert (await login.confirm(page))[0] == 200
+    assert pages.client._app.server_metadata["jwks"]["keys"][0]["kid"] == "key-2"
+    assert len(await store.list_users()) == 1 and len(await store.list_nodes()) == 2
