@@ -208,12 +208,21 @@ def chromium(netns: str | None = None) -> Iterator["object"]:
             wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {CHROMIUM} "$@"\n')
             wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
             executable = str(wrapper)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS), headless=True)
-            try:
-                yield browser
-            finally:
-                browser.close()
+        # trio-asyncio (the PostgreSQL store's bridge), once imported, installs an event loop policy
+        # whose loops cannot run Playwright's: use asyncio's own while the browser lives
+        import asyncio
+
+        policy = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS), headless=True)
+                try:
+                    yield browser
+                finally:
+                    browser.close()
+        finally:
+            asyncio.set_event_loop_policy(policy)
 
 
 def idp_login(page, username: str, password: str) -> None:
