@@ -28,7 +28,9 @@ from trioscale.shared.net.listen import serve_stream_sockets
 from trioscale.shared.net.tls import CertFiles
 from trioscale.shared.net.unixpath import short_unix_path
 
+from ..console import create_console_app, mount_console
 from ..options import AdminOptions
+from .api import api_key_accepted
 from .app import create_admin_app
 from .oncontrol import API_PREFIX, AsgiOnControl
 
@@ -180,8 +182,14 @@ async def serve_admin(
                 mount_api(AsgiOnControl(remote_app))
                 log.info("admin API (API keys required) on the control listener under %s", API_PREFIX)
             if tcp_sock is not None:
+                tcp_app: Any = remote_app
+                if options.console is not None:
+                    tcp_app = mount_console(remote_app, create_console_app(
+                        options, store, coordinator=coordinator, key_check=api_key_accepted,
+                        api_app=create_admin_app(options, store, coordinator=coordinator, require_auth=False)))
+                    log.info("web console on the admin listener under /console/")
                 await nursery.start(
-                    partial(_serve_app, limiter=limiter or standalone_limiter("admin"), tls=tls), remote_app, tcp_sock,
+                    partial(_serve_app, limiter=limiter or standalone_limiter("admin"), tls=tls), tcp_app, tcp_sock,
                     http_log,
                 )
                 log.info("admin API (API keys required) on %s://%s", "https" if tls else "http", addresses["admin_tcp"])
