@@ -16,4 +16,5 @@ for name, folder in ROOTS.items():
     nested = [] if name != "trioscale" else ["services", "services.*", "shared", "shared.*"]
     packages += [f"{name}.{sub}" for sub in find_packages(folder, exclude=nested)]
 
-setup(packages=packages, package_dir=package_dir, package_data={"trioscale": ["web/*"]})
+setup(packages=packages, package_dir=package_dir, package_data={"trioscale": ["web/*"],
+                                                                   "trioscale.services.coord.console": ["templates/*.html", "static/*"]})
