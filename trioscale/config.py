@@ -292,7 +292,7 @@ def _url_or_off(value: str) -> Iterable[str]:
 class ConsoleConfig:
     enabled: bool = setting(BOOL, False, "the web console at `/console/` on the admin listener (`admin.listen_addr`)")
     url: str = setting(STR, "", "where browsers reach the console (`https://…`, behind a TLS proxy); empty = `http://` + `admin.listen_addr`, loopback only", check=_url_or_off)
-    admins: tuple[str, ...] = setting(STRLIST, (), "who may sign in through the identity provider: emails or `issuer|subject`; an API key always may")
+    admins: tuple[str, ...] = setting(STRLIST, (), "who may sign in through the identity provider (`oidc:`): verified emails, or `issuer/subject` ids; an API key always may")
     session_lifetime: timedelta = setting(DURATION, timedelta(hours=8), "a console session ends this long after sign-in", check=_between(timedelta(minutes=1), timedelta(days=7), "a lifetime between 1m and 7d"))
 
 
@@ -770,15 +770,15 @@ def _override_needs_resolvers(override: bool, nameservers: tuple[str, ...]) -> I
         yield "is true but dns.nameservers.global is empty: clients would have no resolver"
 
 
-@_rule("console.enabled", "admin.listen_addr", "console.url")
-def _console_on_a_safe_listener(enabled: bool, listen: str, url: str) -> Iterable[str]:
+@_rule("console.enabled", "admin.listen_addr", "console.url", "tls_cert_path", "tls_letsencrypt_hostname")
+def _console_on_a_safe_listener(enabled: bool, listen: str, url: str, cert: Path | None, acme: str) -> Iterable[str]:
     if not enabled:
         return
     if not listen:
         yield "needs admin.listen_addr (the console is served on the admin listener)"
         return
-    if url.startswith("https://"):
-        return
+    if url.startswith("https://") or cert is not None or acme:
+        return  # browsers reach it over TLS
     host = split_hostport(listen)[0]
     loopback = host == "localhost"
     try:
@@ -787,7 +787,8 @@ def _console_on_a_safe_listener(enabled: bool, listen: str, url: str) -> Iterabl
         pass
     if not loopback:
         # session cookies over plain HTTP on a network could be read off the wire
-        yield f"admin.listen_addr {listen} is not a loopback address: serve the console over TLS (a proxy) and set console.url to its https:// address"
+        yield (f"admin.listen_addr {listen} is not a loopback address: serve the console over TLS (tls_cert_path, "
+               "tls_letsencrypt_hostname, or a proxy named in console.url as https://…)")
 
 
 @_rule("oidc.issuer", "oidc.client_id")

@@ -256,7 +256,8 @@ def console_options(config: Config) -> ConsoleOptions | None:
     c = config.console
     if not c.enabled:
         return None
-    return ConsoleOptions(url=c.url.rstrip("/"), admins=tuple(c.admins), session_lifetime=c.session_lifetime)
+    return ConsoleOptions(url=c.url.rstrip("/"), admins=tuple(c.admins), session_lifetime=c.session_lifetime,
+                          oidc=oidc_options(config))
 
 
 def connection_caps(config: Config, listeners: Sequence[str]) -> dict[str, ListenerCaps]:

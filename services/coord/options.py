@@ -106,7 +106,7 @@ class ConsoleOptions:
     #: where browsers reach the console ("https://admin.example.com"); "" = the admin listener's
     #: own address over plain HTTP (cookies then lack Secure: loopback only, see docs/console.md)
     url: str
-    #: who may sign in through the identity provider: emails, or "issuer|subject" (API keys always may)
+    #: who may sign in through the identity provider: verified emails, or "issuer/subject" ids (API keys always may)
     admins: tuple[str, ...]
     session_lifetime: timedelta
     #: the identity provider for signing in (the `oidc:` options), None = API keys only

@@ -22,7 +22,7 @@ from trioscale.shared.model import utcnow
 from trioscale.shared.store.base import Store
 
 from ..options import AdminOptions
-from . import events, pages, signin
+from . import events, oidcsignin, pages, signin
 from .apicall import ApiClient
 from .context import PREFIX, Console, console, install, refusal
 
@@ -56,7 +56,8 @@ def create_console_app(options: AdminOptions, store: Store, *, coordinator: Any 
     app.before_request(_guard)
     app.after_request(_headers)
     _install_error_handlers(app)
-    signin.install(app, handles)
+    if options.console.oidc is not None:
+        oidcsignin.install(app, handles)
     app.register_blueprint(signin.blueprint)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(events.blueprint)

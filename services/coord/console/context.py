@@ -37,7 +37,9 @@ class Console:
         self.sessions = SessionTable(options.session_lifetime.total_seconds())
         #: open server-sent event streams, all sessions together (events.py)
         self.streams = 0
-        self.oidc: Any = None  # signin.py installs the identity provider's client when configured
+        #: the identity provider's client and the logins under way (oidcsignin.py), when configured
+        self.oidc: Any = None
+        self.oidc_logins: Any = None
 
     @property
     def secure(self) -> bool:

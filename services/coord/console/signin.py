@@ -7,25 +7,15 @@ site can neither read nor set it), so nobody can sign a browser in with their ke
 from __future__ import annotations
 
 import secrets
-from typing import Any
-
 from quart import Blueprint, Response, redirect, render_template, request
 
-from .context import PREFIX, Console, api_key_label, console, refusal, session
+from .context import PREFIX, api_key_label, console, refusal, session
 
-__all__ = ["blueprint", "install", "start_session"]
+__all__ = ["blueprint", "signin_page", "start_session"]
 
 blueprint = Blueprint("console_signin", __name__)
 
 LOGIN_FORM_LIFETIME = 600
-
-
-def install(app: Any, handles: Console) -> None:
-    """Bring in the identity provider's sign-in when one is configured."""
-    if handles.options.oidc is not None:
-        from . import oidcsignin
-
-        oidcsignin.install(app, handles)
 
 
 async def signin_page(error: str = "", status: int = 200) -> Response:

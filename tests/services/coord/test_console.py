@@ -431,3 +431,19 @@ async def test_the_mount_leaves_the_api_as_it_is(store: Store) -> None:
     assert (await served.get("/console/nodes")).status == 303
     assert (await served.get("/")).status == 303
     assert (await served.get("/consoleX")).status == 401  # not the console's: the API's refusal
+
+
+def test_console_admins_by_verified_email_or_provider_id() -> None:
+    from trioscale.services.coord.console.oidcsignin import admitted
+    from trioscale.services.coord.oidc import Identity
+
+    admins = ("Alice@Example.com", "https://idp.example/bob-sub")
+    alice = Identity(issuer="https://idp.example", subject="a1", provider_id="https://idp.example/a1",
+                     email="alice@example.com", email_verified=True)
+    assert admitted(admins, alice)
+    assert not admitted(admins, Identity(**{**alice.__dict__, "email_verified": False}))
+    bob = Identity(issuer="https://idp.example", subject="bob-sub", provider_id="https://idp.example/bob-sub")
+    assert admitted(admins, bob)
+    assert not admitted(admins, Identity(issuer="https://idp.example", subject="x", provider_id="https://idp.example/x",
+                                         email="mallory@evil.example", email_verified=True))
+    assert not admitted((), alice)
