@@ -8,6 +8,8 @@ subscription resumes from its new position.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,7 +32,11 @@ class ChangeFollower:
         self._reload = reload
         #: the last change applied
         self.seq = 0
-        self._seq_changed = trio.Event()
+        #: (seq, tie-breaker, event) of the handlers waiting for a change: each is woken once,
+        #: when its change is applied (a join storm has dozens waiting; one event for all woke
+        #: every one of them at every change)
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._tie = itertools.count()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         started = False
@@ -50,13 +56,23 @@ class ChangeFollower:
 
     def advance(self, seq: int) -> None:
         self.seq = seq
-        self._seq_changed.set()
-        self._seq_changed = trio.Event()
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= seq:
+            heapq.heappop(waiters)[2].set()
 
     async def wait_seq(self, seq: int) -> None:
         """Wait until changes up to `seq` are applied."""
-        while self.seq < seq:
-            await self._seq_changed.wait()
+        if self.seq >= seq:
+            return
+        event = trio.Event()
+        entry = (seq, next(self._tie), event)
+        heapq.heappush(self._waiters, entry)
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():  # cancelled: its entry would linger until `seq`
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
 
     async def caught_up(self) -> None:
         await self.wait_seq(await self.store.latest_seq())

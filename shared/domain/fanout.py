@@ -384,9 +384,18 @@ class _Run:
         policy_changed, routers_moved, audience = self.policy_node_set(new)
         now = self.now
         cache: dict[Any, Message] = {}
-        # when the policy's picture of the node is unchanged, so is who may see it: only the node's
-        # own sessions and those of its visible peers can be told anything (endpoint churn)
-        viewers = None if policy_changed else viewers_that_may_know(tailnet, self.sessions, new.id)
+        was_announced = old is not None and tailnet.announceable(old)
+        viewers: list | None = None
+        if not was_announced and not tailnet.announceable(new):
+            # never announced, still not announceable: no session has it in `sent` (only visible,
+            # hence announceable, peers get there), so only its own sessions can learn anything
+            viewers = []
+        elif not was_announced and self.announce_new(new, changed):
+            viewers = []
+        elif not policy_changed:
+            # when the policy's picture of the node is unchanged, so is who may see it: only the
+            # node's own sessions and those of its visible peers can be told anything (endpoint churn)
+            viewers = viewers_that_may_know(tailnet, self.sessions, new.id)
         if viewers is None:
             viewers = list(self.sessions.items())
         else:
@@ -419,6 +428,38 @@ class _Run:
             self.policy_resync({new.id})
             self.push_self_if_changed(new.id, new)
             self.refresh_others(new.id, routers_moved, only=audience)
+
+    def announce_new(self, new: Node, changed: frozenset[str]) -> bool:
+        """A node no one was told of became announceable (it joined, or sent its first disco key):
+        tell every session that may see it, with one message shared by all, without asking each
+        viewer's visibility. Only when the policy answers who may see it (symmetric visibility,
+        `viewers_that_may_know`) and no viewer has a picture of its own of it (no routes, no
+        disable-ipv4); False leaves it to the general path."""
+        tailnet = self.tailnet
+        policy = self.policy
+        if policy is None or tailnet.visibility != policy.can_see or not policy.known(new.id):
+            return False
+        if policy.ipv4_off() or policy.compiled.net.nodes[new.id].routes:
+            return False
+        audience = policy.visible_ids(new.id)
+        sessions = self.sessions
+        message: Message | None = None
+        nid = new.id
+        pairs = ((v, sessions[v]) for v in audience if v in sessions) if len(audience) < len(sessions) \
+            else sessions.items()
+        push = self.out.append
+        for vid, views in pairs:
+            if vid == nid or vid not in audience:
+                continue
+            for view in views:
+                sent = view.sent
+                if nid in sent:
+                    continue  # cannot happen (it was not announceable); nothing new to it then
+                if message is None:
+                    message = Message(tailnet.encode_delta(Delta("changed", nid), changed, self.now))
+                sent.add(nid)
+                push((view, message))
+        return True
 
     def delta_message(self, delta: Delta, changed: frozenset[str], cache: dict, viewer_id: int,
                       view: SessionView) -> Message:
@@ -657,9 +698,11 @@ class _Run:
         off = policy.ipv4_off()
         cache: dict = {}
         fkeys: dict[int, tuple[Any, str]] = {}
-        for vid, views in list(self.sessions.items()):
-            if viewer_ids is not None and vid not in viewer_ids:
-                continue
+        if viewer_ids is None:
+            items = list(self.sessions.items())
+        else:
+            items = [(vid, self.sessions[vid]) for vid in sorted(viewer_ids) if vid in self.sessions]
+        for vid, views in items:
             viewer = tailnet.nodes.get(vid)
             if viewer is None or not views:
                 continue
