@@ -149,10 +149,15 @@ async def serve_ops(
     endpoints: OpsEndpoints,
     *,
     limiter: ConnectionLimiter | None = None,
+    key: str = "metrics_listen_addr",
     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `endpoints` on host:port until cancelled; reports {"metrics": "host:port"} when bound."""
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    """Serve `endpoints` on host:port until cancelled; reports {"metrics": "host:port"} when bound.
+    A port that cannot be bound fails with one line naming `key` (the setting to change)."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:
+        raise RuntimeError(f"{key} {host}:{port}: {exc.strerror or exc}") from None
     sockname = listeners[0].socket.getsockname()
     shown = f"[{sockname[0]}]:{sockname[1]}" if ":" in sockname[0] else f"{sockname[0]}:{sockname[1]}"
     async with trio.open_nursery() as nursery:

@@ -169,6 +169,7 @@ def test_make_run_like_start_with_embedded_defaults(tmp_path: Path) -> None:
         "TRIOSCALE_DERP_SERVER_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
         "TRIOSCALE_DERP_SERVER_STUN_LISTEN_ADDR": f"127.0.0.1:{free_udp_port()}",
         "TRIOSCALE_DNS_LISTEN_ADDR": f"127.0.0.1:{free_tcp_udp_port()}",
+        "TRIOSCALE_METRICS_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
     }
     srv = TrioscaleServer(tmp_path, {"data_dir": str(tmp_path / "var")}, env=env, use_config_file=False)
     srv.start()

@@ -60,7 +60,8 @@ def test_second_server_on_same_socket_fails_cleanly(tmp_path: Path) -> None:
     cfg = free_ports_config(tmp_path / "data")
     first = TrioscaleServer(tmp_path / "a", cfg, command=("coord",)).start()
     try:
-        other = dict(cfg, listen_addr=f"127.0.0.1:{free_port()}", admin={"listen_addr": ""}, log={"level": "info"})
+        other = dict(cfg, listen_addr=f"127.0.0.1:{free_port()}", admin={"listen_addr": ""}, log={"level": "info"},
+                     metrics_listen_addr=f"127.0.0.1:{free_port()}")
         second = TrioscaleServer(tmp_path / "b", other, command=("coord",))
         with pytest.raises(AssertionError, match="exited early with 1"):
             second.start()

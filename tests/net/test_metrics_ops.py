@@ -82,3 +82,17 @@ async def test_a_check_that_raises_or_hangs_is_not_ready_and_named(nursery, auto
     failed = await readiness.failures(timeout=2)
     assert failed == {"changelog.coord": "no answer within 2s",
                       "database": "ConnectionRefusedError: connection refused"}
+
+
+async def test_a_port_in_use_fails_with_one_line_naming_the_key() -> None:
+    import socket
+
+    import pytest
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        endpoints = OpsEndpoints(CollectorRegistry(), Readiness())
+        with pytest.raises(RuntimeError, match=rf"^metrics_listen_addr 127.0.0.1:{port}: .*in use"):
+            await serve_ops("127.0.0.1", port, endpoints)  # fails before it serves anything
