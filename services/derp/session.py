@@ -47,6 +47,10 @@ __all__ = ["Sessions", "FIRST_BYTE_TIMEOUT", "UPGRADE_TIMEOUT", "HANDSHAKE_TIMEO
 FIRST_BYTE_TIMEOUT = 10.0
 UPGRADE_TIMEOUT = 20.0
 HANDSHAKE_TIMEOUT = 15.0
+#: what a mesh peer's connection may read per turn of the scheduler: it carries the packets of
+#: many of the peer's clients, so it gets the share of that many clients (RawStream reads on
+#: without a checkpoint while the socket has data), not the share of one
+MESH_RECV_SIZE = 8 * RECV_SIZE
 
 
 class _Conn:
@@ -216,7 +220,7 @@ class Sessions:
                     client.next_keepalive = trio.current_time() + keepalive_delay(
                         self.keepalive_interval, self.keepalive_jitter)
                 try:
-                    await client.reader(conn, events[1:], RECV_SIZE)
+                    await client.reader(conn, events[1:], MESH_RECV_SIZE if is_mesh else RECV_SIZE)
                 except RemoteProtocolError as exc:
                     stats.protocol_errors += 1
                     self.log.debug("derp client %s protocol error: %s", info.key.hex()[:16], exc)

@@ -6,7 +6,10 @@ each batch pays for several layers (conflict detectors, locks, the retry machine
 wrapper's helper). `RawStream` does the same work directly:
 
 * ``receive_some`` decrypts every TLS record already received (up to ``max_bytes``) before it
-  asks the kernel for more, and reads up to 256 KiB of ciphertext per ``recv``;
+  asks the kernel for more, and reads up to 256 KiB of ciphertext per ``recv``; a caller that
+  asks for more than that (a relay's mesh link, which carries the traffic of many clients) gets
+  further ``recv`` calls in the same call while the socket has data, so that one turn of the
+  scheduler moves as much for it as for that many clients;
 * ``send_all`` encrypts the whole buffer and hands the ciphertext to the kernel in as few
   ``send`` calls as it takes (batches of up to 256 KiB), waiting with
   ``trio.lowlevel.wait_writable`` only when the socket buffer is full;
@@ -278,6 +281,16 @@ class RawStream(trio.abc.Stream):
                 if await self._flush():
                     waited = True
             if parts:
+                if n > _RECV and have < n and not eof and not self._drained:
+                    got = self._recv_more()
+                    if got > 0:  # one more read without a checkpoint (see receive_some)
+                        view = _shared_buffer()
+                        vpos = min(got, _TLS_CHUNK)
+                        vend = got
+                        bio_in.write(view[:vpos])
+                        continue
+                    if got < 0:  # EOF: TLS reports it on the next call, after these bytes
+                        bio_in.write_eof()
                 if not waited:
                     await _checkpoint()
                 return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -312,6 +325,23 @@ class RawStream(trio.abc.Stream):
             else:
                 view = None
                 bio_in.write_eof()
+
+    def _recv_more(self) -> int:
+        """Ciphertext into the shared buffer if the socket has some now, never waiting: bytes read,
+        0 when it would block (or the peer reset: the next read sees it), -1 at EOF."""
+        try:
+            got = self.socket.recv_into(_shared_buffer(), _RECV)
+        except (BlockingIOError, InterruptedError):
+            self._drained = True
+            return 0
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                raise trio.BrokenResourceError(exc) from exc
+            return 0
+        if got == 0:
+            return -1
+        self._drained = got < _RECV
+        return got
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._check_open()

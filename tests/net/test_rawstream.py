@@ -62,3 +62,55 @@ async def test_many_streams_share_one_receive_buffer(tmp_path):
     for server, client in pairs:
         server.close()
         client.close()
+
+
+def _queued(sock: socket.socket) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+async def test_a_big_max_bytes_reads_on_while_the_socket_has_data(tmp_path):
+    """A caller asking for more than one read's worth (a relay's mesh link) gets what is queued in
+    one call, in order; an EOF behind the data comes with the next call."""
+    server, client = await tls_pair(tmp_path)
+    for opt in (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF):
+        if opt is not None:
+            try:
+                client.socket.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+                break
+            except PermissionError:
+                continue
+    data = os.urandom(min(1 << 20, client.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2))
+    assert len(data) > 2 * (1 << 18)
+    await client.send_all(data)  # the socket pair's buffer holds it all
+    client.close()
+    while _queued(server.socket) < len(data):  # the close_notify too: never more than a moment
+        await trio.sleep(0.01)
+    first = await server.receive_some(4 << 20)
+    assert len(first) > 1 << 18  # more than one recv's worth in one call
+    got = bytearray(first)
+    while len(got) < len(data):
+        chunk = await server.receive_some(4 << 20)
+        assert chunk
+        got.extend(chunk)
+    assert bytes(got) == data
+    assert await server.receive_some(4 << 20) == b""
+    server.close()
+
+
+async def test_the_default_max_bytes_reads_once_per_call(tmp_path):
+    server, client = await tls_pair(tmp_path)
+    data = os.urandom(3 * (1 << 18))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, data)
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = await server.receive_some()
+            assert 0 < len(chunk) <= 1 << 18
+            got.extend(chunk)
+    assert bytes(got) == data
+    server.close()
+    client.close()
