@@ -29,7 +29,7 @@ MAX_CHANGES_READ = 500
 _TOPICS = {
     "node": ("nodes",), "presence": ("nodes",), "share": ("nodes",), "user": ("users", "nodes", "preauthkeys"),
     "preauthkey": ("preauthkeys",), "apikey": ("apikeys",), "registration": ("registrations", "nodes"),
-    "policy": ("policy", "nodes"), "relay": ("derp",),
+    "policy": ("policy", "nodes"), "relay": ("derp",), "settings": ("dns",),
 }
 EVERY_TOPIC = ("nodes", "users", "preauthkeys", "apikeys", "registrations", "policy", "derp", "dns")
 

@@ -388,6 +388,8 @@ async def _policy_page(text: str | None = None, *, error: str = "", checked: str
     answer = await console().api.get("/api/v1/policy")
     current = answer.body if answer.ok else {"policy": "", "mode": console().admin_options.policy.mode}
     where = _WHERE.search(error)
+    if where:  # the page shows the position on its own
+        error = error.replace(where.group(0) + ": ", "", 1)
     return await page(
         "policy", "Policy", "policy", above="policy_forms.html", status=status, current=current,
         text=current.get("policy", "") if text is None else text, error=error, checked=checked,
@@ -436,9 +438,45 @@ async def derp_page() -> Response:
     return await page("derp", "DERP fleet", "derp", regions=regions, coordinator=c.coordinator is not None)
 
 
+DNS_API = "/api/v2/tailnet/-/dns"
+
+
 @blueprint.get(PREFIX + "/dns")
 async def dns_page() -> Response:
+    """What clients get now (the coordinator's DNSConfig), and the settings the API sets (Tailscale's
+    API v2 DNS routes: they replace the configuration file's keys of the same kind once set)."""
     c = console()
     dns = c.coordinator.tailnet.settings.dns_config if c.coordinator is not None else None
     base = c.coordinator.tailnet.settings.base_domain if c.coordinator is not None else ""
-    return await page("dns", "DNS", "dns", dns=dns or {}, base_domain=base, coordinator=c.coordinator is not None)
+    settings: dict[str, Any] = {}
+    for part, key in (("nameservers", "dns"), ("searchpaths", "searchPaths"), ("preferences", "magicDNS")):
+        answer = await c.api.get(f"{DNS_API}/{part}")
+        settings[key] = answer.body.get(key) if answer.ok else None
+    split = await c.api.get(f"{DNS_API}/split-dns")
+    settings["split"] = split.body if split.ok else {}
+    return await page("dns", "DNS", "dns", above="dns_forms.html", dns=dns or {}, base_domain=base,
+                      coordinator=c.coordinator is not None, settings=settings)
+
+
+@blueprint.post(PREFIX + "/dns")
+async def dns_post() -> Response:
+    """One form, the API's four settings in turn; the first refusal stops (what came before it stays set)."""
+    c = console()
+    f = await form()
+    split: dict[str, list[str]] = {}
+    for line in f.get("split", "").splitlines()[:64]:
+        if line.strip():
+            domain, _, servers = line.strip().partition(" ")
+            split[domain.rstrip(":")] = listed(servers)
+    steps = (
+        ("post", "preferences", {"magicDNS": f.get("magic_dns") == "on"}),
+        ("post", "nameservers", {"dns": listed(f.get("nameservers", ""))}),
+        ("post", "searchpaths", {"searchPaths": listed(f.get("search_paths", ""))}),
+        ("put", "split-dns", split),
+    )
+    for verb, part, body in steps:
+        answer = await getattr(c.api, verb)(f"{DNS_API}/{part}", body)
+        if not answer.ok:
+            return back("/dns", answer)
+    await acted("set the DNS settings", answer)
+    return back("/dns", answer, "DNS settings saved; clients get them now.")

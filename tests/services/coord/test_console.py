@@ -447,3 +447,20 @@ def test_console_admins_by_verified_email_or_provider_id() -> None:
     assert not admitted(admins, Identity(issuer="https://idp.example", subject="x", provider_id="https://idp.example/x",
                                          email="mallory@evil.example", email_verified=True))
     assert not admitted((), alice)
+
+
+async def test_dns_settings_through_the_api(store: Store, signed_in: Browser) -> None:
+    _, html, _ = await signed_in.get("/console/dns")
+    assert 'id="dns-nameservers"' in html
+    resp = await signed_in.post("/console/dns", {"magic_dns": "on", "nameservers": "9.9.9.9\n1.1.1.1",
+                                                 "search_paths": "corp.example", "split": "internal.example 10.0.0.53"})
+    assert resp.status_code == 303
+    assert await signed_in.notices("/console/dns") == ["DNS settings saved; clients get them now."]
+    stored = await store.get_setting("dns")
+    assert stored["nameservers"] == ["9.9.9.9", "1.1.1.1"] and stored["searchPaths"] == ["corp.example"]
+    assert stored["splitDNS"] == {"internal.example": ["10.0.0.53"]} and stored["magicDNS"] is True
+    _, html, _ = await signed_in.get("/console/dns")
+    assert "9.9.9.9\n1.1.1.1</textarea>" in html and "internal.example 10.0.0.53" in html
+    await signed_in.post("/console/dns", {"nameservers": "not an address"})
+    assert "neither an IP address nor a DoH URL" in (await signed_in.notices("/console/dns"))[-1]
+    assert (await store.get_setting("dns"))["nameservers"] == ["9.9.9.9", "1.1.1.1"]

@@ -11,6 +11,17 @@
     if (question && !window.confirm(question)) ev.preventDefault();
   });
 
+  // the policy editor: put the cursor where the error is
+  var editor = document.getElementById("policy-text");
+  if (editor && editor.hasAttribute("data-line")) {
+    var line = parseInt(editor.getAttribute("data-line"), 10), column = parseInt(editor.getAttribute("data-column"), 10);
+    var lines = editor.value.split("\n"), at = 0;
+    for (var i = 0; i < line - 1 && i < lines.length; i++) at += lines[i].length + 1;
+    at = Math.min(at + Math.max(column - 1, 0), editor.value.length);
+    editor.focus();
+    editor.setSelectionRange(at, at);
+  }
+
   var live = document.getElementById("live");
   if (!live || !window.EventSource) return;
   var topics = (live.getAttribute("data-topics") || "").split(/\s+/).filter(Boolean);
