@@ -91,3 +91,20 @@ def test_api_v2_on_the_control_listener(server: TrioscaleServer) -> None:
     assert control("GET", "/api/v2/tailnet/-/users", headers=auth)[0] == 200
     assert control("GET", "/api/v2/tailnet/-/devices", headers=auth)[0] == 403
     assert control("GET", "/api/v2/tailnet/-/devices")[0] == 401
+
+
+def test_scoped_api_keys(server: TrioscaleServer) -> None:
+    """`apikeys create --scope`: the key may do what its scopes allow, on /api/v2 only; a key made
+    without scopes still does everything."""
+    scoped = server.cli_ok("apikeys", "create", "--scope", "dns:read").strip()
+    record = next(k for k in server.cli_json("apikeys", "list") if k["prefix"] == scoped.split("-")[2])
+    assert record["scopes"] == ["dns:read"]
+    auth = {"Authorization": f"Bearer {scoped}"}
+    assert http_request(server, "GET", "/api/v2/tailnet/-/dns/searchpaths", headers=auth)[0] == 200
+    assert http_request(server, "POST", "/api/v2/tailnet/-/dns/searchpaths", b'{"searchPaths": []}',
+                        {**auth, "Content-Type": "application/json"})[0] == 403
+    assert http_request(server, "GET", "/api/v1/user", headers=auth)[0] == 401
+    plain = server.cli_ok("apikeys", "create").strip()
+    assert http_request(server, "GET", "/api/v1/user", headers={"Authorization": f"Bearer {plain}"})[0] == 200
+    proc = server.cli("apikeys", "create", "--scope", "nonsense")
+    assert proc.returncode != 0 and "nonsense" in proc.stderr

@@ -21,10 +21,16 @@ def apikeys() -> None:
 
 @apikeys.command("create")
 @click.option("-e", "--expiration", default="90d", show_default=True, help="e.g. 24h, 90d, 1y")
+@click.option("-s", "--scope", "scopes", multiple=True,
+              help="an API v2 scope (e.g. dns:read; repeat for more): the key may do only that, on /api/v2 "
+                   "only (none: everything)")
 @output_option
-def apikeys_create(expiration: str, output: str | None) -> None:
+def apikeys_create(expiration: str, scopes: tuple[str, ...], output: str | None) -> None:
     """Create an API key; the key is printed once (as Headscale's: -o json prints it as a string)."""
-    key = call("POST", "/api/v1/apikey", {"expiration": expiration})["apiKey"]
+    body: dict[str, object] = {"expiration": expiration}
+    if scopes:
+        body["scopes"] = [s for v in scopes for s in v.split(",") if s]
+    key = call("POST", "/api/v1/apikey", body)["apiKey"]
     emit(key, output, key)
 
 

@@ -11,7 +11,8 @@ from quart import Blueprint, request
 from trioscale.shared.domain import secrets as keys
 from trioscale.shared.model import utcnow
 
-from .api import admin, json_body
+from .api import InvalidRequest, admin, json_body
+from .apiv2 import scopes as scope_names
 from .fields import known_fields, known_query, parse_expiration
 from .lookups import find_api_key
 from .shapes import apikey_json
@@ -30,11 +31,18 @@ async def list_api_keys() -> Any:
 
 @blueprint.post("/api/v1/apikey")
 async def create_api_key() -> Any:
-    data = known_fields(await json_body(), ("expiration",))
+    data = known_fields(await json_body(), ("expiration", "scopes"))
     now = utcnow()
     expiration = parse_expiration(data.get("expiration"), DEFAULT_API_KEY_EXPIRATION, now)
+    scopes_in = data.get("scopes", [])
+    if not isinstance(scopes_in, list) or not all(isinstance(s, str) for s in scopes_in):
+        raise InvalidRequest("scopes must be a list of scope names")
+    try:
+        scopes = scope_names.normalize(scopes_in)
+    except scope_names.ScopeError as exc:
+        raise InvalidRequest(str(exc)) from None
     new = keys.generate_api_key()
-    ak = await admin().store.create_api_key(new.prefix, new.key_hash, expiration)
+    ak = await admin().store.create_api_key(new.prefix, new.key_hash, expiration, scopes=scopes)
     admin().log.info("API key created: id %d prefix %s", ak.id, ak.prefix)
     # Headscale's answer is the key's text alone; the record is ours
     return {"apiKey": new.text, "apiKeyRecord": apikey_json(ak, now)}

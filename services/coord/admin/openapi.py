@@ -77,7 +77,8 @@ SCHEMAS: dict[str, Any] = {
         "createdAt": _TIME_OR_NULL, "aclTags": _TEXTS, "prefix": _TEXT, "expired": _BOOL}),
     "ApiKey": _object({
         "id": _ID, "prefix": _TEXT, "expiration": _TIME_OR_NULL, "createdAt": _TIME_OR_NULL,
-        "lastSeen": _TIME_OR_NULL, "expired": _BOOL}),
+        "lastSeen": _TIME_OR_NULL, "expired": _BOOL,
+        "scopes": {**_TEXTS, "description": "API v2 scopes; none: all access"}}),
     "Node": _object({
         "id": _ID, "machineKey": _TEXT, "nodeKey": _TEXT, "discoKey": _TEXT, "ipAddresses": _TEXTS,
         "name": _TEXT, "user": _nullable(_ref("User")), "lastSeen": _TIME_OR_NULL, "expiry": _TIME_OR_NULL,
@@ -233,7 +234,9 @@ def _paths() -> dict[str, Any]:
             "get": _operation("listApiKeys", "List API keys", "apikeys", _list_of("apiKeys", "ApiKey")),
             "post": _operation("createApiKey", "Create an API key (its text is in this answer only)", "apikeys",
                                _object({"apiKey": _TEXT, "apiKeyRecord": apikey}),
-                               body=_body({"expiration": _EXPIRATION})),
+                               body=_body({"expiration": _EXPIRATION, "scopes": {
+                                   **_TEXTS, "description": "API v2 scopes (e.g. devices:core:read); none: all access, "
+                                                            "a key with scopes is for /api/v2 only"}})),
             "delete": _operation("deleteApiKeyById", "Delete an API key by id", "apikeys",
                                  _wrap("apiKeyRecord", apikey),
                                  parameters=[_query("id", _ID, "the key's id", required=True)]),

@@ -113,6 +113,7 @@ def apikey_json(k: ApiKey, now: datetime) -> dict[str, Any]:
         "createdAt": ts(k.created_at),
         "lastSeen": ts(k.last_seen),
         "expired": k.is_expired(now),
+        "scopes": list(k.scopes),  # ours: empty is all access (API v2's scopes, apiv2/scopes.py)
     }
 
 
