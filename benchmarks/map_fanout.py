@@ -111,6 +111,15 @@ def stop_py_spy(spy: subprocess.Popen) -> None:
         spy.kill()
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (what a loaded machine does not inflate)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -205,6 +214,8 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
     limiter = trio.CapacityLimiter(concurrency)
     result: dict = {"nodes": n, "controls": len(controls)}
     spy = start_py_spy(server_pid, profile) if profile and server_pid else None
+    cpu0 = cpu_s(server_pid) if server_pid else float("nan")
+    client0 = cpu_s(os.getpid())
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
         async with trio.open_nursery() as starting:
@@ -222,6 +233,12 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             if time.monotonic() - max(n.last_rx for n in nodes) > QUIET_S:
                 break
         result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
+        if server_pid:
+            # setup and drain: every join's work, first maps and deltas to every session
+            result["server_cpu_s"] = round(cpu_s(server_pid) - cpu0, 1)
+            result["server_cpu_per_join_ms"] = round(1000 * result["server_cpu_s"] / n, 1)
+        result["client_cpu_s"] = round(cpu_s(os.getpid()) - client0, 1)
+        result["load_avg"] = os.getloadavg()[0]
         latencies: list[float] = []
         result["client_rss_before_rounds_mib"] = round(rss_mib(os.getpid()), 1)
         for r in range(rounds):

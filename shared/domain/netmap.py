@@ -72,8 +72,12 @@ class Tailnet:
         if self.policy is not None and self.visibility == self.policy.can_see:
             # the policy knows whom the viewer may see (a superset of can_see): look only at those,
             # not at every node of the tailnet (a first map was O(N) can_see calls, O(N²) in all)
+            # and every one of those it may see (class peers and shares are exactly can_see), so
+            # what is left to ask is whether the peer can be announced yet
             nodes = self.nodes
-            candidates = [nodes[i] for i in self.policy.visible_ids(viewer.id) if i in nodes]
+            vid = viewer.id
+            return [nodes[i] for i in sorted(self.policy.visible_ids(vid))
+                    if i != vid and i in nodes and self.announceable(nodes[i])]
         return sorted((p for p in candidates if self.can_see(viewer, p)), key=lambda n: n.id)
 
     def peer_view(self, viewer_id: int | None, peer: Node) -> Any:
