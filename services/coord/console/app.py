@@ -18,7 +18,6 @@ from quart import Response, g, redirect, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trioscale.shared.model import utcnow
 from trioscale.shared.store.base import Store
 
 from ..options import AdminOptions
@@ -95,7 +94,7 @@ async def _guard() -> Response | None:
     if path in OPEN_PATHS:
         return None
     found = c.sessions.find(request.cookies.get(c.cookie))
-    if found is not None and found.api_key_prefix is not None and not await _key_still_good(found.api_key_prefix):
+    if found is not None and not await c.key_holds(found):
         c.sessions.close(request.cookies.get(c.cookie))
         found = None
     if found is None:
@@ -120,14 +119,6 @@ def same_origin() -> bool:
         return origin == console().origin()
     site = request.headers.get("Sec-Fetch-Site")
     return site in (None, "same-origin", "none")
-
-
-async def _key_still_good(prefix: str) -> bool:
-    try:
-        key = await console().store.get_api_key_by_prefix(prefix)
-    except Exception:
-        return False  # fail closed: the database cannot say the key still holds
-    return key is not None and not key.is_expired(utcnow())
 
 
 async def _headers(resp: Response) -> Response:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from quart import Response, current_app, g, request
 
 from trioscale.shared.domain import secrets as keys
+from trioscale.shared.model import utcnow
 from trioscale.shared.store.base import Store
 
 from ..options import AdminOptions, ConsoleOptions
@@ -55,6 +56,17 @@ class Console:
     @property
     def login_cookie(self) -> str:
         return ("__Host-" if self.secure else "") + "trioscale-console-login"
+
+    async def key_holds(self, session: ConsoleSession) -> bool:
+        """Whether the API key a session was opened with is still known and unexpired (a session
+        opened through the identity provider has none). Any doubt is a no."""
+        if session.api_key_prefix is None:
+            return True
+        try:
+            key = await self.store.get_api_key_by_prefix(session.api_key_prefix)
+        except Exception:
+            return False
+        return key is not None and not key.is_expired(utcnow())
 
     def origin(self) -> str:
         """The origin a same-site browser request names: console.url's, else this request's host."""

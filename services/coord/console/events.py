@@ -62,7 +62,7 @@ async def _stream(c: Console, mine: ConsoleSession, seq: int) -> AsyncIterator[b
     try:
         yield b"retry: 3000\n\n"
         while True:
-            if mine.expires <= c.sessions.clock():
+            if mine.expires <= c.sessions.clock() or not await c.key_holds(mine):
                 yield b"event: signout\ndata: {}\n\n"
                 return
             with trio.move_on_after(KEEPALIVE):

@@ -464,3 +464,14 @@ async def test_dns_settings_through_the_api(store: Store, signed_in: Browser) ->
     await signed_in.post("/console/dns", {"nameservers": "not an address"})
     assert "neither an IP address nor a DoH URL" in (await signed_in.notices("/console/dns"))[-1]
     assert (await store.get_setting("dns"))["nameservers"] == ["9.9.9.9", "1.1.1.1"]
+
+
+async def test_the_event_stream_ends_with_its_api_key(store: Store, signed_in: Browser) -> None:
+    with trio.fail_after(10), trio.CancelScope() as scope:
+        async with signed_in.client.request("/console/events") as connection:
+            await connection.send_complete()
+            assert b"retry:" in await connection.receive()
+            await store.delete_api_key((await store.list_api_keys())[0].id)  # a change, and the key is gone
+            assert (await read_event(connection)).startswith("event: change")
+            assert (await read_event(connection)).startswith("event: signout")
+            scope.cancel()
