@@ -12,9 +12,10 @@ import logging
 import re
 from typing import Any
 
-from quart import Response, request
+from quart import Response, current_app, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing.exceptions import RoutingException
 
 from trioscale.shared.domain.names import InvalidName
 from trioscale.shared.net.requestid import begin_request, current_request_id
@@ -46,6 +47,7 @@ def create_admin_app(
     app.before_request(_begin_request)
     if require_auth:
         app.before_request(_authenticate)
+    app.before_request(_answer_options)
     app.after_request(_finish_body)
     app.after_request(_end_request)
     _install_error_handlers(app)
@@ -89,6 +91,45 @@ async def _authenticate() -> Response | None:
     resp = error_response(401, "unauthorized: a valid API key is required (Authorization: Bearer tskey-api-…)")
     resp.headers["WWW-Authenticate"] = "Bearer"
     return resp
+
+
+def served_methods(app: QuartTrio, path: str) -> list[str]:
+    """The methods `path` serves, as Allow names them. A path that a fixed route and a templated
+    one both match (`/api/v1/node/backfillips`, `/api/v1/node/{nodeId}`) is the fixed route's
+    alone: the router tries fixed routes first, and the other methods only reach the templated
+    route with a node id that is no id. Empty: no route has the path."""
+    adapter = app.url_map.bind("localhost")
+    found = {}
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        try:
+            rule, _ = adapter.match(path, method=method, return_rule=True)
+        except (HTTPException, RoutingException):
+            continue
+        found[method] = len(set(rule.arguments) - set(rule.defaults or {}))  # the path's own variables
+    if not found:
+        return []
+    fewest = min(found.values())
+    methods = {m for m, n in found.items() if n == fewest} | {"OPTIONS"}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+async def _answer_options() -> Response | None:
+    """OPTIONS names what the path serves; a method only a templated route would take, on a path
+    a fixed route serves (GET /api/v1/node/backfillips), is 405 as for any other path."""
+    methods = served_methods(current_app, request.path)  # type: ignore[arg-type]
+    if not methods:
+        return None  # the router's 404
+    if request.method == "OPTIONS":
+        resp = Response("", status=200)
+        resp.headers["Allow"] = ", ".join(methods)
+        return resp
+    if request.method not in methods:
+        resp = error_response(405, f"method {request.method} not allowed on {request.path}")
+        resp.headers["Allow"] = ", ".join(methods)
+        return resp
+    return None
 
 
 async def _finish_body(resp: Response) -> Response:
@@ -140,9 +181,9 @@ def _install_error_handlers(app: QuartTrio) -> None:
             return error_response(404, f"no such API endpoint: {request.method} {request.path}")
         if exc.code == 405:
             resp = error_response(405, f"method {request.method} not allowed on {request.path}")
-            allowed = getattr(exc, "valid_methods", None)
+            allowed = served_methods(current_app, request.path)  # type: ignore[arg-type]
             if allowed:  # RFC 9110 wants the methods the path serves named
-                resp.headers["Allow"] = ", ".join(sorted(allowed))
+                resp.headers["Allow"] = ", ".join(allowed)
             return resp
         return error_response(exc.code or 500, (exc.description or exc.name or "error").split("\n")[0])
 

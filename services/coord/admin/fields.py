@@ -113,6 +113,8 @@ _ID_TEXT = re.compile(r"^[0-9]{1,19}$")
 def int_id(value: Any, what: str) -> int:
     if isinstance(value, str) and _ID_TEXT.match(value.strip()):
         value = int(value.strip())
+    elif isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_ID:
+        value = int(value)  # 3.0 is the integer 3 in JSON (and to Headscale's protobuf JSON)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
         raise InvalidRequest(f"invalid {what} id {short(value)} (expected a number from 0 to {MAX_ID})")
     return value

@@ -21,6 +21,8 @@ async def find_user(ref: Any) -> User:
     store = admin().store
     if isinstance(ref, bool) or ref is None or ref == "":
         raise InvalidRequest("a user is required")
+    if isinstance(ref, float) and ref.is_integer():
+        ref = int_id(ref, "user")  # 3.0 is the integer 3 in JSON
     if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
         # an id: range-checked, or a 20-digit number would overflow in the database driver
         user = await store.get_user(int_id(ref, "user"))

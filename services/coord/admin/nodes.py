@@ -53,6 +53,8 @@ async def expire_node(nodeId: str) -> Any:
     known_fields(await json_body(), ())
     never = query_flag(query, "disableExpiry")
     expiry = query.get("expiry")
+    if expiry == "":  # Headscale's gateway reads an empty time as no time at all: refused
+        raise InvalidRequest("expiry is empty: give an RFC 3339 time, or leave it out to expire the node now")
     if never and expiry:
         raise InvalidRequest("give expiry or disableExpiry, not both")
     when = None if never else parse_timestamp(expiry, "expiry", now) if expiry else now

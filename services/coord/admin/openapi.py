@@ -107,19 +107,29 @@ SCHEMAS: dict[str, Any] = {
 
 # -- parameters and bodies --------------------------------------------------------------------------
 
-_USER_REF = {"type": "string", "minLength": 1, "description": "a user's id or name"}
-_USER_REF_BODY = {"type": ["string", "integer"], "minLength": 1, "minimum": 1, "description": "a user's id or name"}
-_KEY_OWNER = {"type": ["string", "integer"], "minLength": 1, "minimum": 0,
-              "description": "a user's id or name; absent or 0: the key is owned by its aclTags alone"}
+# an id is a 64-bit number: a longer run of digits is refused (400), never taken for a name
+_NOT_A_LONG_NUMBER = {"not": {"pattern": "^ *[0-9]{19,} *$"}}
+_USER_REF = {"type": "string", "minLength": 1, **_NOT_A_LONG_NUMBER, "description": "a user's id or name"}
+_USER_REF_BODY = {"type": ["string", "integer"], "minLength": 1, "minimum": 1, "maximum": 2**63 - 1,
+                  **_NOT_A_LONG_NUMBER, "description": "a user's id or name"}
+_KEY_OWNER = {"type": ["string", "integer", "null"], "minLength": 1, "minimum": 0, "maximum": 2**63 - 1, **_NOT_A_LONG_NUMBER,
+              "description": "a user's id or name; absent, null or 0: the key is owned by its aclTags alone"}
 _NODE_REF = {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "a node's id"}
-_EXPIRATION = {"type": "string", "description": "a duration (30m, 24h, 90d) or an RFC 3339 time"}
+# the forms fields.parse_expiration reads; whether a time lies in the future and within 10 years
+# (a duration longer than zero, at most 10 years) is decided at the time of asking: 400 otherwise
+_DURATION_RE = r"[0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w|y|MS|S|M|H|D|W|Y))+"
+_RFC3339_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+_EXPIRATION = {"type": ["string", "null"], "pattern": f"^$|^({_DURATION_RE})$|^{_RFC3339_RE}$",
+               "description": "a duration (30m, 24h, 90d, 1h30m) or an RFC 3339 time, longer than zero and at "
+                              "most 10 years ahead (else 400); empty or null: the default"}
 # what fields.py and the domain accept, so a client (and Schemathesis) knows before asking
 _USER_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$", "not": {"pattern": "^[0-9]+$"},
               "description": "letters, digits and . _ @ + - (not all digits: those are ids)"}
 _NODE_NAME = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
               "not": {"pattern": "--"}, "description": "a DNS label"}
 _TAG = {"type": "string", "pattern": "^tag:[A-Za-z][A-Za-z0-9_-]{0,62}$"}
-_TAGS = {"type": ["array", "string"], "items": _TAG,
+_TAG_RE = "tag:[A-Za-z][A-Za-z0-9_-]{0,62}"
+_TAGS = {"type": ["array", "string"], "items": _TAG, "pattern": f"^ *({_TAG_RE} *(, *{_TAG_RE} *)*)?$",
          "description": "a list of tags, or one string of comma-separated tags"}
 _REGISTRATION_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$", "description": "a pending login's id"}
 _SSH_AUTH_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$", "description": "a held SSH session's id"}
@@ -146,6 +156,18 @@ def _body(props: dict[str, Any], required: tuple[str, ...] = (), *, body_require
 
 
 _NODE_ID = _path("nodeId", _NODE_REF, "the node's id")
+# a key named by its id or its prefix (or whole key): one of them, the other absent, empty or null
+_ID_OR_PREFIX = _body(
+    {"id": {"type": ["string", "integer", "null"], "pattern": "^([0-9]{1,18})?$", "minimum": 0,
+            "maximum": 2**63 - 1},
+     "prefix": {"type": ["string", "null"], "maxLength": 256, "description": "the key's prefix (or the whole key)"}},
+    body_required=True, anyOf=[
+        {"required": ["id"], "properties": {"id": {"type": ["string", "integer"], "minLength": 1},
+                                           "prefix": {"enum": ["", None]}}},
+        {"required": ["prefix"], "properties": {
+            "id": {"enum": ["", None]},
+            "prefix": {"type": "string", "pattern": "[^ ]", "not": {"pattern": "^ *[th]skey-"}}}},
+    ])
 
 # -- responses --------------------------------------------------------------------------------------
 
@@ -195,7 +217,9 @@ def _paths() -> dict[str, Any]:
         "/api/v1/user": {
             "get": _operation("listUsers", "List users (all, or by id, name or email)", "users",
                               _list_of("users", "User"), parameters=[
-                                  _query("id", _TEXT, "a user's id"), _query("name", _TEXT, "a user's name"),
+                                  _query("id", {"type": "string", "pattern": "^([0-9]{1,18})?$"},
+                                         "a user's id (empty or 0: every user)"),
+                                  _query("name", _TEXT, "a user's name"),
                                   _query("email", _TEXT, "a user's email")]),
             "post": _operation("createUser", "Create a user", "users", _wrap("user", user), body=_body({
                 "name": _USER_NAME, "displayName": {"type": ["string", "null"], "maxLength": 256},
@@ -220,7 +244,7 @@ def _paths() -> dict[str, Any]:
                                    "reusable": _BOOL, "ephemeral": _BOOL, "expiration": _EXPIRATION,
                                    "aclTags": _TAGS}, body_required=True, anyOf=[
                                    # a user's key, or (no user, or 0) a key owned by its tags alone
-                                   {"required": ["user"], "properties": {"user": {"not": {"enum": [0, "0"]}}}},
+                                   {"required": ["user"], "properties": {"user": {"not": {"enum": [0, "0", None]}}}},
                                    {"required": ["aclTags"], "properties": {"aclTags": {"minItems": 1,
                                                                                         "minLength": 1}}}])),
             "delete": _operation("deletePreAuthKey", "Delete a pre-auth key", "preauthkeys",
@@ -229,7 +253,7 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/preauthkey/expire": {"post": _operation(
             "expirePreAuthKey", "Expire a pre-auth key (by id or prefix)", "preauthkeys",
-            _wrap("preAuthKey", key), body=_body({"id": {"type": ["string", "integer"]}, "prefix": _TEXT}))},
+            _wrap("preAuthKey", key), body=_ID_OR_PREFIX)},
         "/api/v1/apikey": {
             "get": _operation("listApiKeys", "List API keys", "apikeys", _list_of("apiKeys", "ApiKey")),
             "post": _operation("createApiKey", "Create an API key (its text is in this answer only)", "apikeys",
@@ -243,7 +267,7 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/apikey/expire": {"post": _operation(
             "expireApiKey", "Expire an API key (by id or prefix)", "apikeys", _wrap("apiKeyRecord", apikey),
-            body=_body({"id": {"type": ["string", "integer"]}, "prefix": _TEXT}))},
+            body=_ID_OR_PREFIX)},
         "/api/v1/apikey/{prefix}": {"delete": _operation(
             "deleteApiKey", "Delete an API key by prefix", "apikeys", _wrap("apiKeyRecord", apikey),
             parameters=[_path("prefix", {"type": "string", "minLength": 1}, "the key's prefix")])},
@@ -256,7 +280,8 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/node/{nodeId}/expire": {"post": _operation(
             "expireNode", "Expire a node now, at a time, or never", "nodes", _wrap("node", node), parameters=[
-                _NODE_ID, _query("expiry", _TIME, "when it expires (RFC 3339); none: now"),
+                _NODE_ID, _query("expiry", {**_TIME, "minLength": 1},
+                                 "when it expires (RFC 3339, from 1970 to 10 years ahead, else 400); none: now"),
                 _query("disableExpiry", _BOOL, "true: it never expires")])},
         "/api/v1/node/{nodeId}/rename/{newName}": {"post": _operation(
             "renameNode", "Rename a node (its DNS name, unique in the tailnet)", "nodes", _wrap("node", node),
@@ -291,7 +316,8 @@ def _paths() -> dict[str, Any]:
         "/api/v1/node/{nodeId}/approve_routes": {"post": _operation(
             "approveRoutes", "Set a node's approved routes ([] clears them)", "routes",
             _object({"node": node, "routes": _ref("Routes")}),
-            parameters=[_NODE_ID], body=_body({"routes": {"type": ["array", "string"], "items": _TEXT}}))},
+            parameters=[_NODE_ID], body=_body({"routes": {"type": ["array", "null"], "items": _TEXT,
+                                                           "description": "IP prefixes; absent or null: none"}}))},
         "/api/v1/routes": {"get": _operation(
             "listRoutes", "Nodes' subnet routes (all that have any, or one node's)", "routes",
             _list_of("routes", "Routes"), parameters=[_query("node", {"type": "string", "pattern": "^([0-9]{1,19})?$"}, "a node's id (empty: every node)")])},

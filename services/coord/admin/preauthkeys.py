@@ -43,7 +43,9 @@ async def create_preauth_key() -> Any:
     tags_in = tag_list(data.get("aclTags") or [], "aclTags")
     # sorted and without repeats, as Headscale keeps them
     tags = tuple(sorted(dict.fromkeys(validate_tag(t) for t in tags_in)))
-    if not given(data.get("user")) or data.get("user") in (0, "0"):
+    if data.get("user") == "":  # Headscale's user is a number: an empty string is none of them
+        raise InvalidRequest("user is empty: give a user's id or name, or leave it out for a key owned by its tags")
+    if data.get("user") is None or data.get("user") in (0, "0"):
         # Headscale 0.29: no user (or 0) makes a key owned by its tags alone; nodes joining with
         # it are tagged nodes of no user. Neither a user nor tags is refused, as there.
         if not tags:

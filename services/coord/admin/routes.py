@@ -47,10 +47,10 @@ async def approve_routes(nodeId: str) -> Any:
     known_query(request.args, ())
     node = await find_node(nodeId)
     data = known_fields(await json_body(), ("routes",))
-    routes_in = data.get("routes") or []
-    if isinstance(routes_in, str):
-        routes_in = [r for r in routes_in.split(",")]
-    if not isinstance(routes_in, list):
+    routes_in = data.get("routes")
+    if routes_in is None:  # absent or null: none, as Headscale reads an unset repeated field
+        routes_in = []
+    if not isinstance(routes_in, list):  # as in Headscale, a list: {} or "10.0.0.0/8" is refused
         raise InvalidRequest("routes must be a list of prefixes")
     try:
         routes = normalize_routes(routes_in)

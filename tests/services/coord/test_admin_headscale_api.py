@@ -380,3 +380,36 @@ async def test_a_tagged_node_shows_the_tagged_devices_user(api: Api, store: Stor
     tagged = (await api.ok("POST", f"/api/v1/node/{node.id}/tags", {"tags": ["tag:srv"]}))["node"]
     assert (tagged["user"]["id"], tagged["user"]["name"]) == ("2147455555", "tagged-devices")
     assert [n["id"] for n in (await api.ok("GET", "/api/v1/node", user="mia"))["nodes"]] == [tagged["id"]]
+
+
+async def test_allow_names_what_a_path_serves(api: Api, store: Store) -> None:
+    # a fixed route beside a templated one (/node/backfillips, /node/{nodeId}) serves its own verbs:
+    # OPTIONS and a 405 name them alone, and the templated route's verbs do not reach it
+    for path, allowed in (("/api/v1/node/backfillips", "OPTIONS, POST"), ("/api/v1/node/register", "OPTIONS, POST"),
+                          ("/api/v1/node/7", "DELETE, GET, HEAD, OPTIONS"),
+                          ("/api/v1/apikey", "DELETE, GET, HEAD, OPTIONS, POST")):
+        resp = await api.client.open(path, method="OPTIONS")
+        assert (resp.status_code, resp.headers["Allow"]) == (200, allowed), path
+    for verb in ("GET", "DELETE", "PUT"):
+        resp = await api.client.open("/api/v1/node/backfillips?confirmed=true", method=verb)
+        assert (resp.status_code, resp.headers["Allow"]) == (405, "OPTIONS, POST"), verb
+        assert resp.mimetype == "application/problem+json"
+    assert "invalid node" in await api.refused(400, "GET", "/api/v1/node/abc")  # no fixed route: the id is read
+    assert (await api.client.open("/api/v1/nope", method="OPTIONS")).status_code == 404
+
+
+async def test_input_headscale_refuses_is_refused(api: Api, store: Store) -> None:
+    user = (await api.ok("POST", "/api/v1/user", {"name": "nora"}))["user"]
+    node = await a_node(store, int(user["id"]), "norabox")
+    # a repeated field is a list (Headscale's gateway refuses anything else); absent or null: none
+    for routes in ({}, "10.9.0.0/24", 5):
+        assert "list" in await api.refused(400, "POST", f"/api/v1/node/{node.id}/approve_routes", {"routes": routes})
+    assert (await api.ok("POST", f"/api/v1/node/{node.id}/approve_routes", {"routes": None}))["node"]["approvedRoutes"] == []
+    # an empty time or user is no time or user
+    assert "empty" in await api.refused(400, "POST", f"/api/v1/node/{node.id}/expire", expiry="")
+    assert "empty" in await api.refused(400, "POST", "/api/v1/preauthkey", {"user": "", "aclTags": ["tag:a"]})
+    # 3.0 is the integer 3 in JSON, as in Headscale's protobuf JSON
+    key = (await api.ok("POST", "/api/v1/preauthkey", {"user": float(user["id"])}))["preAuthKey"]
+    assert key["user"]["name"] == "nora"
+    assert (await api.ok("POST", "/api/v1/preauthkey/expire", {"id": float(key["id"])}))["preAuthKey"]["expired"]
+    assert "invalid" in await api.refused(400, "POST", "/api/v1/preauthkey/expire", {"id": 2.5})
