@@ -31,6 +31,7 @@ from pathlib import Path
 
 import trio
 import yaml
+import zstandard
 
 from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys, mapframe
@@ -74,6 +75,10 @@ class Server:
             "data_dir": str(workdir / "data"),
             "derp": {"server": {"listen_addr": f"127.0.0.1:{free_port()}", "stun_listen_addr": f"127.0.0.1:{free_port()}"}},
             "dns": {"listen_addr": ""},  # not needed here
+            "metrics_listen_addr": "",  # two servers at once would fight over its fixed default port
+            # every simulated node comes from 127.0.0.1: one source may hold them all
+            "limits": {"control": {"max_connections": 12000, "max_connections_per_source": 12000},
+                       "derp": {"max_connections": 64, "max_connections_per_source": 64}},
             "log": {"level": "warning"},
         }
         self.config = workdir / "trioscale.yaml"
@@ -130,6 +135,29 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+KEEPALIVE_FRAME = mapframe.keepalive("zstd")[4:]
+
+
+class FrameSplitter:
+    """The map stream's frames (u32 little-endian length + zstd frame), not decompressed."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def receive(self, data: bytes) -> list[bytes]:
+        buf = self.buf
+        buf += data
+        out, pos = [], 0
+        while len(buf) - pos >= 4:
+            n = int.from_bytes(buf[pos:pos + 4], "little")
+            if len(buf) - pos - 4 < n:
+                break
+            out.append(bytes(buf[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        del buf[:pos]
+        return out
+
+
 class SimNode:
     """One simulated node. By default it registers with `authkey` and then streams its map. With
     `machine_key` given and `authkey=None` in `run`, the node is expected to exist already (written
@@ -175,16 +203,18 @@ class SimNode:
                 raise
         self.client = client
         try:
-            # Kept light so that the simulated fleet is not what we measure: messages are
-            # decompressed and searched as bytes, never parsed as JSON.
-            decoder = mapframe.MapStreamDecoder("zstd")
+            # Kept light so that the simulated fleet is not what we measure: frames are only
+            # split (the keepalive is known by its bytes) and decompressed, searched as bytes and
+            # never parsed, only while a round waits for something.
+            frames = FrameSplitter()
+            decompress = zstandard.ZstdDecompressor().decompress
             body = json.dumps(self.body()).encode()
             async with client.stream("POST", "/machine/map", body) as rs:
                 async for chunk in rs:
-                    messages = decoder.receive_data(chunk)
+                    messages = frames.receive(chunk)
                     if not messages:
                         continue
-                    if any(m != mapframe.KEEPALIVE_JSON for m in messages):
+                    if any(m != KEEPALIVE_FRAME for m in messages):
                         self.last_rx = time.monotonic()
                     if not self.first.is_set():
                         self.first.set()
@@ -192,6 +222,7 @@ class SimNode:
                     if self.waiters:
                         now = time.monotonic()
                         for raw in messages:
+                            raw = decompress(raw)
                             for ep, ev in list(self.waiters.items()):
                                 if ep not in self.got and ep.encode() in raw:
                                     self.got[ep] = now
