@@ -41,6 +41,8 @@
     fetch(url.toString(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (resp) {
         if (resp.status === 403) { window.location.assign("/console/signin"); return null; }
+        // the page's subject is gone (a node deleted elsewhere): go where the server sent us
+        if (resp.redirected) { window.location.assign(resp.url); return null; }
         return resp.ok ? resp.text() : null;
       })
       .then(function (html) {
