@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from trioscale.shared.net.tls import ACME_TLS_ALPN, CertFiles, context_from_pem
+from trioscale.shared.net.tls import ACME_TLS_ALPN, CertFiles, context_from_pem, write_private
 
 __all__ = ["AcmeOptions", "AcmeManager", "renewal_time", "retry_delay", "HTTP01", "TLS_ALPN01"]
 
@@ -85,18 +85,6 @@ def retry_delay(failures: int, rand: Callable[[], float] = random.random) -> flo
     up to an hour, each ±25 % so replicas that failed together do not ask together again."""
     base = min(_RETRY_CAP, _RETRY_FIRST * 2 ** max(0, failures - 1))
     return base * (0.75 + 0.5 * rand())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _new_key_pem() -> bytes:
@@ -186,8 +174,8 @@ class AcmeManager:
         if not self.due(now or self._clock()):
             return False
         cert_pem, key_pem = await self.obtain()
-        _write_private(self.key_path, key_pem)
-        _write_private(self.cert_path, cert_pem)
+        write_private(self.key_path, key_pem)
+        write_private(self.cert_path, cert_pem)
         self.certs.reload()
         self.issued += 1
         self.ready.set()
@@ -233,7 +221,7 @@ class AcmeManager:
             pem = path.read_bytes()
         except FileNotFoundError:
             pem = _new_key_pem()
-            _write_private(path, pem)
+            write_private(path, pem)
         return jose.JWKEC(key=serialization.load_pem_private_key(pem, password=None))
 
     def _connect(self) -> client.ClientV2:

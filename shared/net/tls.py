@@ -100,24 +100,25 @@ def generate_self_signed(names: Iterable[str], *, now: datetime.datetime | None 
     return cert_pem, key_pem
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically via a temporary file created with `mode`."""
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, owner-only (0600) from the first byte: a reader
+    sees the old file or the new one, never half of a key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(tmp, mode)
+    os.chmod(tmp, 0o600)  # an earlier run's leftover temporary file keeps its mode through O_CREAT
     os.replace(tmp, path)
 
 
 def write_self_signed(cert_path: Path, key_path: Path, names: Iterable[str]) -> None:
     cert_pem, key_pem = generate_self_signed(names)
-    _write(Path(key_path), key_pem, 0o600)
-    _write(Path(cert_path), cert_pem, 0o600)  # read by this process only; the data dir is private
+    write_private(Path(key_path), key_pem)
+    write_private(Path(cert_path), cert_pem)  # read by this process only; the data dir is private
 
 
 def cert_names(cert_pem: bytes) -> set[str]:
