@@ -67,6 +67,19 @@ def _write_tls_pair(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Pat
     return ca_path, cert_path, key_path
 
 
+def _stop(proc: subprocess.Popen | None, log: Any) -> None:
+    """Terminate `proc` if it still runs (killed when it ignores that), then close its log."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if log:
+        log.close()
+
+
 class Pebble:
     """Debian's pebble ACME test server, validating DNS-01 against `dns_server` only."""
 
@@ -122,15 +135,7 @@ class Pebble:
             f"https://{self.host}:{self.mgmt_port}/intermediates/0")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "_log", None):
-            self._log.close()
+        _stop(self.proc, getattr(self, "_log", None))
 
 
 class ChallTestSrv:
@@ -170,12 +175,4 @@ class ChallTestSrv:
         return bool(answer.answer)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "_log", None):
-            self._log.close()
+        _stop(self.proc, getattr(self, "_log", None))
