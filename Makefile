@@ -155,3 +155,30 @@ apiclient:
 	mkdir -p "$(APICLIENT_DIR)" && cd tests/apiv2client && \
 	GOTOOLCHAIN=local go build -mod=readonly -o "$(APICLIENT_DIR)/apiv2client" . \
 	|| echo "tests/apiv2client could not be built: the API v2 client test will be skipped (fails in CI)"
+
+# Tailscale's Terraform provider and OpenTofu, from the Go module proxy (pinned), for
+# tests/cli/test_apiv2_terraform.py; the provider is installed by a dev override there. OpenTofu's
+# go.mod has replace directives, so it is built inside a copy of its module rather than `go install`ed.
+# When the proxy refuses the provider, its answer is kept in UNAVAILABLE and the test says so.
+TF_PROVIDER_VERSION ?= 0.29.2
+TOFU_VERSION ?= 1.12.6
+TF_PROVIDER_DIR := $(HOME)/.cache/trioscale/terraform-provider-tailscale
+TOFU_DIR := $(HOME)/.cache/trioscale/tofu
+.PHONY: terraform
+test: terraform
+terraform:
+	@if ! command -v go >/dev/null 2>&1; then \
+		echo "go not found: the Terraform provider test will be skipped"; exit 0; fi; \
+	mkdir -p "$(TF_PROVIDER_DIR)" "$(TOFU_DIR)"; \
+	if [ ! -x "$(TF_PROVIDER_DIR)/terraform-provider-tailscale" ]; then \
+		GOTOOLCHAIN=local GOBIN="$(TF_PROVIDER_DIR)" go install \
+			github.com/tailscale/terraform-provider-tailscale@v$(TF_PROVIDER_VERSION) 2>"$(TF_PROVIDER_DIR)/UNAVAILABLE" \
+		&& rm -f "$(TF_PROVIDER_DIR)/UNAVAILABLE" \
+		|| echo "terraform-provider-tailscale v$(TF_PROVIDER_VERSION) could not be built: $(TF_PROVIDER_DIR)/UNAVAILABLE"; fi; \
+	if [ ! -x "$(TOFU_DIR)/tofu" ]; then \
+		m=$$(GOTOOLCHAIN=local go mod download -json github.com/opentofu/opentofu@v$(TOFU_VERSION) \
+			| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && [ -n "$$m" ] && \
+		rm -rf "$(TOFU_DIR)/src" && cp -r "$$m" "$(TOFU_DIR)/src" && chmod -R u+w "$(TOFU_DIR)/src" && \
+		(cd "$(TOFU_DIR)/src" && GOTOOLCHAIN=local go build -o "$(TOFU_DIR)/tofu" ./cmd/tofu) && \
+		rm -rf "$(TOFU_DIR)/src" \
+		|| echo "OpenTofu v$(TOFU_VERSION) could not be built: the Terraform provider test will be skipped"; fi

@@ -1,6 +1,7 @@
-"""DNS settings set through API v2 (stored as the tailnet setting "dns") over the `dns:` keys of
-the configuration: each kind the API has set (nameservers, searchPaths, splitDNS, magicDNS)
-replaces the configured one; the rest stay as configured."""
+"""DNS settings set through API v2 over the `dns:` keys of the configuration: each kind the API
+has set (nameservers, searchPaths, splitDNS, magicDNS) replaces the configured one; the rest stay as
+configured. Each kind is a tailnet setting of its own (`dns.<kind>`), written whole, so clients that
+set several kinds at once (Terraform applies resources in parallel) never undo each other."""
 
 from __future__ import annotations
 
@@ -9,9 +10,25 @@ from typing import Any
 
 from .options import DnsConfigOptions
 
-__all__ = ["SETTING", "apply", "effective"]
+__all__ = ["KINDS", "PREFIX", "setting", "load", "apply", "effective"]
 
-SETTING = "dns"
+KINDS = ("nameservers", "searchPaths", "splitDNS", "magicDNS")
+PREFIX = "dns."
+
+
+def setting(kind: str) -> str:
+    """The tailnet setting that holds `kind`."""
+    return PREFIX + kind
+
+
+async def load(store: Any) -> dict[str, Any]:
+    """What the API stored, by kind (a kind never set is absent)."""
+    out = {}
+    for kind in KINDS:
+        value = await store.get_setting(setting(kind))
+        if value is not None:
+            out[kind] = value
+    return out
 
 
 def apply(options: DnsConfigOptions, stored: Any) -> DnsConfigOptions:

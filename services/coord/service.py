@@ -145,12 +145,12 @@ async def serve(
         relay_timeout=options.relay_timeout,
     )
     # DNS settings API v2 stored replace the configured ones (dnssettings.py), here and on every change
-    dns_watch.stored = await store.get_setting(dnssettings.SETTING)
+    dns_watch.stored = await dnssettings.load(store)
     coordinator.tailnet.settings.dns_config = dns_watch.current()
 
     async def settings_changed(name: str) -> None:
-        if name == dnssettings.SETTING:
-            dns_watch.stored = await store.get_setting(name)
+        if name.startswith(dnssettings.PREFIX):
+            dns_watch.stored = await dnssettings.load(store)
             coordinator.set_dns_config(dns_watch.current())
 
     coordinator.on_settings = settings_changed

@@ -1,5 +1,6 @@
 """Tailnet settings set through the API (`tailnet_settings`): one JSON text per name, replaced
-whole. Setting one records `settings.set` so every replica picks it up."""
+whole in one statement (an upsert: two writers of different names never undo each other, and two
+of one name end with the last). Setting one records `settings.set` so every replica picks it up."""
 
 from __future__ import annotations
 
@@ -16,9 +17,6 @@ def op_get_setting(name: str):
 
 
 def op_set_setting(name: str, value: Any):
-    text = json_text(value)
-    if (yield One("SELECT name FROM tailnet_settings WHERE name = ?", name)) is None:
-        yield Exec("INSERT INTO tailnet_settings (name, value) VALUES (?, ?)", name, text)
-    else:
-        yield Exec("UPDATE tailnet_settings SET value = ? WHERE name = ?", text, name)
+    yield Exec("INSERT INTO tailnet_settings (name, value) VALUES (?, ?)"
+               " ON CONFLICT (name) DO UPDATE SET value = excluded.value", name, json_text(value))
     yield Emit("settings.set", {"name": name})

@@ -352,7 +352,7 @@ async def test_dns(app, store) -> None:
     assert await resp.get_json() == {"corp.example": ["10.0.0.53"], "dev.example": ["10.2.0.53"]}
     await c.post("/api/v2/tailnet/-/dns/preferences", json={"magicDNS": False}, headers=h)
     assert await (await c.get("/api/v2/tailnet/-/dns/preferences", headers=h)).get_json() == {"magicDNS": False}
-    stored = await store.get_setting(dnssettings.SETTING)
+    stored = await dnssettings.load(store)
     applied = dnssettings.apply(OPTIONS.dns, stored)
     assert applied.nameservers == ("1.1.1.1", "8.8.8.8") and applied.search_domains == ("corp.example",)
     assert applied.split_nameservers == {"corp.example": ("10.0.0.53",), "dev.example": ("10.2.0.53",)}
@@ -371,3 +371,22 @@ async def test_users(app, store) -> None:
         [(str(alice.id), "alice@example.com", 1, "member")]
     assert (await (await c.get(f"/api/v2/users/{alice.id}", headers=h)).get_json())["loginName"] == "alice@example.com"
     assert (await c.get("/api/v2/users/999", headers=h)).status_code == 404
+
+
+async def test_dns_kinds_set_at_once_keep_each_other(app, store) -> None:
+    """Terraform applies its DNS resources in parallel: each kind is written alone, so none undoes
+    another (a read-modify-write of one record lost all but the last)."""
+    import trio
+
+    client_id, secret = await a_client(store)
+    h = bearer(await a_token(app, client_id, secret))
+    c = app.test_client()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: c.post("/api/v2/tailnet/-/dns/nameservers", json={"dns": ["1.1.1.1"]}, headers=h))
+        nursery.start_soon(lambda: c.post("/api/v2/tailnet/-/dns/searchpaths", json={"searchPaths": ["a.example"]},
+                                          headers=h))
+        nursery.start_soon(lambda: c.put("/api/v2/tailnet/-/dns/split-dns", json={"b.example": ["10.0.0.53"]},
+                                         headers=h))
+        nursery.start_soon(lambda: c.post("/api/v2/tailnet/-/dns/preferences", json={"magicDNS": False}, headers=h))
+    assert await dnssettings.load(store) == {"nameservers": ["1.1.1.1"], "searchPaths": ["a.example"],
+                                             "splitDNS": {"b.example": ["10.0.0.53"]}, "magicDNS": False}

@@ -5,7 +5,7 @@
     GET|PUT|PATCH  /api/v2/tailnet/{tailnet}/dns/split-dns    dns(:read)  {"domain": ["ns", ...]}; PATCH
                                                                           merges (null drops a domain)
     GET|POST       /api/v2/tailnet/{tailnet}/dns/preferences  dns(:read)  {"magicDNS": bool}
-What the API sets is stored (tailnet setting "dns", shared by every replica) and replaces the
+What the API sets is stored (a tailnet setting per kind, shared by every replica) and replaces the
 configuration file's key of the same kind from then on (dnssettings.py applies it); until a kind is
 set, the file's value is shown.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from trioscale.shared.domain.dnsconfig import resolver
 
 from ..api import InvalidRequest, admin
-from ...dnssettings import SETTING, effective
+from ... import dnssettings
 from .auth import needs
 from .common import PREFIX, blueprint, body, check_tailnet
 
@@ -25,22 +25,16 @@ MAX_ENTRIES = 64
 MAX_TEXT = 253
 
 
-async def _stored() -> dict[str, Any]:
-    value = await admin().store.get_setting(SETTING)
-    return dict(value) if isinstance(value, dict) else {}
-
-
 async def _effective() -> dict[str, Any]:
-    return effective(admin().options.dns, await _stored())
+    return dnssettings.effective(admin().options.dns, await dnssettings.load(admin().store))
 
 
-async def _store(**changes: Any) -> dict[str, Any]:
+async def _store(kind: str, value: Any) -> dict[str, Any]:
     handles = admin()
-    value = {**await _stored(), **changes}
-    await handles.store.set_setting(SETTING, value)
-    handles.log.info("API v2: DNS settings set: %s", ", ".join(sorted(changes)))
+    await handles.store.set_setting(dnssettings.setting(kind), value)
+    handles.log.info("API v2: DNS %s set", kind)
     await handles.caught_up()
-    return effective(handles.options.dns, value)
+    return await _effective()
 
 
 def _texts(value: Any, field: str, check=None) -> list[str]:
@@ -76,7 +70,7 @@ async def get_nameservers(tailnet: str) -> Any:
 @needs("dns", write=True)
 async def set_nameservers(tailnet: str) -> Any:
     check_tailnet(tailnet)
-    eff = await _store(nameservers=_texts((await body()).get("dns"), "dns", _nameserver))
+    eff = await _store("nameservers", _texts((await body()).get("dns"), "dns", _nameserver))
     return {"dns": eff["nameservers"], "magicDNS": eff["magicDNS"]}
 
 
@@ -92,7 +86,7 @@ async def get_searchpaths(tailnet: str) -> Any:
 async def set_searchpaths(tailnet: str) -> Any:
     check_tailnet(tailnet)
     paths = _texts((await body()).get("searchPaths"), "searchPaths", _domain)
-    return {"searchPaths": (await _store(searchPaths=paths))["searchPaths"]}
+    return {"searchPaths": (await _store("searchPaths", paths))["searchPaths"]}
 
 
 def _split(data: dict[str, Any], *, merge_into: dict[str, list[str]] | None) -> dict[str, list[str]]:
@@ -125,7 +119,7 @@ async def get_split_dns(tailnet: str) -> Any:
 @needs("dns", write=True)
 async def set_split_dns(tailnet: str) -> Any:
     check_tailnet(tailnet)
-    return (await _store(splitDNS=_split(await body(), merge_into=None)))["splitDNS"]
+    return (await _store("splitDNS", _split(await body(), merge_into=None)))["splitDNS"]
 
 
 @blueprint.patch(PREFIX + "/tailnet/<tailnet>/dns/split-dns")
@@ -133,7 +127,7 @@ async def set_split_dns(tailnet: str) -> Any:
 async def update_split_dns(tailnet: str) -> Any:
     check_tailnet(tailnet)
     current = (await _effective())["splitDNS"]
-    return (await _store(splitDNS=_split(await body(), merge_into=current)))["splitDNS"]
+    return (await _store("splitDNS", _split(await body(), merge_into=current)))["splitDNS"]
 
 
 @blueprint.get(PREFIX + "/tailnet/<tailnet>/dns/preferences")
@@ -150,4 +144,4 @@ async def set_preferences(tailnet: str) -> Any:
     magic = (await body()).get("magicDNS")
     if not isinstance(magic, bool):
         raise InvalidRequest("magicDNS must be true or false")
-    return {"magicDNS": (await _store(magicDNS=magic))["magicDNS"]}
+    return {"magicDNS": (await _store("magicDNS", magic))["magicDNS"]}
