@@ -60,7 +60,10 @@ async def users_by_id() -> dict[int, User]:
 
 async def _find_key(what: str, kind: str, by_id: Callable[[int], Awaitable[Any]],
                     by_prefix: Callable[[str], Awaitable[Any]], key_id: Any, prefix: Any) -> Any:
-    """A pre-auth or API key named by exactly one of its id or its prefix (or whole key)."""
+    """A pre-auth or API key named by exactly one of its id or its prefix (or whole key); an id of 0
+    is none, as in Headscale (protobuf's unset number)."""
+    if key_id in (0, "0"):
+        key_id = None
     if given(key_id) and given(prefix):
         raise InvalidRequest(f"give the {what}'s id or its prefix, not both")
     if given(key_id):

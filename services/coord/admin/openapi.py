@@ -156,16 +156,20 @@ def _body(props: dict[str, Any], required: tuple[str, ...] = (), *, body_require
 
 
 _NODE_ID = _path("nodeId", _NODE_REF, "the node's id")
+_KEY_ID = {"type": "string", "pattern": "^[0-9]{0,17}[1-9][0-9]{0,17}$", "maxLength": 18,
+           "description": "a key's id; 0 is none, as in Headscale"}
 # a key named by its id or its prefix (or whole key): one of them, the other absent, empty or null
+# (an id of 0 is none, as in Headscale)
 _ID_OR_PREFIX = _body(
     {"id": {"type": ["string", "integer", "null"], "pattern": "^([0-9]{1,18})?$", "minimum": 0,
             "maximum": 2**63 - 1},
      "prefix": {"type": ["string", "null"], "maxLength": 256, "description": "the key's prefix (or the whole key)"}},
     body_required=True, anyOf=[
-        {"required": ["id"], "properties": {"id": {"type": ["string", "integer"], "minLength": 1},
+        {"required": ["id"], "properties": {"id": {"type": ["string", "integer"], "minLength": 1,
+                                                  "not": {"enum": [0, "0"]}},
                                            "prefix": {"enum": ["", None]}}},
         {"required": ["prefix"], "properties": {
-            "id": {"enum": ["", None]},
+            "id": {"enum": ["", None, 0, "0"]},
             "prefix": {"type": "string", "pattern": "[^ ]", "not": {"pattern": "^ *[th]skey-"}}}},
     ])
 
@@ -249,7 +253,7 @@ def _paths() -> dict[str, Any]:
                                                                                         "minLength": 1}}}])),
             "delete": _operation("deletePreAuthKey", "Delete a pre-auth key", "preauthkeys",
                                  _wrap("preAuthKey", key),
-                                 parameters=[_query("id", _ID, "the key's id", required=True)]),
+                                 parameters=[_query("id", _KEY_ID, "the key's id (0 is none: 400)", required=True)]),
         },
         "/api/v1/preauthkey/expire": {"post": _operation(
             "expirePreAuthKey", "Expire a pre-auth key (by id or prefix)", "preauthkeys",
@@ -263,14 +267,16 @@ def _paths() -> dict[str, Any]:
                                                             "a key with scopes is for /api/v2 only"}})),
             "delete": _operation("deleteApiKeyById", "Delete an API key by id", "apikeys",
                                  _wrap("apiKeyRecord", apikey),
-                                 parameters=[_query("id", _ID, "the key's id", required=True)]),
+                                 parameters=[_query("id", _KEY_ID, "the key's id (0 is none: 400)", required=True)]),
         },
         "/api/v1/apikey/expire": {"post": _operation(
             "expireApiKey", "Expire an API key (by id or prefix)", "apikeys", _wrap("apiKeyRecord", apikey),
             body=_ID_OR_PREFIX)},
         "/api/v1/apikey/{prefix}": {"delete": _operation(
             "deleteApiKey", "Delete an API key by prefix", "apikeys", _wrap("apiKeyRecord", apikey),
-            parameters=[_path("prefix", {"type": "string", "minLength": 1}, "the key's prefix")])},
+            parameters=[_path("prefix", {"type": "string", "minLength": 1}, "the key's prefix"),
+                        _query("id", {"type": "string", "pattern": "^0?$"},
+                               "Headscale's: beside the path's prefix only empty or 0 (none), else 400")])},
         "/api/v1/node": {"get": _operation(
             "listNodes", "List nodes (all, or a user's)", "nodes", _list_of("nodes", "Node"),
             parameters=[_query("user", _TEXT, "a user's id or name")])},

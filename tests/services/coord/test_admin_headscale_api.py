@@ -413,3 +413,14 @@ async def test_input_headscale_refuses_is_refused(api: Api, store: Store) -> Non
     assert key["user"]["name"] == "nora"
     assert (await api.ok("POST", "/api/v1/preauthkey/expire", {"id": float(key["id"])}))["preAuthKey"]["expired"]
     assert "invalid" in await api.refused(400, "POST", "/api/v1/preauthkey/expire", {"id": 2.5})
+
+
+async def test_a_key_id_of_zero_is_none(api: Api) -> None:
+    # Headscale's getAPIKey: id 0 is unset, so the prefix names the key; both set is refused
+    created = await api.ok("POST", "/api/v1/apikey", {})
+    prefix = created["apiKeyRecord"]["prefix"]
+    expired = await api.ok("POST", "/api/v1/apikey/expire", {"id": "0", "prefix": prefix})
+    assert expired["apiKeyRecord"]["expired"] is True
+    assert "not both" in await api.refused(400, "DELETE", f"/api/v1/apikey/{prefix}",
+                                           id=created["apiKeyRecord"]["id"])
+    assert (await api.ok("DELETE", f"/api/v1/apikey/{prefix}", id="0"))["apiKeyRecord"]["prefix"] == prefix
