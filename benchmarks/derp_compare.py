@@ -275,6 +275,8 @@ def compare(a: argparse.Namespace) -> int:
         results: dict = {}
         for pairs in [int(x) for x in a.pairs.split(",")]:
             ladder = LADDERS.get(pairs) or LADDERS[16]
+            if a.ladder:
+                ladder = [float(x) for x in a.ladder.get(pairs, a.ladder.get(0, ladder))]
             if a.min_rate:
                 ladder = [r for r in ladder if r >= a.min_rate]
             active = {r.name for r in relays}
@@ -350,6 +352,15 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def _ladder_arg(text: str) -> dict[int, list[str]]:
+    """'R1,R2' (key 0: every pair count) or 'P:R1,R2;P2:R3' → {pairs: [rates]}."""
+    out: dict[int, list[str]] = {}
+    for part in text.split(";"):
+        pairs, _, rates = part.rpartition(":")
+        out[int(pairs) if pairs else 0] = [r for r in rates.split(",") if r]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", default="1,4,16")
@@ -357,6 +368,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=2, help="runs per relay and rate (alternating)")
     ap.add_argument("--min-rate", type=float, default=0, help="skip ladder rates below this")
+    ap.add_argument("--ladder", type=_ladder_arg, default={},
+                    help="paced rates instead of the built-in ladders: '30000,40000' for every pair count, "
+                    "or per pair count '16:30000,40000;1:20000'")
     ap.add_argument("--flood-only", action="store_true", help="no paced ladder, only the flood runs")
     ap.add_argument("--no-derper", action="store_true", help="only our relays (e.g. to compare 1 and 2 processes)")
     ap.add_argument("--derper", help="path of Tailscale's derper binary (default: the one `make clients` built)")
