@@ -33,7 +33,7 @@ import trio
 import yaml
 import zstandard
 
-from trioscale.shared.testing.noiseclient import open_noise_client
+from trioscale.shared.testing.noiseclient import fetch_server_key, open_noise_client
 from trioscale.shared.proto import keys, mapframe
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -239,7 +239,10 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others)."""
     if nodes is None:
-        nodes = [SimNode(i, controls[i % len(controls)]) for i in range(n)]
+        # one GET /key per control, not per node (thousands of them would only load the server)
+        server_keys = [await fetch_server_key(host, port) for host, port in controls]
+        nodes = [SimNode(i, controls[i % len(controls)], server_key=server_keys[i % len(controls)])
+                 for i in range(n)]
     movers = movers or [nodes[0]]
     peers_of = peers_of or (lambda m: [p for p in nodes if p is not m])
     limiter = trio.CapacityLimiter(concurrency)

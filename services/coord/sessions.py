@@ -91,7 +91,7 @@ class MapSession(SessionView):
         """Queue `message`; False when the session is closed (or just closed for falling behind)."""
         if self.closed:
             return False
-        if len(self.queue) >= SESSION_QUEUE_LIMIT:
+        if len(self.queue) >= SESSION_QUEUE_LIMIT and not self._fold_queue():
             self.close("fell behind")
             return False
         self.queue.append(message)
@@ -100,6 +100,18 @@ class MapSession(SessionView):
             self.mark_dirty(self)
         else:
             self.wakeup.set()
+        return True
+
+    def _fold_queue(self) -> bool:
+        """Coalesce a full queue in place (a join storm queues two deltas per join on a session
+        whose client reads slowly; folded, they are one); False when that leaves it too long, or
+        the client has been behind for too many changes: then it is closed."""
+        if len(self.waves) >= SESSION_QUEUE_LIMIT * 64:
+            return False
+        folded = coalesce(list(self.queue))
+        if len(folded) > SESSION_QUEUE_LIMIT // 2:
+            return False
+        self.queue = deque(folded)
         return True
 
     def flush_nowait(self, batches: dict[tuple, bytes] | None = None) -> None:
