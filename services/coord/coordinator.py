@@ -153,6 +153,8 @@ class Coordinator:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.reloads += 1
+        if self.on_settings is not None:
+            await self.on_settings("")  # "": every setting, as changes to them may be among those missed
         self.sessions.close_all("tailnet reloaded")
         self._schedule_ephemeral_gc()
         self.follower.advance(self.follower.seq)

@@ -149,7 +149,7 @@ async def serve(
     coordinator.tailnet.settings.dns_config = dns_watch.current()
 
     async def settings_changed(name: str) -> None:
-        if name.startswith(dnssettings.PREFIX):
+        if not name or name.startswith(dnssettings.PREFIX):
             dns_watch.stored = await dnssettings.load(store)
             coordinator.set_dns_config(dns_watch.current())
 
