@@ -33,7 +33,7 @@ import trio
 import yaml
 import zstandard
 
-from trioscale.shared.testing.noiseclient import fetch_server_key, open_noise_client
+from trioscale.shared.testing.noiseclient import ControlClientError, fetch_server_key, open_noise_client
 from trioscale.shared.proto import keys, mapframe
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -177,6 +177,7 @@ class SimNode:
         self.got: dict[str, float] = {}
         self.waiters: dict[str, trio.Event] = {}
         self.last_rx = 0.0
+        self.retries = 0
 
     def body(self, **extra):
         b = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
@@ -186,6 +187,21 @@ class SimNode:
         return b
 
     async def run(self, authkey: str | None, ready: trio.CapacityLimiter, task_status=trio.TASK_STATUS_IGNORED):
+        """Register (if asked) and stream; a connection lost before the first map is tried again,
+        as a client would (on a machine starved of CPU the server's slow-client deadlines can cut
+        a simulated node that did not get to run)."""
+        if self.machine_key is None:
+            self.machine_key = keys.generate_private_key()  # the same machine on a retry
+        for attempt in range(5):
+            try:
+                return await self._run(authkey, ready, task_status)
+            except (ControlClientError, trio.TooSlowError, OSError) as exc:
+                if self.first.is_set() or attempt == 4:
+                    raise
+                self.retries += 1
+                print(f"node {self.index}: {exc!r}; trying again", file=sys.stderr, flush=True)
+
+    async def _run(self, authkey: str | None, ready: trio.CapacityLimiter, task_status):
         host, port = self.control
         async with ready:
             client_cm = open_noise_client(host, port, timeout=120, machine_private_key=self.machine_key,
@@ -256,6 +272,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             for node in nodes:
                 starting.start_soon(nursery.start, node.run, authkey, limiter)
         result["setup_s"] = round(time.monotonic() - t0, 2)
+        result["retries"] = sum(node.retries for node in nodes)
         if spy is not None:
             stop_py_spy(spy)
         print(f"setup of {n} nodes took {result['setup_s']} s; server pid {server_pid}", file=sys.stderr, flush=True)
