@@ -138,6 +138,13 @@ def rss_mib(pid: int) -> float:
 KEEPALIVE_FRAME = mapframe.keepalive("zstd")[4:]
 
 
+def is_keepalive(frame: bytes) -> bool:
+    """Ours by its bytes; another server's (Headscale compresses its own) by its small JSON."""
+    if frame == KEEPALIVE_FRAME:
+        return True
+    return len(frame) < 64 and zstandard.ZstdDecompressor().decompress(frame) == mapframe.KEEPALIVE_JSON
+
+
 class FrameSplitter:
     """The map stream's frames (u32 little-endian length + zstd frame), not decompressed."""
 
@@ -230,7 +237,7 @@ class SimNode:
                     messages = frames.receive(chunk)
                     if not messages:
                         continue
-                    if any(m != KEEPALIVE_FRAME for m in messages):
+                    if any(not is_keepalive(m) for m in messages):
                         self.last_rx = time.monotonic()
                     if not self.first.is_set():
                         self.first.set()
