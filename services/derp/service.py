@@ -40,7 +40,7 @@ from .mesh import Mesh
 from .options import DerpOptions
 from .relayreg import RelayRegistration
 from .router import DerpServer
-from .session import FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, UPGRADE_TIMEOUT, Sessions
+from .session import FIRST_BYTE_TIMEOUT, UPGRADE_TIMEOUT, Sessions
 from .stats import DerpStats
 
 __all__ = ["serve", "DerpService"]

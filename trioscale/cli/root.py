@@ -32,7 +32,7 @@ from .base import MACHINE_OUTPUTS, OUTPUTS, AliasGroup, State, error_document
               help="table (default), or the API's record as json, json-line or yaml")
 @click.option("--force", is_flag=True, help="never ask for confirmation (as Headscale's --force)")
 @click.option("--address", envvar="TRIOSCALE_CLI_ADDRESS", default=None, metavar="URL",
-              help="admin API over TCP, e.g. http://127.0.0.1:9090 (default: the local unix socket)")
+              help="admin API over TCP, e.g. http://127.0.0.1:9091 (default: the local unix socket)")
 @click.option("--api-key", envvar="TRIOSCALE_CLI_API_KEY", default=None, metavar="KEY",
               help="API key for --address")
 @click.option("--insecure", is_flag=True, envvar="TRIOSCALE_CLI_INSECURE",
