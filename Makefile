@@ -159,7 +159,8 @@ apiclient:
 # Tailscale's Terraform provider and OpenTofu, from the Go module proxy (pinned), for
 # tests/cli/test_apiv2_terraform.py; the provider is installed by a dev override there. OpenTofu's
 # go.mod has replace directives, so it is built inside a copy of its module rather than `go install`ed.
-# When the proxy refuses the provider, its answer is kept in UNAVAILABLE and the test says so.
+# When the proxy refuses the provider, its answer is kept in UNAVAILABLE and the test says so (and
+# OpenTofu, useless without it, is not built).
 TF_PROVIDER_VERSION ?= 0.29.2
 TOFU_VERSION ?= 1.12.6
 TF_PROVIDER_DIR := $(HOME)/.cache/trioscale/terraform-provider-tailscale
@@ -175,7 +176,7 @@ terraform:
 			github.com/tailscale/terraform-provider-tailscale@v$(TF_PROVIDER_VERSION) 2>"$(TF_PROVIDER_DIR)/UNAVAILABLE" \
 		&& rm -f "$(TF_PROVIDER_DIR)/UNAVAILABLE" \
 		|| echo "terraform-provider-tailscale v$(TF_PROVIDER_VERSION) could not be built: $(TF_PROVIDER_DIR)/UNAVAILABLE"; fi; \
-	if [ ! -x "$(TOFU_DIR)/tofu" ]; then \
+	if [ -x "$(TF_PROVIDER_DIR)/terraform-provider-tailscale" ] && [ ! -x "$(TOFU_DIR)/tofu" ]; then \
 		m=$$(GOTOOLCHAIN=local go mod download -json github.com/opentofu/opentofu@v$(TOFU_VERSION) \
 			| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && [ -n "$$m" ] && \
 		rm -rf "$(TOFU_DIR)/src" && cp -r "$$m" "$(TOFU_DIR)/src" && chmod -R u+w "$(TOFU_DIR)/src" && \
