@@ -48,8 +48,6 @@ async def events() -> Response:
     if c.streams >= MAX_STREAMS or mine.streams >= MAX_STREAMS_PER_SESSION:
         return refusal(429, "too many live pages open; close some tabs")
     seq = await _position(c)  # from here on: what the page read before asking is older
-    c.streams += 1
-    mine.streams += 1
     resp = Response(_stream(c, mine, seq), mimetype="text/event-stream")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
@@ -58,20 +56,31 @@ async def events() -> Response:
 
 
 async def _stream(c: Console, mine: ConsoleSession, seq: int) -> AsyncIterator[bytes]:
-    """The stream's body; it runs outside the request's context, so it is handed what it needs."""
+    """The stream's body; it runs outside the request's context, so it is handed what it needs.
+    It takes its places when it starts: a body that never starts (the browser left while the head
+    was on its way) has no `finally` to give them back. The caps are checked again here, with no
+    wait in between, as other requests may have taken the last place since the check above."""
+    if c.streams >= MAX_STREAMS or mine.streams >= MAX_STREAMS_PER_SESSION:
+        return
+    c.streams += 1
+    mine.streams += 1
     try:
         yield b"retry: 3000\n\n"
         while True:
             if mine.expires <= c.sessions.clock() or not await c.key_holds(mine):
                 yield b"event: signout\ndata: {}\n\n"
                 return
+            found: tuple[int, set[str]] | None = None
+            # no yield inside the scope: a generator suspended in a cancel scope corrupts Trio's
+            # scope stack when its consumer goes away (Trio issue 638)
             with trio.move_on_after(KEEPALIVE):
                 newer = await _wait_after(c, seq)
-                topics = await _topics_between(c, seq, newer)
-                seq = newer
-                yield f"event: change\ndata: {json.dumps(sorted(topics))}\n\n".encode()
+                found = newer, await _topics_between(c, seq, newer)
+            if found is None:
+                yield b": keepalive\n\n"
                 continue
-            yield b": keepalive\n\n"
+            seq, topics = found
+            yield f"event: change\ndata: {json.dumps(sorted(topics))}\n\n".encode()
     finally:
         c.streams -= 1
         mine.streams -= 1

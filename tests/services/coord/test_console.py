@@ -19,11 +19,12 @@ import trio.testing
 
 from trioscale.config import ConfigError, config_from_dict
 from trioscale.options import admin_options
+from trioscale.services.coord import dnssettings
 from trioscale.services.coord.admin import create_admin_app
 from trioscale.services.coord.admin.api import api_key_accepted
 from trioscale.services.coord.console import create_console_app, mount_console
 from trioscale.services.coord.console.apicall import ApiClient
-from trioscale.services.coord.console.events import MAX_STREAMS_PER_SESSION, topics_of
+from trioscale.services.coord.console.events import MAX_STREAMS, MAX_STREAMS_PER_SESSION, _stream, topics_of
 from trioscale.services.coord.console.sessions import SessionTable
 from trioscale.shared.domain import secrets
 from trioscale.shared.model import PendingRegistration, utcnow
@@ -456,14 +457,14 @@ async def test_dns_settings_through_the_api(store: Store, signed_in: Browser) ->
                                                  "search_paths": "corp.example", "split": "internal.example 10.0.0.53"})
     assert resp.status_code == 303
     assert await signed_in.notices("/console/dns") == ["DNS settings saved; clients get them now."]
-    stored = await store.get_setting("dns")
+    stored = await dnssettings.load(store)
     assert stored["nameservers"] == ["9.9.9.9", "1.1.1.1"] and stored["searchPaths"] == ["corp.example"]
     assert stored["splitDNS"] == {"internal.example": ["10.0.0.53"]} and stored["magicDNS"] is True
     _, html, _ = await signed_in.get("/console/dns")
     assert "9.9.9.9\n1.1.1.1</textarea>" in html and "internal.example 10.0.0.53" in html
     await signed_in.post("/console/dns", {"nameservers": "not an address"})
     assert "neither an IP address nor a DoH URL" in (await signed_in.notices("/console/dns"))[-1]
-    assert (await store.get_setting("dns"))["nameservers"] == ["9.9.9.9", "1.1.1.1"]
+    assert (await dnssettings.load(store))["nameservers"] == ["9.9.9.9", "1.1.1.1"]
 
 
 async def test_the_event_stream_ends_with_its_api_key(store: Store, signed_in: Browser) -> None:
@@ -475,3 +476,45 @@ async def test_the_event_stream_ends_with_its_api_key(store: Store, signed_in: B
             assert (await read_event(connection)).startswith("event: change")
             assert (await read_event(connection)).startswith("event: signout")
             scope.cancel()
+
+
+async def test_a_page_gone_before_its_stream_starts_gives_the_stream_back(store: Store) -> None:
+    """The browser leaves while the answer's head is on its way: the stream's body never runs, and
+    the places it would have taken must not stay taken (the caps would fill up for good)."""
+    app = build(store)
+    handles = app.extensions["trioscale.console"]
+    token, mine = handles.sessions.open("test")
+    head_sent = trio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await head_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200
+            head_sent.set()
+            await trio.sleep_forever()  # a slow client: the disconnect arrives first
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": "/console/events", "raw_path": b"/console/events", "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"localhost"), (b"cookie", f"trioscale-console={token}".encode())],
+             "client": ("127.0.0.1", 1), "server": ("localhost", 80), "extensions": {}}
+    with trio.fail_after(10):
+        await app(scope, receive, send)
+    assert head_sent.is_set()
+    assert (handles.streams, mine.streams) == (0, 0)
+
+
+async def test_a_stream_that_finds_the_caps_full_when_it_starts_ends_at_once(store: Store) -> None:
+    """Requests checked the caps together and the last place went to another: no stream past the cap."""
+    handles = build(store).extensions["trioscale.console"]
+    _, mine = handles.sessions.open("test")
+    handles.streams = MAX_STREAMS
+    assert [chunk async for chunk in _stream(handles, mine, 0)] == []
+    assert (handles.streams, mine.streams) == (MAX_STREAMS, 0)
