@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tsclients as clients  # noqa: E402
-from tslab import Tailnet, tools_missing  # noqa: E402
+from tslab import Tailnet, skip_or_fail, tools_missing  # noqa: E402
 
 _results: list[dict] = []
 CAPVERS: dict[str, int] = {}  # version -> capability version the client sent (from the server's log)
@@ -83,15 +82,6 @@ def pytest_sessionfinish(session, exitstatus):
                                    indent=1))
     except OSError:
         pass
-
-
-def skip_or_fail(reason: str | None) -> None:
-    """Skip where the machine cannot run real clients; in CI, where Go exists, that is a failure."""
-    if reason is None:
-        return
-    if os.environ.get("CI") and shutil.which("go") and "missing" in reason:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def mixed_tailnet(tmp_path_factory, *, block_udp: bool = False, setup=None, **server_config):

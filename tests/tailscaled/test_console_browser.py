@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 import tsclients as clients
-from oidcidp import IdpClient, browser_missing, chromium, idp_login, idp_missing, oidc_idp, require
-from tslab import CONTROL_PORT, Tailnet, tools_missing, wait_for
+from oidcidp import idp_login
+from oidclab import oidc_tailnet
+from tslab import wait_for
 
 VERSION = clients.VERSIONS[-1]
 ADMIN = "127.0.0.1:9091"
@@ -51,39 +51,12 @@ GOOD_POLICY = """{
 """
 
 
-def _skip_or_fail(reason: str | None) -> None:
-    if reason is None:
-        return
-    if os.environ.get("CI") and shutil.which("go") and "missing" in reason:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def console_net(tmp_path_factory):
-    _skip_or_fail(tools_missing() or clients.missing(VERSION))
-    require(idp_missing(), browser_missing())
-    net = Tailnet(tmp_path_factory.mktemp("console"))
-    try:
-        ip = net.lab.add_host("ctl")
-        redirects = [f"http://{ADMIN}/console/oidc/callback", f"http://{ip}:{CONTROL_PORT}/oidc/callback"]
-        with oidc_idp([IdpClient("trioscale", "lab-client-secret", redirects)],
-                      prefix=["ip", "netns", "exec", net.lab.ns("ctl")]) as idp:
-            net.start_server(
-                oidc={"issuer": idp.issuer, "client_id": "trioscale", "client_secret": "lab-client-secret",
-                      "scope": ["openid", "profile", "email"], "pkce": {"enabled": True}},
-                admin={"listen_addr": ADMIN},
-                console={"enabled": True, "admins": ["alice@example.com"]},
-            )
-            net.idp = idp
-            with chromium(netns=net.lab.ns("ctl")) as browser:
-                net.browser = browser
-                yield net
-    except BaseException:
-        print(net.diagnostics())
-        raise
-    finally:
-        net.close()
+    yield from oidc_tailnet(
+        tmp_path_factory, "console", VERSION, extra_redirects=[f"http://{ADMIN}/console/oidc/callback"],
+        oidc={"scope": ["openid", "profile", "email"], "pkce": {"enabled": True}},
+        admin={"listen_addr": ADMIN}, console={"enabled": True, "admins": ["alice@example.com"]})
 
 
 class Shots:

@@ -10,52 +10,23 @@ server_url, and tailscaled reaches server_url from its own host."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 import tsclients as clients
-from oidcidp import IdpClient, browser_missing, chromium, idp_login, idp_missing, oidc_idp, require
-from tslab import CONTROL_PORT, Tailnet, tools_missing, wait_for
+from oidcidp import idp_login
+from oidclab import oidc_tailnet
+from tslab import wait_for
 
 #: the newest client: the login pages do not depend on the client's version
 VERSION = clients.VERSIONS[-1]
 
 
-def _skip_or_fail(reason: str | None) -> None:
-    """As conftest's: skip where real clients cannot run; in CI, where Go builds them, fail."""
-    if reason is None:
-        return
-    if os.environ.get("CI") and shutil.which("go") and "missing" in reason:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def oidc_net(tmp_path_factory):
-    _skip_or_fail(tools_missing() or clients.missing(VERSION))
-    require(idp_missing(), browser_missing())
-    net = Tailnet(tmp_path_factory.mktemp("oidc"))
-    try:
-        ip = net.lab.add_host("ctl")
-        callback = f"http://{ip}:{CONTROL_PORT}/oidc/callback"
-        with oidc_idp([IdpClient("trioscale", "lab-client-secret", [callback])],
-                      prefix=["ip", "netns", "exec", net.lab.ns("ctl")]) as idp:
-            net.start_server(oidc={
-                "issuer": idp.issuer, "client_id": "trioscale", "client_secret": "lab-client-secret",
-                "scope": ["openid", "profile", "email", "groups"], "pkce": {"enabled": True},
-                "allowed_domains": ["example.com"], "allowed_groups": ["tailnet"],
-            })
-            net.idp = idp
-            with chromium(netns=net.lab.ns("ctl")) as browser:
-                net.browser = browser
-                yield net
-    except BaseException:
-        print(net.diagnostics())
-        raise
-    finally:
-        net.close()
+    yield from oidc_tailnet(tmp_path_factory, "oidc", VERSION, oidc={
+        "scope": ["openid", "profile", "email", "groups"], "pkce": {"enabled": True},
+        "allowed_domains": ["example.com"], "allowed_groups": ["tailnet"],
+    })
 
 
 def _browse_login(net, url: str, username: str, *, confirm: bool = True):

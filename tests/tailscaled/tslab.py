@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "multihost"))
@@ -507,3 +508,12 @@ def tools_missing() -> str | None:
     if not Path("/dev/net/tun").exists():
         return "tailscaled tests need /dev/net/tun"
     return None
+
+
+def skip_or_fail(reason: str | None) -> None:
+    """Skip where the machine cannot run real clients; in CI, where Go exists, that is a failure."""
+    if reason is None:
+        return
+    if os.environ.get("CI") and shutil.which("go") and "missing" in reason:
+        pytest.fail(reason)
+    pytest.skip(reason)
