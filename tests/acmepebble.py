@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from util import free_port, free_tcp_udp_port, wait_for
+from util import free_port, free_tcp_udp_port, terminate, wait_for
 
 
 def _write_tls_pair(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
@@ -68,14 +68,8 @@ def _write_tls_pair(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Pat
 
 
 def _stop(proc: subprocess.Popen | None, log: Any) -> None:
-    """Terminate `proc` if it still runs (killed when it ignores that), then close its log."""
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    if proc is not None:
+        terminate(proc)
     if log:
         log.close()
 

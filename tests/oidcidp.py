@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from util import terminate
+
 HERE = Path(__file__).parent
 PROVIDER_JS = HERE / "idp" / "provider.js"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,13 +168,7 @@ def oidc_idp(clients: Sequence[IdpClient], accounts: Sequence[IdpAccount] = DEFA
         threading.Thread(target=lambda: idp.output.extend(proc.stdout), daemon=True).start()
         yield idp
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc)
 
 
 def _first_json_line(proc: subprocess.Popen, timeout: float) -> dict:

@@ -50,6 +50,18 @@ def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no port free for both TCP and UDP")
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL when it has not exited after 10 s; nothing for a process already gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
