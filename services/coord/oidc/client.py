@@ -29,6 +29,13 @@ log = logging.getLogger("trioscale.coord.oidc")
 
 #: the steps of one login's finish (token, keys, maybe keys again, userinfo) each get `timeout`
 _STEPS = 4
+#: the largest answer read from the provider, decoded: discovery documents, key sets, tokens and
+#: userinfo are a few KiB, and a provider that sends more must not fill this process's memory
+MAX_ANSWER = 1024 * 1024
+
+
+class AnswerTooLarge(httpx2.DecodingError):
+    """The provider's answer was larger than MAX_ANSWER (reading stopped there)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,32 @@ class LoginStart:
     code_verifier: str | None = None
 
 
+class _BoundedClient(AsyncOAuth2Client):
+    """Authlib's HTTP client, reading each answer's body up to MAX_ANSWER (httpx reads it whole)."""
+
+    async def send(self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any) -> httpx2.Response:
+        response = await super().send(request, stream=True, **kwargs)
+        if stream:
+            return response
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise AnswerTooLarge(f"the answer is larger than {MAX_ANSWER} bytes", request=request)
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        response._content = b"".join(chunks)  # what aread() would have left: .content, .json() read it
+        return response
+
+
 class _App(AsyncOAuth2Mixin, AsyncOpenIDMixin, BaseApp):
     """Authlib's async OAuth 2 + OpenID client, without a web framework's session (we keep the
     state ourselves, in PendingLogins)."""
 
-    client_cls = AsyncOAuth2Client
+    client_cls = _BoundedClient
 
 
 class OidcClient:
@@ -149,6 +177,9 @@ class _provider_errors:
             return False
         if isinstance(exc, trio.TooSlowError) or isinstance(exc, httpx2.TimeoutException):
             raise LoginRefused(504, f"the identity provider did not answer in time (trying to {self.doing})") from None
+        if isinstance(exc, AnswerTooLarge):
+            raise LoginRefused(502, f"the identity provider's answer was larger than {MAX_ANSWER} bytes "
+                                    f"(trying to {self.doing})") from None
         if isinstance(exc, httpx2.HTTPStatusError):
             raise LoginRefused(502, f"the identity provider answered HTTP {exc.response.status_code} "
                                     f"(trying to {self.doing})") from None

@@ -337,3 +337,41 @@ async def test_the_providers_new_signing_key_is_fetched_when_it_rotates(store):
         assert (await login.confirm(page))[0] == 200
     assert pages.client._app.server_metadata["jwks"]["keys"][0]["kid"] == "key-2"
     assert len(await store.list_users()) == 1 and len(await store.list_nodes()) == 2
+
+
+async def test_a_provider_answer_past_the_size_limit_is_a_502_page(store):
+    """The provider (or what answers at its address) sends a discovery document without end: reading
+    stops at MAX_ANSWER and the login is refused, instead of the server holding it all."""
+    import http.server
+    import threading
+
+    from trioscale.services.coord.oidc.client import MAX_ANSWER
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            try:
+                self.wfile.write(b'{"issuer": "' + b"x" * (MAX_ANSWER + 1))
+            except OSError:
+                pass  # the client stopped reading, as it should
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        options = OidcOptions(issuer=f"http://127.0.0.1:{server.server_port}", client_id="trioscale",
+                              timeout=timedelta(seconds=5))
+        pages = RegistrationPages(store, POLICY, utcnow, options)
+        reg = await _pending(store)
+        status, _, page = await Login(pages).get(f"/register/{reg.id}")
+        assert status == 502 and f"larger than {MAX_ANSWER} bytes" in page
+        await _nothing_registered(store, reg)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
