@@ -47,7 +47,15 @@ async def approve_routes(nodeId: str) -> Any:
     known_query(request.args, ())
     node = await find_node(nodeId)
     data = known_fields(await json_body(), ("routes",))
-    routes_in = data.get("routes")
+    node = await set_approved_routes(node, data.get("routes"))
+    node = await handles.store.get_node(node.id) or node
+    return {"node": await node_view(node), "routes": routes_json(node)}
+
+
+async def set_approved_routes(node: Node, routes_in: Any, *, via: str = "") -> Node:
+    """Approve exactly `routes_in` for `node` (API v1 and v2); returns the node once this process
+    has applied the change."""
+    handles = admin()
     if routes_in is None:  # absent or null: none, as Headscale reads an unset repeated field
         routes_in = []
     if not isinstance(routes_in, list):  # as in Headscale, a list: {} or "10.0.0.0/8" is refused
@@ -57,10 +65,9 @@ async def approve_routes(nodeId: str) -> Any:
     except RouteError as exc:
         raise InvalidRequest(str(exc)) from None
     node = await handles.store.update_node(node.id, approved_routes=routes)
-    handles.log.info("node %d approved routes: %s", node.id, ",".join(routes) or "(none)")
+    handles.log.info("%snode %d approved routes: %s", via, node.id, ",".join(routes) or "(none)")
     await handles.caught_up()
-    node = await handles.store.get_node(node.id) or node
-    return {"node": await node_view(node), "routes": routes_json(node)}
+    return node
 
 
 @blueprint.get("/api/v1/routes")

@@ -21,12 +21,13 @@ from typing import Any
 from quart import request
 
 from trioscale.shared.domain.names import sanitize_label, validate_label
-from trioscale.shared.domain.routes import RouteError, advertised_routes, normalize_routes
+from trioscale.shared.domain.routes import advertised_routes
 from trioscale.shared.model import Node, utcnow
 from trioscale.shared.store.base import Conflict, NotFound
 
 from ..api import InvalidRequest, admin
-from ..fields import tag_list, validate_tag
+from ..routes import set_approved_routes
+from ..tags import set_node_tags
 from .auth import caller, needs
 from .common import PREFIX, blueprint, body, check_tailnet
 from .shapes import device_json
@@ -105,46 +106,21 @@ async def get_routes(deviceId: str) -> Any:
 @blueprint.post(PREFIX + "/device/<deviceId>/routes")
 @needs("devices:routes", write=True)
 async def set_routes(deviceId: str) -> Any:
-    handles = admin()
     node = await _device(deviceId)
     routes_in = (await body()).get("routes")
-    if routes_in is None:
-        routes_in = []
-    if not isinstance(routes_in, list) or not all(isinstance(r, str) for r in routes_in):
+    if isinstance(routes_in, list) and not all(isinstance(r, str) for r in routes_in):
         raise InvalidRequest("routes must be a list of prefixes")
-    try:
-        routes = normalize_routes(routes_in)
-    except RouteError as exc:
-        raise InvalidRequest(str(exc)) from None
-    node = await handles.store.update_node(node.id, approved_routes=routes)
-    handles.log.info("API v2: device %d enabled routes: %s", node.id, ",".join(routes) or "(none)")
-    await handles.caught_up()
-    return _routes(node)
+    return _routes(await set_approved_routes(node, routes_in, via="API v2: "))
 
 
 @blueprint.post(PREFIX + "/device/<deviceId>/tags")
 @needs("devices:core", write=True)
 async def set_tags(deviceId: str) -> Any:
-    handles = admin()
     node = await _device(deviceId)
-    tags = tuple(sorted(dict.fromkeys(validate_tag(t) for t in tag_list((await body()).get("tags") or [], "tags"))))
     who = caller()
-    if who is not None and who.is_oauth:
-        foreign = [t for t in tags if t not in who.tags]
-        if foreign:
-            raise InvalidRequest(f"the OAuth client may not give tag(s) {', '.join(foreign)} "
-                                 f"(its tags: {', '.join(who.tags) or 'none'})")
-    c = handles.coordinator
-    if tags and c is not None and c.policy.has_policy:
-        undefined = [t for t in tags if not c.policy.tag_defined(t)]
-        if undefined:
-            raise InvalidRequest(f"tag(s) {', '.join(undefined)} not defined in the policy's tagOwners")
-    fields: dict[str, Any] = {"tags": tags}
-    if tags:
-        fields["expiry"] = None  # a tagged node does not expire
-    node = await handles.store.update_node(node.id, **fields)
-    handles.log.info("API v2: device %d tags set to %s", node.id, ",".join(tags) or "(none)")
-    await handles.caught_up()
+    allowed = who.tags if who is not None and who.is_oauth else None
+    await set_node_tags(node, (await body()).get("tags") or [], allowed=allowed,
+                        via="API v2: ")
     return {}
 
 
