@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-import trio
+from ..asgicall import call_app, http_scope
 
 __all__ = ["API_PREFIX", "AsgiOnControl", "is_api_path"]
 
@@ -38,52 +38,8 @@ class AsgiOnControl:
         self, method: str, target: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         raw_path, _, query = target.partition("?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": unquote(raw_path),
-            "raw_path": raw_path.encode("latin-1", "replace"),
-            "query_string": query.encode("latin-1", "replace"),
-            "root_path": "",
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers.items()],
-            "client": None,
-            "server": None,
-            "extensions": {},
-        }
-        sent_body = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await trio.sleep_forever()  # the app stops listening once it has answered
-            raise AssertionError("unreachable")
-
-        status = 500
-        out_headers: list[tuple[str, str]] = []
-        chunks: list[bytes] = []
-        size = 0
-        done = trio.Event()
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, out_headers, size
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())]
-            elif message["type"] == "http.response.body":
-                chunk = bytes(message.get("body", b""))
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise RuntimeError("API answer too large for the control listener")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    done.set()
-
-        await self.app(scope, receive, send)
-        if not done.is_set():
-            raise RuntimeError(f"the API app left {method} {raw_path} unanswered")
-        return status, out_headers, b"".join(chunks)
+        scope = http_scope(method, raw_path, query.encode("latin-1", "replace"),
+                           [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers.items()],
+                           path=unquote(raw_path))
+        status, out_headers, answer = await call_app(self.app, scope, body, max_answer=MAX_ANSWER)
+        return status, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out_headers], answer

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
-import trio
+from ..asgicall import AnswerTooLarge, call_app, http_scope
 
 __all__ = ["ApiAnswer", "ApiClient", "path_part"]
 
@@ -49,39 +49,12 @@ class ApiClient:
         headers = [(b"host", b"console.internal")]
         if body is not None:
             headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        raw_path = path.encode()
-        scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": unquote(path), "raw_path": raw_path,
-            "query_string": urlencode(query or {}).encode(), "root_path": "", "headers": headers,
-            "client": ("127.0.0.1", 0), "server": ("console.internal", 80), "extensions": {},
-        }
-        sent_body = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": data, "more_body": False}
-            await trio.sleep_forever()  # the app is done with the request; it cancels this wait
-            raise AssertionError("unreachable")
-
-        status = 500
-        chunks: list[bytes] = []
-        size = 0
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, size
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size <= MAX_ANSWER:
-                    chunks.append(chunk)
-
-        await self.app(scope, receive, send)
-        raw = b"".join(chunks)
+        scope = http_scope(method, path, urlencode(query or {}).encode(), headers, path=unquote(path),
+                           client=("127.0.0.1", 0), server=("console.internal", 80))
+        try:
+            status, _, raw = await call_app(self.app, scope, data, max_answer=MAX_ANSWER)
+        except AnswerTooLarge:
+            return ApiAnswer(502, {"detail": f"the admin API's answer is larger than {MAX_ANSWER} bytes"})
         try:
             parsed = json.loads(raw) if raw else {}
         except ValueError:
