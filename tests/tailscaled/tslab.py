@@ -193,8 +193,18 @@ class Node:
         return [f"{k}={v}" for k, v in defaults.items() if k not in given] + ["--reset"]
 
     def logout(self) -> None:
-        """`tailscale logout`, tried again when the client's own link-change handling closed the
-        connection it was using (a client-side race: "use of closed network connection")."""
+        """`tailscale logout`, after `tailscale down` has taken the tunnel's addresses away.
+
+        Logging out of a running client takes tailscale0's addresses away too, and the client's
+        link-change handling then closes the connection the logout request is using (a client-side
+        race, "use of closed network connection", seen with 1.80.3 and 1.90.9): the first attempt
+        fails, and may already have dropped the node key, so a second finds "no nodekey to log out"
+        while the server never heard of it and the client stays Stopped instead of NeedsLogin.
+        Going down first lets that link change happen before the logout starts."""
+        self.ts("down", check=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._tunnel_has_addresses():
+            time.sleep(0.1)
         for attempt in range(3):
             proc = self.ts("logout", check=False)
             if proc.returncode == 0:
@@ -207,6 +217,12 @@ class Node:
             if "use of closed network connection" not in out:
                 break
         raise AssertionError(f"{self.name}: tailscale logout failed: {proc.stdout}{proc.stderr}")
+
+    def _tunnel_has_addresses(self) -> bool:
+        shown = subprocess.run(["ip", "-n", self.net.lab.ns(self.name), "-o", "addr", "show", "dev", "tailscale0"],
+                               capture_output=True, text=True)
+        # the tailnet's addresses (100.64.0.0/10, fd7a:115c:a1e0::/48), not the link-local one that stays
+        return shown.returncode == 0 and re.search(r"inet 100\.|inet6 fd7a:", shown.stdout) is not None
 
     def up_interactive(self, *flags: str) -> tuple[subprocess.Popen, str]:
         """`tailscale up` without a key: returns the running CLI and the registration id of the URL
