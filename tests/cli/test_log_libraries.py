@@ -52,10 +52,13 @@ def test_lines_carry_the_request_id_of_their_task() -> None:
     setup_logging("debug", "text", stream=out)
     log = logging.getLogger("trioscale.test")
     seen: dict[str, str] = {}
+    begun = {"one": trio.Event(), "two": trio.Event()}
 
     async def request(name: str, given: str | None) -> None:
         seen[name] = begin_request(given)
-        await trio.sleep(0)  # the other request runs in between: ids must not mix
+        begun[name].set()
+        # both requests have begun before either logs: their ids must not mix
+        await begun["two" if name == "one" else "one"].wait()
         log.info("serving %s", name)
 
     async def main() -> None:
