@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from contextvars import ContextVar
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -112,7 +112,9 @@ class Coordinator:
         """Read the whole tailnet once; later changes come from the log after `self.seq`."""
         self.follower.seq = await self.store.latest_seq()
         self.tailnet.users = {u.id: u for u in await self.store.list_users()}
-        self.tailnet.nodes = {n.id: n for n in await self.store.list_nodes()}
+        self.tailnet.replace_nodes(await self.store.list_nodes())
+        for node in self._allocated.values():
+            self._hold_allocated(node)
         self.tailnet.online = {p.node_id for p in await self.store.list_presence() if p.node_id in self.tailnet.nodes}
         self._relays = await self.store.list_relays()
         self.tailnet.settings.derp_map = self.build_derp_map(self._relays)
@@ -165,16 +167,22 @@ class Coordinator:
     def mark_dirty(self, session: MapSession) -> None:
         self.sessions.mark_dirty(session)
 
-    def taken(self) -> tuple[set[str], set[str]]:
-        """Addresses and names in use, as far as this coordinator knows (for allocation)."""
+    def taken(self) -> tuple[Collection[str], Collection[str]]:
+        """Addresses and names in use, as far as this coordinator knows (for allocation): kept up
+        to date change by change, not rebuilt from every node at each registration."""
+        holdings = self.tailnet.holdings
         for node_id in [i for i in self._allocated if i in self.tailnet.nodes]:
-            del self._allocated[node_id]  # applied from the log by now
-        nodes = [*self.tailnet.nodes.values(), *self._allocated.values()]
-        return {a for n in nodes for a in (n.ipv4, n.ipv6) if a}, {n.given_name for n in nodes}
+            del self._allocated[node_id]  # applied from the log by now: held under its id
+            holdings.release(("allocated", node_id))
+        return holdings.addresses, holdings.names
 
     def record_allocation(self, node: Node) -> None:
         """A node this process just created (its change may not be applied yet)."""
         self._allocated[node.id] = node
+        self._hold_allocated(node)
+
+    def _hold_allocated(self, node: Node) -> None:
+        self.tailnet.holdings.hold(("allocated", node.id), node.ipv4, node.ipv6, node.given_name)
 
     async def wait_seq(self, seq: int) -> None:
         """Wait until changes up to `seq` are applied (read-your-writes for request handlers)."""

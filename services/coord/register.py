@@ -15,6 +15,7 @@ import secrets as _secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 import contextlib
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from trioscale.shared.domain import secrets
@@ -40,7 +41,7 @@ class Allocations(Protocol):
 
     allocation_lock: Any  # an async context manager (a trio.Lock)
 
-    def taken(self) -> tuple[set[str], set[str]]: ...
+    def taken(self) -> tuple[Collection[str], Collection[str]]: ...
 
     def record_allocation(self, node: Node) -> None: ...
 

@@ -376,8 +376,7 @@ class _Run:
     # -- nodes -----------------------------------------------------------------------------------------
     def node_set(self, new: Node, hint: tuple[str, ...]) -> None:
         tailnet = self.tailnet
-        old = tailnet.nodes.get(new.id)
-        tailnet.nodes[new.id] = new
+        old = tailnet.put_node(new)
         changed = changed_fields(old, new, hint)
         if not changed:
             return
@@ -479,7 +478,7 @@ class _Run:
 
     def node_removed(self, node_id: int) -> None:
         tailnet = self.tailnet
-        old = tailnet.nodes.pop(node_id, None)
+        old = tailnet.drop_node(node_id)
         tailnet.online.discard(node_id)
         policy = self.policy
         if policy is not None and policy.remove_node(node_id):

@@ -42,6 +42,96 @@ def is_reserved(addr: IPAddress, network: ipaddress.IPv4Network | ipaddress.IPv6
     return any(addr.version == n.version and addr in n for n in _RESERVED_NETS)
 
 
+class HeldAddresses:
+    """Addresses in use, counted (one address may be held twice for a moment: by a node just
+    created here and by the same node once its change is applied), with a floor per prefix below
+    which every address is held or reserved. Sequential allocation starts at the floor, so a
+    join into a large tailnet costs the same as into a small one instead of a walk over every
+    held address; a released address lowers the floors so it comes back first."""
+
+    def __init__(self) -> None:
+        self._count: dict[tuple[int, int], int] = {}
+        self._floor: dict[str, tuple[int, int]] = {}  # prefix -> (IP version, lowest maybe-free int)
+
+    def add(self, text: str) -> None:
+        key = _key(text)
+        self._count[key] = self._count.get(key, 0) + 1
+
+    def remove(self, text: str) -> None:
+        key = _key(text)
+        left = self._count.get(key, 0) - 1
+        if left > 0:
+            self._count[key] = left
+            return
+        self._count.pop(key, None)
+        version, value = key
+        for prefix, (v, floor) in list(self._floor.items()):
+            if v == version and value < floor:
+                self._floor[prefix] = (v, value)
+
+    def holds(self, version: int, value: int) -> bool:
+        return (version, value) in self._count
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and _key(text) in self._count
+
+    def __iter__(self):
+        return (str(ipaddress.ip_address(v)) for _, v in self._count)
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+    def floor(self, prefix: str, start: int) -> int:
+        ent = self._floor.get(prefix)
+        return start if ent is None else max(start, ent[1])
+
+    def set_floor(self, prefix: str, version: int, value: int) -> None:
+        self._floor[prefix] = (version, value)
+
+
+def _key(text: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(text)
+    return addr.version, int(addr)
+
+
+class Holdings:
+    """The addresses and names that nodes hold, kept holder by holder (a node id, or a key of
+    the caller's for a node created but not yet applied), for allocation without a rebuild."""
+
+    def __init__(self) -> None:
+        self.addresses = HeldAddresses()
+        self.names: dict[str, int] = {}  # name -> holders; `in` is all unique_label asks
+        self._by: dict[object, tuple[str | None, str | None, str]] = {}
+
+    def hold(self, holder: object, ipv4: str | None, ipv6: str | None, name: str) -> None:
+        entry = (ipv4, ipv6, name)
+        if self._by.get(holder) == entry:
+            return
+        self.release(holder)
+        self._by[holder] = entry
+        for addr in (ipv4, ipv6):
+            if addr:
+                self.addresses.add(addr)
+        self.names[name] = self.names.get(name, 0) + 1
+
+    def release(self, holder: object) -> None:
+        entry = self._by.pop(holder, None)
+        if entry is None:
+            return
+        ipv4, ipv6, name = entry
+        for addr in (ipv4, ipv6):
+            if addr:
+                self.addresses.remove(addr)
+        left = self.names.get(name, 0) - 1
+        if left > 0:
+            self.names[name] = left
+        else:
+            self.names.pop(name, None)
+
+    def holders(self) -> int:
+        return len(self._by)
+
+
 def allocate(
     prefix: str,
     taken: Collection[str],
@@ -59,6 +149,8 @@ def allocate(
     network = ipaddress.ip_network(prefix)
     start = int(network.network_address) + 1
     end = int(network.broadcast_address)
+    if isinstance(taken, HeldAddresses):
+        return _allocate_held(prefix, network, start, end, taken, strategy, rng, max_random_tries)
     used = {v for v in (_as_int(a, network.version) for a in taken) if v is not None}
     if strategy == "random":
         rng = rng or _random.SystemRandom()
@@ -82,4 +174,22 @@ def allocate(
             value += 1
             continue
         return str(candidate)
+    raise PrefixExhausted(prefix)
+
+
+def _allocate_held(prefix, network, start, end, held: HeldAddresses, strategy, rng, max_random_tries) -> str:
+    version = network.version
+    if strategy == "random":
+        rng = rng or _random.SystemRandom()
+        for _ in range(max_random_tries):
+            value = rng.randint(start, end - 1)
+            if not held.holds(version, value) and not is_reserved(ipaddress.ip_address(value), network):
+                return str(ipaddress.ip_address(value))
+    value = held.floor(prefix, start)
+    while value < end:
+        if held.holds(version, value) or is_reserved(ipaddress.ip_address(value), network):
+            value += 1
+            continue
+        held.set_floor(prefix, version, value)  # the walk saw everything below held or reserved
+        return str(ipaddress.ip_address(value))
     raise PrefixExhausted(prefix)

@@ -22,7 +22,7 @@ from typing import Any
 
 from trioscale.shared.model import Node, User
 
-from . import dnsconfig, tailcfg
+from . import dnsconfig, ipalloc, tailcfg
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
 PATCHABLE_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "last_seen", "node_key", "expiry"})
@@ -58,6 +58,28 @@ class Tailnet:
     #: node id -> (node version, online, expired, base domain, its peer JSON): a first map is
     #: assembled from these, not rebuilt peer by peer (see `peer_text`)
     peer_texts: dict[int, tuple[Node, bool, bool, str, bytes]] = field(default_factory=dict, repr=False)
+    #: the addresses and names nodes hold, for allocation (kept by put_node / drop_node /
+    #: replace_nodes; code that assigns `nodes` directly allocates from the store instead)
+    holdings: ipalloc.Holdings = field(default_factory=ipalloc.Holdings, repr=False)
+
+    # -- changes -------------------------------------------------------------------------------
+    def put_node(self, node: Node) -> Node | None:
+        """Add or replace a node; the one it replaces, if any."""
+        old = self.nodes.get(node.id)
+        self.nodes[node.id] = node
+        if old is None or (old.ipv4, old.ipv6, old.given_name) != (node.ipv4, node.ipv6, node.given_name):
+            self.holdings.hold(node.id, node.ipv4, node.ipv6, node.given_name)
+        return old
+
+    def drop_node(self, node_id: int) -> Node | None:
+        self.holdings.release(node_id)
+        return self.nodes.pop(node_id, None)
+
+    def replace_nodes(self, nodes: Iterable[Node]) -> None:
+        self.nodes = {}
+        self.holdings = ipalloc.Holdings()
+        for node in nodes:
+            self.put_node(node)
 
     # -- queries -------------------------------------------------------------------------------
     def announceable(self, node: Node) -> bool:
@@ -76,8 +98,8 @@ class Tailnet:
             # what is left to ask is whether the peer can be announced yet
             nodes = self.nodes
             vid = viewer.id
-            return [nodes[i] for i in sorted(self.policy.visible_ids(vid))
-                    if i != vid and i in nodes and self.announceable(nodes[i])]
+            found = (nodes.get(i) for i in sorted(self.policy.visible_ids(vid)) if i != vid)
+            return [n for n in found if n is not None and n.disco_key is not None]  # announceable
         return sorted((p for p in candidates if self.can_see(viewer, p)), key=lambda n: n.id)
 
     def peer_view(self, viewer_id: int | None, peer: Node) -> Any:
@@ -179,15 +201,36 @@ class Tailnet:
         self._map_rest(msg, viewer, peers, now)
         if not peers:
             return msg, None, set()
+        pictured = self._pictured_peers(viewer)
+        peer_text = self.peer_text
         parts = []
         for p in peers:
-            view = self.peer_view(viewer.id, p)
+            view = None if pictured is not None and p.id not in pictured else self.peer_view(viewer.id, p)
             if view is None:
-                parts.append(self.peer_text(p, now))
+                parts.append(peer_text(p, now))
             else:
                 parts.append(json.dumps(self.peer_json(p, now, view=view), separators=(",", ":"),
                                         ensure_ascii=False).encode())
         return msg, b"[" + b",".join(parts) + b"]", {p.id for p in peers}
+
+    def _pictured_peers(self, viewer: Node) -> set[int] | None:
+        """The only peers `viewer` may have a picture of (`peer_view` not None) : routers and nodes
+        with IPv4 off; None when it may be any (the viewer has IPv4 off, or an unknown policy). A
+        first map of thousands of peers then asks the policy about the few, not every one."""
+        policy = self.policy
+        if policy is None:
+            return set()
+        try:
+            off = policy.ipv4_off()
+            owners = policy.compiled.net.route_owners
+        except AttributeError:
+            return None
+        if viewer.id in off:
+            return None
+        out = set(off)
+        for ids in owners.values():
+            out |= ids
+        return out
 
     def _map_rest(self, msg: dict[str, Any], viewer: Node, peers: list[Node], now: datetime) -> None:
         msg["DERPMap"] = self.settings.derp_map

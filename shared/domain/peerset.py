@@ -16,8 +16,7 @@ class PeerSet(MutableSet[int]):
     def __init__(self, ids: Iterable[int] = ()) -> None:
         self._bits = bytearray()
         self._len = 0
-        for i in ids:
-            self.add(i)
+        self.add_all(ids)
 
     @classmethod
     def _from_iterable(cls, it: Iterable[int]) -> "PeerSet":
