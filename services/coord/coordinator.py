@@ -278,32 +278,46 @@ class Coordinator:
             self.ephemeral.schedule(node_id)
 
     # -- map sessions --------------------------------------------------------------------------
-    def open_session(self, node_id: int, compress: str | None,
-                     capver: int = tailcfg.CAPVER_CERT_HASH) -> tuple[MapSession, Message]:
-        """Register a session and build its first map in one step (see the module docstring)."""
-        session = MapSession(node_id, compress, capver)
-        first = fanout.first_map_message(self.tailnet, session, self.now())
-        self.sessions.add(session)
+    def arrive(self, node_id: int) -> None:
+        """A map stream of `node_id` is about to open: the node is online from now on (and until
+        `depart`, or the session's close). Said before the stream's own node update is stored, so
+        that a new node's announcement, which that update brings (its first disco key), already
+        says Online and its peers need no second message for it: in a join storm that second
+        message was one more push to every session per join."""
         self.ephemeral.cancel(node_id)
         self.presence.opened(node_id)
         self._fan_out(fanout.OnlineSet(node_id, True))
+
+    def open_session(self, node_id: int, compress: str | None,
+                     capver: int = tailcfg.CAPVER_CERT_HASH, *, arrived: bool = False) -> tuple[MapSession, Message]:
+        """Register a session and build its first map in one step (see the module docstring).
+        `arrived`: `arrive` was called for it already."""
+        session = MapSession(node_id, compress, capver)
+        first = fanout.first_map_message(self.tailnet, session, self.now())
+        self.sessions.add(session)
+        if not arrived:
+            self.arrive(node_id)
         return session, first
 
     async def close_session(self, session: MapSession) -> None:
-        last = self.sessions.discard(session)
-        if last is None:
+        if self.sessions.discard(session) is None:
             return
-        self.presence.closed(session.node_id)
-        if not last:
+        await self.depart(session.node_id)
+
+    async def depart(self, node_id: int) -> None:
+        """The end of what `arrive` began (a session closed, or a stream that never opened): the
+        node goes offline unless another session (or one opening) still holds it."""
+        self.presence.closed(node_id)
+        if self.presence.holds(node_id):
             return
-        node = self.tailnet.nodes.get(session.node_id)
+        node = self.tailnet.nodes.get(node_id)
         if node is None:
             return
-        if session.node_id not in self.presence.written and not self.presence.holds(session.node_id):
+        if node_id not in self.presence.written:
             # its presence never reached the store, so no "presence.offline" will come: say it
             # here (otherwise that change, which also records last_seen, takes it offline)
             now = self.now()
-            self._fan_out(fanout.OnlineSet(session.node_id, False, now))
+            self._fan_out(fanout.OnlineSet(node_id, False, now))
             with trio.CancelScope(shield=True):
                 try:
                     await self.store.update_node(node.id, last_seen=now)

@@ -275,6 +275,24 @@ class ControlHandlers:
         compress = "zstd" if body.get("Compress") == "zstd" else None
         updates = map_request_updates(
             node, body, lambda: {n.given_name for n in self.coord.tailnet.nodes.values()})
+        if not body.get("Stream"):
+            await self._map_once(node, body, updates, compress, capver, response)
+            return
+        # online from here (Coordinator.arrive says why); the stream's session takes that over
+        self.coord.arrive(node.id)
+        try:
+            node = await self._apply_map_updates(node, updates)
+            del body, updates  # a map stream lives for hours: keep none of its request around
+            request.release_body()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.coord.depart(node.id)
+            raise
+        # which client versions a tailnet runs is worth one line per session (docs/clients.md)
+        log.info("map session of node %s opened (capver %d)", node.id, capver)
+        await self.stream(node.id, compress, response, capver, arrived=True)
+
+    async def _apply_map_updates(self, node: Node, updates: dict[str, Any]) -> Node:
         if updates:
             try:
                 node = await self.store.update_node(node.id, **updates)
@@ -283,23 +301,27 @@ class ControlHandlers:
         await self.coord.caught_up()
         if node.id not in self.coord.tailnet.nodes:
             raise RequestRefused(404, "node not found")
-        if not body.get("Stream"):
-            if body.get("OmitPeers"):
-                await response.send(200, b"", [])
-                return
-            first, _ = self.coord.tailnet.full_map(self.coord.tailnet.nodes[node.id], self.coord.now())
-            first["DERPMap"] = tailcfg.derp_map_for_capver(first["DERPMap"], capver)
-            await response.send(200, frame(Message(first), compress), [("content-type", "application/json")])
+        return node
+
+    async def _map_once(self, node: Node, body: dict[str, Any], updates: dict[str, Any], compress: str | None,
+                        capver: int, response) -> None:
+        node = await self._apply_map_updates(node, updates)
+        if body.get("OmitPeers"):
+            await response.send(200, b"", [])
             return
-        del body, updates  # a map stream lives for hours: keep none of its request around
-        request.release_body()
-        # which client versions a tailnet runs is worth one line per session (docs/clients.md)
-        log.info("map session of node %s opened (capver %d)", node.id, capver)
-        await self.stream(node.id, compress, response, capver)
+        first, _ = self.coord.tailnet.full_map(self.coord.tailnet.nodes[node.id], self.coord.now())
+        first["DERPMap"] = tailcfg.derp_map_for_capver(first["DERPMap"], capver)
+        await response.send(200, frame(Message(first), compress), [("content-type", "application/json")])
 
     async def stream(self, node_id: int, compress: str | None, response,
-                     capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
-        session, first = self.coord.open_session(node_id, compress, capver)
+                     capver: int = tailcfg.CAPVER_CERT_HASH, *, arrived: bool = False) -> None:
+        try:
+            session, first = self.coord.open_session(node_id, compress, capver, arrived=arrived)
+        except BaseException:
+            if arrived:
+                with trio.CancelScope(shield=True):
+                    await self.coord.depart(node_id)
+            raise
         keepalive = mapframe.keepalive(compress)
         try:
             await response.start(200, [("content-type", "application/json")])

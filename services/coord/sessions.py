@@ -32,7 +32,7 @@ FLUSH_YIELD_EVERY = 256
 #: after a pass, the flusher lets changes gather for this many times the pass's duration (at most
 #: FLUSH_WINDOW_MAX seconds): the window widens under load, so a join storm's deltas reach each
 #: session in few large writes, and stays near zero when changes come one at a time
-FLUSH_WIDEN = 2.0
+FLUSH_WIDEN = 4.0
 FLUSH_WINDOW_MAX = 1.0
 
 

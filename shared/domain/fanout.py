@@ -504,11 +504,13 @@ class _Run:
             tailnet.online.add(node_id)
         else:
             tailnet.online.discard(node_id)
-        patch = Message(tailnet.online_patch(node_id, online, last_seen))
-        for views in sessions_that_may_know(tailnet, self.sessions, node_id):
-            for view in views:
-                if node_id in view.sent:
-                    self.push(view, patch)
+        node = tailnet.nodes.get(node_id)
+        if node is not None and tailnet.announceable(node):  # else no session was told of it
+            patch = Message(tailnet.online_patch(node_id, online, last_seen))
+            for views in sessions_that_may_know(tailnet, self.sessions, node_id):
+                for view in views:
+                    if node_id in view.sent:
+                        self.push(view, patch)
         policy = self.policy
         if policy is not None and (policy.primaries or policy.compiled.net.route_owners):
             # HA routes: a router going offline hands over its prefixes
