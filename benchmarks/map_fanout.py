@@ -185,6 +185,9 @@ class SimNode:
         self.waiters: dict[str, trio.Event] = {}
         self.last_rx = 0.0
         self.retries = 0
+        self.cuts = 0
+        self.registered_at = self.first_map_at = 0.0
+        self.register_only = False
 
     def body(self, **extra):
         b = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
@@ -199,13 +202,16 @@ class SimNode:
         a simulated node that did not get to run)."""
         if self.machine_key is None:
             self.machine_key = keys.generate_private_key()  # the same machine on a retry
-        for attempt in range(5):
+        for attempt in range(10):
             try:
-                return await self._run(authkey, ready, task_status)
+                return await self._run(authkey if not self.registered_at else None, ready, task_status)
             except (ControlClientError, trio.TooSlowError, OSError) as exc:
-                if self.first.is_set() or attempt == 4:
+                if attempt == 9:
                     raise
-                self.retries += 1
+                if self.first.is_set():
+                    self.cuts += 1  # a stream the server cut: a real client comes back for a full map
+                else:
+                    self.retries += 1
                 print(f"node {self.index}: {exc!r}; trying again", file=sys.stderr, flush=True)
 
     async def _run(self, authkey: str | None, ready: trio.CapacityLimiter, task_status):
@@ -221,9 +227,14 @@ class SimNode:
                         "Auth": {"AuthKey": authkey}, "Hostinfo": {"Hostname": f"sim{self.index}"}})
                     if reg.json().get("Error"):
                         raise SystemExit(f"register failed: {reg.json()['Error']}")
+                    self.registered_at = time.monotonic()
             except BaseException:
                 await client_cm.__aexit__(None, None, None)
                 raise
+        if self.register_only:
+            await client_cm.__aexit__(None, None, None)
+            task_status.started()
+            return
         self.client = client
         try:
             # Kept light so that the simulated fleet is not what we measure: frames are only
@@ -240,6 +251,7 @@ class SimNode:
                     if any(not is_keepalive(m) for m in messages):
                         self.last_rx = time.monotonic()
                     if not self.first.is_set():
+                        self.first_map_at = time.monotonic()
                         self.first.set()
                         task_status.started()
                     if self.waiters:
@@ -254,10 +266,36 @@ class SimNode:
             await client_cm.__aexit__(None, None, None)
 
 
+async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | None, limiter, server_pid,
+                    *, register_only: bool = False) -> dict:
+    """`count` more nodes join the quiet tailnet of `nodes` as fast as `limiter` lets them: how many
+    registrations per second the server sustains, and joins (first map received) per second. With
+    `register_only` they only register (POST /machine/register, as `tailscale up` does before its
+    first map request): the registration rate alone."""
+    first = nodes[0]
+    more = [SimNode(len(nodes) + i, first.control, server_key=first.server_key) for i in range(count)]
+    for node in more:
+        node.register_only = register_only
+    cpu0 = cpu_s(server_pid) if server_pid else float("nan")
+    t0 = time.monotonic()
+    async with trio.open_nursery() as starting:
+        for node in more:
+            starting.start_soon(nursery.start, node.run, authkey, limiter)
+    took = time.monotonic() - t0
+    reg = sorted(node.registered_at - t0 for node in more)
+    res = {"count": count, "into": len(nodes), "concurrency": limiter.total_tokens, "register_only": register_only,
+           "register_per_s": round(count / reg[-1], 1), "joins_per_s": round(count / took, 1),
+           "took_s": round(took, 2)}
+    if server_pid:
+        res["server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
+    print(f"{count} more nodes into {len(nodes)}: {res}", file=sys.stderr, flush=True)
+    return res
+
+
 async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str | None, server_pid: int | None,
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
-                profile: str | None = None) -> dict:
+                profile: str | None = None, join_after: int = 0, register_after: int = 0) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others)."""
@@ -291,6 +329,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             if time.monotonic() - max(n.last_rx for n in nodes) > QUIET_S:
                 break
         result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
+        result["cut_streams"] = sum(node.cuts for node in nodes)
         if server_pid:
             # setup and drain: every join's work, first maps and deltas to every session
             result["server_cpu_s"] = round(cpu_s(server_pid) - cpu0, 1)
@@ -330,6 +369,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             "rounds": rounds,
             "samples": len(latencies),
             "missed_after_60s": missed,
+            "cut_streams_by_end": sum(node.cuts for node in nodes),
             "p50_ms": round(1000 * statistics.median(latencies), 1),
             "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
             "max_ms": round(1000 * latencies[-1], 1),
@@ -337,6 +377,11 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         if server_pid:
             result["server_rss_mib"] = round(rss_mib(server_pid), 1)
         result["client_rss_mib"] = round(rss_mib(os.getpid()), 1)
+        if register_after:
+            result["register_after"] = await join_more(nursery, nodes, register_after, authkey, limiter, server_pid,
+                                                       register_only=True)
+        if join_after:
+            result["join_after"] = await join_more(nursery, nodes, join_after, authkey, limiter, server_pid)
         nursery.cancel_scope.cancel()
     return result
 
@@ -349,6 +394,11 @@ def main() -> None:
     ap.add_argument("--authkey", help="reusable pre-auth key (with --control)")
     ap.add_argument("--json-out")
     ap.add_argument("--py-spy", metavar="FILE", help="sample the server with py-spy during setup (raw folded stacks)")
+    ap.add_argument("--join-after", type=int, default=0, metavar="M",
+                    help="after the rounds, M more nodes join as fast as they can (registrations/s into N)")
+    ap.add_argument("--register-after", type=int, default=0, metavar="M",
+                    help="after the rounds, M more nodes only register, as fast as they can (before --join-after)")
+    ap.add_argument("--concurrency", type=int, default=64, help="nodes registering at once")
     args = ap.parse_args()
     for n in args.nodes:
         server = None
@@ -368,7 +418,9 @@ def main() -> None:
                 host, port = hostport.rsplit(":", 1)
                 controls.append((host, int(port)))
             res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
-                                             profile=args.py_spy and f"{args.py_spy}.{n}"))
+                                             profile=args.py_spy and f"{args.py_spy}.{n}",
+                                             join_after=args.join_after, register_after=args.register_after,
+                                             concurrency=args.concurrency))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()
             print(json.dumps(res))
