@@ -11,6 +11,7 @@ coordinator for the admin API). Each reports back, when started, an object with 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import signal
@@ -252,6 +253,14 @@ def _merge(into: dict[str, Any], name: str, got: Any) -> None:
         into[name] = got
 
 
+#: the cyclic collector's thresholds in a server process. A coordinator holds millions of
+#: long-lived objects (nodes, sessions, kept peer JSON) and a join storm allocates fast: at
+#: Python's default (700, 10, 10) full collections walked that heap over and over (6 % of the
+#: server's CPU in a 2,000-node storm, more as the tailnet grows). Cycles are rare here; garbage
+#: is mostly freed by reference counting, so collecting less often costs little memory.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 async def _main(names: Sequence[str], config: Config) -> None:
     async with trio.open_nursery() as nursery:
         async def on_signals() -> None:
@@ -263,10 +272,12 @@ async def _main(names: Sequence[str], config: Config) -> None:
 
         nursery.start_soon(on_signals)
         await nursery.start(serve_services, names, config)
+        gc.freeze()  # what start-up built (modules, the loaded tailnet) lives as long as the process
 
 
 def run_services(names: Sequence[str], config: Config) -> int:
     """Run services until SIGINT/SIGTERM; returns the process exit status (0 = clean)."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         trio.run(_main, list(names), config)
     except KeyboardInterrupt:
