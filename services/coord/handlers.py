@@ -327,7 +327,7 @@ class ControlHandlers:
             await response.start(200, [("content-type", "application/json")])
             await response.write(frame(first, compress))
             del first  # the first map is the largest message; don't hold it for the session's life
-            session.attach(response, self.coord.mark_dirty)
+            session.attach(response, self.coord.sessions.mark_dirty)  # called per queued delta: no detour
             while True:
                 messages = await session.next_messages(self.coord.keepalive_interval())
                 if session.closed:

@@ -200,8 +200,10 @@ class SessionTable:
                 session.close(reason)
 
     def mark_dirty(self, session: MapSession) -> None:
-        self._dirty[session] = None
-        self._dirty_wakeup.set()
+        dirty = self._dirty
+        if session not in dirty:
+            dirty[session] = None
+            self._dirty_wakeup.set()
 
     async def flush(self) -> None:
         """Write the sessions that have messages queued, in passes. One pass costs one send per

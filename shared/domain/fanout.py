@@ -451,12 +451,10 @@ class _Run:
             if vid == nid or vid not in audience:
                 continue
             for view in views:
-                sent = view.sent
-                if nid in sent:
+                if not view.sent.insert(nid):
                     continue  # cannot happen (it was not announceable); nothing new to it then
                 if message is None:
                     message = Message(tailnet.encode_delta(Delta("changed", nid), changed, self.now))
-                sent.add(nid)
                 push((view, message))
         return True
 

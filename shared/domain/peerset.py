@@ -39,6 +39,23 @@ class PeerSet(MutableSet[int]):
             self._bits[byte] |= mask
             self._len += 1
 
+    def insert(self, node_id: int) -> bool:
+        """`add`, and whether the id was new (one call where a fan-out to thousands of sessions
+        would make two)."""
+        if node_id < 0:
+            raise ValueError("node ids are not negative")
+        byte = node_id >> 3
+        bits = self._bits
+        if byte >= len(bits):
+            bits.extend(bytes(byte + 1 - len(bits) + len(bits) // 4))
+        mask = 1 << (node_id & 7)
+        old = bits[byte]
+        if old & mask:
+            return False
+        bits[byte] = old | mask
+        self._len += 1
+        return True
+
     def add_all(self, ids: Iterable[int]) -> None:
         """`add` for many ids at once (a policy change can announce thousands to one session)."""
         ids = list(ids)

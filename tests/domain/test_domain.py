@@ -203,8 +203,11 @@ def test_peerset_behaves_like_a_set(ops):
     from trioscale.shared.domain.peerset import PeerSet
 
     ps, ref = PeerSet(), set()
-    for add, value in ops:
-        (ps.add if add else ps.discard)(value)
+    for i, (add, value) in enumerate(ops):
+        if add and i % 2:
+            assert ps.insert(value) == (value not in ref)  # insert: add, telling whether it was new
+        else:
+            (ps.add if add else ps.discard)(value)
         (ref.add if add else ref.discard)(value)
         assert (value in ps) == (value in ref)
     assert set(ps) == ref and len(ps) == len(ref)
