@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import socket
@@ -68,6 +69,7 @@ class Server:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         port = free_port()
+        self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         cfg = {
             "server_url": self.url,
@@ -75,7 +77,9 @@ class Server:
             "data_dir": str(workdir / "data"),
             "derp": {"server": {"listen_addr": f"127.0.0.1:{free_port()}", "stun_listen_addr": f"127.0.0.1:{free_port()}"}},
             "dns": {"listen_addr": ""},  # not needed here
-            "metrics_listen_addr": "",  # two servers at once would fight over its fixed default port
+            # a free port (two servers at once would fight over the fixed default): the rounds read
+            # the server's own fan-out histogram there
+            "metrics_listen_addr": f"127.0.0.1:{self.metrics_port}",
             # every simulated node comes from 127.0.0.1: one source may hold them all
             "limits": {"control": {"max_connections": 12000, "max_connections_per_source": 12000},
                        "derp": {"max_connections": 64, "max_connections_per_source": 64}},
@@ -99,6 +103,34 @@ class Server:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+FANOUT_BUCKET = "trioscale_coord_change_fanout_seconds_bucket"
+
+
+def fanout_buckets(metrics_url: str | None) -> dict[float, float]:
+    """The server's change fan-out histogram (commit -> written to the last session), cumulative
+    counts by upper bound; {} without a metrics URL."""
+    if not metrics_url:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(FANOUT_BUCKET + "{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def slowest_wave_bound(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The smallest bucket bound that holds every wave observed between two readings."""
+    if not after:
+        return None
+    total = after[float("inf")] - before.get(float("inf"), 0)
+    if total <= 0:
+        return None
+    return min(le for le, n in after.items() if n - before.get(le, 0) >= total)
 
 
 def start_py_spy(pid: int, out: str) -> subprocess.Popen:
@@ -295,7 +327,8 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
 async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str | None, server_pid: int | None,
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
-                profile: str | None = None, join_after: int = 0, register_after: int = 0) -> dict:
+                profile: str | None = None, join_after: int = 0, register_after: int = 0,
+                metrics_url: str | None = None) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others)."""
@@ -337,6 +370,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         result["client_cpu_s"] = round(cpu_s(os.getpid()) - client0, 1)
         result["load_avg"] = os.getloadavg()[0]
         latencies: list[float] = []
+        server_bounds: list[float] = []
         missed = 0
         result["client_rss_before_rounds_mib"] = round(rss_mib(os.getpid()), 1)
         for r in range(rounds):
@@ -348,6 +382,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 ev = trio.Event()
                 peer.waiters[endpoint] = ev
                 events.append(ev)
+            buckets = await trio.to_thread.run_sync(fanout_buckets, metrics_url)
             sent = time.monotonic()
             resp = await mover.client.post_json("/machine/map", mover.body(Stream=False, OmitPeers=True,
                                                                             Endpoints=[endpoint]))
@@ -356,6 +391,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 for ev in events:
                     await ev.wait()
             missed += sum(1 for peer in peers if endpoint not in peer.got)
+            bound = slowest_wave_bound(buckets, await trio.to_thread.run_sync(fanout_buckets, metrics_url))
+            if bound is not None:
+                server_bounds.append(bound)
             lat = [(peer.got[endpoint] - sent, peer.index) for peer in peers if endpoint in peer.got]
             for peer in peers:
                 del peer.waiters[endpoint]
@@ -373,6 +411,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             "p50_ms": round(1000 * statistics.median(latencies), 1),
             "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
             "max_ms": round(1000 * latencies[-1], 1),
+            # the server's own view: the change written to its last receiver within this bound
+            # (histogram bucket), every round
+            "server_written_to_all_within_s": max(server_bounds) if server_bounds else None,
         })
         if server_pid:
             result["server_rss_mib"] = round(rss_mib(server_pid), 1)
@@ -387,6 +428,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
 
 
 def main() -> None:
+    # thousands of simulated nodes are a heap of long-lived objects: at the default thresholds the
+    # cyclic collector took a quarter of the load generator's CPU walking it
+    gc.set_threshold(100_000, 50, 100)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--rounds", type=int, default=5)
@@ -420,6 +464,7 @@ def main() -> None:
             res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
                                              profile=args.py_spy and f"{args.py_spy}.{n}",
                                              join_after=args.join_after, register_after=args.register_after,
+                                             metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
                                              concurrency=args.concurrency))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()

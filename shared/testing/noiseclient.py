@@ -53,6 +53,8 @@ __all__ = [
 
 DEFAULT_VERSION = 130
 _RECV_SIZE = 65536
+#: the SETTINGS_MAX_FRAME_SIZE Go's HTTP/2 client sends (its MaxReadFrameSize default, 1 MiB)
+GO_MAX_READ_FRAME_SIZE = 1 << 20
 _END = object()
 
 
@@ -260,8 +262,13 @@ class NoiseClient:
             initial_values={
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+                # as Tailscale's client (Go's HTTP/2 client) says it
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: GO_MAX_READ_FRAME_SIZE,
             },
         )
+        # h2 reads settings given at creation as in force already, so it never applies this one
+        # when the server acknowledges it: set the limit it checks frames against too
+        self._h2.max_inbound_frame_size = GO_MAX_READ_FRAME_SIZE
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(1 << 30)
 
