@@ -12,14 +12,16 @@ import json
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 from quart import Response, current_app, jsonify, request
 
 from trioscale.shared.domain import secrets as keys
-from trioscale.shared.model import utcnow
-from trioscale.shared.store.base import Store
+from trioscale.shared.domain.names import InvalidName
+from trioscale.shared.model import ApiKey, utcnow
+from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError, StoreUnavailable
 
 from ..options import AdminOptions
 
@@ -34,6 +36,8 @@ __all__ = [
     "admin",
     "error_response",
     "api_key_accepted",
+    "live_api_key",
+    "install_refusals",
     "parse_json_object",
     "json_body",
 ]
@@ -101,28 +105,65 @@ def error_response(status: int, message: str) -> Response:
 async def api_key_accepted(store: Store, header: str) -> bool:
     """Whether `Authorization: <header>` names a known, unexpired API key. Any doubt is a no:
     whatever goes wrong on the way (a malformed key, the database) refuses."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    # scopes are API v2's; /api/v1 knows none, so only an all-access key may use it
+    key = await live_api_key(store, token.strip(), lambda k: not k.scopes and k.oauth_client_id is None)
+    return key is not None
+
+
+async def live_api_key(store: Store, token: str, usable: Callable[[ApiKey], bool]) -> ApiKey | None:
+    """The known, unexpired API key `token` is, if `usable` takes it; else None. Any doubt is a
+    None: whatever goes wrong on the way (a malformed key, the database) refuses."""
     try:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        kind, prefix, secret = keys.split_key(token.strip())
+        kind, prefix, secret = keys.split_key(token)
         if kind != keys.KIND_API:
-            return False
+            return None
         key = await store.get_api_key_by_prefix(prefix)
         if key is None or not keys.verify(secret, key.key_hash):
-            return False
+            return None
         now = utcnow()
-        if key.is_expired(now):
-            return False
-        if key.scopes or key.oauth_client_id is not None:
-            return False  # scopes are API v2's; /api/v1 knows none, so only an all-access key may use it
-        try:
-            await store.touch_api_key(key.id, now)
-        except Exception:
-            pass  # last_seen is informational: the key is still good
-        return True
+        if key.is_expired(now) or not usable(key):
+            return None
+        if key.oauth_client_id is None:  # an OAuth client's hour-long tokens are not tracked
+            try:
+                await store.touch_api_key(key.id, now)
+            except Exception:
+                pass  # last_seen is informational: the key is still good
+        return key
     except Exception:
-        return False
+        return None
+
+
+#: the refusals any API route may raise: (exception, status, message when it has none)
+REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
+    (InvalidRequest, 400, ""),
+    (InvalidName, 400, ""),
+    (NotFound, 404, "not found"),
+    (Conflict, 409, "conflict"),
+    (StoreError, 400, "refused by the database"),
+)
+
+
+def install_refusals(target: Any, error: Callable[[int, str], Response],
+                     extra: tuple[tuple[type[Exception], int, str], ...] = ()) -> None:
+    """Answer each of REFUSALS (and `extra`) on `target` (an app or a blueprint) with `error`, and
+    an unavailable database with a 503 that is logged."""
+    for exc_type, status, default in (*REFUSALS, *extra):
+        target.errorhandler(exc_type)(_refusal(error, status, default))
+
+    async def unavailable(exc: StoreUnavailable) -> Response:
+        admin().log.warning("database unavailable: %s", exc)
+        return error(503, "the database is unavailable")
+
+    target.errorhandler(StoreUnavailable)(unavailable)
+
+
+def _refusal(error: Callable[[int, str], Response], status: int, default: str):
+    async def handler(exc: Exception) -> Response:
+        return error(status, str(exc) or default)
+    return handler
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,13 +17,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing.exceptions import RoutingException
 
-from trioscale.shared.domain.names import InvalidName
 from trioscale.shared.net.requestid import begin_request, current_request_id
-from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError, StoreUnavailable
+from trioscale.shared.store.base import Store
 
 from ..options import AdminOptions
 from . import apikeys, apiv2, health, nodes, openapi, policy, preauthkeys, registrations, routes, sharing, sshcheck, tags, users
-from .api import Admin, InvalidRequest, admin, api_key_accepted, error_response, install
+from .api import Admin, admin, api_key_accepted, error_response, install, install_refusals
 
 __all__ = ["create_admin_app", "route_table", "MAX_BODY"]
 
@@ -150,30 +149,7 @@ def _install_error_handlers(app: QuartTrio) -> None:
     """Every error is a problem document (api.error_response) with its status; an unexpected one is
     logged and is a 500."""
 
-    @app.errorhandler(InvalidRequest)
-    async def _invalid(exc: InvalidRequest) -> Response:
-        return error_response(400, str(exc))
-
-    @app.errorhandler(InvalidName)
-    async def _invalid_name(exc: InvalidName) -> Response:
-        return error_response(400, str(exc))
-
-    @app.errorhandler(NotFound)
-    async def _not_found(exc: NotFound) -> Response:
-        return error_response(404, str(exc) or "not found")
-
-    @app.errorhandler(Conflict)
-    async def _conflict(exc: Conflict) -> Response:
-        return error_response(409, str(exc) or "conflict")
-
-    @app.errorhandler(StoreError)
-    async def _refused(exc: StoreError) -> Response:
-        return error_response(400, str(exc) or "refused by the database")
-
-    @app.errorhandler(StoreUnavailable)
-    async def _unavailable(exc: StoreUnavailable) -> Response:
-        admin().log.warning("database unavailable: %s", exc)
-        return error_response(503, "the database is unavailable")
+    install_refusals(app, error_response)
 
     @app.errorhandler(HTTPException)
     async def _http(exc: HTTPException) -> Response:

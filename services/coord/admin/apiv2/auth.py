@@ -20,10 +20,9 @@ from typing import Any
 
 from quart import Response, current_app, g, jsonify, request
 
-from trioscale.shared.domain import secrets as keys
-from trioscale.shared.model import ApiKey, utcnow
+from trioscale.shared.model import ApiKey
 
-from ..api import admin
+from ..api import admin, live_api_key
 from . import scopes as sc
 
 __all__ = ["Caller", "AUTH_REQUIRED", "Forbidden", "authenticate", "needs", "require", "caller", "error",
@@ -80,30 +79,11 @@ def _token(header: str) -> str | None:
 
 async def key_for(header: str) -> ApiKey | None:
     """The live API key the Authorization header names, or None (any doubt is a no)."""
-    try:
-        token = _token(header)
-        if token is None:
-            return None
-        kind, prefix, secret = keys.split_key(token)
-        if kind != keys.KIND_API:
-            return None
-        store = admin().store
-        key = await store.get_api_key_by_prefix(prefix)
-        if key is None or not keys.verify(secret, key.key_hash):
-            return None
-        now = utcnow()
-        if key.is_expired(now):
-            return None
-        if key.oauth_client_id is not None and not key.scopes:
-            return None  # a token is always issued with scopes; without, it would mean all access
-        if key.oauth_client_id is None:
-            try:
-                await store.touch_api_key(key.id, now)
-            except Exception:
-                pass  # last_seen is informational
-        return key
-    except Exception:
+    token = _token(header)
+    if token is None:
         return None
+    # a token is always issued with scopes; without, it would mean all access
+    return await live_api_key(admin().store, token, lambda k: k.oauth_client_id is None or bool(k.scopes))
 
 
 async def authenticate() -> Response | None:

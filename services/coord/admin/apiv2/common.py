@@ -8,10 +8,9 @@ from typing import Any
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from trioscale.shared.domain.names import InvalidName
-from trioscale.shared.store.base import Conflict, NotFound, StoreError, StoreUnavailable
+from trioscale.shared.store.base import NotFound
 
-from ..api import InvalidRequest, admin, parse_json_object
+from ..api import admin, install_refusals, parse_json_object
 from .auth import Forbidden, error
 
 __all__ = ["blueprint", "body", "check_tailnet", "PREFIX"]
@@ -33,40 +32,7 @@ async def body() -> dict[str, Any]:
     return parse_json_object(await request.get_data(as_text=False))
 
 
-@blueprint.errorhandler(InvalidRequest)
-async def _invalid(exc: InvalidRequest) -> Response:
-    return error(400, str(exc))
-
-
-@blueprint.errorhandler(Forbidden)
-async def _forbidden(exc: Forbidden) -> Response:
-    return error(403, str(exc))
-
-
-@blueprint.errorhandler(InvalidName)
-async def _invalid_name(exc: InvalidName) -> Response:
-    return error(400, str(exc))
-
-
-@blueprint.errorhandler(NotFound)
-async def _not_found(exc: NotFound) -> Response:
-    return error(404, str(exc) or "not found")
-
-
-@blueprint.errorhandler(Conflict)
-async def _conflict(exc: Conflict) -> Response:
-    return error(409, str(exc) or "conflict")
-
-
-@blueprint.errorhandler(StoreError)
-async def _refused(exc: StoreError) -> Response:
-    return error(400, str(exc) or "refused by the database")
-
-
-@blueprint.errorhandler(StoreUnavailable)
-async def _unavailable(exc: StoreUnavailable) -> Response:
-    admin().log.warning("database unavailable: %s", exc)
-    return error(503, "the database is unavailable")
+install_refusals(blueprint, error, extra=((Forbidden, 403, "forbidden"),))
 
 
 @blueprint.errorhandler(HTTPException)
