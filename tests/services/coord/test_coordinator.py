@@ -18,7 +18,7 @@ from trioscale.shared.model import DerpRelay
 from trioscale.shared.proto import keys
 from trioscale.shared.store.sqlite import SqliteStore
 
-from coordhelpers import POLICY, FakeResponse, Machine, call  # noqa: F401  (tests/services/coord on sys.path, see conftest)
+from coordhelpers import POLICY, FakeResponse, Machine, call, settled  # noqa: F401  (tests/services/coord on sys.path, see conftest)
 
 @pytest.fixture
 async def env(nursery):
@@ -81,6 +81,58 @@ async def test_register_with_key_then_stream_map_and_deltas(env, nursery):
     await store.delete_node(node_b.id)
     with trio.fail_after(2):
         await stream_a.until(lambda: any(m.get("PeersRemoved") == [node_b.id] for m in stream_a.messages()))
+
+
+async def test_a_joining_node_is_announced_online_in_one_message(env, nursery):
+    """The stream's node is online before its disco key's change is applied (Coordinator.arrive),
+    so its peers learn of it with one PeersChanged that says Online: no online patch after it."""
+    store, coord, handlers, key = env
+    a, b = Machine("alpha"), Machine("beta")
+    for m in (a, b):
+        assert (await call(handlers, m, "/machine/register", m.register_body(key))).json()["MachineAuthorized"]
+    stream_a = FakeResponse()
+    nursery.start_soon(handlers.noise, a.request("/machine/map", a.map_body()), stream_a)
+    with trio.fail_after(2):
+        await stream_a.arrived.wait()
+    stream_b = FakeResponse()
+    nursery.start_soon(handlers.noise, b.request("/machine/map", b.map_body()), stream_b)
+    with trio.fail_after(2):
+        await stream_a.until(lambda: any("PeersChanged" in m for m in stream_a.messages()))
+    await settled(coord, stream_a)
+    node_b = await store.get_node_by_node_key(b.node_key)
+    about_b = [m for m in stream_a.messages()
+               if any(p.get("NodeID", p.get("ID")) == node_b.id
+                      for p in m.get("PeersChanged", []) + m.get("PeersChangedPatch", []))]
+    assert len(about_b) == 1 and about_b[0]["PeersChanged"][0]["Online"] is True, about_b
+    assert node_b.id in coord.tailnet.online and coord.presence.holds(node_b.id)
+
+
+async def test_a_stream_refused_after_it_arrived_leaves_the_node_offline(env, nursery):
+    """A stream request refused after its node was marked online (here: a Hostinfo over the
+    limit) takes it offline again, and its peers are told."""
+    store, coord, handlers, key = env
+    a, b = Machine("alpha"), Machine("beta")
+    for m in (a, b):
+        assert (await call(handlers, m, "/machine/register", m.register_body(key))).json()["MachineAuthorized"]
+    stream_a = FakeResponse()
+    nursery.start_soon(handlers.noise, a.request("/machine/map", a.map_body()), stream_a)
+    with trio.fail_after(2):
+        await stream_a.arrived.wait()
+    lite = await call(handlers, b, "/machine/map", b.map_body(stream=False, OmitPeers=True))  # b known, offline
+    assert lite.status == 200
+    with trio.fail_after(2):
+        await stream_a.until(lambda: any("PeersChanged" in m for m in stream_a.messages()))
+    node_b = await store.get_node_by_node_key(b.node_key)
+    assert node_b.id not in coord.tailnet.online
+
+    too_big = b.map_body(Hostinfo={"Hostname": "beta", "Services": [{"Description": "x" * 70_000}]})
+    refused = await call(handlers, b, "/machine/map", too_big)
+    assert refused.status == 400 and b"bad map request" in b"".join(refused.chunks)
+    await settled(coord, stream_a)
+    assert node_b.id not in coord.tailnet.online and not coord.presence.holds(node_b.id)
+    online = [p["Online"] for m in stream_a.messages() for p in m.get("PeersChangedPatch", [])
+              if p.get("NodeID") == node_b.id and "Online" in p]
+    assert online == [True, False]  # it came online for the attempt and went again
 
 
 async def test_restart_with_used_single_use_key_is_recognised(env):
