@@ -220,6 +220,9 @@ class SimNode:
         self.cuts = 0
         self.registered_at = self.first_map_at = 0.0
         self.register_only = False
+        #: (JSON bytes, bytes on the stream) of the first map; JSON measured only if asked (costly)
+        self.keep_first_size = False
+        self.first_map_size = (0, 0)
 
     def body(self, **extra):
         b = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
@@ -284,6 +287,8 @@ class SimNode:
                         self.last_rx = time.monotonic()
                     if not self.first.is_set():
                         self.first_map_at = time.monotonic()
+                        self.first_map_size = (len(decompress(messages[0])) if self.keep_first_size else 0,
+                                               len(messages[0]))
                         self.first.set()
                         task_status.started()
                     if self.waiters:
@@ -338,6 +343,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         nodes = [SimNode(i, controls[i % len(controls)], server_key=server_keys[i % len(controls)])
                  for i in range(n)]
     movers = movers or [nodes[0]]
+    nodes[-1].keep_first_size = True  # the last to join: its first map lists every other node
     peers_of = peers_of or (lambda m: [p for p in nodes if p is not m])
     limiter = trio.CapacityLimiter(concurrency)
     result: dict = {"nodes": n, "controls": len(controls)}
@@ -363,6 +369,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 break
         result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
         result["cut_streams"] = sum(node.cuts for node in nodes)
+        result["last_first_map_json_bytes"], result["last_first_map_zstd_bytes"] = nodes[-1].first_map_size
         if server_pid:
             # setup and drain: every join's work, first maps and deltas to every session
             result["server_cpu_s"] = round(cpu_s(server_pid) - cpu0, 1)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import subprocess
@@ -48,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from map_fanout import SimNode, bench, free_port, rss_mib, run_cli, wait_healthy  # noqa: E402
+from map_fanout import SimNode, bench, cpu_s, free_port, rss_mib, run_cli, wait_healthy  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -68,6 +69,9 @@ class Replica:
             "database": {"type": "postgres", "postgres": {"host": pg.host, "port": pg.port,
                                                           "name": pg.database, "user": pg.user}},
             "dns": {"listen_addr": ""},
+            "metrics_listen_addr": "",  # two replicas on one host would fight over its fixed default port
+            # every simulated node comes from 127.0.0.1: one source may hold them all
+            "limits": {"control": {"max_connections": 12000, "max_connections_per_source": 12000}},
             "log": {"level": "warning"},
         }
         self.config = self.dir / "trioscale.yaml"
@@ -187,8 +191,12 @@ def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurr
                 replicas[0].cli("users", "create", "bench")
                 authkey = json.loads(replicas[0].cli("preauthkeys", "create", "--user", "bench", "--reusable",
                                                      "-o", "json"))["key"]
-                res = trio.run(bench, n, rounds, controls, authkey, None)
+                cpu0 = {name: cpu_s(r.proc.pid) for name, r in zip("AB", replicas)}
+                res = trio.run(functools.partial(bench, n, rounds, controls, authkey, None, concurrency=concurrency))
                 res.update(mode="join", visible_peers=n - 1)
+                # storm, drain and rounds: what each replica's CPU did for them
+                res["replica_cpu_s"] = {name: round(cpu_s(r.proc.pid) - cpu0[name], 1)
+                                        for name, r in zip("AB", replicas)}
             res.update(extra)
             sampler.stopped.set()
             sampler.join()
@@ -207,6 +215,7 @@ def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurr
 
 
 def main() -> None:
+    gc.set_threshold(100_000, 50, 100)  # the load generator's heap (map_fanout.main says why)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[1000])
     ap.add_argument("--rounds", type=int, default=5)
