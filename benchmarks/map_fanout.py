@@ -87,7 +87,9 @@ class Server:
         }
         self.config = workdir / "trioscale.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen([*TRIOSCALE, "--config", str(self.config), "serve"],
+        # the environment overrides the file (the test suite sets this one): the rounds need ours
+        env = {**os.environ, "TRIOSCALE_METRICS_LISTEN_ADDR": f"127.0.0.1:{self.metrics_port}"}
+        self.proc = subprocess.Popen([*TRIOSCALE, "--config", str(self.config), "serve"], env=env,
                                      stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT)
         wait_healthy(self.url, self.proc, 30, f"trioscale did not start; see {workdir / 'serve.log'}")
 
