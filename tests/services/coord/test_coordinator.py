@@ -83,10 +83,8 @@ async def test_register_with_key_then_stream_map_and_deltas(env, nursery):
         await stream_a.until(lambda: any(m.get("PeersRemoved") == [node_b.id] for m in stream_a.messages()))
 
 
-async def test_a_joining_node_is_announced_online_in_one_message(env, nursery):
-    """The stream's node is online before its disco key's change is applied (Coordinator.arrive),
-    so its peers learn of it with one PeersChanged that says Online: no online patch after it."""
-    store, coord, handlers, key = env
+async def _alpha_streaming_beta_registered(handlers, key, nursery):
+    """Two registered machines, alpha with its map stream open (its first map received)."""
     a, b = Machine("alpha"), Machine("beta")
     for m in (a, b):
         assert (await call(handlers, m, "/machine/register", m.register_body(key))).json()["MachineAuthorized"]
@@ -94,6 +92,14 @@ async def test_a_joining_node_is_announced_online_in_one_message(env, nursery):
     nursery.start_soon(handlers.noise, a.request("/machine/map", a.map_body()), stream_a)
     with trio.fail_after(2):
         await stream_a.arrived.wait()
+    return a, b, stream_a
+
+
+async def test_a_joining_node_is_announced_online_in_one_message(env, nursery):
+    """The stream's node is online before its disco key's change is applied (Coordinator.arrive),
+    so its peers learn of it with one PeersChanged that says Online: no online patch after it."""
+    store, coord, handlers, key = env
+    a, b, stream_a = await _alpha_streaming_beta_registered(handlers, key, nursery)
     stream_b = FakeResponse()
     nursery.start_soon(handlers.noise, b.request("/machine/map", b.map_body()), stream_b)
     with trio.fail_after(2):
@@ -111,13 +117,7 @@ async def test_a_stream_refused_after_it_arrived_leaves_the_node_offline(env, nu
     """A stream request refused after its node was marked online (here: a Hostinfo over the
     limit) takes it offline again, and its peers are told."""
     store, coord, handlers, key = env
-    a, b = Machine("alpha"), Machine("beta")
-    for m in (a, b):
-        assert (await call(handlers, m, "/machine/register", m.register_body(key))).json()["MachineAuthorized"]
-    stream_a = FakeResponse()
-    nursery.start_soon(handlers.noise, a.request("/machine/map", a.map_body()), stream_a)
-    with trio.fail_after(2):
-        await stream_a.arrived.wait()
+    a, b, stream_a = await _alpha_streaming_beta_registered(handlers, key, nursery)
     lite = await call(handlers, b, "/machine/map", b.map_body(stream=False, OmitPeers=True))  # b known, offline
     assert lite.status == 200
     with trio.fail_after(2):
