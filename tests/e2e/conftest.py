@@ -4,7 +4,9 @@ A test marked `realclient` that is collected outside such a namespace is not run
 it is run again, alone, by a child pytest inside `unshare --net` (loopback up, plus one
 non-loopback address on lo so tsnet believes the network is up — ../shared/docs/real-clients.md),
 and its outcome is reported here. So no client traffic can leave the machine, whoever runs the
-suite and however.
+suite and however. Only `realclient` tests belong in this folder: a plain one here leaves its
+package set up in pytest (the reported ones never tear it down), and the next folder's first test
+then fails its setup.
 """
 
 from __future__ import annotations
