@@ -283,10 +283,7 @@ def filter_json(keys: dict[int, tuple[Any, str]], filt: list) -> str:
 
 # -- peers whose picture depends on the viewer ------------------------------------------------------------
 def _routers(policy: Any) -> set[int]:
-    out: set[int] = set()
-    for ids in policy.compiled.net.route_owners.values():
-        out |= ids
-    return out
+    return policy.routers()
 
 
 def _dependent(vid: int, routers: set[int], off: frozenset[int]) -> set[int] | None:

@@ -214,23 +214,14 @@ class Tailnet:
         return msg, b"[" + b",".join(parts) + b"]", {p.id for p in peers}
 
     def _pictured_peers(self, viewer: Node) -> set[int] | None:
-        """The only peers `viewer` may have a picture of (`peer_view` not None) : routers and nodes
-        with IPv4 off; None when it may be any (the viewer has IPv4 off, or an unknown policy). A
+        """The only peers `viewer` may have a picture of (`peer_view` not None): routers and nodes
+        with IPv4 off; None when it may be any (the viewer has IPv4 off). A
         first map of thousands of peers then asks the policy about the few, not every one."""
         policy = self.policy
         if policy is None:
             return set()
-        try:
-            off = policy.ipv4_off()
-            owners = policy.compiled.net.route_owners
-        except AttributeError:
-            return None
-        if viewer.id in off:
-            return None
-        out = set(off)
-        for ids in owners.values():
-            out |= ids
-        return out
+        off = policy.ipv4_off()
+        return None if viewer.id in off else policy.routers() | off
 
     def _map_rest(self, msg: dict[str, Any], viewer: Node, peers: list[Node], now: datetime) -> None:
         msg["DERPMap"] = self.settings.derp_map

@@ -29,15 +29,7 @@ class PeerSet(MutableSet[int]):
         return byte < len(self._bits) and bool(self._bits[byte] & (1 << (node_id & 7)))
 
     def add(self, node_id: int) -> None:
-        if node_id < 0:
-            raise ValueError("node ids are not negative")
-        byte = node_id >> 3
-        if byte >= len(self._bits):
-            self._bits.extend(bytes(byte + 1 - len(self._bits) + len(self._bits) // 4))
-        mask = 1 << (node_id & 7)
-        if not self._bits[byte] & mask:
-            self._bits[byte] |= mask
-            self._len += 1
+        self.insert(node_id)
 
     def insert(self, node_id: int) -> bool:
         """`add`, and whether the id was new (one call where a fan-out to thousands of sessions

@@ -260,6 +260,13 @@ class PolicyHost:
             caps = tuple(sorted(caps))
         return allowed, primary, caps
 
+    def routers(self) -> set[int]:
+        """Nodes with routes (subnet or exit): the peers a viewer may have a picture of its own of."""
+        out: set[int] = set()
+        for ids in self.compiled.net.route_owners.values():
+            out |= ids
+        return out
+
     def ipv4_off(self) -> frozenset[int]:
         """Nodes whose picture of every peer is IPv6 only (and every peer's of them)."""
         return self.compiled.ipv4_off_nodes()
