@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -201,10 +202,22 @@ class Node:
         fails, and may already have dropped the node key, so a second finds "no nodekey to log out"
         while the server never heard of it and the client stays Stopped instead of NeedsLogin.
         Going down first lets that link change happen before the logout starts."""
-        self.ts("down", check=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self._tunnel_has_addresses():
-            time.sleep(0.1)
+        # watch the namespace's address changes (netlink) from before `down`, so the removal
+        # cannot happen unseen between a look and the wait
+        monitor = subprocess.Popen(["ip", "-n", self.net.lab.ns(self.name), "monitor", "address"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            self.ts("down", check=False)
+            deadline = time.monotonic() + 10
+            while self._tunnel_has_addresses():
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([monitor.stdout], [], [], left)[0]:
+                    break  # not gone in time: log out anyway, as before this wait existed
+                if not monitor.stdout.readline():
+                    break
+        finally:
+            monitor.kill()
+            monitor.wait()
         for attempt in range(3):
             proc = self.ts("logout", check=False)
             if proc.returncode == 0:
