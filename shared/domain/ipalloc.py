@@ -147,49 +147,29 @@ def allocate(
     allocates.
     """
     network = ipaddress.ip_network(prefix)
+    version = network.version
     start = int(network.network_address) + 1
     end = int(network.broadcast_address)
-    if isinstance(taken, HeldAddresses):
-        return _allocate_held(prefix, network, start, end, taken, strategy, rng, max_random_tries)
-    used = {v for v in (_as_int(a, network.version) for a in taken) if v is not None}
+    held = taken if isinstance(taken, HeldAddresses) else None
+    if held is not None:
+        def used(value: int) -> bool:
+            return held.holds(version, value)
+        value = held.floor(prefix, start)
+    else:
+        used = {v for v in (_as_int(a, version) for a in taken) if v is not None}.__contains__
+        value = start
     if strategy == "random":
         rng = rng or _random.SystemRandom()
         for _ in range(max_random_tries):
-            value = rng.randint(start, end - 1)
-            candidate = ipaddress.ip_address(value)
-            if value not in used and not is_reserved(candidate, network):
-                return str(candidate)
-    # Walk past the used block quickly: sorted used addresses inside the prefix tell where gaps are.
-    inside = sorted(v for v in used if start <= v < end)
-    value = start
-    i = 0
+            pick = rng.randint(start, end - 1)
+            if not used(pick) and not is_reserved(ipaddress.ip_address(pick), network):
+                return str(ipaddress.ip_address(pick))
     while value < end:
-        while i < len(inside) and inside[i] < value:
-            i += 1
-        if i < len(inside) and inside[i] == value:
+        if used(value) or is_reserved(ipaddress.ip_address(value), network):
             value += 1
             continue
-        candidate = ipaddress.ip_address(value)
-        if is_reserved(candidate, network):
-            value += 1
-            continue
-        return str(candidate)
-    raise PrefixExhausted(prefix)
-
-
-def _allocate_held(prefix, network, start, end, held: HeldAddresses, strategy, rng, max_random_tries) -> str:
-    version = network.version
-    if strategy == "random":
-        rng = rng or _random.SystemRandom()
-        for _ in range(max_random_tries):
-            value = rng.randint(start, end - 1)
-            if not held.holds(version, value) and not is_reserved(ipaddress.ip_address(value), network):
-                return str(ipaddress.ip_address(value))
-    value = held.floor(prefix, start)
-    while value < end:
-        if held.holds(version, value) or is_reserved(ipaddress.ip_address(value), network):
-            value += 1
-            continue
-        held.set_floor(prefix, version, value)  # the walk saw everything below held or reserved
+        if held is not None:
+            held.set_floor(prefix, version, value)  # the walk saw everything below held or reserved
         return str(ipaddress.ip_address(value))
     raise PrefixExhausted(prefix)
+
