@@ -289,14 +289,12 @@ class Coordinator:
         self._fan_out(fanout.OnlineSet(node_id, True))
 
     def open_session(self, node_id: int, compress: str | None,
-                     capver: int = tailcfg.CAPVER_CERT_HASH, *, arrived: bool = False) -> tuple[MapSession, Message]:
-        """Register a session and build its first map in one step (see the module docstring).
-        `arrived`: `arrive` was called for it already."""
+                     capver: int = tailcfg.CAPVER_CERT_HASH) -> tuple[MapSession, Message]:
+        """Register a session and build its first map in one step (see the module docstring), for
+        a node `arrive` was called for; its close (`close_session`) is that arrival's `depart`."""
         session = MapSession(node_id, compress, capver)
         first = fanout.first_map_message(self.tailnet, session, self.now())
         self.sessions.add(session)
-        if not arrived:
-            self.arrive(node_id)
         return session, first
 
     async def close_session(self, session: MapSession) -> None:

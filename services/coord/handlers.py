@@ -290,7 +290,7 @@ class ControlHandlers:
             raise
         # which client versions a tailnet runs is worth one line per session (docs/clients.md)
         log.info("map session of node %s opened (capver %d)", node.id, capver)
-        await self.stream(node.id, compress, response, capver, arrived=True)
+        await self.stream(node.id, compress, response, capver)
 
     async def _apply_map_updates(self, node: Node, updates: dict[str, Any]) -> Node:
         if updates:
@@ -314,13 +314,13 @@ class ControlHandlers:
         await response.send(200, frame(Message(first), compress), [("content-type", "application/json")])
 
     async def stream(self, node_id: int, compress: str | None, response,
-                     capver: int = tailcfg.CAPVER_CERT_HASH, *, arrived: bool = False) -> None:
+                     capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
+        """The map stream of a node `Coordinator.arrive` was called for."""
         try:
-            session, first = self.coord.open_session(node_id, compress, capver, arrived=arrived)
+            session, first = self.coord.open_session(node_id, compress, capver)
         except BaseException:
-            if arrived:
-                with trio.CancelScope(shield=True):
-                    await self.coord.depart(node_id)
+            with trio.CancelScope(shield=True):
+                await self.coord.depart(node_id)
             raise
         keepalive = mapframe.keepalive(compress)
         try:
