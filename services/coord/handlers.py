@@ -338,7 +338,7 @@ class ControlHandlers:
                     if messages:
                         data = framed(messages, compress)
                         await response.write(data)
-                        session.wrote(len(messages), len(data))
+                        session.wrote(len(data))
                         del data
                     else:
                         await response.write(keepalive)

@@ -7,6 +7,13 @@ client reconnects and gets a fresh full map.
 
 `SessionTable` holds the sessions by node id and runs the flusher: queued messages are written in
 passes, one send per session per pass, however many changes were applied since the last.
+
+A message for every session (the fan-out's `EVERY_SESSION`: a join in a full mesh) is appended once
+to the table's `SharedLog` instead of being queued on each session. Each session reads the log
+from its own position, taking what it has not read as one `LogRun` queue entry when it next
+writes, or before anything else is queued on it (so its messages stay in order). A join then costs
+the sessions nothing until the next flush pass, and sessions that take the same run share one
+coalesced frame.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 import trio
 
 from trioscale.shared.domain import tailcfg
-from trioscale.shared.domain.fanout import Message, Messages, SessionView
+from trioscale.shared.domain.fanout import EVERY_SESSION, Message, Messages, SessionView
 from trioscale.shared.domain.mapbatch import coalesce
 from trioscale.shared.proto import mapframe
 
@@ -34,6 +41,81 @@ FLUSH_YIELD_EVERY = 256
 #: session in few large writes, and stays near zero when changes come one at a time
 FLUSH_WIDEN = 4.0
 FLUSH_WINDOW_MAX = 1.0
+#: shared-log entries a session may leave unwritten before it is closed as fallen behind (as
+#: many changes as a full queue may fold)
+SHARED_LOG_BEHIND_LIMIT = SESSION_QUEUE_LIMIT * 64
+
+
+class LogRun:
+    """Entries [start, end) of the shared log, as queued on one session. It keeps the entry list
+    it was cut from (the log replaces its list when it trims, never changes one in place)."""
+
+    __slots__ = ("entries", "base", "start", "end")
+
+    def __init__(self, entries: list[Message], base: int, start: int, end: int) -> None:
+        self.entries = entries
+        self.base = base
+        self.start = start
+        self.end = end
+
+    def messages(self) -> list[Message]:
+        return self.entries[self.start - self.base:self.end - self.base]
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+class SharedLog:
+    """Messages for every session, appended once (see the module docstring). Positions count from
+    the table's start and are never reused, so a run is named by its two ends."""
+
+    def __init__(self) -> None:
+        self.entries: list[Message] = []
+        self.waves: list[FanoutWave | None] = []
+        #: the position of entries[0]
+        self.base = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.entries)
+
+    def append(self, message: Message, wave: FanoutWave | None) -> None:
+        self.entries.append(message)
+        self.waves.append(wave)
+
+    def run(self, start: int) -> LogRun:
+        return LogRun(self.entries, self.base, start, self.end)
+
+    def trim(self, low: int) -> None:
+        """Every session has written what lies before `low`: count those waves as written to all,
+        and let the entries go."""
+        cut = low - self.base
+        if cut <= 0:
+            return
+        for wave in self.waves[:cut]:
+            if wave is not None:
+                wave.written()
+        self.entries = self.entries[cut:]
+        self.waves = self.waves[cut:]
+        self.base = low
+
+
+Queued = Message | LogRun
+
+
+def messages_of(queued: list[Queued] | deque[Queued]) -> list[Message]:
+    """A queue's messages, its log runs spelled out."""
+    out: list[Message] = []
+    for item in queued:
+        if type(item) is LogRun:
+            out.extend(item.messages())
+        else:
+            out.append(item)  # type: ignore[arg-type]
+    return out
+
+
+def count_messages(queued: list[Queued] | deque[Queued]) -> int:
+    return sum(len(item) if type(item) is LogRun else 1 for item in queued)  # type: ignore[arg-type]
 
 
 def frame(message: Message, compress: str | None) -> bytes:
@@ -44,20 +126,20 @@ def frame(message: Message, compress: str | None) -> bytes:
     return out
 
 
-def framed(messages: list[Message] | deque[Message], compress: str | None,
+def framed(queued: list[Queued] | deque[Queued], compress: str | None,
            batches: dict[tuple, bytes] | None = None) -> bytes:
     """A session's queued messages coalesced into as few as give the same result
     (shared/domain/mapbatch.py) and framed. `batches` shares the bytes between the sessions of a
     flush pass that queued the same run of messages (the key holds the messages, so none of
-    their ids can be reused while it lives)."""
-    if len(messages) == 1:
-        return frame(messages[0], compress)
-    key = (compress, *messages)
+    their ids can be reused while it lives; a log run is named by its positions)."""
+    if len(queued) == 1 and type(queued[0]) is Message:
+        return frame(queued[0], compress)
+    key = (compress, *((item.start, item.end) if type(item) is LogRun else item for item in queued))
     if batches is not None:
         out = batches.get(key)
         if out is not None:
             return out
-    out = b"".join(frame(m, compress) for m in coalesce(list(messages)))
+    out = b"".join(frame(m, compress) for m in coalesce(messages_of(queued)))
     if batches is not None:
         batches[key] = out
     return out
@@ -69,10 +151,18 @@ class MapSession(SessionView):
     def __init__(self, node_id: int, compress: str | None, capver: int = tailcfg.CAPVER_CERT_HASH) -> None:
         super().__init__(node_id, capver)
         self.compress = compress
-        self.queue: deque[Message] = deque()
-        #: the committed change each queued message carries (None: not from the change log)
+        self.queue: deque[Queued] = deque()
+        #: the committed change each queued message carries (None: not from the change log, or a
+        #: log run, whose changes the log counts)
         self.waves: deque[FanoutWave | None] = deque()
         self._writing_waves: list[FanoutWave | None] = []
+        self._writing_count = 0
+        #: the table's shared log (once added), how far this session has taken it into its queue,
+        #: and how far it has written it
+        self.log: SharedLog | None = None
+        self.log_pos = 0
+        self.log_written = 0
+        self._writing_log_end = 0
         self.wakeup = trio.Event()
         self.closed = False
         self.close_reason = ""
@@ -94,6 +184,7 @@ class MapSession(SessionView):
         if len(self.queue) >= SESSION_QUEUE_LIMIT and not self._fold_queue():
             self.close("fell behind")
             return False
+        self.take_log()
         self.queue.append(message)
         self.waves.append(wave)
         if self.mark_dirty is not None and not self.writing:
@@ -108,24 +199,39 @@ class MapSession(SessionView):
         the client has been behind for too many changes: then it is closed."""
         if len(self.waves) >= SESSION_QUEUE_LIMIT * 64:
             return False
-        folded = coalesce(list(self.queue))
+        folded = coalesce(messages_of(self.queue))
         if len(folded) > SESSION_QUEUE_LIMIT // 2:
             return False
         self.queue = deque(folded)
         return True
 
+    def take_log(self) -> None:
+        """Queue what the shared log holds that this session has not taken yet, as one run."""
+        log = self.log
+        if log is not None and self.log_pos < log.end:
+            self.queue.append(log.run(self.log_pos))
+            self.waves.append(None)
+            self.log_pos = log.end
+
+    def _log_pending(self) -> bool:
+        return self.log is not None and self.log_pos < self.log.end
+
     def flush_nowait(self, batches: dict[tuple, bytes] | None = None) -> None:
         """Write what is queued at once if the connection can take it (one send for all of it);
         else leave it to the session's own task."""
-        if self.closed or self.writing or not self.queue or self.response is None:
-            if self.queue or self.closed:
+        if self.closed or self.writing or self.response is None:
+            if self.queue or self.closed or self._log_pending():
                 self.wakeup.set()
+            return
+        self.take_log()
+        if not self.queue:
             return
         data = framed(self.queue, self.compress, batches)
         if self.response.write_nowait(data):
-            observe_written(self.waves, len(self.queue), len(data))
+            observe_written(self.waves, count_messages(self.queue), len(data))
             self.queue.clear()
             self.waves.clear()
+            self.log_written = self.log_pos
         else:
             self.wakeup.set()
 
@@ -134,20 +240,25 @@ class MapSession(SessionView):
         self.close_reason = reason
         self.wakeup.set()
 
-    def wrote(self, frames: int, nbytes: int) -> None:
+    def wrote(self, nbytes: int) -> None:
         """The session's own task wrote what `next_messages` returned (`nbytes` on the stream)."""
-        observe_written(self._writing_waves, frames, nbytes)
+        observe_written(self._writing_waves, self._writing_count, nbytes)
         self._writing_waves = []
+        self.log_written = self._writing_log_end
 
-    async def next_messages(self, timeout: float) -> list[Message]:
-        """Queued messages; empty after `timeout` seconds of silence (time for a keepalive)."""
-        if not self.queue and not self.closed:
+    async def next_messages(self, timeout: float) -> list[Queued]:
+        """Queued messages (for `framed`); empty after `timeout` seconds of silence (time for a
+        keepalive)."""
+        if not self.queue and not self.closed and not self._log_pending():
             with trio.move_on_after(timeout):
                 await self.wakeup.wait()
         self.wakeup = trio.Event()
+        self.take_log()
         out = list(self.queue)
         self.queue.clear()
         self._writing_waves = list(self.waves)
+        self._writing_count = count_messages(out)
+        self._writing_log_end = self.log_pos
         self.waves.clear()
         self.writing = True  # until the caller has written these (or a keepalive): see push()
         return out
@@ -160,20 +271,29 @@ class SessionTable:
         self.by_node: dict[int, set[MapSession]] = {}
         self._dirty: dict[MapSession, None] = {}
         self._dirty_wakeup = trio.Event()
+        self.log = SharedLog()
+        #: the log's end when the flusher last visited every session
+        self._log_flushed = 0
 
     def deliver(self, messages: Messages, committed: datetime | None = None) -> None:
-        """Queue each message on its session; with `committed` (the change's commit time), the
-        write of the last of them is observed as the change's fan-out time."""
-        if committed is None:
-            for session, message in messages:
-                session.push(message)  # type: ignore[attr-defined]
-            return
-        wave = FanoutWave(committed, 0)
+        """Queue each message on its session (one for every session on the shared log); with
+        `committed` (the change's commit time), the write of the last of them is observed as the
+        change's fan-out time."""
+        wave = None if committed is None else FanoutWave(committed, 0)
         for session, message in messages:
-            if session.push(message, wave):  # type: ignore[attr-defined]
+            if session is EVERY_SESSION:
+                self.log.append(message, wave)
+                if wave is not None:
+                    wave.remaining += 1
+                self._dirty_wakeup.set()
+            elif session.push(message, wave) and wave is not None:  # type: ignore[union-attr]
                 wave.remaining += 1
 
     def add(self, session: MapSession) -> None:
+        """A new session, whose first map was built from the tailnet as it is now: it reads the
+        shared log from here on."""
+        session.log = self.log
+        session.log_pos = session.log_written = self.log.end
         self.by_node.setdefault(session.node_id, set()).add(session)
 
     def discard(self, session: MapSession) -> bool | None:
@@ -212,14 +332,43 @@ class SessionTable:
         latency stays one pass when they come slowly."""
         while True:
             await self._dirty_wakeup.wait()
-            self._dirty_wakeup = trio.Event()
-            dirty, self._dirty = self._dirty, {}
             started = trio.current_time()
-            batches: dict[tuple, bytes] = {}
-            for i, session in enumerate(dirty):
-                session.flush_nowait(batches)
-                if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
-                    await trio.sleep(0)  # let requests and the follower run during a long pass
-            del batches
+            await self.flush_pass()
             # rate control, not synchronisation: the next pass waits in proportion to this one
             await trio.sleep(min(FLUSH_WINDOW_MAX, (trio.current_time() - started) * FLUSH_WIDEN))
+
+    async def flush_pass(self) -> None:
+        """One pass: the sessions with messages queued (every session when the shared log grew)
+        write them, then the log lets go of what all have written."""
+        self._dirty_wakeup = trio.Event()
+        dirty, self._dirty = self._dirty, {}
+        log = self.log
+        if log.end > self._log_flushed:  # news for every session
+            self._log_flushed = log.end
+            for sessions in self.by_node.values():
+                dirty.update(dict.fromkeys(sessions))
+        batches: dict[tuple, bytes] = {}
+        for i, session in enumerate(dirty):
+            session.flush_nowait(batches)
+            if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
+                await trio.sleep(0)  # let requests and the follower run during a long pass
+        del batches
+        self.trim_log()
+
+    def trim_log(self) -> None:
+        """Drop the shared log's entries every open session has written, counting their changes as
+        delivered; close sessions too far behind to be waited for."""
+        log = self.log
+        end = log.end
+        if log.base == end:
+            return
+        low = end
+        for sessions in self.by_node.values():
+            for session in sessions:
+                if session.closed:
+                    continue
+                if end - session.log_written > SHARED_LOG_BEHIND_LIMIT:
+                    session.close("fell behind")
+                elif session.log_written < low:
+                    low = session.log_written
+        log.trim(low)

@@ -15,7 +15,9 @@ upsert/remove log, so a peer is added with PeersChanged before it is patched, re
 PeersRemoved.
 
 Identical messages are built once per change and shared by all their receivers (a `Message` is
-serialised once, however many sessions it goes to).
+serialised once, however many sessions it goes to). A message for every session of the fan-out is
+addressed to `EVERY_SESSION` instead of to each (a join in a full mesh): its receivers then queue
+it once for all, not once each (`addressed` spells it out per session).
 
 A policy change diffs *visibility classes* (nodes with the same rule memberships see the same peers,
 `CompiledPolicy.visibility_class`): old and new peer sets are compared once per pair of classes,
@@ -28,6 +30,7 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from trioscale.shared.model import Node, User
@@ -93,8 +96,32 @@ class SessionView:
 #: must say so to the sessions that were sent rules. Shared, never mutated.
 NO_SSH_RULES: dict[str, Any] = {"rules": []}
 
+class EverySession:
+    """The addressee of a message for every session the fan-out was given (their `sent` already
+    says what it announces)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EVERY_SESSION"
+
+
+EVERY_SESSION = EverySession()
+
 Sessions = Mapping[int, Collection[SessionView]]
-Messages = list[tuple[SessionView, Message]]
+Messages = list[tuple[SessionView | EverySession, Message]]
+
+
+def addressed(messages: Messages, sessions: Sessions) -> list[tuple[SessionView, Message]]:
+    """`messages` with each one for `EVERY_SESSION` given to every session in `sessions` (those the
+    fan-out was given), in order: what each session receives."""
+    out: list[tuple[SessionView, Message]] = []
+    for view, message in messages:
+        if view is EVERY_SESSION:
+            out.extend((each, message) for views in sessions.values() for each in views)
+        else:
+            out.append((view, message))  # type: ignore[arg-type]
+    return out
 
 
 # -- changes -----------------------------------------------------------------------------------------
@@ -200,14 +227,18 @@ def first_map_message(tailnet: Tailnet, view: SessionView, now: datetime) -> Mes
     """`first_map` as a Message, its Peers assembled from each peer's kept JSON (Tailnet.peer_text)
     rather than encoded again for every new session."""
     node = tailnet.nodes[view.node_id]
-    head, peers, sent = tailnet.full_map_text(node, now)
+    head, parts, ids = tailnet.full_map_text(node, now)
     head["DERPMap"] = tailcfg.derp_map_for_capver(head["DERPMap"], view.capver)
-    view.sent = PeerSet(sent)
+    view.sent = PeerSet(ids)
     remember_first_map(tailnet, view, head)
     rest = dumps(head).encode()
-    if peers is None:
+    if not parts:
         return Message(json_bytes=rest)
-    return Message(json_bytes=b'{"Peers":' + peers + b"," + rest[1:])
+    # {"Peers":[p1,…,pN],<rest>}: the brackets go on the first and last part, so that the
+    # megabytes of peers are copied once, by the join
+    parts[0] = b'{"Peers":[' + parts[0]
+    parts[-1] = parts[-1] + b"]," + rest[1:]
+    return Message(json_bytes=b",".join(parts))
 
 
 def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any]) -> None:
@@ -439,8 +470,15 @@ class _Run:
             return False
         audience = policy.visible_ids(new.id)
         sessions = self.sessions
-        message: Message | None = None
         nid = new.id
+        message: Message | None = None
+        if nid not in sessions and sessions.keys() <= audience:
+            # every session may see it (a full mesh): one entry for all; each still records it
+            PeerSet.insert_into_each((view.sent for view in chain.from_iterable(sessions.values())), nid)
+            if sessions:
+                message = Message(tailnet.encode_delta(Delta("changed", nid), changed, self.now))
+                self.out.append((EVERY_SESSION, message))
+            return True
         pairs = ((v, sessions[v]) for v in audience if v in sessions) if len(audience) < len(sessions) \
             else sessions.items()
         push = self.out.append

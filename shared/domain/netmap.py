@@ -96,10 +96,10 @@ class Tailnet:
             # not at every node of the tailnet (a first map was O(N) can_see calls, O(N²) in all)
             # and every one of those it may see (class peers and shares are exactly can_see), so
             # what is left to ask is whether the peer can be announced yet
-            nodes = self.nodes
+            get = self.nodes.get
             vid = viewer.id
-            found = (nodes.get(i) for i in sorted(self.policy.visible_ids(vid)) if i != vid)
-            return [n for n in found if n is not None and n.disco_key is not None]  # announceable
+            return [n for i in sorted(self.policy.visible_ids(vid))
+                    if i != vid and (n := get(i)) is not None and n.disco_key is not None]  # announceable
         return sorted((p for p in candidates if self.can_see(viewer, p)), key=lambda n: n.id)
 
     def peer_view(self, viewer_id: int | None, peer: Node) -> Any:
@@ -193,14 +193,15 @@ class Tailnet:
         self._map_rest(msg, viewer, peers, now)
         return msg, {p.id for p in peers}
 
-    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], bytes | None, set[int]]:
-        """`full_map` in two parts: every field but Peers, and the Peers list as JSON bytes (None:
-        no peers), assembled from each peer's kept JSON (`peer_text`)."""
+    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], list[bytes], list[int]]:
+        """`full_map` in parts: every field but Peers, each peer's JSON bytes (from its kept JSON,
+        `peer_text`) and the peers' ids, in order. The caller joins the parts once: a first map
+        of thousands of peers is megabytes, and every copy of it counts in a join storm."""
         peers = self.visible_peers(viewer)
         msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
         self._map_rest(msg, viewer, peers, now)
         if not peers:
-            return msg, None, set()
+            return msg, [], []
         pictured = self._pictured_peers(viewer)
         peer_text = self.peer_text
         parts = []
@@ -211,7 +212,7 @@ class Tailnet:
             else:
                 parts.append(json.dumps(self.peer_json(p, now, view=view), separators=(",", ":"),
                                         ensure_ascii=False).encode())
-        return msg, b"[" + b",".join(parts) + b"]", {p.id for p in peers}
+        return msg, parts, [p.id for p in peers]
 
     def _pictured_peers(self, viewer: Node) -> set[int] | None:
         """The only peers `viewer` may have a picture of (`peer_view` not None): routers and nodes

@@ -223,3 +223,14 @@ def test_peerset_add_all_is_many_adds(first, more):
     ps = PeerSet(first)
     ps.add_all(more)
     assert set(ps) == set(first) | set(more) and len(ps) == len(set(first) | set(more))
+
+
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=3000), max_size=30), max_size=8),
+       st.integers(min_value=0, max_value=5000))
+def test_peerset_insert_into_each_is_an_insert_into_every_one(contents, node_id):
+    from trioscale.shared.domain.peerset import PeerSet
+
+    sets = [PeerSet(ids) for ids in contents]
+    PeerSet.insert_into_each(iter(sets), node_id)
+    for ps, ids in zip(sets, contents):
+        assert set(ps) == set(ids) | {node_id} and len(ps) == len(set(ids) | {node_id})

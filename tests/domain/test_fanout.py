@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from trioscale.shared.domain import fanout
 from trioscale.shared.domain.fanout import (
-    DERPMapSet, DNSConfigSet, NodeRemoved, NodeSet, OnlineSet, PolicySet, SessionView, ShareSet, UserSet,
-    fan_out, first_map,
+    EVERY_SESSION, DERPMapSet, DNSConfigSet, NodeRemoved, NodeSet, OnlineSet, PolicySet, SessionView, ShareSet,
+    UserSet, addressed, first_map,
 )
 from trioscale.shared.domain.netmap import Settings, Tailnet
 from trioscale.shared.domain.policy import Policy
@@ -25,6 +25,11 @@ from trioscale.shared.domain.policy.host import PolicyHost
 from trioscale.shared.model import Node, User
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def fan_out(tailnet, sessions, change, now):
+    """The fan-out as each session receives it (a message for EVERY_SESSION given to each)."""
+    return addressed(fanout.fan_out(tailnet, sessions, change, now), sessions)
 
 POLICIES = [
     None,
@@ -176,6 +181,28 @@ def test_without_a_policy_everyone_sees_everyone_and_a_new_node_reaches_all():
     assert sorted(v.node_id for v, _ in out) == [1, 2, 3, 4]
     assert len({id(m) for _, m in out}) == 1  # one message, built once, for all of them
     assert [p["ID"] for p in body(out[0][1])["PeersChanged"]] == [5]
+
+
+def _a_fifth_node_joins(text: str):
+    """Two users' four nodes, each with a session, and a fifth node of u0's joining under `text`."""
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    tailnet = make_tailnet([make_node(i, 1 + i % 2) for i in range(1, 5)], users, text)
+    sessions, _ = open_sessions(tailnet)
+    return sessions, fanout.fan_out(tailnet, sessions, NodeSet(make_node(5, 1)), NOW)
+
+
+def test_a_join_everyone_may_see_is_one_message_for_every_session():
+    sessions, out = _a_fifth_node_joins('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}')
+    assert len(out) == 1 and out[0][0] is EVERY_SESSION
+    assert [p["ID"] for p in body(out[0][1])["PeersChanged"]] == [5]
+    assert all(5 in view.sent for views in sessions.values() for view in views)  # recorded all the same
+    assert sorted(v.node_id for v, _ in addressed(out, sessions)) == [1, 2, 3, 4]
+
+
+def test_a_join_only_some_may_see_is_addressed_to_each_of_them():
+    _, out = _a_fifth_node_joins(
+        '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}')
+    assert {v.node_id for v, _ in out} == {2, 4}  # u0's devices only, each by name
 
 
 def test_a_peer_change_reaches_exactly_the_sessions_that_can_see_it():

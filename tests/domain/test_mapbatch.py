@@ -16,11 +16,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from domain.test_fanout import (  # tests/ is on sys.path (pyproject: pythonpath)
-    NOW, POLICIES, TAG_SETS, Client, assert_like_fresh_maps, make_node, make_tailnet, open_one, open_sessions,
+    NOW, POLICIES, TAG_SETS, Client, assert_like_fresh_maps, fan_out, make_node, make_tailnet, open_one,
+    open_sessions,
 )
-from trioscale.shared.domain.fanout import (
-    DERPMapSet, Message, NodeRemoved, NodeSet, OnlineSet, PolicySet, ShareSet, fan_out,
-)
+from trioscale.shared.domain.fanout import DERPMapSet, Message, NodeRemoved, NodeSet, OnlineSet, PolicySet, ShareSet
 from trioscale.shared.domain.mapbatch import coalesce
 from trioscale.shared.domain.policy import Policy
 from trioscale.shared.model import User

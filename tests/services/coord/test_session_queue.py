@@ -1,13 +1,19 @@
 """A map session's queue stays bounded when its client reads slowly: a full queue of deltas is
 coalesced in place (the client then gets one MapResponse with the same effect); a queue that does
-not fold, or a client behind by too many changes, closes the session (it reconnects to a full map)."""
+not fold, or a client behind by too many changes, closes the session (it reconnects to a full map).
+Messages for every session go through the table's shared log, in their place among each
+session's own."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
-from trioscale.services.coord.sessions import SESSION_QUEUE_LIMIT, MapSession, framed
-from trioscale.shared.domain.fanout import Message
+from trioscale.services.coord.metrics import FANOUT_SECONDS
+from trioscale.services.coord.sessions import (
+    SESSION_QUEUE_LIMIT, SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, framed,
+)
+from trioscale.shared.domain.fanout import EVERY_SESSION, Message
 from trioscale.shared.proto import mapframe
 
 
@@ -32,3 +38,96 @@ def test_a_queue_that_does_not_fold_closes_the_session():
         pushed += 1
     assert session.closed and session.close_reason == "fell behind"
     assert pushed == SESSION_QUEUE_LIMIT
+
+
+# -- the shared log: a message for every session is appended once, read by each from its place --------
+class Stream:
+    """A connection that takes every write at once and keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write_nowait(self, data: bytes) -> bool:
+        self.writes.append(data)
+        return True
+
+    def bodies(self) -> list[dict]:
+        return mapframe.MapStreamDecoder("zstd").receive_messages(b"".join(self.writes))
+
+
+def open_session(table: SessionTable, node_id: int) -> tuple[MapSession, Stream]:
+    session = MapSession(node_id, "zstd")
+    table.add(session)
+    stream = Stream()
+    session.attach(stream, table.mark_dirty)
+    return session, stream
+
+
+def joined(node_id: int) -> Message:
+    return Message({"PeersChanged": [{"ID": node_id}]})
+
+
+async def test_messages_for_every_session_keep_their_place_among_a_sessions_own():
+    table = SessionTable()
+    (a, stream_a), (b, stream_b) = open_session(table, 1), open_session(table, 2)
+    patch = Message({"PeersChangedPatch": [{"NodeID": 10, "Online": False}]})
+    table.deliver([(EVERY_SESSION, joined(10)), (a, patch), (EVERY_SESSION, joined(11))])
+    assert a.log_pos == 1 and b.log_pos == 0  # `a` took the first join before its patch
+    late, stream_late = open_session(table, 3)  # its first map already lists 10 and 11
+    await table.flush_pass()
+    # one body each (coalesced): `a` has 10 patched offline, then 11; `b` both as announced
+    assert stream_a.bodies() == [{"PeersChanged": [{"ID": 10}, {"ID": 11}],
+                                  "PeersChangedPatch": [{"NodeID": 10, "Online": False}]}]
+    assert stream_b.bodies() == [{"PeersChanged": [{"ID": 10}, {"ID": 11}]}]
+    assert stream_late.writes == []
+    assert table.log.entries == [] and table.log.base == 2  # written by all: let go
+
+
+async def test_sessions_that_take_the_same_run_share_its_frame_and_the_change_is_counted_once():
+    table = SessionTable()
+    streams = [open_session(table, node_id)[1] for node_id in range(1, 6)]
+    before = fanouts_observed()
+    table.deliver([(EVERY_SESSION, joined(20)), (EVERY_SESSION, joined(21))], datetime.now(timezone.utc))
+    await table.flush_pass()
+    (first,) = streams[0].writes
+    assert all(stream.writes[0] is first for stream in streams)  # coalesced and compressed once
+    assert table.log.entries == []
+    assert fanouts_observed() == before + 1  # one change, written to all five
+
+
+def fanouts_observed() -> float:
+    (family,) = FANOUT_SECONDS.collect()
+    return next(s.value for s in family.samples if s.name.endswith("_count"))
+
+
+async def test_a_session_that_never_writes_holds_the_log_until_it_falls_behind():
+    table = SessionTable()
+    stuck = MapSession(1, "zstd")
+    table.add(stuck)
+    stuck.attach(Stream(), table.mark_dirty)
+    stuck.writing = True  # its own task never comes back from a write
+    _, stream = open_session(table, 2)
+    table.deliver([(EVERY_SESSION, joined(100))])
+    await table.flush_pass()
+    assert len(stream.bodies()) == 1
+    assert len(table.log.entries) == 1 and not stuck.closed  # kept for the one that has not written
+    table.deliver([(EVERY_SESSION, joined(100 + i)) for i in range(1, SHARED_LOG_BEHIND_LIMIT + 1)])
+    await table.flush_pass()
+    assert stuck.closed and stuck.close_reason == "fell behind"
+    assert table.log.entries == []
+
+
+async def test_a_session_writing_by_itself_reads_the_log_too():
+    table = SessionTable()
+    session = MapSession(1, "zstd")
+    table.add(session)  # not attached yet: its first map is still being written
+    table.deliver([(EVERY_SESSION, joined(30))])
+    await table.flush_pass()
+    assert session.wakeup.is_set()
+    queued = await session.next_messages(timeout=0)
+    assert mapframe.MapStreamDecoder("zstd").receive_messages(framed(queued, "zstd")) == [
+        {"PeersChanged": [{"ID": 30}]}]
+    session.wrote(1)
+    session.writing = False
+    table.trim_log()
+    assert table.log.entries == []
