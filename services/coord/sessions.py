@@ -8,16 +8,17 @@ client reconnects and gets a fresh full map.
 `SessionTable` holds the sessions by node id and runs the flusher: queued messages are written in
 passes, one send per session per pass, however many changes were applied since the last.
 
-A message for every session (the fan-out's `EVERY_SESSION`: a join in a full mesh) is appended once
-to the table's `SharedLog` instead of being queued on each session. Each session reads the log
-from its own position, taking what it has not read as one `LogRun` queue entry when it next
-writes, or before anything else is queued on it (so its messages stay in order). A join then costs
-the sessions nothing until the next flush pass, and sessions that take the same run share one
-coalesced frame.
+A message for every session (the fan-out's `EverySession`: a join in a full mesh, or a node's new
+endpoints for every session but its own) is appended once to the table's `SharedLog` instead of
+being queued on each session. Each session reads the log from its own position, taking what it
+has not read (and is for it) as one `LogRun` queue entry when it next writes, or before anything
+else is queued on it (so its messages stay in order). A join then costs the sessions nothing until
+the next flush pass, and sessions that take the same run share one coalesced frame.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -26,7 +27,7 @@ from typing import Any
 import trio
 
 from trioscale.shared.domain import tailcfg
-from trioscale.shared.domain.fanout import EVERY_SESSION, Message, Messages, SessionView
+from trioscale.shared.domain.fanout import EverySession, Message, Messages, SessionView
 from trioscale.shared.domain.mapbatch import coalesce
 from trioscale.shared.proto import mapframe
 
@@ -47,31 +48,48 @@ SHARED_LOG_BEHIND_LIMIT = SESSION_QUEUE_LIMIT * 64
 
 
 class LogRun:
-    """Entries [start, end) of the shared log, as queued on one session. It keeps the entry list
-    it was cut from (the log replaces its list when it trims, never changes one in place)."""
+    """Entries [start, end) of the shared log, as queued on a session of node `node`. It keeps the
+    lists it was cut from (the log replaces its lists when it trims, never changes one in place)."""
 
-    __slots__ = ("entries", "base", "start", "end")
+    __slots__ = ("log_entries", "buts", "base", "start", "end", "node")
 
-    def __init__(self, entries: list[Message], base: int, start: int, end: int) -> None:
-        self.entries = entries
+    def __init__(self, entries: list[Message], buts: list[int | None] | None, base: int, start: int,
+                 end: int, node: int | None) -> None:
+        self.log_entries = entries
+        #: each entry's `but` node, when some entry in the run is not for `node`; else None
+        self.buts = buts
         self.base = base
         self.start = start
         self.end = end
+        self.node = node
+
+    def key(self) -> tuple:
+        """What names the run's messages among those of one flush pass."""
+        return (self.start, self.end) if self.buts is None else (self.start, self.end, self.node)
 
     def messages(self) -> list[Message]:
-        return self.entries[self.start - self.base:self.end - self.base]
+        first, last = self.start - self.base, self.end - self.base
+        if self.buts is None:
+            return self.log_entries[first:last]
+        node = self.node
+        return [m for m, but in zip(self.log_entries[first:last], self.buts[first:last]) if but != node]
 
     def __len__(self) -> int:
         return self.end - self.start
 
 
 class SharedLog:
-    """Messages for every session, appended once (see the module docstring). Positions count from
-    the table's start and are never reused, so a run is named by its two ends."""
+    """Messages for every session (or every session but one node's), appended once (see the module
+    docstring). Positions count from the table's start and are never reused, so a run is named by
+    its two ends (and, if it holds an entry not for some node, that node)."""
 
     def __init__(self) -> None:
         self.entries: list[Message] = []
         self.waves: list[FanoutWave | None] = []
+        #: each entry's node whose sessions it is not for (None: for all)
+        self.buts: list[int | None] = []
+        #: node -> positions of the entries not for it, ascending
+        self.skips: dict[int, list[int]] = {}
         #: the position of entries[0]
         self.base = 0
 
@@ -79,12 +97,22 @@ class SharedLog:
     def end(self) -> int:
         return self.base + len(self.entries)
 
-    def append(self, message: Message, wave: FanoutWave | None) -> None:
+    def append(self, message: Message, wave: FanoutWave | None, but: int | None = None) -> None:
+        if but is not None:
+            self.skips.setdefault(but, []).append(self.end)
         self.entries.append(message)
         self.waves.append(wave)
+        self.buts.append(but)
 
-    def run(self, start: int) -> LogRun:
-        return LogRun(self.entries, self.base, start, self.end)
+    def run(self, start: int, node: int) -> LogRun | None:
+        """Entries from `start` to the end for a session of `node`; None when none is for it."""
+        end = self.end
+        skipped = self.skips.get(node)
+        if skipped is None or skipped[-1] < start:
+            return LogRun(self.entries, None, self.base, start, end, node)
+        if len(skipped) - bisect_left(skipped, start) == end - start:
+            return None  # only news of the node itself, which its own sessions learn otherwise
+        return LogRun(self.entries, self.buts, self.base, start, end, node)
 
     def trim(self, low: int) -> None:
         """Every session has written what lies before `low`: count those waves as written to all,
@@ -97,7 +125,10 @@ class SharedLog:
                 wave.written()
         self.entries = self.entries[cut:]
         self.waves = self.waves[cut:]
+        self.buts = self.buts[cut:]
         self.base = low
+        if self.skips:
+            self.skips = {node: kept for node, at in self.skips.items() if (kept := [p for p in at if p >= low])}
 
 
 Queued = Message | LogRun
@@ -134,7 +165,7 @@ def framed(queued: list[Queued] | deque[Queued], compress: str | None,
     their ids can be reused while it lives; a log run is named by its positions)."""
     if len(queued) == 1 and type(queued[0]) is Message:
         return frame(queued[0], compress)
-    key = (compress, *((item.start, item.end) if type(item) is LogRun else item for item in queued))
+    key = (compress, *(item.key() if type(item) is LogRun else item for item in queued))
     if batches is not None:
         out = batches.get(key)
         if out is not None:
@@ -209,9 +240,11 @@ class MapSession(SessionView):
         """Queue what the shared log holds that this session has not taken yet, as one run."""
         log = self.log
         if log is not None and self.log_pos < log.end:
-            self.queue.append(log.run(self.log_pos))
-            self.waves.append(None)
+            run = log.run(self.log_pos, self.node_id)
             self.log_pos = log.end
+            if run is not None:
+                self.queue.append(run)
+                self.waves.append(None)
 
     def _log_pending(self) -> bool:
         return self.log is not None and self.log_pos < self.log.end
@@ -225,6 +258,7 @@ class MapSession(SessionView):
             return
         self.take_log()
         if not self.queue:
+            self.log_written = self.log_pos  # what it took was not for it
             return
         data = framed(self.queue, self.compress, batches)
         if self.response.write_nowait(data):
@@ -255,6 +289,8 @@ class MapSession(SessionView):
         self.wakeup = trio.Event()
         self.take_log()
         out = list(self.queue)
+        if not out:
+            self.log_written = self.log_pos  # nothing in flight: what it took was not for it
         self.queue.clear()
         self._writing_waves = list(self.waves)
         self._writing_count = count_messages(out)
@@ -281,8 +317,8 @@ class SessionTable:
         change's fan-out time."""
         wave = None if committed is None else FanoutWave(committed, 0)
         for session, message in messages:
-            if session is EVERY_SESSION:
-                self.log.append(message, wave)
+            if type(session) is EverySession:
+                self.log.append(message, wave, session.but)
                 if wave is not None:
                     wave.remaining += 1
                 self._dirty_wakeup.set()

@@ -16,7 +16,8 @@ PeersRemoved.
 
 Identical messages are built once per change and shared by all their receivers (a `Message` is
 serialised once, however many sessions it goes to). A message for every session of the fan-out is
-addressed to `EVERY_SESSION` instead of to each (a join in a full mesh): its receivers then queue
+addressed to `EVERY_SESSION` instead of to each (a join in a full mesh), one for every session but
+a node's own to `EverySession(but=node)` (its endpoints or online state): the receivers then queue
 it once for all, not once each (`addressed` spells it out per session).
 
 A policy change diffs *visibility classes* (nodes with the same rule memberships see the same peers,
@@ -36,7 +37,7 @@ from typing import Any
 from trioscale.shared.model import Node, User
 
 from . import tailcfg
-from .netmap import Delta, Tailnet, changed_fields
+from .netmap import PATCHABLE_FIELDS, Delta, Tailnet, changed_fields
 from .peerset import PeerSet
 
 
@@ -97,16 +98,22 @@ class SessionView:
 NO_SSH_RULES: dict[str, Any] = {"rules": []}
 
 class EverySession:
-    """The addressee of a message for every session the fan-out was given (their `sent` already
-    says what it announces)."""
+    """The addressee of a message for every session the fan-out was given but those of node `but`
+    (a change of that node, which its own sessions learn of otherwise); their `sent` already says
+    what it announces."""
 
-    __slots__ = ()
+    __slots__ = ("but",)
+
+    def __init__(self, but: int | None = None) -> None:
+        self.but = but
 
     def __repr__(self) -> str:
-        return "EVERY_SESSION"
+        return "EVERY_SESSION" if self.but is None else f"EverySession(but={self.but})"
 
 
 EVERY_SESSION = EverySession()
+#: a message for every other session goes to `EverySession` once there are this many of them
+EVERY_SESSION_FROM = 2
 
 Sessions = Mapping[int, Collection[SessionView]]
 Messages = list[tuple[SessionView | EverySession, Message]]
@@ -117,8 +124,9 @@ def addressed(messages: Messages, sessions: Sessions) -> list[tuple[SessionView,
     fan-out was given), in order: what each session receives."""
     out: list[tuple[SessionView, Message]] = []
     for view, message in messages:
-        if view is EVERY_SESSION:
-            out.extend((each, message) for views in sessions.values() for each in views)
+        if type(view) is EverySession:
+            out.extend((each, message) for node_id, views in sessions.items() if node_id != view.but
+                       for each in views)
         else:
             out.append((view, message))  # type: ignore[arg-type]
     return out
@@ -255,12 +263,6 @@ def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any
         picture = tailnet.peer_view(vid, tailnet.nodes[pid])
         if picture is not None:
             view.views[pid] = picture
-
-
-def sessions_that_may_know(tailnet: Tailnet, sessions: Sessions, node_id: int) -> list[Collection[SessionView]]:
-    """The session sets whose `sent` may hold `node_id` (see `viewers_that_may_know`)."""
-    viewers = viewers_that_may_know(tailnet, sessions, node_id)
-    return list(sessions.values()) if viewers is None else [views for _, views in viewers]
 
 
 def viewers_that_may_know(tailnet: Tailnet, sessions: Sessions,
@@ -423,6 +425,8 @@ class _Run:
             # when the policy's picture of the node is unchanged, so is who may see it: only the
             # node's own sessions and those of its visible peers can be told anything (endpoint churn)
             viewers = viewers_that_may_know(tailnet, self.sessions, new.id)
+            if viewers is None and was_announced and self.tell_every_other(old, new, changed):
+                viewers = []
         if viewers is None:
             viewers = list(self.sessions.items())
         else:
@@ -493,6 +497,32 @@ class _Run:
                 push((view, message))
         return True
 
+    def every_other_knows(self, node_id: int) -> bool:
+        """Whether every session but the node's own has been told of it, so that a message about
+        it for all of them can go to `EverySession(but=node_id)` (False when they are too few to be
+        worth it)."""
+        sessions = self.sessions
+        if len(sessions) - (node_id in sessions) < EVERY_SESSION_FROM:
+            return False
+        return all(node_id in view.sent for vid, views in sessions.items() if vid != node_id for view in views)
+
+    def tell_every_other(self, old: Node | None, new: Node, changed: frozenset[str]) -> bool:
+        """An announced node changed and the policy's picture of it did not (so neither did who may
+        see it): when every other session knows it and none has a picture of its own of it (it
+        routes nothing, no one has IPv4 off), they all get the same delta, sent to
+        `EverySession(but=new.id)`. False leaves it to the general path."""
+        tailnet = self.tailnet
+        policy = self.policy
+        nid = new.id
+        if old is None or policy is None or tailnet.visibility != policy.can_see or not tailnet.announceable(new):
+            return False
+        if policy.ipv4_off() or nid in policy.routers() or not self.every_other_knows(nid):
+            return False
+        patch = changed <= PATCHABLE_FIELDS and old.disco_key is not None
+        delta = Delta("patch" if patch else "changed", nid)
+        self.out.append((EverySession(nid), Message(tailnet.encode_delta(delta, changed, self.now))))
+        return True
+
     def delta_message(self, delta: Delta, changed: frozenset[str], cache: dict, viewer_id: int,
                       view: SessionView) -> Message:
         tailnet = self.tailnet
@@ -540,10 +570,14 @@ class _Run:
         node = tailnet.nodes.get(node_id)
         if node is not None and tailnet.announceable(node):  # else no session was told of it
             patch = Message(tailnet.online_patch(node_id, online, last_seen))
-            for views in sessions_that_may_know(tailnet, self.sessions, node_id):
-                for view in views:
-                    if node_id in view.sent:
-                        self.push(view, patch)
+            groups = viewers_that_may_know(tailnet, self.sessions, node_id)
+            if groups is None and self.every_other_knows(node_id):
+                self.out.append((EverySession(node_id), patch))
+            else:
+                for _, views in groups if groups is not None else self.sessions.items():
+                    for view in views:
+                        if node_id in view.sent:
+                            self.push(view, patch)
         policy = self.policy
         if policy is not None and (policy.primaries or policy.compiled.net.route_owners):
             # HA routes: a router going offline hands over its prefixes

@@ -199,6 +199,20 @@ def test_a_join_everyone_may_see_is_one_message_for_every_session():
     assert sorted(v.node_id for v, _ in addressed(out, sessions)) == [1, 2, 3, 4]
 
 
+def test_news_of_a_node_everyone_sees_is_one_message_for_every_other_session():
+    users = [User(id=1, name="u0")]
+    tailnet = make_tailnet([make_node(i, 1) for i in range(1, 5)], users,
+                           '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}')
+    sessions, _ = open_sessions(tailnet)
+    moved = tailnet.nodes[1].replace(endpoints=("192.0.2.1:41641",))
+    (to, message), = fanout.fan_out(tailnet, sessions, NodeSet(moved, ("endpoints",)), NOW)
+    assert type(to) is fanout.EverySession and to.but == 1  # its own session learns nothing new
+    assert body(message) == {"PeersChangedPatch": [{"NodeID": 1, "Endpoints": ["192.0.2.1:41641"]}]}
+    (to, message), = fanout.fan_out(tailnet, sessions, OnlineSet(2, False), NOW)
+    assert to.but == 2 and body(message)["PeersChangedPatch"][0]["Online"] is False
+    assert sorted(v.node_id for v, _ in addressed([(to, message)], sessions)) == [1, 3, 4]
+
+
 def test_a_join_only_some_may_see_is_addressed_to_each_of_them():
     _, out = _a_fifth_node_joins(
         '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}')

@@ -13,7 +13,7 @@ from trioscale.services.coord.metrics import FANOUT_SECONDS
 from trioscale.services.coord.sessions import (
     SESSION_QUEUE_LIMIT, SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, framed,
 )
-from trioscale.shared.domain.fanout import EVERY_SESSION, Message
+from trioscale.shared.domain.fanout import EVERY_SESSION, EverySession, Message
 from trioscale.shared.proto import mapframe
 
 
@@ -130,4 +130,23 @@ async def test_a_session_writing_by_itself_reads_the_log_too():
     session.wrote(1)
     session.writing = False
     table.trim_log()
+    assert table.log.entries == []
+
+
+async def test_news_of_a_node_for_every_other_session_passes_its_own_sessions_by():
+    table = SessionTable()
+    (a, stream_a), (b, stream_b), (c, stream_c) = (open_session(table, n) for n in (1, 2, 3))
+    moved = Message({"PeersChangedPatch": [{"NodeID": 1, "Endpoints": ["192.0.2.1:41641"]}]})
+    table.deliver([(EverySession(but=1), moved)])
+    await table.flush_pass()
+    assert stream_a.writes == []  # its own news: nothing to write, yet the log is let go
+    assert stream_b.bodies() == stream_c.bodies() == [moved.fields()]
+    assert stream_b.writes[0] is stream_c.writes[0]
+    assert table.log.entries == [] and table.log.skips == {}
+    # a run mixing news for all and news of node 1: node 1's sessions get only the former
+    table.deliver([(EVERY_SESSION, joined(40)), (EverySession(but=1), moved), (EverySession(but=2), joined(41))])
+    await table.flush_pass()
+    assert stream_a.bodies() == [{"PeersChanged": [{"ID": 40}, {"ID": 41}]}]
+    assert stream_b.bodies()[1:] == [{"PeersChanged": [{"ID": 40}], **moved.fields()}]
+    assert stream_c.bodies()[1:] == [{"PeersChanged": [{"ID": 40}, {"ID": 41}], **moved.fields()}]
     assert table.log.entries == []
