@@ -164,11 +164,20 @@ def public_key(private_key: bytes) -> bytes:
     return priv.public_key().public_bytes_raw()
 
 
+def private_key_object(private_key: bytes) -> X25519PrivateKey:
+    """``private_key`` loaded for several exchanges: loading derives the public key, a scalar
+    multiplication as costly as an exchange, so a handshake loads each of its keys once."""
+    return X25519PrivateKey.from_private_bytes(_check_raw(private_key))
+
+
+def exchange(private_key: X25519PrivateKey, peer_public_key: bytes) -> bytes:
+    """X25519 with a loaded key; raises ``ValueError`` for an all-zero result (low-order point)."""
+    return private_key.exchange(X25519PublicKey.from_public_bytes(_check_raw(peer_public_key)))
+
+
 def x25519(private_key: bytes, peer_public_key: bytes) -> bytes:
     """X25519(private, public); raises ``ValueError`` for an all-zero result (low-order point)."""
-    priv = X25519PrivateKey.from_private_bytes(_check_raw(private_key))
-    pub = X25519PublicKey.from_public_bytes(_check_raw(peer_public_key))
-    return priv.exchange(pub)
+    return exchange(private_key_object(private_key), peer_public_key)
 
 
 # --- key file -----------------------------------------------------------------------------------

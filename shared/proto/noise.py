@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from . import keys
@@ -118,9 +119,9 @@ def _hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
     return out1, out2
 
 
-def _dh(private_key: bytes, public_key: bytes) -> bytes:
+def _dh(private_key: X25519PrivateKey, public_key: bytes) -> bytes:
     try:
-        return keys.x25519(private_key, public_key)
+        return keys.exchange(private_key, public_key)
     except ValueError as exc:  # low-order point → all-zero shared secret
         raise RemoteProtocolError("invalid Diffie-Hellman public key") from exc
 
@@ -139,7 +140,7 @@ class _SymmetricState:
     def mix_hash(self, data: bytes) -> None:
         self.h = _hash(self.h + data)
 
-    def mix_dh(self, private_key: bytes, public_key: bytes) -> bytes:
+    def mix_dh(self, private_key: X25519PrivateKey, public_key: bytes) -> bytes:
         self.ck, k = _hkdf2(self.ck, _dh(private_key, public_key))
         return k
 
@@ -188,6 +189,19 @@ class Handshake:
         return self.peer_static
 
 
+#: the responder's static key, loaded (a server answers every handshake with the same one)
+_SERVER_KEY: tuple[bytes, X25519PrivateKey, bytes] | None = None
+
+
+def _server_key(private_key: bytes) -> tuple[X25519PrivateKey, bytes]:
+    global _SERVER_KEY
+    held = _SERVER_KEY
+    if held is None or held[0] != private_key:
+        loaded = keys.private_key_object(private_key)
+        held = _SERVER_KEY = (bytes(private_key), loaded, loaded.public_key().public_bytes_raw())
+    return held[1], held[2]
+
+
 def respond(
     initiation: bytes,
     server_private_key: bytes,
@@ -201,18 +215,19 @@ def respond(
     """
     initiation = bytes(initiation)
     version = parse_initiation_version(initiation)
-    server_public = keys.public_key(server_private_key)
+    server, server_public = _server_key(server_private_key)
     ss = _SymmetricState(version, server_public)
 
     client_eph = initiation[5:37]
     ss.mix_hash(client_eph)
-    k = ss.mix_dh(server_private_key, client_eph)  # es
+    k = ss.mix_dh(server, client_eph)  # es
     machine_key = ss.decrypt_and_hash(k, initiation[37:85])
-    k = ss.mix_dh(server_private_key, machine_key)  # ss
+    k = ss.mix_dh(server, machine_key)  # ss
     ss.decrypt_and_hash(k, initiation[85:101])
 
-    eph = ephemeral_private_key if ephemeral_private_key is not None else keys.generate_private_key()
-    eph_pub = keys.public_key(eph)
+    eph = keys.private_key_object(ephemeral_private_key if ephemeral_private_key is not None
+                                  else keys.generate_private_key())
+    eph_pub = eph.public_key().public_bytes_raw()
     ss.mix_hash(eph_pub)
     ss.mix_dh(eph, client_eph)  # ee
     k = ss.mix_dh(eph, machine_key)  # se
@@ -249,10 +264,11 @@ class Initiator:
         if not 0 <= version <= 0xFFFF:
             raise LocalProtocolError(f"version {version} does not fit in u16")
         self._server_public = bytes(server_public_key)
-        self._machine_private = bytes(machine_private_key)
+        self._machine = keys.private_key_object(bytes(machine_private_key))
         self.version = version
-        self._eph = ephemeral_private_key if ephemeral_private_key is not None else keys.generate_private_key()
-        self._eph_pub = keys.public_key(self._eph)
+        self._eph = keys.private_key_object(ephemeral_private_key if ephemeral_private_key is not None
+                                            else keys.generate_private_key())
+        self._eph_pub = self._eph.public_key().public_bytes_raw()
         self._ss = _SymmetricState(version, self._server_public)
         self._done = False
 
@@ -260,8 +276,8 @@ class Initiator:
         ss.mix_hash(self._eph_pub)
         try:
             k = ss.mix_dh(self._eph, self._server_public)  # es
-            machine_ct = ss.encrypt_and_hash(k, keys.public_key(self._machine_private))
-            k = ss.mix_dh(self._machine_private, self._server_public)  # ss
+            machine_ct = ss.encrypt_and_hash(k, self._machine.public_key().public_bytes_raw())
+            k = ss.mix_dh(self._machine, self._server_public)  # ss
         except RemoteProtocolError as exc:
             raise LocalProtocolError(f"bad server public key: {exc}") from None
         tag = ss.encrypt_and_hash(k, b"")
@@ -299,7 +315,7 @@ class Initiator:
         server_eph = message[3:35]
         ss.mix_hash(server_eph)
         ss.mix_dh(self._eph, server_eph)  # ee
-        k = ss.mix_dh(self._machine_private, server_eph)  # se
+        k = ss.mix_dh(self._machine, server_eph)  # se
         ss.decrypt_and_hash(k, message[35:51])
         k1, k2 = ss.split()
         self._done = True
