@@ -31,7 +31,6 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain
 from typing import Any
 
 from trioscale.shared.model import Node, User
@@ -250,7 +249,9 @@ def first_map_message(tailnet: Tailnet, view: SessionView, now: datetime) -> Mes
 
 
 def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any]) -> None:
-    """Record what a first map told the client (filter, SSH policy, own node, router pictures)."""
+    """Record what a first map told the client (filter, SSH policy, own node, router pictures); its
+    announced peers follow the tailnet's announcements from here on."""
+    view.sent.follow(tailnet.announced)
     view.filter = first.get("PacketFilter")
     view.ssh = first.get("SSHPolicy")
     view.self_node = first.get("Node")
@@ -477,8 +478,8 @@ class _Run:
         nid = new.id
         message: Message | None = None
         if nid not in sessions and sessions.keys() <= audience:
-            # every session may see it (a full mesh): one entry for all; each still records it
-            PeerSet.insert_into_each((view.sent for view in chain.from_iterable(sessions.values())), nid)
+            # every session may see it (a full mesh): one entry for all, and one for their PeerSets
+            tailnet.announced.append(nid)  # each session's PeerSet takes it when next read
             if sessions:
                 message = Message(tailnet.encode_delta(Delta("changed", nid), changed, self.now))
                 self.out.append((EVERY_SESSION, message))

@@ -23,6 +23,7 @@ from typing import Any
 from trioscale.shared.model import Node, User
 
 from . import dnsconfig, ipalloc, tailcfg
+from .peerset import Announced
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
 PATCHABLE_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "last_seen", "node_key", "expiry"})
@@ -61,6 +62,8 @@ class Tailnet:
     #: the addresses and names nodes hold, for allocation (kept by put_node / drop_node /
     #: replace_nodes; code that assigns `nodes` directly allocates from the store instead)
     holdings: ipalloc.Holdings = field(default_factory=ipalloc.Holdings, repr=False)
+    #: nodes announced to every session at once; each session's PeerSet follows it
+    announced: Announced = field(default_factory=Announced, repr=False)
 
     # -- changes -------------------------------------------------------------------------------
     def put_node(self, node: Node) -> Node | None:

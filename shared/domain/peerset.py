@@ -3,26 +3,96 @@
 Every session keeps one, and a tailnet of N nodes has up to N sessions, so a plain `set` would cost
 O(N²) memory (about 2.6 GB at 10,000 nodes). Node ids are small dense integers from the store, so a
 bitmap costs N/8 bytes per session instead.
+
+A join in a full mesh is announced to every session at once. Setting its bit in thousands of
+bitmaps, one scattered write each, was the largest per-session cost of a join storm; instead the id
+goes on the tailnet's `Announced` list, and every PeerSet that follows the list takes the ids it has
+not taken whenever it is next read or changed (and all of them do when the list is let go), so a
+session's bitmap is written once per burst of joins, in one loop.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Iterable, Iterator, MutableSet
+
+#: announced ids the list keeps before every follower takes them and the list lets them go
+ANNOUNCED_KEEP = 1024
+
+
+class Announced:
+    """Node ids announced to every session that follows this list, in order (see the module
+    docstring). Positions count from the list's start and are never reused."""
+
+    __slots__ = ("ids", "base", "end", "followers", "_numbers")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        #: the position of ids[0], and the position after the last id
+        self.base = 0
+        self.end = 0
+        #: the sets that follow the list, gone from here when they are (PeerSets are not hashable)
+        self.followers: weakref.WeakValueDictionary[int, PeerSet] = weakref.WeakValueDictionary()
+        self._numbers = itertools.count()
+
+    def follow(self, peers: "PeerSet") -> None:
+        self.followers[next(self._numbers)] = peers
+
+    def append(self, node_id: int) -> None:
+        if node_id < 0:
+            raise ValueError("node ids are not negative")
+        self.ids.append(node_id)
+        self.end += 1
+        if len(self.ids) >= ANNOUNCED_KEEP:
+            self.let_go()
+
+    def since(self, position: int) -> list[int]:
+        return self.ids[position - self.base:]
+
+    def let_go(self) -> None:
+        """Every follower takes what it has not; the list then forgets it."""
+        for follower in list(self.followers.values()):
+            follower.catch_up()
+        self.ids = []
+        self.base = self.end
+
+
+#: the list a PeerSet follows until it is given one: nothing is ever announced on it
+_NOTHING = Announced()
 
 
 class PeerSet(MutableSet[int]):
-    __slots__ = ("_bits", "_len")
+    __slots__ = ("_bits", "_len", "_announced", "_taken", "__weakref__")
 
     def __init__(self, ids: Iterable[int] = ()) -> None:
         self._bits = bytearray()
         self._len = 0
-        self.add_all(ids)
+        self._announced = _NOTHING
+        self._taken = 0
+        self._add_many(ids)
 
     @classmethod
     def _from_iterable(cls, it: Iterable[int]) -> "PeerSet":
         return cls(it)
 
+    def follow(self, announced: Announced) -> None:
+        """From now on also hold whatever is announced on `announced` (the set is up to date now)."""
+        self.catch_up()
+        self._announced = announced
+        self._taken = announced.end
+        announced.follow(self)
+
+    def catch_up(self) -> None:
+        announced = self._announced
+        if self._taken != announced.end:
+            ids = announced.since(self._taken)
+            self._taken = announced.end
+            self._add_many(ids)
+
     def __contains__(self, node_id: object) -> bool:
+        if self._taken != self._announced.end:
+            self.catch_up()
         if not isinstance(node_id, int) or node_id < 0:
             return False
         byte = node_id >> 3
@@ -36,6 +106,7 @@ class PeerSet(MutableSet[int]):
         would make two)."""
         if node_id < 0:
             raise ValueError("node ids are not negative")
+        self.catch_up()
         byte = node_id >> 3
         bits = self._bits
         if byte >= len(bits):
@@ -48,26 +119,12 @@ class PeerSet(MutableSet[int]):
         self._len += 1
         return True
 
-    @staticmethod
-    def insert_into_each(sets: Iterable["PeerSet"], node_id: int) -> None:
-        """`insert(node_id)` into every one of `sets` (a join announced to every session of a full
-        mesh: thousands of sets, one id), with the bit's place worked out once."""
-        if node_id < 0:
-            raise ValueError("node ids are not negative")
-        byte = node_id >> 3
-        mask = 1 << (node_id & 7)
-        for peers in sets:
-            bits = peers._bits
-            if byte < len(bits):
-                old = bits[byte]
-                if not old & mask:
-                    bits[byte] = old | mask
-                    peers._len += 1
-            else:
-                peers.insert(node_id)
-
     def add_all(self, ids: Iterable[int]) -> None:
         """`add` for many ids at once (a policy change can announce thousands to one session)."""
+        self.catch_up()
+        self._add_many(ids)
+
+    def _add_many(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         if not ids:
             return
@@ -93,6 +150,7 @@ class PeerSet(MutableSet[int]):
             self._len -= 1
 
     def __iter__(self) -> Iterator[int]:
+        self.catch_up()
         for byte_index, byte in enumerate(self._bits):
             if byte:
                 base = byte_index << 3
@@ -101,6 +159,7 @@ class PeerSet(MutableSet[int]):
                         yield base + bit
 
     def __len__(self) -> int:
+        self.catch_up()
         return self._len
 
     def __repr__(self) -> str:

@@ -225,12 +225,41 @@ def test_peerset_add_all_is_many_adds(first, more):
     assert set(ps) == set(first) | set(more) and len(ps) == len(set(first) | set(more))
 
 
-@given(st.lists(st.lists(st.integers(min_value=0, max_value=3000), max_size=30), max_size=8),
-       st.integers(min_value=0, max_value=5000))
-def test_peerset_insert_into_each_is_an_insert_into_every_one(contents, node_id):
-    from trioscale.shared.domain.peerset import PeerSet
 
-    sets = [PeerSet(ids) for ids in contents]
-    PeerSet.insert_into_each(iter(sets), node_id)
-    for ps, ids in zip(sets, contents):
-        assert set(ps) == set(ids) | {node_id} and len(ps) == len(set(ids) | {node_id})
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=7), st.sampled_from(["announce", "add", "discard"]),
+                          st.integers(min_value=0, max_value=3000)), max_size=3000))
+def test_peersets_following_announcements_hold_what_eager_inserts_would(steps):
+    """Sets that take announced ids lazily (whenever read, and all when the list lets go) hold at
+    every step what sets given each id at once hold."""
+    from trioscale.shared.domain import peerset
+    from trioscale.shared.domain.peerset import Announced, PeerSet
+
+    announced = Announced()
+    lazy = [PeerSet() for _ in range(8)]
+    for ps in lazy:
+        ps.follow(announced)
+    PeerSet().follow(announced)  # a follower that is gone at once
+    eager: list[set[int]] = [set() for _ in range(8)]
+    keep, peerset.ANNOUNCED_KEEP = peerset.ANNOUNCED_KEEP, 5  # the list lets go often
+    try:
+        _run_steps(steps, announced, lazy, eager)
+    finally:
+        peerset.ANNOUNCED_KEEP = keep
+    for ps, ref in zip(lazy, eager):
+        assert set(ps) == ref and len(ps) == len(ref)
+    assert len(announced.followers) == 8
+
+
+def _run_steps(steps, announced, lazy, eager) -> None:
+    for which, op, node_id in steps:
+        if op == "announce":
+            announced.append(node_id)
+            for ref in eager:
+                ref.add(node_id)
+        elif op == "add":
+            lazy[which].add(node_id)
+            eager[which].add(node_id)
+        else:
+            lazy[which].discard(node_id)
+            eager[which].discard(node_id)
+        assert (node_id in lazy[which]) == (node_id in eager[which])
