@@ -51,11 +51,28 @@ class Announced:
         return self.ids[position - self.base:]
 
     def let_go(self) -> None:
-        """Every follower takes what it has not; the list then forgets it."""
+        """Every follower takes what it has not; the list then forgets it. Followers that took the
+        same ids so far (most: nothing since the last time) share one mask of what they lack."""
+        masks: dict[int, int] = {}
         for follower in list(self.followers.values()):
-            follower.catch_up()
+            taken = follower._taken
+            if taken == self.end:
+                continue
+            mask = masks.get(taken)
+            if mask is None:
+                mask = masks[taken] = _mask(self.since(taken))
+            follower._merge(mask)
+            follower._taken = self.end
         self.ids = []
         self.base = self.end
+
+
+def _mask(ids: list[int]) -> int:
+    """`ids` as an integer with those bits set (the bitmap's order: id i is bit i)."""
+    bits = bytearray((max(ids) >> 3) + 1)
+    for node_id in ids:
+        bits[node_id >> 3] |= 1 << (node_id & 7)
+    return int.from_bytes(bits, "little")
 
 
 #: the list a PeerSet follows until it is given one: nothing is ever announced on it
@@ -88,7 +105,18 @@ class PeerSet(MutableSet[int]):
         if self._taken != announced.end:
             ids = announced.since(self._taken)
             self._taken = announced.end
-            self._add_many(ids)
+            if len(ids) > 64:
+                self._merge(_mask(ids))
+            else:
+                self._add_many(ids)
+
+    def _merge(self, mask: int) -> None:
+        """Add the ids whose bits `mask` has, in a few whole-bitmap steps."""
+        bits = self._bits
+        merged = int.from_bytes(bits, "little") | mask
+        size = max(len(bits), (merged.bit_length() + 7) >> 3)
+        self._bits = bytearray(merged.to_bytes(size, "little"))
+        self._len = merged.bit_count()
 
     def __contains__(self, node_id: object) -> bool:
         if self._taken != self._announced.end:

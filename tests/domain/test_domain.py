@@ -227,8 +227,9 @@ def test_peerset_add_all_is_many_adds(first, more):
 
 
 @given(st.lists(st.tuples(st.integers(min_value=0, max_value=7), st.sampled_from(["announce", "add", "discard"]),
-                          st.integers(min_value=0, max_value=3000)), max_size=3000))
-def test_peersets_following_announcements_hold_what_eager_inserts_would(steps):
+                          st.integers(min_value=0, max_value=3000)), max_size=3000),
+       st.sampled_from([5, 200]))
+def test_peersets_following_announcements_hold_what_eager_inserts_would(steps, keep_ids):
     """Sets that take announced ids lazily (whenever read, and all when the list lets go) hold at
     every step what sets given each id at once hold."""
     from trioscale.shared.domain import peerset
@@ -240,7 +241,7 @@ def test_peersets_following_announcements_hold_what_eager_inserts_would(steps):
         ps.follow(announced)
     PeerSet().follow(announced)  # a follower that is gone at once
     eager: list[set[int]] = [set() for _ in range(8)]
-    keep, peerset.ANNOUNCED_KEEP = peerset.ANNOUNCED_KEEP, 5  # the list lets go often
+    keep, peerset.ANNOUNCED_KEEP = peerset.ANNOUNCED_KEEP, keep_ids  # the list lets go often
     try:
         _run_steps(steps, announced, lazy, eager)
     finally:
