@@ -25,7 +25,7 @@ class Announced:
     """Node ids announced to every session that follows this list, in order (see the module
     docstring). Positions count from the list's start and are never reused."""
 
-    __slots__ = ("ids", "base", "end", "followers", "_numbers")
+    __slots__ = ("ids", "base", "end", "followers", "_numbers", "_masks")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
@@ -35,6 +35,8 @@ class Announced:
         #: the sets that follow the list, gone from here when they are (PeerSets are not hashable)
         self.followers: weakref.WeakValueDictionary[int, PeerSet] = weakref.WeakValueDictionary()
         self._numbers = itertools.count()
+        #: position -> the ids from there to the end as a mask, while the end stays where it is
+        self._masks: dict[int, int] = {}
 
     def follow(self, peers: "PeerSet") -> None:
         self.followers[next(self._numbers)] = peers
@@ -44,27 +46,32 @@ class Announced:
             raise ValueError("node ids are not negative")
         self.ids.append(node_id)
         self.end += 1
+        self._masks.clear()
         if len(self.ids) >= ANNOUNCED_KEEP:
             self.let_go()
 
     def since(self, position: int) -> list[int]:
         return self.ids[position - self.base:]
 
+    def mask_since(self, position: int) -> int:
+        """`since(position)` as an integer mask, built once for every follower that lacks the
+        same ids (after a burst of joins, thousands of them, read one after another)."""
+        mask = self._masks.get(position)
+        if mask is None:
+            mask = self._masks[position] = _mask(self.since(position))
+        return mask
+
     def let_go(self) -> None:
         """Every follower takes what it has not; the list then forgets it. Followers that took the
-        same ids so far (most: nothing since the last time) share one mask of what they lack."""
-        masks: dict[int, int] = {}
+        same ids so far (most: nothing since the last time) share one mask of what they lack
+        (`mask_since`)."""
         for follower in list(self.followers.values()):
-            taken = follower._taken
-            if taken == self.end:
-                continue
-            mask = masks.get(taken)
-            if mask is None:
-                mask = masks[taken] = _mask(self.since(taken))
-            follower._merge(mask)
-            follower._taken = self.end
+            if follower._taken != self.end:
+                follower._merge(self.mask_since(follower._taken))
+                follower._taken = self.end
         self.ids = []
         self.base = self.end
+        self._masks.clear()
 
 
 def _mask(ids: list[int]) -> int:
@@ -103,12 +110,11 @@ class PeerSet(MutableSet[int]):
     def catch_up(self) -> None:
         announced = self._announced
         if self._taken != announced.end:
-            ids = announced.since(self._taken)
-            self._taken = announced.end
-            if len(ids) > 64:
-                self._merge(_mask(ids))
+            if announced.end - self._taken > 64:
+                self._merge(announced.mask_since(self._taken))
             else:
-                self._add_many(ids)
+                self._add_many(announced.since(self._taken))
+            self._taken = announced.end
 
     def _merge(self, mask: int) -> None:
         """Add the ids whose bits `mask` has, in a few whole-bitmap steps."""
