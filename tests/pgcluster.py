@@ -58,9 +58,9 @@ def find_bindir() -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from util import free_port  # below the ephemeral range (see there)
+
+    return free_port()
 
 
 class PgCluster:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,66 @@ TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 READY_TEXT = "trioscale is running"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+#: Ports handed to a subprocess are picked below the kernel's ephemeral range: a port the OS
+#: picked with bind(0) comes from that range, and in the second or two before the server binds
+#: it any outgoing connection on the machine may take it as its local end (CI lost a run to this:
+#: the DNS port, free when picked, was in use when `trioscale serve` bound it). Below the range
+#: only another explicit bind can take a port.
+_PICK_LOW = 15000
+_PICK_HIGH = _ephemeral_range()[0]
+_recently_picked: dict[int, None] = {}
+_RECENT_KEEP = 2048
+#: its own generator: hypothesis seeds the module-level one inside its tests
+_random = random.Random()
+
+
+def _bind_free(port: int, kinds: Sequence[int], host: str) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for kind in kinds:
+            s = socket.socket(socket.AF_INET, kind)
+            socks.append(s)
+            s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pick(kinds: Sequence[int], host: str) -> int:
+    if _PICK_HIGH - _PICK_LOW >= 4096:
+        for _ in range(500):
+            port = _random.randrange(_PICK_LOW, _PICK_HIGH)
+            # not one handed out moments ago that its server has not bound yet
+            if port in _recently_picked or not _bind_free(port, kinds, host):
+                continue
+            _recently_picked[port] = None
+            if len(_recently_picked) > _RECENT_KEEP:
+                del _recently_picked[next(iter(_recently_picked))]
+            return port
+    # no room below the ephemeral range on this machine: let the OS choose
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kinds[0]) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if _bind_free(port, kinds, host):
+            return port
+    raise RuntimeError(f"no free port for {len(kinds)} socket kind(s) on {host}")
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     """A port the OS says is free right now (TCP by default; socket.SOCK_DGRAM for UDP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return _pick((kind,), host)
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
@@ -35,19 +91,8 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP right now (the DNS service binds both on one port): a
-    UDP-free port can be a busy TCP one (e.g. the local end of an outgoing connection)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
+    """A port free for both TCP and UDP right now (the DNS service binds both on one port)."""
+    return _pick((socket.SOCK_STREAM, socket.SOCK_DGRAM), host)
 
 
 def terminate(proc: subprocess.Popen) -> None:

@@ -21,15 +21,10 @@ from typing import Any, Callable
 
 import yaml
 
-from util import ServerCli, free_tcp_udp_port
+from util import ServerCli, free_port, free_tcp_udp_port
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
