@@ -278,7 +278,7 @@ class SimNode:
             # split (the keepalive is known by its bytes) and decompressed, searched as bytes and
             # never parsed, only while a round waits for something.
             frames = FrameSplitter()
-            decompress = zstandard.ZstdDecompressor().decompress
+            decompress = mapframe.decompress
             body = json.dumps(self.body()).encode()
             async with client.stream("POST", "/machine/map", body) as rs:
                 async for chunk in rs:

@@ -29,6 +29,7 @@ import trio
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.fanout import EverySession, Message, Messages, SessionView
 from trioscale.shared.domain.mapbatch import coalesce
+from trioscale.shared.domain.peerchunks import Fragment
 from trioscale.shared.proto import mapframe
 
 from .metrics import FanoutWave, observe_written
@@ -51,10 +52,10 @@ class LogRun:
     """Entries [start, end) of the shared log, as queued on a session of node `node`. It keeps the
     lists it was cut from (the log replaces its lists when it trims, never changes one in place)."""
 
-    __slots__ = ("log_entries", "buts", "base", "start", "end", "node")
+    __slots__ = ("log_entries", "buts", "base", "start", "end", "node", "skipped")
 
     def __init__(self, entries: list[Message], buts: list[int | None] | None, base: int, start: int,
-                 end: int, node: int | None) -> None:
+                 end: int, node: int | None, skipped: int = 0) -> None:
         self.log_entries = entries
         #: each entry's `but` node, when some entry in the run is not for `node`; else None
         self.buts = buts
@@ -62,6 +63,8 @@ class LogRun:
         self.start = start
         self.end = end
         self.node = node
+        #: entries of the run not for `node` (news of the node itself)
+        self.skipped = skipped
 
     def key(self) -> tuple:
         """What names the run's messages among those of one flush pass."""
@@ -75,7 +78,8 @@ class LogRun:
         return [m for m, but in zip(self.log_entries[first:last], self.buts[first:last]) if but != node]
 
     def __len__(self) -> int:
-        return self.end - self.start
+        """The messages it holds for `node`."""
+        return self.end - self.start - self.skipped
 
 
 class SharedLog:
@@ -110,9 +114,10 @@ class SharedLog:
         skipped = self.skips.get(node)
         if skipped is None or skipped[-1] < start:
             return LogRun(self.entries, None, self.base, start, end, node)
-        if len(skipped) - bisect_left(skipped, start) == end - start:
+        not_for = len(skipped) - bisect_left(skipped, start)
+        if not_for == end - start:
             return None  # only news of the node itself, which its own sessions learn otherwise
-        return LogRun(self.entries, self.buts, self.base, start, end, node)
+        return LogRun(self.entries, self.buts, self.base, start, end, node, not_for)
 
     def trim(self, low: int) -> None:
         """Every session has written what lies before `low`: count those waves as written to all,
@@ -153,7 +158,21 @@ def frame(message: Message, compress: str | None) -> bytes:
     """The message as the map stream carries it, framed once per compression and shared."""
     out = message.frames.get(compress)
     if out is None:
-        out = message.frames[compress] = mapframe.encode_frame(message.json(), compress)
+        parts = message.parts
+        if parts is not None and compress == mapframe.ZSTD:
+            # a first map in pieces: each kept fragment is compressed once for every map it is in
+            out = mapframe.frame_compressed(
+                [mapframe.compress_part(p) if type(p) is bytes else _compressed(p) for p in parts])  # type: ignore[arg-type]
+        else:
+            out = mapframe.encode_frame(message.json(), compress)
+        message.frames[compress] = out
+    return out
+
+
+def _compressed(fragment: Fragment) -> bytes:
+    out = fragment.frames.get(mapframe.ZSTD)
+    if out is None:
+        out = fragment.frames[mapframe.ZSTD] = mapframe.compress_part(fragment.text)
     return out
 
 

@@ -37,6 +37,7 @@ from trioscale.shared.model import Node, User
 
 from . import tailcfg
 from .netmap import PATCHABLE_FIELDS, Delta, Tailnet, changed_fields
+from .peerchunks import Fragment
 from .peerset import PeerSet
 
 
@@ -49,22 +50,33 @@ def dumps(obj: Any) -> str:
 #: map's is dropped
 KEEP_BODY_BELOW = 64 << 10
 
+#: the punctuation of a first map assembled from pieces (shared, so compressed once)
+PEERS_OPEN = Fragment(b'{"Peers":[')
+COMMA = Fragment(b",")
+
 
 class Message:
     """One MapResponse body, serialised once and shared by every session it goes to. `frames` is
-    the transport's cache of its framed (and compressed) forms."""
+    the transport's cache of its framed (and compressed) forms. A message built from `parts` is
+    their concatenation; the transport may compress each part on its own (a kept `Fragment`
+    once for every message it is in) and send the frames one after another."""
 
-    __slots__ = ("body", "_json", "frames")
+    __slots__ = ("body", "_json", "frames", "parts")
 
     def __init__(self, body: dict[str, Any] | None = None, *, json_text: str | None = None,
-                 json_bytes: bytes | None = None) -> None:
+                 json_bytes: bytes | None = None, parts: list[bytes | Fragment] | None = None) -> None:
         self.body = body
         self._json: bytes | None = json_text.encode() if json_text is not None else json_bytes
         self.frames: dict[str | None, bytes] = {}
+        self.parts = parts
 
     def json(self) -> bytes:
         if self._json is None:
-            self._json = dumps(self.body).encode()
+            if self.parts is not None:
+                self._json = b"".join(p if type(p) is bytes else p.text for p in self.parts)  # type: ignore[union-attr]
+                self.parts = None
+            else:
+                self._json = dumps(self.body).encode()
             if len(self._json) > KEEP_BODY_BELOW:
                 self.body = None  # a full map's dicts are large; the JSON is all that is needed now
         return self._json
@@ -231,21 +243,24 @@ def first_map(tailnet: Tailnet, view: SessionView, now: datetime) -> dict[str, A
 
 
 def first_map_message(tailnet: Tailnet, view: SessionView, now: datetime) -> Message:
-    """`first_map` as a Message, its Peers assembled from each peer's kept JSON (Tailnet.peer_text)
-    rather than encoded again for every new session."""
+    """`first_map` as a Message, its Peers assembled from kept JSON (Tailnet.full_map_text) rather
+    than encoded again for every new session, and left in pieces: the transport compresses the
+    kept ones once (Message.parts)."""
     node = tailnet.nodes[view.node_id]
-    head, parts, ids = tailnet.full_map_text(node, now)
+    head, pieces, ids = tailnet.full_map_text(node, now)
     head["DERPMap"] = tailcfg.derp_map_for_capver(head["DERPMap"], view.capver)
     view.sent = PeerSet(ids)
     remember_first_map(tailnet, view, head)
     rest = dumps(head).encode()
-    if not parts:
+    if not pieces:
         return Message(json_bytes=rest)
-    # {"Peers":[p1,…,pN],<rest>}: the brackets go on the first and last part, so that the
-    # megabytes of peers are copied once, by the join
-    parts[0] = b'{"Peers":[' + parts[0]
-    parts[-1] = parts[-1] + b"]," + rest[1:]
-    return Message(json_bytes=b",".join(parts))
+    # {"Peers":[piece,…,piece],<rest>}
+    parts: list[bytes | Fragment] = [PEERS_OPEN]
+    for piece in pieces:
+        parts.append(piece)
+        parts.append(COMMA)
+    parts[-1] = b"]," + rest[1:]
+    return Message(parts=parts)
 
 
 def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any]) -> None:

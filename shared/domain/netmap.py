@@ -15,14 +15,15 @@ policy object every other node with a disco key is visible and the filter allows
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from trioscale.shared.model import Node, User
 
-from . import dnsconfig, ipalloc, tailcfg
+from . import dnsconfig, ipalloc, peerchunks, tailcfg
+from .peerchunks import Fragment, PeerChunk
 from .peerset import Announced
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
@@ -59,6 +60,8 @@ class Tailnet:
     #: node id -> (node version, online, expired, base domain, its peer JSON): a first map is
     #: assembled from these, not rebuilt peer by peer (see `peer_text`)
     peer_texts: dict[int, tuple[Node, bool, bool, str, bytes]] = field(default_factory=dict, repr=False)
+    #: id range -> its peers' JSON as one piece, for first maps (shared/domain/peerchunks.py)
+    peer_chunks: dict[int, PeerChunk] = field(default_factory=dict, repr=False)
     #: the addresses and names nodes hold, for allocation (kept by put_node / drop_node /
     #: replace_nodes; code that assigns `nodes` directly allocates from the store instead)
     holdings: ipalloc.Holdings = field(default_factory=ipalloc.Holdings, repr=False)
@@ -193,29 +196,69 @@ class Tailnet:
         msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
         if peers:
             msg["Peers"] = [self.peer_json(p, now, viewer.id) for p in peers]
-        self._map_rest(msg, viewer, peers, now)
+        self._map_rest(msg, viewer, self.user_profiles([viewer, *peers]), now)
         return msg, {p.id for p in peers}
 
-    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], list[bytes], list[int]]:
-        """`full_map` in parts: every field but Peers, each peer's JSON bytes (from its kept JSON,
-        `peer_text`) and the peers' ids, in order. The caller joins the parts once: a first map
-        of thousands of peers is megabytes, and every copy of it counts in a join storm."""
-        peers = self.visible_peers(viewer)
+    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], list[bytes | Fragment], list[int]]:
+        """`full_map` in parts: every field but Peers, the Peers array's contents as pieces (runs
+        of peer JSON joined by commas, each bytes or a kept `Fragment`; the pieces go together
+        with commas between them) and the peers' ids, in order. A first map of thousands of peers
+        is megabytes: where the viewer sees most of the tailnet, it is assembled from kept chunks
+        (shared/domain/peerchunks.py), otherwise from each peer's kept JSON (`peer_text`)."""
         msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
-        self._map_rest(msg, viewer, peers, now)
+        chunked = self._chunk_view(viewer)
+        if chunked is not None:
+            visible, pictured = chunked
+            pieces, ids, keys = peerchunks.chunked_peers(
+                self, viewer.id, now, visible, pictured, lambda p: self._own_peer_text(viewer, p, now))
+            keys.add(peerchunks.profile_key(viewer))
+            self._map_rest(msg, viewer, self.profiles_of(keys), now)
+            return msg, pieces, ids
+        peers = self.visible_peers(viewer)
+        self._map_rest(msg, viewer, self.user_profiles([viewer, *peers]), now)
         if not peers:
             return msg, [], []
-        pictured = self._pictured_peers(viewer)
+        pictured_ids = self._pictured_peers(viewer)
         peer_text = self.peer_text
         parts = []
         for p in peers:
-            view = None if pictured is not None and p.id not in pictured else self.peer_view(viewer.id, p)
-            if view is None:
-                parts.append(peer_text(p, now))
-            else:
-                parts.append(json.dumps(self.peer_json(p, now, view=view), separators=(",", ":"),
-                                        ensure_ascii=False).encode())
-        return msg, parts, [p.id for p in peers]
+            view = None if pictured_ids is not None and p.id not in pictured_ids else self.peer_view(viewer.id, p)
+            parts.append(peer_text(p, now) if view is None else self._dump_peer(p, now, view))
+        return msg, [b",".join(parts)], [p.id for p in peers]
+
+    def _own_peer_text(self, viewer: Node, peer: Node, now: datetime) -> bytes:
+        view = self.peer_view(viewer.id, peer)
+        return self.peer_text(peer, now) if view is None else self._dump_peer(peer, now, view)
+
+    def _dump_peer(self, peer: Node, now: datetime, view: Any) -> bytes:
+        return json.dumps(self.peer_json(peer, now, view=view), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _chunk_view(self, viewer: Node) -> tuple[AbstractSet[int] | None, AbstractSet[int]] | None:
+        """(the ids `viewer` may see, None = all; the peers it has its own picture of) when its
+        first map is best assembled from kept chunks: it sees every node, or at least half of
+        the tailnet by the policy. None otherwise (a first map of a few peers looks at those)."""
+        policy = self.policy
+        if policy is None:
+            return (None, frozenset()) if self.visibility is default_visibility else None
+        if self.visibility != policy.can_see or not policy.known(viewer.id):
+            return None
+        pictured = self._pictured_peers(viewer)
+        if pictured is None:
+            return None
+        visible = policy.visible_ids(viewer.id)
+        if 2 * len(visible) < len(self.nodes):
+            return None
+        return visible, pictured
+
+    def profiles_of(self, keys: Iterable[int]) -> list[dict[str, Any]]:
+        """The UserProfiles for profile keys (peerchunks.profile_key), in key order."""
+        out = []
+        for key in sorted(keys):
+            if key == tailcfg.TAGGED_DEVICES_USER_ID:
+                out.append(tailcfg.TAGGED_DEVICES_PROFILE)
+            elif key in self.users:
+                out.append(tailcfg.user_profile(self.users[key]))
+        return out
 
     def _pictured_peers(self, viewer: Node) -> set[int] | None:
         """The only peers `viewer` may have a picture of (`peer_view` not None): routers and nodes
@@ -227,7 +270,7 @@ class Tailnet:
         off = policy.ipv4_off()
         return None if viewer.id in off else policy.routers() | off
 
-    def _map_rest(self, msg: dict[str, Any], viewer: Node, peers: list[Node], now: datetime) -> None:
+    def _map_rest(self, msg: dict[str, Any], viewer: Node, profiles: list[dict[str, Any]], now: datetime) -> None:
         msg["DERPMap"] = self.settings.derp_map
         dns = self.dns_config_for(viewer)
         if dns is not None:
@@ -238,7 +281,7 @@ class Tailnet:
         ssh = self.ssh_policy(viewer)
         if ssh is not None:
             msg["SSHPolicy"] = ssh
-        msg["UserProfiles"] = self.user_profiles([viewer, *peers])
+        msg["UserProfiles"] = profiles
         msg["ControlTime"] = tailcfg.format_time(now)
         if self.settings.disable_log_tail:
             msg["Debug"] = {"DisableLogTail": True}

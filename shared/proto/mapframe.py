@@ -2,9 +2,12 @@
 
 Each message is ``u32 little-endian length N`` + ``N`` bytes.  With ``compress == "zstd"`` (what the
 MapRequest asked for; Tailscale's clients always do) the ``N`` bytes are a zstd frame of the JSON
-``MapResponse``; otherwise they are the plain JSON.
+``MapResponse``; otherwise they are the plain JSON. The ``N`` bytes may be several zstd frames one
+after another (:func:`frame_compressed`): their contents, concatenated, are the message. Tailscale's
+clients decode every frame of a message (``zstd.Decoder.DecodeAll``), and so does ours.
 
-* :func:`encode_frame` / :func:`encode_message` — server side.
+* :func:`encode_frame` / :func:`encode_message` — server side; :func:`compress_part` and
+  :func:`frame_compressed` build one message from separately compressed pieces.
 * :func:`keepalive` — the (cached, byte-stable) keepalive message.
 * :class:`MapStreamDecoder` — incremental decoder for our client: ``receive_data(bytes)`` returns the
   JSON bytes of every completed message.  Frames larger than ``max_frame_size`` (16 MiB by default,
@@ -27,6 +30,9 @@ __all__ = [
     "KEEPALIVE_JSON",
     "FrameTooLarge",
     "encode_frame",
+    "compress_part",
+    "frame_compressed",
+    "decompress",
     "encode_message",
     "keepalive",
     "MapStreamDecoder",
@@ -65,6 +71,19 @@ def encode_frame(payload: bytes, compress: str | None) -> bytes:
     if len(body) > 0xFFFFFFFF:
         raise LocalProtocolError("map message too large for a u32 length")
     return _LEN.pack(len(body)) + body
+
+
+def compress_part(payload: bytes) -> bytes:
+    """One zstd frame of part of a message (see :func:`frame_compressed`)."""
+    return _compressor().compress(payload)
+
+
+def frame_compressed(parts: list[bytes]) -> bytes:
+    """Frame one message made of zstd frames (:func:`compress_part`), in order."""
+    size = sum(map(len, parts))
+    if size > 0xFFFFFFFF:
+        raise LocalProtocolError("map message too large for a u32 length")
+    return _LEN.pack(size) + b"".join(parts)
 
 
 def encode_message(message: Any, compress: str | None) -> bytes:
@@ -129,11 +148,53 @@ class MapStreamDecoder:
 
     def _decompress(self, frame: bytes) -> bytes:
         assert self._dctx is not None
-        try:
-            size = zstandard.get_frame_parameters(frame).content_size
-            if size != zstandard.CONTENTSIZE_UNKNOWN and size > self._max:
-                raise FrameTooLarge(f"decompressed map message ({size} bytes) exceeds the {self._max}-byte limit")
-            # Without a content size in the header, max_output_size bounds the output.
-            return self._dctx.decompress(frame, max_output_size=self._max, allow_extra_data=False)
-        except zstandard.ZstdError as exc:
-            raise RemoteProtocolError(f"bad zstd map message: {exc}") from None
+        return _decompress(self._dctx, frame, self._max)
+
+
+def decompress(body: bytes, max_size: int = MAX_FRAME_SIZE) -> bytes:
+    """One zstd map message's JSON (every frame of it), at most `max_size` bytes."""
+    return _decompress(zstandard.ZstdDecompressor(), body, max_size)
+
+
+def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes, limit: int) -> bytes:
+    out: list[bytes] = []
+    total = 0
+    rest = frame
+    try:
+        while True:
+            size = zstandard.get_frame_parameters(rest).content_size
+            if size == zstandard.CONTENTSIZE_UNKNOWN:
+                # without a content size in a header, the output is read up to the bound
+                if out:
+                    return _bounded(dctx, frame, limit)
+                return dctx.decompress(frame, max_output_size=limit, allow_extra_data=False)
+            total += size
+            if total > limit:
+                raise FrameTooLarge(f"decompressed map message ({total}+ bytes) exceeds the {limit}-byte limit")
+            if not out:
+                try:
+                    return dctx.decompress(rest, allow_extra_data=False)
+                except zstandard.ZstdError:
+                    pass  # more than one frame (or a bad one, which the object path reports)
+            dobj = dctx.decompressobj()
+            out.append(dobj.decompress(rest))
+            if not dobj.eof:
+                raise RemoteProtocolError("bad zstd map message: truncated frame")
+            rest = dobj.unused_data
+            if not rest:
+                return out[0] if len(out) == 1 else b"".join(out)
+    except zstandard.ZstdError as exc:
+        raise RemoteProtocolError(f"bad zstd map message: {exc}") from None
+
+
+def _bounded(dctx: zstandard.ZstdDecompressor, frame: bytes, limit: int) -> bytes:
+    """Every frame of `frame`, read at most up to the size bound."""
+    chunks: list[bytes] = []
+    total = 0
+    with dctx.stream_reader(frame, read_across_frames=True) as reader:
+        while chunk := reader.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise FrameTooLarge(f"decompressed map message exceeds the {limit}-byte limit")
+            chunks.append(chunk)
+    return b"".join(chunks)

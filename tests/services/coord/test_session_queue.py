@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from trioscale.services.coord.metrics import FANOUT_SECONDS
+from trioscale.services.coord.metrics import DELTAS_SENT, FANOUT_SECONDS
 from trioscale.services.coord.sessions import (
     SESSION_QUEUE_LIMIT, SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, framed,
 )
@@ -144,8 +144,10 @@ async def test_news_of_a_node_for_every_other_session_passes_its_own_sessions_by
     assert stream_b.writes[0] is stream_c.writes[0]
     assert table.log.entries == [] and table.log.skips == {}
     # a run mixing news for all and news of node 1: node 1's sessions get only the former
+    sent_before = DELTAS_SENT._value.get()
     table.deliver([(EVERY_SESSION, joined(40)), (EverySession(but=1), moved), (EverySession(but=2), joined(41))])
     await table.flush_pass()
+    assert DELTAS_SENT._value.get() - sent_before == 2 + 2 + 3  # what each session was given, no more
     assert stream_a.bodies() == [{"PeersChanged": [{"ID": 40}, {"ID": 41}]}]
     assert stream_b.bodies()[1:] == [{"PeersChanged": [{"ID": 40}], **moved.fields()}]
     assert stream_c.bodies()[1:] == [{"PeersChanged": [{"ID": 40}, {"ID": 41}], **moved.fields()}]
