@@ -278,7 +278,8 @@ class SimNode:
             # split (the keepalive is known by its bytes) and decompressed, searched as bytes and
             # never parsed, only while a round waits for something.
             frames = FrameSplitter()
-            decompress = mapframe.decompress
+            # one context per node: making one per message cost the fleet more than a round takes
+            decompress = zstandard.ZstdDecompressor().decompress  # deltas are one zstd frame each
             body = json.dumps(self.body()).encode()
             async with client.stream("POST", "/machine/map", body) as rs:
                 async for chunk in rs:
@@ -289,7 +290,8 @@ class SimNode:
                         self.last_rx = time.monotonic()
                     if not self.first.is_set():
                         self.first_map_at = time.monotonic()
-                        self.first_map_size = (len(decompress(messages[0])) if self.keep_first_size else 0,
+                        # a first map may be several zstd frames (mapframe.frame_compressed)
+                        self.first_map_size = (len(mapframe.decompress(messages[0])) if self.keep_first_size else 0,
                                                len(messages[0]))
                         self.first.set()
                         task_status.started()
