@@ -247,9 +247,8 @@ def first_map_message(tailnet: Tailnet, view: SessionView, now: datetime) -> Mes
     than encoded again for every new session, and left in pieces: the transport compresses the
     kept ones once (Message.parts)."""
     node = tailnet.nodes[view.node_id]
-    head, pieces, ids = tailnet.full_map_text(node, now)
+    head, pieces, view.sent = tailnet.full_map_text(node, now)
     head["DERPMap"] = tailcfg.derp_map_for_capver(head["DERPMap"], view.capver)
-    view.sent = PeerSet(ids)
     remember_first_map(tailnet, view, head)
     rest = dumps(head).encode()
     if not pieces:

@@ -24,7 +24,7 @@ from trioscale.shared.model import Node, User
 
 from . import dnsconfig, ipalloc, peerchunks, tailcfg
 from .peerchunks import Fragment, PeerChunk
-from .peerset import Announced
+from .peerset import Announced, PeerSet
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
 PATCHABLE_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "last_seen", "node_key", "expiry"})
@@ -199,10 +199,10 @@ class Tailnet:
         self._map_rest(msg, viewer, self.user_profiles([viewer, *peers]), now)
         return msg, {p.id for p in peers}
 
-    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], list[bytes | Fragment], list[int]]:
+    def full_map_text(self, viewer: Node, now: datetime) -> tuple[dict[str, Any], list[bytes | Fragment], PeerSet]:
         """`full_map` in parts: every field but Peers, the Peers array's contents as pieces (runs
         of peer JSON joined by commas, each bytes or a kept `Fragment`; the pieces go together
-        with commas between them) and the peers' ids, in order. A first map of thousands of peers
+        with commas between them) and the peers it announces. A first map of thousands of peers
         is megabytes: where the viewer sees most of the tailnet, it is assembled from kept chunks
         (shared/domain/peerchunks.py), otherwise from each peer's kept JSON (`peer_text`)."""
         msg: dict[str, Any] = {"Node": self.self_json(viewer, now)}
@@ -213,18 +213,18 @@ class Tailnet:
                 self, viewer.id, now, visible, pictured, lambda p: self._own_peer_text(viewer, p, now))
             keys.add(peerchunks.profile_key(viewer))
             self._map_rest(msg, viewer, self.profiles_of(keys), now)
-            return msg, pieces, ids
+            return msg, pieces, PeerSet.from_mask(ids)
         peers = self.visible_peers(viewer)
         self._map_rest(msg, viewer, self.user_profiles([viewer, *peers]), now)
         if not peers:
-            return msg, [], []
+            return msg, [], PeerSet()
         pictured_ids = self._pictured_peers(viewer)
         peer_text = self.peer_text
         parts = []
         for p in peers:
             view = None if pictured_ids is not None and p.id not in pictured_ids else self.peer_view(viewer.id, p)
             parts.append(peer_text(p, now) if view is None else self._dump_peer(p, now, view))
-        return msg, [b",".join(parts)], [p.id for p in peers]
+        return msg, [b",".join(parts)], PeerSet(p.id for p in peers)
 
     def _own_peer_text(self, viewer: Node, peer: Node, now: datetime) -> bytes:
         view = self.peer_view(viewer.id, peer)

@@ -23,6 +23,7 @@ from typing import Any
 from trioscale.shared.model import Node
 
 from . import tailcfg
+from .peerset import id_mask
 
 #: node ids per chunk: small enough that rebuilding a changed chunk is cheap, large enough that
 #: each compresses well and a map of 10,000 peers is a few hundred pieces
@@ -43,7 +44,7 @@ class Fragment:
 class PeerChunk:
     """The announceable nodes of one id range, as JSON, and what that JSON was built from."""
 
-    __slots__ = ("nodes", "online", "domain", "until", "ids", "profile_keys", "fragment")
+    __slots__ = ("nodes", "online", "domain", "until", "ids", "mask", "profile_keys", "fragment")
 
     def __init__(self, nodes: tuple[Node, ...], online: tuple[bool, ...], domain: str, now: datetime,
                  peer_text: Callable[[Node, datetime], bytes]) -> None:
@@ -64,6 +65,8 @@ class PeerChunk:
             expiry = node.expiry
             if expiry is not None and expiry > now and (self.until is None or expiry < self.until):
                 self.until = expiry
+        #: the ids as bits, for the PeerSet of a first map (peerset.id_mask)
+        self.mask = id_mask(self.ids) if self.ids else 0
         self.profile_keys = frozenset(keys)
         self.fragment = Fragment(b",".join(texts)) if texts else None
 
@@ -90,9 +93,9 @@ def id_runs(ids: list[int]) -> Iterator[tuple[int, list[int]]]:
 
 def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: AbstractSet[int] | None,
                   pictured: AbstractSet[int], own_json: Callable[[Node], bytes]
-                  ) -> tuple[list[bytes | Fragment], list[int], set[int]]:
+                  ) -> tuple[list[bytes | Fragment], int, set[int]]:
     """A first map's peers for `viewer_id`: its pieces (kept fragments, or bytes built for this
-    viewer alone) in id order, the peer ids in the same order, and their profile keys.
+    viewer alone) in id order, the peers' ids as bits (peerset.id_mask), and their profile keys.
 
     `visible` holds the ids the viewer may see (None: every node); the peers in `pictured` get
     the viewer's own picture of them (`own_json`) and so never come from a kept chunk."""
@@ -104,7 +107,7 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
     peer_text = tailnet.peer_text
     own_chunk = viewer_id // CHUNK_IDS
     pieces: list[bytes | Fragment] = []
-    ids: list[int] = []
+    ids = 0
     keys: set[int] = set()
     for k, run in id_runs(sorted(nodes)):
         members = tuple(map(get, run))
@@ -116,7 +119,7 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
             if visible is None or (visible.issuperset(chunk.ids) and pictured.isdisjoint(chunk.ids)):
                 if chunk.fragment is not None:
                     pieces.append(chunk.fragment)
-                    ids.extend(chunk.ids)
+                    ids |= chunk.mask
                     keys |= chunk.profile_keys
                 continue
         # the range holds the viewer, or peers it may not see or has its own picture of
@@ -126,7 +129,7 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
             if node.disco_key is None or nid == viewer_id or (visible is not None and nid not in visible):
                 continue
             texts.append(own_json(node) if nid in pictured else peer_text(node, now))
-            ids.append(nid)
+            ids |= 1 << nid
             keys.add(profile_key(node))
         if texts:
             pieces.append(b",".join(texts))

@@ -58,7 +58,7 @@ class Announced:
         same ids (after a burst of joins, thousands of them, read one after another)."""
         mask = self._masks.get(position)
         if mask is None:
-            mask = self._masks[position] = _mask(self.since(position))
+            mask = self._masks[position] = id_mask(self.since(position))
         return mask
 
     def let_go(self) -> None:
@@ -74,7 +74,7 @@ class Announced:
         self._masks.clear()
 
 
-def _mask(ids: list[int]) -> int:
+def id_mask(ids: list[int]) -> int:
     """`ids` as an integer with those bits set (the bitmap's order: id i is bit i)."""
     bits = bytearray((max(ids) >> 3) + 1)
     for node_id in ids:
@@ -99,6 +99,13 @@ class PeerSet(MutableSet[int]):
     @classmethod
     def _from_iterable(cls, it: Iterable[int]) -> "PeerSet":
         return cls(it)
+
+    @classmethod
+    def from_mask(cls, mask: int) -> "PeerSet":
+        """The ids whose bits `mask` has (id i is bit i; see `id_mask`)."""
+        out = cls()
+        out._merge(mask)
+        return out
 
     def follow(self, announced: Announced) -> None:
         """From now on also hold whatever is announced on `announced` (the set is up to date now)."""
