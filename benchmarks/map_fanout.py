@@ -16,6 +16,7 @@ peer decoding the PeersChangedPatch, over all rounds; `--json-out FILE` appends 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import gc
 import json
@@ -177,6 +178,14 @@ def is_keepalive(frame: bytes) -> bool:
     if frame == KEEPALIVE_FRAME:
         return True
     return len(frame) < 64 and zstandard.ZstdDecompressor().decompress(frame) == mapframe.KEEPALIVE_JSON
+
+
+def trim_heap() -> None:
+    """Hand freed heap back to the system (glibc only; elsewhere nothing)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class FrameSplitter:
@@ -372,6 +381,11 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             if time.monotonic() - max(n.last_rx for n in nodes) > QUIET_S:
                 break
         result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
+        # ... and from a quiet load generator: the storm's garbage collected and its freed heap
+        # returned, or the fleet's own memory churn (worse the faster the server joined it) is
+        # part of every round's latency
+        gc.collect()
+        trim_heap()
         result["cut_streams"] = sum(node.cuts for node in nodes)
         result["last_first_map_json_bytes"], result["last_first_map_zstd_bytes"] = nodes[-1].first_map_size
         if server_pid:
@@ -384,6 +398,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         server_bounds: list[float] = []
         missed = 0
         result["client_rss_before_rounds_mib"] = round(rss_mib(os.getpid()), 1)
+        rounds_cpu0 = cpu_s(server_pid) if server_pid else float("nan")
         for r in range(rounds):
             mover = movers[r % len(movers)]
             peers = peers_of(mover)
@@ -414,6 +429,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             latencies.extend(t for t, _ in lat)
             await trio.sleep(0.5)
         latencies.sort()
+        if server_pid:
+            # the server's CPU per change, the 0.5 s pauses between rounds included
+            result["server_cpu_per_round_ms"] = round(1000 * (cpu_s(server_pid) - rounds_cpu0) / rounds, 1)
         result.update({
             "rounds": rounds,
             "samples": len(latencies),
