@@ -218,12 +218,9 @@ class Tailnet:
         self._map_rest(msg, viewer, self.user_profiles([viewer, *peers]), now)
         if not peers:
             return msg, [], PeerSet()
-        pictured_ids = self._pictured_peers(viewer)
-        peer_text = self.peer_text
-        parts = []
-        for p in peers:
-            view = None if pictured_ids is not None and p.id not in pictured_ids else self.peer_view(viewer.id, p)
-            parts.append(peer_text(p, now) if view is None else self._dump_peer(p, now, view))
+        pictured = self._pictured_peers(viewer)
+        parts = [self.peer_text(p, now) if pictured is not None and p.id not in pictured
+                 else self._own_peer_text(viewer, p, now) for p in peers]
         return msg, [b",".join(parts)], PeerSet(p.id for p in peers)
 
     def _own_peer_text(self, viewer: Node, peer: Node, now: datetime) -> bytes:

@@ -156,45 +156,42 @@ def decompress(body: bytes, max_size: int = MAX_FRAME_SIZE) -> bytes:
     return _decompress(zstandard.ZstdDecompressor(), body, max_size)
 
 
-def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes, limit: int) -> bytes:
-    out: list[bytes] = []
-    total = 0
-    rest = frame
+#: input fed at a time to a frame that does not state its size: at most a few maximal blocks of
+#: output each, so the size bound is checked before the output runs far past it
+_UNSIZED_FEED = 256
+
+
+def _decompress(dctx: zstandard.ZstdDecompressor, body: bytes, limit: int) -> bytes:
     try:
-        while True:
+        size = zstandard.get_frame_parameters(body).content_size
+        if size != zstandard.CONTENTSIZE_UNKNOWN:
+            if size > limit:
+                raise FrameTooLarge(f"decompressed map message ({size} bytes) exceeds the {limit}-byte limit")
+            try:
+                return dctx.decompress(body, allow_extra_data=False)  # one frame: every delta
+            except zstandard.ZstdError:
+                pass  # several frames (a first map in pieces), or a bad one: the loop tells which
+        out: list[bytes] = []
+        total = 0
+        rest = body
+        while rest:
             size = zstandard.get_frame_parameters(rest).content_size
-            if size == zstandard.CONTENTSIZE_UNKNOWN:
-                # without a content size in a header, the output is read up to the bound
-                if out:
-                    return _bounded(dctx, frame, limit)
-                return dctx.decompress(frame, max_output_size=limit, allow_extra_data=False)
-            total += size
-            if total > limit:
-                raise FrameTooLarge(f"decompressed map message ({total}+ bytes) exceeds the {limit}-byte limit")
-            if not out:
-                try:
-                    return dctx.decompress(rest, allow_extra_data=False)
-                except zstandard.ZstdError:
-                    pass  # more than one frame (or a bad one, which the object path reports)
+            sized = size != zstandard.CONTENTSIZE_UNKNOWN
+            if sized and total + size > limit:
+                raise FrameTooLarge(f"decompressed map message ({total + size}+ bytes) exceeds the {limit}-byte limit")
             dobj = dctx.decompressobj()
-            out.append(dobj.decompress(rest))
+            feed = len(rest) if sized else _UNSIZED_FEED  # a stated size is checked by zstd itself
+            pos = 0
+            while not dobj.eof and pos < len(rest):
+                chunk = dobj.decompress(rest[pos:pos + feed])
+                pos += feed
+                total += len(chunk)
+                if total > limit:
+                    raise FrameTooLarge(f"decompressed map message exceeds the {limit}-byte limit")
+                out.append(chunk)
             if not dobj.eof:
                 raise RemoteProtocolError("bad zstd map message: truncated frame")
-            rest = dobj.unused_data
-            if not rest:
-                return out[0] if len(out) == 1 else b"".join(out)
+            rest = dobj.unused_data + rest[pos:]
+        return b"".join(out)
     except zstandard.ZstdError as exc:
         raise RemoteProtocolError(f"bad zstd map message: {exc}") from None
-
-
-def _bounded(dctx: zstandard.ZstdDecompressor, frame: bytes, limit: int) -> bytes:
-    """Every frame of `frame`, read at most up to the size bound."""
-    chunks: list[bytes] = []
-    total = 0
-    with dctx.stream_reader(frame, read_across_frames=True) as reader:
-        while chunk := reader.read(1 << 20):
-            total += len(chunk)
-            if total > limit:
-                raise FrameTooLarge(f"decompressed map message exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-    return b"".join(chunks)

@@ -109,3 +109,31 @@ def test_garbage_only_remote_error(compress, data):
 def test_compact_encoding():
     assert json.loads(mapframe.encode_message({"a": [1, 2]}, None)[4:]) == {"a": [1, 2]}
     assert b" " not in mapframe.encode_message({"a": [1, 2]}, None)[4:]
+
+
+# -- a message of several zstd frames (a first map assembled from kept pieces) -----------------
+def test_a_message_of_several_zstd_frames_decodes_whole_and_stays_bounded():
+    parts = [mapframe.compress_part(b'{"Peers":['), mapframe.compress_part(b'{"ID":1}'),
+             mapframe.compress_part(b'],"KeepAlive":false}')]
+    assert mapframe.MapStreamDecoder("zstd").receive_messages(mapframe.frame_compressed(parts)) == [
+        {"Peers": [{"ID": 1}], "KeepAlive": False}]
+    big = [mapframe.compress_part(b"[" + b" " * 600), mapframe.compress_part(b" " * 600 + b"]")]
+    with pytest.raises(mapframe.FrameTooLarge):  # two frames over the bound together
+        mapframe.MapStreamDecoder("zstd", max_frame_size=1000).receive_data(mapframe.frame_compressed(big))
+
+
+def test_frames_without_a_content_size_are_read_up_to_the_bound():
+    unsized = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    body = mapframe.frame_compressed([mapframe.compress_part(b'{"Peers":['), unsized.compress(b'{"ID":1}]}')])
+    assert mapframe.MapStreamDecoder("zstd").receive_messages(body) == [{"Peers": [{"ID": 1}]}]
+    big = mapframe.frame_compressed([mapframe.compress_part(b"["), unsized.compress(b" " * 2000 + b"]")])
+    with pytest.raises(mapframe.FrameTooLarge):  # an unsized frame past the bound
+        mapframe.MapStreamDecoder("zstd", max_frame_size=1000).receive_data(big)
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_a_truncated_later_frame_is_refused(sized):
+    second = zstandard.ZstdCompressor(level=1, write_content_size=sized).compress(b'{"ID":1}' * 50 + b"]}")
+    body = mapframe.compress_part(b'{"Peers":[') + second[:-3]
+    with pytest.raises(mapframe.RemoteProtocolError, match="truncated|zstd"):
+        mapframe.MapStreamDecoder("zstd").receive_data(struct.pack("<I", len(body)) + body)
