@@ -10,6 +10,8 @@
   - ``await client.post_json(path, obj)`` → :class:`Response` (``.json()`` parses the body)
   - ``async with client.stream(method, path, body) as s:`` → :class:`ResponseStream` (``async for chunk
     in s``; leaving the block early resets the stream with CANCEL)
+  - ``await client.sink(method, path, body, on_data)`` hands the response body to ``on_data`` piece by
+    piece, read without h2 after the headers (cheap enough for thousands of map streams in a load tool)
   - ``async with client.map_stream(map_request) as maps:`` → ``async for msg in maps`` yields decoded
     MapResponse dicts (framing per :mod:`trioscale.shared.proto.mapframe`).
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -150,10 +152,11 @@ async def fetch_server_key(host: str, port: int, version: int = DEFAULT_VERSION,
 
 
 class _ClientStream:
-    __slots__ = ("id", "send", "recv", "headers_ready", "status", "headers", "window", "closed", "error")
+    __slots__ = ("id", "send", "recv", "headers_ready", "status", "headers", "window", "closed", "error", "sink")
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, sink: Callable[[bytes], None] | None = None) -> None:
         self.id = stream_id
+        self.sink = sink
         self.send, self.recv = trio.open_memory_channel[Any](math.inf)
         self.headers_ready = trio.Event()
         self.status = 0
@@ -161,6 +164,51 @@ class _ClientStream:
         self.window = trio.Event()
         self.closed = False  # no more data will arrive
         self.error: Exception | None = None
+
+
+class _RawSink:
+    """The one stream a connection reads without h2 once its response headers are in
+    (:meth:`NoiseClient.sink`): DATA goes straight to ``on_data``; flow control is ours."""
+
+    __slots__ = ("st", "on_data", "buf", "stream_unacked", "conn_unacked", "threshold", "done", "error")
+
+    def __init__(self, st: _ClientStream, threshold: int) -> None:
+        self.st = st
+        self.on_data: Callable[[bytes], None] = st.sink  # type: ignore[assignment]
+        self.buf = bytearray()
+        self.stream_unacked = self.conn_unacked = 0
+        #: window credit is handed back in steps this big (half the stream's initial window)
+        self.threshold = threshold
+        self.done = trio.Event()
+        self.error: Exception | None = None
+
+    def finish(self, error: Exception | None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+def _complete(buf: bytearray | bytes, limit: int) -> int:
+    """Where the last whole HTTP/2 frame in `buf` ends (a frame over `limit` counts as whole,
+    so that h2 sees it and refuses it)."""
+    pos, n = 0, len(buf)
+    while n - pos >= 9:
+        length = int.from_bytes(buf[pos : pos + 3], "big")
+        if length > limit:
+            return n
+        if n - pos - 9 < length:
+            break
+        pos += 9 + length
+    return pos
+
+
+# HTTP/2 frame types and flags the raw sink acts on (RFC 9113, section 6)
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+_END_STREAM, _ACK, _PADDED = 0x1, 0x1, 0x8
 
 
 class ResponseStream:
@@ -254,6 +302,12 @@ class NoiseClient:
         self.sent_unfinished = 0
         self._ignore_stream_limit = False
         self._conn_window = trio.Event()
+        #: plaintext not yet handed to h2: h2 is only given whole frames, so that a raw sink can
+        #: take over the byte stream at a frame boundary
+        self._inbuf = bytearray()
+        self._sink_pending = False
+        self._raw: _RawSink | None = None
+        self._initial_window_size = initial_window_size
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
@@ -279,7 +333,9 @@ class NoiseClient:
     # -- plumbing --
 
     async def _flush_locked(self) -> None:
-        data = self._h2.data_to_send()
+        await self._send_locked(self._h2.data_to_send())
+
+    async def _send_locked(self, data: bytes) -> None:
         if data and self._closed is None:
             records = self._noise.encrypt(data)
             try:
@@ -300,6 +356,8 @@ class NoiseClient:
                 st.send.send_nowait(exc)
             st.headers_ready.set()
             st.window.set()
+        if self._raw is not None:
+            self._raw.finish(exc)
         self._early_done.set()
 
     async def _process(self, data: bytes) -> None:
@@ -314,11 +372,86 @@ class NoiseClient:
                 self._early_done.set()
                 if not chunk:
                     continue
+            if self._raw is not None:
+                await self._raw_receive(chunk)
+                continue
+            buf = self._inbuf
+            buf += chunk
+            end = _complete(buf, self._h2.max_inbound_frame_size)
+            if not end:
+                continue
             async with self._lock:
-                events = self._h2.receive_data(chunk)
-                for ev in events:
-                    self._on_event(ev)
+                if not self._sink_pending:
+                    whole = bytes(buf[:end])
+                    del buf[:end]
+                    for ev in self._h2.receive_data(whole):
+                        self._on_event(ev)
+                else:
+                    # frame by frame, so that the response headers of the sink's stream switch
+                    # the rest of the bytes over to it
+                    pos = 0
+                    while pos < end and self._raw is None:
+                        n = 9 + int.from_bytes(buf[pos : pos + 3], "big")
+                        for ev in self._h2.receive_data(bytes(buf[pos : pos + n])):
+                            self._on_event(ev)
+                        pos += n
+                    del buf[:pos]
                 await self._flush_locked()
+            if self._raw is not None and buf:
+                rest = bytes(buf)
+                buf.clear()
+                await self._raw_receive(rest)
+
+    async def _raw_receive(self, chunk: bytes) -> None:
+        """The sink's byte stream: HTTP/2 frames parsed by hand, DATA of its stream handed on,
+        SETTINGS and PING answered, window credit returned in large steps."""
+        raw = self._raw
+        assert raw is not None
+        buf = raw.buf
+        buf += chunk
+        sid = raw.st.id
+        out = []
+        pos, size = 0, len(buf)
+        while size - pos >= 9:
+            length = int.from_bytes(buf[pos : pos + 3], "big")
+            if size - pos - 9 < length:
+                break
+            ftype, flags = buf[pos + 3], buf[pos + 4]
+            fsid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            start, pos = pos + 9, pos + 9 + length
+            if ftype == _DATA:
+                raw.conn_unacked += length
+                if fsid == sid and not raw.done.is_set():
+                    raw.stream_unacked += length
+                    if flags & _PADDED:
+                        raw.on_data(bytes(buf[start + 1 : pos - buf[start]]))
+                    else:
+                        raw.on_data(bytes(buf[start:pos]))
+                    if flags & _END_STREAM:
+                        raw.finish(None)
+            elif fsid == sid and ftype == _HEADERS and flags & _END_STREAM:
+                raw.finish(None)  # trailers
+            elif fsid == sid and ftype == _RST_STREAM:
+                code = int.from_bytes(buf[start:pos], "big")
+                self.resets[sid] = code
+                raw.finish(StreamReset(f"stream {sid} reset: {code}"))
+            elif ftype == _SETTINGS and not flags & _ACK:
+                out.append(_frame(_SETTINGS, _ACK, 0))
+            elif ftype == _PING and not flags & _ACK:
+                out.append(_frame(_PING, _ACK, 0, bytes(buf[start:pos])))
+            elif ftype == _GOAWAY:
+                self._shutdown(ControlClientError("server sent GOAWAY"))
+                return
+        del buf[:pos]
+        if raw.conn_unacked >= raw.threshold:
+            out.append(_frame(_WINDOW_UPDATE, 0, 0, raw.conn_unacked.to_bytes(4, "big")))
+            raw.conn_unacked = 0
+        if raw.stream_unacked >= raw.threshold and not raw.done.is_set():
+            out.append(_frame(_WINDOW_UPDATE, 0, sid, raw.stream_unacked.to_bytes(4, "big")))
+            raw.stream_unacked = 0
+        if out:
+            async with self._lock:
+                await self._send_locked(b"".join(out))
 
     async def _reader(self, initial: bytes = b"") -> None:
         try:
@@ -343,6 +476,10 @@ class NoiseClient:
                 h = dict(ev.headers)
                 st.status = int(h.get(":status", "0"))
                 st.headers = _hdict((k, v) for k, v in ev.headers if not k.startswith(":"))
+                if st.sink is not None:
+                    self._sink_pending = False
+                    if st.status == 200:
+                        self._raw = _RawSink(st, max(self._initial_window_size // 2, 1))
                 st.headers_ready.set()
         elif isinstance(ev, h2.events.DataReceived):
             st = self._streams.get(ev.stream_id)
@@ -353,6 +490,8 @@ class NoiseClient:
                 st.send.send_nowait((ev.data, ev.flow_controlled_length))
         elif isinstance(ev, h2.events.StreamEnded):
             st = self._streams.get(ev.stream_id)
+            if self._raw is not None and self._raw.st is st:
+                self._raw.finish(None)  # a 200 without a body
             if st is not None and not st.closed:
                 st.closed = True
                 st.send.send_nowait(_END)
@@ -397,13 +536,18 @@ class NoiseClient:
                 return
             await self._flush_locked()
 
-    async def _open(self, method: str, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> _ClientStream:
+    async def _open(self, method: str, path: str, body: bytes, headers: Sequence[tuple[str, str]],
+                    sink: Callable[[bytes], None] | None = None) -> _ClientStream:
         await self._early_done.wait()
         async with self._lock:
             if self._closed is not None:
                 raise self._closed
+            if sink is not None:
+                if self._sink_pending or self._raw is not None:
+                    raise ControlClientError("a connection carries one sink")
+                self._sink_pending = True
             sid = self._h2.get_next_available_stream_id()
-            st = _ClientStream(sid)
+            st = _ClientStream(sid, sink)
             self._streams[sid] = st
             hdrs = [(":method", method), (":scheme", "http"), (":authority", "unused"), (":path", path)]
             hdrs += [(k.lower(), v) for k, v in headers]
@@ -463,6 +607,28 @@ class NoiseClient:
         async with self.stream(method, path, body, headers) as rs:
             data = await rs.read_all()
             return Response(rs.status, rs.headers, data)
+
+    async def sink(self, method: str, path: str, body: bytes, on_data: Callable[[bytes], None]) -> None:
+        """Send a request and hand each piece of its response body to ``on_data`` as it arrives,
+        until the server ends the stream. For load tools holding thousands of long responses (map
+        streams): once a 200's headers are in, the rest of the connection is read without h2, a
+        header parse and a call per DATA frame instead of h2's state machine, event and frame
+        repr. The connection takes no other request after that.
+
+        A status other than 200 raises :class:`ControlClientError` with the body text, a reset
+        stream :class:`StreamReset`, a lost connection :class:`ControlClientError`."""
+        st = await self._open(method, path, body, (), sink=on_data)
+        await st.headers_ready.wait()
+        raw = self._raw
+        if raw is None or raw.st is not st:
+            if self._closed is not None:
+                raise self._closed
+            text = await ResponseStream(self, st).read_all()
+            self._streams.pop(st.id, None)
+            raise ControlClientError(f"{path}: HTTP {st.status}: {text[:200]!r}")
+        await raw.done.wait()
+        if raw.error is not None:
+            raise raw.error
 
     async def post_json(self, path: str, obj: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
         body = json.dumps(obj, separators=(",", ":")).encode()

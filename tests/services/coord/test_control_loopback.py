@@ -5,6 +5,8 @@ This is the path the load tools use (issue: "our own Noise client interoperates 
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import timedelta
 
 import pytest
@@ -17,8 +19,8 @@ from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.control_server import serve_control
 from trioscale.shared.domain import secrets
-from trioscale.shared.testing.noiseclient import open_noise_client
-from trioscale.shared.proto import keys
+from trioscale.shared.testing.noiseclient import ControlClientError, open_noise_client
+from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store.sqlite import SqliteStore
 
 
@@ -100,3 +102,52 @@ async def test_map_request_for_someone_elses_node_is_refused(control):
     async with open_noise_client(host, port) as intruder:  # another machine key
         resp = await intruder.post_json("/machine/map", a.map_body(Stream=False, OmitPeers=True))
         assert resp.status == 404
+
+
+async def test_a_sink_reads_the_map_stream_with_its_own_flow_control(control):
+    """NoiseClient.sink (the load tools' map stream): h2 hands over at the response headers, the
+    first map and every delta still arrive whole, and with a 1 KiB window the stream only keeps
+    going if the sink returns window credit itself."""
+    store, host, port, authkey = control
+    a, b = SimNode("alpha"), SimNode("beta")
+    async with open_noise_client(host, port, initial_window_size=1024) as ca, open_noise_client(host, port) as cb:
+        for client, node in ((ca, a), (cb, b)):
+            assert (await client.post_json("/machine/register", node.register_body(authkey))).status == 200
+        decoder = mapframe.MapStreamDecoder("zstd")
+        send, recv = trio.open_memory_channel(math.inf)
+
+        def on_data(chunk: bytes) -> None:
+            for msg in decoder.receive_messages(chunk):
+                send.send_nowait(msg)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ca.sink, "POST", "/machine/map", json.dumps(a.map_body()).encode(), on_data)
+            with trio.fail_after(5):
+                first = await recv.receive()
+            assert first["Node"]["Name"] == "alpha.ts.test."
+            for i in range(40):  # about 4 KiB of deltas: four windows
+                endpoint = f"127.0.0.1:{6000 + i}"
+                lite = await cb.post_json("/machine/map", b.map_body(Stream=False, OmitPeers=True, Endpoints=[endpoint]))
+                assert lite.status == 200
+                with trio.fail_after(5):
+                    while True:
+                        msg = await recv.receive()
+                        patches = msg.get("PeersChangedPatch") or msg.get("PeersChanged") or []
+                        if any(p.get("Endpoints") == [endpoint] for p in patches):
+                            break
+            nursery.cancel_scope.cancel()
+        # the connection is the sink's now: no other request
+        with pytest.raises(ControlClientError, match="one sink"):
+            await ca.sink("POST", "/machine/map", b"{}", on_data)
+
+
+async def test_a_sink_refused_by_the_server_says_why(control):
+    store, host, port, authkey = control
+    a = SimNode("alpha")
+    async with open_noise_client(host, port) as ca:
+        assert (await ca.post_json("/machine/register", a.register_body(authkey))).status == 200
+    async with open_noise_client(host, port) as intruder:  # another machine key
+        with pytest.raises(ControlClientError, match="HTTP 404"):
+            await intruder.sink("POST", "/machine/map", json.dumps(a.map_body()).encode(), lambda chunk: None)
+        # refused before any body: the connection still carries requests
+        assert (await intruder.post_json("/machine/map", a.map_body(Stream=False))).status == 404
