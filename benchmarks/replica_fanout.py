@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import trio
@@ -61,6 +62,7 @@ class Replica:
         self.dir.mkdir(parents=True)
         port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.metrics_port = free_port()
         cfg = {
             "server_url": self.url,
             "listen_addr": f"127.0.0.1:{port}",
@@ -69,7 +71,8 @@ class Replica:
             "database": {"type": "postgres", "postgres": {"host": pg.host, "port": pg.port,
                                                           "name": pg.database, "user": pg.user}},
             "dns": {"listen_addr": ""},
-            "metrics_listen_addr": "",  # two replicas on one host would fight over its fixed default port
+            # on a port of its own: two replicas on one host would fight over the fixed default
+            "metrics_listen_addr": f"127.0.0.1:{self.metrics_port}",
             # every simulated node comes from 127.0.0.1: one source may hold them all
             "limits": {"control": {"max_connections": 12000, "max_connections_per_source": 12000}},
             "log": {"level": "warning"},
@@ -83,6 +86,13 @@ class Replica:
 
     def cli(self, *args: str) -> str:
         return run_cli(self.config, *args)
+
+    def store_operations(self) -> dict[str, int]:
+        """How many times each store operation ran (trioscale_store_operation_seconds_count)."""
+        prefix = "trioscale_store_operation_seconds_count{operation=\""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).read().decode()
+        return {line[len(prefix):].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+                for line in text.splitlines() if line.startswith(prefix)}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -198,6 +208,9 @@ def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurr
                 res["replica_cpu_s"] = {name: round(cpu_s(r.proc.pid) - cpu0[name], 1)
                                         for name, r in zip("AB", replicas)}
             res.update(extra)
+            # per node of the run: which store operations a replica's work took (both alike)
+            res["replica_a_store_ops_per_node"] = {op: round(count / n, 2) for op, count in
+                                                  sorted(replicas[0].store_operations().items()) if count}
             sampler.stopped.set()
             sampler.join()
             res["replica_rss_peak_mib"] = {k: round(v, 1) for k, v in sampler.peak.items()}

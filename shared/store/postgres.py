@@ -122,10 +122,17 @@ async def _aio_migrate(conn: asyncpg.Connection, migrations: list[list[str]]) ->
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool connection handed back needs no reset: operations leave no session state (their
+    advisory locks are transaction-level, LISTEN has its own connection, nothing is SET), and
+    asyncpg still rolls back a transaction left open. Its default reset is one more round trip
+    per operation (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`)."""
+
+
 async def _aio_open_pool(connect: dict, min_size: int, max_size: int, idle_lifetime: float, migrations) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         **connect, min_size=min_size, max_size=max_size, max_inactive_connection_lifetime=idle_lifetime,
-        init=_init_connection,
+        init=_init_connection, reset=_keep_session,
     )
     try:
         async with pool.acquire() as conn:
