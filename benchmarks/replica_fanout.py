@@ -216,9 +216,11 @@ def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurr
             res["replica_rss_peak_mib"] = {k: round(v, 1) for k, v in sampler.peak.items()}
             res["replica_rss_end_mib"] = {name: round(rss_mib(r.proc.pid), 1)
                                           for name, r in zip("AB", replicas)}
-            # what was written: with --bulk, node.updated should be one per round (the moves)
+            # What is left in the change log, by kind: the log is trimmed once every replica has
+            # applied it, and this is read after the fleet disconnected (each node's last stream
+            # closing logs a presence.offline). With --bulk, node.updated should be one per round.
             rows = pg.sql("SELECT kind, count(*) FROM changes GROUP BY kind ORDER BY kind").split()
-            res["change_log"] = {k: int(v) for k, v in (r.split("|") for r in rows)}
+            res["change_log_tail"] = {k: int(v) for k, v in (r.split("|") for r in rows)}
         finally:
             for r in replicas:
                 r.stop()
