@@ -160,6 +160,15 @@ def cpu_s(pid: int) -> float:
         return float("nan")
 
 
+def system_cpu_s(pid: int) -> float:
+    """The kernel's share of cpu_s: on loopback it includes waking the reader of every send."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -369,7 +378,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
                 profile: str | None = None, join_after: int = 0, register_after: int = 0,
-                metrics_url: str | None = None) -> dict:
+                metrics_url: str | None = None, sink: bool = True) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others)."""
@@ -379,6 +388,8 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         nodes = [SimNode(i, controls[i % len(controls)], server_key=server_keys[i % len(controls)])
                  for i in range(n)]
     movers = movers or [nodes[0]]
+    for node in nodes:
+        node.sink = sink
     for mover in movers:
         mover.sink = False  # its connection carries the rounds' lite map requests
     peers_of = peers_of or (lambda m: [p for p in nodes if p is not m])
@@ -386,6 +397,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
     result: dict = {"nodes": n, "controls": len(controls)}
     spy = start_py_spy(server_pid, profile) if profile and server_pid else None
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
+    sys0 = system_cpu_s(server_pid) if server_pid else float("nan")
     client0 = cpu_s(os.getpid())
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
@@ -419,6 +431,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             # setup and drain: every join's work, first maps and deltas to every session
             result["server_cpu_s"] = round(cpu_s(server_pid) - cpu0, 1)
             result["server_cpu_per_join_ms"] = round(1000 * result["server_cpu_s"] / n, 1)
+            result["server_system_cpu_s"] = round(system_cpu_s(server_pid) - sys0, 1)
         result["client_cpu_s"] = round(cpu_s(os.getpid()) - client0, 1)
         result["load_avg"] = os.getloadavg()[0]
         latencies: list[float] = []
@@ -499,6 +512,8 @@ def main() -> None:
     ap.add_argument("--register-after", type=int, default=0, metavar="M",
                     help="after the rounds, M more nodes only register, as fast as they can (before --join-after)")
     ap.add_argument("--concurrency", type=int, default=64, help="nodes registering at once")
+    ap.add_argument("--no-sink", action="store_true",
+                    help="nodes read their map streams through h2 (the load generator before NoiseClient.sink)")
     args = ap.parse_args()
     for n in args.nodes:
         server = None
@@ -521,9 +536,10 @@ def main() -> None:
                                              profile=args.py_spy and f"{args.py_spy}.{n}",
                                              join_after=args.join_after, register_after=args.register_after,
                                              metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
-                                             concurrency=args.concurrency))
+                                             concurrency=args.concurrency, sink=not args.no_sink))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()
+            res["sink"] = not args.no_sink
             print(json.dumps(res))
             if args.json_out:
                 with open(args.json_out, "a") as f:
