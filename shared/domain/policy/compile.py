@@ -15,7 +15,7 @@ Shape of the work (10,000 nodes in mind):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,9 @@ class TailnetIndex:
         self.primaries: dict[IPNetwork, int] | None = None
         #: node ids online now, set by the caller with `primaries` (None = every node counts as online)
         self.online: set[int] | None = None
+        self._all_ids: frozenset[int] | None = None
+        #: what a wildcard covers (see _AllIds)
+        self.every_node = _AllIds(self)
         for u in users:
             self.set_user(u)
         for n in nodes:
@@ -165,9 +168,21 @@ class TailnetIndex:
                 out.append(net)
         return tuple(out)
 
+    def all_ids(self) -> frozenset[int]:
+        """Every node's id (what a wildcard covers), kept until a node joins or leaves: a
+        node's other changes, most of a join storm's, do not copy the tailnet's ids again."""
+        ids = self._all_ids
+        if ids is None:
+            ids = self._all_ids = frozenset(self.nodes)
+        return ids
+
     def set_node(self, info: NodeInfo) -> None:
         if info.id in self.nodes:
+            ids = self._all_ids
             self.remove_node(info.id)
+            self._all_ids = ids  # the same nodes after as before
+        else:
+            self._all_ids = None
         addrs = []
         for a in (info.ipv4, info.ipv6):
             if a:
@@ -194,6 +209,7 @@ class TailnetIndex:
         st = self.nodes.pop(node_id, None)
         if st is None:
             return
+        self._all_ids = None
         info = st.info
         self.tagged.discard(node_id)
         self.untagged.discard(node_id)
@@ -260,13 +276,52 @@ class _Sel:
     self_: bool = False
 
 
+class _AllIds(Set):
+    """Every node's id, as a wildcard covers them: a membership test reads the tailnet's own
+    dict (no copy per change: a registration into 5,000 nodes made two), and set algebra works
+    on a frozen copy made when first needed and kept until a node joins or leaves."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: TailnetIndex) -> None:
+        self._index = index
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._index.nodes
+
+    def __iter__(self):
+        return iter(self._index.all_ids())
+
+    def __len__(self) -> int:
+        return len(self._index.nodes)
+
+    # the reflected forms keep the left operand's type: `peers |= every_node` stays a set
+    def __or__(self, other):
+        return self._index.all_ids() | other
+
+    def __ror__(self, other):
+        return other | self._index.all_ids()
+
+    def __and__(self, other):
+        return self._index.all_ids() & other
+
+    def __rand__(self, other):
+        return other & self._index.all_ids()
+
+    def __sub__(self, other):
+        return self._index.all_ids() - other
+
+    def __rsub__(self, other):
+        return other - self._index.all_ids()
+
+
 @dataclass
 class _RuleCache:
     src: _Sel
     dst: _Sel
-    src_nodes: set[int]
+    src_nodes: Set[int]
     src_ips: list[str]
-    dst_nodes: set[int]
+    dst_nodes: Set[int]
     self_dst: bool
     dst_ips: list[str]
 
@@ -346,7 +401,7 @@ class CompiledPolicy:
             return self.p.hosts[alias.value]  # type: ignore[union-attr]
         return ipaddress.ip_network(alias.value)
 
-    def alias_nodes(self, alias: Alias) -> set[int]:
+    def alias_nodes(self, alias: Alias) -> Set[int]:
         """Nodes one selector covers (cached until the next change)."""
         got = self._alias_cache.get(alias)
         if got is None:
@@ -406,12 +461,12 @@ class CompiledPolicy:
                             sel.nodes |= net.by_user.get(uid, set())
         return sel
 
-    def _sel_nodes(self, sel: _Sel) -> set[int]:
+    def _sel_nodes(self, sel: _Sel) -> Set[int]:
         """Nodes a selection covers: members, nodes whose address or approved route lies in a
-        prefix, exit nodes for autogroup:internet."""
+        prefix, exit nodes for autogroup:internet. Read-only: a wildcard's is shared."""
         net = self.net
         if sel.wildcard:
-            return set(net.nodes)
+            return net.every_node
         out = set(sel.nodes)
         if sel.prefixes:
             for nid, st in net.nodes.items():

@@ -136,8 +136,14 @@ class PolicyHost:
         set); returns the routers whose primary routes, as anyone sees them, changed."""
         c = self.compiled
         net = c.net
-        online = set(self.online())
         owners = {r: ids for r, ids in net.route_owners.items() if str(r) not in EXIT_ROUTES}
+        if not owners and not self.primaries and not c.has_via:
+            # nothing to elect, and the online set is read only by via grants: skip copying it
+            # (O(N), on every node change of a join storm); the next election that counts
+            # takes a fresh copy
+            net.online = None
+            return set()
+        online = set(self.online())
         new = elect_primaries(owners, online, self.primaries)
         changed: set[int] = set()
         for route in set(new) | set(self.primaries):
