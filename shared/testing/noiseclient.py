@@ -621,6 +621,7 @@ class NoiseClient:
         await st.headers_ready.wait()
         raw = self._raw
         if raw is None or raw.st is not st:
+            self._sink_pending = False  # no 200 came (reset, or the connection failed)
             if self._closed is not None:
                 raise self._closed
             text = await ResponseStream(self, st).read_all()
