@@ -151,22 +151,24 @@ def stop_py_spy(spy: subprocess.Popen) -> None:
         spy.kill()
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds `pid` has used (what a loaded machine does not inflate)."""
+def _cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds `pid` has used; NaNs once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except OSError:
-        return float("nan")
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (what a loaded machine does not inflate)."""
+    return sum(_cpu_times(pid))
 
 
 def system_cpu_s(pid: int) -> float:
     """The kernel's share of cpu_s: on loopback it includes waking the reader of every send."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[12]) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return float("nan")
+    return _cpu_times(pid)[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -308,7 +310,6 @@ class SimNode:
         finally:
             await client_cm.__aexit__(None, None, None)
 
-
     def _on_bytes(self, chunk: bytes) -> None:
         """A piece of the map stream. Kept light so that the simulated fleet is not what we
         measure: frames are only split (the keepalive is known by its bytes), and decompressed
@@ -331,7 +332,6 @@ class SimNode:
                     if ep not in self.got and ep.encode() in raw:
                         self.got[ep] = now
                         ev.set()
-
 
     async def full_map_json_bytes(self) -> int | None:
         """The size of this node's full map now, as JSON: a one-shot map request on a connection

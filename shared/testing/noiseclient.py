@@ -188,21 +188,30 @@ class _RawSink:
             self.done.set()
 
 
+#: an HTTP/2 frame header (RFC 9113, section 4.1): length (3 bytes), type, flags, stream id (4)
+_HEADER = 9
+
+
 def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+def _length_at(buf: bytearray | bytes, pos: int) -> int:
+    """The payload length of the frame whose header starts at `pos`."""
+    return int.from_bytes(buf[pos : pos + 3], "big")
 
 
 def _complete(buf: bytearray | bytes, limit: int) -> int:
     """Where the last whole HTTP/2 frame in `buf` ends (a frame over `limit` counts as whole,
     so that h2 sees it and refuses it)."""
     pos, n = 0, len(buf)
-    while n - pos >= 9:
-        length = int.from_bytes(buf[pos : pos + 3], "big")
+    while n - pos >= _HEADER:
+        length = _length_at(buf, pos)
         if length > limit:
             return n
-        if n - pos - 9 < length:
+        if n - pos - _HEADER < length:
             break
-        pos += 9 + length
+        pos += _HEADER + length
     return pos
 
 
@@ -391,7 +400,7 @@ class NoiseClient:
                     # the rest of the bytes over to it
                     pos = 0
                     while pos < end and self._raw is None:
-                        n = 9 + int.from_bytes(buf[pos : pos + 3], "big")
+                        n = _HEADER + _length_at(buf, pos)
                         for ev in self._h2.receive_data(bytes(buf[pos : pos + n])):
                             self._on_event(ev)
                         pos += n
@@ -412,13 +421,13 @@ class NoiseClient:
         sid = raw.st.id
         out = []
         pos, size = 0, len(buf)
-        while size - pos >= 9:
-            length = int.from_bytes(buf[pos : pos + 3], "big")
-            if size - pos - 9 < length:
+        while size - pos >= _HEADER:
+            length = _length_at(buf, pos)
+            if size - pos - _HEADER < length:
                 break
             ftype, flags = buf[pos + 3], buf[pos + 4]
-            fsid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-            start, pos = pos + 9, pos + 9 + length
+            fsid = int.from_bytes(buf[pos + 5 : pos + _HEADER], "big") & 0x7FFFFFFF
+            start, pos = pos + _HEADER, pos + _HEADER + length
             if ftype == _DATA:
                 raw.conn_unacked += length
                 if fsid == sid and not raw.done.is_set():
