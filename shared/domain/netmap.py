@@ -23,7 +23,7 @@ from typing import Any
 from trioscale.shared.model import Node, User
 
 from . import dnsconfig, ipalloc, peerchunks, tailcfg
-from .peerchunks import Fragment, PeerChunk
+from .peerchunks import ChunkedIds, ChunkedNodes, Fragment, PeerChunk
 from .peerset import Announced, PeerSet
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
@@ -60,13 +60,28 @@ class Tailnet:
     #: node id -> (node version, online, expired, base domain, its peer JSON): a first map is
     #: assembled from these, not rebuilt peer by peer (see `peer_text`)
     peer_texts: dict[int, tuple[Node, bool, bool, str, bytes]] = field(default_factory=dict, repr=False)
-    #: id range -> its peers' JSON as one piece, for first maps (shared/domain/peerchunks.py)
-    peer_chunks: dict[int, PeerChunk] = field(default_factory=dict, repr=False)
     #: the addresses and names nodes hold, for allocation (kept by put_node / drop_node /
     #: replace_nodes; code that assigns `nodes` directly allocates from the store instead)
     holdings: ipalloc.Holdings = field(default_factory=ipalloc.Holdings, repr=False)
     #: nodes announced to every session at once; each session's PeerSet follows it
     announced: Announced = field(default_factory=Announced, repr=False)
+
+    def __post_init__(self) -> None:
+        #: id range -> its peers' JSON as one piece, for first maps (shared/domain/peerchunks.py);
+        #: `nodes` and `online` drop a range's piece when one of its ids changes
+        self.peer_chunks: dict[int, PeerChunk] = {}
+        self.nodes = self.nodes
+        self.online = self.online
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a new node table or online set (a reload) is wrapped to keep the kept chunks true
+        if name == "nodes" and "peer_chunks" in self.__dict__:
+            self.peer_chunks.clear()
+            value = ChunkedNodes(self.peer_chunks, value)
+        elif name == "online" and "peer_chunks" in self.__dict__:
+            self.peer_chunks.clear()
+            value = ChunkedIds(self.peer_chunks, value)
+        object.__setattr__(self, name, value)
 
     # -- changes -------------------------------------------------------------------------------
     def put_node(self, node: Node) -> Node | None:

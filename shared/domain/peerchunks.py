@@ -7,16 +7,17 @@ transport keeps each fragment's compressed form beside it, and a first map is se
 concatenation of its fragments' zstd frames (a zstd stream may hold several frames; every client
 decodes them all, in order, into one message).
 
-A kept chunk stands while its nodes are the same objects (a node's every change replaces it), are
-online or not as they were, none of them has expired since, and the base domain is the same: the
-things `Tailnet.peer_text` keys a peer's JSON on. A first map checks that in bulk, per chunk, and
-rebuilds only the chunks that changed; the chunk holding the viewer itself is built for it alone.
+A kept chunk stands while none of its nodes has changed (a node's every change replaces it), come
+or gone, gone online or offline, or expired since, and the base domain is the same: the things
+`Tailnet.peer_text` keys a peer's JSON on. The tailnet's node table and online set are `ChunkedNodes`
+and `ChunkedIds`, which drop a range's kept chunk whenever one of its ids changes, so a first map
+asks each kept chunk two questions (expiry, domain), not each node; the chunk holding the viewer
+itself is built for it alone.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Set as AbstractSet
+from collections.abc import Callable, Iterable, Mapping, Set as AbstractSet
 from datetime import datetime
 from typing import Any
 
@@ -44,12 +45,10 @@ class Fragment:
 class PeerChunk:
     """The announceable nodes of one id range, as JSON, and what that JSON was built from."""
 
-    __slots__ = ("nodes", "online", "domain", "until", "ids", "mask", "profile_keys", "fragment")
+    __slots__ = ("domain", "until", "ids", "mask", "profile_keys", "fragment")
 
-    def __init__(self, nodes: tuple[Node, ...], online: tuple[bool, ...], domain: str, now: datetime,
+    def __init__(self, nodes: Iterable[Node], domain: str, now: datetime,
                  peer_text: Callable[[Node, datetime], bytes]) -> None:
-        self.nodes = nodes
-        self.online = online
         self.domain = domain
         #: the earliest key expiry still ahead among its nodes: the JSON says "expired" after it
         self.until: datetime | None = None
@@ -70,25 +69,139 @@ class PeerChunk:
         self.profile_keys = frozenset(keys)
         self.fragment = Fragment(b",".join(texts)) if texts else None
 
-    def fits(self, nodes: tuple[Node, ...], online: tuple[bool, ...], domain: str, now: datetime) -> bool:
-        # tuple equality asks identity first: unchanged nodes cost a pointer comparison each
-        return (self.nodes == nodes and self.online == online and self.domain == domain
-                and (self.until is None or now < self.until))
+    def fits(self, domain: str, now: datetime) -> bool:
+        """Whether it still says what it would say if built now (its nodes unchanged: the chunk
+        would have been dropped otherwise)."""
+        return self.domain == domain and (self.until is None or now < self.until)
+
+
+class ChunkedNodes(dict[int, Node]):
+    """A tailnet's nodes by id, counting the nodes in each id range and dropping a range's kept
+    chunk from `chunks` when one of its nodes is set or removed. Reads are plain dict reads."""
+
+    def __init__(self, chunks: dict[int, PeerChunk], nodes: Mapping[int, Node] | None = None) -> None:
+        super().__init__()
+        self.chunks = chunks
+        #: range -> how many nodes it holds (ranges without nodes are absent)
+        self.ranges: dict[int, int] = {}
+        if nodes:
+            self.update(nodes)
+
+    def __setitem__(self, node_id: int, node: Node) -> None:
+        k = node_id // CHUNK_IDS
+        if node_id not in self:
+            self.ranges[k] = self.ranges.get(k, 0) + 1
+        self.chunks.pop(k, None)
+        dict.__setitem__(self, node_id, node)
+
+    def __delitem__(self, node_id: int) -> None:
+        dict.__delitem__(self, node_id)
+        self._gone(node_id)
+
+    def _gone(self, node_id: int) -> None:
+        k = node_id // CHUNK_IDS
+        self.chunks.pop(k, None)
+        left = self.ranges[k] - 1
+        if left:
+            self.ranges[k] = left
+        else:
+            del self.ranges[k]
+
+    def pop(self, node_id: int, *default: Any) -> Any:
+        if node_id not in self:
+            return dict.pop(self, node_id, *default)
+        node = dict.pop(self, node_id)
+        self._gone(node_id)
+        return node
+
+    def popitem(self) -> tuple[int, Node]:
+        node_id, node = dict.popitem(self)
+        self._gone(node_id)
+        return node_id, node
+
+    def setdefault(self, node_id: int, node: Node) -> Node:  # type: ignore[override]
+        if node_id not in self:
+            self[node_id] = node
+        return dict.__getitem__(self, node_id)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for node_id, node in dict(*args, **kwargs).items():
+            self[node_id] = node
+
+    def __ior__(self, other: Any) -> ChunkedNodes:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self.ranges.clear()
+        self.chunks.clear()
+
+
+class ChunkedIds(set[int]):
+    """A tailnet's online node ids, dropping a range's kept chunk from `chunks` when one of its
+    ids comes or goes. Membership tests are plain set lookups; set algebra gives plain sets."""
+
+    def __init__(self, chunks: dict[int, PeerChunk], ids: Iterable[int] = ()) -> None:
+        super().__init__(ids)
+        self.chunks = chunks
+
+    def add(self, node_id: int) -> None:
+        if node_id not in self:
+            set.add(self, node_id)
+            self.chunks.pop(node_id // CHUNK_IDS, None)
+
+    def discard(self, node_id: int) -> None:
+        if node_id in self:
+            set.discard(self, node_id)
+            self.chunks.pop(node_id // CHUNK_IDS, None)
+
+    def remove(self, node_id: int) -> None:
+        set.remove(self, node_id)
+        self.chunks.pop(node_id // CHUNK_IDS, None)
+
+    def pop(self) -> int:
+        node_id = set.pop(self)
+        self.chunks.pop(node_id // CHUNK_IDS, None)
+        return node_id
+
+    def _bulk(self, op: Callable[..., Any], *others: Any) -> ChunkedIds:
+        # rare (tests, reloads): every kept chunk goes rather than each changed range
+        op(self, *others)
+        self.chunks.clear()
+        return self
+
+    def update(self, *others: Iterable[int]) -> None:  # type: ignore[override]
+        self._bulk(set.update, *others)
+
+    def difference_update(self, *others: Iterable[Any]) -> None:  # type: ignore[override]
+        self._bulk(set.difference_update, *others)
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:  # type: ignore[override]
+        self._bulk(set.intersection_update, *others)
+
+    def symmetric_difference_update(self, other: Iterable[int]) -> None:  # type: ignore[override]
+        self._bulk(set.symmetric_difference_update, other)
+
+    def clear(self) -> None:
+        self._bulk(set.clear)
+
+    def __ior__(self, other: AbstractSet[int]) -> ChunkedIds:  # type: ignore[override,misc]
+        return self._bulk(set.__ior__, other)
+
+    def __iand__(self, other: AbstractSet[Any]) -> ChunkedIds:  # type: ignore[override,misc]
+        return self._bulk(set.__iand__, other)
+
+    def __isub__(self, other: AbstractSet[Any]) -> ChunkedIds:  # type: ignore[override,misc]
+        return self._bulk(set.__isub__, other)
+
+    def __ixor__(self, other: AbstractSet[int]) -> ChunkedIds:  # type: ignore[override,misc]
+        return self._bulk(set.__ixor__, other)
 
 
 def profile_key(node: Node) -> int:
     """Whose UserProfile a peer's JSON refers to: its user's, or the tagged-devices one."""
     return tailcfg.TAGGED_DEVICES_USER_ID if node.tags else node.user_id
-
-
-def id_runs(ids: list[int]) -> Iterator[tuple[int, list[int]]]:
-    """(chunk number, its ids) for sorted `ids`, a chunk at a time."""
-    i, n = 0, len(ids)
-    while i < n:
-        k = ids[i] // CHUNK_IDS
-        j = bisect_left(ids, (k + 1) * CHUNK_IDS, i)
-        yield k, ids[i:j]
-        i = j
 
 
 def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: AbstractSet[int] | None,
@@ -99,9 +212,8 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
 
     `visible` holds the ids the viewer may see (None: every node); the peers in `pictured` get
     the viewer's own picture of them (`own_json`) and so never come from a kept chunk."""
-    nodes = tailnet.nodes
-    is_online = tailnet.online.__contains__
-    get = nodes.__getitem__
+    nodes: ChunkedNodes = tailnet.nodes
+    get = nodes.get
     domain = tailnet.settings.base_domain
     cache: dict[int, PeerChunk] = tailnet.peer_chunks
     peer_text = tailnet.peer_text
@@ -109,13 +221,11 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
     pieces: list[bytes | Fragment] = []
     ids = 0
     keys: set[int] = set()
-    for k, run in id_runs(sorted(nodes)):
-        members = tuple(map(get, run))
+    for k in sorted(nodes.ranges):
         if k != own_chunk:
-            flags = tuple(map(is_online, run))
             chunk = cache.get(k)
-            if chunk is None or not chunk.fits(members, flags, domain, now):
-                chunk = cache[k] = PeerChunk(members, flags, domain, now, peer_text)
+            if chunk is None or not chunk.fits(domain, now):
+                chunk = cache[k] = PeerChunk(range_nodes(get, k), domain, now, peer_text)
             if visible is None or (visible.issuperset(chunk.ids) and pictured.isdisjoint(chunk.ids)):
                 if chunk.fragment is not None:
                     pieces.append(chunk.fragment)
@@ -124,7 +234,7 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
                 continue
         # the range holds the viewer, or peers it may not see or has its own picture of
         texts = []
-        for node in members:
+        for node in range_nodes(get, k):
             nid = node.id
             if node.disco_key is None or nid == viewer_id or (visible is not None and nid not in visible):
                 continue
@@ -133,8 +243,9 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
             keys.add(profile_key(node))
         if texts:
             pieces.append(b",".join(texts))
-    if len(cache) > len(nodes) // CHUNK_IDS + 64:
-        live = {i // CHUNK_IDS for i in nodes}
-        for gone in [k for k in cache if k not in live]:
-            del cache[gone]  # ranges whose nodes are all gone, dropped in bulk
     return pieces, ids, keys
+
+
+def range_nodes(get: Callable[[int], Node | None], k: int) -> list[Node]:
+    """The nodes of id range `k`, in id order."""
+    return [node for node in map(get, range(k * CHUNK_IDS, (k + 1) * CHUNK_IDS)) if node is not None]

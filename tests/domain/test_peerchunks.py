@@ -115,3 +115,35 @@ def test_a_chunk_whose_key_expires_meanwhile_is_built_again():
     (peer,) = [p for p in json.loads(fanout.first_map_message(tailnet, SessionView(1), later).json())["Peers"]
                if p["ID"] == 71]
     assert peer.get("Expired") is True
+
+
+def test_kept_chunks_follow_every_way_of_changing_nodes_and_online():
+    """The node table and online set drop a range's kept chunk however they are changed: through
+    the fan-out or not, one id at a time, in bulk, or replaced whole (a reload)."""
+    nodes = [make_node(i, 1) for i in (1, 2, 70, 71, 140, 200)]
+    tailnet = make_tailnet(nodes, USERS, None, policy=False)
+    viewers = [1, 140]
+    assert_same_first_maps(tailnet, viewers, NOW)
+    edits = [
+        lambda t: t.online.add(70),
+        lambda t: t.online.discard(70),
+        lambda t: t.online.update({71, 200}),
+        lambda t: t.online.difference_update({200}),
+        lambda t: t.online.__isub__({71}),
+        lambda t: setattr(t, "online", {2, 70, 140}),
+        lambda t: t.nodes.__setitem__(71, t.nodes[71].replace(endpoints=("192.0.2.7:1",))),
+        lambda t: t.nodes.pop(200),
+        lambda t: t.nodes.setdefault(201, make_node(201, 2)),
+        lambda t: t.nodes.update({130: make_node(130, 3)}),
+        lambda t: t.nodes.__delitem__(130),
+        lambda t: setattr(t, "nodes", {i: n for i, n in t.nodes.items() if i != 2}),
+        lambda t: t.online.clear(),
+    ]
+    for edit in edits:
+        edit(tailnet)
+        assert_same_first_maps(tailnet, viewers, NOW)
+        held = {}
+        for i in tailnet.nodes:
+            held[i // peerchunks.CHUNK_IDS] = held.get(i // peerchunks.CHUNK_IDS, 0) + 1
+        assert tailnet.nodes.ranges == held
+    assert type(tailnet.online | {5}) is set  # derived sets are plain: they do not touch the cache
