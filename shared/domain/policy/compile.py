@@ -314,6 +314,14 @@ class _AllIds(Set):
     def __rsub__(self, other):
         return other - self._index.all_ids()
 
+    # subset tests against the dict's key view run in C: `sessions.keys() <= audience` at each
+    # join would otherwise call __contains__ once per session
+    def __ge__(self, other):
+        return self._index.nodes.keys() >= other
+
+    def __le__(self, other):
+        return self._index.nodes.keys() <= other
+
 
 @dataclass
 class _RuleCache:
