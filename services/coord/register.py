@@ -159,11 +159,6 @@ def registration_id_from_url(url: str) -> str | None:
     return reg_id or None
 
 
-async def _taken(store: Store) -> tuple[set[str], set[str]]:
-    nodes = await store.list_nodes()
-    return {a for n in nodes for a in (n.ipv4, n.ipv6) if a}, {n.given_name for n in nodes}
-
-
 async def create_or_update_node(
     store: Store,
     policy: RegistrationPolicy,
@@ -209,7 +204,7 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
         if allocations is not None and attempt == 0:
             taken_addrs, taken_names = allocations.taken()
         else:
-            taken_addrs, taken_names = await _taken(store)
+            taken_addrs, taken_names = await store.node_holdings()
         # after two lost races (other replicas registering at the same time all pick the same lowest
         # free address) spread out: random addresses cannot collide over and over
         strategy = policy.allocation if attempt < 2 else "random"

@@ -164,6 +164,10 @@ class Store(abc.ABC):
     async def list_nodes(self, user_id: int | None = None) -> list[Node]: ...
 
     @abc.abstractmethod
+    async def node_holdings(self) -> tuple[set[str], set[str]]:
+        """The addresses (IPv4 and IPv6) and the names that nodes hold."""
+
+    @abc.abstractmethod
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         """Set the named fields (names of Node attributes other than id/machine_key). NotFound,
         Conflict as for create. The change's data lists the changed field names. A no-op update

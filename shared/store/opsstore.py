@@ -60,6 +60,7 @@ from trioscale.shared.store.ops.nodes import (
     op_get_node,
     op_get_node_by,
     op_list_nodes,
+    op_node_holdings,
     op_update_node,
 )
 from trioscale.shared.store.ops.oauth_clients import (
@@ -201,6 +202,9 @@ class OpsStore(Store):
 
     async def list_nodes(self, user_id: int | None = None) -> list[Node]:
         return await self._read(op_list_nodes, user_id)
+
+    async def node_holdings(self) -> tuple[set[str], set[str]]:
+        return await self._read(op_node_holdings)
 
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         return await self._write(op_update_node, node_id, fields)

@@ -44,6 +44,14 @@ def op_list_nodes(user_id: int | None):
     return [node_from_row(r) for r in rows]
 
 
+def op_node_holdings():
+    """The addresses and names nodes hold: three columns, not whole nodes (an address lost to
+    another replica is retried with these, and decoding every node's row was O(N) per retry)."""
+    rows = yield All("SELECT ipv4, ipv6, given_name FROM nodes")
+    addrs = {a for r in rows for a in (r["ipv4"], r["ipv6"]) if a}
+    return addrs, {r["given_name"] for r in rows}
+
+
 def need_node(node_id: int):
     """The node `node_id`, or NotFound (for operations on records that name a node)."""
     r = yield One("SELECT * FROM nodes WHERE id = ?", int(node_id))
