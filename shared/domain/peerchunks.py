@@ -167,9 +167,10 @@ class ChunkedIds(set[int]):
 
     def _bulk(self, op: Callable[..., Any], *others: Any) -> ChunkedIds:
         # rare (tests, reloads): every kept chunk goes rather than each changed range
-        op(self, *others)
+        done = op(self, *others)
         self.chunks.clear()
-        return self
+        # an in-place operator refused (`|=` with a non-set): Python then tries the plain form
+        return NotImplemented if done is NotImplemented else self
 
     def update(self, *others: Iterable[int]) -> None:  # type: ignore[override]
         self._bulk(set.update, *others)

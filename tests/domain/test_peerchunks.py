@@ -147,3 +147,9 @@ def test_kept_chunks_follow_every_way_of_changing_nodes_and_online():
             held[i // peerchunks.CHUNK_IDS] = held.get(i // peerchunks.CHUNK_IDS, 0) + 1
         assert tailnet.nodes.ranges == held
     assert type(tailnet.online | {5}) is set  # derived sets are plain: they do not touch the cache
+
+
+def test_an_in_place_operator_the_set_refuses_falls_back_as_for_a_set():
+    online = peerchunks.ChunkedIds({}, {1})
+    online |= {5: None}.keys()  # set.__ior__ takes only sets: Python falls back to `online | keys`
+    assert online == {1, 5}
