@@ -43,9 +43,23 @@ FLUSH_YIELD_EVERY = 256
 #: session in few large writes, and stays near zero when changes come one at a time
 FLUSH_WIDEN = 4.0
 FLUSH_WINDOW_MAX = 1.0
+#: a pass that carried at least this many shared-log entries is a storm's (thousands of nodes
+#: joining or coming back): the next window widens further and may reach FLUSH_STORM_WINDOW_MAX.
+#: One change at a time never waits the longer window (a pass carrying it carries one entry).
+FLUSH_STORM_ENTRIES = 16
+FLUSH_STORM_WIDEN = 8.0
+FLUSH_STORM_WINDOW_MAX = 2.0
 #: shared-log entries a session may leave unwritten before it is closed as fallen behind (as
 #: many changes as a full queue may fold)
 SHARED_LOG_BEHIND_LIMIT = SESSION_QUEUE_LIMIT * 64
+
+
+def flush_window(took: float, carried: int) -> float:
+    """Seconds the flusher waits after a pass that took `took` seconds and carried `carried`
+    shared-log entries."""
+    if carried >= FLUSH_STORM_ENTRIES:
+        return min(FLUSH_STORM_WINDOW_MAX, took * FLUSH_STORM_WIDEN)
+    return min(FLUSH_WINDOW_MAX, took * FLUSH_WIDEN)
 
 
 class LogRun:
@@ -388,17 +402,19 @@ class SessionTable:
         while True:
             await self._dirty_wakeup.wait()
             started = trio.current_time()
-            await self.flush_pass()
+            carried = await self.flush_pass()
             # rate control, not synchronisation: the next pass waits in proportion to this one
-            await trio.sleep(min(FLUSH_WINDOW_MAX, (trio.current_time() - started) * FLUSH_WIDEN))
+            await trio.sleep(flush_window(trio.current_time() - started, carried))
 
-    async def flush_pass(self) -> None:
+    async def flush_pass(self) -> int:
         """One pass: the sessions with messages queued (every session when the shared log grew)
-        write them, then the log lets go of what all have written."""
+        write them, then the log lets go of what all have written. Returns how many shared-log
+        entries were new to this pass."""
         self._dirty_wakeup = trio.Event()
         dirty, self._dirty = self._dirty, {}
         log = self.log
-        if log.end > self._log_flushed:  # news for every session
+        carried = log.end - self._log_flushed
+        if carried > 0:  # news for every session
             self._log_flushed = log.end
             for sessions in self.by_node.values():
                 dirty.update(dict.fromkeys(sessions))
@@ -409,6 +425,7 @@ class SessionTable:
                 await trio.sleep(0)  # let requests and the follower run during a long pass
         del batches
         self.trim_log()
+        return max(carried, 0)
 
     def trim_log(self) -> None:
         """Drop the shared log's entries every open session has written, counting their changes as

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 from trioscale.services.coord.metrics import DELTAS_SENT, FANOUT_SECONDS
 from trioscale.services.coord.sessions import (
-    SESSION_QUEUE_LIMIT, SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, framed,
+    FLUSH_STORM_ENTRIES, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
+    SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed,
 )
 from trioscale.shared.domain.fanout import EVERY_SESSION, EverySession, Message
 from trioscale.shared.proto import mapframe
@@ -81,6 +82,24 @@ async def test_messages_for_every_session_keep_their_place_among_a_sessions_own(
     assert stream_b.bodies() == [{"PeersChanged": [{"ID": 10}, {"ID": 11}]}]
     assert stream_late.writes == []
     assert table.log.entries == [] and table.log.base == 2  # written by all: let go
+
+
+async def test_a_pass_says_how_many_shared_log_entries_it_carried():
+    table = SessionTable()
+    open_session(table, 1)
+    table.deliver([(EVERY_SESSION, joined(10)), (EVERY_SESSION, joined(11))])
+    assert await table.flush_pass() == 2
+    assert await table.flush_pass() == 0
+
+
+def test_the_flush_window_widens_further_only_after_a_storm_pass():
+    # one change at a time: the window a pass of its duration always had
+    assert flush_window(0.1, 1) == 0.1 * FLUSH_WIDEN
+    assert flush_window(0.1, FLUSH_STORM_ENTRIES - 1) == 0.1 * FLUSH_WIDEN
+    assert flush_window(10.0, 1) == FLUSH_WINDOW_MAX
+    # a pass that carried a storm's entries: wider, up to its own bound
+    assert 0.1 * FLUSH_WIDEN < flush_window(0.1, FLUSH_STORM_ENTRIES) <= FLUSH_STORM_WINDOW_MAX
+    assert flush_window(10.0, 10 * FLUSH_STORM_ENTRIES) == FLUSH_STORM_WINDOW_MAX
 
 
 async def test_sessions_that_take_the_same_run_share_its_frame_and_the_change_is_counted_once():
