@@ -228,8 +228,8 @@ CHANGE_KINDS = frozenset(
         "user.created",
         "user.updated",
         "user.deleted",
-        "node.created",
-        "node.updated",  # data: {"id", "fields": [names of changed fields]}
+        "node.created",  # data: {"id", "user_id", "node_key", "node": the node (see store.base.carried_node)}
+        "node.updated",  # data: {"id", "user_id", "fields": [names of changed fields], "node"}
         "node.deleted",
         "preauthkey.created",
         "preauthkey.updated",

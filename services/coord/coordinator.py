@@ -30,7 +30,7 @@ from trioscale.shared.domain import fanout, tailcfg
 from trioscale.shared.domain.fanout import Message
 from trioscale.shared.domain.netmap import Settings, Tailnet
 from trioscale.shared.model import Change, Node, utcnow
-from trioscale.shared.store.base import Store, StoreUnavailable
+from trioscale.shared.store.base import Store, StoreUnavailable, carried_node
 
 from . import policywrites
 from .metrics import POLICY_COMPILE_SECONDS
@@ -201,7 +201,9 @@ class Coordinator:
     async def _apply(self, change: Change) -> None:
         kind, data = change.kind, change.data
         if kind in ("node.created", "node.updated"):
-            new = await self.store.get_node(data["id"])
+            new = carried_node(change)
+            if new is None:
+                new = await self.store.get_node(data["id"])
             old = self.tailnet.nodes.get(data["id"])
             if new is None:
                 self._node_gone(data["id"])

@@ -42,6 +42,7 @@ import trio
 
 from trioscale.shared.net.limits import ConnectionLimiter, standalone_limiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
+from trioscale.shared.store.base import carried_node
 
 from .ratelimit import RateLimiter
 from .options import DnsOptions, DnsTuning
@@ -179,7 +180,9 @@ async def _apply(store: Any, zone: Zone, change: Any) -> None:
             return
         if kind == "node.updated" and fields is not None and not _DNS_FIELDS.intersection(fields):
             return
-        node = await store.get_node(node_id)
+        node = carried_node(change)
+        if node is None:
+            node = await store.get_node(node_id)
         if node is None:
             zone.remove_node(node_id)
         else:

@@ -33,6 +33,7 @@ from trioscale.shared.model import (
     SSHCheck,
     User,
 )
+from trioscale.shared.store.rows import node_from_row
 
 #: the most pending interactive registrations kept; when full, new ones are refused (never
 #: evicting other sources' logins, so a flood cannot push out real ones)
@@ -170,7 +171,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         """Set the named fields (names of Node attributes other than id/machine_key). NotFound,
-        Conflict as for create. The change's data lists the changed field names. A no-op update
+        Conflict as for create. The change's data lists the changed field names, and carries the
+        node as committed (`carried_node`), as node.created's does. A no-op update
         (values equal to the stored ones) writes nothing and records no change.
 
         Naming `auth_key_id` is a registration with that key: like create_node, a single-use key
@@ -468,3 +470,11 @@ class Store(abc.ABC):
             async with store.subscribe() as changes:
                 async for change in changes: ...
         """
+
+
+def carried_node(change: Change) -> Node | None:
+    """The node a node.created or node.updated change carries, as that change committed it, so
+    that whoever applies the change in order need not read the node back. None when the change
+    carries none (written before changes carried nodes, or by an import): read the store then."""
+    row = (change.data or {}).get("node") if change.kind in ("node.created", "node.updated") else None
+    return None if row is None else node_from_row(row)

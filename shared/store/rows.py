@@ -196,6 +196,20 @@ def node_from_row(r: Mapping[str, Any]) -> Node:
     )
 
 
+def node_as_row(node: Node) -> dict[str, Any]:
+    """`node` as a row `node_from_row` reads back equal, in values change data can carry (a node
+    change carries the node as committed, so the replicas that apply it need not read it again)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(node):
+        v = getattr(node, f.name)
+        if isinstance(v, datetime):
+            v = utc(v).isoformat()
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
 def preauth_key_from_row(r: Mapping[str, Any]) -> PreAuthKey:
     return PreAuthKey(
         id=int(r["id"]),

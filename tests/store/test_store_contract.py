@@ -11,11 +11,14 @@ import pytest
 from storehelpers import T0, key, node, registration, relay
 from trioscale.shared.model import CHANGE_KINDS, Change, SSHCheck
 from trioscale.shared.store import base
-from trioscale.shared.store.base import Conflict, NotFound
+from trioscale.shared.store.base import Conflict, NotFound, carried_node
 
 
 async def changes_after(store, seq):
-    return [(c.kind, c.data) for c in await store.changes_since(seq)]
+    """(kind, data) of the changes after `seq`, without the node a node change carries (its own
+    test below: test_node_changes_carry_the_node)."""
+    return [(c.kind, {k: v for k, v in c.data.items() if k != "node"} if c.kind.startswith("node.") else c.data)
+            for c in await store.changes_since(seq)]
 
 
 # -- users ---------------------------------------------------------------------------------------
@@ -186,6 +189,23 @@ async def test_single_use_key_marked_used_on_create_node(store):
     with pytest.raises(Conflict):
         await store.create_node(node(u.id, given_name=n1.given_name, auth_key_id=fresh.id))
     assert (await store.get_preauth_key(fresh.id)).used is False
+
+
+async def test_node_changes_carry_the_node(store):
+    """Each node change carries the node as that change committed it (what a replica applying the
+    log in order uses instead of reading the node back), equal to what the store returned."""
+    u = await store.create_user("carrier")
+    seq = await store.latest_seq()
+    created = await store.create_node(node(u.id, 1))
+    first = await store.update_node(created.id, endpoints=["198.51.100.1:41641"], last_seen=T0,
+                                    hostinfo={**created.hostinfo, "OS": "linux", "Services": [{"Port": 22}]})
+    second = await store.update_node(created.id, tags=["tag:x"], expiry=T0 + timedelta(days=1), home_derp=3)
+    carried = [(c.kind, carried_node(c)) for c in await store.changes_since(seq)]
+    assert carried == [("node.created", created), ("node.updated", first), ("node.updated", second)]
+    assert second == await store.get_node(created.id)
+    # a change without one (an import's, or one written before changes carried nodes)
+    assert carried_node(Change(seq=1, kind="node.updated", data={"id": created.id})) is None
+    assert carried_node(Change(seq=1, kind="user.updated", data={"id": u.id, "node": {}})) is None
 
 
 async def test_update_node(store):

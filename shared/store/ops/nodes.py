@@ -17,7 +17,7 @@ from trioscale.shared.store.ops.limits import check_node_sizes
 from trioscale.shared.store.ops.preauth_keys import emit_key_used, use_auth_key
 from trioscale.shared.store.ops.query import All, Emit, Exec, One
 from trioscale.shared.store.ops.users import need_user
-from trioscale.shared.store.rows import NODE_FIELDS, node_from_row, normalize_hostinfo, normalize_node_value
+from trioscale.shared.store.rows import NODE_FIELDS, node_as_row, node_from_row, normalize_hostinfo, normalize_node_value
 
 #: what update_node may set: a node's machine key is its identity
 NODE_UPDATABLE: frozenset[str] = frozenset(NODE_FIELDS) - {"machine_key"}
@@ -104,7 +104,7 @@ def op_create_node(node: Node, now: datetime):
     created = node_from_row(r)
     yield Emit(
         "node.created",
-        {"id": created.id, "user_id": created.user_id, "node_key": _hex(created.node_key)},
+        {"id": created.id, "user_id": created.user_id, "node_key": _hex(created.node_key), "node": node_as_row(created)},
     )
     yield from emit_key_used(key)
     return created
@@ -130,7 +130,8 @@ def op_update_node(node_id: int, fields: Mapping[str, Any]):
     sets = ", ".join(f"{name} = ?" for name in changed)
     r = yield One(f"UPDATE nodes SET {sets} WHERE id = ? RETURNING *", *(new[n] for n in changed), current.id)
     updated = node_from_row(r)
-    yield Emit("node.updated", {"id": updated.id, "user_id": updated.user_id, "fields": changed})
+    yield Emit("node.updated", {"id": updated.id, "user_id": updated.user_id, "fields": changed,
+                                "node": node_as_row(updated)})
     yield from emit_key_used(key)
     return updated
 
