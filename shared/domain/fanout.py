@@ -266,6 +266,7 @@ def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any
     """Record what a first map told the client (filter, SSH policy, own node, router pictures); its
     announced peers follow the tailnet's announcements from here on."""
     view.sent.follow(tailnet.announced)
+    tailnet.known_to_all.session_opened(view.node_id, view.sent)
     view.filter = first.get("PacketFilter")
     view.ssh = first.get("SSHPolicy")
     view.self_node = first.get("Node")
@@ -494,6 +495,7 @@ class _Run:
         if nid not in sessions and sessions.keys() <= audience:
             # every session may see it (a full mesh): one entry for all, and one for their PeerSets
             tailnet.announced.append(nid)  # each session's PeerSet takes it when next read
+            tailnet.known_to_all.learn(nid)
             if sessions:
                 message = Message(tailnet.encode_delta(Delta("changed", nid), changed, self.now))
                 self.out.append((EVERY_SESSION, message))
@@ -519,7 +521,13 @@ class _Run:
         sessions = self.sessions
         if len(sessions) - (node_id in sessions) < EVERY_SESSION_FROM:
             return False
-        return all(node_id in view.sent for vid, views in sessions.items() if vid != node_id for view in views)
+        known = self.tailnet.known_to_all
+        if node_id in known:
+            return True
+        if all(node_id in view.sent for vid, views in sessions.items() if vid != node_id for view in views):
+            known.learn(node_id)
+            return True
+        return False
 
     def tell_every_other(self, old: Node | None, new: Node, changed: frozenset[str]) -> bool:
         """An announced node changed and the policy's picture of it did not (so neither did who may
@@ -565,6 +573,7 @@ class _Run:
                     if view.views:
                         view.views.pop(node_id, None)
             self.refresh_others(None, policy.elect())
+        tailnet.known_to_all.forget(node_id)
         if old is None:
             return
         removed = Message({"PeersRemoved": [node_id]})

@@ -24,7 +24,7 @@ from trioscale.shared.model import Node, User
 
 from . import dnsconfig, ipalloc, peerchunks, tailcfg
 from .peerchunks import ChunkedIds, ChunkedNodes, Fragment, PeerChunk
-from .peerset import Announced, PeerSet
+from .peerset import Announced, KnownToAll, PeerSet
 
 #: node fields a peer can be told about with a PeersChangedPatch instead of the full node
 PATCHABLE_FIELDS = frozenset({"endpoints", "home_derp", "disco_key", "last_seen", "node_key", "expiry"})
@@ -65,6 +65,8 @@ class Tailnet:
     holdings: ipalloc.Holdings = field(default_factory=ipalloc.Holdings, repr=False)
     #: nodes announced to every session at once; each session's PeerSet follows it
     announced: Announced = field(default_factory=Announced, repr=False)
+    #: nodes every session but their own is known to have been told of (fanout.every_other_knows)
+    known_to_all: KnownToAll = field(default_factory=KnownToAll, repr=False)
 
     def __post_init__(self) -> None:
         #: id range -> its peers' JSON as one piece, for first maps (shared/domain/peerchunks.py);

@@ -89,6 +89,9 @@ _NOTHING = Announced()
 class PeerSet(MutableSet[int]):
     __slots__ = ("_bits", "_len", "_announced", "_taken", "__weakref__")
 
+    #: ids taken out of any PeerSet so far (KnownToAll forgets everything when this moves)
+    removals = 0
+
     def __init__(self, ids: Iterable[int] = ()) -> None:
         self._bits = bytearray()
         self._len = 0
@@ -189,6 +192,12 @@ class PeerSet(MutableSet[int]):
         if node_id in self:
             self._bits[node_id >> 3] &= ~(1 << (node_id & 7)) & 0xFF
             self._len -= 1
+            PeerSet.removals += 1
+
+    def mask(self) -> int:
+        """The set as an integer, id i as bit i (see `id_mask`)."""
+        self.catch_up()
+        return int.from_bytes(self._bits, "little")
 
     def __iter__(self) -> Iterator[int]:
         self.catch_up()
@@ -205,3 +214,46 @@ class PeerSet(MutableSet[int]):
 
     def __repr__(self) -> str:
         return f"PeerSet({sorted(self)!r})"
+
+
+class KnownToAll:
+    """Node ids that every open session, other than the node's own, holds in its PeerSet: the
+    answers `every_other_knows` found true, kept so that a node announced to a full mesh is not
+    looked for in thousands of sessions again at each of its online or endpoint changes.
+
+    A kept answer can only be falsified by a session opening without the id (its first map did
+    not list it), or by an id leaving a PeerSet. The first is checked as each first map is
+    recorded (`session_opened`: one whole-bitmap AND); on the second, which is rare (a node
+    removed, a policy narrowing what a viewer sees), everything kept is forgotten. Sessions
+    closing cannot falsify an answer."""
+
+    __slots__ = ("_mask", "_removals")
+
+    def __init__(self) -> None:
+        self._mask = 0
+        self._removals = PeerSet.removals
+
+    def _current(self) -> int:
+        if self._removals != PeerSet.removals:
+            self._mask = 0
+            self._removals = PeerSet.removals
+        return self._mask
+
+    def __contains__(self, node_id: int) -> bool:
+        return bool(self._current() >> node_id & 1)
+
+    def learn(self, node_id: int) -> None:
+        """Every session but the node's own holds `node_id` now."""
+        self._mask = self._current() | (1 << node_id)
+
+    def forget(self, node_id: int) -> None:
+        mask = self._current()
+        if mask >> node_id & 1:
+            self._mask = mask & ~(1 << node_id)
+
+    def session_opened(self, node_id: int, sent: PeerSet) -> None:
+        """A session of `node_id` told its client of `sent`: what it lacks is no longer known to
+        all (its own node's id aside)."""
+        mask = self._current()
+        if mask:
+            self._mask = mask & (sent.mask() | (1 << node_id))

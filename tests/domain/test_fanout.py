@@ -159,6 +159,15 @@ def assert_like_fresh_maps(tailnet: Tailnet, sessions, clients, what: str) -> No
             assert set(view.sent) == set(clients[view].peers), (what, node_id)
 
 
+def assert_known_to_all_is_sound(tailnet: Tailnet, sessions, what: str) -> None:
+    """Every id the tailnet keeps as known to all is in every other session's PeerSet."""
+    for node_id in tailnet.nodes:
+        if node_id in tailnet.known_to_all:
+            lacking = [vid for vid, views in sessions.items() if vid != node_id
+                       for view in views if node_id not in view.sent]
+            assert not lacking, f"{what}: {node_id} kept as known to all, but sessions of {lacking} lack it"
+
+
 def _diff(a: dict, b: dict) -> dict:
     out = {}
     for k in a:
@@ -211,6 +220,50 @@ def test_news_of_a_node_everyone_sees_is_one_message_for_every_other_session():
     (to, message), = fanout.fan_out(tailnet, sessions, OnlineSet(2, False), NOW)
     assert to.but == 2 and body(message)["PeersChangedPatch"][0]["Online"] is False
     assert sorted(v.node_id for v, _ in addressed([(to, message)], sessions)) == [1, 3, 4]
+
+
+class CountingSessions(dict):
+    """Sessions that count how often they are walked."""
+
+    walks = 0
+
+    def items(self):
+        self.walks += 1
+        return super().items()
+
+
+def test_a_node_announced_to_a_full_mesh_is_not_looked_for_in_every_session_again():
+    users = [User(id=1, name="u0")]
+    text = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
+    tailnet = make_tailnet([make_node(i, 1) for i in range(1, 5)], users, text)
+    plain, _ = open_sessions(tailnet)
+    sessions = CountingSessions(plain)
+    fanout.fan_out(tailnet, sessions, NodeSet(make_node(5, 1)), NOW)  # announced to every session
+    sessions.walks = 0
+    (to, _), = fanout.fan_out(tailnet, sessions, OnlineSet(5, True), NOW)
+    assert type(to) is fanout.EverySession and sessions.walks == 0
+    # its own session opens (it does not list itself): still known to all
+    sessions[5] = [open_one(tailnet, 5)[0]]
+    (to, _), = fanout.fan_out(tailnet, sessions, OnlineSet(5, False), NOW)
+    assert type(to) is fanout.EverySession and sessions.walks == 0
+
+
+def test_what_is_kept_as_known_to_all_is_dropped_when_a_session_lacks_it():
+    users = [User(id=1, name="u0"), User(id=2, name="u1")]
+    text = '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}'
+    tailnet = make_tailnet([make_node(1, 1), make_node(2, 1), make_node(3, 1), make_node(4, 2)], users, text)
+    sessions = {i: [open_one(tailnet, i)[0]] for i in (1, 2, 3)}
+    run = fanout._Run(tailnet, sessions, NOW)
+    assert run.every_other_knows(1) and 1 in tailnet.known_to_all
+    # u1's node opens a session: its first map does not list u0's node 1
+    sessions[4] = [open_one(tailnet, 4)[0]]
+    assert 1 not in tailnet.known_to_all and not run.every_other_knows(1)
+    # an id leaving any PeerSet forgets what was kept
+    del sessions[4]
+    assert run.every_other_knows(2) and 2 in tailnet.known_to_all
+    sessions[3][0].sent.discard(1)
+    assert 2 not in tailnet.known_to_all
+    assert run.every_other_knows(2)  # looked for again, and true
 
 
 def test_a_join_only_some_may_see_is_addressed_to_each_of_them():
@@ -422,3 +475,4 @@ def test_replaying_every_sessions_messages_gives_a_fresh_map(n, seed_tags, seed_
             sessions[change.node.id] = [view]
             clients[view] = client
         assert_like_fresh_maps(tailnet, sessions, clients, f"step {step}: {change!r}")
+        assert_known_to_all_is_sound(tailnet, sessions, f"step {step}: {change!r}")
