@@ -201,9 +201,7 @@ class Coordinator:
     async def _apply(self, change: Change) -> None:
         kind, data = change.kind, change.data
         if kind in ("node.created", "node.updated"):
-            new = carried_node(change)
-            if new is None:
-                new = await self.store.get_node(data["id"])
+            new = carried_node(change) or await self.store.get_node(data["id"])
             old = self.tailnet.nodes.get(data["id"])
             if new is None:
                 self._node_gone(data["id"])

@@ -413,8 +413,8 @@ class SessionTable:
         self._dirty_wakeup = trio.Event()
         dirty, self._dirty = self._dirty, {}
         log = self.log
-        carried = log.end - self._log_flushed
-        if carried > 0:  # news for every session
+        carried = log.end - self._log_flushed  # the log's end only grows
+        if carried:  # news for every session
             self._log_flushed = log.end
             for sessions in self.by_node.values():
                 dirty.update(dict.fromkeys(sessions))
@@ -425,7 +425,7 @@ class SessionTable:
                 await trio.sleep(0)  # let requests and the follower run during a long pass
         del batches
         self.trim_log()
-        return max(carried, 0)
+        return carried
 
     def trim_log(self) -> None:
         """Drop the shared log's entries every open session has written, counting their changes as

@@ -180,9 +180,7 @@ async def _apply(store: Any, zone: Zone, change: Any) -> None:
             return
         if kind == "node.updated" and fields is not None and not _DNS_FIELDS.intersection(fields):
             return
-        node = carried_node(change)
-        if node is None:
-            node = await store.get_node(node_id)
+        node = carried_node(change) or await store.get_node(node_id)
         if node is None:
             zone.remove_node(node_id)
         else:

@@ -200,13 +200,13 @@ def node_as_row(node: Node) -> dict[str, Any]:
     """`node` as a row `node_from_row` reads back equal, in values change data can carry (a node
     change carries the node as committed, so the replicas that apply it need not read it again)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(node):
-        v = getattr(node, f.name)
+    for name in ("id", *NODE_FIELDS):
+        v = getattr(node, name)
         if isinstance(v, datetime):
-            v = utc(v).isoformat()
+            v = time_text(v)
         elif isinstance(v, tuple):
             v = list(v)
-        out[f.name] = v
+        out[name] = v
     return out
 
 
