@@ -28,7 +28,7 @@ and each session only looks at the peers that entered or left its class's set.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -272,6 +272,8 @@ def remember_first_map(tailnet: Tailnet, view: SessionView, first: dict[str, Any
     view.self_node = first.get("Node")
     view.views = {}
     policy = tailnet.policy
+    if policy is None or not policy.known(view.node_id):
+        tailnet.sessions_indexed = None  # a session of a node the policy does not index
     if policy is None:
         return
     vid = view.node_id
@@ -492,7 +494,7 @@ class _Run:
         sessions = self.sessions
         nid = new.id
         message: Message | None = None
-        if nid not in sessions and sessions.keys() <= audience:
+        if nid not in sessions and self.every_session_in(audience):
             # every session may see it (a full mesh): one entry for all, and one for their PeerSets
             tailnet.announced.append(nid)  # each session's PeerSet takes it when next read
             tailnet.known_to_all.learn(nid)
@@ -512,6 +514,22 @@ class _Run:
                 if message is None:
                     message = Message(tailnet.encode_delta(Delta("changed", nid), changed, self.now))
                 push((view, message))
+        return True
+
+    def every_session_in(self, audience: AbstractSet[int]) -> bool:
+        """Whether every session's node is in `audience`. Asked of every node (a wildcard's view)
+        at each join of a full mesh, the answer is kept: it stays true while no node leaves the
+        policy's index and each session opened since was of a node in it (remember_first_map).
+        Asking anew looks up every session, O(N) per join."""
+        tailnet = self.tailnet
+        net = self.policy.compiled.net
+        every = audience is net.every_node
+        if every and tailnet.sessions_indexed == (net, net.departures):
+            return True
+        if not self.sessions.keys() <= audience:
+            return False
+        if every:
+            tailnet.sessions_indexed = (net, net.departures)
         return True
 
     def every_other_knows(self, node_id: int) -> bool:

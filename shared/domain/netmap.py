@@ -67,6 +67,9 @@ class Tailnet:
     announced: Announced = field(default_factory=Announced, repr=False)
     #: nodes every session but their own is known to have been told of (fanout.every_other_knows)
     known_to_all: KnownToAll = field(default_factory=KnownToAll, repr=False)
+    #: (policy index, its departures) when every session's node was last found in that index
+    #: (fanout._Run.every_session_in); None: not known
+    sessions_indexed: tuple[Any, int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         #: id range -> its peers' JSON as one piece, for first maps (shared/domain/peerchunks.py);

@@ -219,6 +219,9 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
     cache: dict[int, PeerChunk] = tailnet.peer_chunks
     peer_text = tailnet.peer_text
     own_chunk = viewer_id // CHUNK_IDS
+    # every node (the policy's wildcard view) holds its ids as bits: a chunk is one `&` against
+    # them, where `issuperset` looked up each of its ids
+    visible_bits: int | None = getattr(visible, "id_mask", None)
     pieces: list[bytes | Fragment] = []
     ids = 0
     keys: set[int] = set()
@@ -227,7 +230,13 @@ def chunked_peers(tailnet: Any, viewer_id: int, now: datetime, visible: Abstract
             chunk = cache.get(k)
             if chunk is None or not chunk.fits(domain, now):
                 chunk = cache[k] = PeerChunk(range_nodes(get, k), domain, now, peer_text)
-            if visible is None or (visible.issuperset(chunk.ids) and pictured.isdisjoint(chunk.ids)):
+            if visible is None:
+                sees_all = True
+            elif visible_bits is not None:
+                sees_all = chunk.mask & visible_bits == chunk.mask
+            else:
+                sees_all = visible.issuperset(chunk.ids)
+            if sees_all and (not pictured or pictured.isdisjoint(chunk.ids)):
                 if chunk.fragment is not None:
                     pieces.append(chunk.fragment)
                     ids |= chunk.mask

@@ -129,6 +129,10 @@ class TailnetIndex:
         #: node ids online now, set by the caller with `primaries` (None = every node counts as online)
         self.online: set[int] | None = None
         self._all_ids: frozenset[int] | None = None
+        #: every node's id as a bit (bit i: node i), kept as nodes join and leave
+        self.id_mask = 0
+        #: how many nodes have left (a node set again does not count)
+        self.departures = 0
         #: what a wildcard covers (see _AllIds)
         self.every_node = _AllIds(self)
         for u in users:
@@ -178,11 +182,12 @@ class TailnetIndex:
 
     def set_node(self, info: NodeInfo) -> None:
         if info.id in self.nodes:
-            ids = self._all_ids
+            ids, departures = self._all_ids, self.departures
             self.remove_node(info.id)
-            self._all_ids = ids  # the same nodes after as before
+            self._all_ids, self.departures = ids, departures  # the same nodes after as before
         else:
             self._all_ids = None
+        self.id_mask |= 1 << info.id
         addrs = []
         for a in (info.ipv4, info.ipv6):
             if a:
@@ -210,6 +215,8 @@ class TailnetIndex:
         if st is None:
             return
         self._all_ids = None
+        self.id_mask &= ~(1 << node_id)
+        self.departures += 1
         info = st.info
         self.tagged.discard(node_id)
         self.untagged.discard(node_id)
@@ -294,6 +301,11 @@ class _AllIds(Set):
 
     def __len__(self) -> int:
         return len(self._index.nodes)
+
+    @property
+    def id_mask(self) -> int:
+        """The ids as bits (bit i: node i): a subset test against a mask is one `&`."""
+        return self._index.id_mask
 
     # the reflected forms keep the left operand's type: `peers |= every_node` stays a set
     def __or__(self, other):
@@ -816,14 +828,19 @@ class CompiledPolicy:
         self._node_cache[key] = out
         return out
 
-    def class_peers(self, vclass: tuple) -> frozenset[int]:
-        """The peers (and possibly the node itself) a visibility class sees; shared, do not modify."""
+    def class_peers(self, vclass: tuple) -> Set[int]:
+        """The peers (and possibly the node itself) a visibility class sees; shared, do not modify.
+        A class a wildcard covers sees `net.every_node` itself: a join changes the tailnet, so a
+        copy of every id made here would be made again at every join (O(N) each)."""
         key = ("cpeers", vclass)
         cached = self._node_cache.get(key)  # type: ignore[call-overload]
         if cached is not None:
             return cached
         net = self.net
         srcs, dsts, uid = vclass
+        every = net.every_node
+        if any(self._rule(i).dst_nodes is every for i in srcs) or any(self._rule(i).src_nodes is every for i in dsts):
+            return every
         same = net.by_user.get(uid, set()) if uid is not None else set()
         out: set[int] = set()
         for i in srcs:

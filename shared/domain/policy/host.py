@@ -206,7 +206,7 @@ class PolicyHost:
             return set()
         base = self.compiled.class_peers(self.compiled.visibility_class(node_id))
         extra = self.shared_peers(node_id)
-        if extra - base:
+        if extra and not base >= extra:  # `extra - base` would copy every id when base is every node
             return (base | extra) - {node_id}
         return base  # may contain node_id itself; callers skip it
 

@@ -263,3 +263,20 @@ def test_ssh_domains_must_be_the_owners() -> None:
         with pytest.raises(PolicyError, match="is not associated with this Tailnet"):
             check_tailnet_domains(_ssh_compiled([bad], owned))
         check_tailnet_domains(_ssh_compiled([bad]))  # no owner, no tailnet domain: nothing to refuse
+
+
+def test_a_wildcard_class_sees_every_node_as_it_stands() -> None:
+    c = compiled({"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]})
+    net = c.net
+    peers = c.class_peers(c.visibility_class(1))
+    assert peers is net.every_node  # the live view, not a copy made at each join
+    c.set_node(node(6, 2))
+    assert 6 in c.class_peers(c.visibility_class(1)) and len(peers) == 6
+    assert net.id_mask == sum(1 << i for i in range(1, 7))
+    c.set_node(node(6, 1))  # set again: the same nodes, no departure
+    assert net.departures == 0 and net.id_mask == sum(1 << i for i in range(1, 7))
+    c.remove_node(2)
+    assert net.departures == 1 and net.id_mask == sum(1 << i for i in (1, 3, 4, 5, 6))
+    assert c.visible_peers(1) == {3, 4, 5, 6}
+    narrow = compiled({"acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["bob@example.com:*"]}]})
+    assert narrow.class_peers(narrow.visibility_class(1)) == frozenset({3})
