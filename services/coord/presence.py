@@ -63,6 +63,9 @@ class PresenceTracker:
         self.held: dict[int, int] = {}
         #: the nodes the store has rows for (of this replica), as far as we know
         self.written: set[int] = set()
+        #: nodes whose row may have to be added or removed: the writer looks at these, not at
+        #: every held node (a join into N sessions was three O(N) set copies per write)
+        self._pending: set[int] = set()
         self._dirty = trio.Event()
         self._synced = trio.Event()
         self._write_lock = trio.Lock()  # the writer and the renewer never overlap
@@ -77,7 +80,8 @@ class PresenceTracker:
     def opened(self, node_id: int) -> None:
         count = self.held.get(node_id, 0)
         self.held[node_id] = count + 1
-        if count == 0 and node_id not in self.written:
+        if count == 0:  # even if written: a write removing it may be on its way
+            self._pending.add(node_id)
             self._dirty.set()
 
     def closed(self, node_id: int) -> None:
@@ -86,14 +90,15 @@ class PresenceTracker:
             self.held[node_id] = count
             return
         self.held.pop(node_id, None)
-        if node_id in self.written:
-            self._dirty.set()
+        self._pending.add(node_id)  # even if not written: a write adding it may be on its way
+        self._dirty.set()
 
     def lost(self, node_id: int) -> None:
         """The store says our row for `node_id` is gone (reaped while we could not renew); write
         it again if we still hold the node."""
         self.written.discard(node_id)
         if node_id in self.held:
+            self._pending.add(node_id)
             self._dirty.set()
 
     def holds(self, node_id: int) -> bool:
@@ -124,15 +129,17 @@ class PresenceTracker:
 
     async def _writer(self) -> None:
         backoff = 0.05
+        pending: set[int] = set()
         while True:
             await self._dirty.wait()
             await trio.sleep(self.batch_delay)  # gather a burst of opens/closes into one write
             self._dirty = trio.Event()
             try:
                 async with self._write_lock:
-                    held = set(self.held)
-                    add = sorted(held - self.written)
-                    remove = sorted(self.written - held)
+                    pending, self._pending = self._pending, set()
+                    held, written = self.held, self.written
+                    add = sorted(n for n in pending if n in held and n not in written)
+                    remove = sorted(n for n in pending if n not in held and n in written)
                     if add or remove:
                         await self.store.update_presence(
                             self.replica_id, add, remove, lease_expires=self._lease_end(), now=self.now()
@@ -143,6 +150,7 @@ class PresenceTracker:
             except (StoreUnavailable, OSError) as exc:
                 self.failures += 1
                 log.warning("presence: store unavailable (%s); retrying in %.2fs", exc, backoff)
+                self._pending |= pending
                 self._dirty.set()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -150,6 +158,7 @@ class PresenceTracker:
             except Exception:
                 self.failures += 1
                 log.exception("presence: writing sessions up/down failed")
+                self._pending |= pending
                 self._dirty.set()
                 await trio.sleep(1.0)
                 continue
@@ -175,7 +184,9 @@ class PresenceTracker:
                 interval = min(1.0, self.heartbeat.total_seconds())  # try again soon
                 continue
             interval = self.heartbeat.total_seconds()
-            if set(self.held) != self.written:
+            astray = self.written.symmetric_difference(self.held)
+            if astray:
+                self._pending |= astray
                 self._dirty.set()
 
     async def _reaper(self) -> None:
@@ -193,5 +204,6 @@ class PresenceTracker:
     async def wait_synced(self) -> None:
         """Until the store reflects the current local sessions (for tests)."""
         while set(self.held) != self.written:
+            self._pending |= self.written.symmetric_difference(self.held)
             self._dirty.set()
             await self._synced.wait()
