@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from trioscale import options
+from trioscale import allocator, options
 from trioscale.config import Config, split_hostport
 from trioscale.shared.net.limits import (
     ConnectionLimiter,
@@ -278,6 +278,7 @@ async def _main(names: Sequence[str], config: Config) -> None:
 def run_services(names: Sequence[str], config: Config) -> int:
     """Run services until SIGINT/SIGTERM; returns the process exit status (0 = clean)."""
     gc.set_threshold(*GC_THRESHOLDS)
+    allocator.keep_large_buffers()
     try:
         trio.run(_main, list(names), config)
     except KeyboardInterrupt:

@@ -95,6 +95,8 @@ MAX_RECORD_LEN = 4096
 MAX_CIPHERTEXT_LEN = MAX_RECORD_LEN - _RECORD_HEADER_LEN  # 4093
 MAX_PLAINTEXT_LEN = MAX_CIPHERTEXT_LEN - _TAG_LEN  # 4077
 _MAX_NONCE = 2**64 - 1
+_NONCE_PREFIX = bytes(4)  # a transport nonce is 4 zero bytes, then the counter big-endian
+_RECORD_HEADER = struct.Struct(">BH")
 
 _ZERO_NONCE = bytes(12)
 
@@ -334,7 +336,7 @@ class _Cipher:
         self._n = 0
 
     def _nonce(self) -> bytes:
-        return b"\x00\x00\x00\x00" + self._n.to_bytes(8, "big")
+        return _NONCE_PREFIX + self._n.to_bytes(8, "big")
 
     def encrypt(self, plaintext: bytes) -> bytes:
         if self._n >= _MAX_NONCE:
@@ -342,6 +344,31 @@ class _Cipher:
         ct = self._aead.encrypt(self._nonce(), plaintext, None)
         self._n += 1
         return ct
+
+    def seal_records(self, plaintext: bytes) -> bytes:
+        """`plaintext` as transport records of at most MAX_PLAINTEXT_LEN bytes each, sealed in
+        place into one buffer: a first map is hundreds of records, and sealing each into bytes of
+        its own and then joining them cost more than the cipher (about twice the time)."""
+        size = len(plaintext)
+        count = -(-size // MAX_PLAINTEXT_LEN)
+        if self._n + count > _MAX_NONCE:
+            raise LocalProtocolError("send nonce exhausted")
+        out = bytearray(size + count * (_RECORD_HEADER_LEN + _TAG_LEN))
+        dst = memoryview(out)
+        src = memoryview(plaintext)
+        seal = self._aead.encrypt_into
+        n = self._n
+        at = 0
+        for start in range(0, size, MAX_PLAINTEXT_LEN):
+            part = src[start : start + MAX_PLAINTEXT_LEN]
+            sealed = len(part) + _TAG_LEN
+            _RECORD_HEADER.pack_into(out, at, MSG_RECORD, sealed)
+            at += _RECORD_HEADER_LEN
+            seal(_NONCE_PREFIX + n.to_bytes(8, "big"), part, None, dst[at : at + sealed])
+            at += sealed
+            n += 1
+        self._n = n
+        return bytes(out)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         if self._n >= _MAX_NONCE:
@@ -377,13 +404,7 @@ class NoiseConnection:
 
         An empty ``plaintext`` gives ``b""`` (no record).
         """
-        out = bytearray()
-        view = memoryview(plaintext)
-        for i in range(0, len(view), MAX_PLAINTEXT_LEN):
-            ct = self._tx.encrypt(bytes(view[i : i + MAX_PLAINTEXT_LEN]))
-            out += struct.pack(">BH", MSG_RECORD, len(ct))
-            out += ct
-        return bytes(out)
+        return self._tx.seal_records(plaintext) if plaintext else b""
 
     def receive_data(self, data: bytes) -> list[bytes]:
         """Feed received bytes; return the plaintext of every record completed by them (empty ones dropped)."""

@@ -215,6 +215,26 @@ def test_record_limits():
     assert client.encrypt(b"") == b""
 
 
+def test_records_sealed_in_place_are_the_records_sealed_one_by_one():
+    size = noise.MAX_PLAINTEXT_LEN
+    in_place, one_by_one = noise._Cipher(bytes(range(32))), noise._Cipher(bytes(range(32)))
+    data = bytes(i % 251 for i in range(size * 3 + 5))
+    records = [one_by_one.encrypt(data[i : i + size]) for i in range(0, len(data), size)]
+    assert in_place.seal_records(data) == b"".join(struct.pack(">BH", 4, len(r)) + r for r in records)
+    assert in_place._n == one_by_one._n == 4
+
+
+def test_the_last_send_nonces_are_used_and_then_refused_before_any_record():
+    cipher = noise._Cipher(bytes(32))
+    cipher._n = noise._MAX_NONCE - 2
+    with pytest.raises(noise.LocalProtocolError, match="exhausted"):
+        cipher.seal_records(b"a" * (noise.MAX_PLAINTEXT_LEN * 2 + 1))  # three records, two nonces left
+    assert cipher._n == noise._MAX_NONCE - 2
+    cipher.seal_records(b"a" * (noise.MAX_PLAINTEXT_LEN + 1))
+    with pytest.raises(noise.LocalProtocolError, match="exhausted"):
+        cipher.seal_records(b"x")
+
+
 def test_record_too_big_and_wrong_type():
     server, _ = random_pair()
     with pytest.raises(noise.RemoteProtocolError, match="too big"):
