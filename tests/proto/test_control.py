@@ -8,6 +8,8 @@ import base64
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
+import h2.settings
 import pytest
 
 from trioscale.shared.proto import control, keys, noise
@@ -221,3 +223,47 @@ def test_garbage_is_a_protocol_error():
     q = Peer()
     with pytest.raises(control.ControlProtocolError, match="h2"):
         q.conn.receive_data(q.client_noise.encrypt(b"GET / HTTP/1.1\r\n\r\n" + bytes(40)), 0.0)
+
+
+# --- DATA frames built in one go ------------------------------------------------------------------
+
+
+def _open_stream(window: int) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """(server, client) with stream 1 open and `window` bytes of stream credit from the client."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    client.increment_flow_control_window(1 << 24)
+    client.send_headers(1, [(":method", "POST"), (":path", "/machine/map"), (":scheme", "http"),
+                            (":authority", "ctl")])
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200")])
+    client.receive_data(server.data_to_send())
+    return server, client
+
+
+@pytest.mark.parametrize("size", [1, 16384, 16385, 630_000])
+def test_data_frames_are_what_the_library_would_queue_and_count_the_same(size):
+    data = bytes(i % 253 for i in range(size))
+    (ours, client), (theirs, _) = _open_stream(1 << 22), _open_stream(1 << 22)
+    built = control.data_frames(ours, 1, data)
+    step = theirs.max_outbound_frame_size
+    for pos in range(0, size, step):
+        theirs.send_data(1, data[pos : pos + step])
+    assert built == theirs.data_to_send() and ours.data_to_send() == b""
+    assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+    assert ours.local_flow_control_window(1) == theirs.local_flow_control_window(1)
+    # the stream goes on as the library's would: it ends, and the client has the body whole
+    ours.end_stream(1)
+    events = client.receive_data(built + ours.data_to_send())
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == data
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_data_frames_on_a_closed_stream_are_refused():
+    server, _ = _open_stream(1 << 16)
+    server.end_stream(1)
+    with pytest.raises(h2.exceptions.ProtocolError):
+        control.data_frames(server, 1, b"late")
