@@ -308,6 +308,8 @@ class ControlConnection:
         self.preface_deadline = now + cfg.h2_preface_timeout
         self.first_request_deadline = now + cfg.first_request_timeout
         self.idle_since = now
+        #: DATA frames built here (`data_frames`) and what the library held before them, in order
+        self._frames: list[bytes] = []
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=True)
         )
@@ -335,7 +337,18 @@ class ControlConnection:
     def data_to_send(self) -> bytes:
         """Everything queued, as Noise records (b"" when nothing is)."""
         data = self.h2.data_to_send()
+        if self._frames:
+            self._frames.append(data)
+            data = b"".join(self._frames)
+            self._frames = []
         return self.noise.encrypt(data) if data else b""
+
+    def _queue_frames(self, frames: bytes) -> None:
+        """Queue DATA frames built outside the library (`data_frames`) after what it holds."""
+        held = self.h2.data_to_send()
+        if held:
+            self._frames.append(held)
+        self._frames.append(frames)
 
     def send_headers(self, st: StreamState, headers: list[tuple[str, str]]) -> None:
         if st.gone or self.closed:
@@ -353,16 +366,12 @@ class ControlConnection:
             raise StreamGone(f"stream {st.id} is gone")
         h = self.h2
         try:
-            while pos < len(view):
-                window = min(h.local_flow_control_window(st.id), h.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                n = min(window, len(view) - pos)
-                last = pos + n == len(view)
-                h.send_data(st.id, bytes(view[pos : pos + n]), end_stream=end and last)
-                pos += n
-            if pos == len(view) and end and not view:
-                h.end_stream(st.id)
+            room = min(h.local_flow_control_window(st.id), len(view) - pos)
+            if room > 0:
+                self._queue_frames(data_frames(h, st.id, view[pos : pos + room]))
+                pos += room
+            if pos == len(view) and end:
+                h.end_stream(st.id)  # an empty DATA frame with END_STREAM after the body
         except h2.exceptions.ProtocolError as exc:
             st.gone = True
             raise StreamGone(f"stream {st.id}: {exc}") from None
@@ -377,11 +386,10 @@ class ControlConnection:
         try:
             if h.local_flow_control_window(st.id) < len(data):
                 return None
-            frames = data_frames(h, st.id, data)
+            self._queue_frames(data_frames(h, st.id, data))
         except h2.exceptions.ProtocolError:
             return None
-        queued = h.data_to_send()
-        return self.noise.encrypt(queued + frames if queued else frames)
+        return self.data_to_send()
 
     def reset(self, st: StreamState, code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         """Reset a stream whose handler failed after its response started."""
@@ -606,7 +614,7 @@ class ControlConnection:
 _DATA_FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits, as 8 + 16), type 0 (DATA), no flags, stream
 
 
-def data_frames(h: h2.connection.H2Connection, stream_id: int, data: bytes) -> bytes:
+def data_frames(h: h2.connection.H2Connection, stream_id: int, data: bytes | memoryview) -> bytes:
     """`data` as the DATA frames `H2Connection.send_data` would queue for it chunk by chunk (no
     padding, no END_STREAM), with the same accounting: the state machines take SEND_DATA and both
     flow-control windows shrink by its length. The caller has checked the window. A first map is

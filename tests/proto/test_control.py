@@ -147,6 +147,28 @@ def test_a_request_is_an_event_once_its_body_is_complete_and_its_credit_goes_bac
     assert p.stats.open_streams == 0 and p.conn.idle_since == 5.0
 
 
+def test_a_body_over_the_clients_window_goes_as_the_window_opens_and_ends_the_stream():
+    p = Peer()
+    p.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 40_000})
+    p.h2.increment_flow_control_window(1 << 20)  # the stream's window is the one that binds
+    sid = p.request("/machine/map", b"{}")
+    [ready] = [e for e in p.push() if isinstance(e, control.RequestReceived)]
+    p.conn.send_headers(ready.stream, [(":status", "200")])
+    body = bytes(i % 251 for i in range(100_000))
+    view = memoryview(body)
+    assert p.conn.send_data_now(ready.stream, body) is None  # over the window: the caller waits
+    pos = p.conn.send_data(ready.stream, view, 0, end=True)
+    assert pos == 40_000
+    p.take(p.conn.data_to_send())
+    p.h2.increment_flow_control_window(100_000, stream_id=sid)
+    assert any(isinstance(e, control.WindowOpened) for e in p.push())
+    assert p.conn.send_data(ready.stream, view, pos, end=True) == 100_000
+    p.take(p.conn.data_to_send())
+    got = b"".join(e.data for e in p.client_events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+    assert got == body
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in p.client_events)
+
+
 def test_bodies_over_the_limits_are_refused():
     p = Peer(control.TransportConfig(max_request_body=100))
     p.push()
