@@ -28,7 +28,7 @@ import trio
 
 from trioscale.shared.domain import tailcfg
 from trioscale.shared.domain.fanout import EverySession, Message, Messages, SessionView
-from trioscale.shared.domain.mapbatch import coalesce
+from trioscale.shared.domain.mapbatch import ItemTexts, coalesce
 from trioscale.shared.domain.peerchunks import Fragment
 from trioscale.shared.proto import mapframe
 
@@ -191,11 +191,13 @@ def _compressed(fragment: Fragment) -> bytes:
 
 
 def framed(queued: list[Queued] | deque[Queued], compress: str | None,
-           batches: dict[tuple, bytes] | None = None) -> bytes:
+           batches: dict[tuple, bytes] | None = None, items: ItemTexts | None = None) -> bytes:
     """A session's queued messages coalesced into as few as give the same result
     (shared/domain/mapbatch.py) and framed. `batches` shares the bytes between the sessions of a
     flush pass that queued the same run of messages (the key holds the messages, so none of
-    their ids can be reused while it lives; a log run is named by its positions)."""
+    their ids can be reused while it lives; a log run is named by its positions), `items` the
+    JSON of each peer between the different runs' bodies (sessions that opened at different
+    times in a storm each take a run of their own)."""
     if len(queued) == 1 and type(queued[0]) is Message:
         return frame(queued[0], compress)
     key = (compress, *(item.key() if type(item) is LogRun else item for item in queued))
@@ -203,7 +205,7 @@ def framed(queued: list[Queued] | deque[Queued], compress: str | None,
         out = batches.get(key)
         if out is not None:
             return out
-    out = b"".join(frame(m, compress) for m in coalesce(messages_of(queued)))
+    out = b"".join(frame(m, compress) for m in coalesce(messages_of(queued), items))
     if batches is not None:
         batches[key] = out
     return out
@@ -282,7 +284,7 @@ class MapSession(SessionView):
     def _log_pending(self) -> bool:
         return self.log is not None and self.log_pos < self.log.end
 
-    def flush_nowait(self, batches: dict[tuple, bytes] | None = None) -> None:
+    def flush_nowait(self, batches: dict[tuple, bytes] | None = None, items: ItemTexts | None = None) -> None:
         """Write what is queued at once if the connection can take it (one send for all of it);
         else leave it to the session's own task."""
         if self.closed or self.writing or self.response is None:
@@ -293,7 +295,7 @@ class MapSession(SessionView):
         if not self.queue:
             self.log_written = self.log_pos  # what it took was not for it
             return
-        data = framed(self.queue, self.compress, batches)
+        data = framed(self.queue, self.compress, batches, items)
         if self.response.write_nowait(data):
             observe_written(self.waves, count_messages(self.queue), len(data))
             self.queue.clear()
@@ -419,11 +421,12 @@ class SessionTable:
             for sessions in self.by_node.values():
                 dirty.update(dict.fromkeys(sessions))
         batches: dict[tuple, bytes] = {}
+        items: ItemTexts = {}
         for i, session in enumerate(dirty):
-            session.flush_nowait(batches)
+            session.flush_nowait(batches, items)
             if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
                 await trio.sleep(0)  # let requests and the follower run during a long pass
-        del batches
+        del batches, items
         self.trim_log()
         return carried
 

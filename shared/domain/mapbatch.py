@@ -18,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .fanout import Message
+from .fanout import Message, dumps
+
+#: JSON text of the list items of bodies being coalesced (a peer, a patch, a profile), by the
+#: item's id, beside the item itself (which keeps the id from being reused while the map lives):
+#: the sessions of one flush pass fold different runs of the same messages, and each fold that
+#: holds an item would otherwise encode it again
+ItemTexts = dict[int, tuple[Any, bytes]]
+#: the list fields whose items are encoded one by one (and so shared through ItemTexts)
+LISTED = ("UserProfiles", "PeersChanged", "PeersChangedPatch")
 
 #: top-level fields whose value replaces the client's (the last one in a run wins)
 REPLACED = ("Node", "DERPMap", "DNSConfig", "PacketFilter", "SSHPolicy")
@@ -64,7 +72,7 @@ class _Fold:
             old = self.patches.get(pid)
             self.patches[pid] = patch if old is None else {**old, **patch}
 
-    def build(self) -> Message:
+    def build(self, items: ItemTexts | None = None) -> Message:
         if self.only is not None:
             return self.only
         body: dict[str, Any] = dict(self.replaced)
@@ -76,15 +84,39 @@ class _Fold:
             body["PeersChanged"] = [self.changed[k] for k in sorted(self.changed)]
         if self.patches:
             body["PeersChangedPatch"] = [self.patches[k] for k in sorted(self.patches)]
-        return Message(body)
+        if items is None:
+            return Message(body)
+        return Message(body, json_bytes=body_json(body, items))
+
+
+def body_json(body: dict[str, Any], items: ItemTexts) -> bytes:
+    """`dumps(body)`, byte for byte, with each item of a LISTED field encoded once per `items`."""
+    fields = []
+    for key, value in body.items():
+        if key in LISTED:
+            text = b"[" + b",".join([item_json(item, items) for item in value]) + b"]"
+        else:
+            text = dumps(value).encode()
+        fields.append(b'"%s":%s' % (key.encode(), text))
+    return b"{" + b",".join(fields) + b"}"
+
+
+def item_json(item: Any, items: ItemTexts) -> bytes:
+    kept = items.get(id(item))
+    if kept is not None and kept[0] is item:
+        return kept[1]
+    text = dumps(item).encode()
+    items[id(item)] = (item, text)
+    return text
 
 
 def _id_order(key: Any) -> tuple[int, str]:
     return (0, f"{key:020d}") if isinstance(key, int) and key >= 0 else (1, str(key))
 
 
-def coalesce(messages: Sequence[Message]) -> list[Message]:
-    """Messages with the same effect on a client as `messages` in order, usually one."""
+def coalesce(messages: Sequence[Message], items: ItemTexts | None = None) -> list[Message]:
+    """Messages with the same effect on a client as `messages` in order, usually one. With `items`
+    a folded body's JSON is made now, from the items' texts kept there."""
     if len(messages) <= 1:
         return list(messages)
     out: list[Message] = []
@@ -93,7 +125,7 @@ def coalesce(messages: Sequence[Message]) -> list[Message]:
         fields = message.fields()
         if not FOLDABLE.issuperset(fields):
             if fold is not None:
-                out.append(fold.build())
+                out.append(fold.build(items))
                 fold = None
             out.append(message)
             continue
@@ -101,5 +133,5 @@ def coalesce(messages: Sequence[Message]) -> list[Message]:
             fold = _Fold()
         fold.add(message, fields)
     if fold is not None:
-        out.append(fold.build())
+        out.append(fold.build(items))
     return out

@@ -20,6 +20,7 @@ from domain.test_fanout import (  # tests/ is on sys.path (pyproject: pythonpath
     open_sessions,
 )
 from trioscale.shared.domain.fanout import DERPMapSet, Message, NodeRemoved, NodeSet, OnlineSet, PolicySet, ShareSet
+from trioscale.shared.domain import mapbatch
 from trioscale.shared.domain.mapbatch import coalesce
 from trioscale.shared.domain.policy import Policy
 from trioscale.shared.model import User
@@ -94,6 +95,31 @@ def test_a_coalesced_run_has_the_effect_of_its_messages_one_by_one(start, run):
     assert batched.peers == one_by_one.peers
     assert batched.replaced == one_by_one.replaced
     assert batched.profiles == one_by_one.profiles
+
+
+@settings(max_examples=200, deadline=None)
+@given(run=st.lists(DELTA, min_size=2, max_size=8), cut=st.integers(0, 7))
+def test_folds_sharing_item_texts_are_the_bodies_folded_alone_byte_for_byte(run, cut):
+    messages = [Message(copy.deepcopy(body)) for body in run]
+    items: mapbatch.ItemTexts = {}
+    # two runs of one pass: the whole run, and a later session's tail of it
+    for part in (messages, messages[cut % len(messages):]):
+        alone = [m.json() for m in coalesce(part)]
+        shared = [m.json() for m in coalesce(part, items)]
+        assert shared == alone
+
+
+def test_an_item_shared_by_two_folds_is_encoded_once(monkeypatch):
+    peers = [Message({"PeersChanged": [{"ID": i, "Name": f"n{i}"}]}) for i in range(2, 8)]
+    patch = Message({"PeersChangedPatch": [{"NodeID": 9, "Online": True}]})
+    items: mapbatch.ItemTexts = {}
+    coalesce([*peers, patch], items)
+    encoded = []
+    real = mapbatch.dumps
+    monkeypatch.setattr(mapbatch, "dumps", lambda obj: encoded.append(obj) or real(obj))
+    (tail,) = coalesce([*peers[3:], patch], items)  # a session that opened later
+    assert json.loads(tail.json())["PeersChanged"] == [{"ID": i, "Name": f"n{i}"} for i in range(5, 8)]
+    assert encoded == []
 
 
 def test_one_message_is_passed_on_as_it_is_and_shares_its_frame():
