@@ -45,6 +45,17 @@ class HeldStore:
             await self.changed.wait()
 
 
+async def hold_a_write(store: HeldStore, start, during) -> None:
+    """`start()` (which makes the tracker write), `during()` while that write is held, then let it go."""
+    gate = store.gate = trio.Event()
+    store.in_write = trio.Event()
+    start()
+    with trio.fail_after(5):
+        await store.in_write.wait()
+    during()
+    gate.set()
+
+
 def tracker(store: HeldStore) -> PresenceTracker:
     # no heartbeat within the test: only the writer reconciles
     return PresenceTracker(store, replica_id="r1", lease=timedelta(hours=2), heartbeat=timedelta(hours=1),
@@ -63,25 +74,13 @@ async def test_rows_follow_sessions_closed_or_opened_while_a_write_is_out(nurser
     assert store.writes == [([1, 2], [])]
 
     # node 3's session opens; it closes while the write adding it is out
-    gate = store.gate = trio.Event()
-    store.in_write = trio.Event()
-    presence.opened(3)
-    with trio.fail_after(5):
-        await store.in_write.wait()
-    presence.closed(3)
-    gate.set()
+    await hold_a_write(store, lambda: presence.opened(3), lambda: presence.closed(3))
     with trio.fail_after(5):
         await store.until_rows({1, 2}, writes=3)
     assert store.writes[1:] == [([3], []), ([], [3])]
 
     # node 1's session closes; it opens again while the write removing it is out
-    gate = store.gate = trio.Event()
-    store.in_write = trio.Event()
-    presence.closed(1)
-    with trio.fail_after(5):
-        await store.in_write.wait()
-    presence.opened(1)
-    gate.set()
+    await hold_a_write(store, lambda: presence.closed(1), lambda: presence.opened(1))
     with trio.fail_after(5):
         await store.until_rows({1, 2}, writes=5)
     assert store.writes[3:] == [([], [1]), ([1], [])]
