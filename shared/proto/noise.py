@@ -96,7 +96,7 @@ MAX_CIPHERTEXT_LEN = MAX_RECORD_LEN - _RECORD_HEADER_LEN  # 4093
 MAX_PLAINTEXT_LEN = MAX_CIPHERTEXT_LEN - _TAG_LEN  # 4077
 _MAX_NONCE = 2**64 - 1
 _NONCE_PREFIX = bytes(4)  # a transport nonce is 4 zero bytes, then the counter big-endian
-_RECORD_HEADER = struct.Struct(">BH")
+_HEADER = struct.Struct(">BH")  # every message: type, then length big-endian
 
 _ZERO_NONCE = bytes(12)
 
@@ -236,7 +236,7 @@ def respond(
     tag = ss.encrypt_and_hash(k, b"")
     k1, k2 = ss.split()
 
-    response = struct.pack(">BH", MSG_RESPONSE, _RESP_PAYLOAD_LEN) + eph_pub + tag
+    response = _HEADER.pack(MSG_RESPONSE, _RESP_PAYLOAD_LEN) + eph_pub + tag
     conn = NoiseConnection(send_key=k2, receive_key=k1)
     return Handshake(response, machine_key, version, ss.h, conn)
 
@@ -244,7 +244,7 @@ def respond(
 def error_frame(message: str) -> bytes:
     """A type-3 handshake error message (unauthenticated, sent instead of the response)."""
     body = message.encode("utf-8")[:MAX_CIPHERTEXT_LEN]
-    return struct.pack(">BH", MSG_ERROR, len(body)) + body
+    return _HEADER.pack(MSG_ERROR, len(body)) + body
 
 
 class Initiator:
@@ -291,7 +291,7 @@ class Initiator:
         """Given the first 3 bytes of the server's reply, how many more bytes to read."""
         if len(header) != 3:
             raise LocalProtocolError("need exactly the 3-byte reply header")
-        mtype, length = struct.unpack(">BH", header)
+        mtype, length = _HEADER.unpack(header)
         if mtype == MSG_RESPONSE:
             if length != _RESP_PAYLOAD_LEN:
                 raise RemoteProtocolError(f"wrong handshake response length {length}")
@@ -362,7 +362,7 @@ class _Cipher:
         for start in range(0, size, MAX_PLAINTEXT_LEN):
             part = src[start : start + MAX_PLAINTEXT_LEN]
             sealed = len(part) + _TAG_LEN
-            _RECORD_HEADER.pack_into(out, at, MSG_RECORD, sealed)
+            _HEADER.pack_into(out, at, MSG_RECORD, sealed)
             at += _RECORD_HEADER_LEN
             seal(_NONCE_PREFIX + n.to_bytes(8, "big"), part, None, dst[at : at + sealed])
             at += sealed
@@ -416,7 +416,7 @@ class NoiseConnection:
         pos = 0
         try:
             while len(buf) - pos >= _RECORD_HEADER_LEN:
-                mtype, length = struct.unpack_from(">BH", buf, pos)
+                mtype, length = _HEADER.unpack_from(buf, pos)
                 if mtype != MSG_RECORD:
                     raise RemoteProtocolError(f"unexpected record type {mtype}")
                 if length > MAX_CIPHERTEXT_LEN:
