@@ -25,7 +25,7 @@ from trioscale.shared.domain.fanout import Message
 from .coordinator import Coordinator
 from .oidc import pages
 from .oidc.registration import RegistrationPages
-from .sessions import frame, framed
+from .sessions import frame
 
 log = logging.getLogger("trioscale.coord.handlers")
 
@@ -336,7 +336,7 @@ class ControlHandlers:
                 started = trio.current_time()
                 try:
                     if messages:
-                        data = framed(messages, compress)
+                        data = self.coord.sessions.framed_alone(messages, compress)
                         await response.write(data)
                         session.wrote(len(data))
                         del data

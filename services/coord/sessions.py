@@ -345,6 +345,10 @@ class SessionTable:
         self.log = SharedLog()
         #: the log's end when the flusher last visited every session
         self._log_flushed = 0
+        #: the JSON of each item folded since the current pass began, by the flusher and by the
+        #: sessions writing by themselves (`framed_alone`): in a storm a session still writing its
+        #: first map takes a run of its own, and each such fold encoded all its peers again
+        self.items: ItemTexts = {}
 
     def deliver(self, messages: Messages, committed: datetime | None = None) -> None:
         """Queue each message on its session (one for every session on the shared log); with
@@ -421,7 +425,7 @@ class SessionTable:
             for sessions in self.by_node.values():
                 dirty.update(dict.fromkeys(sessions))
         batches: dict[tuple, bytes] = {}
-        items: ItemTexts = {}
+        items = self.items = {}  # a new one each pass: it holds one pass's items, not every one
         for i, session in enumerate(dirty):
             session.flush_nowait(batches, items)
             if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
@@ -429,6 +433,11 @@ class SessionTable:
         del batches, items
         self.trim_log()
         return carried
+
+    def framed_alone(self, queued: list[Queued], compress: str | None) -> bytes:
+        """`framed` for a session's own task (`MapSession.next_messages`), sharing the items'
+        JSON with the flusher's and the other sessions' folds."""
+        return framed(queued, compress, None, self.items)
 
     def trim_log(self) -> None:
         """Drop the shared log's entries every open session has written, counting their changes as

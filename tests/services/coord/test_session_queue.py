@@ -14,6 +14,7 @@ from trioscale.services.coord.sessions import (
     FLUSH_STORM_ENTRIES, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
     SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed,
 )
+from trioscale.shared.domain import mapbatch
 from trioscale.shared.domain.fanout import EVERY_SESSION, EverySession, Message
 from trioscale.shared.proto import mapframe
 
@@ -150,6 +151,27 @@ async def test_a_session_writing_by_itself_reads_the_log_too():
     session.writing = False
     table.trim_log()
     assert table.log.entries == []
+
+
+async def test_sessions_writing_by_themselves_share_the_peers_json_with_the_pass(monkeypatch):
+    table = SessionTable()
+    _, stream = open_session(table, 1)
+    early = MapSession(2, "zstd")
+    table.add(early)  # both still writing their first maps: each folds a run of its own
+    table.deliver([(EVERY_SESSION, joined(40))])
+    late = MapSession(3, "zstd")
+    table.add(late)
+    table.deliver([(EVERY_SESSION, joined(41)), (EVERY_SESSION, joined(42))])
+    await table.flush_pass()  # the attached session folds 40 to 42
+    encoded = []
+    real = mapbatch.dumps
+    monkeypatch.setattr(mapbatch, "dumps", lambda obj: encoded.append(obj) or real(obj))
+    bodies = [mapframe.MapStreamDecoder("zstd").receive_messages(
+        table.framed_alone(await session.next_messages(timeout=0), "zstd")) for session in (early, late)]
+    assert bodies == [[{"PeersChanged": [{"ID": 40}, {"ID": 41}, {"ID": 42}]}],
+                      [{"PeersChanged": [{"ID": 41}, {"ID": 42}]}]]
+    assert stream.bodies() == bodies[0]
+    assert encoded == []  # every peer's JSON came from the pass
 
 
 async def test_news_of_a_node_for_every_other_session_passes_its_own_sessions_by():
