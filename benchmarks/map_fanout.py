@@ -247,6 +247,8 @@ class SimNode:
         self.sink = True
         #: bytes on the stream of the first map
         self.first_map_bytes = 0
+        #: map stream bytes received (messages as sent: compressed, framed, before Noise)
+        self.rx_bytes = 0
 
     def body(self, **extra):
         b = {"Version": 130, "NodeKey": keys.NODE.format(keys.public_key(self.node_key)),
@@ -314,6 +316,7 @@ class SimNode:
         """A piece of the map stream. Kept light so that the simulated fleet is not what we
         measure: frames are only split (the keepalive is known by its bytes), and decompressed
         and searched as bytes, never parsed, only while a round waits for something."""
+        self.rx_bytes += len(chunk)
         messages = self._frames.receive(chunk)
         if not messages:
             return
@@ -359,15 +362,20 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
     for node in more:
         node.register_only = register_only
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
+    rx0 = sum(node.rx_bytes for node in nodes)
     t0 = time.monotonic()
     async with trio.open_nursery() as starting:
         for node in more:
             starting.start_soon(nursery.start, node.run, authkey, limiter)
     took = time.monotonic() - t0
+    rx = sum(node.rx_bytes for node in nodes) + sum(node.rx_bytes for node in more) - rx0
     reg = sorted(node.registered_at - t0 for node in more)
     res = {"count": count, "into": len(nodes), "concurrency": limiter.total_tokens, "register_only": register_only,
            "register_per_s": round(count / reg[-1], 1), "joins_per_s": round(count / took, 1),
-           "took_s": round(took, 2)}
+           "took_s": round(took, 2),
+           # the bytes a join costs the server to send (every message compressed, as clients get
+           # them): its first map, and the peers' news of it (what reached them by the last join)
+           "map_kib_per_join": round(rx / count / 1024, 1)}
     if server_pid:
         res["server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
     print(f"{count} more nodes into {len(nodes)}: {res}", file=sys.stderr, flush=True)
