@@ -351,6 +351,15 @@ class SimNode:
         return len(mapframe.decompress(resp.body[4:]))
 
 
+async def wait_quiet(nodes: list[SimNode], limit: float = 300) -> None:
+    """Until no node has received anything but keepalives for QUIET_S (at most `limit` s)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        await trio.sleep(0.5)
+        if time.monotonic() - max(n.last_rx for n in nodes) > QUIET_S:
+            break
+
+
 async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | None, limiter, server_pid,
                     *, register_only: bool = False) -> dict:
     """`count` more nodes join the quiet tailnet of `nodes` as fast as `limiter` lets them: how many
@@ -378,6 +387,14 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
            "map_kib_per_join": round(rx / count / 1024, 1)}
     if server_pid:
         res["server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
+    if not register_only:
+        # and once every peer has had its news of every join (the flush window's last deltas):
+        # all the bytes the joins cost, and all the CPU
+        await wait_quiet(nodes + more)
+        rx = sum(node.rx_bytes for node in nodes) + sum(node.rx_bytes for node in more) - rx0
+        res["drained_map_kib_per_join"] = round(rx / count / 1024, 1)
+        if server_pid:
+            res["drained_server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
     print(f"{count} more nodes into {len(nodes)}: {res}", file=sys.stderr, flush=True)
     return res
 
@@ -419,12 +436,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         print(f"setup of {n} nodes took {result['setup_s']} s; server pid {server_pid}", file=sys.stderr, flush=True)
         # Measure from a quiet tailnet: wait until the join announcements have drained (no node
         # received anything for QUIET_S), at most 5 minutes.
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            await trio.sleep(0.5)
-            if time.monotonic() - max(n.last_rx for n in nodes) > QUIET_S:
-                break
+        await wait_quiet(nodes)
         result["drain_s"] = round(time.monotonic() - t0 - result["setup_s"], 1)
+        result["map_kib_per_join"] = round(sum(node.rx_bytes for node in nodes) / n / 1024, 1)
         # ... and from a quiet load generator: the storm's garbage collected and its freed heap
         # returned, or the fleet's own memory churn (worse the faster the server joined it) is
         # part of every round's latency
