@@ -377,24 +377,30 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
         for node in more:
             starting.start_soon(nursery.start, node.run, authkey, limiter)
     took = time.monotonic() - t0
-    rx = sum(node.rx_bytes for node in nodes) + sum(node.rx_bytes for node in more) - rx0
+
+    def kib_per_join() -> float:
+        rx = sum(node.rx_bytes for node in nodes) + sum(node.rx_bytes for node in more) - rx0
+        return round(rx / count / 1024, 1)
+
+    def cpu_per_join_ms() -> float:
+        return round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
+
     reg = sorted(node.registered_at - t0 for node in more)
     res = {"count": count, "into": len(nodes), "concurrency": limiter.total_tokens, "register_only": register_only,
            "register_per_s": round(count / reg[-1], 1), "joins_per_s": round(count / took, 1),
            "took_s": round(took, 2),
            # the bytes a join costs the server to send (every message compressed, as clients get
            # them): its first map, and the peers' news of it (what reached them by the last join)
-           "map_kib_per_join": round(rx / count / 1024, 1)}
+           "map_kib_per_join": kib_per_join()}
     if server_pid:
-        res["server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
+        res["server_cpu_per_join_ms"] = cpu_per_join_ms()
     if not register_only:
         # and once every peer has had its news of every join (the flush window's last deltas):
         # all the bytes the joins cost, and all the CPU
         await wait_quiet(nodes + more)
-        rx = sum(node.rx_bytes for node in nodes) + sum(node.rx_bytes for node in more) - rx0
-        res["drained_map_kib_per_join"] = round(rx / count / 1024, 1)
+        res["drained_map_kib_per_join"] = kib_per_join()
         if server_pid:
-            res["drained_server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 1)
+            res["drained_server_cpu_per_join_ms"] = cpu_per_join_ms()
     print(f"{count} more nodes into {len(nodes)}: {res}", file=sys.stderr, flush=True)
     return res
 
