@@ -153,6 +153,19 @@ async def test_a_session_writing_by_itself_reads_the_log_too():
     assert table.log.entries == []
 
 
+async def test_a_keepalive_leaves_the_logs_news_to_the_pass_that_shares_its_frame():
+    table = SessionTable()
+    (a, stream_a), (b, stream_b) = open_session(table, 1), open_session(table, 2)
+    table.deliver([(EVERY_SESSION, joined(50))])
+    assert await a.next_messages(timeout=0) == []  # its keepalive is due: that, and only that
+    a.writing = False
+    assert a.log_pos == a.log_written == 0
+    await table.flush_pass()
+    assert stream_a.writes[0] is stream_b.writes[0]  # one frame for both, as if no keepalive came
+    assert stream_a.bodies() == [{"PeersChanged": [{"ID": 50}]}]
+    assert table.log.entries == []
+
+
 async def test_sessions_writing_by_themselves_share_the_peers_json_with_the_pass(monkeypatch):
     table = SessionTable()
     _, stream = open_session(table, 1)
