@@ -126,6 +126,21 @@ def fanout_buckets(metrics_url: str | None) -> dict[float, float]:
     return out
 
 
+FLUSH_COUNTERS = ("trioscale_coord_flush_cpu_seconds_total", "trioscale_coord_flush_sent_bytes_total",
+                  "trioscale_coord_flush_passes_total")
+
+
+def flush_counters(metrics_url: str | None) -> dict[str, float]:
+    """The server's flusher counters (its passes' own CPU, the bytes they wrote, how many); {}
+    without a metrics URL."""
+    if not metrics_url:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {name: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            for name in FLUSH_COUNTERS if line.startswith(name + " ")}
+
+
 def slowest_wave_bound(before: dict[float, float], after: dict[float, float]) -> float | None:
     """The smallest bucket bound that holds every wave observed between two readings."""
     if not after:
@@ -361,7 +376,7 @@ async def wait_quiet(nodes: list[SimNode], limit: float = 300) -> None:
 
 
 async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | None, limiter, server_pid,
-                    *, register_only: bool = False) -> dict:
+                    *, register_only: bool = False, metrics_url: str | None = None) -> dict:
     """`count` more nodes join the quiet tailnet of `nodes` as fast as `limiter` lets them: how many
     registrations per second the server sustains, and joins (first map received) per second. With
     `register_only` they only register (POST /machine/register, as `tailscale up` does before its
@@ -372,6 +387,7 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
         node.register_only = register_only
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
     rx0 = sum(node.rx_bytes for node in nodes)
+    flush0 = await trio.to_thread.run_sync(flush_counters, metrics_url)
     t0 = time.monotonic()
     async with trio.open_nursery() as starting:
         for node in more:
@@ -401,6 +417,19 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
         res["drained_map_kib_per_join"] = kib_per_join()
         if server_pid:
             res["drained_server_cpu_per_join_ms"] = cpu_per_join_ms()
+        flush = await trio.to_thread.run_sync(flush_counters, metrics_url)
+        if flush and flush0:
+            # what the flusher's passes (the peers' news of the joins) cost of that, and what they
+            # wrote: the price of a byte where it is paid, and the CPU left for everything else
+            cpu, sent, passes = (flush[k] - flush0[k] for k in FLUSH_COUNTERS)
+            res["flush_passes"] = int(passes)
+            res["drained_flush_cpu_per_join_ms"] = round(1000 * cpu / count, 2)
+            res["drained_flush_kib_per_join"] = round(sent / count / 1024, 1)
+            res["flush_ns_per_byte"] = round(1e9 * cpu / sent, 2) if sent else None
+            res["first_map_kib_per_join"] = round(sum(node.first_map_bytes for node in more) / count / 1024, 1)
+            if server_pid:
+                res["drained_other_cpu_per_join_ms"] = round(res["drained_server_cpu_per_join_ms"]
+                                                              - res["drained_flush_cpu_per_join_ms"], 2)
     print(f"{count} more nodes into {len(nodes)}: {res}", file=sys.stderr, flush=True)
     return res
 
@@ -519,7 +548,8 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             result["register_after"] = await join_more(nursery, nodes, register_after, authkey, limiter, server_pid,
                                                        register_only=True)
         if join_after:
-            result["join_after"] = await join_more(nursery, nodes, join_after, authkey, limiter, server_pid)
+            result["join_after"] = await join_more(nursery, nodes, join_after, authkey, limiter, server_pid,
+                                                   metrics_url=metrics_url)
         nursery.cancel_scope.cancel()
     return result
 

@@ -23,6 +23,9 @@ __all__ = [
     "DELTAS_SENT",
     "DELTA_BYTES_SENT",
     "FANOUT_SECONDS",
+    "FLUSH_CPU_SECONDS",
+    "FLUSH_PASSES",
+    "FLUSH_SENT_BYTES",
     "POLICY_COMPILE_SECONDS",
     "REGISTRATIONS",
     "REGISTER_METHODS",
@@ -47,6 +50,19 @@ DELTAS_SENT = Counter(
 )
 DELTA_BYTES_SENT = Counter(
     "trioscale_coord_delta_sent_bytes", "bytes of those map responses as framed on the stream (after compression)",
+    registry=None,
+)
+FLUSH_PASSES = Counter(
+    "trioscale_coord_flush_passes", "passes of the flusher, which writes every map session's queued deltas",
+    registry=None,
+)
+FLUSH_CPU_SECONDS = Counter(
+    "trioscale_coord_flush_cpu_seconds",
+    "CPU time of the flusher's passes (its own thread time, not what runs while it yields)",
+    registry=None,
+)
+FLUSH_SENT_BYTES = Counter(
+    "trioscale_coord_flush_sent_bytes", "bytes of deltas the flusher's passes wrote (part of delta_sent_bytes)",
     registry=None,
 )
 FANOUT_SECONDS = Histogram(
@@ -111,7 +127,8 @@ class CoordCollector(Collector):
                                 value=len(self.coordinator.tailnet.online))
         yield GaugeMetricFamily("trioscale_coord_nodes", "nodes in the tailnet",
                                 value=len(self.coordinator.tailnet.nodes))
-        for metric in (DELTAS_SENT, DELTA_BYTES_SENT, FANOUT_SECONDS, POLICY_COMPILE_SECONDS, REGISTRATIONS):
+        for metric in (DELTAS_SENT, DELTA_BYTES_SENT, FLUSH_PASSES, FLUSH_CPU_SECONDS, FLUSH_SENT_BYTES,
+                       FANOUT_SECONDS, POLICY_COMPILE_SECONDS, REGISTRATIONS):
             yield from metric.collect()
 
 

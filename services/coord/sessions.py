@@ -18,6 +18,7 @@ the next flush pass, and sessions that take the same run share one coalesced fra
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from trioscale.shared.domain.mapbatch import ItemTexts, coalesce
 from trioscale.shared.domain.peerchunks import Fragment
 from trioscale.shared.proto import mapframe
 
-from .metrics import FanoutWave, observe_written
+from .metrics import FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, FanoutWave, observe_written
 
 #: messages a session may have queued before it is considered stuck and closed
 SESSION_QUEUE_LIMIT = 512
@@ -287,25 +288,26 @@ class MapSession(SessionView):
     def _log_pending(self) -> bool:
         return self.log is not None and self.log_pos < self.log.end
 
-    def flush_nowait(self, batches: dict[tuple, bytes] | None = None, items: ItemTexts | None = None) -> None:
+    def flush_nowait(self, batches: dict[tuple, bytes] | None = None, items: ItemTexts | None = None) -> int:
         """Write what is queued at once if the connection can take it (one send for all of it);
-        else leave it to the session's own task."""
+        else leave it to the session's own task. Returns the bytes written."""
         if self.closed or self.writing or self.response is None:
             if self.queue or self.closed or self._log_pending():
                 self.wakeup.set()
-            return
+            return 0
         self.take_log()
         if not self.queue:
             self.log_written = self.log_pos  # what it took was not for it
-            return
+            return 0
         data = framed(self.queue, self.compress, batches, items)
         if self.response.write_nowait(data):
             observe_written(self.waves, count_messages(self.queue), len(data))
             self.queue.clear()
             self.waves.clear()
             self.log_written = self.log_pos
-        else:
-            self.wakeup.set()
+            return len(data)
+        self.wakeup.set()
+        return 0
 
     def close(self, reason: str) -> None:
         self.closed = True
@@ -437,12 +439,19 @@ class SessionTable:
                 dirty.update(dict.fromkeys(sessions))
         batches: dict[tuple, bytes] = {}
         items = self.items = {}  # a new one each pass: it holds one pass's items, not every one
+        # the pass's own CPU, for the metrics: the thread's time between its yields
+        cpu, sent = time.thread_time(), 0
         for i, session in enumerate(dirty):
-            session.flush_nowait(batches, items)
+            sent += session.flush_nowait(batches, items)
             if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1:
+                FLUSH_CPU_SECONDS.inc(time.thread_time() - cpu)
                 await trio.sleep(0)  # let requests and the follower run during a long pass
+                cpu = time.thread_time()
         del batches, items
         self.trim_log()
+        FLUSH_CPU_SECONDS.inc(time.thread_time() - cpu)
+        FLUSH_SENT_BYTES.inc(sent)
+        FLUSH_PASSES.inc()
         return carried
 
     def framed_alone(self, queued: list[Queued], compress: str | None) -> bytes:

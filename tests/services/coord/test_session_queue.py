@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from trioscale.services.coord.metrics import DELTAS_SENT, FANOUT_SECONDS
+from trioscale.services.coord.metrics import (
+    DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES,
+)
 from trioscale.services.coord.sessions import (
     FLUSH_STORM_ENTRIES, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
     SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed,
@@ -113,6 +115,17 @@ async def test_sessions_that_take_the_same_run_share_its_frame_and_the_change_is
     assert all(stream.writes[0] is first for stream in streams)  # coalesced and compressed once
     assert table.log.entries == []
     assert fanouts_observed() == before + 1  # one change, written to all five
+
+
+async def test_a_pass_counts_itself_its_cpu_and_the_bytes_it_wrote():
+    table = SessionTable()
+    streams = [open_session(table, node_id)[1] for node_id in (1, 2, 3)]
+    passes, cpu, sent = FLUSH_PASSES._value.get(), FLUSH_CPU_SECONDS._value.get(), FLUSH_SENT_BYTES._value.get()
+    table.deliver([(EVERY_SESSION, joined(20))])
+    await table.flush_pass()
+    assert FLUSH_PASSES._value.get() == passes + 1
+    assert FLUSH_SENT_BYTES._value.get() - sent == sum(len(w) for stream in streams for w in stream.writes) > 0
+    assert FLUSH_CPU_SECONDS._value.get() > cpu
 
 
 def fanouts_observed() -> float:
