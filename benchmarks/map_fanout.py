@@ -376,7 +376,7 @@ async def wait_quiet(nodes: list[SimNode], limit: float = 300) -> None:
 
 
 async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | None, limiter, server_pid,
-                    *, register_only: bool = False, metrics_url: str | None = None) -> dict:
+                    *, register_only: bool = False, metrics_url: str | None = None, idle_seconds: float = 10.0) -> dict:
     """`count` more nodes join the quiet tailnet of `nodes` as fast as `limiter` lets them: how many
     registrations per second the server sustains, and joins (first map received) per second. With
     `register_only` they only register (POST /machine/register, as `tailscale up` does before its
@@ -385,6 +385,13 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
     more = [SimNode(len(nodes) + i, first.control, server_key=first.server_key) for i in range(count)]
     for node in more:
         node.register_only = register_only
+    idle_cpu_per_s = None
+    if server_pid and not register_only:
+        # what the quiet tailnet costs by itself (keepalives, timers): paid with or without joins,
+        # so it is taken out of the joins' CPU below
+        idle0, started = cpu_s(server_pid), time.monotonic()
+        await trio.sleep(idle_seconds)
+        idle_cpu_per_s = (cpu_s(server_pid) - idle0) / (time.monotonic() - started)
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
     rx0 = sum(node.rx_bytes for node in nodes)
     flush0 = await trio.to_thread.run_sync(flush_counters, metrics_url)
@@ -417,6 +424,9 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
         res["drained_map_kib_per_join"] = kib_per_join()
         if server_pid:
             res["drained_server_cpu_per_join_ms"] = cpu_per_join_ms()
+            res["idle_server_cpu_ms_per_s"] = round(1000 * idle_cpu_per_s, 1)
+            res["drained_beyond_idle_cpu_per_join_ms"] = round(
+                res["drained_server_cpu_per_join_ms"] - 1000 * idle_cpu_per_s * (time.monotonic() - t0) / count, 2)
         flush = await trio.to_thread.run_sync(flush_counters, metrics_url)
         if flush and flush0:
             # what the flusher's passes (the peers' news of the joins) cost of that, and what they
@@ -438,7 +448,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
                 profile: str | None = None, join_after: int = 0, register_after: int = 0,
-                metrics_url: str | None = None, sink: bool = True) -> dict:
+                metrics_url: str | None = None, sink: bool = True, idle_seconds: float = 10.0) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others)."""
@@ -549,7 +559,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                                                        register_only=True)
         if join_after:
             result["join_after"] = await join_more(nursery, nodes, join_after, authkey, limiter, server_pid,
-                                                   metrics_url=metrics_url)
+                                                   metrics_url=metrics_url, idle_seconds=idle_seconds)
         nursery.cancel_scope.cancel()
     return result
 
@@ -570,6 +580,8 @@ def main() -> None:
     ap.add_argument("--register-after", type=int, default=0, metavar="M",
                     help="after the rounds, M more nodes only register, as fast as they can (before --join-after)")
     ap.add_argument("--concurrency", type=int, default=64, help="nodes registering at once")
+    ap.add_argument("--idle-seconds", type=float, default=10.0,
+                    help="before --join-after, how long the quiet tailnet's own CPU is watched (taken out of the joins')")
     ap.add_argument("--no-sink", action="store_true",
                     help="nodes read their map streams through h2 (the load generator before NoiseClient.sink)")
     args = ap.parse_args()
@@ -594,7 +606,8 @@ def main() -> None:
                                              profile=args.py_spy and f"{args.py_spy}.{n}",
                                              join_after=args.join_after, register_after=args.register_after,
                                              metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
-                                             concurrency=args.concurrency, sink=not args.no_sink))
+                                             concurrency=args.concurrency, sink=not args.no_sink,
+                                             idle_seconds=args.idle_seconds))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()
             res["sink"] = not args.no_sink

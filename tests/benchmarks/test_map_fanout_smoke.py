@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_map_fanout_runs_every_phase():
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "map_fanout.py"), "--nodes", "12", "--rounds", "1",
-         "--register-after", "6", "--join-after", "3"],
+         "--register-after", "6", "--join-after", "3", "--idle-seconds", "0.5"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -23,4 +23,8 @@ def test_map_fanout_runs_every_phase():
     assert res["server_written_to_all_within_s"] is not None  # the server's own histogram was read
     assert res["last_first_map_json_bytes"] > res["last_first_map_zstd_bytes"] > 0
     assert res["register_after"]["count"] == 6 and res["register_after"]["register_only"] is True
-    assert res["join_after"]["count"] == 3 and res["join_after"]["joins_per_s"] > 0
+    joined = res["join_after"]
+    assert joined["count"] == 3 and joined["joins_per_s"] > 0
+    # the flusher's counters were read, and the quiet tailnet's CPU taken out
+    assert joined["flush_passes"] >= 1 and joined["drained_flush_kib_per_join"] > 0
+    assert joined["drained_beyond_idle_cpu_per_join_ms"] <= joined["drained_server_cpu_per_join_ms"]
