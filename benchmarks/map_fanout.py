@@ -111,15 +111,19 @@ class Server:
 FANOUT_BUCKET = "trioscale_coord_change_fanout_seconds_bucket"
 
 
+def metrics_lines(metrics_url: str) -> list[str]:
+    """The server's /metrics exposition, line by line."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        return resp.read().decode().splitlines()
+
+
 def fanout_buckets(metrics_url: str | None) -> dict[float, float]:
     """The server's change fan-out histogram (commit -> written to the last session), cumulative
     counts by upper bound; {} without a metrics URL."""
     if not metrics_url:
         return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
     out = {}
-    for line in text.splitlines():
+    for line in metrics_lines(metrics_url):
         if line.startswith(FANOUT_BUCKET + "{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             out[float(le)] = float(line.rsplit(" ", 1)[1])
@@ -135,9 +139,7 @@ def flush_counters(metrics_url: str | None) -> dict[str, float]:
     without a metrics URL."""
     if not metrics_url:
         return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
-    return {name: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+    return {name: float(line.rsplit(" ", 1)[1]) for line in metrics_lines(metrics_url)
             for name in FLUSH_COUNTERS if line.startswith(name + " ")}
 
 
