@@ -131,6 +131,7 @@ class Coordinator:
             self._schedule_ephemeral_gc()
             await nursery.start(self.presence.run)
             nursery.start_soon(self.sessions.flush)
+            nursery.start_soon(self.sessions.keepalives)
             if self.relay_timeout is not None:
                 nursery.start_soon(expire_relays, self.store, self.relay_timeout, self.now)
             nursery.start_soon(self.housekeeping.run)

@@ -23,6 +23,7 @@ from . import register, setdns, sshcheck
 from trioscale.shared.domain import names, tailcfg
 from trioscale.shared.domain.fanout import Message
 from .coordinator import Coordinator
+from .metrics import KEEPALIVES_SENT
 from .oidc import pages
 from .oidc.registration import RegistrationPages
 from .sessions import frame
@@ -327,9 +328,10 @@ class ControlHandlers:
             await response.start(200, [("content-type", "application/json")])
             await response.write(frame(first, compress))
             del first  # the first map is the largest message; don't hold it for the session's life
-            session.attach(response, self.coord.sessions.mark_dirty)  # called per queued delta: no detour
+            # mark_dirty is called per queued delta: no detour; keepalives come from the table's pass
+            session.attach(response, self.coord.sessions.mark_dirty, self.coord.keepalive_interval())
             while True:
-                messages = await session.next_messages(self.coord.keepalive_interval())
+                messages = await session.next_messages()
                 if session.closed:
                     log.debug("map session of node %s closed: %s", node_id, session.close_reason)
                     break
@@ -340,8 +342,10 @@ class ControlHandlers:
                         await response.write(data)
                         session.wrote(len(data))
                         del data
-                    else:
+                    else:  # the keepalive pass could not write it at once (or nothing was for it)
                         await response.write(keepalive)
+                        session.written = True
+                        KEEPALIVES_SENT.inc()
                 finally:
                     session.writing = False
                     took = trio.current_time() - started

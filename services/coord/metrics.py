@@ -26,6 +26,7 @@ __all__ = [
     "FLUSH_CPU_SECONDS",
     "FLUSH_PASSES",
     "FLUSH_SENT_BYTES",
+    "KEEPALIVES_SENT",
     "POLICY_COMPILE_SECONDS",
     "REGISTRATIONS",
     "REGISTER_METHODS",
@@ -63,6 +64,11 @@ FLUSH_CPU_SECONDS = Counter(
 )
 FLUSH_SENT_BYTES = Counter(
     "trioscale_coord_flush_sent_bytes", "bytes of deltas the flusher's passes wrote (part of delta_sent_bytes)",
+    registry=None,
+)
+KEEPALIVES_SENT = Counter(
+    "trioscale_coord_keepalives_sent",
+    "keepalives written to map sessions that had nothing else written to them for a keepalive interval",
     registry=None,
 )
 FANOUT_SECONDS = Histogram(
@@ -128,7 +134,7 @@ class CoordCollector(Collector):
         yield GaugeMetricFamily("trioscale_coord_nodes", "nodes in the tailnet",
                                 value=len(self.coordinator.tailnet.nodes))
         for metric in (DELTAS_SENT, DELTA_BYTES_SENT, FLUSH_PASSES, FLUSH_CPU_SECONDS, FLUSH_SENT_BYTES,
-                       FANOUT_SECONDS, POLICY_COMPILE_SECONDS, REGISTRATIONS):
+                       KEEPALIVES_SENT, FANOUT_SECONDS, POLICY_COMPILE_SECONDS, REGISTRATIONS):
             yield from metric.collect()
 
 

@@ -25,7 +25,7 @@ from util import TrioscaleServer, free_ports_config, free_port, wait_for
 COORD_METRICS = {
     "trioscale_coord_connected_nodes", "trioscale_coord_map_sessions", "trioscale_coord_deltas_sent",
     "trioscale_coord_delta_sent_bytes", "trioscale_coord_flush_passes", "trioscale_coord_flush_cpu_seconds",
-    "trioscale_coord_flush_sent_bytes", "trioscale_coord_change_fanout_seconds",
+    "trioscale_coord_flush_sent_bytes", "trioscale_coord_keepalives_sent", "trioscale_coord_change_fanout_seconds",
     "trioscale_coord_registrations", "trioscale_coord_policy_compile_seconds",
     "trioscale_store_operation_seconds", "trioscale_changelog_lag",
 }

@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timezone
 
 from trioscale.services.coord.metrics import (
-    DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES,
+    DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, KEEPALIVES_SENT,
 )
 from trioscale.services.coord.sessions import (
     FLUSH_STORM_ENTRIES, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
@@ -219,3 +219,49 @@ async def test_news_of_a_node_for_every_other_session_passes_its_own_sessions_by
     assert stream_b.bodies()[1:] == [{"PeersChanged": [{"ID": 40}], **moved.fields()}]
     assert stream_c.bodies()[1:] == [{"PeersChanged": [{"ID": 40}, {"ID": 41}], **moved.fields()}]
     assert table.log.entries == []
+
+
+# -- keepalives: one pass for every session, and none for a session its client hears from anyway --
+class Busy(Stream):
+    """A connection that cannot take a write at once (another write is under way)."""
+
+    def write_nowait(self, data: bytes) -> bool:
+        return False
+
+
+async def test_the_keepalive_pass_writes_only_to_sessions_quiet_for_their_interval():
+    table = SessionTable()
+    (quiet, stream_quiet), (busy, stream_busy) = open_session(table, 1), open_session(table, 2)
+    for session in (quiet, busy):
+        session.keepalive_after = 50.0
+    frames: dict = {}
+    before = KEEPALIVES_SENT._value.get()
+    assert table.keepalive_pass(0.0, frames) == 0  # both just wrote their first maps: due at 50
+    assert busy.push(Message({"PeersChangedPatch": [{"NodeID": 9, "Online": True}]}))
+    await table.flush_pass()
+    assert table.keepalive_pass(30.0, frames) == 0  # the busy one is now due at 80
+    assert table.keepalive_pass(50.0, frames) == 1
+    assert stream_quiet.bodies() == [{"KeepAlive": True}]
+    assert stream_busy.bodies() == [{"PeersChangedPatch": [{"NodeID": 9, "Online": True}]}]
+    assert table.keepalive_pass(79.0, frames) == 0
+    assert table.keepalive_pass(80.0, frames) == 1  # the busy one's, 50 s after its last write
+    assert table.keepalive_pass(100.0, frames) == 1  # the quiet one's next: 50 s after its last
+    assert stream_quiet.bodies() == [{"KeepAlive": True}] * 2
+    assert KEEPALIVES_SENT._value.get() - before == 3
+    assert not quiet.wakeup.is_set() and not busy.wakeup.is_set()  # no session task woke for them
+
+
+async def test_a_keepalive_the_connection_cannot_take_at_once_is_left_to_the_sessions_task():
+    table = SessionTable()
+    session = MapSession(1, "zstd")
+    table.add(session)
+    session.attach(Busy(), table.mark_dirty, keepalive_after=50.0)
+    writing = MapSession(2, "zstd")
+    table.add(writing)
+    writing.attach(Busy(), table.mark_dirty, keepalive_after=50.0)
+    writing.writing = True  # its own task is writing: that is news enough for its client
+    frames: dict = {}
+    table.keepalive_pass(0.0, frames)
+    assert table.keepalive_pass(50.0, frames) == 0
+    assert session.wakeup.is_set() and not writing.wakeup.is_set()
+    assert await session.next_messages() == []  # its task writes the keepalive
