@@ -370,7 +370,14 @@ class NoiseClient:
         self._early_done.set()
 
     async def _process(self, data: bytes) -> None:
-        for chunk in self._noise.receive_data(data):
+        chunks = self._noise.receive_data(data)
+        if self._raw is not None:
+            # the sink's bytes: one read's records handed on as one piece (a first map of 10,000
+            # peers is 330 records, and each call costs more than its record's bytes)
+            if chunks:
+                await self._raw_receive(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            return
+        for chunk in chunks:
             if self._early is not None:
                 if not self._early.receive_data(chunk):
                     continue
