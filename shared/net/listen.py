@@ -75,8 +75,8 @@ class AcceptBackoff:
 #: A peer that vanished without a FIN or RST (its link cut, its host gone) must not hold its
 #: connection, and with it a node's "online" state, for the kernel's default of about 15 minutes:
 #: probe an idle connection after 30 s (3 probes 10 s apart) and give up on data left
-#: unacknowledged for 45 s. Map streams send a keepalive every minute, so a dead client is seen
-#: within about two.
+#: unacknowledged for 45 s. A map stream carries something at least every minute (a keepalive
+#: after 50-59 s without other news), so a dead client is seen within about two.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 USER_TIMEOUT_MS = 45_000
 
