@@ -178,7 +178,8 @@ class Coordinator:
         return holdings.addresses, holdings.names
 
     def record_allocation(self, node: Node) -> None:
-        """A node this process just created (its change may not be applied yet)."""
+        """A node whose change this replica may not have applied yet: one it just created, or one
+        another replica created holding the address or name a creation here lost to."""
         self._allocated[node.id] = node
         self._hold_allocated(node)
 

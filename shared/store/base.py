@@ -169,6 +169,10 @@ class Store(abc.ABC):
         """The addresses (IPv4 and IPv6) and the names that nodes hold."""
 
     @abc.abstractmethod
+    async def nodes_holding(self, ipv4: str | None, ipv6: str | None, given_name: str) -> list[Node]:
+        """The nodes that hold `ipv4`, `ipv6` or `given_name` (None matches nothing), by id."""
+
+    @abc.abstractmethod
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         """Set the named fields (names of Node attributes other than id/machine_key). NotFound,
         Conflict as for create. The change's data lists the changed field names, and carries the

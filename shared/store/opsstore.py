@@ -61,6 +61,7 @@ from trioscale.shared.store.ops.nodes import (
     op_get_node_by,
     op_list_nodes,
     op_node_holdings,
+    op_nodes_holding,
     op_update_node,
 )
 from trioscale.shared.store.ops.oauth_clients import (
@@ -205,6 +206,9 @@ class OpsStore(Store):
 
     async def node_holdings(self) -> tuple[set[str], set[str]]:
         return await self._read(op_node_holdings)
+
+    async def nodes_holding(self, ipv4: str | None, ipv6: str | None, given_name: str) -> list[Node]:
+        return await self._read(op_nodes_holding, ipv4, ipv6, given_name)
 
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         return await self._write(op_update_node, node_id, fields)

@@ -134,6 +134,9 @@ async def test_nodes_crud(store):
     assert await store.list_nodes(alice.id) == [n1]
     assert await store.list_nodes(user_id=bob.id) == [n2]
     assert await store.node_holdings() == ({n1.ipv4, n1.ipv6, n2.ipv4}, {n1.given_name, n2.given_name})
+    assert await store.nodes_holding(n1.ipv4, None, "nobody") == [n1]
+    assert await store.nodes_holding("100.64.9.9", n1.ipv6, n2.given_name) == [n1, n2]
+    assert await store.nodes_holding("100.64.9.9", None, "nobody") == []
     assert await changes_after(store, seq) == [
         ("node.created", {"id": n1.id, "user_id": alice.id, "node_key": n1.node_key.hex()}),
         ("node.created", {"id": n2.id, "user_id": bob.id, "node_key": n2.node_key.hex()}),

@@ -52,6 +52,13 @@ def op_node_holdings():
     return addrs, {r["given_name"] for r in rows}
 
 
+def op_nodes_holding(ipv4: str | None, ipv6: str | None, given_name: str):
+    """The nodes holding any of these addresses or this name (each column is unique)."""
+    rows = yield All("SELECT * FROM nodes WHERE ipv4 = ? OR ipv6 = ? OR given_name = ? ORDER BY id",
+                     ipv4, ipv6, given_name)
+    return [node_from_row(r) for r in rows]
+
+
 def need_node(node_id: int):
     """The node `node_id`, or NotFound (for operations on records that name a node)."""
     r = yield One("SELECT * FROM nodes WHERE id = ?", int(node_id))

@@ -29,7 +29,7 @@ from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.control_server import ControlRequest
 from trioscale.shared.domain import secrets
-from trioscale.shared.model import utcnow
+from trioscale.shared.model import Node, utcnow
 from trioscale.shared.testing.noiseclient import open_noise_client
 from trioscale.shared.proto import keys
 from trioscale.shared.store import base
@@ -308,3 +308,58 @@ async def test_data_directory_is_private(trioscale_server, loosen_first):
                  "derp_tls_key.pem"):
         assert name in modes, sorted(modes)
     assert modes == {**{n: 0o600 for n in modes}, ".": 0o700}, {n: oct(m) for n, m in modes.items()}
+
+
+# -- two replicas allocate at once: a lost race is retried from memory ---------------------------------
+
+
+async def test_a_registration_that_loses_its_address_to_another_replica_retries_without_reading_every_node(
+        tmp_path, nursery, monkeypatch):
+    path = tmp_path / "db.sqlite"
+    store = await SqliteStore.open(path, poll_interval=3600)  # sees the other writer only when woken
+    other = await SqliteStore.open(path, poll_interval=3600)  # another replica
+    try:
+        coord = Coordinator(store, Settings(base_domain="ts.test"),
+                            build_derp_map=lambda relays: tailcfg.derp_map(relays))
+        await nursery.start(coord.run)
+        handlers = ControlHandlers(coord, register.RegistrationPolicy(server_url="http://ctl", prefix_v4="100.64.0.0/10",
+                                                                      prefix_v6=None))
+        user = await store.create_user("alice")
+        key = secrets.generate_preauth_key()
+        await store.create_preauth_key(user.id, key.prefix, key.key_hash, reusable=True)
+
+        async def join(m: Machine):
+            resp = FakeResponse()
+            await handlers.noise(noise_request(m, "/machine/register", m.register_body(key.text)), resp)
+            assert resp.json()["MachineAuthorized"] is True, resp.json()
+            return await store.get_node_by_node_key(m.node_key)
+
+        first = await join(Machine())
+        assert (first.ipv4, first.given_name) == ("100.64.0.1", "m")
+        racer = Machine()
+        won: list = []
+        create_node = store.create_node
+
+        async def lose_the_race(node):
+            if not won:  # the other replica commits the same address and name just before this one
+                won.append(await other.create_node(Node(
+                    id=0, machine_key=keys.public_key(racer.machine_key), node_key=racer.node_key,
+                    user_id=user.id, hostname="m", given_name=node.given_name, ipv4=node.ipv4)))
+            return await create_node(node)
+
+        async def not_every_node():
+            raise AssertionError("a lost race read every node's holdings")
+
+        monkeypatch.setattr(store, "create_node", lose_the_race)
+        monkeypatch.setattr(store, "node_holdings", not_every_node)
+        second = await join(Machine())
+        assert (won[0].ipv4, won[0].given_name) == ("100.64.0.2", "m-1")
+        assert (second.ipv4, second.given_name) == ("100.64.0.3", "m-2")
+        store._notify()  # the other replica's node is applied here: then held once, under its id
+        await coord.caught_up()
+        assert won[0].id in coord.tailnet.nodes
+        third = await join(Machine())
+        assert (third.ipv4, third.given_name) == ("100.64.0.4", "m-3")
+    finally:
+        await other.aclose()
+        await store.aclose()
