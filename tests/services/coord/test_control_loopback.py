@@ -153,33 +153,27 @@ async def test_a_sink_refused_by_the_server_says_why(control):
         assert (await intruder.post_json("/machine/map", a.map_body(Stream=False))).status == 404
 
 
-async def test_a_quiet_map_stream_gets_keepalives_from_the_tables_pass(monkeypatch, nursery):
-    """Keepalives are written by one task for every session (SessionTable.keepalives) over the
-    real transport: a stream with nothing else to carry gets {"KeepAlive": true} messages."""
+@pytest.fixture
+def fast_keepalives(monkeypatch):
+    """Keepalive intervals of 0.3 s, looked at every 0.05 s (asked for before `control`, so the
+    coordinator's keepalive task starts with them)."""
     from trioscale.services.coord import coordinator, sessions
 
     monkeypatch.setattr(coordinator, "KEEPALIVE_BASE", 0.3)
     monkeypatch.setattr(coordinator, "KEEPALIVE_JITTER", 0.0)
     monkeypatch.setattr(sessions, "KEEPALIVE_TICK", 0.05)
-    store = await SqliteStore.open(":memory:")
-    coord = Coordinator(store, Settings(base_domain="ts.test"), build_derp_map=lambda r: tailcfg.derp_map(r),
-                        ephemeral_timeout=timedelta(seconds=60))
-    await nursery.start(coord.run)
-    policy = register.RegistrationPolicy(server_url="http://127.0.0.1", prefix_v4="100.64.0.0/10",
-                                         prefix_v6="fd7a:115c:a1e0::/48")
-    handlers = ControlHandlers(coord, policy)
-    addr = await nursery.start(serve_control, "127.0.0.1:0", keys.generate_private_key(), handlers.noise, handlers.http)
-    host, port = addr.rsplit(":", 1)
-    user = await store.create_user("alice")
-    key = secrets.generate_preauth_key()
-    await store.create_preauth_key(user.id, key.prefix, key.key_hash, reusable=True)
+
+
+async def test_a_quiet_map_stream_gets_keepalives_from_the_tables_pass(fast_keepalives, control):
+    """Keepalives are written by one task for every session (SessionTable.keepalives) over the
+    real transport: a stream with nothing else to carry gets {"KeepAlive": true} messages."""
+    store, host, port, authkey = control
     a = SimNode("alpha")
-    async with open_noise_client(host, int(port)) as ca:
-        assert (await ca.post_json("/machine/register", a.register_body(key.text))).status == 200
+    async with open_noise_client(host, port) as ca:
+        assert (await ca.post_json("/machine/register", a.register_body(authkey))).status == 200
         async with ca.map_stream(a.map_body()) as maps:
             first = await maps.__anext__()
             assert first["Node"]["Name"] == "alpha.ts.test."
             with trio.fail_after(10):
                 assert await maps.__anext__() == {"KeepAlive": True}
                 assert await maps.__anext__() == {"KeepAlive": True}
-    await store.aclose()

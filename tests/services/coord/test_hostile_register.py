@@ -201,20 +201,25 @@ def map_body(m: Machine, disco: bytes) -> dict:
             "Stream": True, "Compress": "zstd", "Hostinfo": {"Hostname": "m"}}
 
 
+async def coordinator_with_a_key(store, nursery):
+    """A running coordinator on `store`, its control handlers, user alice and a reusable key."""
+    coord = Coordinator(store, Settings(base_domain="ts.test"), build_derp_map=lambda relays: tailcfg.derp_map(relays))
+    await nursery.start(coord.run)
+    handlers = ControlHandlers(coord, register.RegistrationPolicy(server_url="http://ctl", prefix_v4="100.64.0.0/10",
+                                                                  prefix_v6=None))
+    user = await store.create_user("alice")
+    key = secrets.generate_preauth_key()
+    await store.create_preauth_key(user.id, key.prefix, key.key_hash, reusable=True)
+    return coord, handlers, user, key
+
+
 async def test_a_coordinator_behind_a_trim_reloads_and_its_sessions_end_right(tmp_path, nursery):
     path = tmp_path / "db.sqlite"
     # the coordinator's store never polls for other writers: it sees them only when woken below
     store = await SqliteStore.open(path, poll_interval=3600)
     other = await SqliteStore.open(path, poll_interval=3600)  # another replica, or the CLI
     try:
-        coord = Coordinator(store, Settings(base_domain="ts.test"),
-                            build_derp_map=lambda relays: tailcfg.derp_map(relays))
-        await nursery.start(coord.run)
-        handlers = ControlHandlers(coord, register.RegistrationPolicy(server_url="http://ctl", prefix_v4="100.64.0.0/10",
-                                                          prefix_v6=None))
-        user = await store.create_user("alice")
-        new = secrets.generate_preauth_key()
-        await store.create_preauth_key(user.id, new.prefix, new.key_hash, reusable=True)
+        coord, handlers, user, new = await coordinator_with_a_key(store, nursery)
         a, b, c = Machine(), Machine(), Machine()
         for m in (a, b):
             resp = FakeResponse()
@@ -319,14 +324,7 @@ async def test_a_registration_that_loses_its_address_to_another_replica_retries_
     store = await SqliteStore.open(path, poll_interval=3600)  # sees the other writer only when woken
     other = await SqliteStore.open(path, poll_interval=3600)  # another replica
     try:
-        coord = Coordinator(store, Settings(base_domain="ts.test"),
-                            build_derp_map=lambda relays: tailcfg.derp_map(relays))
-        await nursery.start(coord.run)
-        handlers = ControlHandlers(coord, register.RegistrationPolicy(server_url="http://ctl", prefix_v4="100.64.0.0/10",
-                                                                      prefix_v6=None))
-        user = await store.create_user("alice")
-        key = secrets.generate_preauth_key()
-        await store.create_preauth_key(user.id, key.prefix, key.key_hash, reusable=True)
+        coord, handlers, user, key = await coordinator_with_a_key(store, nursery)
 
         async def join(m: Machine):
             resp = FakeResponse()
