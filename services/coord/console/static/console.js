@@ -46,10 +46,11 @@
         return resp.ok ? resp.text() : null;
       })
       .then(function (html) {
-        if (html !== null && html !== undefined) {
-          live.innerHTML = html;
-          live.setAttribute("data-refreshed", String(Date.now()));
-        }
+        if (html === null || html === undefined) return;
+        // typing may have begun while the fetch was out: keep it, swap in on focusout
+        if (editing()) { again = true; return; }
+        live.innerHTML = html;
+        live.setAttribute("data-refreshed", String(Date.now()));
       })
       .catch(function () { /* the next change tries again */ })
       .finally(function () {
