@@ -150,6 +150,11 @@ class OpsStore(Store):
     async def _write(self, op, *args: Any) -> Any:
         """Run `op(*args)` in one write transaction, with its change rows."""
 
+    async def _lookup(self, op, *args: Any) -> Any:
+        """A read of a few rows by key, or a bounded batch of the change log: work small enough
+        that a store may do it without a round trip to a worker. By default, `_read`."""
+        return await self._read(op, *args)
+
     def _pending_limit(self) -> int:
         if self.max_pending_registrations is not None:
             return int(self.max_pending_registrations)
@@ -164,10 +169,10 @@ class OpsStore(Store):
         return await self._write(op_create_user, name, display_name, email, utcnow(), identity)
 
     async def get_user(self, user_id: int) -> User | None:
-        return await self._read(op_get_user, user_id)
+        return await self._lookup(op_get_user, user_id)
 
     async def get_user_by_name(self, name: str) -> User | None:
-        return await self._read(op_get_user_by_name, name)
+        return await self._lookup(op_get_user_by_name, name)
 
     async def list_users(self) -> list[User]:
         return await self._read(op_list_users)
@@ -176,7 +181,7 @@ class OpsStore(Store):
         return await self._write(op_rename_user, user_id, new_name)
 
     async def get_user_by_provider_id(self, provider_id: str) -> User | None:
-        return await self._read(op_get_user_by_provider_id, provider_id)
+        return await self._lookup(op_get_user_by_provider_id, provider_id)
 
     async def login_user(
         self, name: str, *, provider: str, provider_id: str, display_name: str = "", email: str = "",
@@ -193,13 +198,13 @@ class OpsStore(Store):
         return await self._write(op_create_node, node, utcnow())
 
     async def get_node(self, node_id: int) -> Node | None:
-        return await self._read(op_get_node, node_id)
+        return await self._lookup(op_get_node, node_id)
 
     async def get_node_by_machine_key(self, machine_key: bytes) -> Node | None:
-        return await self._read(op_get_node_by, "machine_key", machine_key)
+        return await self._lookup(op_get_node_by, "machine_key", machine_key)
 
     async def get_node_by_node_key(self, node_key: bytes) -> Node | None:
-        return await self._read(op_get_node_by, "node_key", node_key)
+        return await self._lookup(op_get_node_by, "node_key", node_key)
 
     async def list_nodes(self, user_id: int | None = None) -> list[Node]:
         return await self._read(op_list_nodes, user_id)
@@ -208,7 +213,7 @@ class OpsStore(Store):
         return await self._read(op_node_holdings)
 
     async def nodes_holding(self, ipv4: str | None, ipv6: str | None, given_name: str) -> list[Node]:
-        return await self._read(op_nodes_holding, ipv4, ipv6, given_name)
+        return await self._lookup(op_nodes_holding, ipv4, ipv6, given_name)
 
     async def update_node(self, node_id: int, **fields: Any) -> Node:
         return await self._write(op_update_node, node_id, fields)
@@ -235,10 +240,10 @@ class OpsStore(Store):
         )
 
     async def get_preauth_key(self, key_id: int) -> PreAuthKey | None:
-        return await self._read(op_get_preauth_key, key_id)
+        return await self._lookup(op_get_preauth_key, key_id)
 
     async def get_preauth_key_by_prefix(self, prefix: str) -> PreAuthKey | None:
-        return await self._read(op_get_preauth_key_by_prefix, prefix)
+        return await self._lookup(op_get_preauth_key_by_prefix, prefix)
 
     async def list_preauth_keys(self, user_id: int | None = None) -> list[PreAuthKey]:
         return await self._read(op_list_preauth_keys, user_id)
@@ -258,10 +263,10 @@ class OpsStore(Store):
         return await self._write(op_create_api_key, prefix, key_hash, expiration, utcnow(), scopes)
 
     async def get_api_key(self, key_id: int) -> ApiKey | None:
-        return await self._read(op_get_api_key, key_id)
+        return await self._lookup(op_get_api_key, key_id)
 
     async def get_api_key_by_prefix(self, prefix: str) -> ApiKey | None:
-        return await self._read(op_get_api_key_by_prefix, prefix)
+        return await self._lookup(op_get_api_key_by_prefix, prefix)
 
     async def list_api_keys(self) -> list[ApiKey]:
         return await self._read(op_list_api_keys)
@@ -281,10 +286,10 @@ class OpsStore(Store):
         return await self._write(op_create_oauth_client, client_id, secret_hash, description, scopes, tags, utcnow())
 
     async def get_oauth_client(self, key_id: int) -> OAuthClient | None:
-        return await self._read(op_get_oauth_client, key_id)
+        return await self._lookup(op_get_oauth_client, key_id)
 
     async def get_oauth_client_by_client_id(self, client_id: str) -> OAuthClient | None:
-        return await self._read(op_get_oauth_client_by_client_id, client_id)
+        return await self._lookup(op_get_oauth_client_by_client_id, client_id)
 
     async def list_oauth_clients(self) -> list[OAuthClient]:
         return await self._read(op_list_oauth_clients)
@@ -299,7 +304,7 @@ class OpsStore(Store):
 
     # -- tailnet settings -------------------------------------------------------------------------
     async def get_setting(self, name: str) -> Any:
-        return await self._read(op_get_setting, name)
+        return await self._lookup(op_get_setting, name)
 
     async def set_setting(self, name: str, value: Any) -> None:
         await self._write(op_set_setting, name, value)
@@ -323,7 +328,7 @@ class OpsStore(Store):
         )
 
     async def get_pending_registration(self, reg_id: str) -> PendingRegistration | None:
-        return await self._read(op_get_pending_registration, reg_id)
+        return await self._lookup(op_get_pending_registration, reg_id)
 
     async def list_pending_registrations(self) -> list[PendingRegistration]:
         return await self._read(op_list_pending_registrations)
@@ -385,7 +390,7 @@ class OpsStore(Store):
         await self._write(op_set_dns_txt, name, values, expires_at)
 
     async def get_dns_txt(self, name: str, now: datetime) -> tuple[tuple[str, ...], datetime] | None:
-        return await self._read(op_get_dns_txt, name, now)
+        return await self._lookup(op_get_dns_txt, name, now)
 
     async def list_dns_txt(self, now: datetime) -> list[tuple[str, tuple[str, ...], datetime]]:
         return await self._read(op_list_dns_txt, now)
@@ -398,7 +403,7 @@ class OpsStore(Store):
         return await self._write(op_create_ssh_check, check)
 
     async def get_ssh_check(self, check_id: str, now: datetime) -> SSHCheck | None:
-        return await self._read(op_get_ssh_check, check_id, now)
+        return await self._lookup(op_get_ssh_check, check_id, now)
 
     async def decide_ssh_check(self, check_id: str, decision: str, now: datetime) -> SSHCheck:
         return await self._write(op_decide_ssh_check, check_id, decision, now)
@@ -408,10 +413,10 @@ class OpsStore(Store):
 
     # change log
     async def latest_seq(self) -> int:
-        return await self._read(op_latest_seq)
+        return await self._lookup(op_latest_seq)
 
     async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
-        return await self._read(op_changes_since, seq, limit)
+        return await self._lookup(op_changes_since, seq, limit)
 
     async def record_position(self, subscriber_id: str, seq: int, lease_expires: datetime) -> None:
         await self._write(op_record_position, subscriber_id, seq, lease_expires)
