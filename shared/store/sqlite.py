@@ -34,8 +34,6 @@ from trioscale.shared.store.wakeup import Position, WakeUps, check_gap
 BATCH = 500
 #: how long the worker thread waits for another process's write lock (milliseconds)
 BUSY_TIMEOUT_MS = 30_000
-#: how long the worker thread waits for another process's write lock (milliseconds)
-BUSY_TIMEOUT_MS = 30_000
 
 
 def _enc(v: Any) -> Any:
@@ -120,19 +118,6 @@ def _translate(e: sqlite3.IntegrityError | sqlite3.OperationalError) -> Exceptio
     return e
 
 
-def _is_busy(e: sqlite3.OperationalError) -> bool:
-    return any(w in str(e) for w in ("locked", "busy"))
-
-
-def _translate(e: sqlite3.IntegrityError | sqlite3.OperationalError) -> Exception:
-    """The store's error for sqlite3's: Conflict, StoreUnavailable, or `e` itself."""
-    if isinstance(e, sqlite3.IntegrityError):
-        return _conflict_from(e)
-    if _is_busy(e) or any(w in str(e) for w in ("disk", "unable to open", "readonly", "full")):
-        return StoreUnavailable(f"sqlite: {e}")
-    return e
-
-
 def _conflict_from(e: sqlite3.IntegrityError) -> Conflict:
     msg = str(e)
     if "UNIQUE constraint failed:" in msg:
@@ -194,7 +179,7 @@ class SqliteStore(WakeUps, OpsStore):
         poll_interval: float = 2.0,
     ) -> None:
         self._conn: sqlite3.Connection | None = conn
-        #: lookups' connection (None for a private in-memory database: lookups then take the lock)
+        #: the lookups' connection (None for a private in-memory database: its lookups go to the worker)
         self._reader = reader
         self._lock = trio.Lock()
         self.max_pending_registrations = max_pending_registrations
