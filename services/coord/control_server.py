@@ -807,6 +807,7 @@ class _H2Session:
                         await self._answer_failure(st, resp)
         finally:
             self.served.pop(st.state.id, None)
+            st.response = None  # the stream and its response refer to each other: see teardown
             self.conn.forget(st.state, trio.current_time())
             if self.read_scope is not None and not self.conn.streams:
                 self.read_scope.deadline = self.conn.next_deadline()

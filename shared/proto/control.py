@@ -421,6 +421,12 @@ class ControlConnection:
         self.stats.open_streams -= len(self.streams)
         self.unfinished.clear()
         self.streams.clear()
+        # h2's connection refers to itself through its table of frame handlers (bound methods),
+        # so only the cyclic collector could free it and the ~45 objects it holds: in a join
+        # storm thousands of closed connections piled up for one full collection, a pause of
+        # 0.7-0.9 s. Without the table, reference counting frees them now.
+        if hasattr(self.h2, "_frame_dispatch_table"):
+            self.h2._frame_dispatch_table = None
 
     # -- limits and deadlines --
 

@@ -5,12 +5,15 @@ This is the path the load tools use (issue: "our own Noise client interoperates 
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from datetime import timedelta
 
+import h2.connection
 import pytest
 import trio
+import trio.testing
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
@@ -177,3 +180,39 @@ async def test_a_quiet_map_stream_gets_keepalives_from_the_tables_pass(fast_keep
             with trio.fail_after(10):
                 assert await maps.__anext__() == {"KeepAlive": True}
                 assert await maps.__anext__() == {"KeepAlive": True}
+
+
+async def test_closed_connections_leave_the_server_no_cyclic_garbage(control):
+    """A connection's objects are freed as it closes, by reference counting. Left to the cyclic
+    collector, the closed connections of a join storm piled up for one full collection: 430,000
+    objects and a 0.7-0.9 s pause of the event loop at 5,000 nodes."""
+    store, host, port, authkey = control
+
+    async def join_and_leave(i: int) -> None:
+        node = SimNode(f"n{i}")
+        async with open_noise_client(host, port) as c:
+            assert (await c.post_json("/machine/register", node.register_body(authkey))).status == 200
+            async with c.map_stream(node.map_body()) as maps:
+                await maps.__anext__()
+
+    await join_and_leave(0)  # first-use caches and lazy imports are not garbage
+    await trio.testing.wait_all_tasks_blocked()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(1, 6):
+            await join_and_leave(i)
+        await trio.testing.wait_all_tasks_blocked()  # the server has finished with every connection
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    # the test's client keeps its own h2 connections to the collector: only the server's count
+    left = [type(o).__qualname__ for o in garbage
+            if type(o).__module__.startswith("trioscale.") and not type(o).__module__.startswith("trioscale.shared.testing")
+            or isinstance(o, h2.connection.H2Connection) and not o.config.client_side]
+    del garbage
+    assert left == []
