@@ -56,6 +56,9 @@ FLUSH_WINDOW_MAX = 1.0
 FLUSH_STORM_ENTRIES = 16
 FLUSH_STORM_WIDEN = 8.0
 FLUSH_STORM_WINDOW_MAX = 4.0
+#: a storm's window is waited in slices as long as the pass that opened it, and lasts only while
+#: each slice brings at least this many shared-log entries: the storm goes on
+FLUSH_STORM_GOING = 2
 #: shared-log entries a session may leave unwritten before it is closed as fallen behind (as
 #: many changes as a full queue may fold)
 SHARED_LOG_BEHIND_LIMIT = SESSION_QUEUE_LIMIT * 64
@@ -455,7 +458,23 @@ class SessionTable:
             started = trio.current_time()
             carried = await self.flush_pass()
             # rate control, not synchronisation: the next pass waits in proportion to this one
-            await trio.sleep(flush_window(trio.current_time() - started, carried))
+            await self._wait_window(trio.current_time() - started, carried)
+
+    async def _wait_window(self, took: float, carried: int) -> None:
+        """Wait `flush_window(took, carried)`, but end a storm's window as soon as the storm is
+        over. Waited whole, it held the first lone change after a join storm for the rest of a
+        window of up to 4 s: at 5,000 nodes, one change then reached its peers in 1.0-1.7 s
+        instead of 0.2 s, in four runs of six."""
+        window = flush_window(took, carried)
+        if carried < FLUSH_STORM_ENTRIES:
+            await trio.sleep(window)
+            return
+        end = trio.current_time() + window
+        while (left := end - trio.current_time()) > 0:
+            before = self.log.end
+            await trio.sleep(min(took, left))
+            if self.log.end - before < FLUSH_STORM_GOING:
+                return
 
     async def flush_pass(self) -> int:
         """One pass: the sessions with messages queued (every session when the shared log grew)

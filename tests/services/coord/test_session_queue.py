@@ -12,8 +12,11 @@ from datetime import datetime, timezone
 from trioscale.services.coord.metrics import (
     DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, KEEPALIVES_SENT,
 )
+import trio
+from pytest import approx
+
 from trioscale.services.coord.sessions import (
-    FLUSH_STORM_ENTRIES, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
+    FLUSH_STORM_ENTRIES, FLUSH_STORM_GOING, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
     SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed,
 )
 from trioscale.shared.domain import mapbatch
@@ -85,6 +88,40 @@ async def test_messages_for_every_session_keep_their_place_among_a_sessions_own(
     assert stream_b.bodies() == [{"PeersChanged": [{"ID": 10}, {"ID": 11}]}]
     assert stream_late.writes == []
     assert table.log.entries == [] and table.log.base == 2  # written by all: let go
+
+
+async def _window_with_arrivals(table: SessionTable, took: float, every: float, per_slice: int) -> float:
+    """How long the flusher's window after a storm pass that took `took` lasts while `per_slice`
+    shared-log entries arrive every `every` seconds (virtual time)."""
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        async def arrive() -> None:
+            n = 100
+            while True:
+                await trio.sleep(every)
+                table.deliver([(EVERY_SESSION, joined(n + i)) for i in range(per_slice)])
+                n += per_slice
+        if per_slice:
+            nursery.start_soon(arrive)
+        await table._wait_window(took, FLUSH_STORM_ENTRIES)
+        nursery.cancel_scope.cancel()
+    return trio.current_time() - started
+
+
+async def test_a_storms_window_lasts_only_while_the_storm_does(autojump_clock):
+    took = 0.5
+    assert flush_window(took, FLUSH_STORM_ENTRIES) == FLUSH_STORM_WINDOW_MAX
+    table = SessionTable()
+    open_session(table, 1)
+    # joins keep coming: the whole widened window, so they reach each session in few writes
+    assert await _window_with_arrivals(table, took, took / 2, FLUSH_STORM_GOING) == approx(FLUSH_STORM_WINDOW_MAX)
+    # the storm is over: one slice as long as the pass, then a lone change goes out
+    assert await _window_with_arrivals(table, took, 0.3, 1) == approx(took)
+    assert await _window_with_arrivals(table, took, 0.0, 0) == approx(took)
+    # a pass that was not a storm's keeps its plain window
+    started = trio.current_time()
+    await table._wait_window(0.1, 1)
+    assert trio.current_time() - started == approx(flush_window(0.1, 1))
 
 
 async def test_a_pass_says_how_many_shared_log_entries_it_carried():
