@@ -16,7 +16,7 @@ import trio
 from pytest import approx
 
 from trioscale.services.coord.sessions import (
-    FLUSH_STORM_ENTRIES, FLUSH_STORM_GOING, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
+    FLUSH_STORM_ENTRIES, FLUSH_STORM_GOING, FLUSH_STORM_QUIET, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
     SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed,
 )
 from trioscale.shared.domain import mapbatch
@@ -90,9 +90,11 @@ async def test_messages_for_every_session_keep_their_place_among_a_sessions_own(
     assert table.log.entries == [] and table.log.base == 2  # written by all: let go
 
 
-async def _window_with_arrivals(table: SessionTable, took: float, every: float, per_slice: int) -> float:
+async def _window_with_arrivals(table: SessionTable, took: float, every: float, per_slice: int,
+                                once: bool = False) -> float:
     """How long the flusher's window after a storm pass that took `took` lasts while `per_slice`
-    shared-log entries arrive every `every` seconds (virtual time)."""
+    shared-log entries arrive every `every` seconds (`once`: only after the first `every`), in
+    virtual time."""
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
         async def arrive() -> None:
@@ -101,6 +103,8 @@ async def _window_with_arrivals(table: SessionTable, took: float, every: float, 
                 await trio.sleep(every)
                 table.deliver([(EVERY_SESSION, joined(n + i)) for i in range(per_slice)])
                 n += per_slice
+                if once:
+                    return
         if per_slice:
             nursery.start_soon(arrive)
         await table._wait_window(took, FLUSH_STORM_ENTRIES)
@@ -113,11 +117,14 @@ async def test_a_storms_window_lasts_only_while_the_storm_does(autojump_clock):
     assert flush_window(took, FLUSH_STORM_ENTRIES) == FLUSH_STORM_WINDOW_MAX
     table = SessionTable()
     open_session(table, 1)
-    # joins keep coming: the whole widened window, so they reach each session in few writes
+    # joins keep coming, steadily or in bursts (a replica gets the log's batches): the whole
+    # widened window, so they reach each session in few writes
     assert await _window_with_arrivals(table, took, took / 2, FLUSH_STORM_GOING) == approx(FLUSH_STORM_WINDOW_MAX)
-    # the storm is over: one slice as long as the pass, then a lone change goes out
-    assert await _window_with_arrivals(table, took, 0.3, 1) == approx(took)
-    assert await _window_with_arrivals(table, took, 0.0, 0) == approx(took)
+    assert await _window_with_arrivals(table, took, 0.75 * FLUSH_STORM_QUIET, 8) == approx(FLUSH_STORM_WINDOW_MAX)
+    # the storm is over: once the log got less than a storm's news for FLUSH_STORM_QUIET, a lone
+    # change goes out
+    assert await _window_with_arrivals(table, took, 0.3, 1, once=True) == approx(FLUSH_STORM_QUIET)
+    assert await _window_with_arrivals(table, took, 0.0, 0) == approx(FLUSH_STORM_QUIET)
     # a pass that was not a storm's keeps its plain window
     started = trio.current_time()
     await table._wait_window(0.1, 1)
