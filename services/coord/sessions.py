@@ -69,6 +69,13 @@ SHARED_LOG_BEHIND_LIMIT = SESSION_QUEUE_LIMIT * 64
 KEEPALIVE_TICK = 1.0
 
 
+def storm_going(ends: list[int], span: int) -> bool:
+    """Whether the shared log, looked at once a slice (`ends`: its end at each look, oldest
+    first), still gets a storm's news: FLUSH_STORM_GOING entries or more over the last `span`
+    slices (assumed, until it has been looked at for that long)."""
+    return len(ends) <= span or ends[-1] - ends[-1 - span] >= FLUSH_STORM_GOING
+
+
 def flush_window(took: float, carried: int) -> float:
     """Seconds the flusher waits after a pass that took `took` seconds and carried `carried`
     shared-log entries."""
@@ -478,7 +485,7 @@ class SessionTable:
         while (left := end - trio.current_time()) > 0:
             await trio.sleep(min(took, left))
             ends.append(self.log.end)
-            if len(ends) > span and ends[-1] - ends[-1 - span] < FLUSH_STORM_GOING:
+            if not storm_going(ends, span):
                 return
 
     async def flush_pass(self) -> int:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from trioscale.services.coord.metrics import (
-    DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, KEEPALIVES_SENT,
-)
 import trio
 from pytest import approx
 
+from trioscale.services.coord.metrics import (
+    DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, KEEPALIVES_SENT,
+)
 from trioscale.services.coord.sessions import (
-    FLUSH_STORM_ENTRIES, FLUSH_STORM_GOING, FLUSH_STORM_QUIET, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN, FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
-    SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed,
+    FLUSH_STORM_ENTRIES, FLUSH_STORM_GOING, FLUSH_STORM_QUIET, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN,
+    FLUSH_WINDOW_MAX, SESSION_QUEUE_LIMIT,
+    SHARED_LOG_BEHIND_LIMIT, MapSession, SessionTable, flush_window, framed, storm_going,
 )
 from trioscale.shared.domain import mapbatch
 from trioscale.shared.domain.fanout import EVERY_SESSION, EverySession, Message
@@ -90,44 +91,54 @@ async def test_messages_for_every_session_keep_their_place_among_a_sessions_own(
     assert table.log.entries == [] and table.log.base == 2  # written by all: let go
 
 
-async def _window_with_arrivals(table: SessionTable, took: float, every: float, per_slice: int,
-                                once: bool = False) -> float:
-    """How long the flusher's window after a storm pass that took `took` lasts while `per_slice`
-    shared-log entries arrive every `every` seconds (`once`: only after the first `every`), in
-    virtual time."""
+class ArrivingLog:
+    """A shared log whose end moves by the next of `arrivals` each time the flusher looks (once
+    a slice): entries arriving while it waits, with no clock in the test."""
+
+    def __init__(self, arrivals: list[int]) -> None:
+        self.arrivals = iter(arrivals)
+        self.at = 0
+
+    @property
+    def end(self) -> int:
+        self.at += next(self.arrivals, 0)
+        return self.at
+
+
+async def window_after_storm(took: float, arrivals: list[int]) -> float:
+    """How long the flusher waits after a storm pass that took `took` seconds, while `arrivals`
+    entries reach the log slice by slice (virtual time)."""
+    table = SessionTable()
+    table.log = ArrivingLog([0, *arrivals])  # the first look is before any slice
     started = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        async def arrive() -> None:
-            n = 100
-            while True:
-                await trio.sleep(every)
-                table.deliver([(EVERY_SESSION, joined(n + i)) for i in range(per_slice)])
-                n += per_slice
-                if once:
-                    return
-        if per_slice:
-            nursery.start_soon(arrive)
-        await table._wait_window(took, FLUSH_STORM_ENTRIES)
-        nursery.cancel_scope.cancel()
+    await table._wait_window(took, FLUSH_STORM_ENTRIES)
     return trio.current_time() - started
 
 
+def test_a_storm_is_going_while_the_log_gets_its_news():
+    span = 2
+    assert storm_going([0], span) and storm_going([0, 0], span)  # not looked at for long enough
+    assert storm_going([0, 1, 2], span)  # two entries over the last two slices
+    assert not storm_going([0, 1, 1], span)  # a lone change
+    assert not storm_going([5, 5, 5], span)  # nothing
+    assert storm_going([0, 0, 8, 8], span)  # a burst within the last two slices
+
+
 async def test_a_storms_window_lasts_only_while_the_storm_does(autojump_clock):
-    took = 0.5
+    took = 0.5  # two slices make FLUSH_STORM_QUIET
     assert flush_window(took, FLUSH_STORM_ENTRIES) == FLUSH_STORM_WINDOW_MAX
-    table = SessionTable()
-    open_session(table, 1)
+    slices = int(FLUSH_STORM_WINDOW_MAX / took)
     # joins keep coming, steadily or in bursts (a replica gets the log's batches): the whole
     # widened window, so they reach each session in few writes
-    assert await _window_with_arrivals(table, took, took / 2, FLUSH_STORM_GOING) == approx(FLUSH_STORM_WINDOW_MAX)
-    assert await _window_with_arrivals(table, took, 0.75 * FLUSH_STORM_QUIET, 8) == approx(FLUSH_STORM_WINDOW_MAX)
+    assert await window_after_storm(took, [FLUSH_STORM_GOING] * slices) == approx(FLUSH_STORM_WINDOW_MAX)
+    assert await window_after_storm(took, [0, 8] * slices) == approx(FLUSH_STORM_WINDOW_MAX)
     # the storm is over: once the log got less than a storm's news for FLUSH_STORM_QUIET, a lone
     # change goes out
-    assert await _window_with_arrivals(table, took, 0.3, 1, once=True) == approx(FLUSH_STORM_QUIET)
-    assert await _window_with_arrivals(table, took, 0.0, 0) == approx(FLUSH_STORM_QUIET)
+    assert await window_after_storm(took, [1]) == approx(FLUSH_STORM_QUIET)
+    assert await window_after_storm(took, []) == approx(FLUSH_STORM_QUIET)
     # a pass that was not a storm's keeps its plain window
     started = trio.current_time()
-    await table._wait_window(0.1, 1)
+    await SessionTable()._wait_window(0.1, 1)
     assert trio.current_time() - started == approx(flush_window(0.1, 1))
 
 
