@@ -47,6 +47,8 @@ log = logging.getLogger("trioscale.coord")
 #: the fan-out it causes is timed from (metrics.FANOUT_SECONDS)
 applying_committed: ContextVar[datetime | None] = ContextVar("applying_committed", default=None)
 
+#: how many applied deletions `record_allocation` remembers (see `Coordinator._deleted_lately`)
+_DELETED_LATELY = 4096
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 
@@ -85,7 +87,14 @@ class Coordinator:
         self._nursery: trio.Nursery | None = None
         #: registration allocates addresses and names one at a time in this process (register.py)
         self.allocation_lock = trio.Lock()
-        self._allocated: dict[int, Node] = {}
+        #: nodes created (here, or by the replica a creation here lost to) whose change this replica
+        #: has not applied yet, held in memory so no registration takes their address or name;
+        #: each with the number of the tailnet load it was recorded in
+        self._allocated: dict[int, tuple[Node, int]] = {}
+        self._loads = 0
+        #: ids of nodes whose deletion was applied lately: a creation recorded after its node's
+        #: deletion was applied is not held (bounded; the race needs a deletion within moments)
+        self._deleted_lately: dict[int, None] = {}
         #: this replica's map sessions in the store; online state comes from presence changes
         self.presence = presence if presence is not None else PresenceTracker(store, clock=clock)
         #: relays whose heartbeat is older than this are dropped from the store (None: never)
@@ -110,11 +119,16 @@ class Coordinator:
     # -- loading and following -----------------------------------------------------------------
     async def load(self) -> None:
         """Read the whole tailnet once; later changes come from the log after `self.seq`."""
+        self._loads += 1
         self.follower.seq = await self.store.latest_seq()
         self.tailnet.users = {u.id: u for u in await self.store.list_users()}
         self.tailnet.replace_nodes(await self.store.list_nodes())
-        for node in self._allocated.values():
-            self._hold_allocated(node)
+        for node_id, (node, load) in list(self._allocated.items()):
+            # read from the store now, or committed before the read began and deleted since
+            if node_id in self.tailnet.nodes or load < self._loads:
+                del self._allocated[node_id]
+            else:  # committed while the nodes were being read: its change comes from the log
+                self._hold_allocated(node)
         self.tailnet.online = {p.node_id for p in await self.store.list_presence() if p.node_id in self.tailnet.nodes}
         self._relays = await self.store.list_relays()
         self.tailnet.settings.derp_map = self.build_derp_map(self._relays)
@@ -172,16 +186,25 @@ class Coordinator:
         """Addresses and names in use, as far as this coordinator knows (for allocation): kept up
         to date change by change, not rebuilt from every node at each registration."""
         holdings = self.tailnet.holdings
-        for node_id in [i for i in self._allocated if i in self.tailnet.nodes]:
-            del self._allocated[node_id]  # applied from the log by now: held under its id
-            holdings.release(("allocated", node_id))
         return holdings.addresses, holdings.names
 
     def record_allocation(self, node: Node) -> None:
         """A node whose change this replica may not have applied yet: one it just created, or one
-        another replica created holding the address or name a creation here lost to."""
-        self._allocated[node.id] = node
+        another replica created holding the address or name a creation here lost to. Held until
+        a change of the node is applied (`_settle_allocation`)."""
+        if node.id in self.tailnet.nodes or node.id in self._deleted_lately:
+            return  # applied already: the tailnet holds it under its id, or it is gone
+        self._allocated[node.id] = (node, self._loads)
         self._hold_allocated(node)
+
+    def _settle_allocation(self, node_id: int, deleted: bool) -> None:
+        """A change of `node_id` was applied: from now on the tailnet holds what it holds."""
+        if deleted:
+            self._deleted_lately[node_id] = None
+            if len(self._deleted_lately) > _DELETED_LATELY:
+                del self._deleted_lately[next(iter(self._deleted_lately))]
+        if self._allocated.pop(node_id, None) is not None:
+            self.tailnet.holdings.release(("allocated", node_id))
 
     def _hold_allocated(self, node: Node) -> None:
         self.tailnet.holdings.hold(("allocated", node.id), node.ipv4, node.ipv6, node.given_name)
@@ -205,6 +228,7 @@ class Coordinator:
         if kind in ("node.created", "node.updated"):
             new = carried_node(change) or await self.store.get_node(data["id"])
             old = self.tailnet.nodes.get(data["id"])
+            self._settle_allocation(data["id"], deleted=new is None)
             if new is None:
                 self._node_gone(data["id"])
             else:
@@ -213,6 +237,7 @@ class Coordinator:
                     self.ephemeral.schedule(new.id)
                 await policywrites.after_node_change(self.store, self.policy, old, new)
         elif kind == "node.deleted":
+            self._settle_allocation(data["id"], deleted=True)
             self._node_gone(data["id"])
         elif kind in ("user.created", "user.updated"):
             user = await self.store.get_user(data["id"])

@@ -361,3 +361,74 @@ async def test_a_registration_that_loses_its_address_to_another_replica_retries_
     finally:
         await other.aclose()
         await store.aclose()
+
+
+async def test_a_deleted_node_gives_its_address_and_name_back_to_the_next_registration(tmp_path, nursery):
+    # This replica's own creation is held in memory until its change is applied; a node deleted
+    # before the next registration looked must not stay held (its address would never come back).
+    store = await SqliteStore.open(tmp_path / "db.sqlite", poll_interval=3600)
+    try:
+        coord, handlers, user, key = await coordinator_with_a_key(store, nursery)
+
+        async def join(m: Machine):
+            resp = FakeResponse()
+            await handlers.noise(noise_request(m, "/machine/register", m.register_body(key.text)), resp)
+            assert resp.json()["MachineAuthorized"] is True, resp.json()
+            return await store.get_node_by_node_key(m.node_key)
+
+        first = await join(Machine())
+        second = await join(Machine())
+        assert (second.ipv4, second.given_name) == ("100.64.0.2", "m-1")
+        await store.delete_node(second.id)
+        await coord.caught_up()
+        assert second.id not in coord.tailnet.nodes
+        third = await join(Machine())
+        assert (third.ipv4, third.given_name) == ("100.64.0.2", "m-1")
+        assert coord.tailnet.holdings.holders() == 2, "only the two live nodes hold anything"
+        assert first.id in coord.tailnet.nodes
+    finally:
+        await store.aclose()
+
+
+async def test_a_held_creation_of_a_node_deleted_elsewhere_is_let_go(tmp_path, nursery):
+    # A creation another replica won is held here until its change is applied. If the node is
+    # deleted before then, the hold ends with the deletion's change, at a reload, or (deletion
+    # applied first) is never taken.
+    path = tmp_path / "db.sqlite"
+    store = await SqliteStore.open(path, poll_interval=3600)
+    other = await SqliteStore.open(path, poll_interval=3600)
+    try:
+        coord, _handlers, user, _key = await coordinator_with_a_key(store, nursery)
+
+        async def elsewhere(ipv4: str, name: str) -> Node:
+            return await other.create_node(Node(
+                id=0, machine_key=keys.public_key(keys.generate_private_key()), node_key=os.urandom(32),
+                user_id=user.id, hostname=name, given_name=name, ipv4=ipv4))
+
+        def held() -> set[str]:
+            return set(coord.taken()[0])
+
+        x = await elsewhere("100.64.0.5", "x")
+        coord.record_allocation(x)  # as a registration here that lost to it would
+        assert "100.64.0.5" in held()
+        await other.delete_node(x.id)
+        await coord.reload()  # as after the log was trimmed past this replica: x is not there
+        assert "100.64.0.5" not in held()
+
+        y = await elsewhere("100.64.0.6", "y")
+        coord.record_allocation(y)
+        await other.delete_node(y.id)
+        store._notify()
+        await coord.caught_up()  # y's creation and deletion applied
+        assert "100.64.0.6" not in held()
+
+        z = await elsewhere("100.64.0.7", "z")
+        await other.delete_node(z.id)
+        store._notify()
+        await coord.caught_up()
+        coord.record_allocation(z)  # learnt of only after its deletion was applied
+        assert "100.64.0.7" not in held()
+        assert coord.tailnet.holdings.holders() == 0
+    finally:
+        await other.aclose()
+        await store.aclose()
