@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -24,6 +26,16 @@ from util import TrioscaleServer, free_ports_config  # noqa: E402
 # binds its metrics listener on a port the OS picks: the default 127.0.0.1:9090 would be one port
 # fought over by every server running at once. A test that wants a given address sets the key.
 os.environ.setdefault("TRIOSCALE_METRICS_LISTEN_ADDR", "127.0.0.1:0")
+
+# Property tests outside CI: Hypothesis's defaults fail an example slower than 200 ms (on a busy
+# 2-core machine a correct example can be) and keep an example database in .hypothesis/ inside the
+# repository. With CI set, Hypothesis's own "ci" profile already drops both (and derandomizes).
+# Its cache of the code's constants goes outside the repository in both cases.
+set_hypothesis_home_dir(str(Path.home() / ".cache" / "trioscale" / "hypothesis"))
+settings.register_profile("trioscale-local", deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+if not os.environ.get("CI"):
+    settings.load_profile("trioscale-local")
 
 
 @pytest.fixture
