@@ -17,9 +17,9 @@ one `MeshLink` to each:
 Data flows one way on a link: A forwards to B over A's link to B, B to A over B's link to A.
 
 Several relay processes may share one host:port with SO_REUSEPORT (one region's relays on one
-host). A connection to that address lands on any of them, so a link checks the server key it
-reached: its own key, or a key another link already holds, means "wrong process": it closes and
-dials again at once.
+host). A connection to that address lands on any of them, so a link checks what it reached: its
+own server key or certificate, or the key or pinned certificate of another relay there, means
+"wrong process": it closes and dials again at once (no backoff).
 """
 
 from __future__ import annotations
@@ -306,14 +306,26 @@ class Mesh:
             self._verify_ctx = client_context(verify=True)
         return self._verify_ctx
 
-    @staticmethod
-    def check_pin(relay: Any, stream: RawStream) -> None:
+    def check_pin(self, relay: Any, stream: RawStream) -> None:
         name = relay.cert_name or ""
         if not name.startswith("sha256-raw:") or relay.insecure_for_tests:
             return
         der = stream._tls.getpeercert(binary_form=True) if stream._tls is not None else None
-        if not der or hashlib.sha256(der).hexdigest() != name.split(":", 1)[1].lower():
-            raise ssl.SSLError(f"mesh peer {relay.name}: certificate does not match {name}")
+        digest = hashlib.sha256(der).hexdigest() if der else ""
+        if digest == name.split(":", 1)[1].lower():
+            return
+        if digest and digest in self._pins_at(relay_address(relay)):
+            # a shared port (SO_REUSEPORT) led to this relay or another one there, each with a
+            # certificate of its own: dial again at once, as for its server key (not a failure
+            # to back off from: with two processes every other dial lands on the wrong one)
+            raise _WrongPeer()
+        raise ssl.SSLError(f"mesh peer {relay.name}: certificate does not match {name}")
+
+    def _pins_at(self, address: tuple[str, int]) -> set[str]:
+        """The pinned certificates of this relay and of the known relays at `address`."""
+        rows = [self.own, *(link.relay for link in self.links.values())]
+        return {r.cert_name.split(":", 1)[1].lower() for r in rows
+                if (r.cert_name or "").startswith("sha256-raw:") and relay_address(r) == address}
 
     # -- following the fleet -----------------------------------------------------------------
     def _peers_of(self, relays: list[Any]) -> dict[tuple[int, str], Any]:

@@ -235,3 +235,44 @@ async def test_a_stuck_mesh_link_drops_instead_of_holding_the_sender(nursery, tm
         assert (ev.src, ev.packet) == (public(a), b"to c")
         assert link.stuck_at == link.nwrites
         assert ra.stats.drop_queue_head >= 20 - link.queue_depth
+
+
+def test_a_shared_port_that_leads_to_another_relays_certificate_is_the_wrong_process_not_a_failure():
+    """Relays sharing a port (SO_REUSEPORT) each pin a certificate of their own. A link whose dial
+    landed on itself, or on another relay there, retries at once; only a certificate no relay
+    there has is a failure (backed off). With every other dial landing on the wrong process,
+    backing off made a link take more than 10 s now and then."""
+    import hashlib
+    import ssl
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    import pytest
+
+    from trioscale.services.derp.mesh import Mesh, _WrongPeer
+
+    @dataclass
+    class Row:
+        name: str
+        cert_name: str
+        host: str = "127.0.0.1"
+        ipv4: str = "127.0.0.1"
+        ipv6: str = ""
+        derp_port: int = 443
+        insecure_for_tests: bool = False
+
+    def pin(der: bytes) -> str:
+        return "sha256-raw:" + hashlib.sha256(der).hexdigest()
+
+    def reached(der: bytes):
+        return SimpleNamespace(_tls=SimpleNamespace(getpeercert=lambda binary_form: der))
+
+    own, other, elsewhere = Row("a", pin(b"a")), Row("b", pin(b"b")), Row("c", pin(b"c"), derp_port=444)
+    mesh = Mesh(SimpleNamespace(), b"k" * 32, own=own, store=None)
+    mesh.check_pin(other, reached(b"b"))  # the relay it wanted
+    with pytest.raises(_WrongPeer):
+        mesh.check_pin(other, reached(b"a"))  # itself
+    with pytest.raises(ssl.SSLError, match="does not match"):
+        mesh.check_pin(other, reached(b"c"))  # not a relay of that address
+    with pytest.raises(ssl.SSLError, match="does not match"):
+        mesh.check_pin(elsewhere, reached(b"a"))  # its own certificate, but not its address
