@@ -14,6 +14,7 @@ import re
 import sqlite3
 import stat
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,14 @@ async def test_data_directory_is_private(trioscale_server, loosen_first):
 # -- two replicas allocate at once: a lost race is retried from memory ---------------------------------
 
 
+async def register_with_key(handlers, store, key, m: Machine) -> Node:
+    """`m` registers with `key` through the control handlers; its node as stored."""
+    resp = FakeResponse()
+    await handlers.noise(noise_request(m, "/machine/register", m.register_body(key.text)), resp)
+    assert resp.json()["MachineAuthorized"] is True, resp.json()
+    return await store.get_node_by_node_key(m.node_key)
+
+
 async def test_a_registration_that_loses_its_address_to_another_replica_retries_without_reading_every_node(
         tmp_path, nursery, monkeypatch):
     path = tmp_path / "db.sqlite"
@@ -326,11 +335,7 @@ async def test_a_registration_that_loses_its_address_to_another_replica_retries_
     try:
         coord, handlers, user, key = await coordinator_with_a_key(store, nursery)
 
-        async def join(m: Machine):
-            resp = FakeResponse()
-            await handlers.noise(noise_request(m, "/machine/register", m.register_body(key.text)), resp)
-            assert resp.json()["MachineAuthorized"] is True, resp.json()
-            return await store.get_node_by_node_key(m.node_key)
+        join = partial(register_with_key, handlers, store, key)
 
         first = await join(Machine())
         assert (first.ipv4, first.given_name) == ("100.64.0.1", "m")
@@ -370,11 +375,7 @@ async def test_a_deleted_node_gives_its_address_and_name_back_to_the_next_regist
     try:
         coord, handlers, user, key = await coordinator_with_a_key(store, nursery)
 
-        async def join(m: Machine):
-            resp = FakeResponse()
-            await handlers.noise(noise_request(m, "/machine/register", m.register_body(key.text)), resp)
-            assert resp.json()["MachineAuthorized"] is True, resp.json()
-            return await store.get_node_by_node_key(m.node_key)
+        join = partial(register_with_key, handlers, store, key)
 
         first = await join(Machine())
         second = await join(Machine())
