@@ -5,7 +5,6 @@ This is the path the load tools use (issue: "our own Noise client interoperates 
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 from datetime import timedelta
@@ -14,6 +13,7 @@ import h2.connection
 import pytest
 import trio
 import trio.testing
+from gcgarbage import cyclic_garbage_of
 
 from trioscale.services.coord import register
 from trioscale.services.coord.coordinator import Coordinator
@@ -195,21 +195,7 @@ async def test_closed_connections_leave_the_server_no_cyclic_garbage(control):
             async with c.map_stream(node.map_body()) as maps:
                 await maps.__anext__()
 
-    await join_and_leave(0)  # first-use caches and lazy imports are not garbage
-    await trio.testing.wait_all_tasks_blocked()
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(1, 6):
-            await join_and_leave(i)
-        await trio.testing.wait_all_tasks_blocked()  # the server has finished with every connection
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        garbage = list(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    garbage = await cyclic_garbage_of(join_and_leave)
     # the test's client keeps its own h2 connections to the collector: only the server's count
     left = [type(o).__qualname__ for o in garbage
             if type(o).__module__.startswith("trioscale.") and not type(o).__module__.startswith("trioscale.shared.testing")

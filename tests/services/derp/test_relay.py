@@ -10,7 +10,9 @@ import stat
 import h11
 import pytest
 import trio
+import trio.testing
 from derphelpers import FakeStore, make_setup, new_key, public, start_relay
+from gcgarbage import cyclic_garbage_of
 
 from trioscale.services.derp.router import Client, DerpServer
 from trioscale.shared.net import tls as tlsutil
@@ -516,35 +518,18 @@ async def test_closed_connections_leave_the_relay_no_cyclic_garbage(relay_factor
     """A client connection's objects are freed as it closes, by reference counting: a relay of
     10,000 clients that churn should not leave them to the cyclic collector, whose full
     collections pause the event loop for the whole heap."""
-    import gc
-
     relay = await relay_factory()
 
-    async def talk_and_leave() -> None:
+    async def talk_and_leave(_: int) -> None:
         a, b = await known_client(relay), await known_client(relay)
         async with open_derp_client("127.0.0.1", relay.port, a) as ca, \
                 open_derp_client("127.0.0.1", relay.port, b) as cb:
             await ca.send(public(b), b"hello")
             assert await recv_within(cb) == d.RecvPacket(public(a), b"hello")
-        with trio.fail_after(5):
-            while relay.stats.clients_current:
-                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the relay has read both ends' close
+        assert relay.stats.clients_current == 0
 
-    await talk_and_leave()  # first-use caches and lazy imports are not garbage
-    await trio.testing.wait_all_tasks_blocked()
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(5):
-            await talk_and_leave()
-        await trio.testing.wait_all_tasks_blocked()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        garbage = list(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    garbage = await cyclic_garbage_of(talk_and_leave)
     # the test's clients (trio.SSLStream) are cyclic: only the relay's own objects count
     left = sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage
                    if type(o).__module__.startswith("trioscale.")
