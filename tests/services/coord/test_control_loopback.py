@@ -22,7 +22,7 @@ from trioscale.shared.domain.netmap import Settings
 from trioscale.services.coord.handlers import ControlHandlers
 from trioscale.services.coord.control_server import serve_control
 from trioscale.shared.domain import secrets
-from trioscale.shared.testing.noiseclient import ControlClientError, open_noise_client
+from trioscale.shared.testing.noiseclient import ControlClientError, SinkReader, open_noise_client
 from trioscale.shared.proto import keys, mapframe
 from trioscale.shared.store.sqlite import SqliteStore
 
@@ -107,11 +107,14 @@ async def test_map_request_for_someone_elses_node_is_refused(control):
         assert resp.status == 404
 
 
-async def test_a_sink_reads_the_map_stream_with_its_own_flow_control(control):
+@pytest.mark.parametrize("shared_reader", [False, True], ids=["own-task", "sink-reader"])
+async def test_a_sink_reads_the_map_stream_with_its_own_flow_control(control, shared_reader):
     """NoiseClient.sink (the load tools' map stream): h2 hands over at the response headers, the
     first map and every delta still arrive whole, and with a 1 KiB window the stream only keeps
-    going if the sink returns window credit itself."""
+    going if the sink returns window credit itself; read by its own task or by a SinkReader (one
+    task for a fleet's sinks), which lets the connection go when the sink ends."""
     store, host, port, authkey = control
+    reader = SinkReader() if shared_reader else None
     a, b = SimNode("alpha"), SimNode("beta")
     async with open_noise_client(host, port, initial_window_size=1024) as ca, open_noise_client(host, port) as cb:
         for client, node in ((ca, a), (cb, b)):
@@ -124,9 +127,13 @@ async def test_a_sink_reads_the_map_stream_with_its_own_flow_control(control):
                 send.send_nowait(msg)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ca.sink, "POST", "/machine/map", json.dumps(a.map_body()).encode(), on_data)
+            if reader is not None:
+                nursery.start_soon(reader.run)
+            nursery.start_soon(ca.sink, "POST", "/machine/map", json.dumps(a.map_body()).encode(), on_data, reader)
             with trio.fail_after(5):
                 first = await recv.receive()
+            if reader is not None:
+                assert len(reader) == 1  # handed over at the headers
             assert first["Node"]["Name"] == "alpha.ts.test."
             for i in range(40):  # about 4 KiB of deltas: four windows
                 endpoint = f"127.0.0.1:{6000 + i}"
@@ -139,9 +146,35 @@ async def test_a_sink_reads_the_map_stream_with_its_own_flow_control(control):
                         if any(p.get("Endpoints") == [endpoint] for p in patches):
                             break
             nursery.cancel_scope.cancel()
+        if reader is not None:
+            assert len(reader) == 0
         # the connection is the sink's now: no other request
         with pytest.raises(ControlClientError, match="one sink"):
             await ca.sink("POST", "/machine/map", b"{}", on_data)
+
+
+async def test_a_sink_reader_lets_go_of_a_stream_the_server_ends(control):
+    """A node deleted while its map stream is read by a SinkReader: the server ends the stream,
+    the sink returns, and the reader holds the connection no longer."""
+    store, host, port, authkey = control
+    a = SimNode("alpha")
+    reader = SinkReader()
+    first = trio.Event()
+    async with open_noise_client(host, port) as ca:
+        assert (await ca.post_json("/machine/register", a.register_body(authkey))).status == 200
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            with trio.fail_after(5):
+                async with trio.open_nursery() as streaming:
+                    streaming.start_soon(ca.sink, "POST", "/machine/map", json.dumps(a.map_body()).encode(),
+                                         lambda chunk: first.set(), reader)
+                    await first.wait()
+                    assert len(reader) == 1
+                    node = await store.get_node_by_node_key(keys.public_key(a.node_key))
+                    await store.delete_node(node.id)
+                # the sink returned: the server ended the stream
+            assert len(reader) == 0
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_sink_refused_by_the_server_says_why(control):
