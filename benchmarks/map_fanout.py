@@ -35,7 +35,7 @@ import trio
 import yaml
 import zstandard
 
-from trioscale.shared.testing.noiseclient import ControlClientError, fetch_server_key, open_noise_client
+from trioscale.shared.testing.noiseclient import ControlClientError, SinkReader, fetch_server_key, open_noise_client
 from trioscale.shared.proto import keys, mapframe
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -262,6 +262,8 @@ class SimNode:
         #: the map stream read by NoiseClient.sink (no h2 past its headers), unless the node is to
         #: send requests on its connection later (a mover)
         self.sink = True
+        #: the one task that reads every sink's connection (None: a task per connection)
+        self.reader: SinkReader | None = None
         #: bytes on the stream of the first map
         self.first_map_bytes = 0
         #: map stream bytes received (messages as sent: compressed, framed, before Noise)
@@ -321,7 +323,7 @@ class SimNode:
         try:
             body = json.dumps(self.body()).encode()
             if self.sink:
-                await client.sink("POST", "/machine/map", body, self._on_bytes)
+                await client.sink("POST", "/machine/map", body, self._on_bytes, self.reader)
             else:
                 async with client.stream("POST", "/machine/map", body) as rs:
                     async for chunk in rs:
@@ -387,6 +389,7 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
     more = [SimNode(len(nodes) + i, first.control, server_key=first.server_key) for i in range(count)]
     for node in more:
         node.register_only = register_only
+        node.reader = first.reader
     idle_cpu_per_s = None
     if server_pid and not register_only:
         # what the quiet tailnet costs by itself (keepalives, timers): paid with or without joins,
@@ -450,10 +453,12 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
                 profile: str | None = None, join_after: int = 0, register_after: int = 0,
-                metrics_url: str | None = None, sink: bool = True, idle_seconds: float = 10.0) -> dict:
+                metrics_url: str | None = None, sink: bool = True, idle_seconds: float = 10.0,
+                shared_reader: bool = True) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
-    `peers_of(mover)` (default: all the others)."""
+    `peers_of(mover)` (default: all the others). With `sink`, the nodes' map streams are read by
+    one SinkReader task (`shared_reader`) or by a task each."""
     if nodes is None:
         # one GET /key per control, not per node (thousands of them would only load the server)
         server_keys = [await fetch_server_key(host, port) for host, port in controls]
@@ -472,6 +477,11 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
     sys0 = system_cpu_s(server_pid) if server_pid else float("nan")
     client0 = cpu_s(os.getpid())
     async with trio.open_nursery() as nursery:
+        if sink and shared_reader:
+            reader = SinkReader()
+            nursery.start_soon(reader.run)
+            for node in nodes:
+                node.reader = reader
         t0 = time.monotonic()
         async with trio.open_nursery() as starting:
             for node in nodes:
@@ -508,6 +518,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         missed = 0
         result["client_rss_before_rounds_mib"] = round(rss_mib(os.getpid()), 1)
         rounds_cpu0 = cpu_s(server_pid) if server_pid else float("nan")
+        rounds_client_cpu0 = cpu_s(os.getpid())
+        rounds_sys0 = system_cpu_s(server_pid) if server_pid else float("nan")
+        rounds_flush0 = await trio.to_thread.run_sync(flush_counters, metrics_url)
         for r in range(rounds):
             mover = movers[r % len(movers)]
             peers = peers_of(mover)
@@ -541,6 +554,15 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         if server_pid:
             # the server's CPU per change, the 0.5 s pauses between rounds included
             result["server_cpu_per_round_ms"] = round(1000 * (cpu_s(server_pid) - rounds_cpu0) / rounds, 1)
+            result["server_system_cpu_per_round_ms"] = round(1000 * (system_cpu_s(server_pid) - rounds_sys0) / rounds, 1)
+        rounds_flush = await trio.to_thread.run_sync(flush_counters, metrics_url)
+        if rounds_flush:
+            # the flusher's own share: its passes' CPU, and how many passes a change took
+            cpu, passes = (rounds_flush[name] - rounds_flush0[name] for name in (FLUSH_COUNTERS[0], FLUSH_COUNTERS[2]))
+            result["flush_cpu_per_round_ms"] = round(1000 * cpu / rounds, 1)
+            result["flush_passes_per_round"] = round(passes / rounds, 2)
+        # the simulated fleet's, likewise: above a round's p99 it would be what the rounds measure
+        result["client_cpu_per_round_ms"] = round(1000 * (cpu_s(os.getpid()) - rounds_client_cpu0) / rounds, 1)
         result.update({
             "rounds": rounds,
             "samples": len(latencies),
@@ -586,6 +608,8 @@ def main() -> None:
                     help="before --join-after, how long the quiet tailnet's own CPU is watched (taken out of the joins')")
     ap.add_argument("--no-sink", action="store_true",
                     help="nodes read their map streams through h2 (the load generator before NoiseClient.sink)")
+    ap.add_argument("--task-per-stream", action="store_true",
+                    help="each sink's connection is read by a task of its own (the load generator before SinkReader)")
     args = ap.parse_args()
     for n in args.nodes:
         server = None
@@ -609,10 +633,12 @@ def main() -> None:
                                              join_after=args.join_after, register_after=args.register_after,
                                              metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
                                              concurrency=args.concurrency, sink=not args.no_sink,
-                                             idle_seconds=args.idle_seconds))
+                                             idle_seconds=args.idle_seconds,
+                                             shared_reader=not args.task_per_stream))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()
             res["sink"] = not args.no_sink
+            res["reader"] = "task per stream" if args.no_sink or args.task_per_stream else "SinkReader"
             print(json.dumps(res))
             if args.json_out:
                 with open(args.json_out, "a") as f:
