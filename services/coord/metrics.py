@@ -140,8 +140,19 @@ class CoordCollector(Collector):
 
 def observe_written(waves: Iterable[FanoutWave | None], frames: int, nbytes: int) -> None:
     """A session wrote `frames` queued messages (`nbytes` on the stream) carrying `waves`."""
+    observe_sent(frames, nbytes)
+    waves_written(waves)
+
+
+def observe_sent(frames: int, nbytes: int) -> None:
+    """`frames` queued messages were written (`nbytes` on the streams), by one session or summed
+    over many (the flusher counts once per slice of a pass: two counters a session cost a
+    one-change pass at 5,000 sessions 6 % of its CPU)."""
     DELTAS_SENT.inc(frames)
     DELTA_BYTES_SENT.inc(nbytes)
+
+
+def waves_written(waves: Iterable[FanoutWave | None]) -> None:
     for wave in waves:
         if wave is not None:
             wave.written()

@@ -13,7 +13,7 @@ import trio
 from pytest import approx
 
 from trioscale.services.coord.metrics import (
-    DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, KEEPALIVES_SENT,
+    DELTA_BYTES_SENT, DELTAS_SENT, FANOUT_SECONDS, FLUSH_CPU_SECONDS, FLUSH_PASSES, FLUSH_SENT_BYTES, KEEPALIVES_SENT,
 )
 from trioscale.services.coord.sessions import (
     FLUSH_STORM_ENTRIES, FLUSH_STORM_GOING, FLUSH_STORM_QUIET, FLUSH_STORM_WINDOW_MAX, FLUSH_WIDEN,
@@ -142,6 +142,43 @@ async def test_a_storms_window_lasts_only_while_the_storm_does(autojump_clock):
     assert trio.current_time() - started == approx(flush_window(0.1, 1))
 
 
+def test_rest_before_a_pass_pays_for_its_window_outside_a_storm():
+    assert flush_window(0.1, 1, rested=0.1) == approx(0.1 * (FLUSH_WIDEN - 1))
+    assert flush_window(0.1, 1, rested=10.0) == 0.0
+    assert flush_window(10.0, 1, rested=0.5) == approx(FLUSH_WINDOW_MAX - 0.5)
+    # a storm's window is not shortened: its passes come back to back
+    assert flush_window(0.1, FLUSH_STORM_ENTRIES, rested=10.0) == flush_window(0.1, FLUSH_STORM_ENTRIES)
+
+
+async def test_the_flusher_counts_its_rest_before_a_pass_toward_the_window_after_it(autojump_clock, nursery):
+    """Passes that each take 0.1 s (virtual time) owe 0.1 * FLUSH_WIDEN of rest; rest the
+    flusher had before a pass counts, rest after it is owed only for the remainder."""
+    table = SessionTable()
+    starts: list[float] = []
+
+    async def a_pass() -> int:
+        table._dirty_wakeup = trio.Event()
+        starts.append(trio.current_time())
+        await trio.sleep(0.1)
+        return 1
+
+    table.flush_pass = a_pass  # type: ignore[method-assign]
+    nursery.start_soon(table.flush)
+    t0 = trio.current_time()
+    owed = 0.1 * FLUSH_WIDEN
+    # a change after a long quiet: the pass at once, and no window after it
+    await trio.sleep(10)
+    table._dirty_wakeup.set()
+    # the next change 0.2 s after that pass: at once again; it rested 0.2, so owes the rest
+    await trio.sleep(0.1 + 0.2)
+    table._dirty_wakeup.set()
+    # a change during that window waits for its end
+    await trio.sleep(0.1 + 0.05)
+    table._dirty_wakeup.set()
+    await trio.sleep(owed + 0.1)
+    assert [s - t0 for s in starts] == approx([10.0, 10.3, 10.3 + 0.1 + owed - 0.2])
+
+
 async def test_a_pass_says_how_many_shared_log_entries_it_carried():
     table = SessionTable()
     open_session(table, 1)
@@ -176,10 +213,15 @@ async def test_a_pass_counts_itself_its_cpu_and_the_bytes_it_wrote():
     table = SessionTable()
     streams = [open_session(table, node_id)[1] for node_id in (1, 2, 3)]
     passes, cpu, sent = FLUSH_PASSES._value.get(), FLUSH_CPU_SECONDS._value.get(), FLUSH_SENT_BYTES._value.get()
-    table.deliver([(EVERY_SESSION, joined(20))])
+    deltas, delta_bytes = DELTAS_SENT._value.get(), DELTA_BYTES_SENT._value.get()
+    table.deliver([(EVERY_SESSION, joined(20)), (EVERY_SESSION, joined(21))])
     await table.flush_pass()
     assert FLUSH_PASSES._value.get() == passes + 1
-    assert FLUSH_SENT_BYTES._value.get() - sent == sum(len(w) for stream in streams for w in stream.writes) > 0
+    written = sum(len(w) for stream in streams for w in stream.writes)
+    assert FLUSH_SENT_BYTES._value.get() - sent == written > 0
+    # the first session framed the run, the others wrote that frame: each counted alike
+    assert DELTAS_SENT._value.get() - deltas == 2 * len(streams)
+    assert DELTA_BYTES_SENT._value.get() - delta_bytes == written
     assert FLUSH_CPU_SECONDS._value.get() > cpu
 
 
