@@ -250,14 +250,15 @@ def test_garbage_is_a_protocol_error():
 # --- DATA frames built in one go ------------------------------------------------------------------
 
 
-def _open_stream(window: int) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
-    """(server, client) with stream 1 open and `window` bytes of stream credit from the client."""
+def _open_stream(window: int, request_ended: bool = False) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """(server, client) with stream 1 open (half closed by the client with `request_ended`, as a
+    map stream is) and `window` bytes of stream credit from the client."""
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
     client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
     client.increment_flow_control_window(1 << 24)
     client.send_headers(1, [(":method", "POST"), (":path", "/machine/map"), (":scheme", "http"),
-                            (":authority", "ctl")])
+                            (":authority", "ctl")], end_stream=request_ended)
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     server.initiate_connection()
     server.receive_data(client.data_to_send())
@@ -266,11 +267,13 @@ def _open_stream(window: int) -> tuple[h2.connection.H2Connection, h2.connection
     return server, client
 
 
+@pytest.mark.parametrize("request_ended", [False, True], ids=["request-open", "request-ended"])
+@pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "memoryview"])
 @pytest.mark.parametrize("size", [1, 16384, 16385, 630_000])
-def test_data_frames_are_what_the_library_would_queue_and_count_the_same(size):
+def test_data_frames_are_what_the_library_would_queue_and_count_the_same(size, as_view, request_ended):
     data = bytes(i % 253 for i in range(size))
-    (ours, client), (theirs, _) = _open_stream(1 << 22), _open_stream(1 << 22)
-    built = control.data_frames(ours, 1, data)
+    (ours, client), (theirs, _) = _open_stream(1 << 22, request_ended), _open_stream(1 << 22, request_ended)
+    built = control.data_frames(ours, 1, memoryview(data) if as_view else data)
     step = theirs.max_outbound_frame_size
     for pos in range(0, size, step):
         theirs.send_data(1, data[pos : pos + step])
@@ -284,8 +287,9 @@ def test_data_frames_are_what_the_library_would_queue_and_count_the_same(size):
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
 
 
-def test_data_frames_on_a_closed_stream_are_refused():
-    server, _ = _open_stream(1 << 16)
+@pytest.mark.parametrize("request_ended", [False, True], ids=["request-open", "request-ended"])
+def test_data_frames_on_a_closed_stream_are_refused(request_ended):
+    server, _ = _open_stream(1 << 16, request_ended)
     server.end_stream(1)
     with pytest.raises(h2.exceptions.ProtocolError):
         control.data_frames(server, 1, b"late")
