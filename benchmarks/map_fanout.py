@@ -400,6 +400,7 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
     rx0 = sum(node.rx_bytes for node in nodes)
     flush0 = await trio.to_thread.run_sync(flush_counters, metrics_url)
+    client0 = cpu_s(os.getpid())
     t0 = time.monotonic()
     async with trio.open_nursery() as starting:
         for node in more:
@@ -422,6 +423,9 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
            "map_kib_per_join": kib_per_join()}
     if server_pid:
         res["server_cpu_per_join_ms"] = cpu_per_join_ms()
+    # the load generator's, likewise: near a core's worth, the rate is the load generator's
+    res["client_cpu_per_join_ms"] = round(1000 * (cpu_s(os.getpid()) - client0) / count, 1)
+    res["client_cores_busy"] = round((cpu_s(os.getpid()) - client0) / took, 2)
     if not register_only:
         # and once every peer has had its news of every join (the flush window's last deltas):
         # all the bytes the joins cost, and all the CPU
