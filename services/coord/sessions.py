@@ -22,7 +22,7 @@ import math
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -112,7 +112,12 @@ class LogRun:
 
     def key(self) -> tuple:
         """What names the run's messages among those of one flush pass."""
-        return (self.start, self.end) if self.buts is None else (self.start, self.end, self.node)
+        return LogRun.plain_key(self.start, self.end) if self.buts is None else (self.start, self.end, self.node)
+
+    @staticmethod
+    def plain_key(start: int, end: int) -> tuple:
+        """`key` of a run whose entries are all for its node."""
+        return (start, end)
 
     def messages(self) -> list[Message]:
         first, last = self.start - self.base, self.end - self.base
@@ -220,6 +225,12 @@ def _compressed(fragment: Fragment) -> bytes:
     return out
 
 
+def batch_key(compress: str | None, items: Iterable[Any]) -> tuple:
+    """The key of a queue's frame in a flush pass's `batches` (`items`: each queued message, or
+    its log run's `key`)."""
+    return (compress, *items)
+
+
 def framed(queued: list[Queued] | deque[Queued], compress: str | None,
            batches: dict[tuple, bytes] | None = None, items: ItemTexts | None = None) -> bytes:
     """A session's queued messages coalesced into as few as give the same result
@@ -230,7 +241,7 @@ def framed(queued: list[Queued] | deque[Queued], compress: str | None,
     times in a storm each take a run of their own)."""
     if len(queued) == 1 and type(queued[0]) is Message:
         return frame(queued[0], compress)
-    key = (compress, *(item.key() if type(item) is LogRun else item for item in queued))
+    key = batch_key(compress, (item.key() if type(item) is LogRun else item for item in queued))
     if batches is not None:
         out = batches.get(key)
         if out is not None:
@@ -388,7 +399,7 @@ class MapSession(SessionView):
         skipped = log.skips.get(self.node_id)
         if skipped is not None and skipped[-1] >= start:
             return 0
-        data = batches.get((self.compress, (start, end)))
+        data = batches.get(batch_key(self.compress, (LogRun.plain_key(start, end),)))
         if data is None or not self.response.write_nowait(data):
             return 0
         self.written = True
