@@ -155,27 +155,32 @@ async def test_the_flusher_counts_its_rest_before_a_pass_toward_the_window_after
     flusher had before a pass counts, rest after it is owed only for the remainder."""
     table = SessionTable()
     starts: list[float] = []
+    ended = [trio.Event() for _ in range(3)]
 
     async def a_pass() -> int:
         table._dirty_wakeup = trio.Event()
         starts.append(trio.current_time())
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the pass's own duration (virtual time)
+        ended[len(starts) - 1].set()
         return 1
 
     table.flush_pass = a_pass  # type: ignore[method-assign]
     nursery.start_soon(table.flush)
     t0 = trio.current_time()
     owed = 0.1 * FLUSH_WIDEN
+    # each change is placed on the virtual clock relative to the end of the pass before it
     # a change after a long quiet: the pass at once, and no window after it
-    await trio.sleep(10)
+    await trio.sleep_until(t0 + 10)
     table._dirty_wakeup.set()
+    await ended[0].wait()
     # the next change 0.2 s after that pass: at once again; it rested 0.2, so owes the rest
-    await trio.sleep(0.1 + 0.2)
+    await trio.sleep(0.2)
     table._dirty_wakeup.set()
+    await ended[1].wait()
     # a change during that window waits for its end
-    await trio.sleep(0.1 + 0.05)
+    await trio.sleep(0.05)
     table._dirty_wakeup.set()
-    await trio.sleep(owed + 0.1)
+    await ended[2].wait()
     assert [s - t0 for s in starts] == approx([10.0, 10.3, 10.3 + 0.1 + owed - 0.2])
 
 
