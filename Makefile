@@ -156,6 +156,19 @@ apiclient:
 	GOTOOLCHAIN=local go build -mod=readonly -o "$(APICLIENT_DIR)/apiv2client" . \
 	|| echo "tests/apiv2client could not be built: the API v2 client test will be skipped (fails in CI)"
 
+# benchmarks/tspload: simulated nodes made by Tailscale's own protocol client (tailscale.com's
+# control/tsp and control/ts2021, pinned in its go.mod), the benchmarks' load generator where a
+# Python one would spend as much CPU as the server it measures; tests/benchmarks runs it small.
+TSPLOAD_DIR := $(HOME)/.cache/trioscale/tspload
+.PHONY: tspload
+test: tspload
+tspload:
+	@if ! command -v go >/dev/null 2>&1; then \
+		echo "go not found: tspload is not built and its test will be skipped"; exit 0; fi; \
+	mkdir -p "$(TSPLOAD_DIR)" && cd benchmarks/tspload && \
+	GOTOOLCHAIN=local go build -mod=readonly -o "$(TSPLOAD_DIR)/tspload" . \
+	|| echo "benchmarks/tspload could not be built: its test will be skipped (fails in CI)"
+
 # Tailscale's Terraform provider and OpenTofu, from the Go module proxy (pinned), for
 # tests/cli/test_apiv2_terraform.py; the provider is installed by a dev override there. OpenTofu's
 # go.mod has replace directives, so it is built inside a copy of its module rather than `go install`ed.

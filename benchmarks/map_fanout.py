@@ -38,6 +38,9 @@ import zstandard
 from trioscale.shared.testing.noiseclient import ControlClientError, SinkReader, fetch_server_key, open_noise_client
 from trioscale.shared.proto import keys, mapframe
 
+#: Tailscale's protocol client as a load generator (benchmarks/tspload, built by `make tspload`)
+TSPLOAD = Path(os.environ.get("TRIOSCALE_TSPLOAD", Path.home() / ".cache" / "trioscale" / "tspload" / "tspload"))
+
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
 QUIET_S = 3.0
 
@@ -168,14 +171,21 @@ def stop_py_spy(spy: subprocess.Popen) -> None:
         spy.kill()
 
 
-def _cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds `pid` has used; NaNs once it is gone."""
+def _cpu_times(pid: int, stat: str | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds `pid` (or the thread whose `stat` file is given) has used; NaNs
+    once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan"), float("nan")
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid`'s main thread: the event loop, where a Python server
+    that holds the GIL for most of its work meets its ceiling first."""
+    return sum(_cpu_times(pid, f"/proc/{pid}/task/{pid}/stat"))
 
 
 def cpu_s(pid: int) -> float:
@@ -453,10 +463,148 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
     return res
 
 
+async def register_with_tsp(nodes: list[SimNode], count: int, authkey: str, concurrency: int,
+                            server_pid: int | None) -> dict:
+    """`count` more nodes register into the quiet tailnet of `nodes`, made by tspload: Tailscale's
+    own client code (control/tsp) in a Go process, which spends a fraction of the CPU per
+    registration the Python fleet does, so that on two cores the rate is the server's."""
+    if not TSPLOAD.exists():
+        raise SystemExit(f"{TSPLOAD} is missing: run `make tspload`")
+    host, port = nodes[0].control
+    cpu0 = cpu_s(server_pid) if server_pid else float("nan")
+    main0 = main_thread_cpu_s(server_pid) if server_pid else float("nan")
+    done = await trio.run_process([str(TSPLOAD), "register", "-server", f"http://{host}:{port}", "-authkey", authkey,
+                                   "-n", str(count), "-concurrency", str(concurrency), "-prefix", f"tsp{len(nodes)}-"],
+                                  capture_stdout=True, check=False)
+    out = done.stdout.decode().strip()
+    if done.returncode or not out:
+        raise SystemExit(f"tspload failed ({done.returncode}): {out[-500:]}")
+    res = json.loads(out)
+    res.update({"into": len(nodes), "register_only": True, "register_client": "tspload"})
+    if server_pid:
+        res["server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 2)
+        res["server_main_thread_cpu_per_join_ms"] = round(1000 * (main_thread_cpu_s(server_pid) - main0) / count, 2)
+        res["server_main_thread_busy"] = round((main_thread_cpu_s(server_pid) - main0) / res["took_s"], 2)
+    print(f"{count} more nodes into {len(nodes)}: {res}", file=sys.stderr, flush=True)
+    return res
+
+
+class TspFleet:
+    """`tspload fleet`: nodes made by Tailscale's own client code (control/ts2021) in a Go process,
+    joined and holding their map streams, driven over its stdin and stdout (benchmarks/tspload/
+    fleet.go). Python's simulated nodes cost the load generator about what they cost the server;
+    these a fraction of it, so on two cores the setup time is the server's."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._buf = b""
+
+    @classmethod
+    async def open(cls, nursery, urls: list[str], authkey: str, n: int, concurrency: int, prefix: str) -> "TspFleet":
+        if not TSPLOAD.exists():
+            raise SystemExit(f"{TSPLOAD} is missing: run `make tspload`")
+        args = [str(TSPLOAD), "fleet", "-authkey", authkey, "-n", str(n), "-concurrency", str(concurrency),
+                "-prefix", prefix, "-quiet", f"{QUIET_S}s"]
+        for url in urls:
+            args += ["-server", url]
+        process = await nursery.start(functools.partial(trio.run_process, args, stdin=subprocess.PIPE,
+                                                        stdout=subprocess.PIPE, check=False))
+        return cls(process)
+
+    async def event(self, name: str) -> dict:
+        """The next line it prints, which must be event `name`."""
+        while b"\n" not in self._buf:
+            chunk = await self.process.stdout.receive_some(1 << 20)
+            if not chunk:
+                raise SystemExit(f"tspload fleet ended (exit {self.process.returncode}) before {name!r}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        event = json.loads(line)
+        if event.get("event") != name:
+            raise SystemExit(f"tspload fleet: expected {name!r}, got {event}")
+        return event
+
+    async def send(self, line: str) -> None:
+        await self.process.stdin.send_all(line.encode() + b"\n")
+
+    async def close(self) -> dict:
+        await self.send("quit")
+        done = await self.event("done")
+        await self.process.stdin.aclose()
+        await self.process.wait()
+        return done
+
+
+async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str, server_pids: list[int],
+                    *, concurrency: int = 64) -> dict:
+    """As `bench`, for a full mesh, with the joining nodes made by `tspload fleet`: node 0 (the one
+    that moves) is ours and joins first; the other n - 1 are the fleet's. `server_pids`: whose CPU
+    to count (the coordinators on this machine)."""
+    host, port = controls[0]
+    mover = SimNode(0, controls[0], server_key=await fetch_server_key(host, port))
+    mover.sink = False
+    limiter = trio.CapacityLimiter(concurrency)
+    result: dict = {"nodes": n, "controls": len(controls), "fleet": "tspload"}
+    cpu0 = sum(cpu_s(pid) for pid in server_pids)
+    client0 = cpu_s(os.getpid())
+    async with trio.open_nursery() as nursery:
+        t0 = time.monotonic()
+        await nursery.start(mover.run, authkey, limiter)
+        fleet = await TspFleet.open(nursery, [f"http://{h}:{p}" for h, p in controls], authkey, n - 1, concurrency,
+                                    "tsp")
+        joined = await fleet.event("joined")
+        result["setup_s"] = round(time.monotonic() - t0, 2)
+        result["retries"] = mover.retries + joined["retries"]
+        print(f"setup of {n} nodes took {result['setup_s']} s", file=sys.stderr, flush=True)
+        quiet = await fleet.event("quiet")
+        result["drain_s"] = round(quiet["drain_s"], 1)
+        result["map_kib_per_join"] = round((quiet["rx_bytes"] + mover.rx_bytes) / n / 1024, 1)
+        result["cut_streams"] = quiet["cuts"]
+        if server_pids:
+            result["server_cpu_s"] = round(sum(cpu_s(pid) for pid in server_pids) - cpu0, 1)
+            result["server_cpu_per_join_ms"] = round(1000 * result["server_cpu_s"] / n, 1)
+        result["client_cpu_s"] = round(cpu_s(os.getpid()) - client0 + quiet["client_cpu_s"], 1)
+        result["fleet_cpu_s"] = round(quiet["client_cpu_s"], 1)
+        latencies: list[float] = []
+        missed = 0
+        for r in range(rounds):
+            endpoint = f"127.0.0.{r % 200 + 10}:{40000 + r}"
+            await fleet.send(f"expect {endpoint}")
+            await fleet.event("armed")
+            sent = time.monotonic()
+            resp = await mover.client.post_json("/machine/map", mover.body(Stream=False, OmitPeers=True,
+                                                                            Endpoints=[endpoint]))
+            assert resp.status == 200, resp.status
+            seen = await fleet.event("seen")
+            lat = sorted((t - sent for t in seen["times"] if t), reverse=True)
+            missed += len(seen["times"]) - len(lat)
+            print(f"round {r}: node 0 -> {len(seen['times'])} peers; slowest {[round(t, 3) for t in lat[:5]]}",
+                  file=sys.stderr, flush=True)
+            latencies.extend(lat)
+            await trio.sleep(0.5)
+        latencies.sort()
+        done = await fleet.close()
+        result.update({
+            "rounds": rounds,
+            "samples": len(latencies),
+            "missed_after_60s": missed,
+            "cut_streams_by_end": done["cuts"],
+        })
+        if latencies:
+            result.update({
+                "p50_ms": round(1000 * statistics.median(latencies), 1),
+                "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+                "max_ms": round(1000 * latencies[-1], 1),
+            })
+        result["fleet_cpu_total_s"] = round(done["client_cpu_s"], 1)
+        nursery.cancel_scope.cancel()
+    return result
+
+
 async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str | None, server_pid: int | None,
                 *, nodes: list[SimNode] | None = None, movers: list[SimNode] | None = None,
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
-                profile: str | None = None, join_after: int = 0, register_after: int = 0,
+                profile: str | None = None, join_after: int = 0, register_after: int = 0, register_client: str = "python",
                 metrics_url: str | None = None, sink: bool = True, idle_seconds: float = 10.0,
                 shared_reader: bool = True) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
@@ -582,7 +730,9 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
         if server_pid:
             result["server_rss_mib"] = round(rss_mib(server_pid), 1)
         result["client_rss_mib"] = round(rss_mib(os.getpid()), 1)
-        if register_after:
+        if register_after and register_client == "tsp":
+            result["register_after"] = await register_with_tsp(nodes, register_after, authkey, concurrency, server_pid)
+        elif register_after:
             result["register_after"] = await join_more(nursery, nodes, register_after, authkey, limiter, server_pid,
                                                        register_only=True)
         if join_after:
@@ -607,7 +757,14 @@ def main() -> None:
                     help="after the rounds, M more nodes join as fast as they can (registrations/s into N)")
     ap.add_argument("--register-after", type=int, default=0, metavar="M",
                     help="after the rounds, M more nodes only register, as fast as they can (before --join-after)")
+    ap.add_argument("--register-client", choices=("python", "tsp"), default="python",
+                    help="who makes the --register-after registrations: this process's simulated nodes, or "
+                         "tspload (Tailscale's control/tsp client in Go, built by `make tspload`)")
     ap.add_argument("--concurrency", type=int, default=64, help="nodes registering at once")
+    ap.add_argument("--fleet", choices=("python", "tsp"), default="python",
+                    help="who the joining nodes are: this process's simulated nodes, or `tspload fleet` "
+                         "(Tailscale's control/ts2021 client in Go, built by `make tspload`; full mesh, "
+                         "setup and rounds only)")
     ap.add_argument("--idle-seconds", type=float, default=10.0,
                     help="before --join-after, how long the quiet tailnet's own CPU is watched (taken out of the joins')")
     ap.add_argument("--no-sink", action="store_true",
@@ -632,17 +789,23 @@ def main() -> None:
                 hostport = url.split("://", 1)[1].rstrip("/")
                 host, port = hostport.rsplit(":", 1)
                 controls.append((host, int(port)))
-            res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
-                                             profile=args.py_spy and f"{args.py_spy}.{n}",
-                                             join_after=args.join_after, register_after=args.register_after,
-                                             metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
-                                             concurrency=args.concurrency, sink=not args.no_sink,
-                                             idle_seconds=args.idle_seconds,
-                                             shared_reader=not args.task_per_stream))
+            if args.fleet == "tsp":
+                res = trio.run(functools.partial(bench_tsp, n, args.rounds, controls, authkey,
+                                                 [server.pid()] if server else [], concurrency=args.concurrency))
+            else:
+                res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
+                                                 profile=args.py_spy and f"{args.py_spy}.{n}",
+                                                 join_after=args.join_after, register_after=args.register_after,
+                                                 register_client=args.register_client,
+                                                 metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                                 concurrency=args.concurrency, sink=not args.no_sink,
+                                                 idle_seconds=args.idle_seconds,
+                                                 shared_reader=not args.task_per_stream))
             res["date"] = time.strftime("%Y-%m-%d")
             res["cpus"] = os.cpu_count()
-            res["sink"] = not args.no_sink
-            res["reader"] = "task per stream" if args.no_sink or args.task_per_stream else "SinkReader"
+            if args.fleet == "python":
+                res["sink"] = not args.no_sink
+                res["reader"] = "task per stream" if args.no_sink or args.task_per_stream else "SinkReader"
             print(json.dumps(res))
             if args.json_out:
                 with open(args.json_out, "a") as f:
