@@ -11,6 +11,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trioscale.shared.proto import control, keys, noise
 
@@ -293,3 +295,78 @@ def test_data_frames_on_a_closed_stream_are_refused(request_ended):
     server.end_stream(1)
     with pytest.raises(h2.exceptions.ProtocolError):
         control.data_frames(server, 1, b"late")
+
+
+_PING = (8).to_bytes(3, "big") + bytes([6, 0]) + (0).to_bytes(4, "big") + bytes(8)
+
+
+def _window_update(stream_id: int, increment: int, flags: int = 0) -> bytes:
+    return (4).to_bytes(3, "big") + bytes([8, flags]) + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
+
+
+_WINDOWS = st.lists(st.tuples(st.sampled_from([0, 0, 1, 1, 1, 3, 0x80000001]),  # 3: never opened
+                              st.one_of(st.integers(1, 1 << 16), st.integers(1, 1 << 16), st.integers(1, 2**31 - 1),
+                                        st.just(0)),
+                              st.sampled_from([0, 0, 1])), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=_WINDOWS, request_ended=st.booleans(), tail=st.sampled_from([b"", b"", b"", b"\x00", _PING]),
+       as_view=st.booleans())
+def test_window_updates_count_as_the_library_would_or_leave_it_to_the_library(frames, request_ended, tail, as_view):
+    """Whatever the chunk, the windows end where the library's own handling leaves them, and a
+    chunk the fast path refuses (anything but positive increments for open streams within the
+    limit, or anything besides WINDOW_UPDATEs) is left untouched for the library to judge."""
+    chunk = b"".join(_window_update(sid, inc, flags) for sid, inc, flags in frames) + tail
+    (ours, _), (theirs, _) = _open_stream(1 << 16, request_ended), _open_stream(1 << 16, request_ended)
+    before = (ours.outbound_flow_control_window, ours.streams[1].outbound_flow_control_window)
+    opened = control.window_updates(ours, memoryview(chunk) if as_view else chunk)
+    try:
+        events = theirs.receive_data(chunk)
+    except h2.exceptions.ProtocolError:
+        events = None
+    if opened is None:
+        assert (ours.outbound_flow_control_window, ours.streams[1].outbound_flow_control_window) == before
+        return
+    assert events is not None and theirs.data_to_send() == b""
+    assert all(isinstance(e, h2.events.WindowUpdated) for e in events)
+    assert sorted(opened) == sorted({e.stream_id for e in events})
+    assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+    assert ours.streams[1].outbound_flow_control_window == theirs.streams[1].outbound_flow_control_window
+
+
+def test_window_updates_take_what_tailscaleds_client_sends():
+    """Go's HTTP/2 client credits every 4 KiB it reads on both the connection and the stream, in
+    one write: the fast path takes that, and refuses a partial frame held from before."""
+    (server, _) = _open_stream(1 << 16, request_ended=True)
+    window, stream_window = server.outbound_flow_control_window, server.streams[1].outbound_flow_control_window
+    assert control.window_updates(server, _window_update(0, 4096) + _window_update(1, 4096)) == [0, 1]
+    assert server.outbound_flow_control_window == window + 4096
+    assert server.streams[1].outbound_flow_control_window == stream_window + 4096
+    server.receive_data(_window_update(0, 1)[:5])  # half a frame, held by the library
+    assert control.window_updates(server, _window_update(0, 4096)) is None
+    assert server.outbound_flow_control_window == window + 4096
+
+
+def test_window_credits_through_the_connection_open_its_streams_and_leave_nothing_to_send():
+    """The client's credits (the fast path) come out as WindowOpened and queue no answer, so the
+    session need not take its write lock; a PING does queue one (its ACK)."""
+    p = Peer()
+    p.push()
+    sid = p.request("/machine/map", b"{}")
+    [ready] = [e for e in p.push() if isinstance(e, control.RequestReceived)]
+    p.conn.send_headers(ready.stream, [(":status", "200")])
+    p.take(p.conn.data_to_send())
+    assert not p.conn.has_output()
+    window = p.conn.h2.outbound_flow_control_window
+    p.h2.increment_flow_control_window(4096)
+    p.h2.increment_flow_control_window(4096, stream_id=sid)
+    events = p.conn.receive_data(p.client_noise.encrypt(p.h2.data_to_send()), 0.0)
+    assert sorted(e.stream_id for e in events if isinstance(e, control.WindowOpened)) == [0, sid]
+    assert p.conn.h2.outbound_flow_control_window == window + 4096
+    assert not p.conn.has_output()
+    p.h2.ping(b"12345678")
+    p.conn.receive_data(p.client_noise.encrypt(p.h2.data_to_send()), 0.0)
+    assert p.conn.has_output()
+    p.take(p.conn.data_to_send())
+    assert any(isinstance(e, h2.events.PingAckReceived) for e in p.client_events)
