@@ -161,6 +161,7 @@ async def test_the_flusher_counts_its_rest_before_a_pass_toward_the_window_after
         table._dirty_wakeup = trio.Event()
         starts.append(trio.current_time())
         await trio.sleep(0.1)  # the pass's own duration (virtual time)
+        table.pass_cpu = 0.1  # ... all of it its own CPU
         ended[len(starts) - 1].set()
         return 1
 
@@ -367,3 +368,32 @@ async def test_a_keepalive_the_connection_cannot_take_at_once_is_left_to_the_ses
     assert table.keepalive_pass(50.0, frames) == 0
     assert session.wakeup.is_set() and not writing.wakeup.is_set()
     assert await session.next_messages() == []  # its task writes the keepalive
+
+
+async def test_outside_a_storm_the_window_is_owed_for_the_passs_cpu_not_its_duration(autojump_clock, nursery):
+    """A pass that took 0.3 s but used 0.05 s of CPU (the rest was other tasks at its yields, or
+    other processes on the cores) owes rest for 0.05 s, not for 0.3 s."""
+    table = SessionTable()
+    starts: list[float] = []
+    ended = [trio.Event() for _ in range(3)]
+
+    async def a_pass() -> int:
+        table._dirty_wakeup = trio.Event()
+        starts.append(trio.current_time())
+        await trio.sleep(0.3)
+        table.pass_cpu = 0.05
+        ended[len(starts) - 1].set()
+        return 1
+
+    table.flush_pass = a_pass  # type: ignore[method-assign]
+    nursery.start_soon(table.flush)
+    t0 = trio.current_time()
+    await trio.sleep_until(t0 + 10)
+    table._dirty_wakeup.set()
+    await ended[0].wait()
+    table._dirty_wakeup.set()  # at once: the quiet spell before the first pass paid its window
+    await ended[1].wait()
+    table._dirty_wakeup.set()  # at once: it waits out the second pass's window, owed for 0.05 s
+    await ended[2].wait()
+    assert flush_window(0.05, 1) < flush_window(0.3, 1)
+    assert [s - t0 for s in starts] == approx([10.0, 10.3, 10.6 + flush_window(0.05, 1)], abs=1e-6)
