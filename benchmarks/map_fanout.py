@@ -536,7 +536,7 @@ class TspFleet:
 
 
 async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str, server_pids: list[int],
-                    *, concurrency: int = 64) -> dict:
+                    *, concurrency: int = 64, metrics_url: str | None = None) -> dict:
     """As `bench`, for a full mesh, with the joining nodes made by `tspload fleet`: node 0 (the one
     that moves) is ours and joins first; the other n - 1 are the fleet's. `server_pids`: whose CPU
     to count (the coordinators on this machine)."""
@@ -546,6 +546,8 @@ async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authke
     limiter = trio.CapacityLimiter(concurrency)
     result: dict = {"nodes": n, "controls": len(controls), "fleet": "tspload"}
     cpu0 = sum(cpu_s(pid) for pid in server_pids)
+    sys0 = sum(system_cpu_s(pid) for pid in server_pids)
+    main0 = sum(main_thread_cpu_s(pid) for pid in server_pids)
     client0 = cpu_s(os.getpid())
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
@@ -563,26 +565,41 @@ async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authke
         if server_pids:
             result["server_cpu_s"] = round(sum(cpu_s(pid) for pid in server_pids) - cpu0, 1)
             result["server_cpu_per_join_ms"] = round(1000 * result["server_cpu_s"] / n, 1)
+            result["server_system_cpu_s"] = round(sum(system_cpu_s(pid) for pid in server_pids) - sys0, 1)
+            result["server_main_thread_cpu_s"] = round(sum(main_thread_cpu_s(pid) for pid in server_pids) - main0, 1)
         result["client_cpu_s"] = round(cpu_s(os.getpid()) - client0 + quiet["client_cpu_s"], 1)
         result["fleet_cpu_s"] = round(quiet["client_cpu_s"], 1)
         latencies: list[float] = []
+        server_bounds: list[float] = []
         missed = 0
+        rounds_cpu0 = sum(cpu_s(pid) for pid in server_pids)
+        fleet_cpu0 = quiet["client_cpu_s"]
         for r in range(rounds):
             endpoint = f"127.0.0.{r % 200 + 10}:{40000 + r}"
             await fleet.send(f"expect {endpoint}")
             await fleet.event("armed")
+            buckets = await trio.to_thread.run_sync(fanout_buckets, metrics_url)
             sent = time.monotonic()
             resp = await mover.client.post_json("/machine/map", mover.body(Stream=False, OmitPeers=True,
                                                                             Endpoints=[endpoint]))
             assert resp.status == 200, resp.status
             seen = await fleet.event("seen")
+            bound = slowest_wave_bound(buckets, await trio.to_thread.run_sync(fanout_buckets, metrics_url))
+            if bound is not None:
+                server_bounds.append(bound)
             lat = sorted((t - sent for t in seen["times"] if t), reverse=True)
             missed += len(seen["times"]) - len(lat)
-            print(f"round {r}: node 0 -> {len(seen['times'])} peers; slowest {[round(t, 3) for t in lat[:5]]}",
+            print(f"round {r}: node 0 -> {len(seen['times'])} peers; slowest {[round(t, 3) for t in lat[:3]]}, "
+                  f"fastest {[round(t, 3) for t in lat[-3:]]}; server wrote all within {bound} s",
                   file=sys.stderr, flush=True)
+            fleet_cpu1 = seen["client_cpu_s"]
             latencies.extend(lat)
             await trio.sleep(0.5)
         latencies.sort()
+        if server_pids and rounds:
+            result["server_cpu_per_round_ms"] = round(1000 * (sum(cpu_s(pid) for pid in server_pids) - rounds_cpu0)
+                                                      / rounds, 1)
+            result["client_cpu_per_round_ms"] = round(1000 * (fleet_cpu1 - fleet_cpu0) / rounds, 1)
         done = await fleet.close()
         result.update({
             "rounds": rounds,
@@ -597,6 +614,9 @@ async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authke
                 "max_ms": round(1000 * latencies[-1], 1),
             })
         result["fleet_cpu_total_s"] = round(done["client_cpu_s"], 1)
+        # the server's own view: each round's change written to its last receiver within this
+        # bound (histogram bucket)
+        result["server_written_to_all_within_s"] = max(server_bounds) if server_bounds else None
         nursery.cancel_scope.cancel()
     return result
 
@@ -791,7 +811,8 @@ def main() -> None:
                 controls.append((host, int(port)))
             if args.fleet == "tsp":
                 res = trio.run(functools.partial(bench_tsp, n, args.rounds, controls, authkey,
-                                                 [server.pid()] if server else [], concurrency=args.concurrency))
+                                                 [server.pid()] if server else [], concurrency=args.concurrency,
+                                                 metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics"))
             else:
                 res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
                                                  profile=args.py_spy and f"{args.py_spy}.{n}",

@@ -28,3 +28,42 @@ def test_map_fanout_runs_every_phase():
     # the flusher's counters were read, and the quiet tailnet's CPU taken out
     assert joined["flush_passes"] >= 1 and joined["drained_flush_kib_per_join"] > 0
     assert joined["drained_beyond_idle_cpu_per_join_ms"] <= joined["drained_server_cpu_per_join_ms"]
+
+
+TSPLOAD = Path.home() / ".cache" / "trioscale" / "tspload" / "tspload"
+
+
+def _tspload() -> None:
+    import os
+
+    import pytest
+
+    if not TSPLOAD.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{TSPLOAD} is missing: `make tspload` should have built it")
+        pytest.skip(f"{TSPLOAD} is missing: run `make tspload`")
+
+
+def test_tailscales_own_client_code_joins_registers_and_sees_a_change():
+    """tspload (tailscale.com's control/ts2021 and control/tsp, in Go) joins a tailnet as
+    tailscaled does: Noise, HTTP/2 with its window credits, a streaming map request; every node
+    sees each round's change, and more nodes then register."""
+    _tspload()
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "map_fanout.py"), "--nodes", "12", "--rounds", "2",
+         "--fleet", "tsp"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    assert res["fleet"] == "tspload" and res["nodes"] == 12
+    assert res["missed_after_60s"] == 0 and res["samples"] == 2 * 11 and res["cut_streams_by_end"] == 0
+    assert res["map_kib_per_join"] > 0 and res["fleet_cpu_total_s"] >= res["fleet_cpu_s"] >= 0
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "map_fanout.py"), "--nodes", "4", "--rounds", "1",
+         "--register-after", "10", "--register-client", "tsp"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    reg = json.loads(run.stdout.strip().splitlines()[-1])["register_after"]
+    assert reg["count"] == 10 and reg["errors"] == 0 and reg["client"].startswith("tailscale.com/control/tsp v")
