@@ -536,7 +536,7 @@ class TspFleet:
 
 
 async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str, server_pids: list[int],
-                    *, concurrency: int = 64, metrics_url: str | None = None) -> dict:
+                    *, concurrency: int = 64, metrics_url: str | None = None, round_gap: float = 0.5) -> dict:
     """As `bench`, for a full mesh, with the joining nodes made by `tspload fleet`: node 0 (the one
     that moves) is ours and joins first; the other n - 1 are the fleet's. `server_pids`: whose CPU
     to count (the coordinators on this machine)."""
@@ -594,12 +594,14 @@ async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authke
                   file=sys.stderr, flush=True)
             fleet_cpu1 = seen["client_cpu_s"]
             latencies.extend(lat)
-            await trio.sleep(0.5)
+            await trio.sleep(round_gap)
         latencies.sort()
         if server_pids and rounds:
             result["server_cpu_per_round_ms"] = round(1000 * (sum(cpu_s(pid) for pid in server_pids) - rounds_cpu0)
                                                       / rounds, 1)
             result["client_cpu_per_round_ms"] = round(1000 * (fleet_cpu1 - fleet_cpu0) / rounds, 1)
+        if server_pids:
+            result["server_rss_mib"] = round(max(rss_mib(pid) for pid in server_pids), 1)
         done = await fleet.close()
         result.update({
             "rounds": rounds,
@@ -626,7 +628,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
                 peers_of: Callable[[SimNode], list[SimNode]] | None = None, concurrency: int = 64,
                 profile: str | None = None, join_after: int = 0, register_after: int = 0, register_client: str = "python",
                 metrics_url: str | None = None, sink: bool = True, idle_seconds: float = 10.0,
-                shared_reader: bool = True) -> dict:
+                shared_reader: bool = True, round_gap: float = 0.5) -> dict:
     """`nodes` defaults to n fresh SimNodes (alternating over `controls`) that register with
     `authkey`; round r moves `movers[r % len(movers)]` (default: node 0) and waits for every node in
     `peers_of(mover)` (default: all the others). With `sink`, the nodes' map streams are read by
@@ -721,7 +723,7 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             print(f"round {r}: node {mover.index} -> {len(peers)} peers; slowest "
                   f"{[(round(t, 3), i) for t, i in late]}", file=sys.stderr, flush=True)
             latencies.extend(t for t, _ in lat)
-            await trio.sleep(0.5)
+            await trio.sleep(round_gap)
         latencies.sort()
         if server_pid:
             # the server's CPU per change, the 0.5 s pauses between rounds included
@@ -781,6 +783,10 @@ def main() -> None:
                     help="who makes the --register-after registrations: this process's simulated nodes, or "
                          "tspload (Tailscale's control/tsp client in Go, built by `make tspload`)")
     ap.add_argument("--concurrency", type=int, default=64, help="nodes registering at once")
+    ap.add_argument("--round-gap", type=float, default=0.5,
+                    help="seconds between a round's last receiver and the next change: at 0.5 s, changes come "
+                         "faster than the flush window's CPU share lets one-change passes go at 5,000 nodes on "
+                         "2 slow cores, and some wait for the window; a longer gap measures lone changes")
     ap.add_argument("--fleet", choices=("python", "tsp"), default="python",
                     help="who the joining nodes are: this process's simulated nodes, or `tspload fleet` "
                          "(Tailscale's control/ts2021 client in Go, built by `make tspload`; full mesh, "
@@ -812,7 +818,8 @@ def main() -> None:
             if args.fleet == "tsp":
                 res = trio.run(functools.partial(bench_tsp, n, args.rounds, controls, authkey,
                                                  [server.pid()] if server else [], concurrency=args.concurrency,
-                                                 metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics"))
+                                                 metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                                 round_gap=args.round_gap))
             else:
                 res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
                                                  profile=args.py_spy and f"{args.py_spy}.{n}",
@@ -821,8 +828,9 @@ def main() -> None:
                                                  metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
                                                  concurrency=args.concurrency, sink=not args.no_sink,
                                                  idle_seconds=args.idle_seconds,
-                                                 shared_reader=not args.task_per_stream))
+                                                 shared_reader=not args.task_per_stream, round_gap=args.round_gap))
             res["date"] = time.strftime("%Y-%m-%d")
+            res["round_gap_s"] = args.round_gap
             res["cpus"] = os.cpu_count()
             if args.fleet == "python":
                 res["sink"] = not args.no_sink

@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from map_fanout import SimNode, bench, cpu_s, free_port, rss_mib, run_cli, wait_healthy  # noqa: E402
+from map_fanout import SimNode, bench, bench_tsp, cpu_s, free_port, rss_mib, run_cli, wait_healthy  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -155,7 +155,8 @@ async def write_bulk(dsn: str, sims: list[SimNode], visible: int) -> None:
                 nursery.start_soon(worker, sims[w::8])
 
 
-def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurrency: int = 64) -> dict:
+def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurrency: int = 64,
+            fleet: str = "python", round_gap: float = 0.5) -> dict:
     with tempfile.TemporaryDirectory(prefix="replica-fanout-") as tmp, PgCluster() as pg:
         workdir = Path(tmp)
         noise_key = workdir / "noise_private.key"
@@ -202,7 +203,13 @@ def run_one(n: int, rounds: int, bulk: bool = False, visible: int = 100, concurr
                 authkey = json.loads(replicas[0].cli("preauthkeys", "create", "--user", "bench", "--reusable",
                                                      "-o", "json"))["key"]
                 cpu0 = {name: cpu_s(r.proc.pid) for name, r in zip("AB", replicas)}
-                res = trio.run(functools.partial(bench, n, rounds, controls, authkey, None, concurrency=concurrency))
+                if fleet == "tsp":
+                    res = trio.run(functools.partial(bench_tsp, n, rounds, controls, authkey,
+                                                     [r.proc.pid for r in replicas], concurrency=concurrency,
+                                                     round_gap=round_gap))
+                else:
+                    res = trio.run(functools.partial(bench, n, rounds, controls, authkey, None, concurrency=concurrency,
+                                                     round_gap=round_gap))
                 res.update(mode="join", visible_peers=n - 1)
                 # storm, drain and rounds: what each replica's CPU did for them
                 res["replica_cpu_s"] = {name: round(cpu_s(r.proc.pid) - cpu0[name], 1)
@@ -238,10 +245,17 @@ def main() -> None:
                     help="write the nodes straight into the store (no joins); each sees only its user's nodes")
     ap.add_argument("--visible", type=int, default=100, help="with --bulk: nodes per user (K)")
     ap.add_argument("--concurrency", type=int, default=64, help="simulated nodes connecting at once")
+    ap.add_argument("--fleet", choices=("python", "tsp"), default="python",
+                    help="without --bulk: the joining nodes are this process's, or `tspload fleet`'s (Tailscale's "
+                         "control/ts2021 client in Go, built by `make tspload`)")
+    ap.add_argument("--round-gap", type=float, default=0.5, help="seconds between a round's end and the next change")
     ap.add_argument("--json-out")
     args = ap.parse_args()
+    if args.bulk and args.fleet != "python":
+        ap.error("--bulk runs our own simulated nodes only")
     for n in args.nodes:
-        res = run_one(n, args.rounds, args.bulk, args.visible, args.concurrency)
+        res = run_one(n, args.rounds, args.bulk, args.visible, args.concurrency, args.fleet, args.round_gap)
+        res["round_gap_s"] = args.round_gap
         print(json.dumps(res), flush=True)
         if args.json_out:
             with open(args.json_out, "a") as f:

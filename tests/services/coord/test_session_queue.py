@@ -150,22 +150,29 @@ def test_rest_before_a_pass_pays_for_its_window_outside_a_storm():
     assert flush_window(0.1, FLUSH_STORM_ENTRIES, rested=10.0) == flush_window(0.1, FLUSH_STORM_ENTRIES)
 
 
-async def test_the_flusher_counts_its_rest_before_a_pass_toward_the_window_after_it(autojump_clock, nursery):
-    """Passes that each take 0.1 s (virtual time) owe 0.1 * FLUSH_WIDEN of rest; rest the
-    flusher had before a pass counts, rest after it is owed only for the remainder."""
-    table = SessionTable()
+def _fake_passes(table: SessionTable, took: float, cpu: float, count: int = 3) -> tuple[list[float], list[trio.Event]]:
+    """Make `table`'s flush passes take `took` seconds of (virtual) time, `cpu` of it their own
+    CPU, and carry one entry each. Returns the passes' start times and an event per pass's end."""
     starts: list[float] = []
-    ended = [trio.Event() for _ in range(3)]
+    ended = [trio.Event() for _ in range(count)]
 
     async def a_pass() -> int:
         table._dirty_wakeup = trio.Event()
         starts.append(trio.current_time())
-        await trio.sleep(0.1)  # the pass's own duration (virtual time)
-        table.pass_cpu = 0.1  # ... all of it its own CPU
+        await trio.sleep(took)
+        table.pass_cpu = cpu
         ended[len(starts) - 1].set()
         return 1
 
     table.flush_pass = a_pass  # type: ignore[method-assign]
+    return starts, ended
+
+
+async def test_the_flusher_counts_its_rest_before_a_pass_toward_the_window_after_it(autojump_clock, nursery):
+    """Passes that each take 0.1 s (virtual time) owe 0.1 * FLUSH_WIDEN of rest; rest the
+    flusher had before a pass counts, rest after it is owed only for the remainder."""
+    table = SessionTable()
+    starts, ended = _fake_passes(table, took=0.1, cpu=0.1)  # all of the pass's time its own CPU
     nursery.start_soon(table.flush)
     t0 = trio.current_time()
     owed = 0.1 * FLUSH_WIDEN
@@ -374,18 +381,7 @@ async def test_outside_a_storm_the_window_is_owed_for_the_passs_cpu_not_its_dura
     """A pass that took 0.3 s but used 0.05 s of CPU (the rest was other tasks at its yields, or
     other processes on the cores) owes rest for 0.05 s, not for 0.3 s."""
     table = SessionTable()
-    starts: list[float] = []
-    ended = [trio.Event() for _ in range(3)]
-
-    async def a_pass() -> int:
-        table._dirty_wakeup = trio.Event()
-        starts.append(trio.current_time())
-        await trio.sleep(0.3)
-        table.pass_cpu = 0.05
-        ended[len(starts) - 1].set()
-        return 1
-
-    table.flush_pass = a_pass  # type: ignore[method-assign]
+    starts, ended = _fake_passes(table, took=0.3, cpu=0.05)
     nursery.start_soon(table.flush)
     t0 = trio.current_time()
     await trio.sleep_until(t0 + 10)
