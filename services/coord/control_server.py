@@ -101,6 +101,13 @@ __all__ = [
 log = logging.getLogger("trioscale.coord.transport")
 
 _RECV_SIZE = 65536
+#: after a read of nothing but window credits, while the client's windows still leave CREDIT_ROOM
+#: bytes to send, the session waits this long before reading again. tailscaled's HTTP/2 client
+#: credits every 4 KiB it reads, one record each (about 750,000 while 5,000 nodes join a full mesh,
+#: each a wake-up, a read and a decryption); paused, one read takes the credits of a whole first
+#: map. A request sent right after credits waits at most this long.
+CREDIT_READ_PAUSE = 0.02
+CREDIT_ROOM = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -727,6 +734,8 @@ class _H2Session:
             if not data:
                 return
             await self._receive(data)
+            if self.conn.only_credits and self.conn.roomy(CREDIT_ROOM):
+                await trio.sleep(CREDIT_READ_PAUSE)
 
     async def _receive(self, data: bytes) -> None:
         if not self.lock.locked():

@@ -297,6 +297,8 @@ class ControlConnection:
         self.stats = stats
         self.noise = connection
         self.streams: dict[int, StreamState] = {}
+        #: whether the last bytes taken were nothing but the client's window credits
+        self.only_credits = False
         #: streams whose request has not ended yet (their bodies are what we buffer)
         self.unfinished: dict[int, StreamState] = {}
         self.buffered = 0  #: bytes in this connection's unfinished bodies
@@ -333,6 +335,18 @@ class ControlConnection:
         if extra > 0:
             self.h2.increment_flow_control_window(extra)
         return self.noise.encrypt(early + self.h2.data_to_send())
+
+    def roomy(self, room: int) -> bool:
+        """Whether the client's windows leave at least `room` bytes to send, on the connection
+        and on every stream being answered: credits it sends now are not needed soon."""
+        h = self.h2
+        if h.outbound_flow_control_window < room:
+            return False
+        for stream_id in self.streams:
+            stream = h.streams.get(stream_id)
+            if stream is not None and stream.outbound_flow_control_window < room:
+                return False
+        return True
 
     def has_output(self) -> bool:
         """Whether `data_to_send` would return anything, without taking it (the library's buffer
@@ -526,11 +540,13 @@ class ControlConnection:
         except noise.RemoteProtocolError as exc:
             raise ControlProtocolError(f"noise: {exc}") from None
         out: list[Any] = []
+        self.only_credits = bool(chunks)
         for chunk in chunks:
             opened = window_updates(self.h2, chunk)
             if opened is not None:
                 out.extend(WindowOpened(stream_id) for stream_id in opened)
                 continue
+            self.only_credits = False
             try:
                 events = self.h2.receive_data(chunk)
             except h2.exceptions.ProtocolError as exc:

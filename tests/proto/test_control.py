@@ -350,7 +350,8 @@ def test_window_updates_take_what_tailscaleds_client_sends():
 
 def test_window_credits_through_the_connection_open_its_streams_and_leave_nothing_to_send():
     """The client's credits (the fast path) come out as WindowOpened and queue no answer, so the
-    session need not take its write lock; a PING does queue one (its ACK)."""
+    session need not take its write lock, and say they were only credits (the session may then
+    pause its reads while the windows are roomy); a PING does queue an answer (its ACK)."""
     p = Peer()
     p.push()
     sid = p.request("/machine/map", b"{}")
@@ -364,9 +365,14 @@ def test_window_credits_through_the_connection_open_its_streams_and_leave_nothin
     events = p.conn.receive_data(p.client_noise.encrypt(p.h2.data_to_send()), 0.0)
     assert sorted(e.stream_id for e in events if isinstance(e, control.WindowOpened)) == [0, sid]
     assert p.conn.h2.outbound_flow_control_window == window + 4096
-    assert not p.conn.has_output()
+    assert not p.conn.has_output() and p.conn.only_credits
+    # room: the connection's window and the answered stream's (65,535 + 4,096 by default here)
+    assert p.conn.roomy(60_000) and not p.conn.roomy(70_000)
+    p.h2.increment_flow_control_window(1 << 20)
+    p.conn.receive_data(p.client_noise.encrypt(p.h2.data_to_send()), 0.0)
+    assert not p.conn.roomy(70_000)  # the stream's window still binds
     p.h2.ping(b"12345678")
     p.conn.receive_data(p.client_noise.encrypt(p.h2.data_to_send()), 0.0)
-    assert p.conn.has_output()
+    assert p.conn.has_output() and not p.conn.only_credits
     p.take(p.conn.data_to_send())
     assert any(isinstance(e, h2.events.PingAckReceived) for e in p.client_events)
