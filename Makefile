@@ -144,17 +144,23 @@ browser:
 clean-venv:
 	rm -rf $(VENV)
 
+# $(call go_build_cached,DIR,MODULE_DIR,BINARY,WHAT): build the Go module in MODULE_DIR (pinned by its
+# go.mod and go.sum) into DIR/BINARY; without Go, or if it fails, say that WHAT will be skipped.
+define go_build_cached
+	@if ! command -v go >/dev/null 2>&1; then \
+		echo "go not found: $(4) will be skipped"; exit 0; fi; \
+	mkdir -p "$(1)" && cd $(2) && \
+	GOTOOLCHAIN=local go build -mod=readonly -o "$(1)/$(3)" . \
+	|| echo "$(2) could not be built: $(4) will be skipped (fails in CI)"
+endef
+
 # Tailscale's Go API client (tailscale.com/client/tailscale/v2, pinned in tests/apiv2client/go.mod
 # and go.sum) driving /api/v2 in tests/tailscaled/test_apiv2_client.py, built into the cache.
 APICLIENT_DIR := $(HOME)/.cache/trioscale/apiv2client
 .PHONY: apiclient
 test: apiclient
 apiclient:
-	@if ! command -v go >/dev/null 2>&1; then \
-		echo "go not found: the API v2 client test will be skipped"; exit 0; fi; \
-	mkdir -p "$(APICLIENT_DIR)" && cd tests/apiv2client && \
-	GOTOOLCHAIN=local go build -mod=readonly -o "$(APICLIENT_DIR)/apiv2client" . \
-	|| echo "tests/apiv2client could not be built: the API v2 client test will be skipped (fails in CI)"
+	$(call go_build_cached,$(APICLIENT_DIR),tests/apiv2client,apiv2client,the API v2 client test)
 
 # benchmarks/tspload: simulated nodes made by Tailscale's own protocol client (tailscale.com's
 # control/tsp and control/ts2021, pinned in its go.mod), the benchmarks' load generator where a
@@ -163,11 +169,7 @@ TSPLOAD_DIR := $(HOME)/.cache/trioscale/tspload
 .PHONY: tspload
 test: tspload
 tspload:
-	@if ! command -v go >/dev/null 2>&1; then \
-		echo "go not found: tspload is not built and its test will be skipped"; exit 0; fi; \
-	mkdir -p "$(TSPLOAD_DIR)" && cd benchmarks/tspload && \
-	GOTOOLCHAIN=local go build -mod=readonly -o "$(TSPLOAD_DIR)/tspload" . \
-	|| echo "benchmarks/tspload could not be built: its test will be skipped (fails in CI)"
+	$(call go_build_cached,$(TSPLOAD_DIR),benchmarks/tspload,tspload,the tspload test)
 
 # Tailscale's Terraform provider and OpenTofu, from the Go module proxy (pinned), for
 # tests/cli/test_apiv2_terraform.py; the provider is installed by a dev override there. OpenTofu's
