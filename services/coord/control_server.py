@@ -104,8 +104,8 @@ _RECV_SIZE = 65536
 #: after a read of nothing but window credits, while the client's windows still leave CREDIT_ROOM
 #: bytes to send, the session waits this long before reading again. tailscaled's HTTP/2 client
 #: credits every 4 KiB it reads, one record each (about 750,000 while 5,000 nodes join a full mesh,
-#: each a wake-up, a read and a decryption); paused, one read takes the credits of a whole first
-#: map. A request sent right after credits waits at most this long.
+#: each a wake-up, a read and a decryption); paused, one read takes all that came meanwhile. A
+#: request sent right after credits waits at most this long.
 CREDIT_READ_PAUSE = 0.02
 CREDIT_ROOM = 1 << 20
 
@@ -742,7 +742,8 @@ class _H2Session:
             # No write is under way, and nothing awaits before the bytes are taken: they are taken
             # as under the lock, which is only needed when they leave something to send. Most reads
             # on a map stream are the client's window credits (tailscaled sends one per 4 KiB it
-            # reads), which leave nothing; the lock's checkpoints were a third of their cost.
+            # reads), which leave nothing; the lock would cost each of them two trips through the
+            # scheduler.
             failed = self._take(data)
             if failed is not None or self.conn.has_output():
                 async with self.lock:
