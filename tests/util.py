@@ -41,6 +41,10 @@ _PICK_LOW = 15000
 _PICK_HIGH = _ephemeral_range()[0]
 _recently_picked: dict[int, None] = {}
 _RECENT_KEEP = 2048
+#: ports tests bind by number rather than asking for one: the Caddy clients' local proxy ports
+#: (e2e.harness.client_caddyfile, 18080 and 18081). Handed to a server's DNS listener, 18080 made
+#: a Caddy client fail to start (its config could not bind) and its test time out.
+RESERVED_PORTS = frozenset({18080, 18081})
 #: its own generator: hypothesis seeds the module-level one inside its tests
 _random = random.Random()
 
@@ -65,7 +69,7 @@ def _pick(kinds: Sequence[int], host: str) -> int:
         for _ in range(500):
             port = _random.randrange(_PICK_LOW, _PICK_HIGH)
             # not one handed out moments ago that its server has not bound yet
-            if port in _recently_picked or not _bind_free(port, kinds, host):
+            if port in _recently_picked or port in RESERVED_PORTS or not _bind_free(port, kinds, host):
                 continue
             _recently_picked[port] = None
             if len(_recently_picked) > _RECENT_KEEP:
@@ -76,7 +80,7 @@ def _pick(kinds: Sequence[int], host: str) -> int:
         with socket.socket(socket.AF_INET, kinds[0]) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-        if _bind_free(port, kinds, host):
+        if port not in RESERVED_PORTS and _bind_free(port, kinds, host):
             return port
     raise RuntimeError(f"no free port for {len(kinds)} socket kind(s) on {host}")
 
