@@ -1,4 +1,4 @@
-"""The harness's free ports never collide with the ports tests bind by number."""
+"""The test helpers' free ports never collide with the ports tests bind by number (tests/util.py)."""
 
 from __future__ import annotations
 
