@@ -463,13 +463,17 @@ async def join_more(nursery, nodes: list[SimNode], count: int, authkey: str | No
     return res
 
 
+def need_tspload() -> None:
+    if not TSPLOAD.exists():
+        raise SystemExit(f"{TSPLOAD} is missing: run `make tspload`")
+
+
 async def register_with_tsp(nodes: list[SimNode], count: int, authkey: str, concurrency: int,
                             server_pid: int | None) -> dict:
     """`count` more nodes register into the quiet tailnet of `nodes`, made by tspload: Tailscale's
     own client code (control/tsp) in a Go process, which spends a fraction of the CPU per
     registration the Python fleet does, so that on two cores the rate is the server's."""
-    if not TSPLOAD.exists():
-        raise SystemExit(f"{TSPLOAD} is missing: run `make tspload`")
+    need_tspload()
     host, port = nodes[0].control
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
     main0 = main_thread_cpu_s(server_pid) if server_pid else float("nan")
@@ -501,8 +505,7 @@ class TspFleet:
 
     @classmethod
     async def open(cls, nursery, urls: list[str], authkey: str, n: int, concurrency: int, prefix: str) -> "TspFleet":
-        if not TSPLOAD.exists():
-            raise SystemExit(f"{TSPLOAD} is missing: run `make tspload`")
+        need_tspload()
         args = [str(TSPLOAD), "fleet", "-authkey", authkey, "-n", str(n), "-concurrency", str(concurrency),
                 "-prefix", prefix, "-quiet", f"{QUIET_S}s"]
         for url in urls:

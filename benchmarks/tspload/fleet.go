@@ -33,6 +33,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 	"tailscale.com/control/ts2021"
+	"tailscale.com/control/tsp"
 	"tailscale.com/net/tsdial"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -287,7 +288,7 @@ func fleetMain(args []string) {
 			fmt.Fprintln(os.Stderr, "tspload:", err)
 			os.Exit(2)
 		}
-		k, err := discoverKey(ctx, s)
+		k, err := tsp.DiscoverServerKey(ctx, s)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "tspload:", err)
 			os.Exit(1)
