@@ -110,6 +110,23 @@ def test_x25519_rfc7748_vector():
     assert keys.x25519(alice, bob_pub).hex() == "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
 
 
+@given(st.binary(min_size=32, max_size=32))
+def test_public_key_matches_openssl_for_any_scalar(raw):
+    # public_key goes through libsodium, exchanges through OpenSSL: both must clamp the same way,
+    # or a handshake's early-payload key and its exchanges would disagree
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    expected = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+    assert keys.public_key(raw) == expected
+    assert keys.public_key(keys.clamp(raw)) == expected
+
+
+def test_new_private_key_object_exchanges_like_its_bytes():
+    loaded = keys.new_private_key_object()
+    raw = loaded.private_bytes_raw()
+    peer = keys.generate_private_key()
+    assert keys.exchange(loaded, keys.public_key(peer)) == keys.x25519(peer, keys.public_key(raw))
+
+
 def test_clamp():
     assert keys.clamp(b"\xff" * 32) == b"\xf8" + b"\xff" * 30 + b"\x7f"
     assert keys.clamp(bytes(32)) == bytes(31) + b"\x40"
