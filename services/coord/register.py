@@ -8,6 +8,7 @@ key is judged. Store access happens here; the rules about names and addresses li
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -129,7 +130,11 @@ def source_of(peer: str) -> str:
     """The source a pending login is counted against: the peer's IP address without its port, an
     IPv6 address as its /64 (one host usually holds a whole /64). "" if unknown."""
     host = peer.rsplit(":", 1)[0] if peer.count(":") == 1 or peer.startswith("[") else peer
-    host = host.strip("[]")
+    return _source_of_host(host.strip("[]"))
+
+
+@functools.lru_cache(maxsize=4096)  # most registrations come from a few sources; bounded for any
+def _source_of_host(host: str) -> str:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:

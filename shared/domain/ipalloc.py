@@ -89,9 +89,17 @@ class HeldAddresses:
         self._floor[prefix] = (version, value)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _key(text: str) -> tuple[int, int]:
+    """(IP version, int) of an address string, cached like `_as_int`: every node's addresses are
+    held when it is created and again when its change is applied."""
     addr = ipaddress.ip_address(text)
     return addr.version, int(addr)
+
+
+@functools.lru_cache(maxsize=64)
+def _network(prefix: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(prefix)
 
 
 class Holdings:
@@ -146,7 +154,7 @@ def allocate(
     bounded number of random picks, then falls back to sequential so a nearly full prefix still
     allocates.
     """
-    network = ipaddress.ip_network(prefix)
+    network = _network(prefix)
     version = network.version
     start = int(network.network_address) + 1
     end = int(network.broadcast_address)

@@ -11,6 +11,7 @@ flood against one listener can use up its own cap but never the descriptors the 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -65,6 +66,13 @@ def source_key(host: Any) -> str:
     """
     if not isinstance(host, str) or not host:
         return ""
+    return _source_key_of(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_key_of(host: str) -> str:
+    # cached: every accepted connection asks, mostly for the same few sources, and parsing the
+    # address was a visible part of a registration's CPU; the cache's bound holds for any traffic
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
