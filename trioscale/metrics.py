@@ -58,26 +58,25 @@ class TimedStore:
 
     def __init__(self, store: Any) -> None:
         self._store = store
-        self._wrapped: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
         if name not in STORE_OPERATIONS or not inspect.iscoroutinefunction(attr):
             return attr
-        wrapped = self._wrapped.get(name)
-        if wrapped is None:
-            observe = STORE_OPERATION_SECONDS.labels(name).observe
+        observe = STORE_OPERATION_SECONDS.labels(name).observe
 
-            @functools.wraps(attr)
-            async def timed(*args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    return await getattr(self._store, name)(*args, **kwargs)
-                finally:
-                    observe(time.perf_counter() - started)
+        @functools.wraps(attr)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await getattr(self._store, name)(*args, **kwargs)
+            finally:
+                observe(time.perf_counter() - started)
 
-            wrapped = self._wrapped[name] = timed
-        return wrapped
+        # kept on the instance, so later calls find it without coming here (a store call is
+        # looked up a few times per request)
+        setattr(self, name, timed)
+        return timed
 
     @property
     def unwrapped(self) -> Any:
