@@ -52,6 +52,7 @@ without waiting for the client.  Keep-alive is honoured for plain requests, as i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -271,6 +272,7 @@ class _ControlServer:
             await trio.aclose_forcefully(stream)
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every connection, mostly for the same few peers
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -509,13 +511,16 @@ class ControlResponse:
 
     async def start(self, status: int, headers: Sequence[tuple[str, str]] = ()) -> None:
         """Send the response headers (no content-length is added: the body may be streamed)."""
+        await self._session._send_headers(self._stream, self._begin(status, headers))
+
+    def _begin(self, status: int, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         if self.started:
             raise RuntimeError("response already started")
         hdrs = [(":status", str(int(status)))]
         hdrs += [(k.lower(), str(v)) for k, v in headers if k.lower() not in ("connection", "transfer-encoding")]
         self.started = True
         self.status = int(status)
-        await self._session._send_headers(self._stream, hdrs)
+        return hdrs
 
     async def write(self, data: bytes) -> None:
         """Send body bytes, waiting for the client's flow-control window as needed."""
@@ -559,8 +564,9 @@ class ControlResponse:
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         items = [(k, v) for k, v in items if k.lower() != "content-length"]
         items.append(("content-length", str(len(body))))
-        await self.start(status, items)
-        await self.end(body)
+        hdrs = self._begin(status, items)
+        self.ended = True
+        await self._session._send_data(self._stream, body, end=True, headers=hdrs)
 
 
 class _H2Session:
@@ -603,6 +609,20 @@ class _H2Session:
             return
         if self.backlog:
             records, self.backlog = self.backlog + records, b""
+        raw = self.raw
+        if raw is not None:
+            # Most writes fit the socket's buffer: hand them over without the deadline scope below
+            # (entering and leaving a scope with a deadline was a few per cent of a short
+            # connection's CPU). The lock acquired by every caller was the checkpoint.
+            try:
+                sent = raw.send_nowait(records)
+            except trio.BrokenResourceError as exc:
+                self._fail(f"send failed: {exc!r}")
+                raise StreamGone("connection lost") from None
+            if sent is not None:
+                if sent == len(records):
+                    return
+                records = records[sent:]
         try:
             # A cancelled partial write would corrupt the record stream for everyone: shield it and
             # bound it with the send timeout instead. (One bare scope: this runs once per map
@@ -660,13 +680,19 @@ class _H2Session:
             self.conn.send_headers(st.state, headers)
             await self._flush_locked()
 
-    async def _send_data(self, st: _Stream, data: bytes, *, end: bool) -> None:
+    async def _send_data(self, st: _Stream, data: bytes, *, end: bool,
+                         headers: list[tuple[str, str]] | None = None) -> None:
+        """`headers`, if given, go first in the same flush (a whole small response is then one
+        Noise record and one send)."""
         view = memoryview(data)
         pos = 0
         while True:
             async with self.lock:
                 if self.closed:
                     raise StreamGone(f"stream {st.state.id} is gone")
+                if headers is not None:
+                    self.conn.send_headers(st.state, headers)
+                    headers = None
                 pos = self.conn.send_data(st.state, view, pos, end=end)
                 await self._flush_locked()
                 if pos == len(view):

@@ -363,6 +363,42 @@ async def test_concurrent_requests_on_one_connection(server):
     assert results == {i: (200, (b"req-%03d" % i)[::-1]) for i in range(n)}
 
 
+async def test_whole_small_response_is_one_noise_record(server):
+    # resp.send writes headers and body in one flush: one record and one send per answer (a
+    # registration's answer took two before)
+    async def small(req, resp):
+        await resp.send(200, b"small body")
+
+    server.routes.routes["/machine/small"] = small
+    records = []
+    async with client(server) as c:
+        receive = c._noise.receive_data
+
+        def recording(data):
+            out = receive(data)
+            records.extend(out)
+            return out
+
+        c._noise.receive_data = recording
+        r = await c.request("POST", "/machine/small")
+        assert (r.status, r.body) == (200, b"small body")
+
+    def frames(record):
+        pos, out = 0, []
+        while pos + 9 <= len(record):
+            length = int.from_bytes(record[pos:pos + 3], "big")
+            out.append((record[pos + 3], record[pos + 4], int.from_bytes(record[pos + 5:pos + 9], "big") & 0x7FFFFFFF))
+            pos += 9 + length
+        return out
+
+    holding = [frames(rec) for rec in records if any(t == 0x1 and sid % 2 == 1 for t, _, sid in frames(rec))]
+    assert len(holding) == 1, records
+    kinds = [(t, flags & 0x1) for t, flags, sid in holding[0] if sid % 2 == 1]
+    # HEADERS, then the body's DATA, the last with END_STREAM: all in one record
+    assert kinds[0] == (0x1, 0) and kinds[-1] == (0x0, 1), kinds
+    assert all(t == 0x0 for t, _ in kinds[1:]), kinds
+
+
 async def test_long_streamed_response_respects_flow_control(server):
     chunk = bytes(range(256)) * 40  # 10240 bytes
     count = 100  # ~1 MB, far more than the 65535-byte window the client grants
