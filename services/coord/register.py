@@ -8,9 +8,7 @@ key is judged. Store access happens here; the rules about names and addresses li
 
 from __future__ import annotations
 
-import functools
 import hmac
-import ipaddress
 import logging
 import secrets as _secrets
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from trioscale.shared.store.base import Conflict, NotFound, Store, StoreError
 from trioscale.shared.store.rows import hostinfo_size
 
 from trioscale.shared.domain import ipalloc, names, tailcfg
+from trioscale.shared.net import limits
 from .metrics import count_registration
 
 log = logging.getLogger("trioscale.coord.register")
@@ -130,20 +129,7 @@ def source_of(peer: str) -> str:
     """The source a pending login is counted against: the peer's IP address without its port, an
     IPv6 address as its /64 (one host usually holds a whole /64). "" if unknown."""
     host = peer.rsplit(":", 1)[0] if peer.count(":") == 1 or peer.startswith("[") else peer
-    return _source_of_host(host.strip("[]"))
-
-
-@functools.lru_cache(maxsize=4096)  # most registrations come from a few sources; bounded for any
-def _source_of_host(host: str) -> str:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return ""
-    if addr.version == 6:
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
+    return limits.ip_source(host.strip("[]")) or ""
 
 
 def _check_sizes(req: RegisterRequest) -> None:

@@ -21,12 +21,11 @@ _RESERVED_NETS = (
 _RESERVED_ADDRS = frozenset({ipaddress.ip_address("fd7a:115c:a1e0::53")})
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def _as_int(text: str, version: int) -> int | None:
-    """An address string as an int, if it is of `version` (cached: allocation sees the same
-    addresses over and over)."""
-    addr = ipaddress.ip_address(text)
-    return int(addr) if addr.version == version else None
+    """An address string as an int, if it is of `version` (allocation sees the same addresses
+    over and over: `_key` caches the parse)."""
+    got, value = _key(text)
+    return value if got == version else None
 
 
 class PrefixExhausted(Exception):
@@ -91,8 +90,8 @@ class HeldAddresses:
 
 @functools.lru_cache(maxsize=1 << 17)
 def _key(text: str) -> tuple[int, int]:
-    """(IP version, int) of an address string, cached like `_as_int`: every node's addresses are
-    held when it is created and again when its change is applied."""
+    """(IP version, int) of an address string, cached: every node's addresses are held when it
+    is created and again when its change is applied, and allocation reads them over and over."""
     addr = ipaddress.ip_address(text)
     return addr.version, int(addr)
 

@@ -66,17 +66,18 @@ def source_key(host: Any) -> str:
     """
     if not isinstance(host, str) or not host:
         return ""
-    return _source_key_of(host)
+    return ip_source(host) or host
 
 
 @functools.lru_cache(maxsize=4096)
-def _source_key_of(host: str) -> str:
-    # cached: every accepted connection asks, mostly for the same few sources, and parsing the
-    # address was a visible part of a registration's CPU; the cache's bound holds for any traffic
+def ip_source(host: str) -> str | None:
+    """`host` as a source (`source_key`'s rule), or None if it is not an IP address. Cached: every
+    accepted connection asks, mostly for the same few sources, and parsing the address was a
+    visible part of a registration's CPU; the cache's bound holds for any traffic."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return host
+        return None
     if ip.version == 6:
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
