@@ -68,7 +68,7 @@ import trio
 from trioscale.shared.net.addr import format_sockaddr, split_host_port
 from trioscale.shared.net.limits import DEFAULT_CAPS, ConnectionLimiter
 from trioscale.shared.net.listen import listener_sockets, serve_stream_sockets
-from trioscale.shared.net.rawstream import RawStream
+from trioscale.shared.net.rawstream import RawStream, close_at_once
 from trioscale.shared.net.requestid import begin_request
 from trioscale.shared.net.tls import TlsAcceptor
 from trioscale.shared.net.wsstream import WebSocketByteStream, accept_token
@@ -269,7 +269,7 @@ class _ControlServer:
             log.exception("%s: unexpected error in control connection", peer)
         finally:
             self.stats.connections -= 1
-            await trio.aclose_forcefully(stream)
+            await close_at_once(stream)
 
 
 @functools.lru_cache(maxsize=4096)  # asked at every connection, mostly for the same few peers
@@ -725,7 +725,7 @@ class _H2Session:
                 finally:
                     self._fail(reason)
                     # Wake any shielded writer blocked on the socket so teardown is prompt.
-                    await trio.aclose_forcefully(self.stream)
+                    await close_at_once(self.stream)
         finally:
             self.closed = True
             self.stats.sessions -= 1

@@ -794,8 +794,11 @@ class _Run:
         return out
 
     def push_self_if_changed(self, vid: int, viewer: Node) -> None:
+        views = self.sessions.get(vid)
+        if not views:  # a node that only registered has no session to tell (most of a join storm)
+            return
         body = self.tailnet.self_json(viewer, self.now)
-        for view in self.sessions.get(vid, ()):
+        for view in views:
             if view.self_node != body:
                 view.self_node = body
                 self.push(view, Message({"Node": body}))

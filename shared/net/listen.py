@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from .limits import ConnectionLimiter, source_key
+from .rawstream import close_at_once
 
 __all__ = [
     "RESOURCE_ERRNOS",
@@ -218,7 +219,7 @@ def stream_handler(
         try:
             await handler(stream)
         finally:
-            await trio.aclose_forcefully(stream)
+            await close_at_once(stream)
 
     return run
 

@@ -116,7 +116,12 @@ def check_kind(kind: str) -> str:
 
 
 def change_from_row(r: Mapping[str, Any]) -> Change:
-    return Change(seq=int(r["seq"]), kind=r["kind"], data=unpack_data(r["data"]), at=read_time(r["at"]))
+    return change_from_fields(r["seq"], r["kind"], r["data"], r["at"])
+
+
+def change_from_fields(seq: int, kind: str, data: bytes, at: Any) -> Change:
+    """A change from its log row's columns, as stored (packed data, stored time)."""
+    return Change(seq=int(seq), kind=kind, data=unpack_data(data), at=read_time(at))
 
 
 # -- records -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 import trio
 import trio.testing
 
@@ -76,3 +77,45 @@ async def test_busy_database_sends_a_lookup_to_the_worker(tmp_path):
 
 async def _got(out: list, lookup) -> None:
     out.append(await lookup)
+
+
+class _NoReads:
+    """A lookups connection that must not be asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def execute(self, sql, *args):
+        self.asked += 1
+        raise AssertionError(f"read the database: {sql}")
+
+
+async def test_own_changes_are_read_back_without_the_database(tmp_path):
+    """Changes this process committed are handed to its own subscribers as they were written; a
+    change from another process in between (a hole in the seqs kept) sends the read to the database."""
+    path = tmp_path / "db.sqlite"
+    mine = await SqliteStore.open(path)
+    other = await SqliteStore.open(path)
+    try:
+        alice = await mine.create_user("alice")  # 1
+        await other.create_user("bob")  # 2: not this process's
+        made = await mine.create_node(node(alice.id))  # 3, 4 …: the node and whatever it records
+        latest = await mine.latest_seq()
+        from_db = await mine.changes_since(0, 100)
+        assert [c.seq for c in from_db] == list(range(1, latest + 1))
+
+        reader, mine._reader = mine._reader, _NoReads()
+        try:
+            kept = await mine.changes_since(2, 100)
+            assert kept == from_db[2:]  # the same changes, built from the rows as written
+            assert any(c.kind.startswith("node") and c.data.get("id") == made.id for c in kept)
+            assert await mine.changes_since(2, 1) == from_db[2:3]
+            assert mine._reader.asked == 0
+            with pytest.raises(AssertionError, match="read the database"):
+                await mine.changes_since(1, 100)  # seq 2 is not kept here
+        finally:
+            mine._reader = reader
+        assert [c.seq for c in await mine.changes_since(1, 100)] == list(range(2, latest + 1))
+    finally:
+        await other.aclose()
+        await mine.aclose()
