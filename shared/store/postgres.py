@@ -122,6 +122,19 @@ async def _aio_migrate(conn: asyncpg.Connection, migrations: list[list[str]]) ->
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
 
 
+#: A write opens its transaction and takes the write lock in one round trip, and queues its
+#: wake-up and commits in another: several statements in one simple query. Through trio-asyncio a
+#: round trip costs this process several loop turns, and a write made four of them besides its own
+#: statements.
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+
+
+def _commit_notifying(last: int) -> str:
+    if not last:
+        return "COMMIT"
+    return f"SELECT pg_notify('{CHANNEL}', '{int(last)}'); COMMIT"
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """A pool connection handed back needs no reset: operations leave no session state (their
     advisory locks are transaction-level, LISTEN has its own connection, nothing is SET), and
@@ -344,19 +357,15 @@ class PostgresStore(WakeUps, OpsStore):
                 result, _ = await _aio_drive(conn, gen)
                 state["done"], state["result"] = True, result
                 return result
-            tr = conn.transaction()
-            await tr.start()
             try:
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                await conn.execute(_BEGIN_LOCKED)
                 result, last = await _aio_drive(conn, gen)
-                if last:
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last))
                 state["committing"] = True
-                await tr.commit()
+                await conn.execute(_commit_notifying(last))
             except BaseException:
                 if not state.get("committing"):
                     with contextlib.suppress(Exception):
-                        await tr.rollback()
+                        await conn.execute("ROLLBACK")
                 raise
             state["done"], state["result"] = True, result
             return result
