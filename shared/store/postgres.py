@@ -122,6 +122,9 @@ async def _aio_migrate(conn: asyncpg.Connection, migrations: list[list[str]]) ->
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
 
 
+#: pool connections kept out of the pool between operations (PostgresStore._kept)
+KEPT_CONNECTIONS = 4
+
 #: A write opens its transaction and takes the write lock in one round trip, and queues its
 #: wake-up and commits in another: several statements in one simple query. Through trio-asyncio a
 #: round trip costs this process several loop turns, and a write made four of them besides its own
@@ -133,6 +136,14 @@ def _commit_notifying(last: int) -> str:
     if not last:
         return "COMMIT"
     return f"SELECT pg_notify('{CHANNEL}', '{int(last)}'); COMMIT"
+
+
+def _usable(conn: asyncpg.Connection) -> bool:
+    """Open, and still lent to us: the pool takes back a connection it sees lost."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return False
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -270,6 +281,12 @@ class PostgresStore(WakeUps, OpsStore):
         self._init_wakeups(poll_interval)
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lock = trio.Lock()
+        #: pool connections kept between operations, not handed back: through trio-asyncio a
+        #: pool's acquire and release took as many loop turns as the query itself (a lookup took
+        #: 10, now 5)
+        self._kept: list[asyncpg.Connection] = []
+        self.kept_max = KEPT_CONNECTIONS
+        self._acquiring = 0  # operations waiting for the pool
         #: how many times the LISTEN connection was (re)established (for tests and metrics)
         self.listener_connects = 0
 
@@ -340,6 +357,10 @@ class PostgresStore(WakeUps, OpsStore):
         if listen is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listen.close(), 5)
+        kept, self._kept = self._kept, []
+        for conn in kept:  # the pool waits for every connection it lent before it closes
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.release(conn), 5)
         try:
             await asyncio.wait_for(self._pool.close(), 5)
         except Exception:
@@ -352,23 +373,45 @@ class PostgresStore(WakeUps, OpsStore):
     # -- running operations ------------------------------------------------------------------------
     async def _aio_run(self, write: bool, op, args: tuple, state: dict) -> Any:
         gen = op(*args)
-        async with self._pool.acquire() as conn:
+        while self._kept and not _usable(self._kept[-1]):  # lost while kept (a server restart)
+            await self._release_quietly(self._kept.pop())
+        if self._kept:
+            conn = self._kept.pop()
+        else:
+            self._acquiring += 1
+            try:
+                conn = await self._pool.acquire()
+            finally:
+                self._acquiring -= 1
+        try:
             if not write:
                 result, _ = await _aio_drive(conn, gen)
-                state["done"], state["result"] = True, result
-                return result
-            try:
-                await conn.execute(_BEGIN_LOCKED)
-                result, last = await _aio_drive(conn, gen)
-                state["committing"] = True
-                await conn.execute(_commit_notifying(last))
-            except BaseException:
-                if not state.get("committing"):
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
-                raise
-            state["done"], state["result"] = True, result
-            return result
+            else:
+                try:
+                    await conn.execute(_BEGIN_LOCKED)
+                    result, last = await _aio_drive(conn, gen)
+                    state["committing"] = True
+                    await conn.execute(_commit_notifying(last))
+                except BaseException:
+                    if not state.get("committing"):
+                        with contextlib.suppress(Exception):
+                            await conn.execute("ROLLBACK")
+                    raise
+        except BaseException:
+            await self._release_quietly(conn)  # the pool judges a connection after a failure
+            raise
+        state["done"], state["result"] = True, result
+        # an operation waiting for the pool gets this connection: a kept one would never reach it
+        if (self._closed or self._acquiring or len(self._kept) >= self.kept_max
+                or not _usable(conn) or conn.is_in_transaction()):
+            await self._pool.release(conn)
+        else:
+            self._kept.append(conn)
+        return result
+
+    async def _release_quietly(self, conn: asyncpg.Connection) -> None:
+        with contextlib.suppress(Exception):  # the operation's own error is the one to report
+            await self._pool.release(conn)
 
     async def _run(self, write: bool, op, args: tuple) -> Any:
         if self._closed:

@@ -144,21 +144,24 @@ async def test_server_restart_under_live_clients(pg_backend):
 
 
 class _ReleaseFails:
-    """An acquired pool connection whose hand-back fails after the work is done, as asyncpg's
-    reset does when the server shuts down at that moment."""
+    """A pool whose hand-back of a connection fails after the work is done, as asyncpg's reset
+    does when the server shuts down at that moment."""
 
-    def __init__(self, ctx, failures: list) -> None:
-        self.ctx, self.failures = ctx, failures
+    def __init__(self, pool, failures: list) -> None:
+        self.pool, self.failures = pool, failures
 
-    async def __aenter__(self):
-        return await self.ctx.__aenter__()
+    async def acquire(self, *a, **k):
+        return await self.pool.acquire(*a, **k)
 
-    async def __aexit__(self, *exc):
-        await self.ctx.__aexit__(*exc)
-        if self.failures and exc == (None, None, None):
+    async def release(self, conn, *a, **k):
+        await self.pool.release(conn, *a, **k)
+        if self.failures:
             import asyncpg
 
             raise asyncpg.InternalClientError(self.failures.pop())
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
 
 
 async def test_a_failed_connection_release_does_not_lose_the_completed_work(pg_backend):
@@ -168,15 +171,8 @@ async def test_a_failed_connection_release_does_not_lose_the_completed_work(pg_b
     async with pg_backend.open(poll_interval=60.0) as store:
         failures: list[str] = []
         real_pool = store._pool
-
-        class Pool:  # asyncpg's Pool has slots: stand in front of it
-            def acquire(self, *a, **k):
-                return _ReleaseFails(real_pool.acquire(*a, **k), failures)
-
-            def __getattr__(self, name):
-                return getattr(real_pool, name)
-
-        store._pool = Pool()
+        store._pool = _ReleaseFails(real_pool, failures)  # asyncpg's Pool has slots: stand in front
+        store.kept_max = 0  # every connection goes back to the pool after its operation
         got = []
         with trio.fail_after(20):
             async with store.subscribe() as changes:
