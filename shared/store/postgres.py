@@ -532,6 +532,7 @@ class PostgresChanges:
         self._buf: collections.deque[Change] = collections.deque()
         self._backoff = 0.05
         self.position = Position(store)
+        self._drained: trio.Event | None = None
 
     def __aiter__(self) -> "PostgresChanges":
         return self
@@ -541,6 +542,12 @@ class PostgresChanges:
         while not self._buf:
             if store.closed:
                 raise StopAsyncIteration
+            # A short batch was everything committed when it was read, and any later commit sets
+            # the wake-up taken before that read: until then there is nothing to read (a read
+            # that finds nothing cost a replica as much as one that finds a change).
+            drained, self._drained = self._drained, None
+            if drained is not None:
+                await self._wait(drained)
             try:
                 # LISTEN must be active before we read, and the event taken before the read: then
                 # any commit after the read wakes us (or the connection's loss does)
@@ -558,15 +565,25 @@ class PostgresChanges:
                 self._backoff = min(self._backoff * 2, 5.0)
                 continue
             self._backoff = 0.05
-            try:
-                while not self._buf and not wake.is_set():
-                    with trio.move_on_after(store.poll_interval):
-                        await wake.wait()
-                    if not wake.is_set():
-                        await store._poll_external()
-                        await self.position.renew(self.last_seq)
-            except StoreUnavailable:
-                pass  # the next round reconnects, with backoff
+            if self._buf:
+                if len(batch) < BATCH:
+                    self._drained = wake
+            else:
+                await self._wait(wake)
         change = self._buf.popleft()
         self.last_seq = change.seq
         return change
+
+    async def _wait(self, wake: trio.Event) -> None:
+        """Until `wake` is set (a commit, or a lost LISTEN connection), polling the log now and
+        then in case a notification was missed."""
+        store = self._store
+        try:
+            while not wake.is_set() and not store.closed:
+                with trio.move_on_after(store.poll_interval):
+                    await wake.wait()
+                if not wake.is_set():
+                    await store._poll_external()
+                    await self.position.renew(self.last_seq)
+        except StoreUnavailable:
+            pass  # the next round reconnects, with backoff
