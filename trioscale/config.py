@@ -359,7 +359,9 @@ class PostgresConfig:
     ssl: bool | str = setting(SSL, False, "a bool, or a libpq sslmode: `disable` … `verify-full`")
     max_open_conns: int = setting(INT, 10, "connections the pool holds at most", check=_AT_LEAST_ONE)
     conn_max_idle_time_secs: int = setting(
-        INT, 300, "seconds a pooled connection may stay idle before it is closed; `0` keeps them", check=_not_negative
+        INT, 300,
+        "seconds a pooled connection may stay idle before it is closed (up to twice that for the few kept out of the pool between operations); `0` keeps them",
+        check=_not_negative,
     )
 
 

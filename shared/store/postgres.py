@@ -287,6 +287,11 @@ class PostgresStore(WakeUps, OpsStore):
         self._kept: list[asyncpg.Connection] = []
         self.kept_max = KEPT_CONNECTIONS
         self._acquiring = 0  # operations waiting for the pool
+        #: kept connections unused for this long (seconds; 0: never) go back to the pool, which
+        #: closes them as it closes its own idle ones
+        self.kept_idle = 300.0
+        self._kept_used = False
+        self._kept_timer: Any = None
         #: how many times the LISTEN connection was (re)established (for tests and metrics)
         self.listener_connects = 0
 
@@ -332,7 +337,7 @@ class PostgresStore(WakeUps, OpsStore):
             if _is_connection_error(e):
                 raise StoreUnavailable(f"cannot connect to PostgreSQL: {e}") from e
             raise
-        return cls(
+        store = cls(
             pool,
             connect,
             loop,
@@ -340,6 +345,8 @@ class PostgresStore(WakeUps, OpsStore):
             poll_interval=poll_interval,
             retry_for=retry_for,
         )
+        store.kept_idle = max_inactive_connection_lifetime
+        return store
 
     def _aio(self, fn):
         return trio_asyncio.aio_as_trio(fn, loop=self._loop)
@@ -357,6 +364,9 @@ class PostgresStore(WakeUps, OpsStore):
         if listen is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listen.close(), 5)
+        if self._kept_timer is not None:
+            self._kept_timer.cancel()
+            self._kept_timer = None
         kept, self._kept = self._kept, []
         for conn in kept:  # the pool waits for every connection it lent before it closes
             with contextlib.suppress(Exception):
@@ -377,6 +387,7 @@ class PostgresStore(WakeUps, OpsStore):
             await self._release_quietly(self._kept.pop())
         if self._kept:
             conn = self._kept.pop()
+            self._kept_used = True
         else:
             self._acquiring += 1
             try:
@@ -407,7 +418,21 @@ class PostgresStore(WakeUps, OpsStore):
             await self._pool.release(conn)
         else:
             self._kept.append(conn)
+            if self._kept_timer is None and self.kept_idle > 0:
+                self._kept_timer = self._loop.call_later(self.kept_idle, self._expire_kept)
         return result
+
+    def _expire_kept(self) -> None:
+        """(asyncio loop timer) Hand the kept connections back if none was used since the last
+        check: an idle one is then closed by the pool after `kept_idle` to twice that."""
+        self._kept_timer = None
+        if not self._kept_used and self._kept and not self._closed:
+            kept, self._kept = self._kept, []
+            for conn in kept:
+                self._loop.create_task(self._release_quietly(conn))
+        self._kept_used = False
+        if self._kept and not self._closed:
+            self._kept_timer = self._loop.call_later(self.kept_idle, self._expire_kept)
 
     async def _release_quietly(self, conn: asyncpg.Connection) -> None:
         with contextlib.suppress(Exception):  # the operation's own error is the one to report

@@ -187,3 +187,19 @@ async def test_a_failed_connection_release_does_not_lose_the_completed_work(pg_b
         assert [u.name for u in await store.list_users()].count("committed-once") == 1
         assert got == [("user.created", user.id)]
         store._pool = real_pool
+
+
+async def test_kept_connections_go_back_to_the_pool_when_idle(pg_backend):
+    """A connection kept out of the pool between operations goes back when none was used for
+    `max_inactive_connection_lifetime`, so the pool can close it as it closes its own idle ones;
+    one in use stays."""
+    async with pg_backend.open(max_inactive_connection_lifetime=0.3) as store:
+        user = await store.create_user("idle")
+        assert store._kept  # the write's connection stayed out of the pool
+        lent = store._pool.get_size() - store._pool.get_idle_size()
+        assert lent >= 1
+        with trio.fail_after(10):
+            while store._kept:  # the loop's timer hands it back after one to two lifetimes
+                await trio.sleep(0.05)
+        assert (await store.get_user(user.id)).name == "idle"  # a later call takes one again
+        assert store._kept
