@@ -194,12 +194,19 @@ async def test_kept_connections_go_back_to_the_pool_when_idle(pg_backend):
     `max_inactive_connection_lifetime`, so the pool can close it as it closes its own idle ones;
     one in use stays."""
     async with pg_backend.open(max_inactive_connection_lifetime=0.3) as store:
+        handed_back = trio.Event()
+        release = store._release_quietly
+
+        async def release_and_tell(conn):
+            await release(conn)
+            handed_back.set()
+
+        store._release_quietly = release_and_tell
         user = await store.create_user("idle")
         assert store._kept  # the write's connection stayed out of the pool
-        lent = store._pool.get_size() - store._pool.get_idle_size()
-        assert lent >= 1
-        with trio.fail_after(10):
-            while store._kept:  # the loop's timer hands it back after one to two lifetimes
-                await trio.sleep(0.05)
+        assert store._pool.get_size() - store._pool.get_idle_size() >= 1
+        with trio.fail_after(10):  # the loop's timer hands it back after one to two lifetimes
+            await handed_back.wait()
+        assert not store._kept
         assert (await store.get_user(user.id)).name == "idle"  # a later call takes one again
         assert store._kept
