@@ -600,15 +600,7 @@ class PostgresChanges:
         return change
 
     async def _wait(self, wake: trio.Event) -> None:
-        """Until `wake` is set (a commit, or a lost LISTEN connection), polling the log now and
-        then in case a notification was missed."""
-        store = self._store
         try:
-            while not wake.is_set() and not store.closed:
-                with trio.move_on_after(store.poll_interval):
-                    await wake.wait()
-                if not wake.is_set():
-                    await store._poll_external()
-                    await self.position.renew(self.last_seq)
+            await self.position.wait(wake, self.last_seq)
         except StoreUnavailable:
             pass  # the next round reconnects, with backoff

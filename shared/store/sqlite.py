@@ -327,12 +327,8 @@ class SqliteChanges:
             batch = await store.changes_since(self.last_seq, BATCH)
             check_gap(self.last_seq, batch)
             self._buf.extend(batch)
-            while not self._buf and not wake.is_set():
-                with trio.move_on_after(store.poll_interval):
-                    await wake.wait()
-                if not wake.is_set():
-                    await store._poll_external()
-                    await self.position.renew(self.last_seq)
+            if not self._buf:
+                await self.position.wait(wake, self.last_seq)
         change = self._buf.popleft()
         self.last_seq = change.seq
         return change

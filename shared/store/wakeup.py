@@ -67,6 +67,18 @@ class Position:
             return
         self._recorded_at = now
 
+    async def wait(self, wake: trio.Event, seq: int) -> None:
+        """Until `wake` is set or the store closes, polling the log now and then (a wake-up can be
+        missed: another process's commit, a LISTEN connection lost without a word) and renewing
+        this position at `seq` meanwhile."""
+        store = self._store
+        while not wake.is_set() and not store.closed:
+            with trio.move_on_after(store.poll_interval):
+                await wake.wait()
+            if not wake.is_set():
+                await store._poll_external()
+                await self.renew(seq)
+
     async def drop(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
