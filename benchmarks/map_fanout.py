@@ -120,6 +120,16 @@ def metrics_lines(metrics_url: str) -> list[str]:
         return resp.read().decode().splitlines()
 
 
+def store_operations(metrics_url: str | None) -> dict[str, float]:
+    """How many times each store operation ran (trioscale_store_operation_seconds_count); {}
+    without a metrics URL."""
+    if not metrics_url:
+        return {}
+    prefix = 'trioscale_store_operation_seconds_count{operation="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics_lines(metrics_url) if line.startswith(prefix)}
+
+
 def fanout_buckets(metrics_url: str | None) -> dict[float, float]:
     """The server's change fan-out histogram (commit -> written to the last session), cumulative
     counts by upper bound; {} without a metrics URL."""
@@ -469,7 +479,7 @@ def need_tspload() -> None:
 
 
 async def register_with_tsp(nodes: list[SimNode], count: int, authkey: str, concurrency: int,
-                            server_pid: int | None) -> dict:
+                            server_pid: int | None, metrics_url: str | None = None) -> dict:
     """`count` more nodes register into the quiet tailnet of `nodes`, made by tspload: Tailscale's
     own client code (control/tsp) in a Go process, which spends a fraction of the CPU per
     registration the Python fleet does, so that on two cores the rate is the server's."""
@@ -477,6 +487,7 @@ async def register_with_tsp(nodes: list[SimNode], count: int, authkey: str, conc
     host, port = nodes[0].control
     cpu0 = cpu_s(server_pid) if server_pid else float("nan")
     main0 = main_thread_cpu_s(server_pid) if server_pid else float("nan")
+    ops0 = await trio.to_thread.run_sync(store_operations, metrics_url)
     done = await trio.run_process([str(TSPLOAD), "register", "-server", f"http://{host}:{port}", "-authkey", authkey,
                                    "-n", str(count), "-concurrency", str(concurrency), "-prefix", f"tsp{len(nodes)}-"],
                                   capture_stdout=True, check=False)
@@ -485,6 +496,10 @@ async def register_with_tsp(nodes: list[SimNode], count: int, authkey: str, conc
         raise SystemExit(f"tspload failed ({done.returncode}): {out[-500:]}")
     res = json.loads(out)
     res.update({"into": len(nodes), "register_only": True, "register_client": "tspload"})
+    ops = await trio.to_thread.run_sync(store_operations, metrics_url)
+    if ops:
+        res["store_ops_per_registration"] = {op: round((n - ops0.get(op, 0)) / count, 2) for op, n in sorted(ops.items())
+                                             if n - ops0.get(op, 0) > 0}
     if server_pid:
         res["server_cpu_per_join_ms"] = round(1000 * (cpu_s(server_pid) - cpu0) / count, 2)
         res["server_main_thread_cpu_per_join_ms"] = round(1000 * (main_thread_cpu_s(server_pid) - main0) / count, 2)
@@ -756,7 +771,8 @@ async def bench(n: int, rounds: int, controls: list[tuple[str, int]], authkey: s
             result["server_rss_mib"] = round(rss_mib(server_pid), 1)
         result["client_rss_mib"] = round(rss_mib(os.getpid()), 1)
         if register_after and register_client == "tsp":
-            result["register_after"] = await register_with_tsp(nodes, register_after, authkey, concurrency, server_pid)
+            result["register_after"] = await register_with_tsp(nodes, register_after, authkey, concurrency, server_pid,
+                                                               metrics_url)
         elif register_after:
             result["register_after"] = await join_more(nursery, nodes, register_after, authkey, limiter, server_pid,
                                                        register_only=True)

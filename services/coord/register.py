@@ -34,6 +34,9 @@ log = logging.getLogger("trioscale.coord.register")
 PENDING_LIFETIME = timedelta(minutes=15)
 REGISTRATION_ID_PREFIX = "tsreg-"
 _MAX_CREATE_TRIES = 8
+#: addresses offered per family: the one chosen and spares the store takes in order when another
+#: replica, registering at the same time, got there first (half the joins of two replicas did)
+_ADDRESS_CHOICES = 4
 
 
 class Allocations(Protocol):
@@ -199,6 +202,8 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
         # after two lost races (other replicas registering at the same time all pick the same lowest
         # free address) spread out: random addresses cannot collide over and over
         strategy = policy.allocation if attempt < 2 else "random"
+        pairs = ipalloc.address_pairs(policy.prefix_v4, policy.prefix_v6, taken_addrs, _ADDRESS_CHOICES,
+                                      strategy=strategy)
         node = Node(
             id=0,
             machine_key=machine_key,
@@ -206,10 +211,8 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
             user_id=user.id,
             hostname=str(hostinfo.get("Hostname") or "")[: store_base.MAX_HOSTNAME_LEN],
             given_name=names.unique_label(base, taken_names),
-            ipv4=ipalloc.allocate(policy.prefix_v4, taken_addrs, strategy=strategy)
-            if policy.prefix_v4 else None,
-            ipv6=ipalloc.allocate(policy.prefix_v6, taken_addrs, strategy=strategy)
-            if policy.prefix_v6 else None,
+            ipv4=pairs[0][0],
+            ipv6=pairs[0][1],
             hostinfo=hostinfo,
             tags=tags,
             ephemeral=ephemeral,
@@ -219,7 +222,7 @@ async def _create(store, policy, base, allocations, *, machine_key, node_key, us
             register_method=register_method,
         )
         try:
-            created = await store.create_node(node)
+            created = await store.create_node(node, pairs[1:])
         except Conflict as exc:  # another process won the address or name: try again
             last_error = exc
             if allocations is not None:

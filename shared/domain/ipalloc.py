@@ -180,3 +180,62 @@ def allocate(
         return str(ipaddress.ip_address(value))
     raise PrefixExhausted(prefix)
 
+
+
+def allocate_several(
+    prefix: str,
+    taken: Collection[str],
+    count: int,
+    *,
+    strategy: str = "sequential",
+    rng: _random.Random | None = None,
+) -> list[str]:
+    """Up to `count` distinct free addresses of `prefix`, the first being the one `allocate`
+    gives. The others are spares for a store that finds the first held by a node this process
+    has not heard of yet: replicas registering at once all pick the same lowest free address.
+    PrefixExhausted only if there is not even one."""
+    first = allocate(prefix, taken, strategy=strategy, rng=rng)
+    network = _network(prefix)
+    version = network.version
+    end = int(network.broadcast_address)
+    if isinstance(taken, HeldAddresses):
+        def used(value: int) -> bool:
+            return taken.holds(version, value)
+    else:
+        used = {v for v in (_as_int(a, version) for a in taken) if v is not None}.__contains__
+    picked = [int(ipaddress.ip_address(first))]
+
+    def free(value: int) -> bool:
+        return value not in picked and not used(value) and not is_reserved(ipaddress.ip_address(value), network)
+
+    if strategy == "random":
+        rng = rng or _random.SystemRandom()
+        start = int(network.network_address) + 1
+        for _ in range(4 * count):
+            if len(picked) >= count:
+                break
+            pick = rng.randint(start, end - 1)
+            if free(pick):
+                picked.append(pick)
+    value = picked[0] + 1
+    while len(picked) < count and value < end and value - picked[0] <= 4 * count:
+        if free(value):
+            picked.append(value)
+        value += 1
+    return [str(ipaddress.ip_address(v)) for v in picked]
+
+
+def address_pairs(
+    prefix_v4: str | None,
+    prefix_v6: str | None,
+    taken: Collection[str],
+    count: int,
+    *,
+    strategy: str = "sequential",
+) -> list[tuple[str | None, str | None]]:
+    """Up to `count` (ipv4, ipv6) pairs for a new node, best first (None for a family without a
+    prefix); at least one. Every pair has an address of each configured family."""
+    v4 = allocate_several(prefix_v4, taken, count, strategy=strategy) if prefix_v4 else []
+    v6 = allocate_several(prefix_v6, taken, count, strategy=strategy) if prefix_v6 else []
+    n = min(len(v4), len(v6)) if v4 and v6 else max(len(v4), len(v6), 1)
+    return [(v4[i] if v4 else None, v6[i] if v6 else None) for i in range(n)]

@@ -147,10 +147,12 @@ class Store(abc.ABC):
 
     # -- nodes ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_node(self, node: Node) -> Node:
+    async def create_node(self, node: Node, spare_addresses: Sequence[tuple[str | None, str | None]] = ()) -> Node:
         """Insert `node` (its `id` is ignored; the store assigns one). Conflict if the machine key,
-        node key, given_name, ipv4 or ipv6 is taken. If `node.auth_key_id` names a single-use key,
-        that key is marked used in the same transaction."""
+        node key, given_name, ipv4 or ipv6 is taken. If another node holds `node`'s ipv4 or ipv6,
+        the first pair of `spare_addresses` ((ipv4, ipv6), in order) that no node holds is used
+        instead; the returned node has the addresses it got. If `node.auth_key_id` names a
+        single-use key, that key is marked used in the same transaction."""
 
     @abc.abstractmethod
     async def get_node(self, node_id: int) -> Node | None: ...

@@ -194,8 +194,8 @@ class OpsStore(Store):
         await self._write(op_delete_user, user_id)
 
     # nodes
-    async def create_node(self, node: Node) -> Node:
-        return await self._write(op_create_node, node, utcnow())
+    async def create_node(self, node: Node, spare_addresses: Sequence[tuple[str | None, str | None]] = ()) -> Node:
+        return await self._write(op_create_node, node, utcnow(), tuple(spare_addresses))
 
     async def get_node(self, node_id: int) -> Node | None:
         return await self._lookup(op_get_node, node_id)

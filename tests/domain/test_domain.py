@@ -61,6 +61,34 @@ def test_allocate_never_returns_taken(taken_ints, strategy):
     assert ipaddress.ip_address(got) in ipaddress.ip_network("100.64.0.0/26")
 
 
+def test_address_pairs_are_the_lowest_free_in_order_and_skip_reserved():
+    taken = ["100.64.0.1", "100.64.0.3", "fd7a:115c:a1e0::1"]
+    assert ipalloc.address_pairs("100.64.0.0/10", "fd7a:115c:a1e0::/48", taken, 3) == [
+        ("100.64.0.2", "fd7a:115c:a1e0::2"), ("100.64.0.4", "fd7a:115c:a1e0::3"), ("100.64.0.5", "fd7a:115c:a1e0::4")]
+    assert ipalloc.address_pairs("100.64.0.0/10", None, [], 2) == [("100.64.0.1", None), ("100.64.0.2", None)]
+    assert ipalloc.address_pairs(None, None, [], 4) == [(None, None)]
+    # a small prefix gives the pairs it can; the quad-100 /24 is never among them
+    assert ipalloc.address_pairs("100.64.0.0/30", None, ["100.64.0.1"], 4) == [("100.64.0.2", None)]
+    # the spares' walk is bounded and never steps into quad-100's /24
+    below = [str(a) for a in ipaddress.ip_network("100.100.96.0/22") if a < ipaddress.ip_address("100.100.99.254")]
+    assert ipalloc.allocate_several("100.100.96.0/21", below, 3) == ["100.100.99.254", "100.100.99.255"]
+    with pytest.raises(ipalloc.PrefixExhausted):
+        ipalloc.address_pairs("100.64.0.0/30", None, ["100.64.0.1", "100.64.0.2"], 4)
+
+
+@given(st.sets(st.integers(min_value=1, max_value=60), max_size=40), st.sampled_from(["sequential", "random"]),
+       st.integers(min_value=1, max_value=6))
+def test_allocate_several_gives_distinct_free_addresses_first_as_allocate(taken_ints, strategy, count):
+    taken = [f"100.64.0.{i}" for i in taken_ints]
+    got = ipalloc.allocate_several("100.64.0.0/26", taken, count, strategy=strategy)
+    assert 1 <= len(got) <= count and len(set(got)) == len(got)
+    assert not set(got) & set(taken)
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("100.64.0.0/26") for a in got)
+    if strategy == "sequential":
+        assert got[0] == ipalloc.allocate("100.64.0.0/26", taken)
+        assert got == sorted(got, key=ipaddress.ip_address)
+
+
 # -- names ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "raw,label",

@@ -169,6 +169,32 @@ async def test_node_unique_conflicts(store):
     assert n2.ipv4 is None and n3.ipv4 is None
 
 
+async def test_create_node_takes_the_first_spare_pair_no_node_holds(store):
+    u = await store.create_user("alice")
+    held = [await store.create_node(node(u.id, i)) for i in (1, 2)]
+    a, b = held[0], held[1]
+    # its own pair is taken (by a, in IPv4 only): the first spare with neither address held
+    want = node(u.id, 3, ipv4=a.ipv4, ipv6="fd7a:115c:a1e0::30")
+    spares = [(b.ipv4, "fd7a:115c:a1e0::31"), ("100.64.0.32", b.ipv6), ("100.64.0.33", "fd7a:115c:a1e0::33"),
+              ("100.64.0.34", "fd7a:115c:a1e0::34")]
+    got = await store.create_node(want, spares)
+    assert (got.ipv4, got.ipv6) == ("100.64.0.33", "fd7a:115c:a1e0::33")
+    assert (await store.get_node(got.id)).ipv4 == "100.64.0.33"
+    changed = (await store.changes_since(await store.latest_seq() - 1))[-1]
+    assert changed.kind == "node.created" and changed.data["node"]["ipv4"] == "100.64.0.33"
+    # its own pair free: the spares are not used
+    got = await store.create_node(node(u.id, 4), [("100.64.0.40", None)])
+    assert got.ipv4 == node(u.id, 4).ipv4
+    # every pair held: the conflict names its own address, and nothing is written
+    seq = await store.latest_seq()
+    with pytest.raises(Conflict, match=a.ipv4):
+        await store.create_node(node(u.id, 5, ipv4=a.ipv4), [(b.ipv4, None)])
+    assert await store.latest_seq() == seq
+    # a spare never rescues another column's conflict
+    with pytest.raises(Conflict, match="node key"):
+        await store.create_node(node(u.id, 6, node_key=a.node_key, ipv4=a.ipv4), spares)
+
+
 async def test_single_use_key_marked_used_on_create_node(store):
     u = await store.create_user("alice")
     once = await store.create_preauth_key(u.id, "once", b"h")

@@ -7,7 +7,7 @@ the column). An update that changes nothing records no change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -86,22 +86,40 @@ def node_conflict_message(column: str, node: Node | Mapping[str, Any]) -> str:
     return "node conflicts with an existing node"
 
 
-def _check_node_unique(values: Mapping[str, Any], columns: Iterable[str], node_id: int | None):
+def _check_node_unique(values: dict[str, Any], columns: Iterable[str], node_id: int | None,
+                       spare_addresses: Sequence[tuple[str | None, str | None]] = ()):
     # one query for every column, not one each: over PostgreSQL each is a round trip, and a
     # registration checks five. The message names the first column in NODE_UNIQUE's order.
     cols = [c for c in NODE_UNIQUE if c in columns and values.get(c) is not None]
     if not cols:
         return
-    rows = yield All(
-        f"SELECT id, {', '.join(cols)} FROM nodes WHERE " + " OR ".join(f"{c} = ?" for c in cols),
-        *(values[c] for c in cols),
-    )
+    where = [f"{c} = ?" for c in cols]
+    args = [values[c] for c in cols]
+    pairs = [(values.get("ipv4"), values.get("ipv6"))]
+    for v4, v6 in spare_addresses:
+        pairs.append((_node_value("ipv4", v4), _node_value("ipv6", v6)))
+    if len(pairs) > 1:  # the spares' holders too, in the same query
+        for col, i in (("ipv4", 0), ("ipv6", 1)):
+            spares = [p[i] for p in pairs[1:] if p[i] is not None]
+            if spares:
+                where.append(f"{col} IN ({', '.join('?' for _ in spares)})")
+                args += spares
+    rows = yield All(f"SELECT id, {', '.join(cols)} FROM nodes WHERE " + " OR ".join(where), *args)
+    if len(pairs) > 1:
+        held = {r[c] for r in rows for c in ("ipv4", "ipv6") if c in cols and int(r["id"]) != node_id} - {None}
+        free = next((p for p in pairs if p[0] not in held and p[1] not in held), None)
+        if free is not None:
+            values["ipv4"], values["ipv6"] = free
     for col in cols:
         if any(r[col] == values[col] and int(r["id"]) != node_id for r in rows):
             raise Conflict(node_conflict_message(col, values))
 
 
-def op_create_node(node: Node, now: datetime):
+def op_create_node(node: Node, now: datetime, spare_addresses: Sequence[tuple[str | None, str | None]] = ()):
+    """`spare_addresses`: (ipv4, ipv6) pairs to give the node instead of its own, the first of
+    which no node holds, when another holds one of its own. Replicas allocating at once pick the
+    same lowest free address; taking the next one here, in the same transaction, spares the loser
+    a failed write and a retry."""
     values = {name: _node_value(name, getattr(node, name)) for name in NODE_FIELDS}
     if values["created_at"] is None:
         values["created_at"] = now
@@ -110,7 +128,7 @@ def op_create_node(node: Node, now: datetime):
     key = None
     if values["auth_key_id"] is not None:
         key = yield from use_auth_key(values["auth_key_id"])
-    yield from _check_node_unique(values, NODE_UNIQUE, None)
+    yield from _check_node_unique(values, NODE_UNIQUE, None, spare_addresses)
     cols = ", ".join(NODE_FIELDS)
     marks = ", ".join("?" for _ in NODE_FIELDS)
     r = yield One(f"INSERT INTO nodes ({cols}) VALUES ({marks}) RETURNING *", *values.values())

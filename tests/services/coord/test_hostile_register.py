@@ -343,12 +343,12 @@ async def test_a_registration_that_loses_its_address_to_another_replica_retries_
         won: list = []
         create_node = store.create_node
 
-        async def lose_the_race(node):
+        async def lose_the_race(node, spare_addresses=()):
             if not won:  # the other replica commits the same address and name just before this one
                 won.append(await other.create_node(Node(
                     id=0, machine_key=keys.public_key(racer.machine_key), node_key=racer.node_key,
                     user_id=user.id, hostname="m", given_name=node.given_name, ipv4=node.ipv4)))
-            return await create_node(node)
+            return await create_node(node, spare_addresses)
 
         async def not_every_node():
             raise AssertionError("a lost race read every node's holdings")
@@ -363,6 +363,50 @@ async def test_a_registration_that_loses_its_address_to_another_replica_retries_
         assert won[0].id in coord.tailnet.nodes
         third = await join(Machine())
         assert (third.ipv4, third.given_name) == ("100.64.0.4", "m-3")
+    finally:
+        await other.aclose()
+        await store.aclose()
+
+
+async def test_a_registration_that_loses_only_its_address_to_another_replica_takes_a_spare_at_once(
+        tmp_path, nursery, monkeypatch):
+    # Two replicas registering at once pick the same lowest free address. The store gives the
+    # loser the next free one of its spares in the same write: no failed write, no retry.
+    path = tmp_path / "db.sqlite"
+    store = await SqliteStore.open(path, poll_interval=3600)
+    other = await SqliteStore.open(path, poll_interval=3600)  # another replica
+    try:
+        coord, handlers, user, key = await coordinator_with_a_key(store, nursery)
+        join = partial(register_with_key, handlers, store, key)
+        await join(Machine())  # 100.64.0.1
+        racers = [Machine(), Machine()]
+        won: list = []
+        calls: list = []
+        create_node = store.create_node
+
+        async def lose_the_race(node, spare_addresses=()):
+            calls.append(node.ipv4)
+            if not won:  # the other replica takes this address and the first spare, with other names
+                for racer, addr in zip(racers, ("100.64.0.2", "100.64.0.3")):
+                    won.append(await other.create_node(Node(
+                        id=0, machine_key=keys.public_key(racer.machine_key), node_key=racer.node_key,
+                        user_id=user.id, hostname="r", given_name=f"r{len(won)}", ipv4=addr)))
+            return await create_node(node, spare_addresses)
+
+        async def no_lookup(*args):
+            raise AssertionError("a spare address was free: nothing to look up, nothing to retry")
+
+        monkeypatch.setattr(store, "create_node", lose_the_race)
+        monkeypatch.setattr(store, "nodes_holding", no_lookup)
+        second = await join(Machine())
+        assert calls == ["100.64.0.2"]
+        assert (second.ipv4, second.given_name) == ("100.64.0.4", "m-1")
+        assert (await store.get_node(second.id)).ipv4 == "100.64.0.4"
+        store._notify()  # the other replica's nodes are applied here too
+        await coord.caught_up()
+        assert coord.tailnet.nodes[second.id].ipv4 == "100.64.0.4"
+        third = await join(Machine())
+        assert third.ipv4 == "100.64.0.5"
     finally:
         await other.aclose()
         await store.aclose()
