@@ -106,3 +106,21 @@ async def test_deleting_a_node_drops_its_presence(store):
     # a replica dropping a session of a node that is gone records nothing
     await store.update_presence("rA", remove=[a.id], lease_expires=LEASE, now=T0)
     assert [k for k, _ in await changes_after(store, seq)] == ["node.deleted"]
+
+
+async def test_a_batch_of_adds_records_online_only_for_nodes_nobody_held(store, monkeypatch):
+    u = await store.create_user("alice")
+    nodes = [await store.create_node(node(u.id)) for _ in range(5)]
+    ids = [n.id for n in nodes]
+    await store.update_presence("rA", add=[ids[0]], lease_expires=LEASE, now=T0)
+    await store.update_presence("rB", add=[ids[1]], lease_expires=LEASE, now=T0)
+    seq = await store.latest_seq()
+    later = LEASE + timedelta(seconds=5)
+    # held here already (renewed), held by another replica (no transition), and three new ones
+    # across statement chunks, given out of order and twice
+    monkeypatch.setattr("trioscale.shared.store.ops.presence._CHUNK", 2)
+    await store.update_presence("rA", add=[ids[4], ids[0], ids[1], ids[2], ids[3], ids[2]], lease_expires=later, now=T0)
+    assert await changes_after(store, seq) == [("presence.online", {"node_id": i, "replica_id": "rA"})
+                                               for i in sorted(ids[2:])]
+    assert await store.list_presence() == sorted(
+        [Presence(i, "rA", later) for i in ids] + [Presence(ids[1], "rB", LEASE)], key=lambda p: (p.node_id, p.replica_id))

@@ -15,25 +15,37 @@ from trioscale.shared.store.ops.query import All, Emit, Exec, One
 from trioscale.shared.store.rows import presence_from_row, time_text, utc
 
 
-def _presence_add(replica_id: str, node_id: int, lease_expires: datetime):
-    node_id = int(node_id)
-    mine = yield One("SELECT node_id FROM presence WHERE node_id = ? AND replica_id = ?", node_id, replica_id)
-    if mine is not None:
-        yield Exec(
-            "UPDATE presence SET lease_expires = ? WHERE node_id = ? AND replica_id = ?",
-            lease_expires,
-            node_id,
-            replica_id,
-        )
-        return False
-    others = yield One("SELECT count(*) AS n FROM presence WHERE node_id = ?", node_id)
-    yield Exec(
-        "INSERT INTO presence (node_id, replica_id, lease_expires) VALUES (?, ?, ?)", node_id, replica_id, lease_expires
-    )
-    if int(others["n"]):
-        return False
-    yield Emit("presence.online", {"node_id": node_id, "replica_id": replica_id})
-    return True
+#: node ids per statement (SQLite allows 32,766 parameters, PostgreSQL 32,767)
+_CHUNK = 500
+
+
+def _presence_add(replica_id: str, node_ids: Sequence[int], lease_expires: datetime):
+    """Hold a row for each of `node_ids` (a lease renewal for those held already); records
+    presence.online for those no replica held. A few statements for the whole batch, not four
+    per node: a replica writes these as its map sessions open, and over PostgreSQL each
+    statement is a round trip."""
+    ids = sorted({int(n) for n in node_ids})
+    for at in range(0, len(ids), _CHUNK):
+        chunk = ids[at : at + _CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        rows = yield All(f"SELECT node_id, replica_id FROM presence WHERE node_id IN ({marks})", *chunk)
+        mine = {int(r["node_id"]) for r in rows if r["replica_id"] == replica_id}
+        others = {int(r["node_id"]) for r in rows if r["replica_id"] != replica_id}
+        if mine:
+            held = sorted(mine)
+            yield Exec(
+                f"UPDATE presence SET lease_expires = ? WHERE replica_id = ? AND node_id IN ({', '.join('?' for _ in held)})",
+                lease_expires, replica_id, *held,
+            )
+        new = [n for n in chunk if n not in mine]
+        if new:
+            yield Exec(
+                "INSERT INTO presence (node_id, replica_id, lease_expires) VALUES " + ", ".join("(?, ?, ?)" for _ in new),
+                *(v for n in new for v in (n, replica_id, lease_expires)),
+            )
+        for node_id in new:
+            if node_id not in others:
+                yield Emit("presence.online", {"node_id": node_id, "replica_id": replica_id})
 
 
 def _presence_remove(replica_id: str, node_id: int, now: datetime, reason: str):
@@ -56,8 +68,7 @@ def _presence_remove(replica_id: str, node_id: int, now: datetime, reason: str):
 
 def op_update_presence(replica_id: str, add: Sequence[int], remove: Sequence[int], lease_expires: datetime, now: datetime):
     lease_expires, now = utc(lease_expires), utc(now)
-    for node_id in add:
-        yield from _presence_add(replica_id, node_id, lease_expires)
+    yield from _presence_add(replica_id, add, lease_expires)
     for node_id in remove:
         yield from _presence_remove(replica_id, node_id, now, "closed")
 
@@ -67,8 +78,7 @@ def op_renew_presence(replica_id: str, node_ids: Sequence[int], lease_expires: d
     yield Exec("UPDATE presence SET lease_expires = ? WHERE replica_id = ?", lease_expires, replica_id)
     have = {int(r["node_id"]) for r in (yield All("SELECT node_id FROM presence WHERE replica_id = ?", replica_id))}
     want = {int(n) for n in node_ids}
-    for node_id in sorted(want - have):
-        yield from _presence_add(replica_id, node_id, lease_expires)
+    yield from _presence_add(replica_id, sorted(want - have), lease_expires)
     for node_id in sorted(have - want):
         yield from _presence_remove(replica_id, node_id, now, "closed")
 
