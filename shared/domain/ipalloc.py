@@ -181,7 +181,6 @@ def allocate(
     raise PrefixExhausted(prefix)
 
 
-
 def allocate_several(
     prefix: str,
     taken: Collection[str],

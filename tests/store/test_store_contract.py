@@ -190,6 +190,11 @@ async def test_create_node_takes_the_first_spare_pair_no_node_holds(store):
     with pytest.raises(Conflict, match=a.ipv4):
         await store.create_node(node(u.id, 5, ipv4=a.ipv4), [(b.ipv4, None)])
     assert await store.latest_seq() == seq
+    # only the first MAX_SPARE_ADDRESSES spares count: the query stays bounded
+    from trioscale.shared.store.ops.nodes import MAX_SPARE_ADDRESSES
+    with pytest.raises(Conflict, match=a.ipv4):
+        await store.create_node(node(u.id, 7, ipv4=a.ipv4, ipv6=None),
+                                [(b.ipv4, None)] * MAX_SPARE_ADDRESSES + [("100.64.0.70", None)])
     # a spare never rescues another column's conflict
     with pytest.raises(Conflict, match="node key"):
         await store.create_node(node(u.id, 6, node_key=a.node_key, ipv4=a.ipv4), spares)

@@ -23,6 +23,8 @@ from trioscale.shared.store.rows import NODE_FIELDS, node_as_row, node_from_row,
 NODE_UPDATABLE: frozenset[str] = frozenset(NODE_FIELDS) - {"machine_key"}
 #: unique node columns, in the order conflicts are reported
 NODE_UNIQUE = ("machine_key", "node_key", "given_name", "ipv4", "ipv6")
+#: spare address pairs a creation considers (the rest are ignored): each is two query parameters
+MAX_SPARE_ADDRESSES = 16
 
 
 def op_get_node(node_id: int):
@@ -96,7 +98,7 @@ def _check_node_unique(values: dict[str, Any], columns: Iterable[str], node_id: 
     where = [f"{c} = ?" for c in cols]
     args = [values[c] for c in cols]
     pairs = [(values.get("ipv4"), values.get("ipv6"))]
-    for v4, v6 in spare_addresses:
+    for v4, v6 in spare_addresses[:MAX_SPARE_ADDRESSES]:
         pairs.append((_node_value("ipv4", v4), _node_value("ipv6", v6)))
     if len(pairs) > 1:  # the spares' holders too, in the same query
         for col, i in (("ipv4", 0), ("ipv6", 1)):
