@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import trio
@@ -50,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from map_fanout import SimNode, bench, bench_tsp, cpu_s, free_port, rss_mib, run_cli, wait_healthy  # noqa: E402
+from map_fanout import SimNode, bench, bench_tsp, cpu_s, free_port, rss_mib, run_cli, store_operations, wait_healthy  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 TRIOSCALE = [sys.executable, "-m", "trioscale.cli"]
@@ -89,10 +88,8 @@ class Replica:
 
     def store_operations(self) -> dict[str, int]:
         """How many times each store operation ran (trioscale_store_operation_seconds_count)."""
-        prefix = "trioscale_store_operation_seconds_count{operation=\""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).read().decode()
-        return {line[len(prefix):].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-                for line in text.splitlines() if line.startswith(prefix)}
+        ops = store_operations(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        return {op: int(n) for op, n in ops.items()}
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random as _random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -139,6 +139,14 @@ class Holdings:
         return len(self._by)
 
 
+def _used(taken: Collection[str], version: int) -> Callable[[int], bool]:
+    """Whether an int address of `version` is in `taken`: a HeldAddresses answers directly, any
+    other collection of strings is parsed once into a set."""
+    if isinstance(taken, HeldAddresses):
+        return lambda value: taken.holds(version, value)
+    return {v for v in (_as_int(a, version) for a in taken) if v is not None}.__contains__
+
+
 def allocate(
     prefix: str,
     taken: Collection[str],
@@ -158,13 +166,8 @@ def allocate(
     start = int(network.network_address) + 1
     end = int(network.broadcast_address)
     held = taken if isinstance(taken, HeldAddresses) else None
-    if held is not None:
-        def used(value: int) -> bool:
-            return held.holds(version, value)
-        value = held.floor(prefix, start)
-    else:
-        used = {v for v in (_as_int(a, version) for a in taken) if v is not None}.__contains__
-        value = start
+    used = _used(taken, version)
+    value = start if held is None else held.floor(prefix, start)
     if strategy == "random":
         rng = rng or _random.SystemRandom()
         for _ in range(max_random_tries):
@@ -197,11 +200,7 @@ def allocate_several(
     network = _network(prefix)
     version = network.version
     end = int(network.broadcast_address)
-    if isinstance(taken, HeldAddresses):
-        def used(value: int) -> bool:
-            return taken.holds(version, value)
-    else:
-        used = {v for v in (_as_int(a, version) for a in taken) if v is not None}.__contains__
+    used = _used(taken, version)
     picked = [int(ipaddress.ip_address(first))]
 
     def free(value: int) -> bool:
