@@ -169,6 +169,8 @@ def slowest_wave_bound(before: dict[float, float], after: dict[float, float]) ->
 def start_py_spy(pid: int, out: str) -> subprocess.Popen:
     """py-spy sampling the server during the join storm (the profile the scale work goes by)."""
     exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        raise SystemExit(f"--py-spy: {exe} not found (install it with {Path(sys.executable).with_name('pip')} install py-spy)")
     return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
                              "--output", out, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -554,10 +556,11 @@ class TspFleet:
 
 
 async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authkey: str, server_pids: list[int],
-                    *, concurrency: int = 64, metrics_url: str | None = None, round_gap: float = 0.5) -> dict:
+                    *, concurrency: int = 64, metrics_url: str | None = None, round_gap: float = 0.5,
+                    profile: str | None = None) -> dict:
     """As `bench`, for a full mesh, with the joining nodes made by `tspload fleet`: node 0 (the one
     that moves) is ours and joins first; the other n - 1 are the fleet's. `server_pids`: whose CPU
-    to count (the coordinators on this machine)."""
+    to count (the coordinators on this machine); `profile`: py-spy samples the first during setup."""
     host, port = controls[0]
     mover = SimNode(0, controls[0], server_key=await fetch_server_key(host, port))
     mover.sink = False
@@ -567,6 +570,7 @@ async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authke
     sys0 = sum(system_cpu_s(pid) for pid in server_pids)
     main0 = sum(main_thread_cpu_s(pid) for pid in server_pids)
     client0 = cpu_s(os.getpid())
+    spy = start_py_spy(server_pids[0], profile) if profile and server_pids else None
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
         await nursery.start(mover.run, authkey, limiter)
@@ -574,6 +578,8 @@ async def bench_tsp(n: int, rounds: int, controls: list[tuple[str, int]], authke
                                     "tsp")
         joined = await fleet.event("joined")
         result["setup_s"] = round(time.monotonic() - t0, 2)
+        if spy is not None:
+            stop_py_spy(spy)
         result["retries"] = mover.retries + joined["retries"]
         print(f"setup of {n} nodes took {result['setup_s']} s", file=sys.stderr, flush=True)
         quiet = await fleet.event("quiet")
@@ -838,7 +844,8 @@ def main() -> None:
                 res = trio.run(functools.partial(bench_tsp, n, args.rounds, controls, authkey,
                                                  [server.pid()] if server else [], concurrency=args.concurrency,
                                                  metrics_url=server and f"http://127.0.0.1:{server.metrics_port}/metrics",
-                                                 round_gap=args.round_gap))
+                                                 round_gap=args.round_gap,
+                                                 profile=args.py_spy and f"{args.py_spy}.{n}"))
             else:
                 res = trio.run(functools.partial(bench, n, args.rounds, controls, authkey, server.pid() if server else None,
                                                  profile=args.py_spy and f"{args.py_spy}.{n}",
