@@ -88,8 +88,20 @@ async def page(name: str, title: str, topics: str, *, above: str | None = None, 
     return Response(html, status=status, mimetype="text/html")
 
 
+def _bounced_fragment(to: str) -> Response | None:
+    """A live fragment's fetch whose page is gone (its node deleted meanwhile) goes to the other
+    page's fragment and notes nothing: the script cannot show a notice, and a whole page rendered
+    for the fetch would take the notices the browser's next page load should show."""
+    if request.args.get("fragment") != "live":
+        return None
+    return redirect(PREFIX + to + "?fragment=live", 303)
+
+
 def back(to: str, answer: ApiAnswer | None = None, done: str = "") -> Response:
     """Note what happened for the next page and go there."""
+    bounced = _bounced_fragment(to)
+    if bounced is not None:
+        return bounced
     mine = session()
     if answer is not None and not answer.ok:
         mine.notice("error", answer.error)
@@ -99,6 +111,9 @@ def back(to: str, answer: ApiAnswer | None = None, done: str = "") -> Response:
 
 
 def refuse(to: str, message: str) -> Response:
+    bounced = _bounced_fragment(to)
+    if bounced is not None:
+        return bounced
     session().notice("error", message)
     return redirect(PREFIX + to, 303)
 

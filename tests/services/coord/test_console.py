@@ -287,6 +287,13 @@ async def test_approve_a_pending_registration_then_manage_the_node(store: Store,
     assert (await store.get_node(node.id)).is_expired(utcnow())
     await b.post(f"/console/nodes/{node.id}/delete")
     assert await store.list_nodes() == []
+    # the deleted node's page, still open, fetches its live part: it is sent to the nodes list's
+    # fragment, and the notice stays for the page the browser loads next
+    status, _, resp = await b.get(f"/console/nodes/{node.id}?fragment=live")
+    assert status == 303 and resp.headers["Location"] == "/console/nodes?fragment=live"
+    status, fragment, _ = await b.get("/console/nodes?fragment=live")
+    assert status == 200 and "<html" not in fragment
+    assert (await b.notices("/console/nodes"))[-1] == "Node deleted."
     assert (await b.get(f"/console/nodes/{node.id}"))[2].headers["Location"] == "/console/nodes"
 
 

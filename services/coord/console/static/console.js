@@ -5,10 +5,15 @@
 (function () {
   "use strict";
 
+  // once a form is sent the browser is on its way to the answer's page: a refresh or a
+  // navigation from here would race it (and could take the notice that page should show)
+  var leaving = false;
+
   document.addEventListener("submit", function (ev) {
     var form = ev.target;
     var question = form.getAttribute("data-confirm");
-    if (question && !window.confirm(question)) ev.preventDefault();
+    if (question && !window.confirm(question)) { ev.preventDefault(); return; }
+    leaving = true;
   });
 
   // the policy editor: put the cursor where the error is
@@ -34,19 +39,27 @@
   }
 
   function refresh() {
+    if (leaving) return;
     if (busy || editing()) { again = true; return; }
     busy = true;
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "live");
     fetch(url.toString(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (resp) {
+        if (leaving) return null;
         if (resp.status === 403) { window.location.assign("/console/signin"); return null; }
-        // the page's subject is gone (a node deleted elsewhere): go where the server sent us
-        if (resp.redirected) { window.location.assign(resp.url); return null; }
+        // the page's subject is gone (a node deleted elsewhere): go to the page whose fragment
+        // the server sent instead
+        if (resp.redirected) {
+          var next = new URL(resp.url);
+          next.searchParams.delete("fragment");
+          window.location.assign(next.toString());
+          return null;
+        }
         return resp.ok ? resp.text() : null;
       })
       .then(function (html) {
-        if (html === null || html === undefined) return;
+        if (html === null || html === undefined || leaving) return;
         // typing may have begun while the fetch was out: keep it, swap in on focusout
         if (editing()) { again = true; return; }
         live.innerHTML = html;
